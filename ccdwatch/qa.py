@@ -1,0 +1,528 @@
+"""Frame quality: source detection, seeing and sky metrics, outlier rejection, reference choice.
+
+Pure numerics: arrays in, new values out; the input image is never modified.
+
+Source detection uses `sep` (the SExtractor library, already a dependency of astroalign) on a
+float32 copy of the frame. The per-star FWHM is twice the half-light radius
+(``sep.flux_radius`` with ``frac=0.5``), which for a Gaussian PSF equals its FWHM and, unlike the
+isophotal second moments, does not shrink for faint stars. The elongation is ``a/b`` of the
+isophotal second moments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from scipy import ndimage
+
+from ccdwatch import calib
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FrameQuality",
+    "Sources",
+    "choose_reference",
+    "measure",
+    "reject_outliers",
+]
+
+#: sep object flags that make a source unfit for PSF statistics (blended, cut by the image edge).
+_BAD_OBJECT_FLAGS = sep.OBJ_MERGED | sep.OBJ_TRUNC
+#: Sources whose FWHM is below this fraction of the frame median are cosmic rays or hot pixels.
+_SHARP_FRACTION = 0.5
+#: Detections whose 8 neighbours hold less than this fraction of the peak (on average) are not
+#: used to define the frame's typical star (a Gaussian of FWHM 1.3 px gives 0.15, 3 px 0.6).
+_STAR_CONTRAST_MIN = 0.15
+#: Dilation (px) of the segmentation map before the sky is measured on what is left.
+_SKY_MASK_GROW = 3
+#: Stars at least this many times the sky noise at their peak are "bright" for the FWHM median.
+_BRIGHT_PEAK_SNR = 20.0
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: 1.4826 * MAD is the standard deviation of a Gaussian.
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Sources detected on one frame, sorted by flux, brightest first.
+
+    Attributes
+    ----------
+    x, y : ndarray of float64
+        Centroids in pixels, 0-based, the centre of the first pixel at (0, 0) (numpy and
+        `sep` convention). Windowed (``sep.winpos``) where that converged, else isophotal.
+    flux : ndarray of float64
+        Background-subtracted flux in a circular aperture of radius ``1.5 * FWHM`` of the
+        frame (ADU, or whatever unit the image is in).
+    fwhm : ndarray of float64
+        Per-source FWHM in pixels (twice the half-light radius).
+    elongation : ndarray of float64
+        Ratio ``a/b`` of the isophotal second-moment axes (1 for a round star).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    fwhm: np.ndarray
+    elongation: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.size)
+
+    @property
+    def xy(self) -> np.ndarray:
+        """Positions as an ``(N, 2)`` array of ``(x, y)`` pixels (what astroalign wants)."""
+        return np.column_stack([self.x, self.y])
+
+    @classmethod
+    def empty(cls) -> Sources:
+        """A source list with no sources."""
+        z = np.zeros(0, dtype=np.float64)
+        return cls(x=z, y=z.copy(), flux=z.copy(), fwhm=z.copy(), elongation=z.copy())
+
+
+@dataclass(frozen=True)
+class FrameQuality:
+    """Quality metrics of one frame.
+
+    Attributes
+    ----------
+    n_stars : int
+        Number of star-like detections above the threshold (cosmic-ray-like sharp
+        detections are not counted; the count is not capped by ``max_sources``).
+    fwhm : float
+        Median FWHM of the good stars (unsaturated, unblended, away from the edges), pixels.
+        NaN when there is no good star.
+    elongation : float
+        Median ``a/b`` of the same stars (1 = round). NaN when there is no good star.
+    sky : float
+        Median sky level with the sources masked, image units (ADU).
+    sky_noise : float
+        Robust (MAD-based) standard deviation of the sky, image units.
+    saturated_fraction : float
+        Fraction of the valid pixels at or above the saturation level (0 when no level given).
+    """
+
+    n_stars: int
+    fwhm: float
+    elongation: float
+    sky: float
+    sky_noise: float
+    saturated_fraction: float
+
+    def to_json(self) -> dict[str, float | int | None]:
+        """Plain dict for JSON/SQL storage (NaN becomes None)."""
+        out: dict[str, float | int | None] = {}
+        for name in ("n_stars", "fwhm", "elongation", "sky", "sky_noise", "saturated_fraction"):
+            v = getattr(self, name)
+            out[name] = None if isinstance(v, float) and not math.isfinite(v) else v
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, float | int | None]) -> FrameQuality:
+        """Inverse of :meth:`to_json`."""
+
+        def f(key: str) -> float:
+            v = d.get(key)
+            return float("nan") if v is None else float(v)
+
+        return cls(
+            n_stars=int(d["n_stars"] or 0),
+            fwhm=f("fwhm"),
+            elongation=f("elongation"),
+            sky=f("sky"),
+            sky_noise=f("sky_noise"),
+            saturated_fraction=f("saturated_fraction"),
+        )
+
+
+def _run_sep_extract(
+    data: np.ndarray, thresh: float, *, err: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sep.extract`` with its global buffers large enough for this image."""
+    # sep keeps fixed-size global buffers; a large frame with nebulosity overflows the
+    # defaults ("internal pixel buffer full"). Raising them is harmless for other callers.
+    if sep.get_extract_pixstack() < data.size:
+        sep.set_extract_pixstack(int(data.size))
+    try:
+        return sep.extract(data, thresh, err=err, mask=mask, minarea=5, segmentation_map=True)
+    except Exception as exc:  # sep raises plain Exception for its buffer overflows
+        if "deblending overflow" not in str(exc):
+            raise
+        logger.debug("sep deblending overflow; retrying without deblending")
+        return sep.extract(
+            data,
+            thresh,
+            err=err,
+            mask=mask,
+            minarea=5,
+            deblend_cont=1.0,
+            segmentation_map=True,
+        )
+
+
+def _fwhm_from_flux_radius(
+    sub: np.ndarray, x: np.ndarray, y: np.ndarray, rmax: float, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    r50, flag = sep.flux_radius(sub, x, y, np.full(x.size, rmax), 0.5, mask=mask, subpix=5)
+    fwhm = 2.0 * np.asarray(r50, dtype=np.float64)
+    # The sub-pixel aperture spreads each pixel's value uniformly over its square, which
+    # widens the measured profile by a box of 1 px (variance 1/12 px^2 per axis); remove
+    # that measurement artefact (the detector's own pixel integration stays in).
+    fwhm = np.sqrt(np.clip(fwhm**2 - _FWHM_PER_SIGMA**2 / 12.0, 0.0, None))
+    return fwhm, np.asarray(flag)
+
+
+def _neighbour_contrast(sub: np.ndarray, xpeak: np.ndarray, ypeak: np.ndarray) -> np.ndarray:
+    """Mean of the 8 pixels around each peak pixel divided by the peak (background-subtracted).
+
+    About 0.6 for a star of FWHM 3 px, 0.2 for a badly undersampled one (FWHM 1.5 px), near 0
+    for a hot pixel or a single-pixel cosmic-ray hit.
+    """
+    ny, nx = sub.shape
+    padded = np.pad(sub, 1, mode="constant")
+    xp = np.clip(np.asarray(xpeak, dtype=np.intp), 0, nx - 1) + 1
+    yp = np.clip(np.asarray(ypeak, dtype=np.intp), 0, ny - 1) + 1
+    peak = padded[yp, xp].astype(np.float64)
+    around = np.zeros(peak.shape)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dx or dy:
+                around += padded[yp + dy, xp + dx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contrast = np.where(peak > 0, around / 8.0 / peak, 0.0)
+    return contrast
+
+
+def _windowed_centroids(
+    sub: np.ndarray, x: np.ndarray, y: np.ndarray, fwhm: float, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sep.winpos`` centroids; the isophotal ones where it fails or wanders off."""
+    sig = np.full(x.size, max(fwhm, 0.5) / _FWHM_PER_SIGMA)
+    xw, yw, flag = sep.winpos(sub, x, y, sig, mask=mask)
+    converged = (np.asarray(flag) == 0) & np.isfinite(xw) & np.isfinite(yw)
+    converged &= np.hypot(xw - x, yw - y) < max(fwhm, 1.0)
+    return np.where(converged, xw, x), np.where(converged, yw, y)
+
+
+def measure(
+    data: np.ndarray,
+    *,
+    saturation: float | None = None,
+    detect_sigma: float = 5.0,
+    max_sources: int = 500,
+    mask: np.ndarray | None = None,
+) -> tuple[FrameQuality, Sources]:
+    """Detect the sources of a frame and measure its seeing, sky and saturation.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Calibrated (or at least bias-subtracted) image, ADU. NaN marks missing pixels.
+        Not modified.
+    saturation : float, optional
+        Level (image units) at and above which a pixel is saturated. Stars touching such a
+        pixel are excluded from the PSF statistics. ``None``: nothing is saturated.
+    detect_sigma : float
+        Detection threshold in units of the local sky noise (per pixel, after sep's 3x3
+        matched filter).
+    max_sources : int
+        Keep at most this many sources (the brightest) in the returned `Sources`.
+    mask : ndarray of bool, optional
+        True for pixels to ignore (bad columns, hot pixels), same shape as ``data``.
+
+    Returns
+    -------
+    quality : FrameQuality
+        Frame metrics (FWHM in pixels, sky in ADU).
+    sources : Sources
+        Star-like detections, brightest first, at most ``max_sources``.
+    """
+    if np.ndim(data) != 2:
+        raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
+    img = np.array(data, dtype=np.float32, order="C", copy=True)
+    bad = ~np.isfinite(img)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != img.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from image shape {img.shape}")
+        bad |= mask
+    n_valid = int(img.size - np.count_nonzero(bad))
+    img[bad] = 0.0
+    if n_valid == 0:
+        logger.warning("measure: no valid pixel in the frame")
+        nan = float("nan")
+        return FrameQuality(0, nan, nan, nan, nan, 0.0), Sources.empty()
+
+    if saturation is not None:
+        saturated = (img >= saturation) & ~bad
+        saturated_fraction = float(np.count_nonzero(saturated)) / n_valid
+    else:
+        saturated = np.zeros(img.shape, dtype=bool)
+        saturated_fraction = 0.0
+
+    # Background map (64 px meshes) with saturated pixels kept out of the estimate.
+    bkg = sep.Background(img, mask=bad | saturated)
+    sub = img - bkg.back()
+    sub[bad] = 0.0
+    objects, segmap = _run_sep_extract(sub, detect_sigma, err=bkg.rms(), mask=bad)
+
+    # Sky level and noise from the pixels that belong to no source (grown by a few pixels).
+    source_pixels = ndimage.binary_dilation(segmap > 0, iterations=_SKY_MASK_GROW)
+    sky_pixels = ~(source_pixels | bad | saturated)
+    if np.count_nonzero(sky_pixels) < 100:  # crowded or tiny frame: use sep's global values
+        sky, sky_noise = float(bkg.globalback), float(bkg.globalrms)
+    else:
+        sky, _ = calib.robust_stats(img[sky_pixels])
+        _, sky_noise = calib.robust_stats(sub[sky_pixels])
+        sky, sky_noise = float(sky), float(sky_noise)
+
+    n = objects.size
+    if n == 0:
+        logger.debug("measure: no source above %.1f sigma", detect_sigma)
+        nan = float("nan")
+        return FrameQuality(0, nan, nan, sky, sky_noise, saturated_fraction), Sources.empty()
+
+    x0 = objects["x"].astype(np.float64)
+    y0 = objects["y"].astype(np.float64)
+    a = np.maximum(objects["a"].astype(np.float64), 1e-3)
+    b = np.maximum(objects["b"].astype(np.float64), 1e-3)
+    elongation = a / b
+    flags = objects["flag"].astype(np.int64)
+    ny, nx = img.shape
+
+    # Which objects own a saturated pixel? (the segmentation map holds object index + 1)
+    is_saturated = np.zeros(n, dtype=bool)
+    if saturated.any():
+        owners = np.unique(segmap[saturated])
+        is_saturated[owners[owners > 0] - 1] = True
+
+    # Hot pixels and cosmic rays have almost no light in the 8 pixels around their peak
+    # (contrast ~0; a Gaussian star of FWHM 1.3 px has 0.15, of 3 px 0.6). The frame's typical
+    # star is defined by the detections above that floor, so that a frame with more hot pixels
+    # than stars (an uncalibrated one) still measures, centroids and counts its stars.
+    clean = ((flags & _BAD_OBJECT_FLAGS) == 0) & ~is_saturated
+    contrast = _neighbour_contrast(sub, objects["xpeak"], objects["ypeak"])
+    starlike = clean & (contrast >= _STAR_CONTRAST_MIN)
+    if not starlike.any():
+        starlike = clean if clean.any() else np.ones(n, dtype=bool)
+
+    # Two passes: windowed centroids (like SExtractor's XWIN) with the current PSF size, then
+    # the half-light radius around them within about 2 FWHM; the first PSF size comes from
+    # the isophotal second moments (which underestimate it for faint stars).
+    guess = float(np.median(_FWHM_PER_SIGMA * np.sqrt(a * b)[starlike]))
+    psf_fwhm = max(guess, 1.0)
+    rmax = max(2.5 * guess, 4.0)
+    fwhm = np.full(n, np.nan)
+    x, y = x0, y0
+    for _ in range(2):
+        x, y = _windowed_centroids(sub, x0, y0, psf_fwhm, bad)
+        fwhm, rflag = _fwhm_from_flux_radius(sub, x, y, rmax, bad)
+        ok = starlike & ((rflag & sep.APER_TRUNC) == 0) & np.isfinite(fwhm)
+        if not ok.any():
+            break
+        psf_fwhm = float(np.median(fwhm[ok]))
+        rmax = max(2.0 * psf_fwhm, 4.0)
+    edge = (x < rmax) | (y < rmax) | (x > nx - 1 - rmax) | (y > ny - 1 - rmax)
+
+    # Sharp = much sharper than the typical star by half-light radius or by contrast (the
+    # contrast is robust to a neighbouring star inside the flux_radius aperture). The contrast
+    # is now taken at the windowed centroid: a hot pixel in the wing of a star no longer
+    # decides, while a lone hot pixel stays its own centroid.
+    contrast = _neighbour_contrast(sub, np.rint(x), np.rint(y))
+    good = clean & ~edge & np.isfinite(fwhm) & (fwhm > 0)
+    typical = good & starlike
+    if not typical.any():
+        typical = good
+    if typical.any():
+        star_fwhm = float(np.median(fwhm[typical]))
+        star_contrast = float(np.median(contrast[typical]))
+        sharp = (np.isfinite(fwhm) & (fwhm < _SHARP_FRACTION * star_fwhm)) | (
+            contrast < _SHARP_FRACTION * star_contrast
+        )
+    else:
+        sharp = np.zeros(n, dtype=bool)
+    good &= ~sharp
+    star = ~sharp
+    n_stars = int(np.count_nonzero(star))
+
+    # PSF statistics from the bright good stars (all good ones if too few are bright).
+    peak_snr = objects["peak"].astype(np.float64) / max(sky_noise, 1e-12)
+    bright = good & (peak_snr >= _BRIGHT_PEAK_SNR)
+    use = bright if np.count_nonzero(bright) >= 5 else good
+    if use.any():
+        frame_fwhm = float(np.median(fwhm[use]))
+        frame_elong = float(np.median(elongation[use]))
+    else:
+        frame_fwhm = frame_elong = float("nan")
+
+    # Aperture fluxes, 1.5 FWHM radius (99.8 % of a Gaussian star).
+    if math.isfinite(frame_fwhm):
+        psf_fwhm = frame_fwhm
+    xs, ys = x[star], y[star]
+    flux, _, _ = sep.sum_circle(sub, xs, ys, 1.5 * psf_fwhm, mask=bad, subpix=5)
+    flux = np.asarray(flux, dtype=np.float64)
+
+    order = np.argsort(-flux, kind="stable")[:max_sources]
+    sources = Sources(
+        x=np.ascontiguousarray(xs[order]),
+        y=np.ascontiguousarray(ys[order]),
+        flux=np.ascontiguousarray(flux[order]),
+        fwhm=np.ascontiguousarray(fwhm[star][order]),
+        elongation=np.ascontiguousarray(elongation[star][order]),
+    )
+    quality = FrameQuality(
+        n_stars=n_stars,
+        fwhm=frame_fwhm,
+        elongation=frame_elong,
+        sky=sky,
+        sky_noise=sky_noise,
+        saturated_fraction=saturated_fraction,
+    )
+    logger.debug(
+        "measure: %d stars (%d sharp rejected), FWHM %.2f px, sky %.1f +- %.1f",
+        n_stars,
+        int(np.count_nonzero(sharp)),
+        frame_fwhm,
+        sky,
+        sky_noise,
+    )
+    return quality, sources
+
+
+def _spread(values: np.ndarray, median: float, *, floor_fraction: float) -> float:
+    """Robust standard deviation (1.4826 MAD) with a floor of a fraction of |median|."""
+    mad = _MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
+    floor = floor_fraction * abs(median)
+    return max(mad, floor, 1e-12)
+
+
+def reject_outliers(
+    qualities: Mapping[int, FrameQuality],
+    *,
+    fwhm_mad: float = 5.0,
+    sky_mad: float = 5.0,
+    stars_fraction: float = 0.5,
+    min_stars: int = 5,
+    elongation_max: float = 2.0,
+    floor_fraction: float = 0.1,
+) -> dict[int, str]:
+    """Frames of a group to leave out of the stack, with the reason.
+
+    A frame is rejected when its FWHM or its sky is far *above* the group median (in units of
+    the robust spread ``1.4826 * MAD``), when it has fewer than ``stars_fraction`` of the group
+    median number of stars (clouds), fewer than ``min_stars`` stars, or trailed stars.
+
+    Parameters
+    ----------
+    qualities : mapping of frame id to FrameQuality
+        The group.
+    fwhm_mad, sky_mad : float
+        Rejection thresholds in robust standard deviations above the group median.
+    stars_fraction : float
+        Minimum number of stars as a fraction of the group median.
+    min_stars : int
+        Absolute minimum number of stars.
+    elongation_max : float
+        Maximum median star elongation ``a/b``.
+    floor_fraction : float
+        Floor of the robust spread as a fraction of the median, so that a group with
+        MAD = 0 (tiny or identical frames) does not reject on tiny differences.
+
+    Returns
+    -------
+    dict
+        Frame id -> human-readable reason (several joined by "; "). Never contains every
+        frame: if all would be rejected, the best frame (see `choose_reference`) is kept.
+    """
+    if not qualities:
+        return {}
+    ids = list(qualities)
+    q = [qualities[i] for i in ids]
+    fwhm = np.array([x.fwhm for x in q], dtype=np.float64)
+    sky = np.array([x.sky for x in q], dtype=np.float64)
+    stars = np.array([x.n_stars for x in q], dtype=np.float64)
+
+    reasons: dict[int, list[str]] = {i: [] for i in ids}
+
+    finite = np.isfinite(fwhm)
+    if finite.any():
+        med = float(np.median(fwhm[finite]))
+        spread = _spread(fwhm[finite], med, floor_fraction=floor_fraction)
+        for i, f in zip(ids, fwhm, strict=True):
+            z = (f - med) / spread
+            if math.isfinite(f) and z > fwhm_mad:
+                reasons[i].append(f"FWHM {f:.1f} px is {z:.1f} MAD above the group median {med:.1f} px")
+
+    finite = np.isfinite(sky)
+    if finite.any():
+        med = float(np.median(sky[finite]))
+        spread = _spread(sky[finite], med, floor_fraction=floor_fraction)
+        for i, s in zip(ids, sky, strict=True):
+            z = (s - med) / spread
+            if math.isfinite(s) and z > sky_mad:
+                reasons[i].append(f"sky {s:.0f} ADU is {z:.1f} MAD above the group median {med:.0f} ADU")
+
+    med_stars = float(np.median(stars))
+    for i, x in zip(ids, q, strict=True):
+        if x.n_stars < min_stars:
+            reasons[i].append(f"only {x.n_stars} stars (< {min_stars})")
+        elif x.n_stars < stars_fraction * med_stars:
+            share = "half" if stars_fraction == 0.5 else f"{stars_fraction:g} of"
+            reasons[i].append(f"{x.n_stars} stars, fewer than {share} the group median {med_stars:.0f}")
+        if math.isfinite(x.elongation) and x.elongation > elongation_max:
+            reasons[i].append(
+                f"stars elongated (a/b = {x.elongation:.2f} > {elongation_max:g}), tracking or wind"
+            )
+
+    rejected = {i: "; ".join(r) for i, r in reasons.items() if r}
+    if len(rejected) == len(ids):
+        keep = choose_reference(qualities)
+        logger.warning("every frame of the group failed quality checks; keeping the best one (%s)", keep)
+        del rejected[keep]
+    return rejected
+
+
+def _reference_score(q: FrameQuality) -> float:
+    """Stars per PSF area: more stars and sharper is better."""
+    if q.n_stars <= 0:
+        return -math.inf
+    if not math.isfinite(q.fwhm) or q.fwhm <= 0:
+        return -1.0 / q.n_stars  # below every frame with a measured FWHM
+    return q.n_stars / q.fwhm**2
+
+
+def choose_reference(qualities: Mapping[int, FrameQuality], *, exclude: Iterable[int] = ()) -> int:
+    """The frame to align the others to: most stars and sharpest.
+
+    The score is ``n_stars / fwhm**2`` (a sharp frame detects more faint stars *and* gives
+    better centroids); ties go to the lowest id.
+
+    Parameters
+    ----------
+    qualities : mapping of frame id to FrameQuality
+        Candidate frames.
+    exclude : iterable of int
+        Ids not to choose (e.g. the keys of `reject_outliers`).
+
+    Returns
+    -------
+    int
+        Id of the reference frame.
+
+    Raises
+    ------
+    ValueError
+        When no candidate remains.
+    """
+    excluded = set(exclude)
+    candidates = [i for i in qualities if i not in excluded]
+    if not candidates:
+        raise ValueError("no frame left to choose a reference from")
+    return max(sorted(candidates), key=lambda i: _reference_score(qualities[i]))

@@ -1,0 +1,568 @@
+"""Alignment of calibrated lights onto a reference frame and their combination into a stack.
+
+Pure numerics apart from the scratch ``.npy`` files `align_and_stack` keeps in a caller-given
+work directory so that only one frame is ever in memory while warping.
+
+Why not ``astroalign.register``: it detects the sources of *both* images on every call and warps
+with scikit-image. Here sources are detected once per frame (`ccdwatch.qa.measure`), the
+reference's list is reused for every frame, astroalign only matches the star patterns, the match
+is refined by least squares over all the stars, and the image is resampled with
+``scipy.ndimage.affine_transform``. Measured on a 1092x736 float32 frame with 150 stars
+(2-core VM, astroalign 2.6.2, scipy 1.17, best of 5): ``astroalign.register`` 0.12 s per frame
+versus 0.06 s for `find_transform` (both source lists precomputed; nearly all of it is
+astroalign's triangle invariants) plus 0.02 s for `warp` (bilinear; 0.06 s cubic). The source
+detection (`ccdwatch.qa.measure`, 0.11 s) is done once per frame anyway for the quality metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import astroalign
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from ccdwatch import calib
+from ccdwatch.qa import Sources
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AlignmentError",
+    "StackResult",
+    "Transform",
+    "align_and_stack",
+    "find_transform",
+    "preview_stretch",
+    "warp",
+]
+
+
+class AlignmentError(Exception):
+    """A frame could not be aligned onto the reference; the message says why."""
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A 2-D similarity transform from frame pixel coordinates to reference coordinates.
+
+    Attributes
+    ----------
+    matrix : tuple of 3 tuples of 3 floats
+        Homogeneous matrix ``M`` with ``(x_ref, y_ref, 1) = M @ (x, y, 1)``; 0-based pixel
+        coordinates, ``x`` the column.
+    n_matches : int
+        Number of stars matched between the frame and the reference.
+    rms : float
+        RMS distance (px) between the matched reference stars and the transformed frame stars.
+    """
+
+    matrix: tuple[tuple[float, ...], ...]
+    n_matches: int
+    rms: float
+
+    @classmethod
+    def from_array(cls, matrix: np.ndarray, *, n_matches: int, rms: float) -> Transform:
+        """Build from a 3x3 array (copied into tuples)."""
+        m = np.asarray(matrix, dtype=np.float64)
+        if m.shape != (3, 3):
+            raise ValueError(f"transform matrix must be 3x3, got {m.shape}")
+        return cls(
+            matrix=tuple(tuple(float(v) for v in row) for row in m),
+            n_matches=int(n_matches),
+            rms=float(rms),
+        )
+
+    @classmethod
+    def identity(cls, *, n_matches: int = 0) -> Transform:
+        """The transform of the reference onto itself."""
+        return cls.from_array(np.eye(3), n_matches=n_matches, rms=0.0)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The matrix as a new 3x3 float64 array."""
+        return np.array(self.matrix, dtype=np.float64)
+
+    @property
+    def scale(self) -> float:
+        """Linear scale factor (reference px per frame px)."""
+        m = self.array
+        return math.sqrt(abs(np.linalg.det(m[:2, :2])))
+
+    @property
+    def rotation_deg(self) -> float:
+        """Rotation angle in degrees (counter-clockwise with y up)."""
+        m = self.array
+        return math.degrees(math.atan2(m[1, 0], m[0, 0]))
+
+    @property
+    def shift(self) -> tuple[float, float]:
+        """Translation ``(dx, dy)`` in pixels (where the frame origin lands on the reference)."""
+        m = self.array
+        return float(m[0, 2]), float(m[1, 2])
+
+    def apply(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map frame coordinates to reference coordinates (new arrays)."""
+        m = self.array
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        return m[0, 0] * x + m[0, 1] * y + m[0, 2], m[1, 0] * x + m[1, 1] * y + m[1, 2]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for JSON/SQL storage."""
+        return {
+            "matrix": [list(row) for row in self.matrix],
+            "n_matches": self.n_matches,
+            "rms": self.rms,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Transform:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_array(
+            np.asarray(d["matrix"], dtype=np.float64),
+            n_matches=int(d["n_matches"]),
+            rms=float(d["rms"]),
+        )
+
+
+def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama 1991) mapping ``src`` (N,2) onto ``dst`` (N,2)."""
+    mu_s = src.mean(axis=0)
+    mu_d = dst.mean(axis=0)
+    s = src - mu_s
+    d = dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sv, vt = np.linalg.svd(cov)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1.0
+    rot = u @ np.diag(sign) @ vt
+    var_s = (s**2).sum() / len(src)
+    scale = float((sv * sign).sum() / var_s) if var_s > 0 else 1.0
+    m = np.eye(3)
+    m[:2, :2] = scale * rot
+    m[:2, 2] = mu_d - scale * rot @ mu_s
+    return m
+
+
+def _apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    return xy @ m[:2, :2].T + m[:2, 2]
+
+
+def _refine(
+    m: np.ndarray, src: np.ndarray, dst: np.ndarray, *, radius: float, iterations: int = 3
+) -> tuple[np.ndarray, int, float]:
+    """Match every frame star to its nearest reference star under ``m`` and refit by least squares.
+
+    Returns the refined matrix, the number of matched pairs and their RMS residual (px).
+    """
+    tree = cKDTree(dst)
+    n_pairs, rms = 0, math.inf
+    for _ in range(iterations):
+        dist, j = tree.query(_apply(m, src), k=1, distance_upper_bound=radius)
+        ok = np.isfinite(dist)
+        # one reference star per frame star: keep the closest claim
+        order = np.argsort(dist[ok], kind="stable")
+        i_ok = np.flatnonzero(ok)[order]
+        _, first = np.unique(j[i_ok], return_index=True)
+        i_pairs = i_ok[first]
+        if i_pairs.size < 3:
+            break
+        s, d = src[i_pairs], dst[j[i_pairs]]
+        m_new = _fit_similarity(s, d)
+        resid = np.hypot(*(_apply(m_new, s) - d).T)
+        # one clip of gross residuals (blends, a mismatched pair) then the final fit
+        keep = resid <= max(3.0 * float(np.sqrt(np.mean(resid**2))), 0.2)
+        if keep.sum() >= 3 and not keep.all():
+            s, d = s[keep], d[keep]
+            m_new = _fit_similarity(s, d)
+            resid = np.hypot(*(_apply(m_new, s) - d).T)
+        m = m_new
+        n_pairs, rms = len(s), float(np.sqrt(np.mean(resid**2)))
+    return m, n_pairs, rms
+
+
+def find_transform(
+    sources: Sources,
+    ref: Sources,
+    *,
+    max_control_points: int = 50,
+    min_matches: int = 4,
+    match_radius: float = 1.5,
+    max_scale_change: float = 0.02,
+) -> Transform:
+    """Similarity transform taking a frame's pixel coordinates onto the reference's.
+
+    astroalign matches the star patterns (triangle invariants) of the ``max_control_points``
+    brightest sources of each list; the transform is then refined by least squares over every
+    source of the frame that lands within ``match_radius`` of a reference source.
+
+    Parameters
+    ----------
+    sources : Sources
+        Sources of the frame to align (brightest first, as `ccdwatch.qa.measure` returns).
+    ref : Sources
+        Sources of the reference frame.
+    max_control_points : int
+        Brightest sources of each list given to astroalign.
+    min_matches : int
+        Fewest matched stars accepted.
+    match_radius : float
+        Matching radius (px) for the least-squares refinement.
+    max_scale_change : float
+        Largest accepted ``|scale - 1|``; frames of one group come from one camera, so a large
+        scale change means a false match.
+
+    Returns
+    -------
+    Transform
+
+    Raises
+    ------
+    AlignmentError
+        Too few sources, no consistent star pattern, too few matches or an implausible scale.
+    """
+    if len(sources) < 3:
+        raise AlignmentError(f"only {len(sources)} sources detected on the frame (need >= 3)")
+    if len(ref) < 3:
+        raise AlignmentError(f"only {len(ref)} sources detected on the reference (need >= 3)")
+    src = sources.xy
+    dst = ref.xy
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # degenerate triangles
+            t, _ = astroalign.find_transform(
+                src[:max_control_points], dst[:max_control_points], max_control_points=max_control_points
+            )
+    except astroalign.MaxIterError as exc:
+        raise AlignmentError(
+            f"no star pattern in common with the reference ({len(sources)} vs {len(ref)} sources): {exc}"
+        ) from exc
+    except Exception as exc:  # ValueError/TypeError, or astroalign internals on degenerate geometry
+        raise AlignmentError(f"astroalign could not match the star lists: {exc}") from exc
+
+    m, n_matches, rms = _refine(np.asarray(t.params, dtype=np.float64), src, dst, radius=match_radius)
+    if n_matches < min_matches:
+        raise AlignmentError(
+            f"only {n_matches} stars matched the reference within {match_radius} px (need >= {min_matches})"
+        )
+    result = Transform.from_array(m, n_matches=n_matches, rms=rms)
+    if abs(result.scale - 1.0) > max_scale_change:
+        raise AlignmentError(f"implausible scale {result.scale:.3f} relative to the reference (false match?)")
+    logger.debug(
+        "transform: shift (%.2f, %.2f) px, rotation %.3f deg, scale %.5f, %d stars, rms %.3f px",
+        *result.shift,
+        result.rotation_deg,
+        result.scale,
+        n_matches,
+        rms,
+    )
+    return result
+
+
+def warp(
+    data: np.ndarray, transform: Transform, *, output_shape: tuple[int, int], order: int = 1
+) -> np.ndarray:
+    """Resample a frame onto the reference pixel grid.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Frame (image units). NaN marks missing pixels. Not modified.
+    transform : Transform
+        Frame -> reference coordinates.
+    output_shape : (ny, nx)
+        Shape of the reference image.
+    order : int
+        Spline order of the interpolation (1 = bilinear, 3 = cubic).
+
+    Returns
+    -------
+    ndarray of float32, shape ``output_shape``
+        The frame on the reference grid. NaN outside the frame's footprint and on every output
+        pixel whose interpolation touches a missing input pixel. Values are divided by the
+        transform's area scale so that point-source fluxes are conserved.
+
+    Notes
+    -----
+    Flux of an isolated star (aperture sum) is conserved to ~1e-8 for any rotation and shift,
+    with either order. With a scale change, bilinear resampling errs by about
+    ``15 * (scale - 1)**2`` (0.2 % at 1 %, 1.2 % at 3 %; the kernel's column sums beat with the
+    new pixel pitch), cubic (``order=3``) by < 1e-5 even at 3 %. Frames of one camera differ in
+    scale by ~1e-4, where either is exact for all purposes.
+    """
+    if np.ndim(data) != 2:
+        raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
+    m = transform.array
+    inv = np.linalg.inv(m)  # reference (x, y) -> frame (x, y)
+    # ndimage works in (row, col) = (y, x) index order: input = A @ output + offset
+    a = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])
+    offset = np.array([inv[1, 2], inv[0, 2]])
+    src = np.asarray(data, dtype=np.float32)
+    missing = ~np.isfinite(src)
+    if missing.any():
+        fill = float(np.median(src[~missing])) if (~missing).any() else 0.0
+        src = np.where(missing, np.float32(fill), src)
+    out = ndimage.affine_transform(
+        src,
+        a,
+        offset=offset,
+        output_shape=tuple(output_shape),
+        output=np.float32,
+        order=order,
+        mode="constant",
+        cval=np.nan,
+        prefilter=order > 1,
+    )
+    if missing.any():
+        touched = ndimage.affine_transform(
+            missing.astype(np.float32),
+            a,
+            offset=offset,
+            output_shape=tuple(output_shape),
+            output=np.float32,
+            order=1,
+            mode="constant",
+            cval=0.0,
+            prefilter=False,
+        )
+        out[touched > 1e-6] = np.nan
+    area = abs(float(np.linalg.det(m[:2, :2])))
+    if abs(area - 1.0) > 1e-9:
+        out /= np.float32(area)
+    return out
+
+
+@dataclass
+class StackResult:
+    """Outcome of `align_and_stack`.
+
+    Attributes
+    ----------
+    image : ndarray of float32
+        The stack on the reference grid (image units of one frame; NaN where no frame covers).
+    count : ndarray of uint16
+        Number of frames that covered each pixel (their warped footprint, minus masked
+        pixels): the exposure map, independent of the clipping.
+    transforms : dict
+        Frame id -> Transform of every stacked frame (identity for the reference).
+    failed : dict
+        Frame id -> reason, for frames that could not be aligned.
+    reference : int
+        Id of the reference frame.
+    offsets : dict
+        Frame id -> additive background offset removed before combining (image units).
+    used : ndarray of uint16 or None
+        Number of values that survived the clipping at each pixel (``count`` minus the
+        rejected ones; equal to ``count`` for "mean" and "median").
+    """
+
+    image: np.ndarray
+    count: np.ndarray
+    transforms: dict[int, Transform]
+    failed: dict[int, str]
+    reference: int
+    offsets: dict[int, float] = field(default_factory=dict)
+    used: np.ndarray | None = None
+
+
+def _sky_level(image: np.ndarray) -> float:
+    """Robust sky level of a frame (median of a subsample of its finite pixels)."""
+    sample = np.asarray(image[::2, ::2], dtype=np.float32)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return float("nan")
+    median, _ = calib.robust_stats(sample)
+    return float(median)
+
+
+def align_and_stack(
+    ids: Sequence[int],
+    load: Callable[[int], np.ndarray],
+    sources: Mapping[int, Sources],
+    reference: int,
+    *,
+    masks: Mapping[int, np.ndarray | None] | None = None,
+    method: str = "sigma_clip",
+    sigma: float = 3.0,
+    memory_budget: int = 1 << 30,
+    workdir: str | os.PathLike[str],
+    order: int = 1,
+    match_background: bool = True,
+) -> StackResult:
+    """Align frames onto a reference and combine them.
+
+    Frames are loaded one at a time, aligned with `find_transform` (from the precomputed
+    source lists), masked pixels set to NaN, warped with `warp` and written as float32 ``.npy``
+    files into a private temporary directory under ``workdir``; those are combined with
+    `ccdwatch.calib.combine` through read-only memory maps and then deleted.
+
+    Parameters
+    ----------
+    ids : sequence of int
+        Frames to stack; must contain ``reference``.
+    load : callable
+        ``load(id)`` returns the calibrated frame as a 2-D array (not modified).
+    sources : mapping
+        Frame id -> `Sources` from `ccdwatch.qa.measure`; must contain ``reference``.
+    reference : int
+        Id of the frame whose pixel grid the stack uses.
+    masks : mapping, optional
+        Frame id -> boolean mask (True = bad pixel, e.g. hot pixels) or None. Masked pixels
+        become NaN before warping, so they never reach the stack.
+    method : {"sigma_clip", "median", "mean"}
+        Combination method for `ccdwatch.calib.combine`.
+    sigma : float
+        Clipping threshold for ``method="sigma_clip"``.
+    memory_budget : int
+        Bytes `ccdwatch.calib.combine` may use.
+    workdir : path
+        Directory for the scratch files (should be on the same disk as the products).
+    order : int
+        Interpolation order of the warp (1 = bilinear).
+    match_background : bool
+        Subtract from each frame the difference between its sky level and the reference's
+        (additive offset) before combining, so that a changing sky does not bias the clipping.
+
+    Returns
+    -------
+    StackResult
+
+    Raises
+    ------
+    ValueError
+        If ``reference`` is not among ``ids`` or has no source list, or nothing can be stacked.
+    """
+    ids = list(dict.fromkeys(ids))
+    if reference not in ids:
+        raise ValueError(f"reference {reference} is not among the frames to stack")
+    if reference not in sources:
+        raise ValueError(f"no source list for the reference frame {reference}")
+    ref_sources = sources[reference]
+    transforms: dict[int, Transform] = {}
+    failed: dict[int, str] = {}
+    offsets: dict[int, float] = {}
+
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="stack-", dir=workdir))
+    try:
+        paths: list[Path] = []
+        output_shape: tuple[int, int] | None = None
+        coverage: np.ndarray | None = None
+        ref_sky = float("nan")
+        for i in [reference] + [i for i in ids if i != reference]:
+            if i == reference:
+                t = Transform.identity(n_matches=len(ref_sources))
+            elif i not in sources:
+                failed[i] = "no source list"
+                logger.warning("frame %s not stacked: no source list", i)
+                continue
+            else:
+                try:
+                    t = find_transform(sources[i], ref_sources)
+                except AlignmentError as exc:
+                    failed[i] = str(exc)
+                    logger.warning("frame %s not stacked: %s", i, exc)
+                    continue
+            frame = np.asarray(load(i))
+            if output_shape is None:
+                output_shape = (int(frame.shape[0]), int(frame.shape[1]))
+            mask = masks.get(i) if masks is not None else None
+            if mask is not None:
+                frame = np.where(np.asarray(mask, dtype=bool), np.float32(np.nan), frame)
+            # sky level measured before resampling: interpolation smooths the noise and shifts
+            # the median of a star field by ~0.01 sigma, which would bias the offsets
+            level = _sky_level(frame) if match_background else math.nan
+            warped = warp(frame, t, output_shape=output_shape, order=order)
+            del frame
+            if coverage is None:
+                coverage = np.zeros(output_shape, dtype=np.uint16)
+            coverage += np.isfinite(warped)
+            if match_background:
+                if i == reference:
+                    ref_sky = level
+                offset = level - ref_sky
+                if math.isfinite(offset) and offset != 0.0:
+                    warped -= np.float32(offset)
+                offsets[i] = offset if math.isfinite(offset) else 0.0
+            path = scratch / f"frame-{len(paths):05d}.npy"
+            np.save(path, warped)
+            del warped
+            paths.append(path)
+            transforms[i] = t
+        if not paths or coverage is None:  # pragma: no cover - the reference always stacks
+            raise ValueError(f"nothing to stack: {failed}")
+        logger.info("stacking %d of %d frames onto %s (%s)", len(paths), len(ids), reference, method)
+        frames = [np.load(p, mmap_mode="r") for p in paths]
+        image, used = calib.combine(
+            frames,
+            method=method,
+            sigma=sigma,
+            memory_budget=memory_budget,
+            return_count=True,
+        )
+        # own copies, independent of the memory maps that are about to be deleted
+        image = np.array(image, dtype=np.float32, copy=True)
+        used = np.array(used, dtype=np.uint16, copy=True)
+        del frames
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return StackResult(
+        image=image,
+        count=coverage,
+        used=used,
+        transforms=transforms,
+        failed=failed,
+        reference=reference,
+        offsets=offsets,
+    )
+
+
+def preview_stretch(
+    image: np.ndarray,
+    *,
+    percentile: tuple[float, float] = (0.5, 99.8),
+    asinh_a: float = 0.1,
+) -> np.ndarray:
+    """Display stretch of an image for PNG previews.
+
+    The image is scaled linearly between the given percentiles of its finite pixels, clipped to
+    [0, 1] and passed through ``asinh(x / a) / asinh(1 / a)`` (smaller ``a`` lifts faint
+    structure more).
+
+    Parameters
+    ----------
+    image : ndarray
+        Any 2-D image; not modified.
+    percentile : (low, high)
+        Percentiles (0-100) mapped to black and white.
+    asinh_a : float
+        Softening of the asinh stretch (> 0).
+
+    Returns
+    -------
+    ndarray of float32
+        Values in [0, 1]; NaN and infinite pixels are 0.
+    """
+    if asinh_a <= 0:
+        raise ValueError(f"asinh_a must be positive, got {asinh_a}")
+    img = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(img)
+    out = np.zeros(img.shape, dtype=np.float32)
+    if not finite.any():
+        return out
+    lo, hi = np.percentile(img[finite], percentile)
+    if not hi > lo:
+        return out
+    x = np.clip((img[finite] - lo) / (hi - lo), 0.0, 1.0)
+    out[finite] = (np.arcsinh(x / asinh_a) / np.arcsinh(1.0 / asinh_a)).astype(np.float32)
+    return out

@@ -1,0 +1,341 @@
+"""Frame quality: detection, seeing/sky metrics, outlier rejection and reference choice.
+
+Every test works on seeded synthetic "calibrated" frames built directly from the truth:
+``render_stars(...) + sky + Gaussian noise`` (no bias, dark or flat), so that the expected
+FWHM, sky level, sky noise and star list are known exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from ccdwatch import qa, synth
+
+SHAPE = (256, 384)
+FWHM = 3.0
+SKY = 100.0  # ADU per pixel
+NOISE = 8.0  # ADU rms per pixel (read noise dominated)
+N_STARS = 80
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+def calibrated_frame(
+    stars: synth.Stars,
+    rng: np.random.Generator,
+    *,
+    fwhm: float = FWHM,
+    sky: float = SKY,
+    noise: float = NOISE,
+    flux_scale: float = 1.0,
+) -> np.ndarray:
+    """A calibrated 1 s exposure: stars (flux in ADU/s) + flat sky + white noise, float32."""
+    scaled = synth.Stars(x=stars.x, y=stars.y, flux=stars.flux * flux_scale, shape=stars.shape)
+    image = synth.render_stars(SHAPE, scaled, fwhm=fwhm, exptime=1.0)
+    image += sky + rng.normal(0.0, noise, SHAPE)
+    return image.astype(np.float32)
+
+
+def peak_snr(stars: synth.Stars, *, fwhm: float = FWHM, noise: float = NOISE) -> np.ndarray:
+    """Central-pixel signal-to-noise of each star (Gaussian peak / sky noise)."""
+    sigma = fwhm / FWHM_PER_SIGMA
+    return stars.flux / (2.0 * math.pi * sigma**2) / noise
+
+
+def isolated(stars: synth.Stars, *, distance: float) -> np.ndarray:
+    """True for stars with no other star within ``distance`` pixels."""
+    xy = np.column_stack([stars.x, stars.y])
+    d, _ = cKDTree(xy).query(xy, k=2)
+    return d[:, 1] > distance
+
+
+@pytest.fixture(scope="module")
+def stars() -> synth.Stars:
+    return synth.star_field(SHAPE, N_STARS, rng=np.random.default_rng(42), flux_range=(200.0, 20000.0))
+
+
+@pytest.fixture(scope="module")
+def frame(stars: synth.Stars) -> np.ndarray:
+    return calibrated_frame(stars, np.random.default_rng(7))
+
+
+@pytest.fixture(scope="module")
+def measured(frame: np.ndarray) -> tuple[qa.FrameQuality, qa.Sources]:
+    return qa.measure(frame)
+
+
+# --------------------------------------------------------------------------------------------
+# measure
+
+
+def test_measure_sky_and_noise(measured: tuple[qa.FrameQuality, qa.Sources]) -> None:
+    quality, _ = measured
+    assert quality.sky == pytest.approx(SKY, rel=0.01)
+    assert quality.sky_noise == pytest.approx(NOISE, rel=0.03)
+    assert quality.saturated_fraction == 0.0
+
+
+def test_measure_fwhm_and_roundness(measured: tuple[qa.FrameQuality, qa.Sources]) -> None:
+    quality, sources = measured
+    # The detector integrates the PSF over its pixels (adds 1/12 px^2 of variance per axis), so
+    # the FWHM of the recorded star image is sqrt(3.0^2 + 2.3548^2/12) = 3.08 px: both within 10 %.
+    assert quality.fwhm == pytest.approx(FWHM, rel=0.10)
+    pixelised = math.sqrt(FWHM**2 + FWHM_PER_SIGMA**2 / 12.0)
+    assert quality.fwhm == pytest.approx(pixelised, rel=0.03)
+    assert 1.0 <= quality.elongation < 1.15
+    assert sources.fwhm.shape == sources.x.shape
+
+
+def test_measure_recovers_stars(stars: synth.Stars, measured: tuple[qa.FrameQuality, qa.Sources]) -> None:
+    quality, sources = measured
+    truth = np.column_stack([stars.x, stars.y])
+    # every isolated star with a central-pixel S/N >= 10 is found within 0.5 px ...
+    findable = (peak_snr(stars) >= 10) & isolated(stars, distance=4 * FWHM)
+    assert findable.sum() >= 30
+    d_found, _ = cKDTree(sources.xy).query(truth[findable])
+    assert np.all(d_found < 0.5)
+    # ... and nothing is detected that is not a star (blends can merge two stars into one)
+    d_true, _ = cKDTree(truth).query(sources.xy)
+    assert np.all(d_true < 2.0)
+    assert findable.sum() <= quality.n_stars <= N_STARS
+    assert quality.n_stars == len(sources)
+    # bright isolated stars: centroids to a few hundredths of a pixel
+    bright = isolated(stars, distance=4 * FWHM) & (peak_snr(stars) >= 50)
+    d, _ = cKDTree(sources.xy).query(truth[bright])
+    assert math.sqrt(np.mean(d**2)) < 0.05
+
+
+def test_sources_sorted_brightest_first_and_flux_right(
+    stars: synth.Stars, measured: tuple[qa.FrameQuality, qa.Sources]
+) -> None:
+    _, sources = measured
+    assert np.all(np.diff(sources.flux) <= 0)
+    # aperture flux of radius 1.5 FWHM holds 99.8 % of a Gaussian star
+    ok = isolated(stars, distance=4 * FWHM) & (peak_snr(stars) >= 50)
+    _, j = cKDTree(sources.xy).query(np.column_stack([stars.x[ok], stars.y[ok]]))
+    ratio = sources.flux[j] / stars.flux[ok]
+    assert np.mean(ratio) == pytest.approx(0.998, abs=0.01)
+
+
+def test_max_sources_caps_the_list_not_the_count(frame: np.ndarray) -> None:
+    quality, sources = qa.measure(frame, max_sources=10)
+    full_quality, full = qa.measure(frame)
+    assert len(sources) == 10
+    assert quality.n_stars == full_quality.n_stars > 10
+    np.testing.assert_allclose(sources.flux, full.flux[:10])
+
+
+@pytest.mark.parametrize("fwhm", [2.5, 4.5, 7.5])
+def test_measure_fwhm_tracks_seeing(stars: synth.Stars, fwhm: float) -> None:
+    image = calibrated_frame(stars, np.random.default_rng(11), fwhm=fwhm)
+    quality, _ = qa.measure(image)
+    assert quality.fwhm == pytest.approx(fwhm, rel=0.10)
+
+
+def test_measure_trailed_stars_are_elongated(stars: synth.Stars) -> None:
+    # 8 px of drift along x during the exposure (tracking error): sum of 17 sub-exposures
+    image = np.zeros(SHAPE)
+    steps = np.linspace(-4.0, 4.0, 17)
+    for dx in steps:
+        moved = synth.transform_stars(stars, dx=float(dx))
+        image += synth.render_stars(SHAPE, moved, fwhm=FWHM, exptime=1.0 / steps.size)
+    image += SKY + np.random.default_rng(5).normal(0.0, NOISE, SHAPE)
+    quality, _ = qa.measure(image)
+    assert quality.elongation > 1.5
+    assert quality.n_stars > 10
+
+
+def test_saturated_fraction_and_saturated_stars_excluded(stars: synth.Stars) -> None:
+    image = calibrated_frame(stars, np.random.default_rng(8)).astype(np.float64)
+    saturation = 60000.0
+    # a blooming saturated block and a saturated star (flat-topped: clipped at the ADC limit)
+    image[100:120, 200:230] = 65535.0
+    big = synth.Stars(x=np.array([60.3]), y=np.array([200.6]), flux=np.array([3e6]))
+    image += synth.render_stars(SHAPE, big, fwhm=FWHM, exptime=1.0)
+    image = np.minimum(image, 65535.0)
+    expected = np.count_nonzero(image >= saturation) / image.size
+    assert expected > 20 * 30 / image.size  # the star adds saturated pixels too
+    quality, _ = qa.measure(image, saturation=saturation)
+    assert quality.saturated_fraction == pytest.approx(expected, rel=1e-12)
+    assert quality.fwhm == pytest.approx(FWHM, rel=0.10)
+    assert quality.sky == pytest.approx(SKY, rel=0.01)
+    # without a saturation level nothing counts as saturated
+    assert qa.measure(image)[0].saturated_fraction == 0.0
+
+
+def test_measure_ignores_nan_and_masked_pixels(stars: synth.Stars) -> None:
+    rng = np.random.default_rng(9)
+    image = calibrated_frame(stars, rng)
+    # hot pixels (single pixels, 3000 ADU) and a dead region
+    hot = np.zeros(SHAPE, dtype=bool)
+    hot_y = rng.integers(10, SHAPE[0] - 10, 30)
+    hot_x = rng.integers(10, SHAPE[1] - 10, 30)
+    hot[hot_y, hot_x] = True
+    image[hot] += 3000.0
+    image[:, :15] = np.nan
+    quality, sources = qa.measure(image, mask=hot)
+    assert np.isfinite(quality.fwhm) and quality.fwhm == pytest.approx(FWHM, rel=0.10)
+    assert quality.sky == pytest.approx(SKY, rel=0.01)
+    assert np.all(sources.x > 14)
+    # a masked hot pixel yields no source
+    d, _ = cKDTree(np.column_stack([hot_x, hot_y])).query(sources.xy)
+    truth_d, _ = cKDTree(np.column_stack([stars.x, stars.y])).query(sources.xy)
+    assert np.all((d > 2.0) | (truth_d < 1.0))
+    # unmasked, the hot pixels (much sharper than any star) are still not counted as stars
+    unmasked_quality, unmasked = qa.measure(image)
+    truth_d, _ = cKDTree(np.column_stack([stars.x, stars.y])).query(unmasked.xy)
+    assert np.all(truth_d < 2.0)
+    # (a hot pixel that lands on a faint star can take that star with it: a few at most)
+    assert quality.n_stars - 4 <= unmasked_quality.n_stars <= quality.n_stars
+
+
+def test_more_hot_pixels_than_stars(stars: synth.Stars, measured: tuple[qa.FrameQuality, qa.Sources]) -> None:
+    # an uncalibrated long exposure: 600 hot pixels (200-5000 ADU) and 80 stars
+    rng = np.random.default_rng(12)
+    image = calibrated_frame(stars, np.random.default_rng(7))
+    image[rng.integers(0, SHAPE[0], 600), rng.integers(0, SHAPE[1], 600)] += rng.uniform(200, 5000, 600)
+    quality, sources = qa.measure(image)
+    clean_quality, _ = measured
+    assert quality.fwhm == pytest.approx(clean_quality.fwhm, rel=0.05)
+    assert clean_quality.n_stars - 8 <= quality.n_stars <= clean_quality.n_stars + 2
+    # the bright stars keep their sub-pixel centroids (windowed with the stars' size, not the
+    # hot pixels')
+    truth = np.column_stack([stars.x, stars.y])
+    bright = isolated(stars, distance=4 * FWHM) & (peak_snr(stars) >= 50)
+    d, _ = cKDTree(sources.xy).query(truth[bright])
+    assert np.median(d) < 0.05
+
+
+def test_measure_pure_noise_frame() -> None:
+    image = (SKY + np.random.default_rng(3).normal(0.0, NOISE, SHAPE)).astype(np.float32)
+    quality, sources = qa.measure(image)
+    assert quality.n_stars == 0 and len(sources) == 0
+    assert math.isnan(quality.fwhm) and math.isnan(quality.elongation)
+    assert quality.sky == pytest.approx(SKY, rel=0.01)
+    assert quality.sky_noise == pytest.approx(NOISE, rel=0.03)
+
+
+def test_measure_does_not_modify_its_inputs(frame: np.ndarray) -> None:
+    image = frame.astype(np.float64)
+    image[5:8, 5:8] = np.nan
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[50, 50] = True
+    image_before, mask_before = image.copy(), mask.copy()
+    qa.measure(image, mask=mask, saturation=1000.0)
+    np.testing.assert_array_equal(image, image_before)  # NaNs compare equal here
+    np.testing.assert_array_equal(mask, mask_before)
+    # big-endian input (as FITS gives it) is accepted too
+    quality, _ = qa.measure(frame.astype(">f4"))
+    assert quality.fwhm == pytest.approx(FWHM, rel=0.10)
+
+
+def test_measure_rejects_bad_shapes(frame: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        qa.measure(frame[0])
+    with pytest.raises(ValueError, match="mask shape"):
+        qa.measure(frame, mask=np.zeros((3, 3), dtype=bool))
+
+
+# --------------------------------------------------------------------------------------------
+# reject_outliers / choose_reference
+
+
+@pytest.fixture(scope="module")
+def group(stars: synth.Stars) -> dict[int, qa.FrameQuality]:
+    """Six normal frames, a blurred one (FWHM x 2.5) and a cloudy one (stars x 0.2, sky x 3)."""
+    rng = np.random.default_rng(21)
+    qualities = {}
+    for i in range(6):
+        qualities[i] = qa.measure(calibrated_frame(stars, rng))[0]
+    qualities[6] = qa.measure(calibrated_frame(stars, rng, fwhm=2.5 * FWHM))[0]
+    # three times the sky also means more photon noise (gain 1.5 e-/ADU)
+    cloudy = calibrated_frame(
+        stars, rng, flux_scale=0.2, sky=3 * SKY, noise=math.hypot(NOISE, math.sqrt(2 * SKY / 1.5))
+    )
+    qualities[7] = qa.measure(cloudy)[0]
+    return qualities
+
+
+def test_reject_outliers_blurred_and_cloudy(group: dict[int, qa.FrameQuality]) -> None:
+    rejected = qa.reject_outliers(group)
+    assert set(rejected) == {6, 7}
+    assert "FWHM" in rejected[6] and "MAD above the group median" in rejected[6]
+    assert f"{group[6].fwhm:.1f} px" in rejected[6]
+    assert rejected[7].startswith(f"sky {group[7].sky:.0f} ADU is ")
+    assert group[7].n_stars < 0.7 * np.median([group[i].n_stars for i in range(6)])
+    for i in range(6):
+        assert group[i].fwhm == pytest.approx(FWHM, rel=0.1)
+
+
+def test_reference_is_a_good_frame(group: dict[int, qa.FrameQuality]) -> None:
+    rejected = qa.reject_outliers(group)
+    ref = qa.choose_reference(group, exclude=rejected)
+    assert ref in range(6)
+    # it is the frame with most stars per PSF area among the normal ones
+    scores = {i: group[i].n_stars / group[i].fwhm ** 2 for i in range(6)}
+    assert ref == max(scores, key=scores.__getitem__)
+
+
+def quality(
+    n_stars: int = 60, fwhm: float = 3.0, sky: float = 100.0, elongation: float = 1.05
+) -> qa.FrameQuality:
+    return qa.FrameQuality(
+        n_stars=n_stars, fwhm=fwhm, elongation=elongation, sky=sky, sky_noise=8.0, saturated_fraction=0.0
+    )
+
+
+def test_identical_frames_mad_zero_reject_nothing() -> None:
+    group = {i: quality() for i in range(5)}
+    assert qa.reject_outliers(group) == {}
+    # a slightly worse frame in a MAD=0 group is kept (floor of 10 % of the median) ...
+    group[5] = quality(fwhm=3.3, sky=105.0, n_stars=55)
+    assert qa.reject_outliers(group) == {}
+    # ... a much worse one is not
+    group[6] = quality(fwhm=6.0)
+    assert set(qa.reject_outliers(group)) == {6}
+
+
+def test_min_stars_and_elongation_reasons() -> None:
+    group = {i: quality() for i in range(4)}
+    group[4] = quality(n_stars=3)
+    group[5] = quality(n_stars=12)
+    group[6] = quality(elongation=2.6)
+    rejected = qa.reject_outliers(group)
+    assert rejected[4] == "only 3 stars (< 5)"
+    assert rejected[5] == "12 stars, fewer than half the group median 60"
+    assert "elongated" in rejected[6]
+    assert set(rejected) == {4, 5, 6}
+
+
+def test_never_rejects_everything() -> None:
+    single = {7: quality(n_stars=2)}
+    assert qa.reject_outliers(single) == {}
+    nostars = {i: quality(n_stars=0, fwhm=math.nan, elongation=math.nan) for i in range(3)}
+    rejected = qa.reject_outliers(nostars)
+    assert len(rejected) == 2
+    assert qa.reject_outliers({}) == {}
+
+
+def test_choose_reference() -> None:
+    group = {
+        1: quality(n_stars=50, fwhm=3.0),
+        2: quality(n_stars=60, fwhm=2.5),
+        3: quality(n_stars=80, fwhm=4.0),
+    }
+    assert qa.choose_reference(group) == 2  # 9.6 stars/px^2 vs 5.6 and 5.0
+    assert qa.choose_reference(group, exclude=[2]) == 1
+    group[4] = quality(n_stars=10, fwhm=math.nan)
+    assert qa.choose_reference({4: group[4], 5: quality(n_stars=0, fwhm=math.nan)}) == 4
+    with pytest.raises(ValueError):
+        qa.choose_reference(group, exclude=group.keys())
+
+
+def test_frame_quality_json_round_trip() -> None:
+    q = quality(n_stars=0, fwhm=math.nan, elongation=math.nan)
+    d = q.to_json()
+    assert d["fwhm"] is None
+    back = qa.FrameQuality.from_json(d)
+    assert back.n_stars == 0 and math.isnan(back.fwhm) and back.sky == q.sky
