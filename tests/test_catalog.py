@@ -1,0 +1,132 @@
+"""The catalogue: created at head, models match migrations, refuses old schemas, SQLite done right."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from ccdwatch.catalog import (
+    Catalog,
+    SchemaError,
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    upgrade,
+    utcnow,
+)
+from ccdwatch.models import Base, Frame
+
+
+def test_new_catalogue_is_created_at_head(tmp_path):
+    db = str(tmp_path / "new" / "c.db")
+    with Catalog(db) as cat:
+        assert current_revision(cat.engine) == head_revision()
+        with cat.engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diffs == [], f"models and migrations disagree: {diffs}"
+
+
+def test_sqlite_pragmas(tmp_path):
+    with Catalog(str(tmp_path / "c.db")) as cat, cat.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+
+
+def _make_old(db: str) -> None:
+    engine = make_engine(db)
+    cfg = alembic_config(str(engine.url))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    engine.dispose()
+
+
+def test_refuses_database_behind_head_and_upgrade_backs_up(tmp_path):
+    db = tmp_path / "old.db"
+    _make_old(str(db))
+    with pytest.raises(SchemaError, match="ccdwatch db upgrade"):
+        Catalog(str(db))
+    old, new, backup = upgrade(str(db))
+    assert (old, new) == ("0001", head_revision())
+    assert backup is not None and backup.exists()
+    bak = sqlite3.connect(backup)
+    assert bak.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+    assert bak.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    bak.close()
+    with Catalog(str(db)) as cat:
+        assert cat.revision == head_revision()
+
+
+def test_refuses_unknown_revision(tmp_path):
+    db = tmp_path / "alien.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    con.execute("INSERT INTO alembic_version VALUES ('ffff')")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaError, match="does not know"):
+        Catalog(str(db))
+
+
+def test_reader_does_not_create_a_catalogue(tmp_path):
+    with pytest.raises(SchemaError, match="no catalogue"):
+        Catalog(str(tmp_path / "missing.db"), writer=False)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def _frame(i: int) -> Frame:
+    now = utcnow()
+    return Frame(path=f"/x/{i}.fits", sha256=f"{i:064x}", imagetyp="light", state="waiting", tries=0,
+                 created_at=now, updated_at=now)
+
+
+def test_long_reader_never_blocks_the_writer(tmp_path):
+    db = str(tmp_path / "c.db")
+    with Catalog(db) as writer, Catalog(db, writer=False) as reader:
+        with writer.session() as s:
+            s.add(_frame(0))
+        started, release = threading.Event(), threading.Event()
+
+        def long_read() -> None:
+            with reader.engine.connect() as conn:  # autobegins a deferred (read) transaction
+                conn.execute(text("SELECT count(*) FROM frames")).scalar()
+                started.set()
+                release.wait(10)
+                # A reader inside its transaction keeps seeing its snapshot.
+                assert conn.execute(text("SELECT count(*) FROM frames")).scalar() == 1
+                conn.commit()
+
+        t = threading.Thread(target=long_read)
+        t.start()
+        assert started.wait(5)
+        t0 = time.perf_counter()
+        for i in range(1, 51):
+            with writer.session() as s:
+                s.add(_frame(i))
+        elapsed = time.perf_counter() - t0
+        release.set()
+        t.join(5)
+        with reader.reader() as s:
+            assert s.query(Frame).count() == 51
+    assert elapsed < 5.0, f"50 small commits took {elapsed:.1f}s while a reader held a transaction"
+
+
+def test_foreign_keys_are_enforced(tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    from ccdwatch.models import SourceFile
+
+    with Catalog(str(tmp_path / "c.db")) as cat:
+        with pytest.raises(IntegrityError), cat.session() as s:
+            now = utcnow()
+            s.add(SourceFile(path="/a.fits", frame_id=999, first_seen=now, last_seen=now))
