@@ -1,0 +1,1038 @@
+"""The jobs, assembled in one place you can read top to bottom.
+
+``handle(path)``  ingest one file: safe read, header normalisation, one catalogue row per
+                  distinct content; a light is calibrated at once when its masters exist.
+``tick()``        periodic work: build masters whose frames have settled, calibrate lights that
+                  were waiting, recalibrate lights for which a better master appeared, stack
+                  groups that have gone quiet.
+``finish()``      what ``watch --once`` does at the end: everything ``tick`` does, as if the
+                  night were over.
+
+This is the one place where files, the catalogue and the numerics meet. Each job is one
+transaction, written after its output files are safely in place (temp file, fsync, rename), and
+each is safe to run twice: a job whose result already exists does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from ccdwatch import __version__, calib, qa, stack
+from ccdwatch.catalog import Catalog, log_event, utcnow
+from ccdwatch.config import Config
+from ccdwatch.fitsio import (
+    RejectedFile,
+    fits_suffix,
+    is_temp_name,
+    read_product,
+    read_product_hdus,
+    read_raw,
+    sweep_temp_files,
+    write_product,
+)
+from ccdwatch.headers import FrameInfo, ImageType, camera_key, header_to_jsonable, normalise
+from ccdwatch.models import Calibrated, Frame, Master, MasterInput, SourceFile, Stack, StackMember
+from ccdwatch.products import (
+    calibrated_path,
+    master_path,
+    preview_path,
+    product_header,
+    short_hash,
+    stack_path,
+)
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_TYPES = ("bias", "dark", "flat")
+#: Reasons for which a file that is still being written is retried rather than quarantined.
+INCOMPLETE_REASONS = {"truncated-data", "truncated-header", "empty"}
+EXPTIME_TOLERANCE = 1e-3  # seconds: exposures closer than this are "the same exposure"
+
+
+@dataclass
+class Outcome:
+    """What ``handle`` did with one path."""
+
+    status: str  # ingested | duplicate | unchanged | quarantined | ignored | incomplete | gone | error
+    frame_id: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class Selection:
+    """The masters chosen for one light, and what is missing (with reasons)."""
+
+    bias: Master | None = None
+    dark: Master | None = None
+    dark_scale: float | None = None
+    flat: Master | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ids(self) -> tuple[int | None, int | None, int | None]:
+        return (
+            self.bias.id if self.bias else None,
+            self.dark.id if self.dark else None,
+            self.flat.id if self.flat else None,
+        )
+
+    def explain(self) -> str:
+        parts = []
+        for kind in ("bias", "dark", "flat"):
+            m = getattr(self, kind)
+            if m is not None:
+                extra = f", scaled x{self.dark_scale:.4g}" if kind == "dark" and self.dark_scale not in (None, 1.0) else ""
+                parts.append(f"{kind}: master #{m.id} (night {m.night} v{m.version}{extra})")
+            elif kind in self.missing:
+                parts.append(f"{kind}: MISSING - {self.missing[kind]}")
+        return "; ".join(parts + self.notes)
+
+
+def _as_utc_naive(dt: datetime | None) -> datetime | None:
+    if dt is not None and dt.tzinfo is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return dt
+
+
+def temperature_ref(frame: Frame) -> float | None:
+    """The temperature a frame was taken at for matching: set-point if present, else CCD-TEMP."""
+    return frame.set_temp if frame.set_temp is not None else frame.ccd_temp
+
+
+def calib_key(frame: Frame) -> str:
+    """The calibration key of a bias/dark/flat frame: which frames may be combined together."""
+    key = f"{frame.imagetyp}|{frame.camera_key}"
+    if frame.imagetyp == "dark":
+        key += f"|exp={frame.exptime or 0:.3f}"
+        t = temperature_ref(frame)
+        key += f"|T={round(t):d}" if t is not None else "|T=?"
+    if frame.imagetyp == "flat":
+        key += f"|filter={(frame.filter or '').lower()}"
+    return key
+
+
+class _MasterCache:
+    """A few master images kept in memory: lights of a night all use the same three."""
+
+    def __init__(self, size: int = 6) -> None:
+        self._items: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._size = size
+
+    def get(self, master: Master) -> tuple[np.ndarray, np.ndarray | None]:
+        if master.id in self._items:
+            self._items.move_to_end(master.id)
+            return self._items[master.id]
+        hdus = read_product_hdus(master.path)
+        data = np.asarray(hdus[0].data, dtype=np.float32)
+        hot = None
+        if "HOTPIX" in hdus:
+            hot = np.asarray(hdus["HOTPIX"].data).astype(bool)
+        self._items[master.id] = (data, hot)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return data, hot
+
+
+class Pipeline:
+    """All processing for one incoming tree, one products root and one catalogue."""
+
+    def __init__(self, config: Config, catalog: Catalog, *, clock=time.time) -> None:
+        self.cfg = config
+        self.catalog = catalog
+        self.clock = clock
+        self.incoming = Path(config.paths.incoming).absolute()
+        self.products = Path(config.paths.products).absolute()
+        self.products.mkdir(parents=True, exist_ok=True)
+        self.workdir = self.products / ".work"
+        self.memory_budget = int(config.masters.memory_budget_mb * 2**20)
+        self._masters = _MasterCache()
+        self._errors: dict[str, int] = {}
+        self._raw_cache: tuple[int, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ start-up recovery
+    def recover(self) -> dict[str, int]:
+        """Converge after a crash: sweep temp files, forget outputs no row references."""
+        removed = sweep_temp_files(self.products)
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        orphans = 0
+        with self.catalog.session() as s:
+            known = set(s.scalars(select(Master.path)))
+            known |= set(s.scalars(select(Calibrated.path)))
+            known |= set(s.scalars(select(Stack.path)))
+        for sub in ("masters", "calibrated", "stacks"):
+            root = self.products / sub
+            if not root.exists():
+                continue
+            for path in root.rglob("*.fits"):
+                if str(path) not in known:
+                    path.unlink(missing_ok=True)
+                    preview_path(path).unlink(missing_ok=True)
+                    orphans += 1
+        if removed or orphans:
+            logger.warning("recovery: removed %d temp files and %d orphan products", len(removed), orphans)
+        return {"temp_files": len(removed), "orphans": orphans}
+
+    # ------------------------------------------------------------------ ingest
+    @staticmethod
+    def wants(path: Path, *, allow_compressed: bool = True) -> bool:
+        """Is this a name ccdwatch should look at (FITS suffix, not a temp name)?"""
+        if is_temp_name(path.name):
+            return False
+        suffix = fits_suffix(path.name)
+        return suffix is not None
+
+    def handle(self, path: str | os.PathLike, *, final: bool = False) -> Outcome:
+        """Ingest one path (safe to call for any event, any number of times)."""
+        path = Path(path).absolute()
+        if not self.wants(path):
+            return Outcome("ignored")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return Outcome("gone")
+        with self.catalog.session() as s:
+            known = s.scalar(select(SourceFile).where(SourceFile.path == str(path)))
+            if known is not None and known.frame_id is not None and (
+                known.size, known.mtime_ns, known.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
+                return Outcome("unchanged", known.frame_id)
+        try:
+            raw = read_raw(
+                path,
+                max_data_bytes=int(self.cfg.ingest.max_data_mb * 2**20),
+                allow_compressed=self.cfg.ingest.allow_compressed,
+            )
+        except RejectedFile as exc:
+            recent = (self.clock() - st.st_mtime) < max(30.0, 5 * self.cfg.watch.settle_seconds)
+            if exc.reason in INCOMPLETE_REASONS and recent and not final:
+                return Outcome("incomplete", detail=str(exc))
+            return self._quarantine(path, st, f"{exc.reason}: {exc.message}")
+        except FileNotFoundError:
+            return Outcome("gone")
+        except Exception as exc:  # an unexpected bug or OS error: retry a bounded number of times
+            n = self._errors[str(path)] = self._errors.get(str(path), 0) + 1
+            logger.exception("error ingesting %s (try %d)", path, n)
+            if n >= self.cfg.ingest.max_tries:
+                return self._quarantine(path, st, f"ingest-error: {type(exc).__name__}: {exc} (after {n} tries)")
+            return Outcome("error", detail=str(exc))
+        self._errors.pop(str(path), None)
+        info = normalise(
+            raw.header,
+            filename=path.name,
+            rules=self.cfg.classify,
+            timezone=self.cfg.night.timezone,
+            night_start_hour=self.cfg.night.start_hour,
+        )
+        outcome = self._record(path, raw, info)
+        if outcome.status == "ingested" and info.imagetyp is ImageType.LIGHT:
+            self._raw_cache = (outcome.frame_id, raw.data)
+            self.calibrate(outcome.frame_id)
+        self._raw_cache = None
+        return outcome
+
+    def _record(self, path: Path, raw: Any, info: FrameInfo) -> Outcome:
+        now = utcnow()
+        with self.catalog.session() as s:
+            sf = s.scalar(select(SourceFile).where(SourceFile.path == str(path)))
+            old_frame = sf.frame if sf is not None else None
+            frame = s.scalar(select(Frame).where(Frame.sha256 == raw.sha256))
+            status = "duplicate"
+            if frame is None:
+                status = "ingested"
+                state = {
+                    ImageType.LIGHT: "waiting",
+                    ImageType.UNKNOWN: "unclassified",
+                }.get(info.imagetyp, "ingested")
+                frame = Frame(
+                    sha256=raw.sha256,
+                    path=str(path),
+                    size=raw.size,
+                    mtime_ns=raw.mtime_ns,
+                    hdu_index=raw.hdu_index,
+                    imagetyp=info.imagetyp.value,
+                    type_source=info.type_source,
+                    exptime=info.exptime,
+                    filter=info.filter,
+                    object=info.object,
+                    date_obs=_as_utc_naive(info.date_obs),
+                    night=info.night,
+                    xbin=info.xbin,
+                    ybin=info.ybin,
+                    naxis1=info.naxis1,
+                    naxis2=info.naxis2,
+                    ccd_temp=info.ccd_temp,
+                    set_temp=info.set_temp,
+                    gain=info.gain,
+                    egain=info.egain,
+                    offset=info.offset,
+                    readout_mode=info.readout_mode,
+                    instrument=info.instrument,
+                    telescope=info.telescope,
+                    ra_deg=info.ra_deg,
+                    dec_deg=info.dec_deg,
+                    camera_key=camera_key(info),
+                    header=header_to_jsonable(raw.header),
+                    header_warnings=list(info.warnings) or None,
+                    state=state,
+                    state_reason=info.type_source if state == "unclassified" else None,
+                    tries=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                s.add(frame)
+                s.flush()
+                log_event(s, frame, "ingested",
+                          f"{info.imagetyp.value} exptime={info.exptime} filter={info.filter} "
+                          f"from {path.name} ({info.type_source})")
+            else:
+                log_event(s, frame, "seen-again", f"same content as {path.name}")
+            if sf is None:
+                sf = SourceFile(path=str(path), first_seen=now)
+                s.add(sf)
+            sf.frame = frame
+            sf.size, sf.mtime_ns, sf.inode, sf.last_seen = raw.size, raw.mtime_ns, raw.inode, now
+            if old_frame is not None and old_frame is not frame:
+                log_event(s, old_frame, "path-reused", f"{path.name} now holds other content")
+                if old_frame.state == "quarantined" and old_frame.sha256 is None:
+                    s.flush()
+                    if not old_frame.files:  # a file caught mid-write, now complete: forget it
+                        s.delete(old_frame)
+            frame_id = frame.id
+        logger.info("%s %s -> frame %d (%s)", status, path, frame_id, info.imagetyp.value)
+        return Outcome(status, frame_id)
+
+    def _quarantine(self, path: Path, st: os.stat_result, reason: str) -> Outcome:
+        now = utcnow()
+        with self.catalog.session() as s:
+            sf = s.scalar(select(SourceFile).where(SourceFile.path == str(path)))
+            if sf is not None and sf.frame is not None and sf.frame.state == "quarantined" and sf.frame.sha256 is None:
+                frame = sf.frame
+                frame.state_reason, frame.updated_at = reason, now
+            else:
+                frame = Frame(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, imagetyp="unknown",
+                              state="quarantined", state_reason=reason, tries=0, created_at=now, updated_at=now)
+                s.add(frame)
+                if sf is None:
+                    sf = SourceFile(path=str(path), first_seen=now)
+                    s.add(sf)
+                sf.frame = frame
+            sf.size, sf.mtime_ns, sf.inode, sf.last_seen = st.st_size, st.st_mtime_ns, st.st_ino, now
+            s.flush()
+            log_event(s, frame, "quarantined", reason)
+            frame_id = frame.id
+        logger.warning("quarantined %r: %s", str(path), reason)
+        return Outcome("quarantined", frame_id, reason)
+
+    def _raw_data(self, s: Session, frame: Frame) -> np.ndarray:
+        """The raw pixels of a frame, from any path it was seen under whose content still matches."""
+        if self._raw_cache is not None and self._raw_cache[0] == frame.id:
+            return self._raw_cache[1]
+        paths = [f.path for f in frame.files] or [frame.path]
+        last: Exception | None = None
+        for p in paths:
+            try:
+                raw = read_raw(p, max_data_bytes=int(self.cfg.ingest.max_data_mb * 2**20),
+                               allow_compressed=self.cfg.ingest.allow_compressed)
+            except (OSError, RejectedFile) as exc:
+                last = exc
+                continue
+            if raw.sha256 == frame.sha256:
+                return raw.data
+            last = RuntimeError(f"{p} no longer holds the content catalogued as frame {frame.id}")
+        raise FileNotFoundError(f"raw data of frame {frame.id} is no longer available: {last}")
+
+    # ------------------------------------------------------------------ masters
+    def _candidate_master_groups(self, s: Session) -> list[tuple[str, str]]:
+        """(calib_key, night) of calibration frames not yet in any master."""
+        fresh = s.scalars(
+            select(Frame).where(Frame.imagetyp.in_(CALIBRATION_TYPES), Frame.state == "ingested")
+        ).all()
+        return sorted({(calib_key(f), f.night or "nonight") for f in fresh})
+
+    def _frames_of(self, s: Session, key: str, night: str) -> list[Frame]:
+        kind = key.split("|", 1)[0]
+        frames = s.scalars(
+            select(Frame).where(
+                Frame.imagetyp == kind,
+                Frame.night == (None if night == "nonight" else night),
+                Frame.state.in_(("ingested", "used")),
+            ).order_by(Frame.date_obs, Frame.id)
+        ).all()
+        return [f for f in frames if calib_key(f) == key]
+
+    def build_due_masters(self, *, final: bool = False) -> list[int]:
+        """Build (or rebuild as a new version) every master whose frames have settled."""
+        built: list[int] = []
+        # Bias first: darks and flats are built on top of it; darks before flats.
+        order = {"bias": 0, "dark": 1, "flat": 2}
+        with self.catalog.session() as s:
+            groups = sorted(self._candidate_master_groups(s), key=lambda g: (order[g[0].split("|")[0]], g))
+        for key, night in groups:
+            with self.catalog.session() as s:
+                frames = self._frames_of(s, key, night)
+                kind = key.split("|")[0]
+                need = self.cfg.masters.min_frames[kind]
+                if len(frames) < need:
+                    continue
+                newest = max(f.created_at for f in frames)
+                age = (utcnow() - newest).total_seconds()
+                urgent = self._lights_waiting_for(s, kind, frames[0])
+                if not (final or urgent or age >= self.cfg.masters.settle_seconds):
+                    continue
+            try:
+                master_id = self.build_master(key, night, final=final)
+            except Exception as exc:
+                logger.exception("building master %s night %s failed", key, night)
+                self._record_failure([f.id for f in frames], f"master build failed: {exc}")
+                continue
+            if master_id is not None:
+                built.append(master_id)
+                self.calibrate_pending(final=final, new_master=master_id)
+        return built
+
+    def _lights_waiting_for(self, s: Session, kind: str, sample: Frame) -> bool:
+        stmt = select(func.count()).select_from(Frame).where(
+            Frame.imagetyp == "light", Frame.state == "waiting", Frame.camera_key == sample.camera_key
+        )
+        if kind == "flat":
+            stmt = stmt.where(func.lower(Frame.filter) == (sample.filter or "").lower())
+        return bool(s.scalar(stmt))
+
+    def build_master(self, key: str, night: str, *, final: bool = False) -> int | None:
+        """Combine the frames of one calibration key and night into a new master version."""
+        kind = key.split("|")[0]
+        with self.catalog.session() as s:
+            frames = self._frames_of(s, key, night)
+            ids = sorted(f.id for f in frames)
+            latest = s.scalar(
+                select(Master).where(Master.calib_key == key, Master.night == night).order_by(Master.version.desc())
+            )
+            if latest is not None and sorted(i.frame_id for i in latest.inputs) == ids:
+                for f in frames:
+                    f.state = "used"
+                return None
+            sample = frames[0]
+            dates = [f.date_obs for f in frames if f.date_obs is not None]
+            mid = min(dates) + (max(dates) - min(dates)) / 2 if dates else None
+            bias = dark = None
+            if kind in ("dark", "flat"):
+                bias = self._choose(s, "bias", sample, mid)[0]
+                waited = (utcnow() - max(f.created_at for f in frames)).total_seconds()
+                if bias is None and not final and waited < self.cfg.calibration.max_wait_hours * 3600:
+                    logger.info("master %s night %s waits for a master bias", kind, night)
+                    return None
+            if kind == "flat":
+                dark = self._select_dark(s, sample, mid, bias, exact_only=True)[0]
+            version = (latest.version + 1) if latest else 1
+            m = self.cfg.masters
+            method = {"bias": m.bias_method, "dark": m.dark_method, "flat": m.flat_method}[kind]
+            out = master_path(self.products, kind=kind, night=night, calib_key=key,
+                              instrument=sample.instrument, exptime=sample.exptime,
+                              filter=sample.filter, version=version)
+            bias_data = self._masters.get(bias)[0] if bias is not None else None
+            dark_data = self._masters.get(dark)[0] if dark is not None else None
+            dark_scale = calib.dark_scale(sample.exptime, dark.exptime) if dark is not None else None
+            inputs = [(f.id, f.sha256) for f in frames]
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
+                arrays, scales = [], []
+                for i, f in enumerate(frames):
+                    data = calib.calibrate(self._raw_data(s, f), bias=bias_data, dark=dark_data,
+                                           dark_scale=dark_scale or 1.0)
+                    if kind == "flat":
+                        med = float(np.nanmedian(data))
+                        if not np.isfinite(med) or med <= 0:
+                            raise ValueError(f"flat frame {f.id} has non-positive median {med}")
+                        scales.append(1.0 / med)
+                    npy = Path(tmp) / f"{i}.npy"
+                    np.save(npy, data)
+                    del data
+                    arrays.append(np.load(npy, mmap_mode="r"))
+                combined = calib.combine(arrays, method=method, sigma=m.sigma,
+                                         scales=scales or None, memory_budget=self.memory_budget)
+                del arrays
+            if kind == "flat":
+                combined = calib.normalise_flat(combined)
+            hot = calib.hot_pixel_mask(combined, nsigma=m.hot_pixel_sigma) if kind == "dark" else None
+            level, noise = calib.robust_stats(combined)
+            header = product_header(
+                None,
+                IMAGETYP=f"Master {kind.capitalize()}",
+                INSTRUME=sample.instrument,
+                TELESCOP=sample.telescope,
+                XBINNING=sample.xbin,
+                YBINNING=sample.ybin,
+                EXPTIME=sample.exptime if kind != "bias" else 0.0,
+                FILTER=sample.filter if kind == "flat" else None,
+                NIGHT=night,
+                MASTERV=(version, "master version for this key and night"),
+                NCOMBINE=(len(frames), "number of frames combined"),
+                COMBMETH=(method, "combination method"),
+                CLIPSIG=(m.sigma, "clip limit, robust sigmas") if method == "sigma_clip" else None,
+                BIASSUB=(bias is not None, "bias-subtracted before combining"),
+                BIASID=bias.id if bias else None,
+                BIASSHA=bias.sha256 if bias else None,
+                DARKSUB=(dark is not None, "dark-subtracted before combining"),
+                DARKID=dark.id if dark else None,
+                DARKSHA=dark.sha256 if dark else None,
+                DATE_BEG=min(dates).isoformat() if dates else None,
+                DATE_END=max(dates).isoformat() if dates else None,
+                CALIBKEY=short_hash(key, 16),
+                HOTPIX=int(hot.sum()) if hot is not None else None,
+            )
+            table = fits.BinTableHDU.from_columns(
+                [fits.Column(name="FRAME_ID", format="K", array=np.array([i for i, _ in inputs])),
+                 fits.Column(name="SHA256", format="64A", array=np.array([h for _, h in inputs]))],
+                name="INPUTS",
+            )
+            hdus = fits.HDUList([fits.PrimaryHDU(combined.astype(np.float32), header=header), table])
+            if hot is not None:
+                hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
+            sha = write_product(out, hdus)
+            preview = self._preview_master(out, combined, kind, night, version, len(frames))
+            master = Master(
+                kind=kind, calib_key=key, camera_key=sample.camera_key,
+                exptime=sample.exptime if kind != "bias" else None,
+                filter=sample.filter if kind == "flat" else None,
+                ccd_temp=temperature_ref(sample) if kind == "dark" else None,
+                night=night, version=version, path=str(out), sha256=sha,
+                preview_path=str(preview) if preview else None, n_frames=len(frames), method=method,
+                params={"sigma": m.sigma, "memory_budget_mb": m.memory_budget_mb,
+                        "dark_scale": dark_scale, "hot_pixel_sigma": m.hot_pixel_sigma},
+                bias_subtracted=bias is not None, dark_subtracted=dark is not None,
+                bias_id=bias.id if bias else None, dark_id=dark.id if dark else None,
+                date_start=min(dates) if dates else None, date_end=max(dates) if dates else None,
+                date_mid=mid, mean=level, noise=noise,
+                hot_pixels=int(hot.sum()) if hot is not None else None,
+                ccdwatch_version=__version__, created_at=utcnow(),
+            )
+            master.inputs = [MasterInput(frame_id=i, sha256=h) for i, h in inputs]
+            s.add(master)
+            s.flush()
+            for f in frames:
+                f.state, f.updated_at = "used", utcnow()
+                log_event(s, f, "used", f"in master {kind} #{master.id} v{version}")
+            master_id = master.id
+        logger.info("built master %s #%d (night %s, v%d, %d frames)", kind, master_id, night, version, len(frames))
+        return master_id
+
+    def _preview_master(self, path: Path, data: np.ndarray, kind: str, night: str, version: int, n: int) -> Path | None:
+        if not self.cfg.report.previews:
+            return None
+        from ccdwatch import previews
+
+        try:
+            return previews.master_preview(data, preview_path(path),
+                                           title=f"master {kind} - night {night} - v{version} - {n} frames")
+        except Exception:  # a preview must never cost a master
+            logger.exception("preview of %s failed", path)
+            return None
+
+    # ------------------------------------------------------------------ choosing masters
+    def _current_masters(self, s: Session, kind: str, cam: str) -> list[Master]:
+        newest = (
+            select(Master.calib_key, Master.night, func.max(Master.version).label("v"))
+            .where(Master.kind == kind, Master.camera_key == cam)
+            .group_by(Master.calib_key, Master.night)
+            .subquery()
+        )
+        return list(s.scalars(
+            select(Master).join(newest, and_(Master.calib_key == newest.c.calib_key,
+                                             Master.night == newest.c.night,
+                                             Master.version == newest.c.v))
+        ))
+
+    @staticmethod
+    def _nearest(masters: Iterable[Master], when: datetime | None, max_age_days: float) -> Master | None:
+        """The master nearest in time among those within the maximum age (newest id on ties).
+
+        A frame or master without a date cannot be judged by age and is accepted.
+        """
+        best, best_rank = None, None
+        for m in masters:
+            dt = timedelta(0) if when is None or m.date_mid is None else abs(m.date_mid - when)
+            if dt > timedelta(days=max_age_days):
+                continue
+            rank = (dt, -m.id)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = m, rank
+        return best
+
+    def _choose(self, s: Session, kind: str, frame: Frame, when: datetime | None) -> tuple[Master | None, str]:
+        m = self.cfg.masters
+        max_age = {"bias": m.bias_max_age_days, "dark": m.dark_max_age_days, "flat": m.flat_max_age_days}[kind]
+        cands = self._current_masters(s, kind, frame.camera_key)
+        if kind == "flat":
+            cands = [c for c in cands if (c.filter or "").lower() == (frame.filter or "").lower()]
+            if not cands:
+                return None, f"no master flat for filter {frame.filter!r} with this camera set-up"
+        if not cands:
+            return None, f"no master {kind} for camera set-up {frame.camera_key}"
+        best = self._nearest(cands, when, max_age)
+        if best is None:
+            return None, f"no master {kind} within {max_age:g} days of the frame"
+        return best, ""
+
+    def _temp_ok(self, master: Master, frame: Frame) -> bool:
+        t = temperature_ref(frame)
+        return t is None or master.ccd_temp is None or abs(master.ccd_temp - t) <= self.cfg.masters.temperature_tolerance
+
+    def _select_dark(self, s: Session, frame: Frame, when: datetime | None, bias: Master | None,
+                     *, exact_only: bool = False) -> tuple[Master | None, float | None, str]:
+        max_age = self.cfg.masters.dark_max_age_days
+        darks = [d for d in self._current_masters(s, "dark", frame.camera_key) if self._temp_ok(d, frame)]
+        if not darks:
+            return None, None, (f"no master dark for camera set-up {frame.camera_key} within "
+                                f"{self.cfg.masters.temperature_tolerance:g} degC")
+        t = frame.exptime or 0.0
+        same = [d for d in darks if d.exptime is not None and abs(d.exptime - t) < EXPTIME_TOLERANCE]
+        best = self._nearest(same, when, max_age)
+        if best is not None:
+            if not best.bias_subtracted or bias is not None:
+                return best, 1.0, ""
+            # A bias-subtracted dark of the same exposure still needs the bias.
+            return None, None, "the master dark is bias-subtracted but no master bias is available"
+        if exact_only:
+            return None, None, f"no master dark of {t:g} s"
+        scalable = [d for d in darks if d.bias_subtracted and d.exptime]
+        if not scalable:
+            return None, None, (f"no master dark of {t:g} s, and none that can be scaled "
+                                "(scaling needs a bias-subtracted master dark)")
+        if bias is None:
+            return None, None, f"no master dark of {t:g} s; scaling another needs a master bias"
+        in_time = [d for d in scalable if self._nearest([d], when, max_age) is not None]
+        if not in_time:
+            return None, None, f"no scalable master dark within {max_age:g} days"
+        best = min(in_time, key=lambda d: (abs(d.exptime - t), abs((d.date_mid or when or datetime.min) - (when or datetime.min)), -d.id))
+        return best, calib.dark_scale(t, best.exptime), ""
+
+    def select_masters(self, s: Session, frame: Frame) -> Selection:
+        """Choose bias, dark (with its scale) and flat for a light; explain what is missing."""
+        sel = Selection()
+        when = frame.date_obs
+        sel.bias, why = self._choose(s, "bias", frame, when)
+        if sel.bias is None:
+            sel.missing["bias"] = why
+        sel.dark, sel.dark_scale, why = self._select_dark(s, frame, when, sel.bias)
+        if sel.dark is None:
+            sel.missing["dark"] = why
+        elif not sel.dark.bias_subtracted:
+            # A raw (bias-including) dark of the same exposure removes the bias itself.
+            sel.notes.append("the master dark includes the bias, so no separate bias is subtracted")
+            sel.bias = None
+            sel.missing.pop("bias", None)
+        sel.flat, why = self._choose(s, "flat", frame, when)
+        if sel.flat is None:
+            sel.missing["flat"] = why
+        return sel
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate_pending(self, *, final: bool = False, new_master: int | None = None) -> int:
+        """Calibrate waiting lights whose masters now exist.
+
+        With ``new_master``, also revisit the calibrated lights that master could serve (same
+        camera set-up, within its maximum age) and recalibrate those for which it is now the
+        better choice. Only the waiting set is scanned otherwise, so a tick costs the same
+        whether the catalogue holds a hundred frames or a hundred thousand.
+        """
+        with self.catalog.session() as s:
+            stmt = select(Frame.id).where(Frame.imagetyp == "light", Frame.state == "waiting")
+            ids = list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
+            master = s.get(Master, new_master) if new_master is not None else None
+            if master is not None and self.cfg.calibration.recalibrate_on_better_master:
+                m = self.cfg.masters
+                age = {"bias": m.bias_max_age_days, "dark": m.dark_max_age_days, "flat": m.flat_max_age_days}[master.kind]
+                stmt = select(Frame.id).where(Frame.imagetyp == "light", Frame.camera_key == master.camera_key,
+                                              Frame.state.in_(("calibrated", "stacked", "rejected")))
+                if master.date_mid is not None:
+                    span = timedelta(days=age)
+                    stmt = stmt.where(or_(Frame.date_obs.is_(None),
+                                          Frame.date_obs.between(master.date_mid - span, master.date_mid + span)))
+                ids += list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
+        done = 0
+        for frame_id in ids:
+            if self.calibrate(frame_id, final=final):
+                done += 1
+        return done
+
+    def _timed_out(self, frame: Frame) -> bool:
+        age = utcnow() - frame.created_at
+        return age.total_seconds() >= self.cfg.calibration.max_wait_hours * 3600
+
+    def calibrate(self, frame_id: int, *, final: bool = False) -> bool:
+        """Calibrate one light if its masters exist (or policy allows partial). True if a product was written."""
+        with self.catalog.session() as s:
+            frame = s.get(Frame, frame_id)
+            if frame is None or frame.imagetyp != "light" or frame.state in ("quarantined", "failed"):
+                return False
+            sel = self.select_masters(s, frame)
+            current = s.scalar(select(Calibrated).where(Calibrated.frame_id == frame.id, Calibrated.current))
+            if current is not None and (current.bias_id, current.dark_id, current.flat_id) == sel.ids:
+                return False
+            partial = False
+            if sel.missing:
+                allow = self.cfg.calibration.on_timeout == "partial" and (final or self._timed_out(frame))
+                if current is not None or not allow:
+                    reason = "waiting for " + "; ".join(f"{k}: {v}" for k, v in sel.missing.items())
+                    if current is None and frame.state_reason != reason:
+                        frame.state, frame.state_reason, frame.updated_at = "waiting", reason, utcnow()
+                        log_event(s, frame, "waiting", reason)
+                    return False
+                partial = True
+            if current is not None and not self.cfg.calibration.recalibrate_on_better_master:
+                return False
+            try:
+                written = self._calibrate_write(s, frame, sel, current, partial)
+            except Exception as exc:
+                logger.exception("calibrating frame %d failed", frame.id)
+                frame.tries += 1
+                frame.last_error = f"calibration: {type(exc).__name__}: {exc}"
+                if frame.tries >= self.cfg.ingest.max_tries:
+                    frame.state, frame.state_reason = "failed", frame.last_error
+                log_event(s, frame, "error", frame.last_error)
+                return False
+        return written
+
+    def _calibrate_write(self, s: Session, frame: Frame, sel: Selection, current: Calibrated | None,
+                         partial: bool) -> bool:
+        raw = self._raw_data(s, frame)
+        bias = self._masters.get(sel.bias)[0] if sel.bias else None
+        dark, hot = self._masters.get(sel.dark) if sel.dark else (None, None)
+        flat = self._masters.get(sel.flat)[0] if sel.flat else None
+        data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=sel.dark_scale or 1.0, flat=flat)
+        saturation = self._saturation(frame, raw)
+        saturated = raw >= saturation
+        mask = saturated | hot if hot is not None else saturated
+        quality, sources = qa.measure(data, saturation=None, detect_sigma=self.cfg.stack.detect_sigma, mask=mask)
+        sat_fraction = float(saturated.mean())
+        version = (s.scalar(select(func.max(Calibrated.version)).where(Calibrated.frame_id == frame.id)) or 0) + 1
+        out = calibrated_path(self.products, night=frame.night, target=frame.object, filter=frame.filter,
+                              frame_id=frame.id, stem=Path(frame.path).stem, version=version)
+        raw_header = fits.Header()
+        for k, v in (frame.header or {}).items():
+            if isinstance(v, (list, dict)):
+                continue
+            try:
+                raw_header[k] = v
+            except (ValueError, KeyError):
+                continue
+        header = product_header(
+            raw_header,
+            BUNIT="adu",
+            RAWID=(frame.id, "catalogue id of the raw frame"),
+            RAWSHA=frame.sha256,
+            BIASID=sel.bias.id if sel.bias else None,
+            BIASSHA=sel.bias.sha256 if sel.bias else None,
+            DARKID=sel.dark.id if sel.dark else None,
+            DARKSHA=sel.dark.sha256 if sel.dark else None,
+            DARKSCL=(sel.dark_scale, "dark scale factor t_light / t_dark") if sel.dark else None,
+            FLATID=sel.flat.id if sel.flat else None,
+            FLATSHA=sel.flat.sha256 if sel.flat else None,
+            PARTIAL=(partial, "calibrated without every master"),
+            CALVER=(version, "calibration version of this raw frame"),
+            SATLEVEL=(float(saturation), "raw saturation level used, ADU"),
+        )
+        table = fits.BinTableHDU.from_columns(
+            [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
+             for n in ("x", "y", "flux", "fwhm", "elongation")],
+            name="SOURCES",
+        )
+        hdus = fits.HDUList([fits.PrimaryHDU(data, header=header), table])
+        if hot is not None:
+            hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))
+        sha = write_product(out, hdus)
+        if self.cfg.report.light_previews:
+            from ccdwatch import previews
+
+            previews.image_preview(data, preview_path(out), title=f"calibrated frame {frame.id}")
+        now = utcnow()
+        if current is not None:
+            current.current = False
+        product = Calibrated(
+            frame_id=frame.id, version=version, current=True, path=str(out), sha256=sha,
+            bias_id=sel.bias.id if sel.bias else None, dark_id=sel.dark.id if sel.dark else None,
+            flat_id=sel.flat.id if sel.flat else None, dark_scale=sel.dark_scale if sel.dark else None,
+            partial=partial, missing="; ".join(f"{k}: {v}" for k, v in sel.missing.items()) or None,
+            ccdwatch_version=__version__, created_at=now,
+        )
+        s.add(product)
+        frame.state = "calibrated"
+        frame.state_reason = ("PARTIAL: " + product.missing) if partial else None
+        frame.n_stars, frame.fwhm, frame.elongation = quality.n_stars, _finite(quality.fwhm), _finite(quality.elongation)
+        frame.sky, frame.sky_noise, frame.saturated_fraction = _finite(quality.sky), _finite(quality.sky_noise), sat_fraction
+        frame.updated_at = now
+        verb = "recalibrated" if current is not None else "calibrated"
+        log_event(s, frame, verb, sel.explain() + (f" (v{version}, supersedes v{current.version})" if current else f" (v{version})"))
+        logger.info("%s frame %d: %s", verb, frame.id, sel.explain())
+        return True
+
+    def _saturation(self, frame: Frame, raw: np.ndarray) -> float:
+        header = frame.header or {}
+        for key in ("SATURATE", "SATLEVEL", "DATAMAX"):
+            v = header.get(key)
+            if isinstance(v, (int, float)) and v > 0:
+                return float(v)
+        if self.cfg.stack.saturation > 0:
+            return self.cfg.stack.saturation
+        top = float(np.max(raw))
+        if top > 1000 and np.count_nonzero(raw == top) >= 5:  # pixels piled up at a ceiling
+            return top
+        return 65535.0 if raw.dtype.kind in "ui" else float("inf")
+
+    # ------------------------------------------------------------------ failures
+    def _record_failure(self, frame_ids: Sequence[int], message: str) -> None:
+        with self.catalog.session() as s:
+            for fid in frame_ids:
+                f = s.get(Frame, fid)
+                if f is None:
+                    continue
+                f.tries += 1
+                f.last_error = message
+                if f.tries >= self.cfg.ingest.max_tries:
+                    f.state, f.state_reason = "failed", message
+                log_event(s, f, "error", message)
+
+    # ------------------------------------------------------------------ stacking
+    def assign_groups(self, s: Session, night: str | None) -> dict[int, str]:
+        """Give every light of a night its stack group: night, target, filter, exposure, camera."""
+        lights = s.scalars(
+            select(Frame).where(Frame.imagetyp == "light", Frame.night == night,
+                                Frame.state.notin_(("quarantined", "failed")))
+            .order_by(Frame.date_obs, Frame.id)
+        ).all()
+        targets = assign_targets(
+            [(f.id, f.object, f.ra_deg, f.dec_deg, f.date_obs, f.filter, f.exptime, f.camera_key) for f in lights],
+            radius_arcmin=self.cfg.stack.pointing_radius_arcmin,
+            gap_minutes=self.cfg.stack.sequence_gap_minutes,
+        )
+        groups = {}
+        for f in lights:
+            target = targets[f.id].replace("|", "/")
+            key = f"{night}|{target}|{f.filter or '-'}|{f.exptime or 0:g}s|{f.camera_key}"
+            if f.group_key != key:
+                f.group_key = key
+            groups[f.id] = key
+        return groups
+
+    def stack_due_groups(self, *, final: bool = False) -> list[int]:
+        """Stack every group that is complete (quiet for long enough, or ``final``)."""
+        with self.catalog.session() as s:
+            nights = sorted(set(s.scalars(
+                select(Frame.night).where(Frame.imagetyp == "light", Frame.state == "calibrated"))), key=str)
+            due: list[str] = []
+            quiet = timedelta(minutes=self.cfg.stack.quiet_minutes)
+            for night in nights:
+                groups = self.assign_groups(s, night)
+                members: dict[str, list[Frame]] = {}
+                for f in s.scalars(select(Frame).where(Frame.id.in_(groups))):
+                    members.setdefault(groups[f.id], []).append(f)
+                for key, frames in members.items():
+                    if not any(f.state == "calibrated" for f in frames):
+                        continue
+                    waiting = [f for f in frames if f.state == "waiting" and not self._timed_out(f)]
+                    newest = max(f.created_at for f in frames)
+                    if final or (not waiting and utcnow() - newest >= quiet):
+                        due.append(key)
+        built = []
+        for key in due:
+            try:
+                sid = self.stack_group(key)
+            except Exception:
+                logger.exception("stacking group %s failed", key)
+                continue
+            if sid is not None:
+                built.append(sid)
+        return built
+
+    def stack_group(self, group_key: str) -> int | None:
+        """Reject outliers, align to the best frame and combine one group into a new stack version."""
+        st = self.cfg.stack
+        with self.catalog.session() as s:
+            frames = s.scalars(select(Frame).where(Frame.group_key == group_key,
+                                                   Frame.state.in_(("calibrated", "stacked", "rejected")))
+                               .order_by(Frame.date_obs, Frame.id)).all()
+            products = {f.id: s.scalar(select(Calibrated).where(Calibrated.frame_id == f.id, Calibrated.current))
+                        for f in frames}
+            frames = [f for f in frames if products[f.id] is not None]
+            if len(frames) < st.min_frames:
+                for f in frames:
+                    if f.state == "calibrated":
+                        f.state_reason = f"group has {len(frames)} frame(s), fewer than stack.min_frames={st.min_frames}"
+                return None
+            latest = s.scalar(select(Stack).where(Stack.group_key == group_key).order_by(Stack.version.desc()))
+            signature = sorted((f.id, products[f.id].sha256) for f in frames)
+            if latest is not None and sorted((m.frame_id, m.sha256) for m in latest.members) == signature:
+                for f in frames:
+                    if f.state == "calibrated":
+                        f.state = "stacked"
+                return None
+            quality = {f.id: qa.FrameQuality(
+                n_stars=f.n_stars or 0, fwhm=_nan(f.fwhm), elongation=_nan(f.elongation), sky=_nan(f.sky),
+                sky_noise=_nan(f.sky_noise), saturated_fraction=f.saturated_fraction or 0.0) for f in frames}
+            rejected = qa.reject_outliers(quality, fwhm_mad=st.fwhm_mad, sky_mad=st.sky_mad,
+                                          stars_fraction=st.stars_fraction, min_stars=st.min_stars,
+                                          elongation_max=st.elongation_max)
+            usable = [f.id for f in frames if f.id not in rejected]
+            if not usable:
+                return None
+            reference = qa.choose_reference(quality, exclude=rejected)
+            sources, masks = {}, {}
+            for fid in usable:
+                hdus = read_product_hdus(products[fid].path)
+                tab = hdus["SOURCES"].data
+                sources[fid] = qa.Sources(
+                    x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float), flux=np.asarray(tab["FLUX"], float),
+                    fwhm=np.asarray(tab["FWHM"], float), elongation=np.asarray(tab["ELONGATION"], float))
+                masks[fid] = np.asarray(hdus["BADPIX"].data).astype(bool) if "BADPIX" in hdus else None
+            paths = {fid: products[fid].path for fid in usable}
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
+                result = stack.align_and_stack(
+                    usable, lambda fid: read_product(paths[fid])[1], sources, reference, masks=masks,
+                    method=st.method, sigma=st.sigma, memory_budget=self.memory_budget, workdir=tmp)
+            rejected.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})
+            used = [f for f in frames if f.id not in rejected]
+            if len(used) < 1:
+                return None
+            ref_frame = next(f for f in frames if f.id == result.reference)
+            version = (latest.version + 1) if latest else 1
+            target = group_key.split("|")[1]
+            out = stack_path(self.products, night=ref_frame.night or "nonight", target=target,
+                             filter=ref_frame.filter, exptime=ref_frame.exptime, group_key=group_key, version=version)
+            total = float(sum(f.exptime or 0.0 for f in used))
+            header = product_header(
+                None,
+                IMAGETYP="Stack", OBJECT=target, FILTER=ref_frame.filter, EXPTIME=ref_frame.exptime,
+                INSTRUME=ref_frame.instrument, TELESCOP=ref_frame.telescope, NIGHT=ref_frame.night,
+                NCOMBINE=(len(used), "frames combined"), NREJECT=(len(rejected), "frames rejected"),
+                TOTEXP=(total, "total exposure of combined frames, s"), COMBMETH=st.method,
+                CLIPSIG=st.sigma if st.method == "sigma_clip" else None,
+                REFID=(result.reference, "frame id of the alignment reference"),
+                STACKV=(version, "stack version of this group"), BUNIT="adu",
+            )
+            for f in used:
+                header.add_history(f"member {f.id} sha256 {products[f.id].sha256}")
+            for fid, why in rejected.items():
+                header.add_history(f"rejected {fid}: {why}"[:70])
+            hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
+                                 fits.ImageHDU(result.count, name="NFRAMES")])
+            sha = write_product(out, hdus)
+            preview = None
+            if self.cfg.report.previews:
+                from ccdwatch import previews
+
+                try:
+                    preview = previews.stack_preview(result.image, preview_path(out),
+                                                     title=f"{target} {ref_frame.filter or ''} - {len(used)} x {ref_frame.exptime:g} s - night {ref_frame.night}")
+                except Exception:
+                    logger.exception("stack preview failed")
+            if latest is not None:
+                latest.current = False
+            row = Stack(group_key=group_key, night=ref_frame.night or "nonight", target=target,
+                        filter=ref_frame.filter, exptime=ref_frame.exptime, camera_key=ref_frame.camera_key,
+                        version=version, current=True, path=str(out), sha256=sha,
+                        preview_path=str(preview) if preview else None, n_used=len(used), n_rejected=len(rejected),
+                        total_exposure=total, reference_frame_id=result.reference, method=st.method,
+                        params={"sigma": st.sigma, "fwhm_mad": st.fwhm_mad, "sky_mad": st.sky_mad,
+                                "min_stars": st.min_stars, "stars_fraction": st.stars_fraction,
+                                "elongation_max": st.elongation_max},
+                        ccdwatch_version=__version__, created_at=utcnow())
+            for f in frames:
+                t = result.transforms.get(f.id)
+                row.members.append(StackMember(frame_id=f.id, calibrated_id=products[f.id].id,
+                                               sha256=products[f.id].sha256, used=f.id not in rejected,
+                                               reason=rejected.get(f.id), transform=t.to_json() if t else None))
+                if f.id in rejected:
+                    f.state, f.state_reason = "rejected", rejected[f.id]
+                    log_event(s, f, "rejected", rejected[f.id])
+                else:
+                    f.state, f.state_reason = "stacked", None
+                f.updated_at = utcnow()
+            s.add(row)
+            s.flush()
+            for f in used:
+                log_event(s, f, "stacked", f"in stack #{row.id} v{version} of {target}")
+            sid = row.id
+        logger.info("stacked %s: %d used, %d rejected -> %s", group_key, len(used), len(rejected), out)
+        return sid
+
+    # ------------------------------------------------------------------ periodic
+    def tick(self, *, final: bool = False) -> None:
+        self.build_due_masters(final=final)
+        self.calibrate_pending(final=final)
+        self.stack_due_groups(final=final)
+
+    def finish(self) -> None:
+        """End of ``watch --once``: build, calibrate and stack everything as if the night were over."""
+        self.tick(final=True)
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    r1, d1, r2, d2 = map(np.radians, (ra1, dec1, ra2, dec2))
+    c = np.sin(d1) * np.sin(d2) + np.cos(d1) * np.cos(d2) * np.cos(r1 - r2)
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def assign_targets(
+    lights: Sequence[tuple[int, str | None, float | None, float | None, datetime | None, str | None, float | None, str | None]],
+    *,
+    radius_arcmin: float,
+    gap_minutes: float,
+) -> dict[int, str]:
+    """Target name per light: OBJECT; else a pointing cluster; else a time sequence.
+
+    ``lights`` are (id, object, ra, dec, date_obs, filter, exptime, camera_key) sorted by time.
+    Lights with neither OBJECT nor pointing form one target per run of the same filter, exposure
+    and camera with no gap longer than ``gap_minutes`` (so V, R, V, R... gives one target each).
+    """
+    targets: dict[int, str] = {}
+    centres: list[tuple[float, float, str]] = []
+    runs: dict[tuple, tuple[datetime | None, str]] = {}
+    gap = timedelta(minutes=gap_minutes)
+    for fid, obj, ra, dec, when, filt, exp, cam in lights:
+        if obj:
+            targets[fid] = obj
+            continue
+        if ra is not None and dec is not None:
+            for cra, cdec, name in centres:
+                if _sep_deg(ra, dec, cra, cdec) * 60 <= radius_arcmin:
+                    targets[fid] = name
+                    break
+            else:
+                name = f"RA{ra:07.3f}{dec:+07.3f}"
+                centres.append((ra, dec, name))
+                targets[fid] = name
+            continue
+        run_key = (filt, exp, cam)
+        prev = runs.get(run_key)
+        if prev is not None and (when is None or prev[0] is None or when - prev[0] <= gap):
+            name = prev[1]
+        else:
+            name = f"field-{when:%H%M}" if when is not None else f"field-{fid}"
+        runs[run_key] = (when, name)
+        targets[fid] = name
+    return targets

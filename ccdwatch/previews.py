@@ -1,0 +1,82 @@
+"""PNG quicklooks of masters, calibrated frames and stacks (matplotlib, Agg backend).
+
+Written atomically (temp name, then rename) like every other product, so a reader never sees a
+half-written PNG. The stretch is the stacker's :func:`ccdwatch.stack.preview_stretch`
+(percentile clip + asinh), one stretch for every image so raw and calibrated look alike.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ccdwatch.stack import preview_stretch  # noqa: E402
+
+__all__ = ["image_preview", "master_preview", "side_by_side", "stack_preview"]
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ccdwatch-tmp-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _figsize(shape: tuple[int, ...], width: float = 8.0, extra: float = 0.8) -> tuple[float, float]:
+    ny, nx = shape[:2]
+    return width, max(2.5, width * ny / nx + extra)
+
+
+def master_preview(data: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
+    """A master with a linear stretch between robust limits and a colour bar in ADU."""
+    finite = data[np.isfinite(data)]
+    lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0))
+    fig, ax = plt.subplots(figsize=_figsize(data.shape, extra=0.9), layout="constrained")
+    im = ax.imshow(data, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.85, label="ADU" if "flat" not in title else "relative response")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("x [px]")
+    ax.set_ylabel("y [px]")
+    return _save(fig, Path(path))
+
+
+def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
+    """A light or stack with a percentile + asinh stretch."""
+    fig, ax = plt.subplots(figsize=_figsize(data.shape), layout="constrained")
+    ax.imshow(preview_stretch(data), origin="lower", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+    return _save(fig, Path(path))
+
+
+stack_preview = image_preview
+
+
+def side_by_side(images: list[tuple[str, np.ndarray]], path: str | os.PathLike, *, title: str) -> Path:
+    """Panels (e.g. raw, calibrated, stack) each with the same kind of stretch."""
+    n = len(images)
+    shape = images[0][1].shape
+    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 5.0 * shape[0] / shape[1] + 0.9), layout="constrained")
+    for ax, (label, img) in zip(np.atleast_1d(axes), images, strict=True):
+        ax.imshow(preview_stretch(img), origin="lower", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(label, fontsize=10)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, Path(path))

@@ -1,0 +1,85 @@
+"""Where products live under the products root, and the provenance cards they carry.
+
+Every name is built from catalogue ids and sanitised header values only
+(:func:`ccdwatch.fitsio.safe_product_path`), so a hostile OBJECT or FILTER can never place a
+file outside the products root. Names are deterministic: reprocessing a night gives the same
+paths and, since no wall-clock time goes into a header, the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from astropy.io import fits
+
+from ccdwatch import __version__
+from ccdwatch.fitsio import safe_product_path
+
+#: Raw header keywords that describe the raw file's layout and must not be copied to products.
+STRUCTURAL = {
+    "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "BZERO",
+    "BSCALE", "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM", "BLANK", "END", "DATAMIN", "DATAMAX",
+    "CBLACK", "CWHITE", "CSTRETCH", "PEDESTAL",
+}
+
+
+def short_hash(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def exposure_label(exptime: float | None) -> str:
+    if exptime is None:
+        return "nexp"
+    return f"{exptime:g}s"
+
+
+def master_path(root: Path, *, kind: str, night: str, calib_key: str, instrument: str | None,
+                exptime: float | None, filter: str | None, version: int) -> Path:
+    parts = [kind, instrument or "camera"]
+    if kind == "dark":
+        parts.append(exposure_label(exptime))
+    if kind == "flat":
+        parts.append(filter or "nofilter")
+    name = "_".join(parts) + f"_{short_hash(calib_key)}_v{version}.fits"
+    return safe_product_path(root, "masters", night, kind, name)
+
+
+def calibrated_path(root: Path, *, night: str | None, target: str | None, filter: str | None,
+                    frame_id: int, stem: str, version: int) -> Path:
+    name = f"{frame_id:06d}_{stem[:40]}_v{version}.fits"
+    return safe_product_path(root, "calibrated", night or "nonight", target or "notarget",
+                             filter or "nofilter", name)
+
+
+def stack_path(root: Path, *, night: str, target: str, filter: str | None, exptime: float | None,
+               group_key: str, version: int, suffix: str = ".fits") -> Path:
+    name = (f"stack_{target}_{filter or 'nofilter'}_{exposure_label(exptime)}"
+            f"_{short_hash(group_key)}_v{version}{suffix}")
+    return safe_product_path(root, "stacks", night, name)
+
+
+def preview_path(fits_path: Path) -> Path:
+    return fits_path.with_suffix(".png")
+
+
+def product_header(raw_header: fits.Header | None = None, **cards: Any) -> fits.Header:
+    """A header for a product: the raw frame's descriptive cards plus ccdwatch provenance.
+
+    ``cards`` are keyword -> value or (value, comment); None values are left out.
+    """
+    header = fits.Header()
+    if raw_header is not None:
+        for card in raw_header.cards:
+            if card.keyword in STRUCTURAL or card.keyword in ("COMMENT", "HISTORY", ""):
+                continue
+            try:
+                header.append((card.keyword, card.value, card.comment), end=True)
+            except (ValueError, fits.VerifyError):  # a card astropy will not re-emit
+                continue
+    header["CCDWVER"] = (__version__, "ccdwatch version that wrote this file")
+    for key, value in cards.items():
+        if value is not None:
+            header[key.upper()] = value
+    return header

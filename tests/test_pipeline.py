@@ -1,0 +1,211 @@
+"""The pipeline end to end on synthetic nights: ingest, masters, calibration, stacking.
+
+Ground truth comes from :mod:`ccdwatch.synth`; the real night is in test_real_night.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from sqlalchemy import func, select
+
+from ccdwatch import synth
+from ccdwatch.catalog import Catalog
+from ccdwatch.fitsio import read_product
+from ccdwatch.models import Calibrated, Frame, Master, SourceFile, Stack
+from ccdwatch.pipeline import Pipeline, assign_targets
+from ccdwatch.watch import Watcher
+
+from .conftest import make_config
+
+CAMERA = synth.Camera(shape=(192, 256))
+
+
+def run_once(cfg) -> tuple[Catalog, Pipeline]:
+    cat = Catalog(cfg.paths.database)
+    pipe = Pipeline(cfg, cat)
+    Watcher(cfg, pipe, progress=False).run_once()
+    return cat, pipe
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    """One synthetic night, processed once by ``watch --once``, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("night")
+    cfg = make_config(tmp)
+    truth = synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=3, n_bias=5, n_dark=5, n_flat=5,
+                             filters=("V", "R"), n_light=4, light_exptime=200.0, dark_exptime=300.0,
+                             sky=2.0, n_stars=50)
+    cat, pipe = run_once(cfg)
+    yield cfg, truth, cat
+    cat.close()
+
+
+def test_every_frame_catalogued_once_with_types(night):
+    cfg, truth, cat = night
+    with cat.reader() as s:
+        rows = s.execute(select(Frame.imagetyp, func.count()).group_by(Frame.imagetyp)).all()
+        assert dict(rows) == {"bias": 5, "dark": 5, "flat": 10, "light": 8}
+        assert s.scalar(select(func.count()).select_from(SourceFile)) == 28
+
+
+def test_masters_built_with_provenance(night):
+    cfg, truth, cat = night
+    with cat.reader() as s:
+        masters = s.scalars(select(Master).order_by(Master.kind, Master.filter)).all()
+        kinds = [(m.kind, m.filter, m.exptime) for m in masters]
+        assert kinds == [("bias", None, None), ("dark", None, 300.0), ("flat", "R", 3.0), ("flat", "V", 3.0)]
+        for m in masters:
+            assert m.n_frames == 5 and len(m.inputs) == 5
+            hdul = fits.open(m.path)
+            assert hdul[0].header["NCOMBINE"] == 5
+            assert set(hdul["INPUTS"].data["SHA256"]) == {i.sha256 for i in m.inputs}
+            assert hdul[0].header["BITPIX"] == -32  # float32 output
+            assert Path(m.preview_path).stat().st_size > 1000
+        bias, dark = masters[0], masters[1]
+        assert dark.bias_subtracted and dark.bias_id == bias.id
+        # Master dark = dark current x 300 s, to within the combined noise.
+        data = read_product(dark.path)[1]
+        expected = synth.dark_rate(CAMERA) * 300.0
+        cold = ~synth.hot_pixels(CAMERA)
+        resid = data[cold] - expected[cold]
+        assert abs(np.median(resid)) < 0.5
+        assert dark.hot_pixels >= 0.8 * synth.hot_pixels(CAMERA).sum()
+
+
+def test_lights_calibrated_with_scaled_dark_and_flat(night):
+    cfg, truth, cat = night
+    with cat.reader() as s:
+        lights = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
+        assert {f.state for f in lights} == {"stacked"}
+        for f in lights:
+            c = s.scalar(select(Calibrated).where(Calibrated.frame_id == f.id, Calibrated.current))
+            assert c.dark_scale == pytest.approx(200.0 / 300.0)
+            flat = s.get(Master, c.flat_id)
+            assert flat.filter == f.filter
+            data = read_product(c.path)[1]
+            # Sky level = 2 ADU/s x 200 s, flat across the field (vignetting removed).
+            ny, nx = data.shape
+            blocks = data[: ny // 32 * 32, : nx // 32 * 32].reshape(ny // 32, 32, nx // 32, 32)
+            block_medians = np.median(blocks, axis=(1, 3))
+            assert np.median(block_medians) == pytest.approx(400.0, abs=5.0)
+            assert np.percentile(block_medians, 95) - np.percentile(block_medians, 5) < 12.0
+            assert f.n_stars >= 10 and 2.0 < f.fwhm < 4.5
+
+
+def test_one_stack_per_filter(night):
+    cfg, truth, cat = night
+    with cat.reader() as s:
+        stacks = s.scalars(select(Stack).order_by(Stack.filter)).all()
+        assert [(st.target, st.filter, st.n_used) for st in stacks] == [("M51", "R", 4), ("M51", "V", 4)]
+        for st in stacks:
+            hdul = fits.open(st.path)
+            assert hdul["NFRAMES"].data.max() == 4
+            assert st.total_exposure == 800.0
+            assert len(st.members) == 4
+
+
+def test_deferred_flats_then_recalibration_on_rebuilt_master(tmp_path):
+    cfg = make_config(tmp_path, calibration={"on_timeout": "wait"})
+    staging = tmp_path / "staging"
+    synth.make_night(staging, camera=CAMERA, seed=5, n_bias=3, n_dark=3, n_flat=3, filters=("V",), n_light=3,
+                     light_exptime=300.0, dark_exptime=300.0)
+    inc = Path(cfg.paths.incoming)
+    with Catalog(cfg.paths.database) as cat:
+        pipe = Pipeline(cfg, cat)
+        for p in sorted(staging.glob("*.fits")):
+            if not p.name.startswith("flat"):
+                shutil.copy(p, inc / p.name)
+                pipe.handle(inc / p.name)
+        pipe.tick(final=True)
+        with cat.reader() as s:
+            lights = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
+            assert {f.state for f in lights} == {"waiting"}
+            assert all("flat" in f.state_reason for f in lights)
+        for p in sorted(staging.glob("flat*.fits")):
+            shutil.copy(p, inc / p.name)
+            pipe.handle(inc / p.name)
+        pipe.tick()
+        with cat.reader() as s:
+            assert {f.state for f in s.scalars(select(Frame).where(Frame.imagetyp == "light"))} <= {"calibrated", "stacked"}
+            assert s.scalar(select(func.count()).select_from(Calibrated)) == 3
+        # Two more biases of the same night: a new bias version, and every light recalibrated.
+        for i, src in enumerate(sorted(staging.glob("bias*.fits"))[:2]):
+            data = fits.getdata(src).astype(np.float64) + np.random.default_rng(i).normal(0, 8, CAMERA.shape)
+            hdr = fits.getheader(src)
+            synth.write_fits(inc / f"late_bias_{i}.fits", synth.quantise(data), dict(hdr.items()))
+            pipe.handle(inc / f"late_bias_{i}.fits")
+        pipe.tick()
+        with cat.reader() as s:
+            biases = s.scalars(select(Master).where(Master.kind == "bias").order_by(Master.version)).all()
+            assert [b.version for b in biases] == [1, 2] and biases[1].n_frames == 5
+            current = s.scalars(select(Calibrated).where(Calibrated.current)).all()
+            assert len(current) == 3 and {c.bias_id for c in current} == {biases[1].id}
+            assert {c.version for c in current} == {2}
+            assert s.scalar(select(func.count()).select_from(Calibrated)) == 6  # old versions stay
+
+
+def test_identity_copy_rename_and_changed_content(tmp_path, config):
+    staging = tmp_path / "staging"
+    truth = synth.make_night(staging, camera=CAMERA, seed=1, n_bias=2, n_dark=0, n_flat=0, filters=(), n_light=0)
+    a, b = truth.files["bias"]
+    inc = Path(config.paths.incoming)
+    with Catalog(config.paths.database) as cat:
+        pipe = Pipeline(config, cat)
+        shutil.copy(a, inc / "one.fits")
+        shutil.copy(a, inc / "copy_of_one.fits")
+        assert pipe.handle(inc / "one.fits").status == "ingested"
+        assert pipe.handle(inc / "copy_of_one.fits").status == "duplicate"
+        assert pipe.handle(inc / "one.fits").status == "unchanged"
+        (inc / "one.fits").rename(inc / "renamed.fits")
+        assert pipe.handle(inc / "renamed.fits").status == "duplicate"
+        shutil.copy(b, inc / "renamed.fits")  # same path, new content
+        assert pipe.handle(inc / "renamed.fits").status == "ingested"
+        with cat.reader() as s:
+            assert s.scalar(select(func.count()).select_from(Frame)) == 2
+            sf = s.scalar(select(SourceFile).where(SourceFile.path == str(inc / "renamed.fits")))
+            assert sf.frame.sha256 != s.scalar(select(SourceFile).where(
+                SourceFile.path == str(inc / "copy_of_one.fits"))).frame.sha256
+
+
+def test_products_never_escape_root_for_hostile_object(tmp_path):
+    cfg = make_config(tmp_path, masters={"min_frames": {"bias": 1, "dark": 1, "flat": 1}})
+    inc = Path(cfg.paths.incoming)
+    for kind in ("bias", "dark", "flat", "light"):
+        light = {"sky": 5.0} if kind == "light" else {}
+        data = synth.expose(CAMERA, kind=kind, exptime=10.0, rng=np.random.default_rng(0), **light)
+        hdr = synth.frame_header(CAMERA, kind=kind, exptime=10.0, date_obs=datetime(2024, 1, 1, 22),
+                                 filter="../../etc" if kind in ("flat", "light") else None,
+                                 object="../../../x" if kind == "light" else None)
+        synth.write_fits(inc / f"{kind}.fits", synth.quantise(data), hdr)
+    cat, _ = run_once(cfg)
+    with cat.reader() as s:
+        paths = [Path(p) for p in s.scalars(select(Calibrated.path))] + [Path(p) for p in s.scalars(select(Master.path))]
+    cat.close()
+    assert paths
+    root = Path(cfg.paths.products).resolve()
+    for p in paths:
+        assert root in p.resolve().parents and p.exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_assign_targets_sequences_and_pointings():
+    from datetime import datetime, timedelta
+
+    t0 = datetime(2024, 1, 1, 22)
+    rows = []
+    for i in range(6):  # V, R, V, R ... with neither OBJECT nor coordinates
+        rows.append((i, None, None, None, t0 + timedelta(minutes=5 * i), "VR"[i % 2], 60.0, "cam"))
+    rows.append((10, None, None, None, t0 + timedelta(hours=5), "V", 60.0, "cam"))  # after a long gap
+    rows.append((20, None, 150.0, 20.0, t0, "V", 60.0, "cam"))
+    rows.append((21, None, 150.01, 20.01, t0, "V", 60.0, "cam"))
+    rows.append((22, "NGC 1", 10.0, 10.0, t0, "V", 60.0, "cam"))
+    targets = assign_targets(rows, radius_arcmin=10, gap_minutes=60)
+    assert len({targets[i] for i in (0, 2, 4)}) == 1 and len({targets[i] for i in (1, 3, 5)}) == 1
+    assert targets[10] != targets[0]
+    assert targets[20] == targets[21] and targets[22] == "NGC 1"
