@@ -1,0 +1,351 @@
+"""The daemon: a watchdog observer feeding one worker loop, with scans as the safety net.
+
+Events are hints only. The observer's handler does nothing but put ``(kind, path)`` on a queue
+(an exception in a handler would silently kill the observer thread). The worker loop, on the
+main thread, decides when a file is ready:
+
+* a ``closed`` event after writing, or a move into place (the *destination* path), makes it
+  ready at once;
+* anything else (created/modified, a file found by a scan, a copy-in, a polling observer) makes
+  it pending until its size, mtime and inode have been stable for ``watch.settle_seconds``;
+* the FITS size check in :mod:`ccdwatch.fitsio` is the last word: a file shorter than its header
+  declares and still recent is put back to pending instead of being quarantined.
+
+Start-up: catalogue check (done by :class:`~ccdwatch.catalog.Catalog`), crash recovery, observer,
+then a reconciliation scan of the whole tree; READY is sent once that scan is queued. Rescans run
+periodically and after an inotify queue overflow. If the observer thread dies the daemon exits
+non-zero so that systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from ccdwatch.config import Config
+from ccdwatch.notify import Notifier
+from ccdwatch.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+EXIT_OBSERVER_DIED = 3
+WATCHED_EVENTS = [DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent,
+                  FileMovedEvent]
+
+
+class _Enqueue(FileSystemEventHandler):
+    """Turns filesystem events into queue items; never raises."""
+
+    def __init__(self, q: queue.SimpleQueue) -> None:
+        self.q = q
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            kind = event.event_type
+            if event.is_directory:
+                if kind in ("created", "moved"):
+                    self.q.put(("scan", os.fsdecode(event.dest_path or event.src_path)))
+                return
+            if kind == "closed":
+                self.q.put(("ready", os.fsdecode(event.src_path)))
+            elif kind == "moved":
+                self.q.put(("ready", os.fsdecode(event.dest_path)))
+            elif kind in ("created", "modified"):
+                self.q.put(("changed", os.fsdecode(event.src_path)))
+        except Exception:  # noqa: BLE001 - the observer thread must survive anything
+            pass
+
+
+class _OverflowWatch(logging.Filter):
+    """watchdog rebuilds its inotify watches after a kernel queue overflow but tells handlers
+    nothing; it logs a warning, which this filter turns into a rescan request."""
+
+    def __init__(self, q: queue.SimpleQueue) -> None:
+        super().__init__()
+        self.q = q
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "overflow" in record.getMessage().lower():
+            self.q.put(("overflow", ""))
+        return True
+
+
+@dataclass
+class Stats:
+    ingested: int = 0
+    duplicate: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    incomplete: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.time)
+    last_ingest: float | None = None
+
+
+class Watcher:
+    """The worker loop around a :class:`Pipeline`."""
+
+    def __init__(self, config: Config, pipeline: Pipeline, *, notifier: Notifier | None = None,
+                 progress: bool | None = None) -> None:
+        self.cfg = config
+        self.pipeline = pipeline
+        self.root = Path(config.paths.incoming).absolute()
+        self.notifier = notifier or Notifier()
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self.ready: OrderedDict[str, None] = OrderedDict()
+        self.stats = Stats()
+        self.stop_event = threading.Event()
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.observer = None
+        self._last_progress = time.monotonic()
+
+    # ------------------------------------------------------------------ readiness
+    def _stat(self, path: str) -> tuple[int, int, int] | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def changed(self, path: str, *, now: float | None = None, from_scan: bool = False) -> None:
+        if not self.pipeline.wants(Path(path)):
+            return
+        now = time.time() if now is None else now
+        sig = self._stat(path)
+        if sig is None:
+            self.pending.pop(path, None)
+            return
+        if from_scan and now - sig[1] / 1e9 >= self.cfg.watch.settle_seconds:
+            self.mark_ready(path)
+            return
+        old = self.pending.get(path)
+        if old is None or old[0] != sig:
+            self.pending[path] = (sig, now)
+
+    def mark_ready(self, path: str) -> None:
+        if self.pipeline.wants(Path(path)):
+            self.pending.pop(path, None)
+            self.ready[path] = None
+
+    def promote_settled(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        settle = self.cfg.watch.settle_seconds
+        for path, (sig, since) in list(self.pending.items()):
+            current = self._stat(path)
+            if current is None:
+                del self.pending[path]
+            elif current != sig:
+                self.pending[path] = (current, now)
+            elif now - since >= settle:
+                del self.pending[path]
+                self.ready[path] = None
+
+    # ------------------------------------------------------------------ scans
+    def _walk(self, root: Path) -> Iterator[str]:
+        stack = [root]
+        while stack:
+            d = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                logger.warning("cannot list %s: %s", d, exc)
+                continue
+            for e in entries:
+                try:
+                    is_dir = e.is_dir(follow_symlinks=False)
+                except OSError:
+                    continue
+                if is_dir:
+                    if self.cfg.watch.recursive and not e.name.startswith("."):
+                        stack.append(Path(e.path))
+                    if not self.pipeline.wants(Path(e.path)):
+                        continue  # a directory named like a FITS file is yielded: it gets quarantined
+                yield e.path
+
+    def scan(self, root: Path | None = None) -> int:
+        """Queue every candidate file below ``root`` (default: the incoming tree)."""
+        n = 0
+        now = time.time()
+        for path in self._walk(root or self.root):
+            self.changed(path, now=now, from_scan=True)
+            n += 1
+        logger.info("scanned %s: %d candidate files, %d ready, %d settling", root or self.root, n,
+                    len(self.ready), len(self.pending))
+        return n
+
+    # ------------------------------------------------------------------ work
+    def drain_events(self, timeout: float) -> None:
+        try:
+            item = self.q.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return
+        while True:
+            kind, path = item
+            if kind == "ready":
+                self.mark_ready(path)
+            elif kind == "changed":
+                self.changed(path)
+            elif kind == "scan":  # a directory appeared: it may be named like a FITS file
+                self.changed(path)
+                self.scan(Path(path))
+            elif kind == "overflow":
+                logger.warning("inotify queue overflowed: rescanning %s", self.root)
+                self.scan()
+            try:
+                item = self.q.get_nowait()
+            except queue.Empty:
+                return
+
+    def process_ready(self, *, limit: int | None = None, final: bool = False, bar=None) -> int:
+        done = 0
+        while self.ready and (limit is None or done < limit) and not self.stop_event.is_set():
+            path, _ = self.ready.popitem(last=False)
+            outcome = self.pipeline.handle(path, final=final)
+            if bar is not None:
+                bar.update(1)
+            status = outcome.status
+            if status == "incomplete":
+                self.stats.incomplete += 1
+                self.pending[path] = (self._stat(path) or (0, 0, 0), time.time())
+            elif status == "error":
+                self.stats.errors += 1
+                self.pending[path] = (self._stat(path) or (0, 0, 0), time.time())
+            elif hasattr(self.stats, status):
+                setattr(self.stats, status, getattr(self.stats, status) + 1)
+                if status == "ingested":
+                    self.stats.last_ingest = time.time()
+            done += 1
+            self.notifier.watchdog()
+        return done
+
+    def status_text(self) -> str:
+        n = len(self.ready) + len(self.pending)
+        return f"{n} queued" if n else "idle"
+
+    def write_status(self) -> None:
+        """Publish the daemon's state for ``ccdwatch status`` (readers never query the daemon)."""
+        path = Path(self.cfg.paths.products) / "status.json"
+        state = {
+            "pid": os.getpid(),
+            "status": self.status_text(),
+            "queue": len(self.ready) + len(self.pending),
+            "ingested": self.stats.ingested,
+            "quarantined": self.stats.quarantined,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        tmp = path.with_name(".ccdwatch-tmp-status.json")
+        try:
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.debug("cannot write %s: %s", path, exc)
+
+    # ------------------------------------------------------------------ modes
+    def run_once(self) -> Stats:
+        """Start-up scan, drain all work as the daemon would, then finish the night and return."""
+        self.pipeline.recover()
+        self.scan()
+        bar = None
+        if self.progress and len(self.ready) > 20:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(self.ready) + len(self.pending), unit="file", desc="ingest")
+        try:
+            while (self.ready or self.pending) and not self.stop_event.is_set():
+                self.process_ready(bar=bar)
+                if self.pending:
+                    self.promote_settled()
+                    if not self.ready:
+                        time.sleep(min(0.2, self.cfg.watch.settle_seconds))
+        finally:
+            if bar is not None:
+                bar.close()
+        if not self.stop_event.is_set():
+            self.pipeline.finish()
+        return self.stats
+
+    def _make_observer(self):
+        if self.cfg.watch.observer == "polling":
+            return PollingObserver(timeout=self.cfg.watch.poll_interval)
+        return Observer()
+
+    def install_signal_handlers(self) -> None:
+        def _stop(signum: int, _frame: object) -> None:
+            logger.info("received %s, stopping after the current job", signal.Signals(signum).name)
+            self.notifier.stopping()
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def run(self) -> int:
+        """The daemon loop; returns the process exit code."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.pipeline.recover()
+        overflow = _OverflowWatch(self.q)
+        wd_logger = logging.getLogger("watchdog.observers.inotify")
+        wd_logger.addFilter(overflow)
+        self.observer = self._make_observer()
+        self.observer.schedule(_Enqueue(self.q), str(self.root), recursive=self.cfg.watch.recursive,
+                               event_filter=WATCHED_EVENTS)
+        self.observer.start()
+        try:
+            self.scan()
+            self.notifier.ready(self.status_text())
+            logger.info("watching %s (%s observer)", self.root, self.cfg.watch.observer)
+            next_tick = next_rescan = next_status = time.monotonic()
+            if self.cfg.watch.rescan_interval:
+                next_rescan += self.cfg.watch.rescan_interval
+            while not self.stop_event.is_set():
+                if not self.observer.is_alive():
+                    logger.critical("the filesystem observer thread died; exiting so that the service restarts")
+                    return EXIT_OBSERVER_DIED
+                wait = 0.0 if self.ready else min(0.5, self.cfg.watch.settle_seconds / 2 or 0.5)
+                self.drain_events(wait)
+                self.promote_settled()
+                self.process_ready(limit=50)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.notifier.status("processing: building masters / calibrating / stacking")
+                    self.pipeline.tick()
+                    next_tick = now + self.cfg.watch.tick_interval
+                if self.cfg.watch.rescan_interval and now >= next_rescan:
+                    self.scan()
+                    next_rescan = now + self.cfg.watch.rescan_interval
+                self.notifier.status(self.status_text())
+                self.notifier.watchdog()
+                if now >= next_status:
+                    self.write_status()
+                    next_status = now + 5.0
+            return 0
+        finally:
+            self.notifier.stopping()
+            self.observer.stop()
+            self.observer.join(timeout=5)
+            wd_logger.removeFilter(overflow)

@@ -1,0 +1,214 @@
+"""The daemon as systemd runs it: a subprocess, inotify events, a fake NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ccdwatch import synth
+
+CAMERA = synth.Camera(shape=(64, 96))
+
+
+def frame_bytes(tmp: Path, kind: str = "bias", seed: int = 0, name: str = "src.fits") -> bytes:
+    data = synth.expose(CAMERA, kind=kind, exptime=1.0, rng=np.random.default_rng(seed))
+    from datetime import datetime
+
+    hdr = synth.frame_header(CAMERA, kind=kind, exptime=1.0, date_obs=datetime(2024, 1, 1, 22, 0, seed % 60))
+    p = synth.write_fits(tmp / name, synth.quantise(data), hdr)
+    out = p.read_bytes()
+    p.unlink()
+    return out
+
+
+class Daemon:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.incoming = tmp / "incoming"
+        self.incoming.mkdir(exist_ok=True)
+        self.db = tmp / "state" / "c.db"
+        self.cfg = tmp / "ccdwatch.toml"
+        self.cfg.write_text(f"""
+[paths]
+incoming = "{self.incoming}"
+products = "{tmp / 'products'}"
+database = "{self.db}"
+[watch]
+settle_seconds = 0.5
+tick_interval = 0.5
+rescan_interval = 0
+""")
+        self.sock_path = tmp / "notify.sock"
+        self.messages: list[str] = []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.sock_path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.sock_path))
+        self.sock.settimeout(0.1)
+        self._listening = True
+        self._listener = threading.Thread(target=self._listen, daemon=True)  # drains like systemd does
+        self._listener.start()
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), WATCHDOG_USEC="1000000")
+        self.log = open(self.tmp / "daemon.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ccdwatch.cli", "--config", str(self.cfg), "watch"],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_message("READY=1", timeout=60)
+
+    def _listen(self) -> None:
+        while self._listening:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except (TimeoutError, BlockingIOError, socket.timeout):
+                continue
+            except OSError:
+                return
+
+    def read_messages(self) -> None:
+        time.sleep(0.05)
+
+    def wait_message(self, text: str, timeout: float = 20) -> None:
+        end = time.time() + timeout
+        while time.time() < end:
+            self.read_messages()
+            if any(text in m for m in self.messages):
+                return
+            assert self.proc.poll() is None, f"daemon died: {(self.tmp / 'daemon.log').read_text()}"
+        raise AssertionError(f"no {text!r} from the daemon; got {self.messages}")
+
+    def query(self, sql: str, *args):
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def wait_for(self, sql: str, expected, timeout: float = 30):
+        end = time.time() + timeout
+        got = None
+        while time.time() < end:
+            got = self.query(sql)
+            if got == expected:
+                return got
+            assert self.proc.poll() is None, f"daemon died: {(self.tmp / 'daemon.log').read_text()}"
+            time.sleep(0.2)
+        raise AssertionError(f"{sql}: expected {expected}, got {got}\n{(self.tmp / 'daemon.log').read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        time.sleep(0.3)
+        self._listening = False
+        self._listener.join(2)
+        self.sock.close()
+        self.log.close()
+        return code
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_slow_writer_is_ingested_once_after_the_last_byte(daemon):
+    daemon.start()
+    blob = frame_bytes(daemon.tmp)
+    target = daemon.incoming / "slow.fits"
+    with open(target, "wb") as fh:
+        for chunk in (blob[:2880], blob[2880:6000], blob[6000:]):
+            fh.write(chunk)
+            fh.flush()
+            time.sleep(1.2)  # longer than settle_seconds: a size-stable partial file
+    import hashlib
+
+    sha = hashlib.sha256(blob).hexdigest()
+    daemon.wait_for("SELECT sha256, state FROM frames", [(sha, "ingested")])
+    time.sleep(1.0)
+    assert daemon.query("SELECT count(*) FROM frames") == [(1,)]
+    assert daemon.stop() == 0
+    assert any("STOPPING=1" in m for m in daemon.messages)
+
+
+def test_rename_into_place_copy_in_and_duplicates(daemon):
+    daemon.start()
+    (daemon.incoming / ".a.fits.part").write_bytes(frame_bytes(daemon.tmp, seed=1))
+    (daemon.incoming / ".a.fits.part").rename(daemon.incoming / "a.fits")
+    src = daemon.tmp / "b_src.fits"
+    src.write_bytes(frame_bytes(daemon.tmp, seed=2))
+    shutil.copy(src, daemon.incoming / "b.fits")
+    shutil.copy(src, daemon.incoming / "b_again.fits")
+    daemon.wait_for("SELECT count(*) FROM files", [(3,)])
+    daemon.wait_for("SELECT count(*) FROM frames", [(2,)])
+    assert daemon.query("SELECT count(*) FROM files WHERE path LIKE '%.part'") == [(0,)]
+    assert daemon.stop() == 0
+
+
+def test_hostile_files_are_quarantined_and_the_daemon_lives_on(daemon):
+    daemon.start()
+    inc = daemon.incoming
+    blob = frame_bytes(daemon.tmp, seed=3)
+    (inc / "empty.fits").write_bytes(b"")
+    (inc / "trunc_header.fits").write_bytes(blob[:1000])
+    (inc / "trunc_data.fits").write_bytes(blob[: len(blob) - 4000])
+    (inc / "garbage.fits").write_bytes(b"\x00\x01not a fits file at all" * 200)
+    cards = [("SIMPLE", "T"), ("BITPIX", "16"), ("NAXIS", "2"), ("NAXIS1", "1000000"), ("NAXIS2", "1000000")]
+    huge = "".join(f"{k:<8}= {v:>20}".ljust(80) for k, v in cards) + "END".ljust(80)
+    (inc / "huge.fits").write_bytes(huge.encode().ljust(5760, b" "))
+    os.mkfifo(inc / "fifo.fits")
+    os.symlink("/dev/zero", inc / "zero.fits")
+    (inc / "dir.fits").mkdir()
+    old = time.time() - 3600  # finished long ago: truncation is final, not "still being written"
+    for name in ("empty.fits", "trunc_header.fits", "trunc_data.fits"):
+        os.utime(inc / name, (old, old))
+    daemon.wait_for("SELECT count(*) FROM frames WHERE state = 'quarantined'", [(8,)], timeout=40)
+    reasons = dict(daemon.query("SELECT path, state_reason FROM frames WHERE state = 'quarantined'"))
+    reasons = {Path(k).name: v for k, v in reasons.items()}
+    assert reasons["fifo.fits"].startswith("not-regular-file")
+    assert reasons["zero.fits"].startswith("symlink")
+    assert reasons["dir.fits"].startswith("not-regular-file")
+    assert reasons["huge.fits"].startswith("too-large") or reasons["huge.fits"].startswith("truncated")
+    assert reasons["garbage.fits"].startswith("not-fits")
+    assert reasons["empty.fits"].startswith("empty")
+    assert reasons["trunc_data.fits"].startswith("truncated-data")
+    (inc / "good.fits").write_bytes(blob)
+    daemon.wait_for("SELECT count(*) FROM frames WHERE state = 'ingested'", [(1,)])
+    assert daemon.stop() == 0
+
+
+def test_catch_up_at_start_ingests_nothing_twice(daemon):
+    for i in range(3):
+        (daemon.incoming / f"early_{i}.fits").write_bytes(frame_bytes(daemon.tmp, seed=10 + i))
+    daemon.start()
+    daemon.wait_for("SELECT count(*) FROM frames", [(3,)])
+    assert daemon.stop() == 0
+    for i in range(2):
+        (daemon.incoming / f"while_down_{i}.fits").write_bytes(frame_bytes(daemon.tmp, seed=20 + i))
+    daemon.start()
+    daemon.wait_for("SELECT count(*) FROM frames", [(5,)])
+    assert daemon.query("SELECT count(*) FROM events WHERE kind = 'ingested'") == [(5,)]
+    assert daemon.stop() == 0
+
+
+def test_notify_protocol_order(daemon):
+    daemon.start()
+    daemon.wait_message("WATCHDOG=1", timeout=10)
+    assert daemon.stop() == 0
+    kinds = [m.split("=")[0] for m in daemon.messages]
+    assert kinds.index("READY") < kinds.index("WATCHDOG")
+    assert "STOPPING" in kinds[-2:] or kinds[-1] == "STOPPING"
