@@ -1,0 +1,556 @@
+"""``ccdwatch`` command line: thin commands over the library. Only this module configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ccdwatch import __version__
+from ccdwatch.catalog import (
+    Catalog,
+    SchemaError,
+    backup_sqlite,
+    current_revision,
+    frame_by_path_or_id,
+    head_revision,
+    integrity,
+    last_ingest,
+    make_engine,
+    query_frames,
+    sqlite_path,
+    state_counts,
+    upgrade,
+    utcnow,
+)
+from ccdwatch.config import Config, ConfigError, database_url, load_config
+from ccdwatch.models import Calibrated, Frame, Master, Stack
+
+logger = logging.getLogger("ccdwatch")
+
+FORMATS = ("table", "csv", "json")
+
+
+# ---------------------------------------------------------------------- output helpers
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _round(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def frame_record(f: Frame) -> dict[str, Any]:
+    """The stable JSON shape of a frame (documented in the README)."""
+    return {
+        "id": f.id,
+        "path": f.path,
+        "imagetyp": f.imagetyp,
+        "exptime": f.exptime,
+        "filter": f.filter,
+        "object": f.object,
+        "date_obs": _iso(f.date_obs),
+        "night": f.night,
+        "state": f.state,
+        "state_reason": f.state_reason,
+        "sha256": f.sha256,
+        "size": f.size,
+        "binning": f"{f.xbin}x{f.ybin}" if f.xbin else None,
+        "naxis1": f.naxis1,
+        "naxis2": f.naxis2,
+        "ccd_temp": f.ccd_temp,
+        "set_temp": f.set_temp,
+        "gain": f.gain,
+        "offset": f.offset,
+        "instrument": f.instrument,
+        "telescope": f.telescope,
+        "ra_deg": f.ra_deg,
+        "dec_deg": f.dec_deg,
+        "camera_key": f.camera_key,
+        "group_key": f.group_key,
+        "n_stars": f.n_stars,
+        "fwhm": _round(f.fwhm),
+        "elongation": _round(f.elongation),
+        "sky": _round(f.sky, 2),
+        "sky_noise": _round(f.sky_noise, 3),
+        "saturated_fraction": _round(f.saturated_fraction, 6),
+        "tries": f.tries,
+        "last_error": f.last_error,
+        "created_at": _iso(f.created_at),
+    }
+
+
+def master_record(m: Master) -> dict[str, Any]:
+    return {
+        "id": m.id, "kind": m.kind, "night": m.night, "version": m.version, "exptime": m.exptime,
+        "filter": m.filter, "ccd_temp": m.ccd_temp, "n_frames": m.n_frames, "method": m.method,
+        "bias_subtracted": m.bias_subtracted, "dark_subtracted": m.dark_subtracted,
+        "bias_id": m.bias_id, "dark_id": m.dark_id, "mean": _round(m.mean), "noise": _round(m.noise),
+        "hot_pixels": m.hot_pixels, "date_start": _iso(m.date_start), "date_end": _iso(m.date_end),
+        "path": m.path, "sha256": m.sha256, "preview": m.preview_path, "camera_key": m.camera_key,
+        "inputs": [i.frame_id for i in m.inputs], "params": m.params,
+        "ccdwatch_version": m.ccdwatch_version, "created_at": _iso(m.created_at),
+    }
+
+
+def stack_record(s: Stack) -> dict[str, Any]:
+    return {
+        "id": s.id, "night": s.night, "target": s.target, "filter": s.filter, "exptime": s.exptime,
+        "version": s.version, "current": s.current, "n_used": s.n_used, "n_rejected": s.n_rejected,
+        "total_exposure": s.total_exposure, "reference_frame_id": s.reference_frame_id, "method": s.method,
+        "path": s.path, "sha256": s.sha256, "preview": s.preview_path, "group_key": s.group_key,
+        "members": [{"frame_id": m.frame_id, "used": m.used, "reason": m.reason, "transform": m.transform}
+                    for m in s.members],
+        "params": s.params, "created_at": _iso(s.created_at),
+    }
+
+
+def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], out=None) -> None:
+    out = out or sys.stdout
+    if fmt == "json":
+        json.dump(rows, out, indent=2, default=str)
+        out.write("\n")
+        return
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()) if rows else list(columns),
+                                extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+        return
+    if not rows:
+        out.write("(no rows)\n")
+        return
+    from astropy.table import Table
+
+    def cell(v: Any) -> Any:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    table = Table(rows=[[cell(r.get(c)) for c in columns] for r in rows], names=list(columns))
+    for line in table.pformat(max_lines=-1, max_width=-1):
+        out.write(line.rstrip() + "\n")
+
+
+# ---------------------------------------------------------------------- commands
+def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
+    return Catalog(cfg.paths.database, writer=writer, create=writer)
+
+
+def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
+    from ccdwatch.pipeline import Pipeline
+    from ccdwatch.watch import Watcher
+
+    incoming = Path(cfg.paths.incoming).absolute()
+    products = Path(cfg.paths.products).absolute()
+    if products == incoming or incoming in products.parents:
+        raise ConfigError(
+            f"config key 'paths.products' ({products}) lies inside 'paths.incoming' ({incoming}); "
+            "ccdwatch never writes into the camera's directory - choose a products directory outside it"
+        )
+    if args.once and not incoming.is_dir():
+        raise ConfigError(f"config key 'paths.incoming': {incoming} is not a directory")
+    with Catalog(cfg.paths.database, writer=True) as catalog:
+        pipeline = Pipeline(cfg, catalog)
+        watcher = Watcher(cfg, pipeline)
+        watcher.install_signal_handlers()
+        if not args.once:
+            return watcher.run()
+        stats = watcher.run_once()
+        with catalog.reader() as s:
+            counts = state_counts(s)
+            n_masters = s.scalar(select(func.count()).select_from(Master)) or 0
+            n_cal = s.scalar(select(func.count()).select_from(Calibrated).where(Calibrated.current)) or 0
+            n_stacks = s.scalar(select(func.count()).select_from(Stack).where(Stack.current)) or 0
+            waiting = s.scalars(select(Frame).where(Frame.state == "waiting")).all()
+            quarantined = s.scalars(select(Frame).where(Frame.state == "quarantined")).all()
+        print(f"ccdwatch {__version__}: scanned {incoming}")
+        print(f"  this run: {stats.ingested} ingested, {stats.duplicate} duplicates, "
+              f"{stats.unchanged} unchanged, {stats.quarantined} quarantined")
+        print(f"  catalogue: {sum(counts.values())} frames (" +
+              ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
+        print(f"  masters: {n_masters}; calibrated lights: {n_cal}; stacks: {n_stacks}")
+        for f in waiting:
+            print(f"  WAITING frame {f.id} {Path(f.path).name}: {f.state_reason}")
+        for f in quarantined:
+            print(f"  QUARANTINED {Path(f.path).name}: {f.state_reason}")
+        return 0
+
+
+FRAME_COLUMNS = ("id", "night", "date_obs", "imagetyp", "exptime", "filter", "object", "state", "n_stars",
+                 "fwhm", "sky", "name")
+
+
+def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
+    since = datetime.fromisoformat(args.since) if args.since else None
+    if since is not None and since.tzinfo is not None:
+        since = since.astimezone(UTC).replace(tzinfo=None)
+    with _catalog(cfg) as cat, cat.reader() as s:
+        frames = query_frames(s, night=args.night, imagetyp=args.type, filter=args.filter, object=args.object,
+                              state=args.state, since=since, limit=args.limit)
+        rows = [frame_record(f) for f in frames]
+    for r in rows:
+        r["name"] = Path(r["path"]).name
+    if args.format == "json":
+        for r in rows:
+            r.pop("name")
+    emit(rows, args.format, FRAME_COLUMNS)
+    return 0
+
+
+def _show_frame(s, f: Frame) -> None:
+    rec = frame_record(f)
+    print(f"frame {f.id}: {Path(f.path).name}")
+    for k, v in rec.items():
+        if v is not None and k != "id":
+            print(f"  {k:20s} {v}")
+    if f.header_warnings:
+        print("  header warnings: " + "; ".join(f.header_warnings))
+    print("  seen as:")
+    for sf in f.files:
+        print(f"    {sf.path}  (first seen {_iso(sf.first_seen)})")
+    if f.imagetyp == "light":
+
+        products = s.scalars(select(Calibrated).where(Calibrated.frame_id == f.id).order_by(Calibrated.version)).all()
+        for p in products:
+            tag = "current" if p.current else "superseded"
+            print(f"  calibrated v{p.version} ({tag}): {p.path}")
+            print(f"    bias #{p.bias_id}  dark #{p.dark_id} (scale {p.dark_scale})  flat #{p.flat_id}"
+                  + (f"  PARTIAL, missing {p.missing}" if p.partial else ""))
+            for mid in (p.bias_id, p.dark_id, p.flat_id):
+                if mid is not None:
+                    m = s.get(Master, mid)
+                    print(f"      master #{m.id} {m.kind} night {m.night} v{m.version}, {m.n_frames} frames, {m.path}")
+        if not products and f.state_reason:
+            print(f"  not calibrated: {f.state_reason}")
+    print("  history:")
+    for e in f.events:
+        print(f"    {_iso(e.at)}  {e.kind:12s} {e.detail or ''}")
+    print("  header:")
+    for k, v in (f.header or {}).items():
+        print(f"    {k:8s} = {v!r}")
+
+
+def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
+    ref: str = args.ref
+    with _catalog(cfg) as cat, cat.reader() as s:
+        kind, _, ident = ref.partition(":")
+        if kind in ("master", "stack", "calibrated") and ident.isdigit():
+            obj = s.get({"master": Master, "stack": Stack, "calibrated": Calibrated}[kind], int(ident))
+            if obj is None:
+                print(f"no {kind} with id {ident}", file=sys.stderr)
+                return 1
+            if isinstance(obj, Master):
+                print(json.dumps(master_record(obj), indent=2, default=str))
+            elif isinstance(obj, Stack):
+                print(json.dumps(stack_record(obj), indent=2, default=str))
+            else:
+                _show_frame(s, s.get(Frame, obj.frame_id))
+            return 0
+        path = str(Path(ref).absolute())
+        for model, record in ((Master, master_record), (Stack, stack_record)):
+            obj = s.scalar(select(model).where(model.path == path))
+            if obj is not None:
+                print(json.dumps(record(obj), indent=2, default=str))
+                return 0
+        cal = s.scalar(select(Calibrated).where(Calibrated.path == path))
+        frame = s.get(Frame, cal.frame_id) if cal is not None else frame_by_path_or_id(s, ref)
+        if frame is None:
+            print(f"no frame, master or stack matches {ref!r}", file=sys.stderr)
+            return 1
+        _show_frame(s, frame)
+    return 0
+
+
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    with _catalog(cfg) as cat, cat.reader() as s:
+        counts = state_counts(s)
+        last = last_ingest(s)
+        n_masters = s.scalar(select(func.count()).select_from(Master)) or 0
+        n_stacks = s.scalar(select(func.count()).select_from(Stack)) or 0
+    status_file = Path(cfg.paths.products) / "status.json"
+    daemon = None
+    if status_file.exists():
+        try:
+            daemon = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            daemon = None
+    print(f"catalogue: {cat.url} (revision {cat.revision})")
+    print(f"frames: {sum(counts.values())}  " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    print(f"masters: {n_masters}  stacks: {n_stacks}")
+    print(f"last ingest: {_iso(last) or 'never'}")
+    if daemon:
+        print(f"daemon: {daemon.get('status')} (queue {daemon.get('queue')}, updated {daemon.get('updated')})")
+    return 0
+
+
+def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
+    with _catalog(cfg) as cat, cat.reader() as s:
+        stmt = select(Master)
+        if args.type:
+            stmt = stmt.where(Master.kind == args.type)
+        if args.night:
+            stmt = stmt.where(Master.night == args.night)
+        if args.filter:
+            stmt = stmt.where(func.lower(Master.filter) == args.filter.lower())
+        if args.exptime is not None:
+            stmt = stmt.where(func.abs(Master.exptime - args.exptime) < 1e-3)
+        rows = [master_record(m) for m in s.scalars(stmt.order_by(Master.night, Master.kind, Master.id))]
+    for r in rows:
+        r["name"] = Path(r["path"]).name
+    if args.format == "json":
+        for r in rows:
+            r.pop("name")
+    emit(rows, args.format, ("id", "kind", "night", "version", "exptime", "filter", "n_frames", "method",
+                             "mean", "noise", "hot_pixels", "name"))
+    return 0
+
+
+def cmd_stacks(cfg: Config, args: argparse.Namespace) -> int:
+    with _catalog(cfg) as cat, cat.reader() as s:
+        stmt = select(Stack)
+        if args.night:
+            stmt = stmt.where(Stack.night == args.night)
+        if args.target:
+            stmt = stmt.where(func.lower(Stack.target) == args.target.lower())
+        if args.filter:
+            stmt = stmt.where(func.lower(Stack.filter) == args.filter.lower())
+        if not args.all:
+            stmt = stmt.where(Stack.current)
+        rows = [stack_record(x) for x in s.scalars(stmt.order_by(Stack.night, Stack.target, Stack.id))]
+    for r in rows:
+        r["name"] = Path(r["path"]).name
+    if args.format == "json":
+        for r in rows:
+            r.pop("name")
+    emit(rows, args.format, ("id", "night", "target", "filter", "exptime", "version", "n_used", "n_rejected",
+                             "total_exposure", "name"))
+    return 0
+
+
+def cmd_nights(cfg: Config, args: argparse.Namespace) -> int:
+    with _catalog(cfg) as cat, cat.reader() as s:
+        rows = s.execute(select(Frame.night, Frame.imagetyp, func.count()).group_by(Frame.night, Frame.imagetyp)).all()
+    by_night: dict[str, dict[str, Any]] = {}
+    for night, typ, n in rows:
+        rec = by_night.setdefault(night or "-", {"night": night, "bias": 0, "dark": 0, "flat": 0, "light": 0,
+                                                 "unknown": 0})
+        rec[typ] = rec.get(typ, 0) + n
+    emit(sorted(by_night.values(), key=lambda r: str(r["night"])), args.format,
+         ("night", "bias", "dark", "flat", "light", "unknown"))
+    return 0
+
+
+def _pipeline(cfg: Config):
+    from ccdwatch.pipeline import Pipeline
+
+    catalog = Catalog(cfg.paths.database, writer=True)
+    return catalog, Pipeline(cfg, catalog)
+
+
+def cmd_stack(cfg: Config, args: argparse.Namespace) -> int:
+    catalog, pipe = _pipeline(cfg)
+    with catalog:
+        with catalog.session() as s:
+            pipe.assign_groups(s, args.night)
+            groups = sorted(set(s.scalars(select(Frame.group_key).where(
+                Frame.night == args.night, Frame.imagetyp == "light", Frame.group_key.is_not(None)))))
+        if args.group:
+            groups = [g for g in groups if args.group in g]
+        if not groups:
+            print(f"no stack groups for night {args.night}", file=sys.stderr)
+            return 1
+        for g in groups:
+            sid = pipe.stack_group(g)
+            print(f"{g}: " + (f"stack #{sid}" if sid else "nothing new to stack"))
+    return 0
+
+
+def cmd_recalibrate(cfg: Config, args: argparse.Namespace) -> int:
+    catalog, pipe = _pipeline(cfg)
+    with catalog:
+        with catalog.session() as s:
+            stmt = select(Frame).where(Frame.imagetyp == "light", Frame.state.in_(("calibrated", "stacked", "rejected", "waiting")))
+            if args.night:
+                stmt = stmt.where(Frame.night == args.night)
+            frames = s.scalars(stmt).all()
+            ids = [f.id for f in frames]
+            for f in frames:  # forget the current products' choice so that each light is redone
+                for c in s.scalars(select(Calibrated).where(Calibrated.frame_id == f.id, Calibrated.current)):
+                    c.current = False
+                f.state = "waiting"
+        n = sum(pipe.calibrate(i, final=True) for i in ids)
+        pipe.stack_due_groups(final=True)
+        print(f"recalibrated {n} of {len(ids)} lights")
+    return 0
+
+
+def cmd_db(cfg: Config, args: argparse.Namespace) -> int:
+    db = cfg.paths.database
+    if args.db_command == "upgrade":
+        old, new, backup = upgrade(db)
+        print(f"catalogue upgraded from {old} to {new}" + (f"; backup at {backup}" if backup else ""))
+        return 0
+    if args.db_command == "check":
+        engine = make_engine(db, writer=False)
+        try:
+            rev = current_revision(engine)
+            head = head_revision()
+            ok = integrity(engine)
+        finally:
+            engine.dispose()
+        print(f"catalogue: {database_url(db)}")
+        print(f"revision: {rev} (head {head}){'' if rev == head else ' - run `ccdwatch db upgrade`'}")
+        print(f"integrity: {ok}")
+        return 0 if rev == head and ok in ("ok", "n/a") else 1
+    if args.db_command in ("backup", "snapshot"):
+        src = sqlite_path(database_url(db))
+        if src is None:
+            print("backups through the SQLite backup API need a SQLite catalogue", file=sys.stderr)
+            return 1
+        default = src.with_name(f"{src.stem}-{'snapshot' if args.db_command == 'snapshot' else utcnow().strftime('%Y%m%dT%H%M%S')}.db")
+        dest = Path(args.out) if args.out else default
+        backup_sqlite(src, dest)
+        if args.db_command == "snapshot":
+            dest.chmod(0o444)
+        print(f"{args.db_command}: {dest} (integrity ok)")
+        return 0
+    raise AssertionError(args.db_command)
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ccdwatch", description="Unattended CCD reduction daemon and catalogue.")
+    p.add_argument("--version", action="version", version=f"ccdwatch {__version__}")
+    p.add_argument("--config", help="TOML configuration file (default: $CCDWATCH_CONFIG, else built-in defaults)")
+    p.add_argument("--incoming", help="directory the camera writes FITS files into (overrides paths.incoming)")
+    p.add_argument("--products", help="directory ccdwatch writes into (overrides paths.products)")
+    p.add_argument("--db", help="catalogue: SQLAlchemy URL or SQLite file path (overrides paths.database)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    w = sub.add_parser("watch", help="run the daemon (or --once: catch up, finish the night, exit)")
+    w.add_argument("--once", action="store_true", help="scan, process everything as if the night ended, print a summary, exit")
+    w.set_defaults(func=cmd_watch)
+
+    def fmt(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--format", choices=FORMATS, default="table")
+
+    f = sub.add_parser("frames", help="list catalogued frames")
+    f.add_argument("--night", help="night label YYYY-MM-DD (local date at the start of the night)")
+    f.add_argument("--type", choices=("bias", "dark", "flat", "light", "unknown"))
+    f.add_argument("--filter")
+    f.add_argument("--object")
+    f.add_argument("--state", choices=("ingested", "used", "waiting", "calibrated", "stacked", "rejected",
+                                       "unclassified", "quarantined", "failed"))
+    f.add_argument("--since", help="only frames observed at or after this ISO date/time (UTC unless an offset is given)")
+    f.add_argument("--limit", type=int)
+    fmt(f)
+    f.set_defaults(func=cmd_frames)
+
+    sh = sub.add_parser("show", help="one frame (id or path), master:ID, stack:ID or a product path, with history")
+    sh.add_argument("ref")
+    sh.set_defaults(func=cmd_show)
+
+    st = sub.add_parser("status", help="counts by state, last ingest, daemon state")
+    st.set_defaults(func=cmd_status)
+
+    m = sub.add_parser("masters", help="list master calibrations")
+    m.add_argument("--type", choices=("bias", "dark", "flat"))
+    m.add_argument("--night")
+    m.add_argument("--filter")
+    m.add_argument("--exptime", type=float)
+    fmt(m)
+    m.set_defaults(func=cmd_masters)
+
+    sk = sub.add_parser("stacks", help="list stacks")
+    sk.add_argument("--night")
+    sk.add_argument("--target")
+    sk.add_argument("--filter")
+    sk.add_argument("--all", action="store_true", help="include superseded versions")
+    fmt(sk)
+    sk.set_defaults(func=cmd_stacks)
+
+    ss = sub.add_parser("stack", help="stack the groups of a night now")
+    ss.add_argument("--night", required=True)
+    ss.add_argument("--group", help="only groups whose key contains this text")
+    ss.set_defaults(func=cmd_stack)
+
+    rc = sub.add_parser("recalibrate", help="redo calibration (e.g. after a config change)")
+    rc.add_argument("--night")
+    rc.set_defaults(func=cmd_recalibrate)
+
+    n = sub.add_parser("nights", help="nights with frame counts")
+    fmt(n)
+    n.set_defaults(func=cmd_nights)
+
+    d = sub.add_parser("db", help="catalogue maintenance")
+    dsub = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dsub.add_parser("upgrade", help="back up the catalogue, then migrate it to this version's schema")
+    dsub.add_parser("check", help="schema revision and integrity")
+    for name, text in (("backup", "consistent copy via the SQLite backup API"),
+                       ("snapshot", "publish a consistent read-only copy for readers")):
+        b = dsub.add_parser(name, help=text)
+        b.add_argument("--out", help="destination file")
+    d.set_defaults(func=cmd_db)
+    _extra_commands(sub)
+    return p
+
+
+def _extra_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands that live in their own modules (report, demo) register here when present."""
+    for module in ("ccdwatch.report", "ccdwatch.demo"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        register: Callable | None = getattr(mod, "register_cli", None)
+        if register is not None:
+            register(sub)
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    for noisy in ("watchdog", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if verbose < 2:
+        logging.getLogger("ccdwatch").setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet_default = args.command not in ("watch",)
+    configure_logging(args.verbose, args.quiet or (quiet_default and args.verbose == 0))
+    try:
+        cfg = load_config(args.config).with_overrides(incoming=args.incoming, products=args.products,
+                                                      database=args.db)
+        return args.func(cfg, args)
+    except ConfigError as exc:
+        print(f"ccdwatch: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SchemaError as exc:
+        print(f"ccdwatch: {exc}", file=sys.stderr)
+        return 4
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
