@@ -432,15 +432,33 @@ def cmd_db(cfg: Config, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    def common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+        # Accepted before or after the command: `ccdwatch --db X frames` = `ccdwatch frames --db X`.
+        parser.add_argument("--config", default=default,
+                            help="TOML configuration file (default: $CCDWATCH_CONFIG, else built-in defaults)")
+        parser.add_argument("--incoming", default=default,
+                            help="directory the camera writes FITS files into (overrides paths.incoming)")
+        parser.add_argument("--products", default=default,
+                            help="directory ccdwatch writes into (overrides paths.products)")
+        parser.add_argument("--db", default=default,
+                            help="catalogue: SQLAlchemy URL or SQLite file path (overrides paths.database)")
+        parser.add_argument("-v", "--verbose", action="count", default=default if default is not None else 0,
+                            help="more log output (-vv for debug)")
+        parser.add_argument("-q", "--quiet", action="store_true", default=default if default is not None else False,
+                            help="only warnings and errors")
+
     p = argparse.ArgumentParser(prog="ccdwatch", description="Unattended CCD reduction daemon and catalogue.")
     p.add_argument("--version", action="version", version=f"ccdwatch {__version__}")
-    p.add_argument("--config", help="TOML configuration file (default: $CCDWATCH_CONFIG, else built-in defaults)")
-    p.add_argument("--incoming", help="directory the camera writes FITS files into (overrides paths.incoming)")
-    p.add_argument("--products", help="directory ccdwatch writes into (overrides paths.products)")
-    p.add_argument("--db", help="catalogue: SQLAlchemy URL or SQLite file path (overrides paths.database)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    common_options(p, None)
+    common = argparse.ArgumentParser(add_help=False)
+    common_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     w = sub.add_parser("watch", help="run the daemon (or --once: catch up, finish the night, exit)")
     w.add_argument("--once", action="store_true", help="scan, process everything as if the night ended, print a summary, exit")
@@ -527,7 +545,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
     fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-    for noisy in ("watchdog", "matplotlib", "PIL"):
+    for noisy in ("watchdog", "matplotlib", "PIL", "alembic", "numcodecs"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if verbose < 2:
         logging.getLogger("ccdwatch").setLevel(level)
