@@ -162,8 +162,7 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         )
     if args.once and not incoming.is_dir():
         raise ConfigError(f"config key 'paths.incoming': {incoming} is not a directory")
-    with Catalog(cfg.paths.database, writer=True) as catalog:
-        pipeline = Pipeline(cfg, catalog)
+    with Catalog(cfg.paths.database, writer=True) as catalog, Pipeline(cfg, catalog) as pipeline:
         watcher = Watcher(cfg, pipeline)
         watcher.install_signal_handlers()
         if not args.once:
@@ -362,7 +361,7 @@ def _pipeline(cfg: Config):
 
 def cmd_stack(cfg: Config, args: argparse.Namespace) -> int:
     catalog, pipe = _pipeline(cfg)
-    with catalog:
+    with catalog, pipe:
         with catalog.session() as s:
             pipe.assign_groups(s, args.night)
             groups = sorted(set(s.scalars(select(Frame.group_key).where(
@@ -380,7 +379,7 @@ def cmd_stack(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_recalibrate(cfg: Config, args: argparse.Namespace) -> int:
     catalog, pipe = _pipeline(cfg)
-    with catalog:
+    with catalog, pipe:
         with catalog.session() as s:
             stmt = select(Frame).where(Frame.imagetyp == "light", Frame.state.in_(("calibrated", "stacked", "rejected", "waiting")))
             if args.night:

@@ -33,6 +33,7 @@ __all__ = [
     "ReportConfig",
     "StackConfig",
     "WatchConfig",
+    "WorkersConfig",
     "database_url",
     "load_config",
 ]
@@ -156,6 +157,20 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    processes: int = 2
+    """Worker processes for parsing and reduction (0 = in the daemon itself, no isolation)."""
+    memory_limit_mb: float = 4096.0
+    """Address-space limit of each worker; a file that needs more kills only its worker."""
+    nice: int = 5
+    """Extra niceness of the workers, so that the camera software always wins the CPU."""
+    ingest_timeout: float = 120.0
+    """Seconds a worker may spend reading and checking one raw file."""
+    job_timeout: float = 1800.0
+    """Seconds a worker may spend on one master, calibration or stack."""
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
@@ -165,6 +180,7 @@ class Config:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     classify: tuple[ClassificationRule, ...] = ()
     """Ordered rules for frames whose headers lie or lack a type (first match wins)."""
     source: Path | None = None
@@ -197,6 +213,7 @@ _SECTIONS: dict[str, type] = {
     "calibration": CalibrationConfig,
     "stack": StackConfig,
     "report": ReportConfig,
+    "workers": WorkersConfig,
 }
 _RULE_KEYS = ("glob", "header", "imagetyp", "filter", "object")
 _IMAGE_TYPES = [t.value for t in ImageType if t is not ImageType.UNKNOWN]
@@ -291,6 +308,7 @@ def _database(key: str, value: Any, base: Path) -> str:
 _POSITIVE = {
     "watch": ("poll_interval", "tick_interval"),
     "ingest": ("max_data_mb", "max_tries"),
+    "workers": ("memory_limit_mb", "ingest_timeout", "job_timeout"),
     "masters": ("sigma", "memory_budget_mb", "hot_pixel_sigma"),
     "stack": ("sigma", "quiet_minutes", "detect_sigma", "fwhm_mad", "sky_mad", "elongation_max"),
 }
@@ -304,6 +322,7 @@ _NON_NEGATIVE = {
         "flat_max_age_days",
     ),
     "calibration": ("max_wait_hours",),
+    "workers": ("processes", "nice"),
     "stack": ("pointing_radius_arcmin", "sequence_gap_minutes", "min_stars", "saturation"),
 }
 

@@ -18,34 +18,27 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from astropy.io import fits
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from ccdwatch import __version__, calib, qa, stack
+from ccdwatch import __version__, calib, faults, jobs, qa
 from ccdwatch.catalog import Catalog, log_event, utcnow
 from ccdwatch.config import Config
 from ccdwatch.fitsio import (
     RejectedFile,
     fits_suffix,
     is_temp_name,
-    read_product,
-    read_product_hdus,
-    read_raw,
     sweep_temp_files,
-    write_product,
 )
-from ccdwatch.headers import FrameInfo, ImageType, camera_key, header_to_jsonable, normalise
+from ccdwatch.headers import ImageType, camera_key
 from ccdwatch.models import Calibrated, Frame, Master, MasterInput, SourceFile, Stack, StackMember
 from ccdwatch.products import (
     calibrated_path,
@@ -127,28 +120,6 @@ def calib_key(frame: Frame) -> str:
     return key
 
 
-class _MasterCache:
-    """A few master images kept in memory: lights of a night all use the same three."""
-
-    def __init__(self, size: int = 6) -> None:
-        self._items: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
-        self._size = size
-
-    def get(self, master: Master) -> tuple[np.ndarray, np.ndarray | None]:
-        if master.id in self._items:
-            self._items.move_to_end(master.id)
-            return self._items[master.id]
-        hdus = read_product_hdus(master.path)
-        data = np.asarray(hdus[0].data, dtype=np.float32)
-        hot = None
-        if "HOTPIX" in hdus:
-            hot = np.asarray(hdus["HOTPIX"].data).astype(bool)
-        self._items[master.id] = (data, hot)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return data, hot
-
-
 class Pipeline:
     """All processing for one incoming tree, one products root and one catalogue."""
 
@@ -161,9 +132,19 @@ class Pipeline:
         self.products.mkdir(parents=True, exist_ok=True)
         self.workdir = self.products / ".work"
         self.memory_budget = int(config.masters.memory_budget_mb * 2**20)
-        self._masters = _MasterCache()
+        self.max_data_bytes = int(config.ingest.max_data_mb * 2**20)
+        w = config.workers
+        self.workers = jobs.Workers(processes=w.processes, memory_limit=int(w.memory_limit_mb * 2**20), nice=w.nice)
         self._errors: dict[str, int] = {}
-        self._raw_cache: tuple[int, np.ndarray] | None = None
+
+    def close(self) -> None:
+        self.workers.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ start-up recovery
     def recover(self) -> dict[str, int]:
@@ -212,41 +193,33 @@ class Pipeline:
             if known is not None and known.frame_id is not None and (
                 known.size, known.mtime_ns, known.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
                 return Outcome("unchanged", known.frame_id)
+        spec = jobs.IngestSpec(str(path), self.max_data_bytes, self.cfg.ingest.allow_compressed, self.cfg.classify,
+                               self.cfg.night.timezone, self.cfg.night.start_hour)
         try:
-            raw = read_raw(
-                path,
-                max_data_bytes=int(self.cfg.ingest.max_data_mb * 2**20),
-                allow_compressed=self.cfg.ingest.allow_compressed,
-            )
+            result = self.workers.run(jobs.ingest, spec, timeout=self.cfg.workers.ingest_timeout)
         except RejectedFile as exc:
-            recent = (self.clock() - st.st_mtime) < max(30.0, 5 * self.cfg.watch.settle_seconds)
-            if exc.reason in INCOMPLETE_REASONS and recent and not final:
+            grace = max(30.0, 3 * self.cfg.watch.settle_seconds + 1.0) if not final else 0.0
+            recent = (self.clock() - st.st_mtime) < grace
+            if exc.reason in INCOMPLETE_REASONS and recent:
                 return Outcome("incomplete", detail=str(exc))
             return self._quarantine(path, st, f"{exc.reason}: {exc.message}")
         except FileNotFoundError:
             return Outcome("gone")
-        except Exception as exc:  # an unexpected bug or OS error: retry a bounded number of times
+        except Exception as exc:  # a worker that died or hung, or an unexpected error: bounded retries
             n = self._errors[str(path)] = self._errors.get(str(path), 0) + 1
-            logger.exception("error ingesting %s (try %d)", path, n)
+            logger.error("error ingesting %r (try %d of %d): %s", str(path), n, self.cfg.ingest.max_tries, exc)
             if n >= self.cfg.ingest.max_tries:
+                self._errors.pop(str(path), None)
                 return self._quarantine(path, st, f"ingest-error: {type(exc).__name__}: {exc} (after {n} tries)")
             return Outcome("error", detail=str(exc))
         self._errors.pop(str(path), None)
-        info = normalise(
-            raw.header,
-            filename=path.name,
-            rules=self.cfg.classify,
-            timezone=self.cfg.night.timezone,
-            night_start_hour=self.cfg.night.start_hour,
-        )
-        outcome = self._record(path, raw, info)
-        if outcome.status == "ingested" and info.imagetyp is ImageType.LIGHT:
-            self._raw_cache = (outcome.frame_id, raw.data)
+        outcome = self._record(path, result)
+        if outcome.status == "ingested" and result.info.imagetyp is ImageType.LIGHT:
             self.calibrate(outcome.frame_id)
-        self._raw_cache = None
         return outcome
 
-    def _record(self, path: Path, raw: Any, info: FrameInfo) -> Outcome:
+    def _record(self, path: Path, raw: jobs.IngestResult) -> Outcome:
+        info = raw.info
         now = utcnow()
         with self.catalog.session() as s:
             sf = s.scalar(select(SourceFile).where(SourceFile.path == str(path)))
@@ -287,7 +260,7 @@ class Pipeline:
                     ra_deg=info.ra_deg,
                     dec_deg=info.dec_deg,
                     camera_key=camera_key(info),
-                    header=header_to_jsonable(raw.header),
+                    header=raw.header,
                     header_warnings=list(info.warnings) or None,
                     state=state,
                     state_reason=info.type_source if state == "unclassified" else None,
@@ -338,24 +311,6 @@ class Pipeline:
             frame_id = frame.id
         logger.warning("quarantined %r: %s", str(path), reason)
         return Outcome("quarantined", frame_id, reason)
-
-    def _raw_data(self, s: Session, frame: Frame) -> np.ndarray:
-        """The raw pixels of a frame, from any path it was seen under whose content still matches."""
-        if self._raw_cache is not None and self._raw_cache[0] == frame.id:
-            return self._raw_cache[1]
-        paths = [f.path for f in frame.files] or [frame.path]
-        last: Exception | None = None
-        for p in paths:
-            try:
-                raw = read_raw(p, max_data_bytes=int(self.cfg.ingest.max_data_mb * 2**20),
-                               allow_compressed=self.cfg.ingest.allow_compressed)
-            except (OSError, RejectedFile) as exc:
-                last = exc
-                continue
-            if raw.sha256 == frame.sha256:
-                return raw.data
-            last = RuntimeError(f"{p} no longer holds the content catalogued as frame {frame.id}")
-        raise FileNotFoundError(f"raw data of frame {frame.id} is no longer available: {last}")
 
     # ------------------------------------------------------------------ masters
     def _candidate_master_groups(self, s: Session) -> list[tuple[str, str]]:
@@ -416,8 +371,9 @@ class Pipeline:
 
     def build_master(self, key: str, night: str, *, final: bool = False) -> int | None:
         """Combine the frames of one calibration key and night into a new master version."""
-        kind = key.split("|")[0]
-        with self.catalog.session() as s:
+        kind = key.split("|", 1)[0]
+        m = self.cfg.masters
+        with self.catalog.session() as s:  # plan
             frames = self._frames_of(s, key, night)
             ids = sorted(f.id for f in frames)
             latest = s.scalar(
@@ -440,109 +396,61 @@ class Pipeline:
             if kind == "flat":
                 dark = self._select_dark(s, sample, mid, bias, exact_only=True)[0]
             version = (latest.version + 1) if latest else 1
-            m = self.cfg.masters
             method = {"bias": m.bias_method, "dark": m.dark_method, "flat": m.flat_method}[kind]
-            out = master_path(self.products, kind=kind, night=night, calib_key=key,
-                              instrument=sample.instrument, exptime=sample.exptime,
-                              filter=sample.filter, version=version)
-            bias_data = self._masters.get(bias)[0] if bias is not None else None
-            dark_data = self._masters.get(dark)[0] if dark is not None else None
-            dark_scale = calib.dark_scale(sample.exptime, dark.exptime) if dark is not None else None
-            inputs = [(f.id, f.sha256) for f in frames]
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
-                arrays, scales = [], []
-                for i, f in enumerate(frames):
-                    data = calib.calibrate(self._raw_data(s, f), bias=bias_data, dark=dark_data,
-                                           dark_scale=dark_scale or 1.0)
-                    if kind == "flat":
-                        med = float(np.nanmedian(data))
-                        if not np.isfinite(med) or med <= 0:
-                            raise ValueError(f"flat frame {f.id} has non-positive median {med}")
-                        scales.append(1.0 / med)
-                    npy = Path(tmp) / f"{i}.npy"
-                    np.save(npy, data)
-                    del data
-                    arrays.append(np.load(npy, mmap_mode="r"))
-                combined = calib.combine(arrays, method=method, sigma=m.sigma,
-                                         scales=scales or None, memory_budget=self.memory_budget)
-                del arrays
-            if kind == "flat":
-                combined = calib.normalise_flat(combined)
-            hot = calib.hot_pixel_mask(combined, nsigma=m.hot_pixel_sigma) if kind == "dark" else None
-            level, noise = calib.robust_stats(combined)
-            header = product_header(
+            out = master_path(self.products, kind=kind, night=night, calib_key=key, instrument=sample.instrument,
+                              exptime=sample.exptime, filter=sample.filter, version=version)
+            dark_scale = calib.dark_scale(sample.exptime, dark.exptime) if dark is not None and dark.exptime else None
+            inputs = tuple((f.id, f.sha256) for f in frames)
+            header = dict(product_header(
                 None,
-                IMAGETYP=f"Master {kind.capitalize()}",
-                INSTRUME=sample.instrument,
-                TELESCOP=sample.telescope,
-                XBINNING=sample.xbin,
-                YBINNING=sample.ybin,
-                EXPTIME=sample.exptime if kind != "bias" else 0.0,
-                FILTER=sample.filter if kind == "flat" else None,
-                NIGHT=night,
-                MASTERV=(version, "master version for this key and night"),
-                NCOMBINE=(len(frames), "number of frames combined"),
-                COMBMETH=(method, "combination method"),
-                CLIPSIG=(m.sigma, "clip limit, robust sigmas") if method == "sigma_clip" else None,
-                BIASSUB=(bias is not None, "bias-subtracted before combining"),
-                BIASID=bias.id if bias else None,
-                BIASSHA=bias.sha256 if bias else None,
-                DARKSUB=(dark is not None, "dark-subtracted before combining"),
-                DARKID=dark.id if dark else None,
-                DARKSHA=dark.sha256 if dark else None,
-                DATE_BEG=min(dates).isoformat() if dates else None,
-                DATE_END=max(dates).isoformat() if dates else None,
+                IMAGETYP=f"Master {kind.capitalize()}", INSTRUME=sample.instrument, TELESCOP=sample.telescope,
+                XBINNING=sample.xbin, YBINNING=sample.ybin, EXPTIME=sample.exptime if kind != "bias" else 0.0,
+                FILTER=sample.filter if kind == "flat" else None, NIGHT=night,
+                MASTERV=version, NCOMBINE=len(frames), COMBMETH=method,
+                CLIPSIG=m.sigma if method == "sigma_clip" else None,
+                BIASSUB=bias is not None, BIASID=bias.id if bias else None, BIASSHA=bias.sha256 if bias else None,
+                DARKSUB=dark is not None, DARKID=dark.id if dark else None, DARKSHA=dark.sha256 if dark else None,
+                DARKSCL=dark_scale,
+                DATE_BEG=min(dates).isoformat() if dates else None, DATE_END=max(dates).isoformat() if dates else None,
                 CALIBKEY=short_hash(key, 16),
-                HOTPIX=int(hot.sum()) if hot is not None else None,
+            ))
+            spec = jobs.MasterSpec(
+                kind=kind, frames=tuple((tuple(sf.path for sf in f.files) or (f.path,), f.sha256) for f in frames),
+                bias_path=bias.path if bias else None, dark_path=dark.path if dark else None,
+                dark_scale=dark_scale, method=method, sigma=m.sigma, memory_budget=self.memory_budget,
+                hot_pixel_sigma=m.hot_pixel_sigma, out_path=str(out), header=header, inputs_table=inputs,
+                workdir=str(self.workdir), max_data_bytes=self.max_data_bytes,
+                allow_compressed=self.cfg.ingest.allow_compressed,
+                preview_path=str(preview_path(out)) if self.cfg.report.previews else None,
+                preview_title=f"master {kind} - night {night} - v{version} - {len(frames)} frames",
             )
-            table = fits.BinTableHDU.from_columns(
-                [fits.Column(name="FRAME_ID", format="K", array=np.array([i for i, _ in inputs])),
-                 fits.Column(name="SHA256", format="64A", array=np.array([h for _, h in inputs]))],
-                name="INPUTS",
-            )
-            hdus = fits.HDUList([fits.PrimaryHDU(combined.astype(np.float32), header=header), table])
-            if hot is not None:
-                hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
-            sha = write_product(out, hdus)
-            preview = self._preview_master(out, combined, kind, night, version, len(frames))
+            bias_id, dark_id = (bias.id if bias else None), (dark.id if dark else None)
+            bias_sub, dark_sub = bias is not None, dark is not None
+            camera, temp = sample.camera_key, temperature_ref(sample) if kind == "dark" else None
+            exptime, filt = (sample.exptime if kind != "bias" else None), (sample.filter if kind == "flat" else None)
+        result = self.workers.run(jobs.build_master, spec, timeout=self.cfg.workers.job_timeout)  # work
+        faults.point("master-written", out)
+        with self.catalog.session() as s:  # commit
             master = Master(
-                kind=kind, calib_key=key, camera_key=sample.camera_key,
-                exptime=sample.exptime if kind != "bias" else None,
-                filter=sample.filter if kind == "flat" else None,
-                ccd_temp=temperature_ref(sample) if kind == "dark" else None,
-                night=night, version=version, path=str(out), sha256=sha,
-                preview_path=str(preview) if preview else None, n_frames=len(frames), method=method,
-                params={"sigma": m.sigma, "memory_budget_mb": m.memory_budget_mb,
-                        "dark_scale": dark_scale, "hot_pixel_sigma": m.hot_pixel_sigma},
-                bias_subtracted=bias is not None, dark_subtracted=dark is not None,
-                bias_id=bias.id if bias else None, dark_id=dark.id if dark else None,
+                kind=kind, calib_key=key, camera_key=camera, exptime=exptime, filter=filt, ccd_temp=temp,
+                night=night, version=version, path=str(out), sha256=result.sha256,
+                preview_path=result.preview_path, n_frames=len(inputs), method=method,
+                params={"sigma": m.sigma, "memory_budget_mb": m.memory_budget_mb, "dark_scale": dark_scale,
+                        "hot_pixel_sigma": m.hot_pixel_sigma},
+                bias_subtracted=bias_sub, dark_subtracted=dark_sub, bias_id=bias_id, dark_id=dark_id,
                 date_start=min(dates) if dates else None, date_end=max(dates) if dates else None,
-                date_mid=mid, mean=level, noise=noise,
-                hot_pixels=int(hot.sum()) if hot is not None else None,
+                date_mid=mid, mean=result.mean, noise=result.noise, hot_pixels=result.hot_pixels,
                 ccdwatch_version=__version__, created_at=utcnow(),
             )
             master.inputs = [MasterInput(frame_id=i, sha256=h) for i, h in inputs]
             s.add(master)
             s.flush()
-            for f in frames:
+            for f in s.scalars(select(Frame).where(Frame.id.in_([i for i, _ in inputs]))):
                 f.state, f.updated_at = "used", utcnow()
                 log_event(s, f, "used", f"in master {kind} #{master.id} v{version}")
             master_id = master.id
-        logger.info("built master %s #%d (night %s, v%d, %d frames)", kind, master_id, night, version, len(frames))
+        logger.info("built master %s #%d (night %s, v%d, %d frames)", kind, master_id, night, version, len(inputs))
         return master_id
-
-    def _preview_master(self, path: Path, data: np.ndarray, kind: str, night: str, version: int, n: int) -> Path | None:
-        if not self.cfg.report.previews:
-            return None
-        from ccdwatch import previews
-
-        try:
-            return previews.master_preview(data, preview_path(path),
-                                           title=f"master {kind} - night {night} - v{version} - {n} frames")
-        except Exception:  # a preview must never cost a master
-            logger.exception("preview of %s failed", path)
-            return None
 
     # ------------------------------------------------------------------ choosing masters
     def _current_masters(self, s: Session, kind: str, cam: str) -> list[Master]:
@@ -665,11 +573,7 @@ class Pipeline:
                     stmt = stmt.where(or_(Frame.date_obs.is_(None),
                                           Frame.date_obs.between(master.date_mid - span, master.date_mid + span)))
                 ids += list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
-        done = 0
-        for frame_id in ids:
-            if self.calibrate(frame_id, final=final):
-                done += 1
-        return done
+        return self.calibrate_many(ids, final=final)
 
     def _timed_out(self, frame: Frame) -> bool:
         age = utcnow() - frame.created_at
@@ -677,50 +581,51 @@ class Pipeline:
 
     def calibrate(self, frame_id: int, *, final: bool = False) -> bool:
         """Calibrate one light if its masters exist (or policy allows partial). True if a product was written."""
+        return self.calibrate_many([frame_id], final=final) == 1
+
+    def calibrate_many(self, frame_ids: Sequence[int], *, final: bool = False) -> int:
+        """Plan every light (catalogue), calibrate them in the worker pool in parallel, commit each."""
+        plans = []
         with self.catalog.session() as s:
-            frame = s.get(Frame, frame_id)
-            if frame is None or frame.imagetyp != "light" or frame.state in ("quarantined", "failed"):
-                return False
-            sel = self.select_masters(s, frame)
-            current = s.scalar(select(Calibrated).where(Calibrated.frame_id == frame.id, Calibrated.current))
-            if current is not None and (current.bias_id, current.dark_id, current.flat_id) == sel.ids:
-                return False
-            partial = False
-            if sel.missing:
-                allow = self.cfg.calibration.on_timeout == "partial" and (final or self._timed_out(frame))
-                if current is not None or not allow:
-                    reason = "waiting for " + "; ".join(f"{k}: {v}" for k, v in sel.missing.items())
-                    if current is None and frame.state_reason != reason:
-                        frame.state, frame.state_reason, frame.updated_at = "waiting", reason, utcnow()
-                        log_event(s, frame, "waiting", reason)
-                    return False
-                partial = True
-            if current is not None and not self.cfg.calibration.recalibrate_on_better_master:
-                return False
+            for fid in frame_ids:
+                plan = self._plan_calibration(s, fid, final=final)
+                if plan is not None:
+                    plans.append(plan)
+        if not plans:
+            return 0
+        futures = self.workers.map(jobs.calibrate_light, [p[0] for p in plans], timeout=self.cfg.workers.job_timeout)
+        written = 0
+        for (spec, sel_ids, partial, missing, version, explain), fut in zip(plans, futures, strict=True):
             try:
-                written = self._calibrate_write(s, frame, sel, current, partial)
+                result = fut.result()
             except Exception as exc:
-                logger.exception("calibrating frame %d failed", frame.id)
-                frame.tries += 1
-                frame.last_error = f"calibration: {type(exc).__name__}: {exc}"
-                if frame.tries >= self.cfg.ingest.max_tries:
-                    frame.state, frame.state_reason = "failed", frame.last_error
-                log_event(s, frame, "error", frame.last_error)
-                return False
+                self._record_failure([spec.frame_id], f"calibration: {type(exc).__name__}: {exc}")
+                continue
+            faults.point("calibrated-written", spec.out_path)
+            self._commit_calibration(spec, result, sel_ids, partial, missing, version, explain)
+            written += 1
         return written
 
-    def _calibrate_write(self, s: Session, frame: Frame, sel: Selection, current: Calibrated | None,
-                         partial: bool) -> bool:
-        raw = self._raw_data(s, frame)
-        bias = self._masters.get(sel.bias)[0] if sel.bias else None
-        dark, hot = self._masters.get(sel.dark) if sel.dark else (None, None)
-        flat = self._masters.get(sel.flat)[0] if sel.flat else None
-        data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=sel.dark_scale or 1.0, flat=flat)
-        saturation = self._saturation(frame, raw)
-        saturated = raw >= saturation
-        mask = saturated | hot if hot is not None else saturated
-        quality, sources = qa.measure(data, saturation=None, detect_sigma=self.cfg.stack.detect_sigma, mask=mask)
-        sat_fraction = float(saturated.mean())
+    def _plan_calibration(self, s: Session, frame_id: int, *, final: bool):
+        frame = s.get(Frame, frame_id)
+        if frame is None or frame.imagetyp != "light" or frame.state in ("quarantined", "failed"):
+            return None
+        sel = self.select_masters(s, frame)
+        current = s.scalar(select(Calibrated).where(Calibrated.frame_id == frame.id, Calibrated.current))
+        if current is not None and (current.bias_id, current.dark_id, current.flat_id) == sel.ids:
+            return None
+        partial = False
+        if sel.missing:
+            allow = self.cfg.calibration.on_timeout == "partial" and (final or self._timed_out(frame))
+            if current is not None or not allow:
+                reason = "waiting for " + "; ".join(f"{k}: {v}" for k, v in sel.missing.items())
+                if current is None and frame.state_reason != reason:
+                    frame.state, frame.state_reason, frame.updated_at = "waiting", reason, utcnow()
+                    log_event(s, frame, "waiting", reason)
+                return None
+            partial = True
+        if current is not None and not self.cfg.calibration.recalibrate_on_better_master:
+            return None
         version = (s.scalar(select(func.max(Calibrated.version)).where(Calibrated.frame_id == frame.id)) or 0) + 1
         out = calibrated_path(self.products, night=frame.night, target=frame.object, filter=frame.filter,
                               frame_id=frame.id, stem=Path(frame.path).stem, version=version)
@@ -732,68 +637,59 @@ class Pipeline:
                 raw_header[k] = v
             except (ValueError, KeyError):
                 continue
-        header = product_header(
-            raw_header,
-            BUNIT="adu",
-            RAWID=(frame.id, "catalogue id of the raw frame"),
-            RAWSHA=frame.sha256,
-            BIASID=sel.bias.id if sel.bias else None,
-            BIASSHA=sel.bias.sha256 if sel.bias else None,
-            DARKID=sel.dark.id if sel.dark else None,
-            DARKSHA=sel.dark.sha256 if sel.dark else None,
-            DARKSCL=(sel.dark_scale, "dark scale factor t_light / t_dark") if sel.dark else None,
-            FLATID=sel.flat.id if sel.flat else None,
-            FLATSHA=sel.flat.sha256 if sel.flat else None,
-            PARTIAL=(partial, "calibrated without every master"),
-            CALVER=(version, "calibration version of this raw frame"),
-            SATLEVEL=(float(saturation), "raw saturation level used, ADU"),
+        missing = "; ".join(f"{k}: {v}" for k, v in sel.missing.items()) or None
+        header = dict(product_header(
+            raw_header, BUNIT="adu", RAWID=frame.id, RAWSHA=frame.sha256,
+            BIASID=sel.bias.id if sel.bias else None, BIASSHA=sel.bias.sha256 if sel.bias else None,
+            DARKID=sel.dark.id if sel.dark else None, DARKSHA=sel.dark.sha256 if sel.dark else None,
+            DARKSCL=sel.dark_scale if sel.dark else None,
+            FLATID=sel.flat.id if sel.flat else None, FLATSHA=sel.flat.sha256 if sel.flat else None,
+            PARTIAL=partial, CALVER=version,
+        ))
+        spec = jobs.CalibrateSpec(
+            frame_id=frame.id, raw_paths=tuple(f.path for f in frame.files) or (frame.path,), raw_sha256=frame.sha256,
+            bias_path=sel.bias.path if sel.bias else None, dark_path=sel.dark.path if sel.dark else None,
+            dark_scale=sel.dark_scale or 1.0, flat_path=sel.flat.path if sel.flat else None, out_path=str(out),
+            header=header, saturation=self._saturation(frame), detect_sigma=self.cfg.stack.detect_sigma,
+            max_data_bytes=self.max_data_bytes, allow_compressed=self.cfg.ingest.allow_compressed,
+            preview_path=str(preview_path(out)) if self.cfg.report.light_previews else None,
         )
-        table = fits.BinTableHDU.from_columns(
-            [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
-             for n in ("x", "y", "flux", "fwhm", "elongation")],
-            name="SOURCES",
-        )
-        hdus = fits.HDUList([fits.PrimaryHDU(data, header=header), table])
-        if hot is not None:
-            hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))
-        sha = write_product(out, hdus)
-        if self.cfg.report.light_previews:
-            from ccdwatch import previews
+        sel_ids = (*sel.ids, sel.dark_scale if sel.dark else None)
+        return spec, sel_ids, partial, missing, version, sel.explain()
 
-            previews.image_preview(data, preview_path(out), title=f"calibrated frame {frame.id}")
-        now = utcnow()
-        if current is not None:
-            current.current = False
-        product = Calibrated(
-            frame_id=frame.id, version=version, current=True, path=str(out), sha256=sha,
-            bias_id=sel.bias.id if sel.bias else None, dark_id=sel.dark.id if sel.dark else None,
-            flat_id=sel.flat.id if sel.flat else None, dark_scale=sel.dark_scale if sel.dark else None,
-            partial=partial, missing="; ".join(f"{k}: {v}" for k, v in sel.missing.items()) or None,
-            ccdwatch_version=__version__, created_at=now,
-        )
-        s.add(product)
-        frame.state = "calibrated"
-        frame.state_reason = ("PARTIAL: " + product.missing) if partial else None
-        frame.n_stars, frame.fwhm, frame.elongation = quality.n_stars, _finite(quality.fwhm), _finite(quality.elongation)
-        frame.sky, frame.sky_noise, frame.saturated_fraction = _finite(quality.sky), _finite(quality.sky_noise), sat_fraction
-        frame.updated_at = now
-        verb = "recalibrated" if current is not None else "calibrated"
-        log_event(s, frame, verb, sel.explain() + (f" (v{version}, supersedes v{current.version})" if current else f" (v{version})"))
-        logger.info("%s frame %d: %s", verb, frame.id, sel.explain())
-        return True
+    def _commit_calibration(self, spec: jobs.CalibrateSpec, result: jobs.CalibrateResult, sel_ids: tuple,
+                            partial: bool, missing: str | None, version: int, explain: str) -> None:
+        bias_id, dark_id, flat_id, dark_scale = sel_ids
+        quality = result.quality
+        with self.catalog.session() as s:
+            frame = s.get(Frame, spec.frame_id)
+            current = s.scalar(select(Calibrated).where(Calibrated.frame_id == frame.id, Calibrated.current))
+            now = utcnow()
+            if current is not None:
+                current.current = False
+            s.add(Calibrated(
+                frame_id=frame.id, version=version, current=True, path=spec.out_path, sha256=result.sha256,
+                bias_id=bias_id, dark_id=dark_id, flat_id=flat_id, dark_scale=dark_scale, partial=partial,
+                missing=missing, ccdwatch_version=__version__, created_at=now,
+            ))
+            frame.state = "calibrated"
+            frame.state_reason = ("PARTIAL: " + missing) if partial else None
+            frame.n_stars, frame.fwhm, frame.elongation = quality.n_stars, _finite(quality.fwhm), _finite(quality.elongation)
+            frame.sky, frame.sky_noise = _finite(quality.sky), _finite(quality.sky_noise)
+            frame.saturated_fraction = result.saturated_fraction
+            frame.updated_at = now
+            verb = "recalibrated" if current is not None else "calibrated"
+            log_event(s, frame, verb, explain + (f" (v{version}, supersedes v{current.version})" if current else f" (v{version})"))
+        logger.info("%s frame %d: %s", verb, spec.frame_id, explain)
 
-    def _saturation(self, frame: Frame, raw: np.ndarray) -> float:
+    def _saturation(self, frame: Frame) -> float | None:
+        """Configured or header saturation level; None lets the worker find the pile-up ceiling."""
         header = frame.header or {}
-        for key in ("SATURATE", "SATLEVEL", "DATAMAX"):
+        for key in ("SATURATE", "SATLEVEL"):
             v = header.get(key)
-            if isinstance(v, (int, float)) and v > 0:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
                 return float(v)
-        if self.cfg.stack.saturation > 0:
-            return self.cfg.stack.saturation
-        top = float(np.max(raw))
-        if top > 1000 and np.count_nonzero(raw == top) >= 5:  # pixels piled up at a ceiling
-            return top
-        return 65535.0 if raw.dtype.kind in "ui" else float("inf")
+        return self.cfg.stack.saturation or None
 
     # ------------------------------------------------------------------ failures
     def _record_failure(self, frame_ids: Sequence[int], message: str) -> None:
@@ -892,82 +788,61 @@ class Pipeline:
             if not usable:
                 return None
             reference = qa.choose_reference(quality, exclude=rejected)
-            sources, masks = {}, {}
-            for fid in usable:
-                hdus = read_product_hdus(products[fid].path)
-                tab = hdus["SOURCES"].data
-                sources[fid] = qa.Sources(
-                    x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float), flux=np.asarray(tab["FLUX"], float),
-                    fwhm=np.asarray(tab["FWHM"], float), elongation=np.asarray(tab["ELONGATION"], float))
-                masks[fid] = np.asarray(hdus["BADPIX"].data).astype(bool) if "BADPIX" in hdus else None
-            paths = {fid: products[fid].path for fid in usable}
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
-                result = stack.align_and_stack(
-                    usable, lambda fid: read_product(paths[fid])[1], sources, reference, masks=masks,
-                    method=st.method, sigma=st.sigma, memory_budget=self.memory_budget, workdir=tmp)
-            rejected.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})
-            used = [f for f in frames if f.id not in rejected]
-            if len(used) < 1:
-                return None
-            ref_frame = next(f for f in frames if f.id == result.reference)
+            ref_frame = next(f for f in frames if f.id == reference)
             version = (latest.version + 1) if latest else 1
             target = group_key.split("|")[1]
-            out = stack_path(self.products, night=ref_frame.night or "nonight", target=target,
-                             filter=ref_frame.filter, exptime=ref_frame.exptime, group_key=group_key, version=version)
-            total = float(sum(f.exptime or 0.0 for f in used))
-            header = product_header(
-                None,
-                IMAGETYP="Stack", OBJECT=target, FILTER=ref_frame.filter, EXPTIME=ref_frame.exptime,
-                INSTRUME=ref_frame.instrument, TELESCOP=ref_frame.telescope, NIGHT=ref_frame.night,
-                NCOMBINE=(len(used), "frames combined"), NREJECT=(len(rejected), "frames rejected"),
-                TOTEXP=(total, "total exposure of combined frames, s"), COMBMETH=st.method,
-                CLIPSIG=st.sigma if st.method == "sigma_clip" else None,
-                REFID=(result.reference, "frame id of the alignment reference"),
-                STACKV=(version, "stack version of this group"), BUNIT="adu",
+            night = ref_frame.night or "nonight"
+            out = stack_path(self.products, night=night, target=target, filter=ref_frame.filter,
+                             exptime=ref_frame.exptime, group_key=group_key, version=version)
+            header = dict(product_header(
+                None, IMAGETYP="Stack", OBJECT=target, FILTER=ref_frame.filter, EXPTIME=ref_frame.exptime,
+                INSTRUME=ref_frame.instrument, TELESCOP=ref_frame.telescope, NIGHT=night,
+                COMBMETH=st.method, CLIPSIG=st.sigma if st.method == "sigma_clip" else None,
+                STACKV=version, BUNIT="adu",
+            ))
+            history = tuple(f"sha256 {fid} {products[fid].sha256}" for fid in usable) + tuple(
+                f"rejected {fid}: {why}"[:70] for fid, why in rejected.items())
+            spec = jobs.StackSpec(
+                products={fid: products[fid].path for fid in usable}, reference=reference, method=st.method,
+                sigma=st.sigma, memory_budget=self.memory_budget, workdir=str(self.workdir), out_path=str(out),
+                header=header, history=history,
+                preview_path=str(preview_path(out)) if self.cfg.report.previews else None,
+                preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
+                               f" - night {night}"),
             )
-            for f in used:
-                header.add_history(f"member {f.id} sha256 {products[f.id].sha256}")
-            for fid, why in rejected.items():
-                header.add_history(f"rejected {fid}: {why}"[:70])
-            hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
-                                 fits.ImageHDU(result.count, name="NFRAMES")])
-            sha = write_product(out, hdus)
-            preview = None
-            if self.cfg.report.previews:
-                from ccdwatch import previews
-
-                try:
-                    preview = previews.stack_preview(result.image, preview_path(out),
-                                                     title=f"{target} {ref_frame.filter or ''} - {len(used)} x {ref_frame.exptime:g} s - night {ref_frame.night}")
-                except Exception:
-                    logger.exception("stack preview failed")
-            if latest is not None:
-                latest.current = False
-            row = Stack(group_key=group_key, night=ref_frame.night or "nonight", target=target,
-                        filter=ref_frame.filter, exptime=ref_frame.exptime, camera_key=ref_frame.camera_key,
-                        version=version, current=True, path=str(out), sha256=sha,
-                        preview_path=str(preview) if preview else None, n_used=len(used), n_rejected=len(rejected),
+            member_info = {f.id: (products[f.id].id, products[f.id].sha256, f.exptime or 0.0) for f in frames}
+            meta = dict(night=night, target=target, filter=ref_frame.filter, exptime=ref_frame.exptime,
+                        camera_key=ref_frame.camera_key)
+            latest_id = latest.id if latest is not None else None
+        result = self.workers.run(jobs.stack_group, spec, timeout=self.cfg.workers.job_timeout)
+        faults.point("stack-written", out)
+        rejected.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})
+        used = [fid for fid in member_info if fid not in rejected]
+        total = float(sum(member_info[fid][2] for fid in used))
+        with self.catalog.session() as s:
+            if latest_id is not None:
+                s.get(Stack, latest_id).current = False
+            row = Stack(group_key=group_key, version=version, current=True, path=str(out), sha256=result.sha256,
+                        preview_path=result.preview_path, n_used=len(used), n_rejected=len(rejected),
                         total_exposure=total, reference_frame_id=result.reference, method=st.method,
                         params={"sigma": st.sigma, "fwhm_mad": st.fwhm_mad, "sky_mad": st.sky_mad,
                                 "min_stars": st.min_stars, "stars_fraction": st.stars_fraction,
                                 "elongation_max": st.elongation_max},
-                        ccdwatch_version=__version__, created_at=utcnow())
-            for f in frames:
-                t = result.transforms.get(f.id)
-                row.members.append(StackMember(frame_id=f.id, calibrated_id=products[f.id].id,
-                                               sha256=products[f.id].sha256, used=f.id not in rejected,
-                                               reason=rejected.get(f.id), transform=t.to_json() if t else None))
+                        ccdwatch_version=__version__, created_at=utcnow(), **meta)
+            for fid, (cal_id, sha, _) in member_info.items():
+                row.members.append(StackMember(frame_id=fid, calibrated_id=cal_id, sha256=sha,
+                                               used=fid not in rejected, reason=rejected.get(fid),
+                                               transform=result.transforms.get(fid)))
+            s.add(row)
+            s.flush()
+            for f in s.scalars(select(Frame).where(Frame.id.in_(list(member_info)))):
                 if f.id in rejected:
                     f.state, f.state_reason = "rejected", rejected[f.id]
                     log_event(s, f, "rejected", rejected[f.id])
                 else:
                     f.state, f.state_reason = "stacked", None
+                    log_event(s, f, "stacked", f"in stack #{row.id} v{version} of {meta['target']}")
                 f.updated_at = utcnow()
-            s.add(row)
-            s.flush()
-            for f in used:
-                log_event(s, f, "stacked", f"in stack #{row.id} v{version} of {target}")
             sid = row.id
         logger.info("stacked %s: %d used, %d rejected -> %s", group_key, len(used), len(rejected), out)
         return sid

@@ -122,7 +122,8 @@ class Watcher:
         self.stop_event = threading.Event()
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.observer = None
-        self._last_progress = time.monotonic()
+        # While a worker makes progress on a long job, the loop that waits for it stays healthy.
+        pipeline.workers.heartbeat = self.notifier.watchdog
 
     # ------------------------------------------------------------------ readiness
     def _stat(self, path: str) -> tuple[int, int, int] | None:

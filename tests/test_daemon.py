@@ -33,7 +33,8 @@ def frame_bytes(tmp: Path, kind: str = "bias", seed: int = 0, name: str = "src.f
 
 
 class Daemon:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: str = "", env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.tmp = tmp
         self.incoming = tmp / "incoming"
         self.incoming.mkdir(exist_ok=True)
@@ -48,6 +49,7 @@ database = "{self.db}"
 settle_seconds = 0.5
 tick_interval = 0.5
 rescan_interval = 0
+{extra}
 """)
         self.sock_path = tmp / "notify.sock"
         self.messages: list[str] = []
@@ -61,7 +63,7 @@ rescan_interval = 0
         self._listening = True
         self._listener = threading.Thread(target=self._listen, daemon=True)  # drains like systemd does
         self._listener.start()
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), WATCHDOG_USEC="1000000")
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), WATCHDOG_USEC="1000000", **self.env)
         self.log = open(self.tmp / "daemon.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "ccdwatch.cli", "--config", str(self.cfg), "watch"],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -212,3 +214,43 @@ def test_notify_protocol_order(daemon):
     kinds = [m.split("=")[0] for m in daemon.messages]
     assert kinds.index("READY") < kinds.index("WATCHDOG")
     assert "STOPPING" in kinds[-2:] or kinds[-1] == "STOPPING"
+
+
+@pytest.mark.parametrize("action", ["crash", "hang"])
+def test_poison_file_is_retried_then_quarantined(tmp_path, action):
+    """A file that kills or hangs its worker costs a bounded number of tries, never the daemon."""
+    d = Daemon(tmp_path, extra="[ingest]\nmax_tries = 2\n[workers]\nprocesses = 1\ningest_timeout = 3\n",
+               env={"CCDWATCH_FAULTS": f"ingest@/poison.fits={action}"})
+    try:
+        d.start()
+        (d.incoming / "poison.fits").write_bytes(frame_bytes(tmp_path, seed=40))
+        d.wait_for("SELECT count(*) FROM frames WHERE state = 'quarantined'", [(1,)], timeout=60)
+        reason = d.query("SELECT state_reason FROM frames WHERE state = 'quarantined'")[0][0]
+        assert "after 2 tries" in reason
+        assert ("overran" in reason) if action == "hang" else ("died" in reason)
+        (d.incoming / "good.fits").write_bytes(frame_bytes(tmp_path, seed=41))
+        d.wait_for("SELECT count(*) FROM frames WHERE state = 'ingested'", [(1,)], timeout=60)
+        n = len(d.messages)
+        time.sleep(1.5)
+        assert any("WATCHDOG=1" in m for m in d.messages[n:]), "the healthy daemon stopped its watchdog"
+        assert d.stop() == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+
+
+def test_watchdog_stops_when_the_worker_loop_hangs(tmp_path):
+    """With jobs run inside the daemon (processes = 0) a hang stalls the loop: no more WATCHDOG=1,
+    so systemd's WatchdogSec kills and restarts the service."""
+    d = Daemon(tmp_path, extra="[workers]\nprocesses = 0\n", env={"CCDWATCH_FAULTS": "ingest@/stuck.fits=hang"})
+    try:
+        d.start()
+        d.wait_message("WATCHDOG=1", timeout=10)
+        (d.incoming / "stuck.fits").write_bytes(frame_bytes(tmp_path, seed=42))
+        time.sleep(3.0)  # settle (0.5 s), then the hang
+        n = len(d.messages)
+        time.sleep(3.0)
+        assert not any("WATCHDOG=1" in m for m in d.messages[n:])
+    finally:
+        d.proc.kill()
+        d.proc.wait()

@@ -28,8 +28,8 @@ CAMERA = synth.Camera(shape=(192, 256))
 
 def run_once(cfg) -> tuple[Catalog, Pipeline]:
     cat = Catalog(cfg.paths.database)
-    pipe = Pipeline(cfg, cat)
-    Watcher(cfg, pipe, progress=False).run_once()
+    with Pipeline(cfg, cat) as pipe:
+        Watcher(cfg, pipe, progress=False).run_once()
     return cat, pipe
 
 
@@ -116,8 +116,7 @@ def test_deferred_flats_then_recalibration_on_rebuilt_master(tmp_path):
     synth.make_night(staging, camera=CAMERA, seed=5, n_bias=3, n_dark=3, n_flat=3, filters=("V",), n_light=3,
                      light_exptime=300.0, dark_exptime=300.0)
     inc = Path(cfg.paths.incoming)
-    with Catalog(cfg.paths.database) as cat:
-        pipe = Pipeline(cfg, cat)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
         for p in sorted(staging.glob("*.fits")):
             if not p.name.startswith("flat"):
                 shutil.copy(p, inc / p.name)
@@ -155,8 +154,7 @@ def test_identity_copy_rename_and_changed_content(tmp_path, config):
     truth = synth.make_night(staging, camera=CAMERA, seed=1, n_bias=2, n_dark=0, n_flat=0, filters=(), n_light=0)
     a, b = truth.files["bias"]
     inc = Path(config.paths.incoming)
-    with Catalog(config.paths.database) as cat:
-        pipe = Pipeline(config, cat)
+    with Catalog(config.paths.database) as cat, Pipeline(config, cat) as pipe:
         shutil.copy(a, inc / "one.fits")
         shutil.copy(a, inc / "copy_of_one.fits")
         assert pipe.handle(inc / "one.fits").status == "ingested"

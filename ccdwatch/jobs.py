@@ -1,0 +1,473 @@
+"""Work done in worker processes: files in, files out, no catalogue.
+
+Each job takes a small picklable spec, reads what it needs, writes its product atomically and
+returns a small picklable result; the pipeline, in the daemon process, does every catalogue
+write. A file that crashes or hangs the parser can therefore kill a worker but never the daemon
+(see :class:`Workers`), and calibration and alignment use both cores where they pay.
+
+:class:`Workers` wraps a ``concurrent.futures`` process pool (the seam where a cluster executor
+such as ``dask.distributed`` would plug in): each worker runs under an address-space limit and a
+lower CPU priority, each job under a time limit; a worker that dies or overruns is killed, the
+pool is rebuilt, and the caller gets a :class:`WorkerFailure` to count against the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import resource
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from ccdwatch import calib, faults, qa, stack
+from ccdwatch.fitsio import RejectedFile, read_product, read_product_hdus, read_raw, write_product
+from ccdwatch.headers import ClassificationRule, FrameInfo, header_to_jsonable, normalise
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerFailure(RuntimeError):
+    """A job whose worker died or overran its time limit."""
+
+
+# ---------------------------------------------------------------------------------- ingest
+@dataclass(frozen=True)
+class IngestSpec:
+    path: str
+    max_data_bytes: int
+    allow_compressed: bool
+    rules: tuple[ClassificationRule, ...]
+    timezone: str
+    night_start_hour: float
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    sha256: str
+    size: int
+    mtime_ns: int
+    inode: int
+    hdu_index: int
+    info: FrameInfo
+    header: dict[str, Any]
+
+
+def ingest(spec: IngestSpec) -> IngestResult:
+    """Read and validate one raw file and normalise its header (raises RejectedFile)."""
+    faults.point("ingest", spec.path)
+    raw = read_raw(spec.path, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
+    info = normalise(raw.header, filename=Path(spec.path).name, rules=spec.rules, timezone=spec.timezone,
+                     night_start_hour=spec.night_start_hour)
+    return IngestResult(raw.sha256, raw.size, raw.mtime_ns, raw.inode, raw.hdu_index, info,
+                        header_to_jsonable(raw.header))
+
+
+def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_compressed: bool) -> np.ndarray:
+    """Pixels of a catalogued raw frame from the first path whose content still matches."""
+    last: Exception | None = None
+    for p in paths:
+        try:
+            raw = read_raw(p, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
+        except (OSError, RejectedFile) as exc:
+            last = exc
+            continue
+        if raw.sha256 == sha256:
+            return raw.data
+        last = RuntimeError(f"{p} no longer holds the catalogued content (sha256 {sha256[:12]}...)")
+    raise FileNotFoundError(f"raw data no longer available: {last}")
+
+
+# ---------------------------------------------------------------------------------- masters
+_MASTERS: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+
+
+def load_master(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A master image (and its hot-pixel map) with a small per-process cache: the lights of a
+    night all use the same three masters."""
+    if path in _MASTERS:
+        _MASTERS.move_to_end(path)
+        return _MASTERS[path]
+    hdus = read_product_hdus(path)
+    data = np.asarray(hdus[0].data, dtype=np.float32)
+    hot = np.asarray(hdus["HOTPIX"].data).astype(bool) if "HOTPIX" in hdus else None
+    _MASTERS[path] = (data, hot)
+    while len(_MASTERS) > 6:
+        _MASTERS.popitem(last=False)
+    return data, hot
+
+
+@dataclass(frozen=True)
+class MasterSpec:
+    kind: str
+    frames: tuple[tuple[tuple[str, ...], str], ...]  # (paths, sha256) per input frame
+    bias_path: str | None
+    dark_path: str | None
+    dark_scale: float | None
+    method: str
+    sigma: float
+    memory_budget: int
+    hot_pixel_sigma: float
+    out_path: str
+    header: dict[str, Any]
+    inputs_table: tuple[tuple[int, str], ...]
+    workdir: str
+    max_data_bytes: int
+    allow_compressed: bool
+    preview_path: str | None
+    preview_title: str
+
+
+@dataclass(frozen=True)
+class MasterResult:
+    sha256: str
+    mean: float
+    noise: float
+    hot_pixels: int | None
+    preview_path: str | None
+
+
+def build_master(spec: MasterSpec) -> MasterResult:
+    """Preprocess each input to a float32 .npy, combine them in strips, write the master."""
+    faults.point("master-build", spec.out_path)
+    bias = load_master(spec.bias_path)[0] if spec.bias_path else None
+    dark = load_master(spec.dark_path)[0] if spec.dark_path else None
+    Path(spec.workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
+        arrays, scales = [], []
+        for i, (paths, sha) in enumerate(spec.frames):
+            raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
+            data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale or 1.0)
+            del raw
+            if spec.kind == "flat":
+                med = float(np.nanmedian(data))
+                if not np.isfinite(med) or med <= 0:
+                    raise ValueError(f"flat input {paths[0]} has a non-positive median ({med:g})")
+                scales.append(1.0 / med)
+            npy = Path(tmp) / f"{i}.npy"
+            np.save(npy, data)
+            del data
+            arrays.append(np.load(npy, mmap_mode="r"))
+        combined = calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
+                                 memory_budget=spec.memory_budget)
+        del arrays
+    if spec.kind == "flat":
+        combined = calib.normalise_flat(combined)
+    hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
+    level, noise = calib.robust_stats(combined)
+    header = fits.Header()
+    for key, value in spec.header.items():
+        if value is not None:
+            header[key] = value
+    if hot is not None:
+        header["HOTPIX"] = (int(hot.sum()), "hot pixels in the HOTPIX extension")
+    table = fits.BinTableHDU.from_columns(
+        [fits.Column(name="FRAME_ID", format="K", array=np.array([i for i, _ in spec.inputs_table])),
+         fits.Column(name="SHA256", format="64A", array=np.array([h for _, h in spec.inputs_table]))],
+        name="INPUTS")
+    hdus = fits.HDUList([fits.PrimaryHDU(combined.astype(np.float32), header=header), table])
+    if hot is not None:
+        hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
+    sha = write_product(spec.out_path, hdus)
+    preview = None
+    if spec.preview_path:
+        preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title)
+    return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview)
+
+
+def _safe_preview(kind: str, data: np.ndarray, path: str, title: str) -> str | None:
+    from ccdwatch import previews
+
+    try:
+        if kind == "master":
+            return str(previews.master_preview(data, path, title=title))
+        return str(previews.image_preview(data, path, title=title))
+    except Exception:  # a preview must never cost a product
+        logger.exception("preview %s failed", path)
+        return None
+
+
+# ---------------------------------------------------------------------------------- lights
+@dataclass(frozen=True)
+class CalibrateSpec:
+    frame_id: int
+    raw_paths: tuple[str, ...]
+    raw_sha256: str
+    bias_path: str | None
+    dark_path: str | None
+    dark_scale: float
+    flat_path: str | None
+    out_path: str
+    header: dict[str, Any]
+    saturation: float | None
+    detect_sigma: float
+    max_data_bytes: int
+    allow_compressed: bool
+    preview_path: str | None = None
+
+
+@dataclass(frozen=True)
+class CalibrateResult:
+    frame_id: int
+    sha256: str
+    quality: qa.FrameQuality
+    saturation: float
+    saturated_fraction: float
+
+
+def saturation_level(raw: np.ndarray, configured: float | None) -> float:
+    """Raw saturation: header/config value, else a ceiling where pixels pile up, else the type's max."""
+    if configured:
+        return float(configured)
+    top = float(np.max(raw))
+    if top > 1000 and np.count_nonzero(raw == top) >= 5:  # pixels piled up at a ceiling
+        return top
+    return 65535.0 if raw.dtype.kind in "ui" else float("inf")
+
+
+def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
+    """(raw - bias - dark*scale) / flat, frame quality and sources, written with provenance."""
+    faults.point("calibrate", spec.raw_paths[0])
+    raw = load_raw(spec.raw_paths, spec.raw_sha256, max_data_bytes=spec.max_data_bytes,
+                   allow_compressed=spec.allow_compressed)
+    bias = load_master(spec.bias_path)[0] if spec.bias_path else None
+    dark, hot = load_master(spec.dark_path) if spec.dark_path else (None, None)
+    flat = load_master(spec.flat_path)[0] if spec.flat_path else None
+    data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale, flat=flat)
+    saturation = saturation_level(raw, spec.saturation)
+    saturated = raw >= saturation
+    mask = saturated | hot if hot is not None else saturated
+    quality, sources = qa.measure(data, saturation=None, detect_sigma=spec.detect_sigma, mask=mask)
+    header = fits.Header()
+    for key, value in spec.header.items():
+        if value is None:
+            continue
+        try:
+            header[key] = value
+        except (ValueError, KeyError):  # a raw card astropy will not re-emit
+            continue
+    header["SATLEVEL"] = (float(saturation), "raw saturation level used, ADU")
+    table = fits.BinTableHDU.from_columns(
+        [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
+         for n in ("x", "y", "flux", "fwhm", "elongation")], name="SOURCES")
+    hdus = fits.HDUList([fits.PrimaryHDU(data, header=header), table])
+    if hot is not None:
+        hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))
+    sha = write_product(spec.out_path, hdus)
+    if spec.preview_path:
+        _safe_preview("light", data, spec.preview_path, f"calibrated frame {spec.frame_id}")
+    return CalibrateResult(spec.frame_id, sha, quality, float(saturation), float(saturated.mean()))
+
+
+# ---------------------------------------------------------------------------------- stacks
+@dataclass(frozen=True)
+class StackSpec:
+    products: dict[int, str]  # frame id -> calibrated product path
+    reference: int
+    method: str
+    sigma: float
+    memory_budget: int
+    workdir: str
+    out_path: str
+    header: dict[str, Any]
+    history: tuple[str, ...]
+    preview_path: str | None
+    preview_title: str
+
+
+@dataclass(frozen=True)
+class StackJobResult:
+    sha256: str
+    reference: int
+    transforms: dict[int, dict[str, Any]]
+    failed: dict[int, str]
+    preview_path: str | None
+
+
+def stack_group(spec: StackSpec) -> StackJobResult:
+    """Align the calibrated frames on the reference (sources detected at calibration) and combine."""
+    faults.point("stack", spec.out_path)
+    sources, masks = {}, {}
+    for fid, path in spec.products.items():
+        hdus = read_product_hdus(path)
+        tab = hdus["SOURCES"].data
+        sources[fid] = qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
+                                  flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
+                                  elongation=np.asarray(tab["ELONGATION"], float))
+        masks[fid] = np.asarray(hdus["BADPIX"].data).astype(bool) if "BADPIX" in hdus else None
+    Path(spec.workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
+        result = stack.align_and_stack(list(spec.products), lambda fid: read_product(spec.products[fid])[1],
+                                       sources, spec.reference, masks=masks, method=spec.method, sigma=spec.sigma,
+                                       memory_budget=spec.memory_budget, workdir=tmp)
+    header = fits.Header()
+    for key, value in spec.header.items():
+        if value is not None:
+            header[key] = value
+    header["REFID"] = (result.reference, "frame id of the alignment reference")
+    used = [fid for fid in spec.products if fid not in result.failed]
+    header["NCOMBINE"] = (len(used), "frames combined")
+    for line in spec.history:
+        header.add_history(line)
+    for fid in used:
+        header.add_history(f"member {fid}")
+    for fid, why in result.failed.items():
+        header.add_history(f"alignment failed {fid}: {why}"[:70])
+    hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
+                         fits.ImageHDU(result.count, name="NFRAMES")])
+    sha = write_product(spec.out_path, hdus)
+    preview = _safe_preview("stack", result.image, spec.preview_path, spec.preview_title) if spec.preview_path else None
+    return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},
+                          dict(result.failed), preview)
+
+
+# ---------------------------------------------------------------------------------- pool
+def _worker_init(memory_limit: int, nice: int) -> None:
+    if memory_limit > 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        except (ValueError, OSError) as exc:  # e.g. a lower hard limit already in force
+            logger.warning("cannot limit worker memory to %d bytes: %s", memory_limit, exc)
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+@dataclass
+class Workers:
+    """A process pool with per-job time limits and per-worker memory limits.
+
+    ``processes=0`` runs every job inline in the calling process (no isolation): for debugging
+    and for tests that monkeypatch job functions.
+    """
+
+    processes: int = 1
+    memory_limit: int = 4 << 30
+    nice: int = 5
+    heartbeat: Callable[[], None] | None = None
+    _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+            if os.name == "posix":  # workers fork from a server that has numpy & co. imported already
+                ctx.set_forkserver_preload(["ccdwatch.jobs"])
+            self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=ctx,
+                                             initializer=_worker_init, initargs=(self.memory_limit, self.nice))
+        return self._pool
+
+    def _reset(self) -> None:
+        """Kill every worker (a hung one cannot be cancelled) and start afresh on next use."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):  # no public API for this
+            try:
+                proc.kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self, fn: Callable[[Any], Any], spec: Any, *, timeout: float | None) -> Any:
+        return self.map(fn, [spec], timeout=timeout)[0].result()
+
+    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None) -> list[Future]:
+        """Run ``fn`` on every spec; each returned future is done (result or exception).
+
+        A job that overruns ``timeout`` or whose worker dies ends with :class:`WorkerFailure`.
+        The pool is then rebuilt; the other unfinished jobs run again, one at a time, so that a
+        poison job cannot take innocent ones down with it (a dead pool does not say who died).
+        """
+        specs = list(specs)
+        if self.processes <= 0:
+            return [_inline(fn, s) for s in specs]
+        results: list[Future | None] = [None] * len(specs)
+        queue = list(range(len(specs)))
+        isolate = False
+        while queue:
+            batch = queue[:1] if isolate else queue
+            queue = queue[len(batch):]
+            futs = {i: self._executor().submit(fn, specs[i]) for i in batch}
+            for i in batch:
+                try:
+                    self._wait(futs[i], timeout)
+                    results[i] = futs[i]
+                    continue
+                except FutureTimeout:
+                    logger.error("%s on %s overran %g s: killing the workers", fn.__name__, _subject(specs[i]), timeout)
+                    results[i] = _failed(WorkerFailure(f"{fn.__name__} overran its time limit of {timeout:g} s"))
+                except BrokenProcessPool:
+                    if len(batch) > 1:
+                        isolate = True
+                    else:
+                        logger.error("the worker died during %s on %s", fn.__name__, _subject(specs[i]))
+                        results[i] = _failed(WorkerFailure(
+                            f"the worker died (crash, or over its memory limit) during {fn.__name__}"))
+                except Exception:  # noqa: BLE001 - the job's own error, delivered through the future
+                    results[i] = futs[i]
+                    continue
+                # The pool is dead or hung: keep what finished, rerun the rest.
+                for j in batch:
+                    f = futs[j]
+                    if results[j] is None and f.done() and not f.cancelled() and f.exception() is None:
+                        results[j] = f
+                self._reset()
+                queue = [j for j in batch if results[j] is None] + queue
+                break
+        return [r for r in results if r is not None]
+
+    def _wait(self, fut: Future, timeout: float | None) -> None:
+        """Wait for a job in short slices, calling ``heartbeat`` while it is within its limit:
+        the daemon stays 'healthy' for systemd's watchdog while a worker makes progress."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise FutureTimeout()
+            try:
+                fut.result(timeout=1.0 if remaining is None else min(1.0, remaining))
+                return
+            except FutureTimeout:
+                if self.heartbeat is not None:
+                    self.heartbeat()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _subject(spec: Any) -> str:
+    for attr in ("path", "out_path"):
+        if hasattr(spec, attr):
+            return str(getattr(spec, attr))
+    return type(spec).__name__
+
+
+def _failed(exc: BaseException) -> Future:
+    fut: Future = Future()
+    fut.set_exception(exc)
+    return fut
+
+
+def _inline(fn: Callable[[Any], Any], spec: Any) -> Future:
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(spec))
+    except Exception as exc:  # noqa: BLE001 - delivered through the future
+        fut.set_exception(exc)
+    return fut
