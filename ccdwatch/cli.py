@@ -181,6 +181,9 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         print(f"  catalogue: {sum(counts.values())} frames (" +
               ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
         print(f"  masters: {n_masters}; calibrated lights: {n_cal}; stacks: {n_stacks}")
+        reports = sorted((Path(cfg.paths.products) / "reports").glob("*/index.html"))
+        for page in reports[-3:]:
+            print(f"  night report: {page}")
         for f in waiting:
             print(f"  WAITING frame {f.id} {Path(f.path).name}: {f.state_reason}")
         for f in quarantined:

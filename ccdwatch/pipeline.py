@@ -745,7 +745,8 @@ class Pipeline:
                     newest = max(f.created_at for f in frames)
                     if final or (not waiting and utcnow() - newest >= quiet):
                         due.append(key)
-        built = []
+        built: list[int] = []
+        nights: set[str] = set()
         for key in due:
             try:
                 sid = self.stack_group(key)
@@ -754,6 +755,12 @@ class Pipeline:
                 continue
             if sid is not None:
                 built.append(sid)
+                nights.add(key.split("|", 1)[0])
+        if nights:
+            from ccdwatch import report
+
+            for night in sorted(nights):
+                report.refresh(self.cfg, self.catalog, night)  # never raises; off with report.refresh
         return built
 
     def stack_group(self, group_key: str) -> int | None:
