@@ -5,7 +5,8 @@ when the named point is reached with a subject containing ``substring`` (any sub
 omitted). Actions: ``kill`` (SIGKILL this process: a power cut), ``crash`` (``os._exit(70)``: a
 segfaulting library), ``hang`` (sleep for an hour: a stuck NFS read), ``raise`` (RuntimeError).
 
-Points: ``ingest`` (worker, before parsing), ``master-written`` / ``calibrated-written`` /
+Points: ``ingest`` (worker, before parsing), ``ingest-commit`` (daemon, before the new frame's
+row is committed), ``master-written`` / ``calibrated-written`` /
 ``stack-written`` (after the product file is in place, before the catalogue commit),
 ``master-build`` / ``calibrate`` / ``stack`` (worker, before the numerics).
 With the variable unset (always, outside tests) a point costs one dictionary lookup.

@@ -280,6 +280,7 @@ class Pipeline:
                 s.add(sf)
             sf.frame = frame
             sf.size, sf.mtime_ns, sf.inode, sf.last_seen = raw.size, raw.mtime_ns, raw.inode, now
+            faults.point("ingest-commit", path)
             if old_frame is not None and old_frame is not frame:
                 log_event(s, old_frame, "path-reused", f"{path.name} now holds other content")
                 if old_frame.state == "quarantined" and old_frame.sha256 is None:

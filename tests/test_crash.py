@@ -1,0 +1,111 @@
+"""Crash safety: SIGKILL the daemon at each step, restart, and converge to a crash-free run.
+
+Jobs run inside the daemon here (``workers.processes = 0``) so that a fault in a job kills the
+daemon itself, mid-write, as a power cut would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ccdwatch import synth
+
+CAMERA = synth.Camera(shape=(96, 128))
+
+
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("staging")
+    synth.make_night(d, camera=CAMERA, seed=9, n_bias=3, n_dark=3, n_flat=3, filters=("V",), n_light=3,
+                     n_stars=40)
+    return d
+
+
+def run_once(root: Path, incoming: Path, faults: str | None = None) -> int:
+    cfg = root / "ccdwatch.toml"
+    cfg.write_text(f"""
+[paths]
+incoming = "{incoming}"
+products = "{root / 'products'}"
+database = "{root / 'ccdwatch.db'}"
+[watch]
+settle_seconds = 0.0
+[masters]
+settle_seconds = 0
+[workers]
+processes = 0
+[report]
+refresh = false
+""")
+    env = {k: v for k, v in os.environ.items() if k != "CCDWATCH_FAULTS"}
+    if faults:
+        env["CCDWATCH_FAULTS"] = faults
+    proc = subprocess.run([sys.executable, "-m", "ccdwatch.cli", "-q", "--config", str(cfg), "watch", "--once"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    return proc.returncode
+
+
+def signature(root: Path) -> dict:
+    """What a run leaves behind, independent of where its products root is."""
+    products = root / "products"
+    con = sqlite3.connect(root / "ccdwatch.db")
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = {}
+        for table in ("masters", "calibrated", "stacks"):
+            got = con.execute(f"SELECT path, sha256 FROM {table} ORDER BY path").fetchall()
+            for path, sha in got:
+                p = Path(path)
+                assert p.exists(), f"{table} row points to a missing file {p}"
+                assert hashlib.sha256(p.read_bytes()).hexdigest() == sha, f"{p} does not match its sha256"
+            rows[table] = [(str(Path(p).relative_to(products)), sha) for p, sha in got]
+        rows["frames"] = sorted(con.execute("SELECT sha256, imagetyp, state FROM frames").fetchall(), key=str)
+    finally:
+        con.close()
+    files = sorted(str(p.relative_to(products)) for p in products.rglob("*")
+                   if p.is_file() and "reports" not in p.parts and p.name != "status.json")
+    temps = [f for f in files if Path(f).name.startswith(".ccdwatch-tmp")]
+    assert not temps, f"temp files left at final paths: {temps}"
+    rows["files"] = [f for f in files if not f.startswith(".work")]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference(staging, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    assert run_once(root, staging) == 0
+    return signature(root)
+
+
+@pytest.mark.parametrize("point", [
+    "ingest-commit",        # mid-ingest: the frame's row never committed
+    "master-build",         # mid-master: inputs half combined in the work directory
+    "master-written",       # between the master's rename and its commit
+    "calibrate",            # mid-calibration
+    "calibrated-written",   # between the calibrated frame's rename and its commit
+    "stack",                # mid-stack
+    "stack-written",        # between the stack's rename and its commit
+])
+def test_kill_and_restart_converges(point, staging, reference, tmp_path):
+    code = run_once(tmp_path, staging, faults=f"{point}=kill")
+    assert code == -9, f"the fault at {point} did not fire (exit {code})"
+    assert run_once(tmp_path, staging) == 0
+    assert signature(tmp_path) == reference
+
+
+def test_reprocessing_gives_identical_products(staging, reference, tmp_path):
+    assert run_once(tmp_path, staging) == 0
+    assert signature(tmp_path) == reference
+    # The same night reduced again from scratch: the same bytes.
+    shutil.rmtree(tmp_path / "products")
+    (tmp_path / "ccdwatch.db").unlink()
+    assert run_once(tmp_path, staging) == 0
+    assert signature(tmp_path) == reference
