@@ -68,6 +68,10 @@ class WatchConfig:
     tick_interval: float = 5.0
     """Seconds between checks for masters to build, lights to calibrate and groups to stack."""
     recursive: bool = True
+    min_free_mb: float = 512.0
+    """Pause writing products when the products filesystem has less free space than this."""
+    pause_retry_seconds: float = 30.0
+    """While paused (disk full), try again this often; processing resumes by itself."""
 
 
 @dataclass(frozen=True)
@@ -313,7 +317,7 @@ _POSITIVE = {
     "stack": ("sigma", "quiet_minutes", "detect_sigma", "fwhm_mad", "sky_mad", "elongation_max"),
 }
 _NON_NEGATIVE = {
-    "watch": ("settle_seconds", "rescan_interval"),
+    "watch": ("settle_seconds", "rescan_interval", "min_free_mb", "pause_retry_seconds"),
     "masters": (
         "settle_seconds",
         "temperature_tolerance",

@@ -47,6 +47,8 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 
+from ccdwatch import faults
+
 __all__ = [
     "BLOCK_SIZE",
     "TEMP_PREFIX",
@@ -971,6 +973,7 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
                        f"{min_free_bytes} kept free", str(final))
     tmp = parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[:128]}"
     try:
+        faults.point("product-write", final)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         with os.fdopen(fd, "wb") as fh:
             with warnings.catch_warnings(record=True) as caught:

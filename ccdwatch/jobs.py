@@ -126,6 +126,7 @@ class MasterSpec:
     allow_compressed: bool
     preview_path: str | None
     preview_title: str
+    min_free_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def build_master(spec: MasterSpec) -> MasterResult:
     hdus = fits.HDUList([fits.PrimaryHDU(combined.astype(np.float32), header=header), table])
     if hot is not None:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
-    sha = write_product(spec.out_path, hdus)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     preview = None
     if spec.preview_path:
         preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title)
@@ -214,6 +215,7 @@ class CalibrateSpec:
     max_data_bytes: int
     allow_compressed: bool
     preview_path: str | None = None
+    min_free_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     hdus = fits.HDUList([fits.PrimaryHDU(data, header=header), table])
     if hot is not None:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))
-    sha = write_product(spec.out_path, hdus)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     if spec.preview_path:
         _safe_preview("light", data, spec.preview_path, f"calibrated frame {spec.frame_id}")
     return CalibrateResult(spec.frame_id, sha, quality, float(saturation), float(saturated.mean()))
@@ -283,6 +285,7 @@ class StackSpec:
     history: tuple[str, ...]
     preview_path: str | None
     preview_title: str
+    min_free_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,7 @@ def stack_group(spec: StackSpec) -> StackJobResult:
         header.add_history(f"alignment failed {fid}: {why}"[:70])
     hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
                          fits.ImageHDU(result.count, name="NFRAMES")])
-    sha = write_product(spec.out_path, hdus)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     preview = _safe_preview("stack", result.image, spec.preview_path, spec.preview_title) if spec.preview_path else None
     return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},
                           dict(result.failed), preview)

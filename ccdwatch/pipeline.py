@@ -33,6 +33,7 @@ from ccdwatch import __version__, calib, faults, jobs, qa
 from ccdwatch.catalog import Catalog, log_event, utcnow
 from ccdwatch.config import Config
 from ccdwatch.fitsio import (
+    DiskFull,
     RejectedFile,
     fits_suffix,
     is_temp_name,
@@ -136,6 +137,30 @@ class Pipeline:
         w = config.workers
         self.workers = jobs.Workers(processes=w.processes, memory_limit=int(w.memory_limit_mb * 2**20), nice=w.nice)
         self._errors: dict[str, int] = {}
+        self.min_free = int(config.watch.min_free_mb * 2**20)
+        self.paused: str | None = None
+        self._paused_at = 0.0
+
+    # ------------------------------------------------------------------ disk full
+    def _pause(self, exc: BaseException) -> None:
+        """A product could not be written for lack of space: stop writing, keep every state."""
+        if self.paused is None:
+            logger.error("pausing: %s; nothing is lost, processing resumes once space returns", exc)
+        self.paused = f"disk full ({exc})"
+        self._paused_at = self.clock()
+
+    def maybe_resume(self) -> bool:
+        """Clear a pause once the retry interval has passed and the space check passes again."""
+        if self.paused is None:
+            return True
+        if self.clock() - self._paused_at < self.cfg.watch.pause_retry_seconds:
+            return False
+        if shutil.disk_usage(self.products).free < self.min_free:
+            self._paused_at = self.clock()
+            return False
+        logger.info("resuming after the pause: %s", self.paused)
+        self.paused = None
+        return True
 
     def close(self) -> None:
         self.workers.close()
@@ -353,6 +378,9 @@ class Pipeline:
                     continue
             try:
                 master_id = self.build_master(key, night, final=final)
+            except DiskFull as exc:
+                self._pause(exc)
+                break
             except Exception as exc:
                 logger.exception("building master %s night %s failed", key, night)
                 self._record_failure([f.id for f in frames], f"master build failed: {exc}")
@@ -424,6 +452,7 @@ class Pipeline:
                 allow_compressed=self.cfg.ingest.allow_compressed,
                 preview_path=str(preview_path(out)) if self.cfg.report.previews else None,
                 preview_title=f"master {kind} - night {night} - v{version} - {len(frames)} frames",
+                min_free_bytes=self.min_free,
             )
             bias_id, dark_id = (bias.id if bias else None), (dark.id if dark else None)
             bias_sub, dark_sub = bias is not None, dark is not None
@@ -599,6 +628,12 @@ class Pipeline:
         for (spec, sel_ids, partial, missing, version, explain), fut in zip(plans, futures, strict=True):
             try:
                 result = fut.result()
+            except DiskFull as exc:
+                self._pause(exc)
+                with self.catalog.session() as s:  # the frame keeps its state, with the error
+                    frame = s.get(Frame, spec.frame_id)
+                    frame.last_error, frame.updated_at = f"calibration paused: disk full ({exc})", utcnow()
+                continue
             except Exception as exc:
                 self._record_failure([spec.frame_id], f"calibration: {type(exc).__name__}: {exc}")
                 continue
@@ -654,6 +689,7 @@ class Pipeline:
             header=header, saturation=self._saturation(frame), detect_sigma=self.cfg.stack.detect_sigma,
             max_data_bytes=self.max_data_bytes, allow_compressed=self.cfg.ingest.allow_compressed,
             preview_path=str(preview_path(out)) if self.cfg.report.light_previews else None,
+            min_free_bytes=self.min_free,
         )
         sel_ids = (*sel.ids, sel.dark_scale if sel.dark else None)
         return spec, sel_ids, partial, missing, version, sel.explain()
@@ -751,6 +787,9 @@ class Pipeline:
         for key in due:
             try:
                 sid = self.stack_group(key)
+            except DiskFull as exc:
+                self._pause(exc)
+                break
             except Exception:
                 logger.exception("stacking group %s failed", key)
                 continue
@@ -817,6 +856,7 @@ class Pipeline:
                 preview_path=str(preview_path(out)) if self.cfg.report.previews else None,
                 preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
                                f" - night {night}"),
+                min_free_bytes=self.min_free,
             )
             member_info = {f.id: (products[f.id].id, products[f.id].sha256, f.exptime or 0.0) for f in frames}
             meta = dict(night=night, target=target, filter=ref_frame.filter, exptime=ref_frame.exptime,
@@ -857,9 +897,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ periodic
     def tick(self, *, final: bool = False) -> None:
+        if not self.maybe_resume():
+            return
         self.build_due_masters(final=final)
-        self.calibrate_pending(final=final)
-        self.stack_due_groups(final=final)
+        if self.paused is None:
+            self.calibrate_pending(final=final)
+        if self.paused is None:
+            self.stack_due_groups(final=final)
 
     def finish(self) -> None:
         """End of ``watch --once``: build, calibrate and stack everything as if the night were over."""

@@ -225,6 +225,8 @@ class Watcher:
 
     def process_ready(self, *, limit: int | None = None, final: bool = False, bar=None) -> int:
         done = 0
+        if not self.pipeline.maybe_resume():
+            return 0  # disk full: files stay queued until space returns
         while self.ready and (limit is None or done < limit) and not self.stop_event.is_set():
             path, _ = self.ready.popitem(last=False)
             outcome = self.pipeline.handle(path, final=final)
@@ -247,6 +249,8 @@ class Watcher:
 
     def status_text(self) -> str:
         n = len(self.ready) + len(self.pending)
+        if self.pipeline.paused:
+            return f"paused: {self.pipeline.paused}; {n} queued"
         return f"{n} queued" if n else "idle"
 
     def write_status(self) -> None:

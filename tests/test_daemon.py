@@ -254,3 +254,29 @@ def test_watchdog_stops_when_the_worker_loop_hangs(tmp_path):
     finally:
         d.proc.kill()
         d.proc.wait()
+
+
+def test_disk_full_pauses_and_resumes_by_itself(tmp_path):
+    """ENOSPC while writing a master: no partial product, frames keep their state, STATUS says
+    paused, and the master is built once space returns, with nobody touching the daemon."""
+    marker = tmp_path / "disk-is-full"
+    marker.touch()
+    d = Daemon(tmp_path, extra="[masters]\nsettle_seconds = 0\n",
+               env={"CCDWATCH_FAULTS": f"product-write=enospc?{marker}"})
+    # [watch] is written by Daemon; retry the paused work every second.
+    d.cfg.write_text(d.cfg.read_text().replace("rescan_interval = 0", "rescan_interval = 0\npause_retry_seconds = 1"))
+    try:
+        d.start()
+        for i in range(3):
+            (d.incoming / f"bias_{i}.fits").write_bytes(frame_bytes(tmp_path, seed=60 + i))
+        d.wait_for("SELECT count(*) FROM frames WHERE state = 'ingested'", [(3,)])
+        d.wait_message("STATUS=paused: disk full", timeout=30)
+        assert d.query("SELECT count(*) FROM masters") == [(0,)]
+        assert not [p for p in (tmp_path / "products").rglob("*") if p.is_file() and p.suffix == ".fits"]
+        marker.unlink()  # space returns
+        d.wait_for("SELECT count(*) FROM masters", [(1,)], timeout=30)
+        d.wait_for("SELECT count(*) FROM frames WHERE state = 'used'", [(3,)])
+        assert d.stop() == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
