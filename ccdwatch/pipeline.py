@@ -206,113 +206,137 @@ class Pipeline:
 
     def handle(self, path: str | os.PathLike, *, final: bool = False) -> Outcome:
         """Ingest one path (safe to call for any event, any number of times)."""
-        path = Path(path).absolute()
-        if not self.wants(path):
-            return Outcome("ignored")
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return Outcome("gone")
-        with self.catalog.session() as s:
-            known = s.scalar(select(SourceFile).where(SourceFile.path == str(path)))
-            if known is not None and known.frame_id is not None and (
-                known.size, known.mtime_ns, known.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
-                return Outcome("unchanged", known.frame_id)
-        spec = jobs.IngestSpec(str(path), self.max_data_bytes, self.cfg.ingest.allow_compressed, self.cfg.classify,
-                               self.cfg.night.timezone, self.cfg.night.start_hour)
-        try:
-            result = self.workers.run(jobs.ingest, spec, timeout=self.cfg.workers.ingest_timeout)
-        except RejectedFile as exc:
-            grace = max(30.0, 3 * self.cfg.watch.settle_seconds + 1.0) if not final else 0.0
-            recent = (self.clock() - st.st_mtime) < grace
-            if exc.reason in INCOMPLETE_REASONS and recent:
-                return Outcome("incomplete", detail=str(exc))
-            return self._quarantine(path, st, f"{exc.reason}: {exc.message}")
-        except FileNotFoundError:
-            return Outcome("gone")
-        except Exception as exc:  # a worker that died or hung, or an unexpected error: bounded retries
-            n = self._errors[str(path)] = self._errors.get(str(path), 0) + 1
-            logger.error("error ingesting %r (try %d of %d): %s", str(path), n, self.cfg.ingest.max_tries, exc)
-            if n >= self.cfg.ingest.max_tries:
-                self._errors.pop(str(path), None)
-                return self._quarantine(path, st, f"ingest-error: {type(exc).__name__}: {exc} (after {n} tries)")
-            return Outcome("error", detail=str(exc))
-        self._errors.pop(str(path), None)
-        outcome = self._record(path, result)
-        if outcome.status == "ingested" and result.info.imagetyp is ImageType.LIGHT:
-            self.calibrate(outcome.frame_id)
-        return outcome
+        return self.handle_many([path], final=final)[0]
 
-    def _record(self, path: Path, raw: jobs.IngestResult) -> Outcome:
+    def handle_many(self, paths: Sequence[str | os.PathLike], *, final: bool = False) -> list[Outcome]:
+        """Ingest a batch of paths: parsed in parallel by the workers, recorded in one transaction.
+
+        ``final`` (``watch --once``): a file shorter than its header declares is quarantined at
+        once instead of being given time to finish.
+        """
+        outcomes: list[Outcome | None] = [None] * len(paths)
+        todo: list[tuple[int, Path, os.stat_result]] = []
+        with self.catalog.session() as s:
+            for i, p in enumerate(paths):
+                path = Path(p).absolute()
+                if not self.wants(path):
+                    outcomes[i] = Outcome("ignored")
+                    continue
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    outcomes[i] = Outcome("gone")
+                    continue
+                known = s.scalar(select(SourceFile).where(SourceFile.path == str(path)))
+                if known is not None and known.frame_id is not None and (
+                        known.size, known.mtime_ns, known.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
+                    outcomes[i] = Outcome("unchanged", known.frame_id)
+                    continue
+                todo.append((i, path, st))
+        specs = [jobs.IngestSpec(str(path), self.max_data_bytes, self.cfg.ingest.allow_compressed, self.cfg.classify,
+                                 self.cfg.night.timezone, self.cfg.night.start_hour) for _, path, _ in todo]
+        futures = self.workers.map(jobs.ingest, specs, timeout=self.cfg.workers.ingest_timeout)
+        good: list[tuple[int, Path, jobs.IngestResult]] = []
+        for (i, path, st), fut in zip(todo, futures, strict=True):
+            try:
+                good.append((i, path, fut.result()))
+                self._errors.pop(str(path), None)
+            except RejectedFile as exc:
+                grace = 0.0 if final else max(30.0, 3 * self.cfg.watch.settle_seconds + 1.0)
+                if exc.reason in INCOMPLETE_REASONS and (self.clock() - st.st_mtime) < grace:
+                    outcomes[i] = Outcome("incomplete", detail=str(exc))
+                else:
+                    outcomes[i] = self._quarantine(path, st, f"{exc.reason}: {exc.message}")
+            except FileNotFoundError:
+                outcomes[i] = Outcome("gone")
+            except Exception as exc:  # a worker that died or hung, or an unexpected error: bounded retries
+                n = self._errors[str(path)] = self._errors.get(str(path), 0) + 1
+                logger.error("error ingesting %r (try %d of %d): %s", str(path), n, self.cfg.ingest.max_tries, exc)
+                if n >= self.cfg.ingest.max_tries:
+                    self._errors.pop(str(path), None)
+                    outcomes[i] = self._quarantine(path, st, f"ingest-error: {type(exc).__name__}: {exc} (after {n} tries)")
+                else:
+                    outcomes[i] = Outcome("error", detail=str(exc))
+        lights = []
+        if good:
+            with self.catalog.session() as s:
+                for i, path, result in good:
+                    outcomes[i] = self._record(s, path, result)
+                    if outcomes[i].status == "ingested" and result.info.imagetyp is ImageType.LIGHT:
+                        lights.append(outcomes[i].frame_id)
+        if lights:
+            self.calibrate_many(lights)
+        return [o if o is not None else Outcome("error") for o in outcomes]
+
+    def _record(self, s: Session, path: Path, raw: jobs.IngestResult) -> Outcome:
         info = raw.info
         now = utcnow()
-        with self.catalog.session() as s:
-            sf = s.scalar(select(SourceFile).where(SourceFile.path == str(path)))
-            old_frame = sf.frame if sf is not None else None
-            frame = s.scalar(select(Frame).where(Frame.sha256 == raw.sha256))
-            status = "duplicate"
-            if frame is None:
-                status = "ingested"
-                state = {
-                    ImageType.LIGHT: "waiting",
-                    ImageType.UNKNOWN: "unclassified",
-                }.get(info.imagetyp, "ingested")
-                frame = Frame(
-                    sha256=raw.sha256,
-                    path=str(path),
-                    size=raw.size,
-                    mtime_ns=raw.mtime_ns,
-                    hdu_index=raw.hdu_index,
-                    imagetyp=info.imagetyp.value,
-                    type_source=info.type_source,
-                    exptime=info.exptime,
-                    filter=info.filter,
-                    object=info.object,
-                    date_obs=_as_utc_naive(info.date_obs),
-                    night=info.night,
-                    xbin=info.xbin,
-                    ybin=info.ybin,
-                    naxis1=info.naxis1,
-                    naxis2=info.naxis2,
-                    ccd_temp=info.ccd_temp,
-                    set_temp=info.set_temp,
-                    gain=info.gain,
-                    egain=info.egain,
-                    offset=info.offset,
-                    readout_mode=info.readout_mode,
-                    instrument=info.instrument,
-                    telescope=info.telescope,
-                    ra_deg=info.ra_deg,
-                    dec_deg=info.dec_deg,
-                    camera_key=camera_key(info),
-                    header=raw.header,
-                    header_warnings=list(info.warnings) or None,
-                    state=state,
-                    state_reason=info.type_source if state == "unclassified" else None,
-                    tries=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-                s.add(frame)
+        sf = s.scalar(select(SourceFile).where(SourceFile.path == str(path)))
+        old_frame = sf.frame if sf is not None else None
+        frame = s.scalar(select(Frame).where(Frame.sha256 == raw.sha256))
+        status = "duplicate"
+        if frame is None:
+            status = "ingested"
+            state = {
+                ImageType.LIGHT: "waiting",
+                ImageType.UNKNOWN: "unclassified",
+            }.get(info.imagetyp, "ingested")
+            frame = Frame(
+                sha256=raw.sha256,
+                path=str(path),
+                size=raw.size,
+                mtime_ns=raw.mtime_ns,
+                hdu_index=raw.hdu_index,
+                imagetyp=info.imagetyp.value,
+                type_source=info.type_source,
+                exptime=info.exptime,
+                filter=info.filter,
+                object=info.object,
+                date_obs=_as_utc_naive(info.date_obs),
+                night=info.night,
+                xbin=info.xbin,
+                ybin=info.ybin,
+                naxis1=info.naxis1,
+                naxis2=info.naxis2,
+                ccd_temp=info.ccd_temp,
+                set_temp=info.set_temp,
+                gain=info.gain,
+                egain=info.egain,
+                offset=info.offset,
+                readout_mode=info.readout_mode,
+                instrument=info.instrument,
+                telescope=info.telescope,
+                ra_deg=info.ra_deg,
+                dec_deg=info.dec_deg,
+                camera_key=camera_key(info),
+                header=raw.header,
+                header_warnings=list(info.warnings) or None,
+                state=state,
+                state_reason=info.type_source if state == "unclassified" else None,
+                tries=0,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(frame)
+            s.flush()
+            log_event(s, frame, "ingested",
+                      f"{info.imagetyp.value} exptime={info.exptime} filter={info.filter} "
+                      f"from {path.name} ({info.type_source})")
+        else:
+            log_event(s, frame, "seen-again", f"same content as {path.name}")
+        if sf is None:
+            sf = SourceFile(path=str(path), first_seen=now)
+            s.add(sf)
+        sf.frame = frame
+        sf.size, sf.mtime_ns, sf.inode, sf.last_seen = raw.size, raw.mtime_ns, raw.inode, now
+        faults.point("ingest-commit", path)
+        if old_frame is not None and old_frame is not frame:
+            log_event(s, old_frame, "path-reused", f"{path.name} now holds other content")
+            if old_frame.state == "quarantined" and old_frame.sha256 is None:
                 s.flush()
-                log_event(s, frame, "ingested",
-                          f"{info.imagetyp.value} exptime={info.exptime} filter={info.filter} "
-                          f"from {path.name} ({info.type_source})")
-            else:
-                log_event(s, frame, "seen-again", f"same content as {path.name}")
-            if sf is None:
-                sf = SourceFile(path=str(path), first_seen=now)
-                s.add(sf)
-            sf.frame = frame
-            sf.size, sf.mtime_ns, sf.inode, sf.last_seen = raw.size, raw.mtime_ns, raw.inode, now
-            faults.point("ingest-commit", path)
-            if old_frame is not None and old_frame is not frame:
-                log_event(s, old_frame, "path-reused", f"{path.name} now holds other content")
-                if old_frame.state == "quarantined" and old_frame.sha256 is None:
-                    s.flush()
-                    if not old_frame.files:  # a file caught mid-write, now complete: forget it
-                        s.delete(old_frame)
-            frame_id = frame.id
+                if not old_frame.files:  # a file caught mid-write, now complete: forget it
+                    s.delete(old_frame)
+        frame_id = frame.id
         logger.info("%s %s -> frame %d (%s)", status, path, frame_id, info.imagetyp.value)
         return Outcome(status, frame_id)
 

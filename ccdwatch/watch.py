@@ -223,27 +223,29 @@ class Watcher:
             except queue.Empty:
                 return
 
-    def process_ready(self, *, limit: int | None = None, final: bool = False, bar=None) -> int:
+    def process_ready(self, *, limit: int | None = None, final: bool = False, bar=None, batch: int = 32) -> int:
+        """Ingest ready files in batches (parsed in parallel, recorded in one transaction each)."""
         done = 0
         if not self.pipeline.maybe_resume():
             return 0  # disk full: files stay queued until space returns
         while self.ready and (limit is None or done < limit) and not self.stop_event.is_set():
-            path, _ = self.ready.popitem(last=False)
-            outcome = self.pipeline.handle(path, final=final)
+            n = min(batch, len(self.ready), (limit - done) if limit is not None else batch)
+            paths = [self.ready.popitem(last=False)[0] for _ in range(n)]
+            for path, outcome in zip(paths, self.pipeline.handle_many(paths, final=final), strict=True):
+                status = outcome.status
+                if status in ("incomplete", "error"):  # try again once it has settled anew
+                    if status == "incomplete":
+                        self.stats.incomplete += 1
+                    else:
+                        self.stats.errors += 1
+                    self.pending[path] = (self._stat(path) or (0, 0, 0), time.time())
+                elif hasattr(self.stats, status):
+                    setattr(self.stats, status, getattr(self.stats, status) + 1)
+                    if status == "ingested":
+                        self.stats.last_ingest = time.time()
             if bar is not None:
-                bar.update(1)
-            status = outcome.status
-            if status == "incomplete":
-                self.stats.incomplete += 1
-                self.pending[path] = (self._stat(path) or (0, 0, 0), time.time())
-            elif status == "error":
-                self.stats.errors += 1
-                self.pending[path] = (self._stat(path) or (0, 0, 0), time.time())
-            elif hasattr(self.stats, status):
-                setattr(self.stats, status, getattr(self.stats, status) + 1)
-                if status == "ingested":
-                    self.stats.last_ingest = time.time()
-            done += 1
+                bar.update(n)
+            done += n
             self.notifier.watchdog()
         return done
 
@@ -283,7 +285,7 @@ class Watcher:
             bar = tqdm(total=len(self.ready) + len(self.pending), unit="file", desc="ingest")
         try:
             while (self.ready or self.pending) and not self.stop_event.is_set():
-                self.process_ready(bar=bar)
+                self.process_ready(bar=bar, final=True)
                 if self.pending:
                     self.promote_settled()
                     if not self.ready:

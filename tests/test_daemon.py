@@ -280,3 +280,30 @@ def test_disk_full_pauses_and_resumes_by_itself(tmp_path):
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
+
+
+def test_burst_of_small_files_is_catalogued_once_with_bounded_memory(daemon):
+    """1,000 frames land within a second or two (the benchmark does 5,000): each is catalogued
+    once, no 'database is locked' anywhere, and the daemon's peak memory stays modest."""
+    daemon.start()
+    blobs = [frame_bytes(daemon.tmp, seed=1000 + i) for i in range(8)]
+    staging = daemon.tmp / "staging"
+    staging.mkdir()
+    for i in range(1000):  # distinct content: a changed card in a copy of one of 8 frames
+        blob = bytearray(blobs[i % 8])
+        card = f"OBSERVER= 'burst {i:05d}'".ljust(80).encode()
+        at = blob.index(b"END" + b" " * 77)
+        blob[at:at + 80] = card
+        blob[at + 80:at + 160] = b"END".ljust(80)
+        (staging / f"b{i:05d}.fits").write_bytes(bytes(blob))
+    for p in sorted(staging.iterdir()):
+        p.rename(daemon.incoming / p.name)
+    daemon.wait_for("SELECT count(*) FROM frames", [(1000,)], timeout=240)
+    assert daemon.query("SELECT count(*) FROM files") == [(1000,)]
+    assert daemon.query("SELECT count(*) FROM events WHERE kind = 'ingested'") == [(1000,)]
+    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    assert daemon.stop() == 0
+    log = (daemon.tmp / "daemon.log").read_text()
+    assert "database is locked" not in log
+    assert peak_kb < 600_000, f"daemon peak RSS {peak_kb / 1024:.0f} MiB"
