@@ -181,6 +181,24 @@ def backup_sqlite(source: Path, dest: Path) -> Path:
     return dest
 
 
+def publish_snapshot(database: str, dest: Path) -> Path | None:
+    """Publish a consistent, read-only copy of a SQLite catalogue at ``dest`` (atomically
+    replaced, so a reader of the previous snapshot keeps a coherent file). None if not SQLite."""
+    src = sqlite_path(database_url(database))
+    if src is None:
+        return None
+    tmp = dest.with_name(f".{dest.name}.new")
+    backup_sqlite(src, tmp)
+    con = sqlite3.connect(tmp)
+    try:  # a self-contained file: readers need no -wal/-shm and no write access
+        con.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        con.close()
+    tmp.chmod(0o444)
+    tmp.replace(dest)
+    return dest
+
+
 def upgrade(database: str) -> tuple[str | None, str, Path | None]:
     """Back the catalogue up (SQLite) and upgrade it to head. Returns (old, new, backup path)."""
     engine = make_engine(database)

@@ -26,6 +26,7 @@ from ccdwatch.catalog import (
     integrity,
     last_ingest,
     make_engine,
+    publish_snapshot,
     query_frames,
     sqlite_path,
     state_counts,
@@ -422,11 +423,12 @@ def cmd_db(cfg: Config, args: argparse.Namespace) -> int:
         if src is None:
             print("backups through the SQLite backup API need a SQLite catalogue", file=sys.stderr)
             return 1
-        default = src.with_name(f"{src.stem}-{'snapshot' if args.db_command == 'snapshot' else utcnow().strftime('%Y%m%dT%H%M%S')}.db")
-        dest = Path(args.out) if args.out else default
-        backup_sqlite(src, dest)
         if args.db_command == "snapshot":
-            dest.chmod(0o444)
+            dest = Path(args.out or cfg.paths.snapshot or src.with_name(f"{src.stem}-snapshot.db"))
+            publish_snapshot(db, dest)
+        else:
+            dest = Path(args.out) if args.out else src.with_name(f"{src.stem}-{utcnow():%Y%m%dT%H%M%S}.db")
+            backup_sqlite(src, dest)
         print(f"{args.db_command}: {dest} (integrity ok)")
         return 0
     raise AssertionError(args.db_command)
@@ -542,11 +544,25 @@ def _extra_commands(sub: argparse._SubParsersAction) -> None:
             register(sub)
 
 
+class _JournalFormatter(logging.Formatter):
+    """Under systemd, prefix each line with its syslog priority (<3> error ... <7> debug) so
+    that ``journalctl -p warning`` works; the journal adds its own timestamps."""
+
+    PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = self.PRIORITY.get(record.levelno, 6)
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("watchdog", "matplotlib", "PIL", "alembic", "numcodecs"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if verbose < 2:

@@ -53,6 +53,9 @@ class PathsConfig:
     """Root of everything ccdwatch writes: masters, calibrated frames, stacks, previews."""
     database: str = "data/ccdwatch.db"
     """SQLAlchemy URL, or a plain path meaning a SQLite file."""
+    snapshot: str = ""
+    """If set, a read-only copy of the SQLite catalogue published here every
+    ``watch.snapshot_minutes`` (via the backup API) for readers who cannot write the state dir."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class WatchConfig:
     """Pause writing products when the products filesystem has less free space than this."""
     pause_retry_seconds: float = 30.0
     """While paused (disk full), try again this often; processing resumes by itself."""
+    snapshot_minutes: float = 30.0
+    """How often to publish ``paths.snapshot`` (when set)."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,10 @@ def _section(name: str, cls: type, table: Any, base: Path) -> Any:
             kwargs[key] = _min_frames(dotted, value)
         elif cls is PathsConfig and key == "database":
             kwargs[key] = _database(dotted, value, base)
+        elif cls is PathsConfig and key == "snapshot":
+            if not isinstance(value, str) or "://" in value:
+                raise ConfigError(f"config key {dotted!r} must be a file path (or \"\" for none), got {value!r}")
+            kwargs[key] = _database(dotted, value, base) if value else ""
         else:
             kwargs[key] = _convert(dotted, value, hints[key], base)
     section = cls(**kwargs)
@@ -310,7 +319,7 @@ def _database(key: str, value: Any, base: Path) -> str:
 
 
 _POSITIVE = {
-    "watch": ("poll_interval", "tick_interval"),
+    "watch": ("poll_interval", "tick_interval", "snapshot_minutes"),
     "ingest": ("max_data_mb", "max_tries"),
     "workers": ("memory_limit_mb", "ingest_timeout", "job_timeout"),
     "masters": ("sigma", "memory_budget_mb", "hot_pixel_sigma"),

@@ -336,6 +336,9 @@ def stack_group(spec: StackSpec) -> StackJobResult:
 
 # ---------------------------------------------------------------------------------- pool
 def _worker_init(memory_limit: int, nice: int) -> None:
+    # Only the daemon's own loop speaks to systemd.
+    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(var, None)
     if memory_limit > 0:
         try:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))

@@ -46,7 +46,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from ccdwatch.config import Config
+from ccdwatch.catalog import publish_snapshot
+from ccdwatch.config import Config, ConfigError
 from ccdwatch.notify import Notifier
 from ccdwatch.pipeline import Pipeline
 
@@ -255,6 +256,12 @@ class Watcher:
             return f"paused: {self.pipeline.paused}; {n} queued"
         return f"{n} queued" if n else "idle"
 
+    def publish_snapshot(self) -> None:
+        try:
+            publish_snapshot(self.cfg.paths.database, Path(self.cfg.paths.snapshot))
+        except Exception as exc:  # a snapshot must never stop the night's work
+            logger.error("could not publish the catalogue snapshot %s: %s", self.cfg.paths.snapshot, exc)
+
     def write_status(self) -> None:
         """Publish the daemon's state for ``ccdwatch status`` (readers never query the daemon)."""
         path = Path(self.cfg.paths.products) / "status.json"
@@ -313,7 +320,11 @@ class Watcher:
 
     def run(self) -> int:
         """The daemon loop; returns the process exit code."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:  # the embedded default (./data/incoming) may not exist yet on a first run
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"config key 'paths.incoming': {self.root} does not exist and cannot be "
+                              f"created ({exc.strerror}); point it at the camera's output directory") from None
         self.pipeline.recover()
         overflow = _OverflowWatch(self.q)
         wd_logger = logging.getLogger("watchdog.observers.inotify")
@@ -326,7 +337,7 @@ class Watcher:
             self.scan()
             self.notifier.ready(self.status_text())
             logger.info("watching %s (%s observer)", self.root, self.cfg.watch.observer)
-            next_tick = next_rescan = next_status = time.monotonic()
+            next_tick = next_rescan = next_status = next_snapshot = time.monotonic()
             if self.cfg.watch.rescan_interval:
                 next_rescan += self.cfg.watch.rescan_interval
             while not self.stop_event.is_set():
@@ -350,6 +361,9 @@ class Watcher:
                 if now >= next_status:
                     self.write_status()
                     next_status = now + 5.0
+                if self.cfg.paths.snapshot and now >= next_snapshot:
+                    self.publish_snapshot()
+                    next_snapshot = now + self.cfg.watch.snapshot_minutes * 60
             return 0
         finally:
             self.notifier.stopping()

@@ -130,3 +130,26 @@ def test_foreign_keys_are_enforced(tmp_path):
         with pytest.raises(IntegrityError), cat.session() as s:
             now = utcnow()
             s.add(SourceFile(path="/a.fits", frame_id=999, first_seen=now, last_seen=now))
+
+
+def test_snapshot_is_consistent_read_only_and_needs_no_write_access(tmp_path):
+    from ccdwatch.catalog import publish_snapshot
+
+    db = str(tmp_path / "state" / "c.db")
+    with Catalog(db) as cat:
+        with cat.session() as s:
+            for i in range(5):
+                s.add(_frame(i))
+        (tmp_path / "pub").mkdir()
+        dest = publish_snapshot(db, tmp_path / "pub" / "snap.db")
+        with cat.session() as s:
+            s.add(_frame(99))  # later writes do not reach the published copy
+    assert oct(dest.stat().st_mode & 0o777) == "0o444"
+    (tmp_path / "pub").chmod(0o555)  # a reader who cannot write beside the file
+    try:
+        con = sqlite3.connect(f"file:{dest}?mode=ro", uri=True)
+        assert con.execute("SELECT count(*) FROM frames").fetchone()[0] == 5
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
+    finally:
+        (tmp_path / "pub").chmod(0o755)
