@@ -169,13 +169,13 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         if not args.once:
             return watcher.run()
         stats = watcher.run_once()
-        with catalog.reader() as s:
+        with catalog.reader() as s:  # read everything inside: the session expires its objects at the end
             counts = state_counts(s)
             n_masters = s.scalar(select(func.count()).select_from(Master)) or 0
             n_cal = s.scalar(select(func.count()).select_from(Calibrated).where(Calibrated.current)) or 0
             n_stacks = s.scalar(select(func.count()).select_from(Stack).where(Stack.current)) or 0
-            waiting = s.scalars(select(Frame).where(Frame.state == "waiting")).all()
-            quarantined = s.scalars(select(Frame).where(Frame.state == "quarantined")).all()
+            waiting = s.execute(select(Frame.id, Frame.path, Frame.state_reason).where(Frame.state == "waiting")).all()
+            quarantined = s.execute(select(Frame.path, Frame.state_reason).where(Frame.state == "quarantined")).all()
         print(f"ccdwatch {__version__}: scanned {incoming}")
         print(f"  this run: {stats.ingested} ingested, {stats.duplicate} duplicates, "
               f"{stats.unchanged} unchanged, {stats.quarantined} quarantined")
@@ -185,10 +185,10 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         reports = sorted((Path(cfg.paths.products) / "reports").glob("*/index.html"))
         for page in reports[-3:]:
             print(f"  night report: {page}")
-        for f in waiting:
-            print(f"  WAITING frame {f.id} {Path(f.path).name}: {f.state_reason}")
-        for f in quarantined:
-            print(f"  QUARANTINED {Path(f.path).name}: {f.state_reason}")
+        for fid, path, reason in waiting:
+            print(f"  WAITING frame {fid} {Path(path).name}: {reason}")
+        for path, reason in quarantined:
+            print(f"  QUARANTINED {Path(path).name}: {reason}")
         return 0
 
 

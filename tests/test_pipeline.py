@@ -207,3 +207,19 @@ def test_assign_targets_sequences_and_pointings():
     assert len({targets[i] for i in (0, 2, 4)}) == 1 and len({targets[i] for i in (1, 3, 5)}) == 1
     assert targets[10] != targets[0]
     assert targets[20] == targets[21] and targets[22] == "NGC 1"
+
+
+def test_once_summary_names_waiting_and_quarantined_frames(tmp_path, capsys):
+    """Lights left waiting (no flats) and a garbage file are named in the --once summary."""
+    from ccdwatch.cli import main
+
+    cfg = make_config(tmp_path)
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=4, n_bias=3, n_dark=3, n_flat=0, filters=("V",),
+                     n_light=2)
+    (Path(cfg.paths.incoming) / "junk.fits").write_bytes(b"not a fits file" * 100)
+    args = ["--incoming", str(cfg.paths.incoming), "--products", str(cfg.paths.products),
+            "--db", cfg.paths.database, "-q"]
+    assert main([*args, "watch", "--once"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("WAITING frame") == 2 and "no master flat for filter 'V'" in out
+    assert "QUARANTINED junk.fits: not-fits" in out
