@@ -307,3 +307,46 @@ def test_burst_of_small_files_is_catalogued_once_with_bounded_memory(daemon):
     log = (daemon.tmp / "daemon.log").read_text()
     assert "database is locked" not in log
     assert peak_kb < 600_000, f"daemon peak RSS {peak_kb / 1024:.0f} MiB"
+
+
+def test_polling_observer_for_network_mounts(tmp_path):
+    d = Daemon(tmp_path)
+    d.cfg.write_text(d.cfg.read_text().replace("rescan_interval = 0", "rescan_interval = 0\nobserver = 'polling'"))
+    try:
+        d.start()
+        src = tmp_path / "copied.fits"
+        src.write_bytes(frame_bytes(tmp_path, seed=77))
+        shutil.copy(src, d.incoming / "copied.fits")
+        d.wait_for("SELECT count(*) FROM frames", [(1,)])
+        assert d.stop() == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+
+
+def test_dead_observer_thread_makes_the_daemon_exit_nonzero(tmp_path, monkeypatch):
+    """watchdog can lose its thread silently; the loop notices and exits 3 so systemd restarts."""
+    from ccdwatch.catalog import Catalog
+    from ccdwatch.pipeline import Pipeline
+    from ccdwatch.watch import EXIT_OBSERVER_DIED, Watcher
+
+    from .conftest import make_config
+
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        watcher = Watcher(cfg, pipe, progress=False)
+        real = watcher._make_observer
+
+        def doomed():
+            obs = real()
+            original = obs.start
+
+            def start():
+                original()
+                obs.stop()  # the observer thread ends right after start-up
+                obs.join(5)
+            obs.start = start
+            return obs
+
+        monkeypatch.setattr(watcher, "_make_observer", doomed)
+        assert watcher.run() == EXIT_OBSERVER_DIED

@@ -223,3 +223,44 @@ def test_once_summary_names_waiting_and_quarantined_frames(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("WAITING frame") == 2 and "no master flat for filter 'V'" in out
     assert "QUARANTINED junk.fits: not-fits" in out
+
+
+def test_late_frame_makes_a_new_stack_version_and_recalibrate_keeps_old_products(tmp_path):
+    from ccdwatch.cli import main
+
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    staging = tmp_path / "staging"
+    truth = synth.make_night(staging, camera=CAMERA, seed=6, n_bias=3, n_dark=3, n_flat=3, filters=("V",),
+                             n_light=4, n_stars=50)
+    inc = Path(cfg.paths.incoming)
+    late = truth.files["light"][-1]
+    for p in staging.glob("*.fits"):
+        if p != late:
+            shutil.copy(p, inc / p.name)
+    args = ["--incoming", str(inc), "--products", str(cfg.paths.products), "--db", cfg.paths.database, "-q"]
+    assert main([*args, "watch", "--once"]) == 0
+    shutil.copy(late, inc / late.name)  # a light that arrives after its group was stacked
+    assert main([*args, "watch", "--once"]) == 0
+    with Catalog(cfg.paths.database, writer=False) as cat, cat.reader() as s:
+        stacks = s.scalars(select(Stack).order_by(Stack.version)).all()
+        assert [(st.version, st.current, st.n_used) for st in stacks] == [(1, False, 3), (2, True, 4)]
+        assert all(Path(st.path).exists() for st in stacks)
+    # A parameter change and a recalibration: new versions, the old ones stay recorded and on disk.
+    assert main([*args, "recalibrate"]) == 0
+    with Catalog(cfg.paths.database, writer=False) as cat, cat.reader() as s:
+        cals = s.scalars(select(Calibrated)).all()
+        assert sorted((c.version, c.current) for c in cals) == [(1, False)] * 4 + [(2, True)] * 4
+        assert all(Path(c.path).exists() for c in cals)
+
+
+def test_interleaved_filters_without_object_give_one_stack_per_filter(tmp_path):
+    """V, R, V, R ... with blank OBJECT and no coordinates (as the real PHY241 headers)."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=8, n_bias=3, n_dark=3, n_flat=3, filters=("V", "R"),
+                     n_light=3, interleave=True, object="", n_stars=50)
+    cat, _ = run_once(cfg)
+    with cat.reader() as s:
+        stacks = s.scalars(select(Stack).order_by(Stack.filter)).all()
+        assert [(st.filter, st.n_used) for st in stacks] == [("R", 3), ("V", 3)]
+        assert all(st.target.startswith("field-") for st in stacks)
+    cat.close()
