@@ -41,6 +41,13 @@ class WorkerFailure(RuntimeError):
     """A job whose worker died or overran its time limit."""
 
 
+class Stopping(BaseException):
+    """The daemon was asked to stop while waiting for a job; the job is abandoned, uncounted.
+
+    A BaseException (like KeyboardInterrupt) so that no job-error handler mistakes it for a
+    failure of the file being processed."""
+
+
 # ---------------------------------------------------------------------------------- ingest
 @dataclass(frozen=True)
 class IngestSpec:
@@ -365,6 +372,7 @@ class Workers:
     memory_limit: int = 4 << 30
     nice: int = 5
     heartbeat: Callable[[], None] | None = None
+    should_stop: Callable[[], bool] | None = None
     _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -448,6 +456,10 @@ class Workers:
                 fut.result(timeout=1.0 if remaining is None else min(1.0, remaining))
                 return
             except FutureTimeout:
+                if self.should_stop is not None and self.should_stop():
+                    logger.info("stopping: abandoning the job in progress (it will be redone at start-up)")
+                    self._reset()
+                    raise Stopping() from None
                 if self.heartbeat is not None:
                     self.heartbeat()
 

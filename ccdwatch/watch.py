@@ -48,6 +48,7 @@ from watchdog.observers.polling import PollingObserver
 
 from ccdwatch.catalog import publish_snapshot
 from ccdwatch.config import Config, ConfigError
+from ccdwatch.jobs import Stopping
 from ccdwatch.notify import Notifier
 from ccdwatch.pipeline import Pipeline
 
@@ -123,8 +124,10 @@ class Watcher:
         self.stop_event = threading.Event()
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.observer = None
-        # While a worker makes progress on a long job, the loop that waits for it stays healthy.
+        # While a worker makes progress on a long job, the loop that waits for it stays healthy;
+        # SIGTERM abandons the job rather than waiting for it (systemd's stop timeout).
         pipeline.workers.heartbeat = self.notifier.watchdog
+        pipeline.workers.should_stop = self.stop_event.is_set
 
     # ------------------------------------------------------------------ readiness
     def _stat(self, path: str) -> tuple[int, int, int] | None:
@@ -297,11 +300,16 @@ class Watcher:
                     self.promote_settled()
                     if not self.ready:
                         time.sleep(min(0.2, self.cfg.watch.settle_seconds))
+            if bar is not None:
+                bar.close()
+                bar = None
+            if not self.stop_event.is_set():
+                self.pipeline.finish()
+        except Stopping:
+            logger.warning("stopped before the night was finished; the next run picks up from here")
         finally:
             if bar is not None:
                 bar.close()
-        if not self.stop_event.is_set():
-            self.pipeline.finish()
         return self.stats
 
     def _make_observer(self):
@@ -337,36 +345,42 @@ class Watcher:
             self.scan()
             self.notifier.ready(self.status_text())
             logger.info("watching %s (%s observer)", self.root, self.cfg.watch.observer)
-            next_tick = next_rescan = next_status = next_snapshot = time.monotonic()
-            if self.cfg.watch.rescan_interval:
-                next_rescan += self.cfg.watch.rescan_interval
+            now = time.monotonic()
+            due = {"tick": now, "status": now, "snapshot": now,
+                   "rescan": now + (self.cfg.watch.rescan_interval or float("inf"))}
             while not self.stop_event.is_set():
                 if not self.observer.is_alive():
                     logger.critical("the filesystem observer thread died; exiting so that the service restarts")
                     return EXIT_OBSERVER_DIED
-                wait = 0.0 if self.ready else min(0.5, self.cfg.watch.settle_seconds / 2 or 0.5)
-                self.drain_events(wait)
-                self.promote_settled()
-                self.process_ready(limit=50)
-                now = time.monotonic()
-                if now >= next_tick:
-                    self.notifier.status("processing: building masters / calibrating / stacking")
-                    self.pipeline.tick()
-                    next_tick = now + self.cfg.watch.tick_interval
-                if self.cfg.watch.rescan_interval and now >= next_rescan:
-                    self.scan()
-                    next_rescan = now + self.cfg.watch.rescan_interval
-                self.notifier.status(self.status_text())
-                self.notifier.watchdog()
-                if now >= next_status:
-                    self.write_status()
-                    next_status = now + 5.0
-                if self.cfg.paths.snapshot and now >= next_snapshot:
-                    self.publish_snapshot()
-                    next_snapshot = now + self.cfg.watch.snapshot_minutes * 60
+                try:
+                    self._iteration(due)
+                except Stopping:
+                    break
             return 0
         finally:
             self.notifier.stopping()
             self.observer.stop()
             self.observer.join(timeout=5)
             wd_logger.removeFilter(overflow)
+
+    def _iteration(self, due: dict[str, float]) -> None:
+        """One pass of the worker loop: events, ingest, periodic work, health signals."""
+        wait = 0.0 if self.ready else min(0.5, self.cfg.watch.settle_seconds / 2 or 0.5)
+        self.drain_events(wait)
+        self.promote_settled()
+        self.process_ready(limit=50)
+        now = time.monotonic()
+        if now >= due["tick"]:
+            self.pipeline.tick()
+            due["tick"] = now + self.cfg.watch.tick_interval
+        if now >= due["rescan"]:
+            self.scan()
+            due["rescan"] = now + self.cfg.watch.rescan_interval
+        self.notifier.status(self.status_text())
+        self.notifier.watchdog()
+        if now >= due["status"]:
+            self.write_status()
+            due["status"] = now + 5.0
+        if self.cfg.paths.snapshot and now >= due["snapshot"]:
+            self.publish_snapshot()
+            due["snapshot"] = now + self.cfg.watch.snapshot_minutes * 60

@@ -350,3 +350,21 @@ def test_dead_observer_thread_makes_the_daemon_exit_nonzero(tmp_path, monkeypatc
 
         monkeypatch.setattr(watcher, "_make_observer", doomed)
         assert watcher.run() == EXIT_OBSERVER_DIED
+
+
+def test_sigterm_abandons_a_long_job_promptly(tmp_path):
+    """A worker stuck in a job must not hold up a stop until systemd's SIGKILL: the job is
+    abandoned (and redone at the next start), the daemon exits 0 within seconds."""
+    d = Daemon(tmp_path, extra="[workers]\nprocesses = 1\ningest_timeout = 600\n",
+               env={"CCDWATCH_FAULTS": "ingest@/slowjob.fits=hang"})
+    try:
+        d.start()
+        (d.incoming / "slowjob.fits").write_bytes(frame_bytes(tmp_path, seed=80))
+        time.sleep(3.0)  # settled and handed to the worker, which hangs
+        t0 = time.time()
+        assert d.stop() == 0
+        assert time.time() - t0 < 10
+        assert d.query("SELECT count(*) FROM frames") == [(0,)]  # nothing charged to the file
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
