@@ -64,6 +64,7 @@ __all__ = [
     "safe_product_path",
     "sha256_file",
     "sweep_temp_files",
+    "write_bytes_atomic",
     "write_product",
 ]
 
@@ -926,6 +927,26 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes, *, mode: int = 0o644) -> Path:
+    """Write a small non-FITS product (PNG, HTML) the way every product is written: temp file in
+    the same directory, fsync, rename, fsync the directory. Returns the path."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[:128]}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+    return final
 
 
 def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,

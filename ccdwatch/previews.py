@@ -7,8 +7,8 @@ half-written PNG. The stretch is the stacker's :func:`ccdwatch.stack.preview_str
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -17,26 +17,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ccdwatch.fitsio import write_bytes_atomic  # noqa: E402
 from ccdwatch.stack import preview_stretch  # noqa: E402
 
 __all__ = ["image_preview", "master_preview", "side_by_side", "stack_preview"]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ccdwatch-tmp-", suffix=".png", dir=path.parent)
+    """Render to PNG in memory, then write atomically like every other product."""
+    buf = io.BytesIO()
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)
-    return path
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def _figsize(shape: tuple[int, ...], width: float = 8.0, extra: float = 0.8) -> tuple[float, float]:

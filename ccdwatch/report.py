@@ -21,7 +21,6 @@ import hashlib
 import html
 import logging
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from sqlalchemy.orm import Session
 from ccdwatch import __version__
 from ccdwatch.catalog import Catalog, utcnow
 from ccdwatch.config import Config
+from ccdwatch.fitsio import write_bytes_atomic
 from ccdwatch.models import Calibrated, Frame, Master, Stack
 
 logger = logging.getLogger(__name__)
@@ -455,37 +455,6 @@ def _group_label(g: Group) -> str:
 
 
 # ============================================================================ files
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` via a temp file in the same directory, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ccdwatch-tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def _is_png(path: Path) -> bool:
     try:
         with path.open("rb") as fh:
@@ -500,7 +469,7 @@ def _copy_png(source: str | None, dest: Path) -> bool:
         return False
     if dest.exists() and dest.stat().st_size == Path(source).stat().st_size and _is_png(dest):
         return True
-    _atomic_write(dest, Path(source).read_bytes())
+    write_bytes_atomic(dest, Path(source).read_bytes())
     return True
 
 
@@ -589,7 +558,7 @@ def quality_plot(lights: Sequence[FrameRow], path: str | os.PathLike, *, title: 
         fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)
-    return _atomic_write(Path(path), buf.getvalue())
+    return write_bytes_atomic(Path(path), buf.getvalue())
 
 
 def _raw_pixels(frame: FrameRow, cfg: Config) -> np.ndarray | None:
@@ -1121,7 +1090,7 @@ def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.Pa
     out = Path(out_dir).absolute() if out_dir is not None else default_report_dir(cfg, night)
     img_dir = out / IMG_DIR
     images = make_images(data, img_dir, cfg)
-    page = _atomic_write(out / "index.html", render_html(data, images).encode("utf-8"))
+    page = write_bytes_atomic(out / "index.html", render_html(data, images).encode("utf-8"))
     keep = {images.quality, *images.masters.values(), *images.stacks.values(), *(p for p, _ in images.panels.values())}
     for old in img_dir.glob("*.png"):  # pictures of superseded stacks and masters
         if old.name not in keep:

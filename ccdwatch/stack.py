@@ -269,6 +269,55 @@ def find_transform(
     return result
 
 
+def _touched_by_missing(
+    missing: np.ndarray,
+    m: np.ndarray,
+    a: np.ndarray,
+    offset: np.ndarray,
+    output_shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Output pixels (rows, cols) whose bilinear interpolation gives a missing input pixel a
+    weight above 1e-6: the same pixels as bilinearly warping the missing mask and thresholding
+    it at 1e-6, found from the (few) missing pixels instead of resampling a whole mask frame.
+
+    ``m`` maps frame (x, y) to reference (x, y); ``a`` and ``offset`` map output (row, col) to
+    input (row, col) as for `scipy.ndimage.affine_transform`.
+    """
+    ny_in, nx_in = missing.shape
+    ny_out, nx_out = output_shape
+    rows, cols = np.nonzero(missing)
+    # an output pixel uses input pixels less than 1 px away along each axis: after a similarity
+    # of scale ~1 it lies within 2 px of the forward-mapped missing pixel
+    xo = m[0, 0] * cols + m[0, 1] * rows + m[0, 2]
+    yo = m[1, 0] * cols + m[1, 1] * rows + m[1, 2]
+    reach = int(math.ceil(math.sqrt(2.0) * math.sqrt(abs(np.linalg.det(m[:2, :2]))))) + 1
+    steps = np.arange(-reach, reach + 1)
+    cand_r = (np.floor(yo)[:, None, None] + steps[None, :, None]).astype(np.int64)
+    cand_c = (np.floor(xo)[:, None, None] + steps[None, None, :]).astype(np.int64)
+    cand_r, cand_c = np.broadcast_arrays(cand_r, cand_c)
+    inside = (cand_r >= 0) & (cand_r < ny_out) & (cand_c >= 0) & (cand_c < nx_out)
+    flat = np.sort(cand_r[inside] * nx_out + cand_c[inside])
+    flat = flat[np.concatenate(([True], flat[1:] != flat[:-1]))] if flat.size else flat
+    r_out, c_out = np.divmod(flat, nx_out)
+    yi = a[0, 0] * r_out + a[0, 1] * c_out + offset[0]
+    xi = a[1, 0] * r_out + a[1, 1] * c_out + offset[1]
+    # ndimage ("constant" mode) gives cval outside [0, n - 1]: the output there is NaN anyway
+    domain = (yi >= 0) & (yi <= ny_in - 1) & (xi >= 0) & (xi <= nx_in - 1)
+    r_out, c_out, yi, xi = r_out[domain], c_out[domain], yi[domain], xi[domain]
+    y0 = np.floor(yi).astype(np.int64)
+    x0 = np.floor(xi).astype(np.int64)
+    fy = yi - y0
+    fx = xi - x0
+    weight = np.zeros(yi.shape)
+    for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        for dx, wx in ((0, 1.0 - fx), (1, fx)):
+            ty = np.minimum(y0 + dy, ny_in - 1)
+            tx = np.minimum(x0 + dx, nx_in - 1)
+            weight += np.where(missing[ty, tx], wy * wx, 0.0)
+    hit = weight > 1e-6
+    return r_out[hit], c_out[hit]
+
+
 def warp(
     data: np.ndarray, transform: Transform, *, output_shape: tuple[int, int], order: int = 1
 ) -> np.ndarray:
@@ -309,8 +358,15 @@ def warp(
     offset = np.array([inv[1, 2], inv[0, 2]])
     src = np.asarray(data, dtype=np.float32)
     missing = ~np.isfinite(src)
-    if missing.any():
-        fill = float(np.median(src[~missing])) if (~missing).any() else 0.0
+    n_missing = int(np.count_nonzero(missing))
+    if n_missing:
+        # the fill value only reaches output pixels whose weight on a missing pixel is below
+        # 1e-6 (the others become NaN below); a subsampled median is plenty for that
+        sample = src[::4, ::4]
+        sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            sample = src[np.isfinite(src)]
+        fill = float(np.median(sample)) if sample.size else 0.0
         src = np.where(missing, np.float32(fill), src)
     out = ndimage.affine_transform(
         src,
@@ -323,19 +379,23 @@ def warp(
         cval=np.nan,
         prefilter=order > 1,
     )
-    if missing.any():
-        touched = ndimage.affine_transform(
-            missing.astype(np.float32),
-            a,
-            offset=offset,
-            output_shape=tuple(output_shape),
-            output=np.float32,
-            order=1,
-            mode="constant",
-            cval=0.0,
-            prefilter=False,
-        )
-        out[touched > 1e-6] = np.nan
+    if n_missing:
+        if order == 1 and n_missing <= max(4096, missing.size // 64):
+            # few missing pixels (hot pixels): find the output pixels they reach directly
+            out[_touched_by_missing(missing, m, a, offset, tuple(output_shape))] = np.nan
+        else:
+            touched = ndimage.affine_transform(
+                missing.astype(np.float32),
+                a,
+                offset=offset,
+                output_shape=tuple(output_shape),
+                output=np.float32,
+                order=1,
+                mode="constant",
+                cval=0.0,
+                prefilter=False,
+            )
+            out[touched > 1e-6] = np.nan
     area = abs(float(np.linalg.det(m[:2, :2])))
     if abs(area - 1.0) > 1e-9:
         out /= np.float32(area)
