@@ -437,13 +437,21 @@ def robust_stats(a: ArrayLike) -> tuple[float, float]:
     (median, sigma) : tuple of float
         In the units of ``a``; ``(nan, nan)`` when no value is finite.
     """
-    values = np.asarray(a, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    data = np.asarray(a)
+    if data.dtype.kind not in "fiu":
+        data = data.astype(np.float64)
+    data = data.ravel()
+    finite = np.isfinite(data)
+    n_finite = int(np.count_nonzero(finite))
+    if n_finite == 0:
         return math.nan, math.nan
-    if values.size > ROBUST_STATS_MAX_SAMPLES:
-        step = math.ceil(values.size / ROBUST_STATS_MAX_SAMPLES)
-        values = values[::step]
+    step = math.ceil(n_finite / ROBUST_STATS_MAX_SAMPLES) if n_finite > ROBUST_STATS_MAX_SAMPLES else 1
+    # the same regular subsample of the finite values, gathered before converting to float64
+    if n_finite == data.size:
+        values = data[::step]
+    else:
+        values = data[np.flatnonzero(finite)[::step]]
+    values = values.astype(np.float64)
     median = float(np.median(values))
     mad = float(np.median(np.abs(values - median)))
     return median, MAD_TO_SIGMA * mad

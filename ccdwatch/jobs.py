@@ -289,7 +289,8 @@ class StackSpec:
     workdir: str
     out_path: str
     header: dict[str, Any]
-    history: tuple[str, ...]
+    members: tuple[tuple[int, str, float], ...]  # every member: (frame id, product sha256, exptime)
+    rejected: tuple[tuple[int, str], ...]  # (frame id, reason) rejected before alignment
     preview_path: str | None
     preview_title: str
     min_free_bytes: int = 0
@@ -325,16 +326,33 @@ def stack_group(spec: StackSpec) -> StackJobResult:
         if value is not None:
             header[key] = value
     header["REFID"] = (result.reference, "frame id of the alignment reference")
-    used = [fid for fid in spec.products if fid not in result.failed]
+    reasons = dict(spec.rejected)
+    reasons.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})
+    used = [fid for fid, *_ in spec.members if fid not in reasons]
     header["NCOMBINE"] = (len(used), "frames combined")
-    for line in spec.history:
-        header.add_history(line)
-    for fid in used:
-        header.add_history(f"member {fid}")
-    for fid, why in result.failed.items():
-        header.add_history(f"alignment failed {fid}: {why}"[:70])
+    header["NREJECT"] = (len(reasons), "frames rejected (see the MEMBERS table)")
+    header["TOTEXP"] = (float(sum(t for fid, _, t in spec.members if fid in used)), "total exposure combined, s")
+    for fid, why in reasons.items():
+        header.add_history(f"rejected {fid}: {why}"[:70])
+    # Every member, used or rejected, with the sha256 of its calibrated product and its transform.
+    matrices = {fid: t.array.ravel() for fid, t in result.transforms.items()}
+    table = fits.BinTableHDU.from_columns([
+        fits.Column(name="FRAME_ID", format="K", array=np.array([m[0] for m in spec.members])),
+        fits.Column(name="SHA256", format="64A", array=np.array([m[1] for m in spec.members])),
+        fits.Column(name="EXPTIME", format="D", array=np.array([m[2] for m in spec.members])),
+        fits.Column(name="USED", format="L", array=np.array([m[0] in used for m in spec.members])),
+        fits.Column(name="REASON", format="80A", array=np.array([reasons.get(m[0], "")[:80] for m in spec.members])),
+        fits.Column(name="MATRIX", format="9D",
+                    array=np.array([matrices.get(m[0], np.full(9, np.nan)) for m in spec.members])),
+        fits.Column(name="N_MATCH", format="J",
+                    array=np.array([result.transforms[m[0]].n_matches if m[0] in result.transforms else -1
+                                    for m in spec.members])),
+        fits.Column(name="RMS_PX", format="E",
+                    array=np.array([result.transforms[m[0]].rms if m[0] in result.transforms else np.nan
+                                    for m in spec.members])),
+    ], name="MEMBERS")
     hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
-                         fits.ImageHDU(result.count, name="NFRAMES")])
+                         fits.ImageHDU(result.count, name="NFRAMES"), table])
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     preview = _safe_preview("stack", result.image, spec.preview_path, spec.preview_title) if spec.preview_path else None
     return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},

@@ -871,12 +871,12 @@ class Pipeline:
                 COMBMETH=st.method, CLIPSIG=st.sigma if st.method == "sigma_clip" else None,
                 STACKV=version, BUNIT="adu",
             ))
-            history = tuple(f"sha256 {fid} {products[fid].sha256}" for fid in usable) + tuple(
-                f"rejected {fid}: {why}"[:70] for fid, why in rejected.items())
             spec = jobs.StackSpec(
                 products={fid: products[fid].path for fid in usable}, reference=reference, method=st.method,
                 sigma=st.sigma, memory_budget=self.memory_budget, workdir=str(self.workdir), out_path=str(out),
-                header=header, history=history,
+                header=header,
+                members=tuple((f.id, products[f.id].sha256, f.exptime or 0.0) for f in frames),
+                rejected=tuple(rejected.items()),
                 preview_path=str(preview_path(out)) if self.cfg.report.previews else None,
                 preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
                                f" - night {night}"),

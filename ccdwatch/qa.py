@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
-from scipy import ndimage
 
 from ccdwatch import calib
 
@@ -140,6 +139,21 @@ class FrameQuality:
             sky_noise=f("sky_noise"),
             saturated_fraction=f("saturated_fraction"),
         )
+
+
+def _grow(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``mask`` dilated ``iterations`` times by the 4-connected cross: the same as
+    ``scipy.ndimage.binary_dilation(mask, iterations=iterations)``, a few times faster for a
+    whole frame (shifted ORs of contiguous rows)."""
+    out = np.array(mask, dtype=bool, copy=True)
+    prev = np.empty_like(out)
+    for _ in range(iterations):
+        prev[...] = out
+        out[1:] |= prev[:-1]
+        out[:-1] |= prev[1:]
+        out[:, 1:] |= prev[:, :-1]
+        out[:, :-1] |= prev[:, 1:]
+    return out
 
 
 def _run_sep_extract(
@@ -274,7 +288,7 @@ def measure(
     objects, segmap = _run_sep_extract(sub, detect_sigma, err=bkg.rms(), mask=bad)
 
     # Sky level and noise from the pixels that belong to no source (grown by a few pixels).
-    source_pixels = ndimage.binary_dilation(segmap > 0, iterations=_SKY_MASK_GROW)
+    source_pixels = _grow(segmap > 0, _SKY_MASK_GROW)
     sky_pixels = ~(source_pixels | bad | saturated)
     if np.count_nonzero(sky_pixels) < 100:  # crowded or tiny frame: use sep's global values
         sky, sky_noise = float(bkg.globalback), float(bkg.globalrms)

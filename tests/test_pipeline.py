@@ -106,8 +106,13 @@ def test_one_stack_per_filter(night):
         for st in stacks:
             hdul = fits.open(st.path)
             assert hdul["NFRAMES"].data.max() == 4
-            assert st.total_exposure == 800.0
+            assert st.total_exposure == 800.0 and hdul[0].header["TOTEXP"] == 800.0
             assert len(st.members) == 4
+            members = hdul["MEMBERS"].data
+            assert sorted(members["SHA256"]) == sorted(m.sha256 for m in st.members)
+            assert all(members["USED"]) and np.all(np.isfinite(members["MATRIX"]))
+            ref = members["FRAME_ID"] == st.reference_frame_id
+            assert np.allclose(members["MATRIX"][ref][0], np.eye(3).ravel())
 
 
 def test_deferred_flats_then_recalibration_on_rebuilt_master(tmp_path):
@@ -264,3 +269,31 @@ def test_interleaved_filters_without_object_give_one_stack_per_filter(tmp_path):
         assert [(st.filter, st.n_used) for st in stacks] == [("R", 3), ("V", 3)]
         assert all(st.target.startswith("field-") for st in stacks)
     cat.close()
+
+
+def test_unscalable_dark_is_refused_and_partial_policy_flags_products(tmp_path):
+    """Darks of another exposure but no biases: the master dark cannot be bias-subtracted, so it
+    cannot be scaled to the lights; lights wait (never calibrated wrongly). With on_timeout =
+    'partial' the end of the night calibrates them with what exists, flagged partial."""
+    staging = tmp_path / "staging"
+    synth.make_night(staging, camera=CAMERA, seed=12, n_bias=0, n_dark=3, n_flat=3, filters=("V",), n_light=2,
+                     light_exptime=200.0, dark_exptime=300.0)
+    for policy, expected_state in (("wait", "waiting"), ("partial", "stacked")):
+        root = tmp_path / policy
+        cfg = make_config(root, incoming=staging, calibration={"on_timeout": policy},
+                          workers={"processes": 0}, report={"refresh": False})
+        cat, _ = run_once(cfg)
+        with cat.reader() as s:
+            dark = s.scalar(select(Master).where(Master.kind == "dark"))
+            assert dark is not None and not dark.bias_subtracted
+            lights = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
+            assert {f.state for f in lights} == {expected_state}
+            if policy == "wait":
+                assert all("scaling needs a bias-subtracted master dark" in f.state_reason for f in lights)
+                assert s.scalar(select(func.count()).select_from(Calibrated)) == 0
+            else:
+                cals = s.scalars(select(Calibrated)).all()
+                assert len(cals) == 2 and all(c.partial and c.dark_id is None for c in cals)
+                assert all("bias" in c.missing and "dark" in c.missing for c in cals)
+                assert all(fits.getheader(c.path)["PARTIAL"] for c in cals)
+        cat.close()
