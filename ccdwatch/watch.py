@@ -381,6 +381,10 @@ class Watcher:
         if now >= due["status"]:
             self.write_status()
             due["status"] = now + 5.0
+        backlog = len(self.ready) + len(self.pending)
+        if backlog > 100 and now >= due.get("progress", 0.0):  # a long catch-up: plain progress lines
+            logger.info("catching up: %d files ingested so far, %d queued", self.stats.ingested, backlog)
+            due["progress"] = now + 10.0
         if self.cfg.paths.snapshot and now >= due["snapshot"]:
             self.publish_snapshot()
             due["snapshot"] = now + self.cfg.watch.snapshot_minutes * 60
