@@ -20,7 +20,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

@@ -290,7 +290,7 @@ def _touched_by_missing(
     # of scale ~1 it lies within 2 px of the forward-mapped missing pixel
     xo = m[0, 0] * cols + m[0, 1] * rows + m[0, 2]
     yo = m[1, 0] * cols + m[1, 1] * rows + m[1, 2]
-    reach = int(math.ceil(math.sqrt(2.0) * math.sqrt(abs(np.linalg.det(m[:2, :2]))))) + 1
+    reach = math.ceil(math.sqrt(2.0) * math.sqrt(abs(float(np.linalg.det(m[:2, :2]))))) + 1
     steps = np.arange(-reach, reach + 1)
     cand_r = (np.floor(yo)[:, None, None] + steps[None, :, None]).astype(np.int64)
     cand_c = (np.floor(xo)[:, None, None] + steps[None, None, :]).astype(np.int64)

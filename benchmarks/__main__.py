@@ -1,0 +1,215 @@
+"""``python -m benchmarks``: the performance suite of issue 7. See benchmarks/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import measure, night, siril
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+logger = logging.getLogger("benchmarks")
+
+
+def _json_tail(run: measure.Run) -> dict:
+    for line in reversed(run.output.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"{run.name} printed no result (exit {run.returncode}):\n{run.output}")
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import numpy
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version(),
+            "numpy": numpy.__version__, "platform": platform.platform(),
+            "siril": (subprocess.run([siril.siril_cli(), "--version"], capture_output=True, text=True).stdout.strip()
+                      if siril.siril_cli() else None)}
+
+
+def whole_night(size: str, work: Path, *, with_siril: bool) -> dict:
+    m = night.night(work / "nights", size)
+    mpath = work / "nights" / size / "manifest.json"
+    run_dir = work / "runs" / size
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    incoming = m["incoming"]
+    runs: dict[str, measure.Run] = {}
+    print(f"[{size}] ccdwatch watch --once ...", flush=True)
+    runs["ccdwatch"] = measure.run("ccdwatch", [PY, "-m", "ccdwatch.cli", "watch", "--once", "--incoming", incoming,
+                                                "--products", run_dir / "ccdwatch" / "products",
+                                                "--db", run_dir / "ccdwatch" / "catalogue.db"])
+    print(f"[{size}] seed-style ccdproc script ...", flush=True)
+    runs["ccdproc script"] = measure.run("ccdproc script", [PY, "-m", "benchmarks.seed_ccdproc", incoming,
+                                                           run_dir / "ccdproc"])
+    if with_siril and siril.siril_cli():
+        print(f"[{size}] siril-cli ...", flush=True)
+        script = siril.prepare(m, run_dir / "siril")
+        runs["siril-cli"] = measure.run("siril-cli", siril.command(script))
+        if "Script execution failed" in runs["siril-cli"].output:
+            runs["siril-cli"].returncode = runs["siril-cli"].returncode or 1
+    elif with_siril:
+        print("siril-cli not found: skipping Siril (Debian/Ubuntu: apt-get install siril)", flush=True)
+    print(f"[{size}] bare numpy+astropy bound ...", flush=True)
+    runs["numpy bound"] = measure.run("numpy bound", [PY, "-m", "benchmarks.bounds", mpath, run_dir / "bounds"])
+    print(f"[{size}] ccdwatch stages in-process ...", flush=True)
+    stages_run = measure.run("stages", [PY, "-m", "benchmarks.stages", mpath, run_dir / "stages"])
+    result = {"size": size, "shape": m["shape"], "n_files": sum(len(v) for v in m["files"].values()),
+              "runs": {k: r.to_json() for k, r in runs.items()},
+              "bounds": _json_tail(runs["numpy bound"]), "stages": _json_tail(stages_run)}
+    for k, r in runs.items():
+        if r.returncode:
+            print(f"  WARNING: {k} exited {r.returncode}:\n    " + r.output.replace("\n", "\n    "), flush=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return result
+
+
+def targets(res: dict) -> list[dict]:
+    out = []
+
+    def add(name: str, value: float | None, limit: float, unit: str = "x", higher_is_better: bool = False) -> None:
+        if value is None or value != value:
+            out.append({"target": name, "value": None, "limit": limit, "status": "n/a"})
+            return
+        ok = value >= limit if higher_is_better else value <= limit
+        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "status": "PASS" if ok else "MISS",
+                    "by": (value / limit) if limit else None})
+
+    for size, r in res["sizes"].items():
+        runs = r["runs"]
+        cw = runs["ccdwatch"]["wall"]
+        if "siril-cli" in runs and not runs["siril-cli"]["returncode"]:
+            add(f"{size} night: ccdwatch / Siril wall", cw / runs["siril-cli"]["wall"], 0.8 if size == "4k" else 1.0)
+        if size in ("2k", "4k") or len(res["sizes"]) == 1:
+            add(f"{size} night: ccdwatch / ccdproc script wall", cw / runs["ccdproc script"]["wall"], 0.25)
+        st = r["stages"]["stages"]
+        bound = r["bounds"]["calibrate_per_light"]
+        add(f"{size} per-light calibration job (read+calibrate+QA+write) / numpy bound",
+            st["light: total"]["median"] / bound, 2.0)
+        like = sum(st[k]["median"] for k in ("light: read raw", "light: calibrate (numpy)", "light: write product"))
+        add(f"{size} per-light read+calibrate+write (no QA) / numpy bound", like / bound, 2.0)
+        acc = r["stages"]["align_rms_px"]
+        add(f"{size} alignment / astroalign.register (rms {acc['ccdwatch']:.3f} vs {acc['astroalign']:.3f} px)",
+            st["align: ccdwatch total"]["median"] / st["align: astroalign.register"]["median"], 0.5)
+    if "memory" in res:
+        add("combine 30 flats 6000x4000, 1 GiB budget: peak RSS (GiB)", res["memory"]["maxrss_mb"] / 1024, 1.2, "GiB")
+    if "latency" in res:
+        lat = res["latency"]
+        add(f"daemon latency p95 ({res['latency_size']}), s", lat["p95"], lat["settle_seconds"] + 0.5, "s")
+    if "catchup" in res:
+        c = res["catchup"]
+        add("catch-up ingest, frames/s", c["ingest_rate"], 200.0, "/s", higher_is_better=True)
+        add("time per frame at 1,900 / at 100 catalogued frames", c["growth_ratio"], 1.2)
+    return out
+
+
+def report(res: dict) -> None:
+    print("\n=== whole night, same files, one after another (wall / CPU user+sys / peak RSS) ===")
+    for size, r in res["sizes"].items():
+        runs = r["runs"]
+        cw = runs["ccdwatch"]["wall"]
+        print(f"\n{size}: {r['n_files']} frames of {r['shape'][1]}x{r['shape'][0]}")
+        print(f"  {'tool':16s} {'wall s':>8s} {'cpu s':>8s} {'cpu/wall':>8s} {'RSS MiB':>8s} {'tree MiB':>9s} {'ccdwatch/this':>14s}")
+        for k, run in runs.items():
+            flag = "" if not run["returncode"] else f"  (exit {run['returncode']})"
+            print(f"  {k:16s} {run['wall']:8.1f} {run['cpu']:8.1f} {run['cpu'] / run['wall']:8.2f} "
+                  f"{run['maxrss_mb']:8.0f} {run['tree_rss_mb']:9.0f} {cw / run['wall']:14.2f}{flag}")
+        b = r["bounds"]
+        print(f"  bound: bare read {b['read_per_frame'] * 1e3:.1f} ms/frame; read+calibrate+write "
+              f"{b['calibrate_per_light'] * 1e3:.1f} ms/light")
+        print("  ccdwatch stages (in-process, median per call; * = slowest whole-night share):")
+        st = r["stages"]["stages"]
+        shares = {k: v["total"] for k, v in st.items() if ":" not in k or k in ("light: total", "align: ccdwatch total")}
+        slowest = max((k for k in shares if not k.startswith("align: astro")), key=shares.get)
+        for k, v in st.items():
+            mark = " *" if k == slowest else ""
+            print(f"    {k:48s} {v['median'] * 1e3:9.1f} ms  x{v['n']:<3d} total {v['total']:7.2f} s{mark}")
+        acc = r["stages"]["align_rms_px"]
+        print(f"    alignment accuracy vs truth (rms px): ccdwatch {acc['ccdwatch']:.3f}, astroalign {acc['astroalign']:.3f}")
+    if "latency" in res:
+        lat = res["latency"]
+        print(f"\n=== daemon latency ({res['latency_size']}, camera every {lat['period']} s, settle {lat['settle_seconds']} s): "
+              f"median {lat['median']:.2f} s, p95 {lat['p95']:.2f} s, max {lat['max']:.2f} s, missing {lat['missing']}/{lat['n']}")
+    if "catchup" in res:
+        c = res["catchup"]
+        print(f"=== catch-up: {c['n_files']} files of 64x64: ingest {c['ingest_rate']:.0f} frames/s; whole --once "
+              f"{c['wall']:.1f} s (exit {c['returncode']}); s/frame by catalogue size: "
+              + ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in c["per_frame_s"].items()))
+    if "memory" in res:
+        mem = res["memory"]
+        print(f"=== memory: 30 flats 6000x4000 combined: peak RSS {mem['maxrss_mb']:.0f} MiB, wall {mem['wall']:.1f} s")
+    print("\n=== targets ===")
+    for t in res["targets"]:
+        if t["status"] == "n/a":
+            print(f"  n/a   {t['target']}")
+            continue
+        print(f"  {t['status']:5s} {t['target']}: {t['value']:.3g} (target {'>=' if t['unit'] == '/s' else '<='} "
+              f"{t['limit']:g}; {t['by']:.2f} of the limit)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--size", action="append", choices=sorted(night.SIZES.keys() - {"24m"}),
+                   help="frame size of the whole-night comparison (repeatable; default 2k)")
+    p.add_argument("--workdir", type=Path, default=HERE / "results" / "work",
+                   help="where nights are generated (cached) and tools run")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    p.add_argument("--no-siril", action="store_true")
+    p.add_argument("--no-daemon", action="store_true", help="skip latency and catch-up")
+    p.add_argument("--memory", action="store_true",
+                   help="also combine 30 flats of 6000x4000 (generating them takes ~6 min the first time)")
+    p.add_argument("--catchup-files", type=int, default=5000)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sizes = args.size or ["2k"]
+    work = args.workdir.absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    res: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "sizes": {}}
+    for size in sizes:
+        res["sizes"][size] = whole_night(size, work, with_siril=not args.no_siril)
+    if not args.no_daemon:
+        lsize = "2k" if "2k" in sizes else sizes[0]
+        print(f"[{lsize}] daemon latency with a simulated camera ...", flush=True)
+        r = measure.run("latency", [PY, "-m", "benchmarks.daemon", "latency", work / "nights" / lsize / "manifest.json",
+                                    work / "runs" / "latency"])
+        res["latency"], res["latency_size"] = _json_tail(r), lsize
+        print(f"catch-up over {args.catchup_files} small files ...", flush=True)
+        src = work / "nights" / f"catchup{args.catchup_files}"
+        night.small_lights(src, args.catchup_files)
+        r = measure.run("catchup", [PY, "-m", "benchmarks.daemon", "catchup", src, work / "runs" / "catchup"])
+        res["catchup"] = _json_tail(r)
+    if args.memory:
+        print("memory case: 30 flats of 6000x4000 ...", flush=True)
+        from benchmarks import memory
+
+        memory.flats(work / "nights" / "mem30")
+        r = measure.run("memory", [PY, "-m", "benchmarks.memory", work / "nights" / "mem30", work / "runs" / "memory"])
+        res["memory"] = r.to_json() | _json_tail(r)
+    shutil.rmtree(work / "runs", ignore_errors=True)
+    res["targets"] = targets(res)
+    res["elapsed_s"] = time.time() - t0
+    report(res)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1, default=str))
+    print(f"\nsaved {args.out} ({res['elapsed_s'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

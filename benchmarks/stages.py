@@ -1,0 +1,160 @@
+"""Per-stage timings of ccdwatch's own library functions on a benchmark night, in one process.
+
+Run as ``python -m benchmarks.stages MANIFEST WORKDIR``; prints one JSON line. Each stage does what
+the daemon's job for it does (`ccdwatch.jobs`): read and check the raw file, calibrate, measure,
+write the product with ``write_product``; masters are prepared to float32 ``.npy`` memory maps
+and combined in strips with the configured method and memory budget. Alignment is timed next to
+``astroalign.register`` on the same calibrated frames, and both are judged against the true star
+positions of the synthetic night (RMS of the mapped positions, px).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import astroalign as aa
+import numpy as np
+from astropy.io import fits
+
+from ccdwatch import calib, qa, stack
+from ccdwatch.config import Config
+from ccdwatch.fitsio import read_raw, write_product
+from ccdwatch.headers import normalise
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t: dict[str, list[float]] = {}
+
+    def __call__(self, name: str):
+        clock = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                clock.t.setdefault(name, []).append(time.perf_counter() - self.t0)
+
+        return _Ctx()
+
+
+def _rms(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.sum((pred - true) ** 2, axis=1))))
+
+
+def main(manifest_path: str, workdir: str) -> None:
+    m = json.loads(Path(manifest_path).read_text())
+    cfg = Config()
+    budget = int(cfg.masters.memory_budget_mb * 2**20)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=work))
+    clk = Clock()
+    files = m["files"]
+
+    for kind in ("bias", "dark", "flat", "light"):
+        for p in files[kind]:
+            with clk("ingest (read+check+sha256+header)"):
+                raw = read_raw(p)
+                normalise(raw.header, filename=Path(p).name)
+
+    def master(kind: str, paths: list[str], method: str, bias=None, dark=None, scale=1.0):
+        label = f"master {kind}"
+        t0 = time.perf_counter()
+        arrays, scales = [], []
+        for i, p in enumerate(paths):
+            data = calib.calibrate(read_raw(p).data, bias=bias, dark=dark, dark_scale=scale)
+            if kind.startswith("flat"):
+                scales.append(1.0 / float(np.nanmedian(data)))
+            np.save(tmp / f"{kind}-{i}.npy", data)
+            arrays.append(np.load(tmp / f"{kind}-{i}.npy", mmap_mode="r"))
+        t1 = time.perf_counter()
+        out = calib.combine(arrays, method=method, sigma=cfg.masters.sigma, scales=scales or None,
+                            memory_budget=budget)
+        t2 = time.perf_counter()
+        if kind.startswith("flat"):
+            out = calib.normalise_flat(out)
+        hot = calib.hot_pixel_mask(out) if kind == "dark" else None
+        calib.robust_stats(out)
+        hdus = fits.HDUList([fits.PrimaryHDU(out.astype(np.float32))])
+        if hot is not None:
+            hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
+        write_product(work / f"master_{kind}.fits", hdus)
+        t3 = time.perf_counter()
+        clk.t[label] = [t3 - t0]
+        clk.t[f"{label}: read+prepare"] = [t1 - t0]
+        clk.t[f"{label}: combine ({method})"] = [t2 - t1]
+        clk.t[f"{label}: stats+write"] = [t3 - t2]
+        return out, hot
+
+    bias, _ = master("bias", files["bias"], cfg.masters.bias_method)
+    dark, hot = master("dark", files["dark"], cfg.masters.dark_method, bias=bias)
+    flats = {}
+    for filt in sorted(set(m["flat_filters"])):
+        paths = [p for p, f in zip(files["flat"], m["flat_filters"]) if f == filt]
+        flats[filt], _ = master(f"flat {filt}", paths, cfg.masters.flat_method, bias=bias, dark=dark,
+                                scale=m["exptimes"]["flat"] / m["exptimes"]["dark"])
+        clk.t.setdefault("master flat (each)", []).append(clk.t.pop(f"master flat {filt}")[0])
+    scale = calib.dark_scale(m["exptimes"]["light"], m["exptimes"]["dark"])
+
+    calibrated: dict[int, tuple[np.ndarray, qa.Sources]] = {}
+    for i, light in enumerate(m["lights"]):
+        with clk("light: total"):
+            with clk("light: read raw"):
+                raw = read_raw(light["path"]).data
+            with clk("light: calibrate (numpy)"):
+                data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=scale, flat=flats[light["filter"]])
+            with clk("light: measure (sep, QA)"):
+                mask = (raw >= 65535) | hot
+                _, sources = qa.measure(data, detect_sigma=cfg.stack.detect_sigma, mask=mask)
+            with clk("light: write product"):
+                table = fits.BinTableHDU.from_columns(
+                    [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
+                     for n in ("x", "y", "flux", "fwhm", "elongation")], name="SOURCES")
+                write_product(work / f"cal_{i}.fits", fits.HDUList([fits.PrimaryHDU(data), table,
+                                                                     fits.ImageHDU(hot.astype(np.uint8), name="BADPIX")]))
+        calibrated[i] = (data, sources)
+
+    acc_cw, acc_aa = [], []
+    for filt in sorted({lt["filter"] for lt in m["lights"]}):
+        idx = [i for i, lt in enumerate(m["lights"]) if lt["filter"] == filt]
+        ref = idx[0]
+        ref_data, ref_src = calibrated[ref]
+        ref_true = np.column_stack([m["lights"][ref]["x"], m["lights"][ref]["y"]])
+        warped = [ref_data]
+        for i in idx[1:]:
+            data, src = calibrated[i]
+            true = np.column_stack([m["lights"][i]["x"], m["lights"][i]["y"]])
+            inside = ((true[:, 0] > 10) & (true[:, 0] < data.shape[1] - 10) & (true[:, 1] > 10)
+                      & (true[:, 1] < data.shape[0] - 10) & (ref_true[:, 0] > 10) & (ref_true[:, 1] > 10)
+                      & (ref_true[:, 0] < data.shape[1] - 10) & (ref_true[:, 1] < data.shape[0] - 10))
+            with clk("align: ccdwatch total"):
+                with clk("align: ccdwatch find_transform"):
+                    t = stack.find_transform(src, ref_src)
+                with clk("align: ccdwatch warp"):
+                    w = stack.warp(np.where(hot, np.float32(np.nan), data), t, output_shape=ref_data.shape)
+            warped.append(w)
+            mat = np.asarray(t.matrix)
+            pred = (mat @ np.column_stack([true[inside], np.ones(inside.sum())]).T).T[:, :2]
+            acc_cw.append(_rms(pred, ref_true[inside]))
+            clean = np.nan_to_num(data, nan=float(np.nanmedian(data)))
+            with clk("align: astroalign.register"):
+                aa.register(clean, ref_data)
+            tf, _ = aa.find_transform(clean, ref_data)
+            acc_aa.append(_rms(tf(true[inside]), ref_true[inside]))
+        with clk("stack: combine (sigma_clip, per group)"):
+            calib.combine(warped, method=cfg.stack.method, sigma=cfg.stack.sigma, memory_budget=budget)
+
+    summary = {k: {"median": statistics.median(v), "total": sum(v), "n": len(v)} for k, v in clk.t.items()}
+    print(json.dumps({"stages": summary, "align_rms_px": {"ccdwatch": statistics.median(acc_cw),
+                                                         "astroalign": statistics.median(acc_aa)}}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
