@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -806,21 +807,9 @@ class Pipeline:
                     newest = max(f.created_at for f in frames)
                     if final or (not waiting and utcnow() - newest >= quiet):
                         due.append(key)
-        built: list[int] = []
-        nights: set[str] = set()
-        for key in due:
-            try:
-                sid = self.stack_group(key)
-            except DiskFull as exc:
-                self._pause(exc)
-                break
-            except Exception:
-                logger.exception("stacking group %s failed", key)
-                continue
-            if sid is not None:
-                built.append(sid)
-                nights.add(key.split("|", 1)[0])
-        if nights:
+        built = self.stack_groups(due)
+        nights = {key.split("|", 1)[0] for key in due}
+        if built:
             from ccdwatch import report
 
             for night in sorted(nights):
@@ -829,6 +818,30 @@ class Pipeline:
 
     def stack_group(self, group_key: str) -> int | None:
         """Reject outliers, align to the best frame and combine one group into a new stack version."""
+        built = self.stack_groups([group_key])
+        return built[0] if built else None
+
+    def stack_groups(self, group_keys: Sequence[str]) -> list[int]:
+        """Stack several groups: planned in the catalogue, combined in parallel by the workers."""
+        plans = [p for p in (self._plan_stack(key) for key in group_keys) if p is not None]
+        if not plans:
+            return []
+        futures = self.workers.map(jobs.stack_group, [p["spec"] for p in plans], timeout=self.cfg.workers.job_timeout)
+        built = []
+        for plan, fut in zip(plans, futures, strict=True):
+            try:
+                result = fut.result()
+            except DiskFull as exc:
+                self._pause(exc)
+                continue
+            except Exception:
+                logger.exception("stacking group %s failed", plan["group_key"])
+                continue
+            faults.point("stack-written", plan["spec"].out_path)
+            built.append(self._commit_stack(plan, result))
+        return built
+
+    def _plan_stack(self, group_key: str) -> dict[str, Any] | None:
         st = self.cfg.stack
         with self.catalog.session() as s:
             frames = s.scalars(select(Frame).where(Frame.group_key == group_key,
@@ -886,8 +899,13 @@ class Pipeline:
             meta = dict(night=night, target=target, filter=ref_frame.filter, exptime=ref_frame.exptime,
                         camera_key=ref_frame.camera_key)
             latest_id = latest.id if latest is not None else None
-        result = self.workers.run(jobs.stack_group, spec, timeout=self.cfg.workers.job_timeout)
-        faults.point("stack-written", out)
+        return {"group_key": group_key, "spec": spec, "rejected": rejected, "member_info": member_info,
+                "meta": meta, "latest_id": latest_id, "version": version, "out": out}
+
+    def _commit_stack(self, plan: dict[str, Any], result: jobs.StackJobResult) -> int:
+        st = self.cfg.stack
+        group_key, rejected, member_info = plan["group_key"], dict(plan["rejected"]), plan["member_info"]
+        meta, latest_id, version, out = plan["meta"], plan["latest_id"], plan["version"], plan["out"]
         rejected.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})
         used = [fid for fid in member_info if fid not in rejected]
         total = float(sum(member_info[fid][2] for fid in used))
