@@ -285,7 +285,12 @@ def measure(
     bkg = sep.Background(img, mask=bad | saturated)
     sub = img - bkg.back()
     sub[bad] = 0.0
-    objects, segmap = _run_sep_extract(sub, detect_sigma, err=bkg.rms(), mask=bad)
+    # Detection against the global background rms: a calibrated frame's noise is nearly uniform,
+    # and the per-pixel rms map doubled sep's time (0.19 -> 0.10 s at 2k). sep's global rms is
+    # the mean over meshes, so meshes on a bright galaxy raise it a little: on the real M51
+    # frames ~70 instead of ~130 of the faintest sources pass, FWHM agrees to 1 %, and all 18
+    # frames still align.
+    objects, segmap = _run_sep_extract(sub, detect_sigma, err=float(bkg.globalrms), mask=bad)
 
     # Sky level and noise from the pixels that belong to no source (grown by a few pixels).
     source_pixels = _grow(segmap > 0, _SKY_MASK_GROW)
