@@ -383,36 +383,48 @@ class Pipeline:
         return [f for f in frames if calib_key(f) == key]
 
     def build_due_masters(self, *, final: bool = False) -> list[int]:
-        """Build (or rebuild as a new version) every master whose frames have settled."""
+        """Build (or rebuild as a new version) every master whose frames have settled.
+
+        Bias first, then darks (built on the bias), then flats (on both): the masters of one
+        rank are combined in parallel by the workers. Lights are calibrated once all are built.
+        """
         built: list[int] = []
-        # Bias first: darks and flats are built on top of it; darks before flats.
         order = {"bias": 0, "dark": 1, "flat": 2}
         with self.catalog.session() as s:
             groups = sorted(self._candidate_master_groups(s), key=lambda g: (order[g[0].split("|")[0]], g))
-        for key, night in groups:
-            with self.catalog.session() as s:
-                frames = self._frames_of(s, key, night)
-                kind = key.split("|")[0]
-                need = self.cfg.masters.min_frames[kind]
-                if len(frames) < need:
-                    continue
-                newest = max(f.created_at for f in frames)
-                age = (utcnow() - newest).total_seconds()
-                urgent = self._lights_waiting_for(s, kind, frames[0])
-                if not (final or urgent or age >= self.cfg.masters.settle_seconds):
-                    continue
-            try:
-                master_id = self.build_master(key, night, final=final)
-            except DiskFull as exc:
-                self._pause(exc)
-                break
-            except Exception as exc:
-                logger.exception("building master %s night %s failed", key, night)
-                self._record_failure([f.id for f in frames], f"master build failed: {exc}")
+        for rank in range(3):
+            plans = []
+            for key, night in (g for g in groups if order[g[0].split("|")[0]] == rank):
+                with self.catalog.session() as s:
+                    frames = self._frames_of(s, key, night)
+                    kind = key.split("|")[0]
+                    if len(frames) < self.cfg.masters.min_frames[kind]:
+                        continue
+                    age = (utcnow() - max(f.created_at for f in frames)).total_seconds()
+                    urgent = self._lights_waiting_for(s, kind, frames[0])
+                    if not (final or urgent or age >= self.cfg.masters.settle_seconds):
+                        continue
+                plan = self._plan_master(key, night, final=final)
+                if plan is not None:
+                    plans.append(plan)
+            if not plans:
                 continue
-            if master_id is not None:
-                built.append(master_id)
-                self.calibrate_pending(final=final, new_master=master_id)
+            futures = self.workers.map(jobs.build_master, [p["spec"] for p in plans],
+                                       timeout=self.cfg.workers.job_timeout)
+            for plan, fut in zip(plans, futures, strict=True):
+                try:
+                    result = fut.result()
+                except DiskFull as exc:
+                    self._pause(exc)
+                    return built
+                except Exception as exc:
+                    logger.error("building master %s night %s failed: %s", plan["key"], plan["night"], exc)
+                    self._record_failure([i for i, _ in plan["inputs"]], f"master build failed: {exc}")
+                    continue
+                faults.point("master-written", plan["spec"].out_path)
+                built.append(self._commit_master(plan, result))
+        if built:
+            self.calibrate_pending(final=final, new_masters=built)
         return built
 
     def _lights_waiting_for(self, s: Session, kind: str, sample: Frame) -> bool:
@@ -423,8 +435,9 @@ class Pipeline:
             stmt = stmt.where(func.lower(Frame.filter) == (sample.filter or "").lower())
         return bool(s.scalar(stmt))
 
-    def build_master(self, key: str, night: str, *, final: bool = False) -> int | None:
-        """Combine the frames of one calibration key and night into a new master version."""
+    def _plan_master(self, key: str, night: str, *, final: bool = False) -> dict[str, Any] | None:
+        """Everything a worker needs to combine one calibration key and night into a new
+        master version (None when the current version already has exactly these inputs)."""
         kind = key.split("|", 1)[0]
         m = self.cfg.masters
         with self.catalog.session() as s:  # plan
@@ -483,8 +496,18 @@ class Pipeline:
             bias_sub, dark_sub = bias is not None, dark is not None
             camera, temp = sample.camera_key, temperature_ref(sample) if kind == "dark" else None
             exptime, filt = (sample.exptime if kind != "bias" else None), (sample.filter if kind == "flat" else None)
-        result = self.workers.run(jobs.build_master, spec, timeout=self.cfg.workers.job_timeout)  # work
-        faults.point("master-written", out)
+        return {"key": key, "night": night, "kind": kind, "spec": spec, "inputs": inputs, "out": out,
+                "version": version, "method": method, "dark_scale": dark_scale, "dates": dates, "mid": mid,
+                "bias_id": bias_id, "dark_id": dark_id, "bias_sub": bias_sub, "dark_sub": dark_sub,
+                "camera": camera, "temp": temp, "exptime": exptime, "filter": filt}
+
+    def _commit_master(self, plan: dict[str, Any], result: jobs.MasterResult) -> int:
+        m = self.cfg.masters
+        key, night, kind, inputs, out = plan["key"], plan["night"], plan["kind"], plan["inputs"], plan["out"]
+        version, method, dark_scale, dates, mid = (plan["version"], plan["method"], plan["dark_scale"],
+                                                   plan["dates"], plan["mid"])
+        bias_id, dark_id, bias_sub, dark_sub = plan["bias_id"], plan["dark_id"], plan["bias_sub"], plan["dark_sub"]
+        camera, temp, exptime, filt = plan["camera"], plan["temp"], plan["exptime"], plan["filter"]
         with self.catalog.session() as s:  # commit
             master = Master(
                 kind=kind, calib_key=key, camera_key=camera, exptime=exptime, filter=filt, ccd_temp=temp,
@@ -606,10 +629,10 @@ class Pipeline:
         return sel
 
     # ------------------------------------------------------------------ calibration
-    def calibrate_pending(self, *, final: bool = False, new_master: int | None = None) -> int:
+    def calibrate_pending(self, *, final: bool = False, new_masters: Sequence[int] = ()) -> int:
         """Calibrate waiting lights whose masters now exist.
 
-        With ``new_master``, also revisit the calibrated lights that master could serve (same
+        With ``new_masters``, also revisit the calibrated lights those masters could serve (same
         camera set-up, within its maximum age) and recalibrate those for which it is now the
         better choice. Only the waiting set is scanned otherwise, so a tick costs the same
         whether the catalogue holds a hundred frames or a hundred thousand.
@@ -617,8 +640,9 @@ class Pipeline:
         with self.catalog.session() as s:
             stmt = select(Frame.id).where(Frame.imagetyp == "light", Frame.state == "waiting")
             ids = list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
-            master = s.get(Master, new_master) if new_master is not None else None
-            if master is not None and self.cfg.calibration.recalibrate_on_better_master:
+            for master in (s.get(Master, mid) for mid in new_masters):
+                if master is None or not self.cfg.calibration.recalibrate_on_better_master:
+                    continue
                 m = self.cfg.masters
                 age = {"bias": m.bias_max_age_days, "dark": m.dark_max_age_days, "flat": m.flat_max_age_days}[master.kind]
                 stmt = select(Frame.id).where(Frame.imagetyp == "light", Frame.camera_key == master.camera_key,
@@ -627,7 +651,7 @@ class Pipeline:
                     span = timedelta(days=age)
                     stmt = stmt.where(or_(Frame.date_obs.is_(None),
                                           Frame.date_obs.between(master.date_mid - span, master.date_mid + span)))
-                ids += list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
+                ids += [i for i in s.scalars(stmt.order_by(Frame.date_obs, Frame.id)) if i not in ids]
         return self.calibrate_many(ids, final=final)
 
     def _timed_out(self, frame: Frame) -> bool:
