@@ -513,29 +513,40 @@ def calibrate(
     numpy.ndarray
         float32, ADU. Computed in float64.
     """
-    data = np.array(raw, dtype=np.float64)  # a new array: the input is never modified
-    if data.ndim != 2:
-        raise ValueError(f"raw frame must be 2-D, got shape {data.shape}")
+    raw = np.asarray(raw)
+    if raw.ndim != 2:
+        raise ValueError(f"raw frame must be 2-D, got shape {raw.shape}")
 
-    def _check(name: str, master: ArrayLike) -> np.ndarray:
+    def _check(name: str, master: ArrayLike | None) -> np.ndarray | None:
+        if master is None:
+            return None
         m = np.asarray(master)
-        if m.shape != data.shape:
-            raise ValueError(f"{name} has shape {m.shape}, raw frame has {data.shape}")
+        if m.shape != raw.shape:
+            raise ValueError(f"{name} has shape {m.shape}, raw frame has {raw.shape}")
         return m
 
-    if bias is not None:
-        data -= _check("bias", bias)
-    if dark is not None:
-        if not math.isfinite(dark_scale):
-            raise ValueError(f"dark_scale must be finite, got {dark_scale}")
-        data -= _check("dark", dark).astype(np.float64) * dark_scale
-    if flat is not None:
-        f = _check("flat", flat).astype(np.float64)
-        good = np.isfinite(f) & (f > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            data /= np.where(good, f, 1.0)
-        data[~good] = np.nan
-    return data.astype(np.float32)
+    bias, dark, flat = _check("bias", bias), _check("dark", dark), _check("flat", flat)
+    if dark is not None and not math.isfinite(dark_scale):
+        raise ValueError(f"dark_scale must be finite, got {dark_scale}")
+    out = np.empty(raw.shape, dtype=np.float32)  # a new array: the inputs are never modified
+    # float64 arithmetic in row blocks of ~4 MB: the same values as whole-frame float64, without
+    # whole-frame float64 temporaries (2-3x faster at 2k, and far less memory at 60 Mpix).
+    step = max(1, (1 << 19) // max(1, raw.shape[1]))
+    for y0 in range(0, raw.shape[0], step):
+        rows = slice(y0, y0 + step)
+        block = np.array(raw[rows], dtype=np.float64)
+        if bias is not None:
+            block -= bias[rows]
+        if dark is not None:
+            block -= dark[rows].astype(np.float64) * dark_scale
+        if flat is not None:
+            f = flat[rows].astype(np.float64)
+            good = np.isfinite(f) & (f > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                block /= np.where(good, f, 1.0)
+            block[~good] = np.nan
+        out[rows] = block
+    return out
 
 
 def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0) -> np.ndarray:
