@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--size", action="append", choices=sorted(night.SIZES.keys() - {"24m"}),
                    help="frame size of the whole-night comparison (repeatable; default 2k)")
-    p.add_argument("--workdir", type=Path, default=HERE / "results" / "work",
+    p.add_argument("--workdir", type=Path, default=HERE / "results" / "nights",
                    help="where nights are generated (cached) and tools run")
     p.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     p.add_argument("--no-siril", action="store_true")
