@@ -145,6 +145,14 @@ def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], out=None)
         out.write(line.rstrip() + "\n")
 
 
+def emit_named(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
+    """Like :func:`emit`; tables and CSV get a short ``name`` (file name), JSON keeps ``path`` only."""
+    if fmt != "json":
+        for r in rows:
+            r["name"] = Path(r["path"]).name
+    emit(rows, fmt, columns)
+
+
 # ---------------------------------------------------------------------- commands
 def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
     return Catalog(cfg.paths.database, writer=writer, create=writer)
@@ -204,12 +212,7 @@ def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
         frames = query_frames(s, night=args.night, imagetyp=args.type, filter=args.filter, object=args.object,
                               state=args.state, since=since, limit=args.limit)
         rows = [frame_record(f) for f in frames]
-    for r in rows:
-        r["name"] = Path(r["path"]).name
-    if args.format == "json":
-        for r in rows:
-            r.pop("name")
-    emit(rows, args.format, FRAME_COLUMNS)
+    emit_named(rows, args.format, FRAME_COLUMNS)
     return 0
 
 
@@ -311,12 +314,7 @@ def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
         if args.exptime is not None:
             stmt = stmt.where(func.abs(Master.exptime - args.exptime) < 1e-3)
         rows = [master_record(m) for m in s.scalars(stmt.order_by(Master.night, Master.kind, Master.id))]
-    for r in rows:
-        r["name"] = Path(r["path"]).name
-    if args.format == "json":
-        for r in rows:
-            r.pop("name")
-    emit(rows, args.format, ("id", "kind", "night", "version", "exptime", "filter", "n_frames", "method",
+    emit_named(rows, args.format, ("id", "kind", "night", "version", "exptime", "filter", "n_frames", "method",
                              "mean", "noise", "hot_pixels", "name"))
     return 0
 
@@ -333,12 +331,7 @@ def cmd_stacks(cfg: Config, args: argparse.Namespace) -> int:
         if not args.all:
             stmt = stmt.where(Stack.current)
         rows = [stack_record(x) for x in s.scalars(stmt.order_by(Stack.night, Stack.target, Stack.id))]
-    for r in rows:
-        r["name"] = Path(r["path"]).name
-    if args.format == "json":
-        for r in rows:
-            r.pop("name")
-    emit(rows, args.format, ("id", "night", "target", "filter", "exptime", "version", "n_used", "n_rejected",
+    emit_named(rows, args.format, ("id", "night", "target", "filter", "exptime", "version", "n_used", "n_rejected",
                              "total_exposure", "name"))
     return 0
 
