@@ -198,12 +198,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ ingest
     @staticmethod
-    def wants(path: Path, *, allow_compressed: bool = True) -> bool:
-        """Is this a name ccdwatch should look at (FITS suffix, not a temp name)?"""
-        if is_temp_name(path.name):
-            return False
-        suffix = fits_suffix(path.name)
-        return suffix is not None
+    def wants(path: Path) -> bool:
+        """Is this a name ccdwatch should look at (a FITS suffix, compressed ones included so that
+        they are catalogued, not a temp name)? Whether .fz/.gz are read is ingest.allow_compressed."""
+        return not is_temp_name(path.name) and fits_suffix(path.name) is not None
 
     def handle(self, path: str | os.PathLike, *, final: bool = False) -> Outcome:
         """Ingest one path (safe to call for any event, any number of times)."""
