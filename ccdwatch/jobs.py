@@ -33,6 +33,7 @@ from astropy.io import fits
 from ccdwatch import calib, faults, qa, stack
 from ccdwatch.fitsio import RejectedFile, read_product, read_product_hdus, read_raw, write_product
 from ccdwatch.headers import ClassificationRule, FrameInfo, header_to_jsonable, normalise
+from ccdwatch.products import to_fits_header
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +174,7 @@ def build_master(spec: MasterSpec) -> MasterResult:
         combined = calib.normalise_flat(combined)
     hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
     level, noise = calib.robust_stats(combined)
-    header = fits.Header()
-    for key, value in spec.header.items():
-        if value is not None:
-            header[key] = value
+    header = to_fits_header(spec.header)
     if hot is not None:
         header["HOTPIX"] = (int(hot.sum()), "hot pixels in the HOTPIX extension")
     table = fits.BinTableHDU.from_columns(
@@ -257,14 +255,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     saturated = raw >= saturation
     mask = saturated | hot if hot is not None else saturated
     quality, sources = qa.measure(data, saturation=None, detect_sigma=spec.detect_sigma, mask=mask)
-    header = fits.Header()
-    for key, value in spec.header.items():
-        if value is None:
-            continue
-        try:
-            header[key] = value
-        except (ValueError, KeyError):  # a raw card astropy will not re-emit
-            continue
+    header = to_fits_header(spec.header)
     header["SATLEVEL"] = (float(saturation), "raw saturation level used, ADU")
     table = fits.BinTableHDU.from_columns(
         [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
@@ -321,10 +312,7 @@ def stack_group(spec: StackSpec) -> StackJobResult:
         result = stack.align_and_stack(list(spec.products), lambda fid: read_product(spec.products[fid])[1],
                                        sources, spec.reference, masks=masks, method=spec.method, sigma=spec.sigma,
                                        memory_budget=spec.memory_budget, workdir=tmp)
-    header = fits.Header()
-    for key, value in spec.header.items():
-        if value is not None:
-            header[key] = value
+    header = to_fits_header(spec.header)
     header["REFID"] = (result.reference, "frame id of the alignment reference")
     reasons = dict(spec.rejected)
     reasons.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})

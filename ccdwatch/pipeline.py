@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -466,7 +465,7 @@ class Pipeline:
                               exptime=sample.exptime, filter=sample.filter, version=version)
             dark_scale = calib.dark_scale(sample.exptime, dark.exptime) if dark is not None and dark.exptime else None
             inputs = tuple((f.id, f.sha256) for f in frames)
-            header = dict(product_header(
+            header = product_header(
                 None,
                 IMAGETYP=f"Master {kind.capitalize()}", INSTRUME=sample.instrument, TELESCOP=sample.telescope,
                 XBINNING=sample.xbin, YBINNING=sample.ybin, EXPTIME=sample.exptime if kind != "bias" else 0.0,
@@ -478,7 +477,7 @@ class Pipeline:
                 DARKSCL=dark_scale,
                 DATE_BEG=min(dates).isoformat() if dates else None, DATE_END=max(dates).isoformat() if dates else None,
                 CALIBKEY=short_hash(key, 16),
-            ))
+            )
             spec = jobs.MasterSpec(
                 kind=kind, frames=tuple((tuple(sf.path for sf in f.files) or (f.path,), f.sha256) for f in frames),
                 bias_path=bias.path if bias else None, dark_path=dark.path if dark else None,
@@ -712,23 +711,15 @@ class Pipeline:
         version = (s.scalar(select(func.max(Calibrated.version)).where(Calibrated.frame_id == frame.id)) or 0) + 1
         out = calibrated_path(self.products, night=frame.night, target=frame.object, filter=frame.filter,
                               frame_id=frame.id, stem=Path(frame.path).stem, version=version)
-        raw_header = fits.Header()
-        for k, v in (frame.header or {}).items():
-            if isinstance(v, (list, dict)):
-                continue
-            try:
-                raw_header[k] = v
-            except (ValueError, KeyError):
-                continue
         missing = "; ".join(f"{k}: {v}" for k, v in sel.missing.items()) or None
-        header = dict(product_header(
-            raw_header, BUNIT="adu", RAWID=frame.id, RAWSHA=frame.sha256,
+        header = product_header(
+            frame.header, BUNIT="adu", RAWID=frame.id, RAWSHA=frame.sha256,
             BIASID=sel.bias.id if sel.bias else None, BIASSHA=sel.bias.sha256 if sel.bias else None,
             DARKID=sel.dark.id if sel.dark else None, DARKSHA=sel.dark.sha256 if sel.dark else None,
             DARKSCL=sel.dark_scale if sel.dark else None,
             FLATID=sel.flat.id if sel.flat else None, FLATSHA=sel.flat.sha256 if sel.flat else None,
             PARTIAL=partial, CALVER=version,
-        ))
+        )
         spec = jobs.CalibrateSpec(
             frame_id=frame.id, raw_paths=tuple(f.path for f in frame.files) or (frame.path,), raw_sha256=frame.sha256,
             bias_path=sel.bias.path if sel.bias else None, dark_path=sel.dark.path if sel.dark else None,
@@ -900,12 +891,12 @@ class Pipeline:
             night = ref_frame.night or "nonight"
             out = stack_path(self.products, night=night, target=target, filter=ref_frame.filter,
                              exptime=ref_frame.exptime, group_key=group_key, version=version)
-            header = dict(product_header(
+            header = product_header(
                 None, IMAGETYP="Stack", OBJECT=target, FILTER=ref_frame.filter, EXPTIME=ref_frame.exptime,
                 INSTRUME=ref_frame.instrument, TELESCOP=ref_frame.telescope, NIGHT=night,
                 COMBMETH=st.method, CLIPSIG=st.sigma if st.method == "sigma_clip" else None,
                 STACKV=version, BUNIT="adu",
-            ))
+            )
             spec = jobs.StackSpec(
                 products={fid: products[fid].path for fid in usable}, reference=reference, method=st.method,
                 sigma=st.sigma, memory_budget=self.memory_budget, workdir=str(self.workdir), out_path=str(out),

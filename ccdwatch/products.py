@@ -9,6 +9,7 @@ paths and, since no wall-clock time goes into a header, the same bytes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,22 +65,31 @@ def preview_path(fits_path: Path) -> Path:
     return fits_path.with_suffix(".png")
 
 
-def product_header(raw_header: fits.Header | None = None, **cards: Any) -> fits.Header:
-    """A header for a product: the raw frame's descriptive cards plus ccdwatch provenance.
-
-    ``cards`` are keyword -> value or (value, comment); None values are left out.
+def product_header(raw_header: Mapping[str, Any] | None = None, **cards: Any) -> dict[str, Any]:
+    """The cards of a product's header, as a plain (picklable) mapping for a worker job: the raw
+    frame's descriptive cards (structural ones, COMMENT and HISTORY left out) plus ccdwatch
+    provenance. ``cards`` are keyword -> value; None values are left out.
     """
-    header = fits.Header()
-    if raw_header is not None:
-        for card in raw_header.cards:
-            if card.keyword in STRUCTURAL or card.keyword in ("COMMENT", "HISTORY", ""):
-                continue
-            try:
-                header.append((card.keyword, card.value, card.comment), end=True)
-            except (ValueError, fits.VerifyError):  # a card astropy will not re-emit
-                continue
-    header["CCDWVER"] = (__version__, "ccdwatch version that wrote this file")
+    header: dict[str, Any] = {}
+    for key, value in (raw_header or {}).items():
+        if key and key not in STRUCTURAL and key not in ("COMMENT", "HISTORY") and value is not None:
+            header[key] = value
+    header["CCDWVER"] = __version__
     for key, value in cards.items():
         if value is not None:
             header[key.upper()] = value
+    return header
+
+
+def to_fits_header(cards: Mapping[str, Any]) -> fits.Header:
+    """A FITS header from :func:`product_header`'s cards; values astropy cannot write as a card
+    (lists, dicts, over-long strings from a foreign header) are left out rather than failing."""
+    header = fits.Header()
+    for key, value in cards.items():
+        if value is None or isinstance(value, (list, dict)):
+            continue
+        try:
+            header[key] = value
+        except (ValueError, KeyError, fits.VerifyError):
+            continue
     return header
