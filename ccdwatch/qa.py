@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -470,23 +470,19 @@ def reject_outliers(
 
     reasons: dict[int, list[str]] = {i: [] for i in ids}
 
-    finite = np.isfinite(fwhm)
-    if finite.any():
-        med = float(np.median(fwhm[finite]))
-        spread = _spread(fwhm[finite], med, floor_fraction=floor_fraction)
-        for i, f in zip(ids, fwhm, strict=True):
-            z = (f - med) / spread
-            if math.isfinite(f) and z > fwhm_mad:
-                reasons[i].append(f"FWHM {f:.1f} px is {z:.1f} MAD above the group median {med:.1f} px")
+    def high_outliers(values: np.ndarray, limit: float, describe: Callable[[float, float, float], str]) -> None:
+        finite = np.isfinite(values)
+        if not finite.any():
+            return
+        med = float(np.median(values[finite]))
+        spread = _spread(values[finite], med, floor_fraction=floor_fraction)
+        for i, v in zip(ids, values, strict=True):
+            z = (v - med) / spread
+            if math.isfinite(v) and z > limit:
+                reasons[i].append(describe(v, z, med))
 
-    finite = np.isfinite(sky)
-    if finite.any():
-        med = float(np.median(sky[finite]))
-        spread = _spread(sky[finite], med, floor_fraction=floor_fraction)
-        for i, s in zip(ids, sky, strict=True):
-            z = (s - med) / spread
-            if math.isfinite(s) and z > sky_mad:
-                reasons[i].append(f"sky {s:.0f} ADU is {z:.1f} MAD above the group median {med:.0f} ADU")
+    high_outliers(fwhm, fwhm_mad, lambda v, z, m: f"FWHM {v:.1f} px is {z:.1f} MAD above the group median {m:.1f} px")
+    high_outliers(sky, sky_mad, lambda v, z, m: f"sky {v:.0f} ADU is {z:.1f} MAD above the group median {m:.0f} ADU")
 
     med_stars = float(np.median(stars))
     for i, x in zip(ids, q, strict=True):
