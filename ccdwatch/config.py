@@ -449,8 +449,3 @@ def database_url(database: str) -> str:
     if "://" in database:
         return database
     return f"sqlite:///{Path(database).expanduser().absolute()}"
-
-
-def config_keys() -> dict[str, list[str]]:
-    """Every section and its keys (for documentation and the ``config`` command)."""
-    return {name: [f.name for f in dataclasses.fields(cls)] for name, cls in _SECTIONS.items()}
