@@ -157,28 +157,30 @@ def _grow(mask: np.ndarray, iterations: int) -> np.ndarray:
 
 
 def _run_sep_extract(
-    data: np.ndarray, thresh: float, *, err: np.ndarray, mask: np.ndarray
+    data: np.ndarray, thresh: float, *, err: np.ndarray | float, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``sep.extract`` with its global buffers large enough for this image."""
-    # sep keeps fixed-size global buffers; a large frame with nebulosity overflows the
-    # defaults ("internal pixel buffer full"). Raising them is harmless for other callers.
-    if sep.get_extract_pixstack() < data.size:
-        sep.set_extract_pixstack(int(data.size))
+    """``sep.extract``, retried with larger internal buffers when a frame overflows them."""
+    def extract(**kw):
+        return sep.extract(data, thresh, err=err, mask=mask, minarea=5, segmentation_map=True, **kw)
+
     try:
-        return sep.extract(data, thresh, err=err, mask=mask, minarea=5, segmentation_map=True)
+        return extract()
     except Exception as exc:  # sep raises plain Exception for its buffer overflows
-        if "deblending overflow" not in str(exc):
+        message = str(exc)
+        if "pixel buffer full" in message:
+            # sep's pixel stack (300,000 pixels above threshold by default) is too small for a
+            # frame full of nebulosity. It is allocated on every call, so it is raised only for
+            # this frame: a stack the size of a 2k frame costs ~60 ms per call.
+            default = sep.get_extract_pixstack()
+            sep.set_extract_pixstack(int(max(data.size, default)))
+            try:
+                return _run_sep_extract(data, thresh, err=err, mask=mask)
+            finally:
+                sep.set_extract_pixstack(default)
+        if "deblending overflow" not in message:
             raise
         logger.debug("sep deblending overflow; retrying without deblending")
-        return sep.extract(
-            data,
-            thresh,
-            err=err,
-            mask=mask,
-            minarea=5,
-            deblend_cont=1.0,
-            segmentation_map=True,
-        )
+        return extract(deblend_cont=1.0)
 
 
 def _fwhm_from_flux_radius(
