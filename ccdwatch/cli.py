@@ -171,6 +171,10 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         )
     if args.once and not incoming.is_dir():
         raise ConfigError(f"config key 'paths.incoming': {incoming} is not a directory")
+    if cfg.workers.processes > 0:
+        from ccdwatch.jobs import start_fork_server
+
+        start_fork_server()
     with Catalog(cfg.paths.database, writer=True) as catalog, Pipeline(cfg, catalog) as pipeline:
         watcher = Watcher(cfg, pipeline)
         watcher.install_signal_handlers()
