@@ -897,13 +897,13 @@ def read_product_hdus(path: str | os.PathLike) -> fits.HDUList:
 
 
 def _estimate_bytes(hdul: fits.HDUList) -> int:
+    """Bytes the HDUs will take on disk, near enough for the free-space check (header blocks
+    plus the data padded to whole blocks). ``HDU.filebytes()`` is exact but serialises the
+    data to find out: 7 ms of every 2k product."""
     total = 0
     for hdu in hdul:
-        try:
-            total += int(hdu.filebytes())
-        except Exception:  # noqa: BLE001 - an estimate only
-            nbytes = getattr(getattr(hdu, "data", None), "nbytes", 0) or 0
-            total += BLOCK_SIZE * (1 + len(hdu.header) // 36) + nbytes
+        nbytes = getattr(getattr(hdu, "data", None), "nbytes", 0) or 0
+        total += BLOCK_SIZE * (1 + (len(hdu.header) + 1) // 36) + -(-int(nbytes) // BLOCK_SIZE) * BLOCK_SIZE
     return total
 
 

@@ -40,6 +40,8 @@ _SHARP_FRACTION = 0.5
 _STAR_CONTRAST_MIN = 0.15
 #: Dilation (px) of the segmentation map before the sky is measured on what is left.
 _SKY_MASK_GROW = 3
+#: About this many sky pixels (a regular subgrid) give the sky level and noise.
+_SKY_SAMPLES = 250_000
 #: Stars at least this many times the sky noise at their peak are "bright" for the FWHM median.
 _BRIGHT_PEAK_SNR = 20.0
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -294,14 +296,18 @@ def measure(
     # frames still align.
     objects, segmap = _run_sep_extract(sub, detect_sigma, err=float(bkg.globalrms), mask=bad)
 
-    # Sky level and noise from the pixels that belong to no source (grown by a few pixels).
+    # Sky level and noise from the pixels that belong to no source (grown by a few pixels), on a
+    # regular subgrid of about _SKY_SAMPLES pixels: the median of 250,000 sky pixels is good to
+    # ~0.003 sigma, and gathering and sorting all 4 M pixels of a 2k frame twice took ~60 ms.
+    step = max(1, math.isqrt(img.size // _SKY_SAMPLES))
+    grid = (slice(step // 2, None, step), slice(step // 2, None, step))
     source_pixels = _grow(segmap > 0, _SKY_MASK_GROW)
-    sky_pixels = ~(source_pixels | bad | saturated)
+    sky_pixels = ~(source_pixels[grid] | bad[grid] | saturated[grid])
     if np.count_nonzero(sky_pixels) < 100:  # crowded or tiny frame: use sep's global values
         sky, sky_noise = float(bkg.globalback), float(bkg.globalrms)
     else:
-        sky, _ = calib.robust_stats(img[sky_pixels])
-        _, sky_noise = calib.robust_stats(sub[sky_pixels])
+        sky, _ = calib.robust_stats(img[grid][sky_pixels])
+        _, sky_noise = calib.robust_stats(sub[grid][sky_pixels])
         sky, sky_noise = float(sky), float(sky_noise)
 
     n = objects.size

@@ -683,3 +683,15 @@ def test_safe_product_path_property(parts, tmp_path):
     assert len(rel.parts) == len(parts)
     assert all(SAFE_RE.match(c) for c in rel.parts)
     assert p.resolve().is_relative_to(tmp_path.resolve())
+
+
+def test_size_estimate_of_a_product_matches_what_is_written(tmp_path: Path) -> None:
+    """The free-space check's estimate (no serialisation) is the size on disk for image and table
+    HDUs, headers of any length included."""
+    header = fits.Header([(f"KEY{i}", i) for i in range(50)])
+    table = fits.BinTableHDU.from_columns([fits.Column(name="X", format="E", array=np.arange(333, dtype=np.float32))])
+    hdul = fits.HDUList([fits.PrimaryHDU(np.zeros((101, 77), np.float32), header=header), table,
+                         fits.ImageHDU(np.zeros((101, 77), np.uint8), name="BADPIX")])
+    estimate = fitsio._estimate_bytes(hdul)
+    write_product(tmp_path / "p.fits", hdul)
+    assert estimate == (tmp_path / "p.fits").stat().st_size
