@@ -364,6 +364,9 @@ def _worker_init(memory_limit: int, nice: int) -> None:
             pass
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    import cv2  # already loaded by the fork server (ccdwatch.stack)
+
+    cv2.setNumThreads(1)  # parallelism is the pool's: `workers.processes`, no more
 
 
 #: What the fork server imports once, so that every worker forked from it starts warm
