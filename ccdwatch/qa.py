@@ -204,15 +204,16 @@ def _neighbour_contrast(sub: np.ndarray, xpeak: np.ndarray, ypeak: np.ndarray) -
     for a hot pixel or a single-pixel cosmic-ray hit.
     """
     ny, nx = sub.shape
-    padded = np.pad(sub, 1, mode="constant")
-    xp = np.clip(np.asarray(xpeak, dtype=np.intp), 0, nx - 1) + 1
-    yp = np.clip(np.asarray(ypeak, dtype=np.intp), 0, ny - 1) + 1
-    peak = padded[yp, xp].astype(np.float64)
+    xp = np.clip(np.asarray(xpeak, dtype=np.intp), 0, nx - 1)
+    yp = np.clip(np.asarray(ypeak, dtype=np.intp), 0, ny - 1)
+    peak = sub[yp, xp].astype(np.float64)
     around = np.zeros(peak.shape)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            if dx or dy:
-                around += padded[yp + dy, xp + dx]
+            if dx or dy:  # neighbours outside the frame count as 0 (no padded copy of the frame)
+                y, x = yp + dy, xp + dx
+                inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+                around[inside] += sub[y[inside], x[inside]]
     with np.errstate(divide="ignore", invalid="ignore"):
         contrast = np.where(peak > 0, around / 8.0 / peak, 0.0)
     return contrast
