@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import logging
 import os
@@ -159,6 +160,10 @@ def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
 
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
+    if cfg.workers.processes > 0:
+        from ccdwatch import forkserver
+
+        forkserver.start()  # first: its imports overlap with ours below
     from ccdwatch.pipeline import Pipeline
     from ccdwatch.watch import Watcher
 
@@ -171,10 +176,6 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         )
     if args.once and not incoming.is_dir():
         raise ConfigError(f"config key 'paths.incoming': {incoming} is not a directory")
-    if cfg.workers.processes > 0:
-        from ccdwatch.jobs import start_fork_server
-
-        start_fork_server()
     with Catalog(cfg.paths.database, writer=True) as catalog, Pipeline(cfg, catalog) as pipeline:
         watcher = Watcher(cfg, pipeline)
         watcher.install_signal_handlers()
@@ -530,15 +531,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands that live in their own modules (report, demo) register here when present."""
-    for module in ("ccdwatch.report", "ccdwatch.demo"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError:
-            continue
-        register: Callable | None = getattr(mod, "register_cli", None)
-        if register is not None:
-            register(sub)
+    """Commands implemented in their own modules, imported only when run: importing the
+    report (and matplotlib, the synthetic camera) cost every command ~0.4 s of start-up."""
+    p = sub.add_parser("report", help="write the HTML night report (summary, quality plots, stacks, masters)")
+    p.add_argument("--night", help="night label YYYY-MM-DD (default: the most recent night; see `ccdwatch nights`)")
+    p.add_argument("--out", help="directory for index.html and its img/ folder (default <products>/reports/<night>)")
+    p.set_defaults(func=_lazy("ccdwatch.report", "cmd_report"))
+
+    d = sub.add_parser(
+        "demo", help="simulate a camera night into the incoming directory while the daemon reduces it, "
+                     "then write the night report (about a minute)")
+    d.add_argument("--dir", help="camera directory to write into (default: the configured incoming directory)")
+    d.add_argument("--speed", type=float, default=60.0,
+                   help="how many times faster than real time the camera runs (default 60)")
+    d.add_argument("--frames", type=int, default=8, help="light frames per filter (default 8)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the simulated sky and camera noise")
+    d.set_defaults(func=_lazy("ccdwatch.demo", "cmd_demo"))
+
+
+def _lazy(module: str, name: str) -> Callable[[Config, argparse.Namespace], int]:
+    def run(cfg: Config, args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), name)(cfg, args)
+
+    return run
 
 
 class _JournalFormatter(logging.Formatter):

@@ -36,7 +36,7 @@ from ccdwatch.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEMO_CAMERA", "DemoResult", "Shot", "plan_night", "register_cli", "run_demo", "write_like_a_camera"]
+__all__ = ["DEMO_CAMERA", "DemoResult", "Shot", "plan_night", "run_demo", "write_like_a_camera"]
 
 #: The demo's camera: small enough to reduce in a blink, big enough to look like a sky.
 DEMO_CAMERA = synth.Camera(shape=(360, 540), read_noise=7.0, gain=1.4, dark_current=0.03,
@@ -456,16 +456,3 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     return 0 if result.report is not None else 1
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``ccdwatch demo`` to the command line."""
-    p = subparsers.add_parser(
-        "demo", help="simulate a camera night into the incoming directory while the daemon reduces it, "
-                     "then write the night report (about a minute)")
-    p.add_argument("--dir", help="camera directory to write into (default: the configured incoming directory)")
-    p.add_argument("--speed", type=float, default=60.0,
-                   help="how many times faster than real time the camera runs (default 60)")
-    p.add_argument("--frames", type=int, default=8, help="light frames per filter (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated sky and camera noise")
-    p.set_defaults(func=cmd_demo)

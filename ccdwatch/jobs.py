@@ -14,7 +14,6 @@ pool is rebuilt, and the caller gets a :class:`WorkerFailure` to count against t
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import resource
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ccdwatch import calib, faults, qa, stack
+from ccdwatch import calib, faults, forkserver, qa, stack
 from ccdwatch.fitsio import RejectedFile, read_product, read_product_hdus, read_raw, write_product
 from ccdwatch.headers import ClassificationRule, FrameInfo, header_to_jsonable, normalise
 from ccdwatch.products import to_fits_header
@@ -369,28 +368,6 @@ def _worker_init(memory_limit: int, nice: int) -> None:
     cv2.setNumThreads(1)  # parallelism is the pool's: `workers.processes`, no more
 
 
-#: What the fork server imports once, so that every worker forked from it starts warm
-#: (numpy, astropy, sep, astroalign, scipy, and matplotlib for the previews: ~1.5 s of imports).
-_PRELOAD = ["ccdwatch.jobs", "ccdwatch.previews"]
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-    if os.name == "posix":  # workers fork from a server that has numpy & co. imported already
-        ctx.set_forkserver_preload(_PRELOAD)
-    return ctx
-
-
-def start_fork_server() -> None:
-    """Start the workers' fork server now, without waiting for it: its imports then overlap
-    with the daemon's own start-up (catalogue, scan) instead of delaying the first job."""
-    if os.name == "posix":
-        from multiprocessing import forkserver
-
-        _context()
-        forkserver.ensure_running()
-
-
 @dataclass
 class Workers:
     """A process pool with per-job time limits and per-worker memory limits.
@@ -408,7 +385,7 @@ class Workers:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            ctx = _context()
+            ctx = forkserver.context()
             self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=ctx,
                                              initializer=_worker_init, initargs=(self.memory_limit, self.nice))
         return self._pool

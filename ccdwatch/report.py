@@ -53,7 +53,6 @@ __all__ = [
     "quality_figure",
     "quality_plot",
     "refresh",
-    "register_cli",
     "render_html",
 ]
 
@@ -1129,12 +1128,3 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
         page = build_report(cfg, catalog, night, args.out)
     print(page)
     return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``ccdwatch report`` to the command line."""
-    p = subparsers.add_parser("report", help="write the HTML night report (summary, quality plots, stacks, masters)")
-    p.add_argument("--night", help="night label YYYY-MM-DD (default: the most recent night; see `ccdwatch nights`)")
-    p.add_argument("--out", help="directory for index.html and its img/ folder (default <products>/reports/<night>)")
-    p.set_defaults(func=cmd_report)
-
