@@ -26,14 +26,14 @@ import numpy as np  # noqa: E402
 from ccdwatch.fitsio import write_bytes_atomic  # noqa: E402
 from ccdwatch.stack import preview_stretch  # noqa: E402
 
-__all__ = ["display_image", "image_preview", "master_preview", "side_by_side", "stack_preview"]
+__all__ = ["display_image", "image_preview", "master_preview", "save_figure", "side_by_side", "stack_preview"]
 
 #: zlib level of the PNGs: 1 deflates ~3x faster than matplotlib's default 6 on noisy frames.
 _PNG_COMPRESS_LEVEL = 1
 _DPI = 100
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Render to PNG in memory, then write atomically like every other product."""
     buf = io.BytesIO()
     try:
@@ -100,7 +100,7 @@ def master_preview(data: np.ndarray, path: str | os.PathLike, *, title: str) -> 
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("x [px]")
     ax.set_ylabel("y [px]")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
@@ -112,7 +112,7 @@ def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str) -> P
     ax.imshow(shown, origin="lower", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 stack_preview = image_preview
@@ -133,4 +133,4 @@ def side_by_side(images: list[tuple[str, np.ndarray]], path: str | os.PathLike, 
         ax.set_title(label, fontsize=10)
         ax.set_axis_off()
     fig.suptitle(title, fontsize=11, y=1.0 - 0.1 / height, va="top")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

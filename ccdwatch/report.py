@@ -505,7 +505,9 @@ def quality_figure(lights: Sequence[FrameRow], *, title: str,
         return None
     panels = (("fwhm", "FWHM [px]"), ("sky", "sky background [ADU]"), ("n_stars", "stars detected"),
               ("ccd_temp", "CCD temperature [°C]"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10.0, 9.0), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10.0, 9.0), sharex=True)
+    # fixed margins (room for the legend on the right): constrained layout drew the figure twice
+    fig.subplots_adjust(left=0.1, right=0.775, top=0.965, bottom=0.065, hspace=0.07)
     filters = sorted({f.filter or "none" for f in timed})
     colours = dict(zip(filters, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, strict=False))
     for ax, (attr, label) in zip(axes, panels, strict=True):
@@ -545,19 +547,12 @@ def quality_figure(lights: Sequence[FrameRow], *, title: str,
 def quality_plot(lights: Sequence[FrameRow], path: str | os.PathLike, *, title: str,
                  dark_temperatures: Sequence[tuple[str, float]] = ()) -> Path | None:
     """Write :func:`quality_figure` as a PNG (atomically); None when there is nothing to plot."""
-    import io
-
-    import matplotlib.pyplot as plt
+    from ccdwatch import previews
 
     fig = quality_figure(lights, title=title, dark_temperatures=dark_temperatures)
     if fig is None:
         return None
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return write_bytes_atomic(Path(path), buf.getvalue())
+    return previews.save_figure(fig, Path(path))
 
 
 def _raw_pixels(frame: FrameRow, cfg: Config) -> np.ndarray | None:
