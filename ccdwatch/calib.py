@@ -33,6 +33,7 @@ __all__ = [
     "dark_scale",
     "hot_pixel_mask",
     "normalise_flat",
+    "robust_median",
     "robust_stats",
 ]
 
@@ -429,6 +430,33 @@ def combine(
     return combined
 
 
+def _finite_sample(a: ArrayLike) -> np.ndarray | None:
+    """float64 copy of a regular (deterministic) subsample of about ``ROBUST_STATS_MAX_SAMPLES``
+    of the finite values of ``a``; None when none is finite."""
+    data = np.asarray(a)
+    if data.dtype.kind not in "fiu":
+        data = data.astype(np.float64)
+    data = data.ravel()
+    finite = np.isfinite(data)
+    n_finite = int(np.count_nonzero(finite))
+    if n_finite == 0:
+        return None
+    step = math.ceil(n_finite / ROBUST_STATS_MAX_SAMPLES) if n_finite > ROBUST_STATS_MAX_SAMPLES else 1
+    # the same regular subsample of the finite values, gathered before converting to float64
+    if n_finite == data.size:
+        values = data[::step]
+    else:
+        values = data[np.flatnonzero(finite)[::step]]
+    return values.astype(np.float64)
+
+
+def robust_median(a: ArrayLike) -> float:
+    """Median of the finite values (of a regular subsample above ``ROBUST_STATS_MAX_SAMPLES``);
+    NaN when none is finite."""
+    values = _finite_sample(a)
+    return math.nan if values is None else float(np.median(values))
+
+
 def robust_stats(a: ArrayLike) -> tuple[float, float]:
     """Median and robust standard deviation (1.4826 x median absolute deviation).
 
@@ -440,21 +468,9 @@ def robust_stats(a: ArrayLike) -> tuple[float, float]:
     (median, sigma) : tuple of float
         In the units of ``a``; ``(nan, nan)`` when no value is finite.
     """
-    data = np.asarray(a)
-    if data.dtype.kind not in "fiu":
-        data = data.astype(np.float64)
-    data = data.ravel()
-    finite = np.isfinite(data)
-    n_finite = int(np.count_nonzero(finite))
-    if n_finite == 0:
+    values = _finite_sample(a)
+    if values is None:
         return math.nan, math.nan
-    step = math.ceil(n_finite / ROBUST_STATS_MAX_SAMPLES) if n_finite > ROBUST_STATS_MAX_SAMPLES else 1
-    # the same regular subsample of the finite values, gathered before converting to float64
-    if n_finite == data.size:
-        values = data[::step]
-    else:
-        values = data[np.flatnonzero(finite)[::step]]
-    values = values.astype(np.float64)
     median = float(np.median(values))
     mad = float(np.median(np.abs(values - median)))
     return median, MAD_TO_SIGMA * mad

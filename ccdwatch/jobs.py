@@ -153,15 +153,22 @@ def build_master(spec: MasterSpec) -> MasterResult:
     Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
         arrays, scales = [], []
+        in_memory: int | None = None  # decided on the first frame: all inputs in RAM if they fit
         for i, (paths, sha) in enumerate(spec.frames):
             raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
             data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale or 1.0)
             del raw
             if spec.kind == "flat":
-                med = float(np.nanmedian(data))
+                # the median of a regular subsample (<= 1 M pixels) is the scale to ~1e-4
+                med = calib.robust_median(data)
                 if not np.isfinite(med) or med <= 0:
                     raise ValueError(f"flat input {paths[0]} has a non-positive median ({med:g})")
                 scales.append(1.0 / med)
+            if in_memory is None:
+                in_memory = data.nbytes * len(spec.frames) <= spec.memory_budget // 4
+            if in_memory:  # a few frames: no scratch files to write and map back
+                arrays.append(data)
+                continue
             npy = Path(tmp) / f"{i}.npy"
             np.save(npy, data)
             del data

@@ -297,3 +297,23 @@ def test_unscalable_dark_is_refused_and_partial_policy_flags_products(tmp_path):
                 assert all("bias" in c.missing and "dark" in c.missing for c in cals)
                 assert all(fits.getheader(c.path)["PARTIAL"] for c in cals)
         cat.close()
+
+
+def test_masters_identical_whether_inputs_stay_in_memory_or_go_through_scratch_files(night, tmp_path):
+    """A few inputs are combined in RAM; a set too large for a quarter of the memory budget goes
+    through .npy scratch files. Both give the same master pixels."""
+    cfg, _, cat = night
+    small = make_config(tmp_path, incoming=cfg.paths.incoming, masters={"memory_budget_mb": 0.5})
+    # 5 frames of 192x256 float32 = 0.98 MB > 0.5 MB / 4: every master takes the scratch-file path
+    cat2, _ = run_once(small)
+    try:
+        with cat.reader() as s1, cat2.reader() as s2:
+            def pixels(s):
+                return {(m.kind, m.filter, m.exptime): read_product(m.path)[1]
+                        for m in s.scalars(select(Master))}
+            a, b = pixels(s1), pixels(s2)
+        assert a.keys() == b.keys() and len(a) == 4
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    finally:
+        cat2.close()
