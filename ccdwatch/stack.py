@@ -621,9 +621,10 @@ def align_and_stack(
     """Align frames onto a reference and combine them.
 
     Frames are loaded one at a time, aligned with `find_transform` (from the precomputed
-    source lists), masked pixels set to NaN, warped with `warp` and written as float32 ``.npy``
-    files into a private temporary directory under ``workdir``; those are combined with
-    `ccdwatch.calib.combine` through read-only memory maps and then deleted.
+    source lists), masked pixels set to NaN and warped with `warp`. The warped frames are kept
+    in memory when all of them take at most a quarter of ``memory_budget``; otherwise they are
+    written as float32 ``.npy`` files into a private temporary directory under ``workdir`` and
+    combined through read-only memory maps, then deleted.
 
     Parameters
     ----------
@@ -674,7 +675,8 @@ def align_and_stack(
     Path(workdir).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="stack-", dir=workdir))
     try:
-        paths: list[Path] = []
+        paths: list[Path | np.ndarray] = []  # scratch file, or the warped frame itself
+        in_memory: bool | None = None
         output_shape: tuple[int, int] | None = None
         coverage: np.ndarray | None = None
         ref_sky = float("nan")
@@ -713,15 +715,21 @@ def align_and_stack(
                 if math.isfinite(offset) and offset != 0.0:
                     warped -= np.float32(offset)
                 offsets[i] = offset if math.isfinite(offset) else 0.0
-            path = scratch / f"frame-{len(paths):05d}.npy"
-            np.save(path, warped)
+            if in_memory is None:  # all warped frames in RAM when they take <= 1/4 of the budget
+                in_memory = warped.nbytes * len(ids) <= memory_budget // 4
+            if in_memory:
+                paths.append(warped)
+            else:
+                path = scratch / f"frame-{len(paths):05d}.npy"
+                np.save(path, warped)
+                paths.append(path)
             del warped
-            paths.append(path)
             transforms[i] = t
         if not paths or coverage is None:  # pragma: no cover - the reference always stacks
             raise ValueError(f"nothing to stack: {failed}")
         logger.info("stacking %d of %d frames onto %s (%s)", len(paths), len(ids), reference, method)
-        frames = [np.load(p, mmap_mode="r") for p in paths]
+        frames = [p if isinstance(p, np.ndarray) else np.load(p, mmap_mode="r") for p in paths]
+        del paths
         image, used = calib.combine(
             frames,
             method=method,

@@ -590,3 +590,14 @@ def test_real_night_quality_and_alignment(tmp_path: Path) -> None:
     _, stacked = qa.measure(result.image)
     d, _ = cKDTree(stacked.xy).query(sources[1].xy[:20])
     assert np.median(d) < 0.1  # measured 0.03 px
+
+
+def test_stack_identical_in_memory_and_through_scratch_files(
+    night: Night, clipped: stack.StackResult, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Warped frames stay in RAM when they fit a quarter of the budget; with a tiny budget they go
+    through .npy scratch files (removed afterwards). The stack is the same either way."""
+    scratch = run_stack(night, tmp_path_factory, method="sigma_clip", memory_budget=1 << 16)
+    np.testing.assert_array_equal(scratch.image, clipped.image)
+    np.testing.assert_array_equal(scratch.count, clipped.count)
+    np.testing.assert_array_equal(scratch.used, clipped.used)
