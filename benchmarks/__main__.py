@@ -107,7 +107,7 @@ def targets(res: dict) -> list[dict]:
         add(f"{size} alignment / astroalign.register (rms {acc['ccdwatch']:.3f} vs {acc['astroalign']:.3f} px)",
             st["align: ccdwatch total"]["median"] / st["align: astroalign.register"]["median"], 0.5)
     if "memory" in res:
-        add("combine 30 flats 6000x4000, 1 GiB budget: peak RSS (GiB)", res["memory"]["maxrss_mb"] / 1024, 1.2, "GiB")
+        add("master flat job, 30 flats 6000x4000, 1 GiB budget: peak RSS (GiB)", res["memory"]["maxrss_mb"] / 1024, 1.2, "GiB")
     if "latency" in res:
         lat = res["latency"]
         add(f"daemon latency p95 ({res['latency_size']}), s", lat["p95"], lat["settle_seconds"] + 0.5, "s")
@@ -152,7 +152,7 @@ def report(res: dict) -> None:
               + ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in c["per_frame_s"].items()))
     if "memory" in res:
         mem = res["memory"]
-        print(f"=== memory: 30 flats 6000x4000 combined: peak RSS {mem['maxrss_mb']:.0f} MiB, wall {mem['wall']:.1f} s")
+        print(f"=== memory: master flat job on 30 flats of 6000x4000: peak RSS {mem['maxrss_mb']:.0f} MiB, wall {mem['wall']:.1f} s")
     print("\n=== targets ===")
     for t in res["targets"]:
         if t["status"] == "n/a":

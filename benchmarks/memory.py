@@ -1,5 +1,7 @@
-"""Memory case: combine 30 flats of 6000x4000 with the default 1 GiB budget, as the master job does
-(each raw read and prepared to a float32 ``.npy``, then combined through read-only memory maps).
+"""Memory case: the daemon's own master job (`ccdwatch.jobs.build_master`) on 30 flats of
+6000x4000 with the default 1 GiB budget: each raw read and prepared to a float32 ``.npy`` (the
+set is far larger than a quarter of the budget), combined in strips through read-only memory
+maps, normalised, written with its preview.
 
 Run as ``python -m benchmarks.memory FLAT_DIR WORKDIR`` (the harness measures its peak RSS).
 """
@@ -8,15 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from ccdwatch import calib
+from ccdwatch import jobs
 from ccdwatch.config import Config
-from ccdwatch.fitsio import read_raw
+from ccdwatch.fitsio import sha256_file
 from ccdwatch.synth import Camera, make_night
 
 N_FLATS = 30
@@ -36,22 +35,20 @@ def flats(directory: Path) -> list[Path]:
 def main(flat_dir: str, workdir: str) -> None:
     cfg = Config()
     paths = flats(Path(flat_dir))
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        t0 = time.perf_counter()
-        arrays, scales = [], []
-        for i, p in enumerate(paths):
-            data = calib.calibrate(read_raw(p).data)
-            scales.append(1.0 / float(np.nanmedian(data)))
-            np.save(Path(tmp) / f"{i}.npy", data)
-            del data
-            arrays.append(np.load(Path(tmp) / f"{i}.npy", mmap_mode="r"))
-        t1 = time.perf_counter()
-        calib.combine(arrays, method=cfg.masters.flat_method, scales=scales,
-                      memory_budget=int(cfg.masters.memory_budget_mb * 2**20))
-        t2 = time.perf_counter()
-    print(json.dumps({"n": len(paths), "shape": SHAPE, "prepare_s": t1 - t0, "combine_s": t2 - t1,
-                      "budget_mb": cfg.masters.memory_budget_mb}))
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    spec = jobs.MasterSpec(
+        kind="flat", frames=tuple(((str(p),), sha256_file(p)) for p in paths), bias_path=None, dark_path=None,
+        dark_scale=None, method=cfg.masters.flat_method, sigma=cfg.masters.sigma,
+        memory_budget=int(cfg.masters.memory_budget_mb * 2**20), hot_pixel_sigma=cfg.masters.hot_pixel_sigma,
+        out_path=str(work / "master_flat.fits"), header={}, inputs_table=tuple((i, "0" * 64) for i in range(len(paths))),
+        workdir=str(work / "scratch"), max_data_bytes=int(cfg.ingest.max_data_mb * 2**20),
+        allow_compressed=cfg.ingest.allow_compressed, preview_path=str(work / "master_flat.png"),
+        preview_title="master flat (memory benchmark)")
+    t0 = time.perf_counter()
+    jobs.build_master(spec)
+    t1 = time.perf_counter()
+    print(json.dumps({"n": len(paths), "shape": SHAPE, "build_s": t1 - t0, "budget_mb": cfg.masters.memory_budget_mb}))
 
 
 if __name__ == "__main__":

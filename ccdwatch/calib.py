@@ -494,11 +494,19 @@ def normalise_flat(flat: ArrayLike) -> np.ndarray:
         float32, median 1.
     """
     data = np.asarray(flat)
-    finite = data[np.isfinite(data)]
-    level = float(np.median(finite)) if finite.size else math.nan
+    if data.ndim != 2:
+        raise ValueError(f"flat must be 2-D, got shape {data.shape}")
+    finite = data[np.isfinite(data)]  # a copy: the median may reorder it in place
+    level = float(np.median(finite, overwrite_input=True)) if finite.size else math.nan
+    del finite
     if not (math.isfinite(level) and level > 0):
         raise ValueError(f"flat median must be positive to normalise, got {level}")
-    return (data.astype(np.float64) / level).astype(np.float32)
+    # float64 division in row blocks: no whole-frame float64 temporaries (~600 MB at 24 Mpix)
+    out = np.empty(data.shape, dtype=np.float32)
+    step = max(1, (1 << 19) // max(1, data.shape[1]))
+    for y0 in range(0, data.shape[0], step):
+        out[y0:y0 + step] = data[y0:y0 + step].astype(np.float64) / level
+    return out
 
 
 def calibrate(

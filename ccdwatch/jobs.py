@@ -187,7 +187,7 @@ def build_master(spec: MasterSpec) -> MasterResult:
         [fits.Column(name="FRAME_ID", format="K", array=np.array([i for i, _ in spec.inputs_table])),
          fits.Column(name="SHA256", format="64A", array=np.array([h for _, h in spec.inputs_table]))],
         name="INPUTS")
-    hdus = fits.HDUList([fits.PrimaryHDU(combined.astype(np.float32), header=header), table])
+    hdus = fits.HDUList([fits.PrimaryHDU(np.asarray(combined, dtype=np.float32), header=header), table])
     if hot is not None:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
