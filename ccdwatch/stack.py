@@ -1,17 +1,20 @@
 """Alignment of calibrated lights onto a reference frame and their combination into a stack.
 
-Pure numerics apart from the scratch ``.npy`` files `align_and_stack` keeps in a caller-given
-work directory so that only one frame is ever in memory while warping.
+Pure numerics apart from the scratch ``.npy`` files `align_and_stack` writes into a
+caller-given work directory when a group's warped frames do not fit a quarter of its memory
+budget.
 
-Why not ``astroalign.register``: it detects the sources of *both* images on every call and warps
-with scikit-image. Here sources are detected once per frame (`ccdwatch.qa.measure`), the
-reference's list is reused for every frame, astroalign only matches the star patterns, the match
-is refined by least squares over all the stars, and the image is resampled with
-``scipy.ndimage.affine_transform``. Measured on a 1092x736 float32 frame with 150 stars
-(2-core VM, astroalign 2.6.2, scipy 1.17, best of 5): ``astroalign.register`` 0.12 s per frame
-versus 0.06 s for `find_transform` (both source lists precomputed; nearly all of it is
-astroalign's triangle invariants) plus 0.02 s for `warp` (bilinear; 0.06 s cubic). The source
-detection (`ccdwatch.qa.measure`, 0.11 s) is done once per frame anyway for the quality metrics.
+Why not ``astroalign.register``: it detects the sources of *both* images on every call, builds
+the triangle invariants of both lists in pure Python and warps with scikit-image. Here sources are
+detected once per frame (`ccdwatch.qa.measure`); the triangle asterisms of each list (every star
+with its 4 nearest neighbours, as astroalign forms them) and their invariants are computed with
+numpy, the reference's once per stack; matching triangles propose similarities that are checked
+against all control points, astroalign's RANSAC being the fallback when no proposal is clear;
+the match is refined by least squares over all the stars; and the image is resampled with
+OpenCV's bilinear ``warpAffine`` (scipy's spline ``affine_transform`` for higher orders).
+Measured on the 2k benchmark night (2-core VM, ``make bench``): 4 ms per frame for
+`find_transform` and ~35 ms for `warp`, against ~420 ms for ``astroalign.register``, with the
+same accuracy against the true star positions (0.003 vs 0.002 px rms).
 """
 
 from __future__ import annotations
