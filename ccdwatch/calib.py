@@ -19,6 +19,7 @@ import logging
 import math
 import mmap
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -341,6 +342,7 @@ def combine(
     scales: Sequence[float] | None = None,
     memory_budget: int = 1 << 30,
     return_count: bool = False,
+    threads: int = 1,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Combine same-shape frames pixel by pixel into one image.
 
@@ -371,6 +373,9 @@ def combine(
         Bytes the working set may use (at least one row of all frames is always processed).
     return_count : bool
         Also return the number of inputs used per pixel (after clipping).
+    threads : int
+        Strips combined side by side by this many threads (numpy releases the GIL in its
+        loops), each within ``memory_budget / threads``. The result does not depend on it.
 
     Returns
     -------
@@ -401,7 +406,7 @@ def combine(
 
     ny, nx = arrays[0].shape
     bytes_per_row = nframes * nx * 4 * _WORKING_COPIES[method] + nx * 32
-    rows = max(1, min(ny, int(memory_budget // bytes_per_row))) if ny else 1
+    rows = max(1, min(ny, int(memory_budget // max(1, int(threads)) // bytes_per_row))) if ny else 1
     rows = max(1, min(rows, _STRIP_CACHE_BYTES // (nframes * nx * 4 or 1)))
     if memory_budget < bytes_per_row:
         logger.warning("memory budget %d B is below one row of %d frames (%d B); using 1-row strips",
@@ -411,20 +416,31 @@ def combine(
     floor = _spread_floor(arrays, factors) if method == "sigma_clip" else 0.0
     combined = np.empty((ny, nx), dtype=np.float32)
     count = np.empty((ny, nx), dtype=np.uint16) if return_count else None
-    stack = np.empty((nframes, rows, nx), dtype=np.float32)
-    for y0 in range(0, ny, rows):
-        y1 = min(ny, y0 + rows)
-        strip = slice(y0, y1)
-        work = stack[:, : y1 - y0]
-        for i, frame in enumerate(arrays):
-            work[i] = frame[strip]
-            if factors is not None:
-                work[i] *= factors[i]
-            _release_pages(frame)
-        values, n = _combine_strip(work, method, sigma, maxiters, floor)
-        combined[strip] = values
-        if count is not None:
-            count[strip] = n
+    starts = list(range(0, ny, rows))
+    threads = max(1, min(int(threads), len(starts)))
+
+    def run(first: int) -> None:
+        stack = np.empty((nframes, rows, nx), dtype=np.float32)
+        for y0 in starts[first::threads]:
+            y1 = min(ny, y0 + rows)
+            strip = slice(y0, y1)
+            work = stack[:, : y1 - y0]
+            for i, frame in enumerate(arrays):
+                work[i] = frame[strip]
+                if factors is not None:
+                    work[i] *= factors[i]
+                _release_pages(frame)
+            values, n = _combine_strip(work, method, sigma, maxiters, floor)
+            combined[strip] = values
+            if count is not None:
+                count[strip] = n
+
+    if threads == 1:
+        run(0)
+    else:  # numpy releases the GIL in its loops: strips combine side by side
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for fut in [pool.submit(run, k) for k in range(threads)]:
+                fut.result()
     if return_count:
         return combined, count
     return combined

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +134,7 @@ class MasterSpec:
     preview_path: str | None
     preview_title: str
     min_free_bytes: int = 0
+    threads: int = 1  # threads for the combination (cores the pool would otherwise leave idle)
 
 
 @dataclass(frozen=True)
@@ -152,29 +153,43 @@ def build_master(spec: MasterSpec) -> MasterResult:
     dark = load_master(spec.dark_path)[0] if spec.dark_path else None
     Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
-        arrays, scales = [], []
-        in_memory: int | None = None  # decided on the first frame: all inputs in RAM if they fit
-        for i, (paths, sha) in enumerate(spec.frames):
+        in_memory = True  # decided on the first frame: all inputs in RAM if they fit
+
+        def prepare(i: int) -> tuple[np.ndarray, float]:
+            paths, sha = spec.frames[i]
             raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
             data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale or 1.0)
             del raw
+            scale = 1.0
             if spec.kind == "flat":
                 # the median of a regular subsample (<= 1 M pixels) is the scale to ~1e-4
                 med = calib.robust_median(data)
                 if not np.isfinite(med) or med <= 0:
                     raise ValueError(f"flat input {paths[0]} has a non-positive median ({med:g})")
-                scales.append(1.0 / med)
-            if in_memory is None:
-                in_memory = data.nbytes * len(spec.frames) <= spec.memory_budget // 4
+                scale = 1.0 / med
+            return keep(i, data), scale
+
+        def keep(i: int, data: np.ndarray) -> np.ndarray:
             if in_memory:  # a few frames: no scratch files to write and map back
-                arrays.append(data)
-                continue
+                return data
             npy = Path(tmp) / f"{i}.npy"
             np.save(npy, data)
-            del data
-            arrays.append(np.load(npy, mmap_mode="r"))
+            return np.load(npy, mmap_mode="r")
+
+        first = prepare(0)
+        in_memory = first[0].nbytes * len(spec.frames) <= spec.memory_budget // 4
+        first = (keep(0, first[0]), first[1])
+        rest = range(1, len(spec.frames))
+        if spec.threads > 1:  # reading, checksums and calibration release the GIL for the most part
+            with ThreadPoolExecutor(max_workers=spec.threads) as pool:
+                prepared = [first, *pool.map(prepare, rest)]
+        else:
+            prepared = [first, *map(prepare, rest)]
+        arrays = [a for a, _ in prepared]
+        scales = [k for _, k in prepared] if spec.kind == "flat" else []
+        del prepared, first
         combined = calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
-                                 memory_budget=spec.memory_budget)
+                                 memory_budget=spec.memory_budget, threads=spec.threads)
         del arrays
     if spec.kind == "flat":
         combined = calib.normalise_flat(combined)
@@ -291,6 +306,7 @@ class StackSpec:
     preview_path: str | None
     preview_title: str
     min_free_bytes: int = 0
+    threads: int = 1  # threads for the combination (cores the pool would otherwise leave idle)
 
 
 @dataclass(frozen=True)
@@ -317,7 +333,7 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
         result = stack.align_and_stack(list(spec.products), lambda fid: read_product(spec.products[fid])[1],
                                        sources, spec.reference, masks=masks, method=spec.method, sigma=spec.sigma,
-                                       memory_budget=spec.memory_budget, workdir=tmp)
+                                       memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads)
     header = to_fits_header(spec.header)
     header["REFID"] = (result.reference, "frame id of the alignment reference")
     reasons = dict(spec.rejected)

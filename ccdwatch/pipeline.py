@@ -15,6 +15,7 @@ each is safe to run twice: a job whose result already exists does nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -406,7 +407,7 @@ class Pipeline:
                     plans.append(plan)
             if not plans:
                 continue
-            futures = self.workers.map(jobs.build_master, [p["spec"] for p in plans],
+            futures = self.workers.map(jobs.build_master, self._share_cores([p["spec"] for p in plans]),
                                        timeout=self.cfg.workers.job_timeout)
             for plan, fut in zip(plans, futures, strict=True):
                 try:
@@ -423,6 +424,13 @@ class Pipeline:
         if built:
             self.calibrate_pending(final=final, new_masters=built)
         return built
+
+    def _share_cores(self, specs: list[Any]) -> list[Any]:
+        """Fewer combinations than workers (one master of a rank, one group to stack): each gets
+        the idle workers' share of cores as threads for its combination, never more cores in
+        all than ``workers.processes``."""
+        threads = max(1, self.cfg.workers.processes // max(1, len(specs)))
+        return [dataclasses.replace(spec, threads=threads) for spec in specs] if threads > 1 else specs
 
     def _lights_waiting_for(self, s: Session, kind: str, sample: Frame) -> bool:
         stmt = select(func.count()).select_from(Frame).where(
@@ -839,7 +847,8 @@ class Pipeline:
         plans = [p for p in (self._plan_stack(key) for key in group_keys) if p is not None]
         if not plans:
             return []
-        futures = self.workers.map(jobs.stack_group, [p["spec"] for p in plans], timeout=self.cfg.workers.job_timeout)
+        futures = self.workers.map(jobs.stack_group, self._share_cores([p["spec"] for p in plans]),
+                                   timeout=self.cfg.workers.job_timeout)
         built = []
         for plan, fut in zip(plans, futures, strict=True):
             try:

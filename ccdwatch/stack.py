@@ -620,6 +620,7 @@ def align_and_stack(
     workdir: str | os.PathLike[str],
     order: int = 1,
     match_background: bool = True,
+    threads: int = 1,
 ) -> StackResult:
     """Align frames onto a reference and combine them.
 
@@ -655,6 +656,8 @@ def align_and_stack(
     match_background : bool
         Subtract from each frame the difference between its sky level and the reference's
         (additive offset) before combining, so that a changing sky does not bias the clipping.
+    threads : int
+        Threads for the combination (`ccdwatch.calib.combine`); the result does not depend on it.
 
     Returns
     -------
@@ -739,6 +742,7 @@ def align_and_stack(
             sigma=sigma,
             memory_budget=memory_budget,
             return_count=True,
+            threads=threads,
         )
         # own copies, independent of the memory maps that are about to be deleted
         image = np.array(image, dtype=np.float32, copy=True)

@@ -274,6 +274,11 @@ def test_combine_in_strips_equals_combine_at_once(method):
                                    return_count=True)
         assert np.array_equal(part, whole, equal_nan=True)
         assert np.array_equal(part_count, whole_count)
+        for threads in (2, 3):  # strips shared out between threads: the same result
+            par, par_count = combine(frames, method=method, scales=scales, memory_budget=budget * threads,
+                                     return_count=True, threads=threads)
+            assert np.array_equal(par, whole, equal_nan=True)
+            assert np.array_equal(par_count, whole_count)
 
 
 def test_combine_scales_multiply_each_frame():
