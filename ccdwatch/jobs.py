@@ -321,7 +321,8 @@ class StackJobResult:
 def stack_group(spec: StackSpec) -> StackJobResult:
     """Align the calibrated frames on the reference (sources detected at calibration) and combine."""
     faults.point("stack", spec.out_path)
-    sources, masks = {}, {}
+    sources, masks, images = {}, {}, {}
+    keep_images: bool | None = None  # the images read for the source lists, kept if they fit
     for fid, path in spec.products.items():
         hdus = read_product_hdus(path)
         tab = hdus["SOURCES"].data
@@ -329,9 +330,19 @@ def stack_group(spec: StackSpec) -> StackJobResult:
                                   flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
                                   elongation=np.asarray(tab["ELONGATION"], float))
         masks[fid] = np.asarray(hdus["BADPIX"].data).astype(bool) if "BADPIX" in hdus else None
+        image = hdus[0].data
+        if keep_images is None:  # an eighth of the budget: the warped copies may take a quarter
+            keep_images = image is not None and image.size * 4 * len(spec.products) <= spec.memory_budget // 8
+        if keep_images:
+            images[fid] = np.array(image, dtype=np.float32, copy=True)
+        del hdus, image
+
+    def load(fid: int) -> np.ndarray:  # each image read once when the group is small enough
+        return images.pop(fid) if fid in images else read_product(spec.products[fid])[1]
+
     Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
-        result = stack.align_and_stack(list(spec.products), lambda fid: read_product(spec.products[fid])[1],
+        result = stack.align_and_stack(list(spec.products), load,
                                        sources, spec.reference, masks=masks, method=spec.method, sigma=spec.sigma,
                                        memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads)
     header = to_fits_header(spec.header)
