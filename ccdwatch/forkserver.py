@@ -12,8 +12,8 @@ import multiprocessing.context
 import os
 
 #: What the fork server imports once, so that every worker forked from it starts warm
-#: (numpy, astropy, sep, astroalign, scipy, OpenCV, and matplotlib for the previews).
-PRELOAD = ["ccdwatch.jobs", "ccdwatch.previews"]
+#: (numpy, astropy, sep, astroalign, scipy, OpenCV; matplotlib and the report for the pictures).
+PRELOAD = ["ccdwatch.jobs", "ccdwatch.previews", "ccdwatch.report"]
 
 
 def context() -> multiprocessing.context.BaseContext:

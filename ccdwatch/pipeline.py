@@ -425,6 +425,12 @@ class Pipeline:
             self.calibrate_pending(final=final, new_masters=built)
         return built
 
+    def _run_on_workers(self, fn: Any, specs: list[Any]) -> list[Any]:
+        """Run side jobs (the report's pictures) on the workers: each one's result, or the
+        exception it raised, in order."""
+        futures = self.workers.map(fn, specs, timeout=self.cfg.workers.job_timeout)
+        return [f.exception() or f.result() for f in futures]
+
     def _share_cores(self, specs: list[Any]) -> list[Any]:
         """Fewer combinations than workers (one master of a rank, one group to stack): each gets
         the idle workers' share of cores as threads for its combination, never more cores in
@@ -834,7 +840,7 @@ class Pipeline:
             from ccdwatch import report
 
             for night in sorted(nights):
-                report.refresh(self.cfg, self.catalog, night)  # never raises; off with report.refresh
+                report.refresh(self.cfg, self.catalog, night, run=self._run_on_workers)  # never raises
         return built
 
     def stack_group(self, group_key: str) -> int | None:

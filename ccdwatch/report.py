@@ -22,7 +22,7 @@ import html
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -555,14 +555,13 @@ def quality_plot(lights: Sequence[FrameRow], path: str | os.PathLike, *, title: 
     return previews.save_figure(fig, Path(path))
 
 
-def _raw_pixels(frame: FrameRow, cfg: Config) -> np.ndarray | None:
+def _raw_pixels(frame: FrameRow, *, max_data_bytes: int, allow_compressed: bool) -> np.ndarray | None:
     """The raw pixels of a frame from any path it was seen under that still holds its content."""
     from ccdwatch.fitsio import RejectedFile, read_raw
 
     for p in frame.paths:
         try:
-            raw = read_raw(p, max_data_bytes=int(cfg.ingest.max_data_mb * 2**20),
-                           allow_compressed=cfg.ingest.allow_compressed)
+            raw = read_raw(p, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
         except (OSError, RejectedFile) as exc:
             logger.debug("raw frame %d not readable at %s: %s", frame.id, p, exc)
             continue
@@ -582,7 +581,8 @@ def _representative(data: NightData, g: Group) -> FrameRow | None:
     return frames[0] if frames else None
 
 
-def _group_panel(data: NightData, g: Group, img_dir: Path, cfg: Config) -> tuple[str | None, str]:
+def _group_panel(data: NightData, g: Group, img_dir: Path, *, max_data_bytes: int,
+                 allow_compressed: bool) -> tuple[str | None, str]:
     """Raw | calibrated | stack of one group, same stretch. Returns (file name or None, caption)."""
     from ccdwatch import previews
     from ccdwatch.fitsio import read_product
@@ -599,7 +599,7 @@ def _group_panel(data: NightData, g: Group, img_dir: Path, cfg: Config) -> tuple
     if _is_png(dest):
         return name, caption
     panels: list[tuple[str, np.ndarray]] = []
-    raw = _raw_pixels(rep, cfg)
+    raw = _raw_pixels(rep, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
     if raw is not None:
         panels.append((_mpl_text(f"raw: {rep.name}"), raw))
     if cal is not None:
@@ -668,18 +668,74 @@ class Images:
     panels: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def make_images(data: NightData, img_dir: Path, cfg: Config) -> Images:
-    """Draw or copy every picture of the report into ``img_dir``; failures cost only that picture."""
-    img_dir.mkdir(parents=True, exist_ok=True)
-    images = Images()
-    try:
+@dataclass(frozen=True)
+class Picture:
+    """One picture of the report to draw: the quality plot, or the comparison panel of a group.
+    Plain data, so that the daemon can have its workers draw the pictures side by side."""
+
+    kind: str  # "quality" or "panel"
+    data: NightData
+    img_dir: str
+    max_data_bytes: int  # limits for re-reading raw frames (the ingest's)
+    allow_compressed: bool
+    group: Group | None = None
+
+
+def draw_picture(task: Picture) -> tuple[str | None, str]:
+    """Draw one `Picture`; returns (file name in the image directory or None, caption)."""
+    data, img_dir = task.data, Path(task.img_dir)
+    if task.kind == "quality":
         darks = [(f"master dark #{m.id} ({m.ccd_temp:g} °C)", m.ccd_temp) for m in data.masters
                  if m.kind == "dark" and m.used_by and m.ccd_temp is not None]
         q = quality_plot(data.lights, img_dir / "quality.png", title=f"light frames of night {data.night}",
                          dark_temperatures=darks)
-        images.quality = q.name if q is not None else None
-    except Exception:
-        logger.exception("report: quality plot failed")
+        return (q.name if q is not None else None), ""
+    assert task.group is not None
+    return _group_panel(data, task.group, img_dir, max_data_bytes=task.max_data_bytes,
+                        allow_compressed=task.allow_compressed)
+
+
+#: Draws pictures: ``run(draw_picture, tasks)`` returns, per task and in order, its result or
+#: the exception it raised. The daemon passes one that uses its worker pool.
+PictureRunner = Callable[[Callable[[Picture], Any], list[Picture]], list[Any]]
+
+
+def _draw_here(fn: Callable[[Picture], Any], tasks: list[Picture]) -> list[Any]:
+    out: list[Any] = []
+    for task in tasks:
+        try:
+            out.append(fn(task))
+        except Exception as exc:  # noqa: BLE001 - reported per picture by make_images
+            out.append(exc)
+    return out
+
+
+def make_images(data: NightData, img_dir: Path, cfg: Config, *, run: PictureRunner | None = None) -> Images:
+    """Draw or copy every picture of the report into ``img_dir``; failures cost only that picture.
+
+    The quality plot and the groups' comparison panels are drawn by ``run`` (one after another
+    here by default); master and stack previews are copied.
+    """
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images = Images()
+    limits = dict(max_data_bytes=int(cfg.ingest.max_data_mb * 2**20), allow_compressed=cfg.ingest.allow_compressed)
+    tasks = [Picture("quality", data, str(img_dir), **limits)]
+    tasks += [Picture("panel", data, str(img_dir), **limits, group=g) for g in data.groups]
+    results = (run or _draw_here)(draw_picture, tasks)
+    for task, result in zip(tasks, results, strict=True):
+        if task.kind == "quality":
+            if isinstance(result, BaseException):
+                logger.error("report: quality plot failed: %s", result)
+            else:
+                images.quality = result[0]
+            continue
+        g = task.group
+        assert g is not None
+        if isinstance(result, BaseException):
+            logger.error("report: comparison panel of %s failed: %s", g.key, result)
+            result = (None, "comparison panel failed (see the log)")
+        if result[0]:
+            images.panels[g.key] = result
     for m in data.masters:
         try:
             name = _master_image(m, img_dir)
@@ -697,13 +753,6 @@ def make_images(data: NightData, img_dir: Path, cfg: Config) -> Images:
                 name = None
             if name:
                 images.stacks[g.stack.id] = name
-        try:
-            panel, caption = _group_panel(data, g, img_dir, cfg)
-        except Exception:
-            logger.exception("report: comparison panel of %s failed", g.key)
-            panel, caption = None, "comparison panel failed (see the log)"
-        if panel:
-            images.panels[g.key] = (panel, caption)
     for png in img_dir.glob("*.png"):  # matplotlib's temp files are private (0600); a report is for reading
         try:
             png.chmod(0o644)
@@ -1064,7 +1113,8 @@ def render_html(data: NightData, images: Images) -> str:
 
 
 # ============================================================================ entry points
-def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.PathLike | None = None) -> Path:
+def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.PathLike | None = None, *,
+                 run: PictureRunner | None = None) -> Path:
     """Write the report of ``night`` and return the path of its ``index.html``.
 
     Parameters
@@ -1077,13 +1127,15 @@ def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.Pa
         Night label, ``YYYY-MM-DD``.
     out_dir : path-like, optional
         Directory for ``index.html`` and ``img/``; default ``<products>/reports/<night>``.
+    run : PictureRunner, optional
+        Draws the pictures (e.g. on the daemon's workers); default: one after another here.
     """
     with catalog.reader() as session:
         data = collect(session, night)
     data.warnings, data.notes = night_warnings(data, temperature_tolerance=cfg.masters.temperature_tolerance)
     out = Path(out_dir).absolute() if out_dir is not None else default_report_dir(cfg, night)
     img_dir = out / IMG_DIR
-    images = make_images(data, img_dir, cfg)
+    images = make_images(data, img_dir, cfg, run=run)
     page = write_bytes_atomic(out / "index.html", render_html(data, images).encode("utf-8"))
     keep = {images.quality, *images.masters.values(), *images.stacks.values(), *(p for p, _ in images.panels.values())}
     for old in img_dir.glob("*.png"):  # pictures of superseded stacks and masters
@@ -1093,12 +1145,12 @@ def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.Pa
     return page
 
 
-def refresh(cfg: Config, catalog: Catalog, night: str | None) -> Path | None:
+def refresh(cfg: Config, catalog: Catalog, night: str | None, *, run: PictureRunner | None = None) -> Path | None:
     """Rebuild the report of ``night`` for the daemon when ``report.refresh`` is on; never raises."""
     if not night or not cfg.report.refresh:
         return None
     try:
-        return build_report(cfg, catalog, night)
+        return build_report(cfg, catalog, night, run=run)
     except Exception:
         logger.exception("refreshing the night report of %s failed", night)
         return None

@@ -317,3 +317,18 @@ def test_masters_identical_whether_inputs_stay_in_memory_or_go_through_scratch_f
             np.testing.assert_array_equal(a[key], b[key])
     finally:
         cat2.close()
+
+
+def test_daemon_report_pictures_drawn_by_the_workers(night):
+    """At the end of the night the report's quality plot and per-group panels are drawn by the
+    worker pool (everything they need must cross to the workers), and all of them are there."""
+    cfg, truth, cat = night
+    pages = sorted((Path(cfg.paths.products) / "reports").glob("*/index.html"))
+    assert len(pages) == 1
+    img = pages[0].parent / "img"
+    assert (img / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    panels = sorted(img.glob("group-*.png"))
+    assert len(panels) == 2  # one per filter
+    html = pages[0].read_text()
+    assert "quality.png" in html and all(p.name in html for p in panels)
+    assert "comparison panel failed" not in html
