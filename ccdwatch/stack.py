@@ -30,10 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import astroalign
 import cv2
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ccdwatch import calib
@@ -350,6 +348,8 @@ def find_transform(
                             max_scale_change=max_scale_change)
     if guess is None:
         logger.debug("no clear triangle match; trying astroalign's RANSAC")
+        import astroalign  # the fallback only: not loaded by every worker
+
         try:
             with np.errstate(divide="ignore", invalid="ignore"):  # degenerate triangles
                 t, _ = astroalign.find_transform(
@@ -461,6 +461,8 @@ def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, in
     footprint is computed here). The input must be NaN-free (`warp` fills missing pixels)."""
     ny, nx = output_shape
     if max(ny, nx, *src.shape) >= 32767:  # OpenCV's remap limit (SHRT_MAX)
+        from scipy import ndimage
+
         return ndimage.affine_transform(src, np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]]),
                                         offset=np.array([inv[1, 2], inv[0, 2]]), output_shape=output_shape,
                                         output=np.float32, order=1, mode="constant", cval=np.nan, prefilter=False)
@@ -530,6 +532,8 @@ def warp(
     if order == 1:
         out = _warp_bilinear(src, inv, tuple(output_shape))
     else:
+        from scipy import ndimage  # splines: ~0.15 s to import, only for order > 1
+
         out = ndimage.affine_transform(
             src,
             a,
@@ -546,6 +550,8 @@ def warp(
             # few missing pixels (hot pixels): find the output pixels they reach directly
             out[_touched_by_missing(missing, m, a, offset, tuple(output_shape))] = np.nan
         else:
+            from scipy import ndimage
+
             touched = ndimage.affine_transform(
                 missing.astype(np.float32),
                 a,

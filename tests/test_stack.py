@@ -170,7 +170,9 @@ def test_triangle_matcher_finds_the_dither_without_astroalign(night: Night, monk
     def no_astroalign(*args, **kwargs):
         raise AssertionError("astroalign fallback used")
 
-    monkeypatch.setattr(stack.astroalign, "find_transform", no_astroalign)
+    import astroalign
+
+    monkeypatch.setattr(astroalign, "find_transform", no_astroalign)
     for i in range(1, N_FRAMES):
         t = stack.find_transform(night.sources[i], night.sources[0])
         x, y = t.apply(night.truth[i].x, night.truth[i].y)
