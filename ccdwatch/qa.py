@@ -288,7 +288,12 @@ def measure(
 
     # Background map (64 px meshes) with saturated pixels kept out of the estimate.
     bkg = sep.Background(img, mask=bad | saturated)
-    sub = img - bkg.back()
+    step = max(1, math.isqrt(img.size // _SKY_SAMPLES))
+    grid = (slice(step // 2, None, step), slice(step // 2, None, step))
+    img_on_grid = img[grid].copy()  # for the sky level: img becomes the subtracted image next
+    bkg.subfrom(img)  # in place: no background map and no second frame-sized array
+    sub = img
+    del img
     sub[bad] = 0.0
     # Detection against the global background rms: a calibrated frame's noise is nearly uniform,
     # and the per-pixel rms map doubled sep's time (0.19 -> 0.10 s at 2k). sep's global rms is
@@ -300,14 +305,12 @@ def measure(
     # Sky level and noise from the pixels that belong to no source (grown by a few pixels), on a
     # regular subgrid of about _SKY_SAMPLES pixels: the median of 250,000 sky pixels is good to
     # ~0.003 sigma, and gathering and sorting all 4 M pixels of a 2k frame twice took ~60 ms.
-    step = max(1, math.isqrt(img.size // _SKY_SAMPLES))
-    grid = (slice(step // 2, None, step), slice(step // 2, None, step))
     source_pixels = _grow(segmap > 0, _SKY_MASK_GROW)
     sky_pixels = ~(source_pixels[grid] | bad[grid] | saturated[grid])
     if np.count_nonzero(sky_pixels) < 100:  # crowded or tiny frame: use sep's global values
         sky, sky_noise = float(bkg.globalback), float(bkg.globalrms)
     else:
-        sky, _ = calib.robust_stats(img[grid][sky_pixels])
+        sky, _ = calib.robust_stats(img_on_grid[sky_pixels])
         _, sky_noise = calib.robust_stats(sub[grid][sky_pixels])
         sky, sky_noise = float(sky), float(sky_noise)
 
@@ -323,7 +326,7 @@ def measure(
     b = np.maximum(objects["b"].astype(np.float64), 1e-3)
     elongation = a / b
     flags = objects["flag"].astype(np.int64)
-    ny, nx = img.shape
+    ny, nx = sub.shape
 
     # Which objects own a saturated pixel? (the segmentation map holds object index + 1)
     is_saturated = np.zeros(n, dtype=bool)
