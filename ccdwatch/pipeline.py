@@ -122,6 +122,10 @@ def calib_key(frame: Frame) -> str:
     return key
 
 
+#: Session.info key of the per-batch cache of current masters (see Pipeline._current_masters).
+_MASTERS_CACHE = "ccdwatch.current_masters"
+
+
 class Pipeline:
     """All processing for one incoming tree, one products root and one catalogue."""
 
@@ -543,6 +547,15 @@ class Pipeline:
 
     # ------------------------------------------------------------------ choosing masters
     def _current_masters(self, s: Session, kind: str, cam: str) -> list[Master]:
+        cache = s.info.get(_MASTERS_CACHE)  # set while a batch of lights is planned
+        if cache is not None:
+            if (kind, cam) not in cache:
+                cache[(kind, cam)] = self._query_current_masters(s, kind, cam)
+            return cache[(kind, cam)]
+        return self._query_current_masters(s, kind, cam)
+
+    @staticmethod
+    def _query_current_masters(s: Session, kind: str, cam: str) -> list[Master]:
         newest = (
             select(Master.calib_key, Master.night, func.max(Master.version).label("v"))
             .where(Master.kind == kind, Master.camera_key == cam)
@@ -677,10 +690,14 @@ class Pipeline:
         """Plan every light (catalogue), calibrate them in the worker pool in parallel, commit each."""
         plans = []
         with self.catalog.session() as s:
+            # the current masters of a camera are the same for every light of the batch: query
+            # them once (a catch-up of 5,000 lights before any master spent most of its time here)
+            s.info[_MASTERS_CACHE] = {}
             for fid in frame_ids:
                 plan = self._plan_calibration(s, fid, final=final)
                 if plan is not None:
                     plans.append(plan)
+            del s.info[_MASTERS_CACHE]
         if not plans:
             return 0
         futures = self.workers.map(jobs.calibrate_light, [p[0] for p in plans], timeout=self.cfg.workers.job_timeout)
