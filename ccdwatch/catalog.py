@@ -16,18 +16,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from ccdwatch.config import database_url
 from ccdwatch.models import Event, Frame
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# alembic (~0.15 s to import) is imported where the schema is checked or migrated, so the
+# workers, which read the catalogue's models but never migrate it, do not load it.
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -60,6 +64,8 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     assert head is not None
     return head
@@ -116,6 +122,8 @@ def make_engine(database: str, *, writer: bool = True) -> Engine:
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -126,6 +134,8 @@ def _has_tables(engine: Engine) -> bool:
 
 def create_at_head(engine: Engine) -> None:
     """Create a new, empty catalogue at the head revision (by running the migrations)."""
+    from alembic import command
+
     cfg = alembic_config(str(engine.url))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
@@ -148,6 +158,8 @@ def check_schema(engine: Engine, *, create: bool = True) -> str:
     rev = current_revision(engine)
     if rev == head:
         return head
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
     known = {r.revision for r in script.walk_revisions()}
     if rev is None or rev not in known:
@@ -211,6 +223,8 @@ def upgrade(database: str) -> tuple[str | None, str, Path | None]:
             stamp = utcnow().strftime("%Y%m%dT%H%M%S")
             backup = backup_sqlite(path, path.with_name(f"{path.name}.bak-{old}-{stamp}"))
             logger.info("backed up %s to %s", path, backup)
+        from alembic import command
+
         cfg = alembic_config(str(engine.url))
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn

@@ -28,14 +28,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ccdwatch import calib
 from ccdwatch.qa import Sources
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +160,15 @@ def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+def _kdtree(points: np.ndarray) -> cKDTree:
+    """scipy's k-d tree, imported on first use (~0.17 s): the daemon's own process, which imports
+    this module for its job descriptions but never aligns, does not load it; the workers' fork
+    server preloads it (`ccdwatch.forkserver.WARM`)."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(points)
+
+
 def _apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return xy @ m[:2, :2].T + m[:2, 2]
 
@@ -169,7 +180,7 @@ def _refine(
 
     Returns the refined matrix, the number of matched pairs and their RMS residual (px).
     """
-    tree = cKDTree(dst)
+    tree = _kdtree(dst)
     n_pairs, rms = 0, math.inf
     for _ in range(iterations):
         dist, j = tree.query(_apply(m, src), k=1, distance_upper_bound=radius)
@@ -221,7 +232,7 @@ def _pattern(xy: np.ndarray) -> _Pattern:
     Python loops take ~60 ms per list."""
     xy = np.asarray(xy, dtype=np.float64)
     k = min(len(xy), _NEIGHBOURS)
-    _, nearest = cKDTree(xy).query(xy, k)
+    _, nearest = _kdtree(xy).query(xy, k)
     nearest = np.asarray(nearest).reshape(len(xy), k)
     combos = np.array(list(itertools.combinations(range(k), 3)))
     tri = np.unique(np.sort(nearest[:, combos].reshape(-1, 3), axis=1), axis=0)
@@ -234,7 +245,7 @@ def _pattern(xy: np.ndarray) -> _Pattern:
     ok = sides[:, 0] > 1e-6  # coincident points make no triangle
     tri, sides = tri[ok], sides[ok]
     invariants = np.column_stack([sides[:, 2] / sides[:, 1], sides[:, 1] / sides[:, 0]])
-    return _Pattern(xy=xy, triangles=tri, invariants=invariants, tree=cKDTree(invariants))
+    return _Pattern(xy=xy, triangles=tri, invariants=invariants, tree=_kdtree(invariants))
 
 
 _PATTERNS: dict[bytes, _Pattern] = {}
@@ -281,7 +292,7 @@ def _match_patterns(frame: _Pattern, ref: _Pattern, *, max_scale_change: float) 
     order = np.argsort(fit, kind="stable")
     a, b = a[order], b[order]
     points = frame.xy @ np.array([1.0, 1j])
-    ref_tree = cKDTree(ref.xy)
+    ref_tree = _kdtree(ref.xy)
     need = max(3, (min(len(frame.xy), len(ref.xy)) + 1) // 2)
     for start in range(0, a.size, _BATCH):
         aa_, bb = a[start:start + _BATCH], b[start:start + _BATCH]

@@ -1,0 +1,33 @@
+"""What the daemon's process and the workers' fork server import at start-up (issue 7: start-up
+is ~1 s of a 2k night, so each avoidable import is measurable)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _modules_after(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport gc, json, sys\n"
+                          "print(json.dumps({'modules': sorted(sys.modules), 'gc_enabled': gc.isenabled(),"
+                          " 'frozen': gc.get_freeze_count()}))"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_fork_server_preload_is_warm_frozen_and_leaves_the_collector_on():
+    state = _modules_after("import ccdwatch._preload")
+    modules = set(state["modules"])
+    for name in ("ccdwatch.jobs", "ccdwatch.previews", "ccdwatch.report", "scipy.spatial", "sep", "cv2"):
+        assert name in modules, f"workers would import {name} on their first job"
+    assert not any(m == "alembic" or m.startswith("alembic.") for m in modules), "workers never migrate"
+    assert state["gc_enabled"], "workers forked from the server must collect cycles"
+    assert state["frozen"] > 100_000, "the preloaded heap should be frozen before forking"
+
+
+def test_daemon_process_does_not_load_what_only_workers_use():
+    modules = set(_modules_after("import ccdwatch.cli, ccdwatch.pipeline, ccdwatch.watch")["modules"])
+    assert "ccdwatch.jobs" in modules  # the job descriptions
+    assert "scipy.spatial" not in modules  # alignment runs on the workers only
+    assert "matplotlib" not in modules
