@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import importlib
 import json
 import logging
@@ -600,5 +601,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def entry() -> None:
+    """The ``ccdwatch`` console script: `main`, then exit.
+
+    Freezing the heap first (`gc.freeze`) spares the interpreter's final collections a walk
+    over everything numpy, astropy and SQLAlchemy left loaded: ~0.3 s of every command's
+    exit. Files and the catalogue are closed by then; only the cyclic collector is skipped.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
