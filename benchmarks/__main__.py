@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import logging
 import os
@@ -179,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.size or ["2k"]
     work = args.workdir.absolute()
     work.mkdir(parents=True, exist_ok=True)
+    # byte-compile ccdwatch and the harness as installing a wheel would: with
+    # PYTHONDONTWRITEBYTECODE set, an edited checkout would otherwise recompile at every start
+    for pkg in (HERE.parent / "ccdwatch", HERE):
+        compileall.compile_dir(pkg, quiet=1)
     t0 = time.time()
     res: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "sizes": {}}
     for size in sizes:

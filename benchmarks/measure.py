@@ -96,6 +96,9 @@ def run(name: str, cmd: Sequence[str | os.PathLike], *, cwd: str | os.PathLike |
     if env:
         full_env.update(env)
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ccdwatch-bench-{os.getpid()}-{name.replace(' ', '_')}.log"
+    # write back what earlier tools left dirty (GBs at 4k), so that this one's fsyncs do not
+    # queue behind it: a 4k ccdwatch run with 2.3 GB dirty took 29.2 s, after a sync 27.4 s
+    os.sync()
     with open(log, "wb") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=full_env, stdout=out,
