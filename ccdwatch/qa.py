@@ -161,28 +161,34 @@ def _grow(mask: np.ndarray, iterations: int) -> np.ndarray:
 def _run_sep_extract(
     data: np.ndarray, thresh: float, *, err: np.ndarray | float, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``sep.extract``, retried with larger internal buffers when a frame overflows them."""
+    """``sep.extract``, retried with larger internal buffers when a frame overflows them.
+
+    sep's pixel stack (300,000 pixels above threshold by default) is too small for a frame full
+    of nebulosity. It is allocated on every call, so it is raised only for this frame (a stack the
+    size of a 2k frame costs ~60 ms per call), doubling, at least to the frame's size and at most
+    to twice it; a frame that still overflows then fails with sep's own message.
+    """
     def extract(**kw):
         return sep.extract(data, thresh, err=err, mask=mask, minarea=5, segmentation_map=True, **kw)
 
+    default = pixstack = sep.get_extract_pixstack()
     try:
-        return extract()
-    except Exception as exc:  # sep raises plain Exception for its buffer overflows
-        message = str(exc)
-        if "pixel buffer full" in message:
-            # sep's pixel stack (300,000 pixels above threshold by default) is too small for a
-            # frame full of nebulosity. It is allocated on every call, so it is raised only for
-            # this frame: a stack the size of a 2k frame costs ~60 ms per call.
-            default = sep.get_extract_pixstack()
-            sep.set_extract_pixstack(int(max(data.size, default)))
+        while True:
             try:
-                return _run_sep_extract(data, thresh, err=err, mask=mask)
-            finally:
-                sep.set_extract_pixstack(default)
-        if "deblending overflow" not in message:
-            raise
-        logger.debug("sep deblending overflow; retrying without deblending")
-        return extract(deblend_cont=1.0)
+                return extract()
+            except Exception as exc:  # sep raises plain Exception for its buffer overflows
+                message = str(exc)
+                if "pixel buffer full" in message and pixstack < 2 * data.size:
+                    pixstack = int(min(max(data.size, 2 * pixstack), 2 * data.size))
+                    sep.set_extract_pixstack(pixstack)
+                    continue
+                if "deblending overflow" not in message:
+                    raise
+                logger.debug("sep deblending overflow; retrying without deblending")
+                return extract(deblend_cont=1.0)
+    finally:
+        if pixstack != default:
+            sep.set_extract_pixstack(default)
 
 
 def _fwhm_from_flux_radius(

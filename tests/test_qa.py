@@ -356,3 +356,30 @@ def test_sep_pixel_buffer_raised_only_for_the_frame_that_needs_it() -> None:
     assert 360_000 > default
     assert np.count_nonzero(segmap) >= 360_000 and objects.size >= 1
     assert sep.get_extract_pixstack() == default
+
+
+def test_sep_pixel_buffer_retries_are_bounded(monkeypatch) -> None:
+    """A frame that keeps overflowing sep's pixel stack fails with sep's message after a few
+    growing retries, instead of retrying without end (it once recursed ~1,000 times, 10 s on a
+    700x700 frame, before a RecursionError); a real frame with every pixel above threshold
+    succeeds once the stack has grown."""
+    import sep
+
+    default = sep.get_extract_pixstack()
+    image = np.full((700, 700), 100.0, dtype=np.float32)  # every pixel above threshold
+    bad = np.zeros(image.shape, dtype=bool)
+    _, segmap = qa._run_sep_extract(image, 1.5, err=1.0, mask=bad)
+    assert np.count_nonzero(segmap) == image.size
+    assert sep.get_extract_pixstack() == default
+
+    calls = []
+
+    def always_full(*args, **kwargs):
+        calls.append(sep.get_extract_pixstack())
+        raise Exception("internal pixel buffer full: 300000 pixels (change with set_extract_pixstack)")
+
+    monkeypatch.setattr(qa.sep, "extract", always_full)
+    with pytest.raises(Exception, match="pixel buffer full"):
+        qa._run_sep_extract(image, 1.5, err=1.0, mask=bad)
+    assert calls == [default, 2 * default, 2 * image.size]
+    assert sep.get_extract_pixstack() == default
