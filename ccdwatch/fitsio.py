@@ -903,7 +903,8 @@ def _estimate_bytes(hdul: fits.HDUList) -> int:
     total = 0
     for hdu in hdul:
         nbytes = getattr(getattr(hdu, "data", None), "nbytes", 0) or 0
-        total += BLOCK_SIZE * (1 + (len(hdu.header) + 1) // 36) + -(-int(nbytes) // BLOCK_SIZE) * BLOCK_SIZE
+        header_blocks = -(-(len(hdu.header) + 1) // 36)  # 36 cards of 80 bytes per block, END included
+        total += BLOCK_SIZE * header_blocks + -(-int(nbytes) // BLOCK_SIZE) * BLOCK_SIZE
     return total
 
 

@@ -685,10 +685,12 @@ def test_safe_product_path_property(parts, tmp_path):
     assert p.resolve().is_relative_to(tmp_path.resolve())
 
 
-def test_size_estimate_of_a_product_matches_what_is_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n_keys", [28, 29, 30, 50, 65])
+def test_size_estimate_of_a_product_matches_what_is_written(tmp_path: Path, n_keys: int) -> None:
     """The free-space check's estimate (no serialisation) is the size on disk for image and table
-    HDUs, headers of any length included."""
-    header = fits.Header([(f"KEY{i}", i) for i in range(50)])
+    HDUs, headers of any length included: 29 and 65 keys make 35 and 71 cards, whose END card
+    exactly fills the last 2880-byte block."""
+    header = fits.Header([(f"KEY{i}", i) for i in range(n_keys)])
     table = fits.BinTableHDU.from_columns([fits.Column(name="X", format="E", array=np.arange(333, dtype=np.float32))])
     hdul = fits.HDUList([fits.PrimaryHDU(np.zeros((101, 77), np.float32), header=header), table,
                          fits.ImageHDU(np.zeros((101, 77), np.uint8), name="BADPIX")])
