@@ -725,14 +725,14 @@ def make_images(data: NightData, img_dir: Path, cfg: Config, *, run: PictureRunn
     for task, result in zip(tasks, results, strict=True):
         if task.kind == "quality":
             if isinstance(result, BaseException):
-                logger.error("report: quality plot failed: %s", result)
+                logger.error("report: quality plot failed: %s", result, exc_info=result)
             else:
                 images.quality = result[0]
             continue
         g = task.group
         assert g is not None
         if isinstance(result, BaseException):
-            logger.error("report: comparison panel of %s failed: %s", g.key, result)
+            logger.error("report: comparison panel of %s failed: %s", g.key, result, exc_info=result)
             result = (None, "comparison panel failed (see the log)")
         if result[0]:
             images.panels[g.key] = result

@@ -293,6 +293,30 @@ def test_rebuild_is_stable_and_refresh_never_raises(night, tmp_path, caplog):
         assert "refreshing the night report" in caplog.text
 
 
+def test_failed_pictures_are_logged_with_their_traceback(night, tmp_path, caplog):
+    """A picture that fails on a worker leaves the page with a note and the log with the
+    traceback, not just the exception's message."""
+    cfg, _, label, _, _ = night
+
+    def failing(fn, tasks):
+        out = []
+        for task in tasks:
+            try:
+                raise RuntimeError(f"cannot draw {task.kind}")
+            except RuntimeError as exc:
+                out.append(exc)
+        return out
+
+    with Catalog(cfg.paths.database, writer=False) as cat, caplog.at_level(logging.ERROR, logger="ccdwatch.report"):
+        page = report.build_report(cfg, cat, label, tmp_path / "out", run=failing)
+    assert page.is_file()
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert {r.getMessage().split(" failed")[0] for r in failures} >= {"report: quality plot"}
+    assert any("comparison panel" in r.getMessage() for r in failures)
+    assert all(r.exc_info and r.exc_info[0] is RuntimeError for r in failures)
+    assert "Traceback" in caplog.text and "in failing" in caplog.text
+
+
 def test_cli_report_writes_where_asked_and_refuses_unknown_nights(night, tmp_path, capsys):
     cfg, _, label, _, _ = night
     args = ["--incoming", str(cfg.paths.incoming), "--products", str(cfg.paths.products), "--db", cfg.paths.database]
