@@ -19,6 +19,7 @@ same accuracy against the true star positions (0.003 vs 0.002 px rms).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -224,7 +225,15 @@ class _Pattern:
     xy: np.ndarray  # (n, 2)
     triangles: np.ndarray  # (m, 3) int
     invariants: np.ndarray  # (m, 2): (L2 / L1, L1 / L0) of the sorted sides L0 <= L1 <= L2
-    tree: cKDTree
+
+    # k-d trees, built on first use: only the (cached) reference's are queried
+    @functools.cached_property
+    def invariant_tree(self) -> cKDTree:
+        return _kdtree(self.invariants)
+
+    @functools.cached_property
+    def point_tree(self) -> cKDTree:
+        return _kdtree(self.xy)
 
 
 def _pattern(xy: np.ndarray) -> _Pattern:
@@ -245,7 +254,7 @@ def _pattern(xy: np.ndarray) -> _Pattern:
     ok = sides[:, 0] > 1e-6  # coincident points make no triangle
     tri, sides = tri[ok], sides[ok]
     invariants = np.column_stack([sides[:, 2] / sides[:, 1], sides[:, 1] / sides[:, 0]])
-    return _Pattern(xy=xy, triangles=tri, invariants=invariants, tree=_kdtree(invariants))
+    return _Pattern(xy=xy, triangles=tri, invariants=invariants)
 
 
 _PATTERNS: dict[bytes, _Pattern] = {}
@@ -272,7 +281,7 @@ def _match_patterns(frame: _Pattern, ref: _Pattern, *, max_scale_change: float) 
     """
     if not len(frame.triangles) or not len(ref.triangles):
         return None
-    hits = ref.tree.query_ball_point(frame.invariants, r=_INVARIANT_RADIUS)
+    hits = ref.invariant_tree.query_ball_point(frame.invariants, r=_INVARIANT_RADIUS)
     counts = np.fromiter((len(h) for h in hits), dtype=np.intp, count=len(hits))
     if not counts.sum():
         return None
@@ -292,7 +301,7 @@ def _match_patterns(frame: _Pattern, ref: _Pattern, *, max_scale_change: float) 
     order = np.argsort(fit, kind="stable")
     a, b = a[order], b[order]
     points = frame.xy @ np.array([1.0, 1j])
-    ref_tree = _kdtree(ref.xy)
+    ref_tree = ref.point_tree
     need = max(3, (min(len(frame.xy), len(ref.xy)) + 1) // 2)
     for start in range(0, a.size, _BATCH):
         aa_, bb = a[start:start + _BATCH], b[start:start + _BATCH]
