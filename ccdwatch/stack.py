@@ -472,6 +472,12 @@ def _footprint_bounds(inv: np.ndarray, ny_out: int, shape_in: tuple[int, int]) -
     return np.ceil(lo), np.floor(hi)
 
 
+def _ndimage_matrix(inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``inv`` (reference (x, y) -> frame (x, y), 3x3) as ndimage's matrix and offset, which work
+    in (row, col) = (y, x) order: input index = A @ output index + offset."""
+    return np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]]), np.array([inv[1, 2], inv[0, 2]])
+
+
 def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resampling with OpenCV's ``warpAffine`` (the warp Siril uses too): ~15 ms for a
     2k frame against ~115 ms for ``scipy.ndimage.affine_transform``. Sample positions are
@@ -483,9 +489,9 @@ def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, in
     if max(ny, nx, *src.shape) >= 32767:  # OpenCV's remap limit (SHRT_MAX)
         from scipy import ndimage
 
-        return ndimage.affine_transform(src, np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]]),
-                                        offset=np.array([inv[1, 2], inv[0, 2]]), output_shape=output_shape,
-                                        output=np.float32, order=1, mode="constant", cval=np.nan, prefilter=False)
+        a, offset = _ndimage_matrix(inv)
+        return ndimage.affine_transform(src, a, offset=offset, output_shape=output_shape, output=np.float32,
+                                        order=1, mode="constant", cval=np.nan, prefilter=False)
     out = cv2.warpAffine(
         np.ascontiguousarray(src, dtype=np.float32),
         np.ascontiguousarray(inv[:2], dtype=np.float64),
@@ -534,9 +540,7 @@ def warp(
         raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
     m = transform.array
     inv = np.linalg.inv(m)  # reference (x, y) -> frame (x, y)
-    # ndimage works in (row, col) = (y, x) index order: input = A @ output + offset
-    a = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])
-    offset = np.array([inv[1, 2], inv[0, 2]])
+    a, offset = _ndimage_matrix(inv)
     src = np.asarray(data, dtype=np.float32)
     missing = ~np.isfinite(src)
     n_missing = int(np.count_nonzero(missing))

@@ -308,6 +308,17 @@ def test_bilinear_warp_matches_ndimage(seed: int) -> None:
     assert np.max(np.abs(got[inside] - expected[inside])) < 0.3
 
 
+def test_bilinear_warp_of_a_frame_wider_than_opencv_allows() -> None:
+    """Frames of 32,767 px or more on a side (beyond OpenCV's remap limit) go through ndimage:
+    a half-pixel shift gives the mean of neighbouring columns, and the column sampled from
+    outside the frame is NaN."""
+    image = np.tile(np.arange(32_768, dtype=np.float32), (4, 1))
+    t = similarity(rotation_deg=0.0, dx=-0.5, dy=0.0)
+    got = stack.warp(image, t, output_shape=image.shape)
+    np.testing.assert_allclose(got[:, :-1], image[:, :-1] + 0.5, rtol=0, atol=1e-3)
+    assert np.isnan(got[:, -1]).all()
+
+
 # --------------------------------------------------------------------------------------------
 # align_and_stack
 
