@@ -581,21 +581,31 @@ def _representative(data: NightData, g: Group) -> FrameRow | None:
     return frames[0] if frames else None
 
 
+def _panel_target(data: NightData, g: Group) -> tuple[str, str, FrameRow] | None:
+    """(file name, caption, frame shown) of a group's comparison panel; None without a frame.
+    The name changes with what the panel shows (frame, its calibrated version, the stack)."""
+    rep = _representative(data, g)
+    if rep is None:
+        return None
+    cal = data.calibrated.get(rep.id)
+    ident = hashlib.sha256(g.key.encode()).hexdigest()[:10]
+    cal_tag = hashlib.sha256(cal.path.encode()).hexdigest()[:8] if cal is not None else "none"
+    name = f"group-{ident}-f{rep.id}-c{cal_tag}-s{g.stack.id if g.stack else 'none'}.png"
+    return name, f"frame {rep.id} ({rep.name})", rep
+
+
 def _group_panel(data: NightData, g: Group, img_dir: Path, *, max_data_bytes: int,
                  allow_compressed: bool) -> tuple[str | None, str]:
     """Raw | calibrated | stack of one group, same stretch. Returns (file name or None, caption)."""
     from ccdwatch import previews
     from ccdwatch.fitsio import read_product
 
-    rep = _representative(data, g)
-    if rep is None:
+    target = _panel_target(data, g)
+    if target is None:
         return None, "no frame to show"
+    name, caption, rep = target
     cal = data.calibrated.get(rep.id)
-    ident = hashlib.sha256(g.key.encode()).hexdigest()[:10]
-    cal_tag = hashlib.sha256(cal.path.encode()).hexdigest()[:8] if cal is not None else "none"
-    name = f"group-{ident}-f{rep.id}-c{cal_tag}-s{g.stack.id if g.stack else 'none'}.png"
     dest = img_dir / name
-    caption = f"frame {rep.id} ({rep.name})"
     if _is_png(dest):
         return name, caption
     panels: list[tuple[str, np.ndarray]] = []
@@ -720,7 +730,12 @@ def make_images(data: NightData, img_dir: Path, cfg: Config, *, run: PictureRunn
     images = Images()
     limits = dict(max_data_bytes=int(cfg.ingest.max_data_mb * 2**20), allow_compressed=cfg.ingest.allow_compressed)
     tasks = [Picture("quality", data, str(img_dir), **limits)]
-    tasks += [Picture("panel", data, str(img_dir), **limits, group=g) for g in data.groups]
+    for g in data.groups:  # only panels not drawn yet go to ``run`` (each task carries the night)
+        target = _panel_target(data, g)
+        if target is not None and _is_png(img_dir / target[0]):
+            images.panels[g.key] = target[:2]
+        elif target is not None:
+            tasks.append(Picture("panel", data, str(img_dir), **limits, group=g))
     results = (run or _draw_here)(draw_picture, tasks)
     for task, result in zip(tasks, results, strict=True):
         if task.kind == "quality":

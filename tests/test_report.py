@@ -293,6 +293,25 @@ def test_rebuild_is_stable_and_refresh_never_raises(night, tmp_path, caplog):
         assert "refreshing the night report" in caplog.text
 
 
+def test_rebuild_sends_only_pictures_not_drawn_yet_to_the_runner(night, tmp_path):
+    """Comparison panels already in the image directory are not drawn again, nor shipped to a
+    worker with the whole night's data: a refresh with nothing new draws the quality plot only."""
+    cfg, _, label, _, _ = night
+    kinds: list[list[str]] = []
+
+    def recording(fn, tasks):
+        kinds.append([t.kind for t in tasks])
+        return [fn(t) for t in tasks]
+
+    with Catalog(cfg.paths.database, writer=False) as cat:
+        first = report.build_report(cfg, cat, label, tmp_path / "out", run=recording)
+        report.build_report(cfg, cat, label, tmp_path / "out", run=recording)
+    assert kinds[0].count("panel") >= 1 and kinds[1] == ["quality"]
+    panels = [p.name for p in (first.parent / "img").glob("group-*.png")]
+    assert len(panels) == kinds[0].count("panel")
+    assert all(name in first.read_text() for name in panels)
+
+
 def test_failed_pictures_are_logged_with_their_traceback(night, tmp_path, caplog):
     """A picture that fails on a worker leaves the page with a note and the log with the
     traceback, not just the exception's message."""
