@@ -693,11 +693,13 @@ class Pipeline:
             # the current masters of a camera are the same for every light of the batch: query
             # them once (a catch-up of 5,000 lights before any master spent most of its time here)
             s.info[_MASTERS_CACHE] = {}
-            for fid in frame_ids:
-                plan = self._plan_calibration(s, fid, final=final)
-                if plan is not None:
-                    plans.append(plan)
-            del s.info[_MASTERS_CACHE]
+            try:
+                for fid in frame_ids:
+                    plan = self._plan_calibration(s, fid, final=final)
+                    if plan is not None:
+                        plans.append(plan)
+            finally:
+                del s.info[_MASTERS_CACHE]
         if not plans:
             return 0
         futures = self.workers.map(jobs.calibrate_light, [p[0] for p in plans], timeout=self.cfg.workers.job_timeout)
