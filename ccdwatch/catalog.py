@@ -132,14 +132,19 @@ def _has_tables(engine: Engine) -> bool:
     return bool(inspect(engine).get_table_names())
 
 
-def create_at_head(engine: Engine) -> None:
-    """Create a new, empty catalogue at the head revision (by running the migrations)."""
+def _upgrade_to_head(engine: Engine) -> None:
+    """Run the migrations up to head in one transaction on ``engine``."""
     from alembic import command
 
     cfg = alembic_config(str(engine.url))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def create_at_head(engine: Engine) -> None:
+    """Create a new, empty catalogue at the head revision (by running the migrations)."""
+    _upgrade_to_head(engine)
     logger.info("created a new catalogue at revision %s", head_revision())
 
 
@@ -223,12 +228,7 @@ def upgrade(database: str) -> tuple[str | None, str, Path | None]:
             stamp = utcnow().strftime("%Y%m%dT%H%M%S")
             backup = backup_sqlite(path, path.with_name(f"{path.name}.bak-{old}-{stamp}"))
             logger.info("backed up %s to %s", path, backup)
-        from alembic import command
-
-        cfg = alembic_config(str(engine.url))
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        _upgrade_to_head(engine)
         return old, head, backup
     finally:
         engine.dispose()
