@@ -14,6 +14,7 @@ Frame life cycle (``Frame.state``)::
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -40,17 +41,22 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-FRAME_STATES = (
-    "ingested",
-    "used",
-    "waiting",
-    "calibrated",
-    "stacked",
-    "rejected",
-    "unclassified",
-    "quarantined",
-    "failed",
-)
+class FrameState(StrEnum):
+    """Where a frame stands in its life cycle (the string is what ``frames.state`` stores)."""
+
+    INGESTED = "ingested"
+    USED = "used"
+    WAITING = "waiting"
+    CALIBRATED = "calibrated"
+    STACKED = "stacked"
+    REJECTED = "rejected"
+    UNCLASSIFIED = "unclassified"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+
+
+#: The states of frames that left the pipeline for good (or until a user resets them).
+EXIT_STATES = (FrameState.QUARANTINED, FrameState.FAILED)
 
 
 class Base(DeclarativeBase):

@@ -47,8 +47,8 @@ def utcnow() -> datetime:
 
 def migrations_dir() -> Path:
     """Alembic's script directory: inside the installed wheel, else the checkout's top level."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
     raise SchemaError("ccdwatch's migrations directory is missing from this installation")
