@@ -1,4 +1,4 @@
-"""Memory case: the daemon's own master job (`ccdwatch.jobs.build_master`) on 30 flats of
+"""Memory case: the daemon's own master job (`ccdwatch.jobs.tasks.build_master`) on 30 flats of
 6000x4000 with the default 1 GiB budget: each raw read and prepared to a float32 ``.npy`` (the
 set is far larger than a quarter of the budget), combined in strips through read-only memory
 maps, normalised, written with its preview.
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ccdwatch import jobs
+from ccdwatch.jobs import tasks as jobs
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sha256_file
 from ccdwatch.synth import Camera, make_night

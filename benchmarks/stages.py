@@ -1,7 +1,7 @@
 """Per-stage timings of ccdwatch's own library functions on a benchmark night, in one process.
 
 Run as ``python -m benchmarks.stages MANIFEST WORKDIR``; prints one JSON line. The per-light figure
-is the daemon's own job, `ccdwatch.jobs.calibrate_light`, timed on every light twice; next to it,
+is the daemon's own job, `ccdwatch.jobs.tasks.calibrate_light`, timed on every light twice; next to it,
 its steps one by one (read and check the raw file, calibrate, measure, write the product with
 ``write_product``), so that the slowest is visible; masters are prepared to float32 ``.npy`` memory maps
 and combined in strips with the configured method and memory budget. Alignment is timed next to
@@ -22,7 +22,8 @@ import astroalign as aa
 import numpy as np
 from astropy.io import fits
 
-from ccdwatch import calib, jobs, qa, stack
+from ccdwatch import calib, qa, stack
+from ccdwatch.jobs import tasks as jobs
 from ccdwatch.config import Config
 from ccdwatch.fitsio import read_raw, sha256_file, write_product
 from ccdwatch.headers import normalise

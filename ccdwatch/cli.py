@@ -162,11 +162,11 @@ def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.workers.processes > 0:
-        from ccdwatch import forkserver
+        from ccdwatch.jobs import forkserver
 
         forkserver.start()  # first: its imports overlap with ours below
     from ccdwatch.pipeline import Pipeline
-    from ccdwatch.watch import Watcher
+    from ccdwatch.daemon.watch import Watcher
 
     incoming = Path(cfg.paths.incoming).absolute()
     products = Path(cfg.paths.products).absolute()
@@ -365,37 +365,21 @@ def _pipeline(cfg: Config):
 def cmd_stack(cfg: Config, args: argparse.Namespace) -> int:
     catalog, pipe = _pipeline(cfg)
     with catalog, pipe:
-        with catalog.session() as s:
-            pipe.assign_groups(s, args.night)
-            groups = sorted(set(s.scalars(select(Frame.group_key).where(
-                Frame.night == args.night, Frame.imagetyp == "light", Frame.group_key.is_not(None)))))
-        if args.group:
-            groups = [g for g in groups if args.group in g]
+        groups = [g for g in pipe.groups_of_night(args.night) if not args.group or args.group in str(g)]
         if not groups:
             print(f"no stack groups for night {args.night}", file=sys.stderr)
             return 1
         for g in groups:
-            sid = pipe.stack_group(g)
-            print(f"{g}: " + (f"stack #{sid}" if sid else "nothing new to stack"))
+            built = pipe.stack([g])
+            print(f"{g}: " + (f"stack #{built[0]}" if built else "nothing new to stack"))
     return 0
 
 
 def cmd_recalibrate(cfg: Config, args: argparse.Namespace) -> int:
     catalog, pipe = _pipeline(cfg)
     with catalog, pipe:
-        with catalog.session() as s:
-            stmt = select(Frame).where(Frame.imagetyp == "light", Frame.state.in_(("calibrated", "stacked", "rejected", "waiting")))
-            if args.night:
-                stmt = stmt.where(Frame.night == args.night)
-            frames = s.scalars(stmt).all()
-            ids = [f.id for f in frames]
-            for f in frames:  # forget the current products' choice so that each light is redone
-                for c in s.scalars(select(Calibrated).where(Calibrated.frame_id == f.id, Calibrated.current)):
-                    c.current = False
-                f.state = "waiting"
-        n = sum(pipe.calibrate(i, final=True) for i in ids)
-        pipe.stack_due_groups(final=True)
-        print(f"recalibrated {n} of {len(ids)} lights")
+        n, considered = pipe.recalibrate(args.night)
+        print(f"recalibrated {n} of {considered} lights")
     return 0
 
 

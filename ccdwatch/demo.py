@@ -6,7 +6,7 @@ and a satellite crosses), and flats at dawn. Each frame appears in the incoming 
 exposure would have ended, time running ``speed`` times faster than real, and is written the way
 camera programs write: half of them to a temp name then renamed into place, the other half in
 chunks into the final name and then closed. Meanwhile the main thread runs the ordinary daemon
-loop (:meth:`ccdwatch.watch.Watcher.run`) on that directory. When the camera is done the daemon
+loop (:meth:`ccdwatch.daemon.watch.Watcher.run`) on that directory. When the camera is done the daemon
 finishes the night and the night report is written.
 
 The frames come from :mod:`ccdwatch.synth`; nothing here simulates a detector of its own.
@@ -295,7 +295,7 @@ def run_demo(
     from ccdwatch.models import Frame, Master, SourceFile, Stack
     from ccdwatch.pipeline import Pipeline
     from ccdwatch.report import build_report
-    from ccdwatch.watch import Watcher
+    from ccdwatch.daemon.watch import Watcher
 
     if not speed > 0:
         raise ConfigError(f"demo --speed must be > 0, got {speed!r}")

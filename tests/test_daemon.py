@@ -328,7 +328,7 @@ def test_dead_observer_thread_makes_the_daemon_exit_nonzero(tmp_path, monkeypatc
     """watchdog can lose its thread silently; the loop notices and exits 3 so systemd restarts."""
     from ccdwatch.catalog import Catalog
     from ccdwatch.pipeline import Pipeline
-    from ccdwatch.watch import EXIT_OBSERVER_DIED, Watcher
+    from ccdwatch.daemon.watch import EXIT_OBSERVER_DIED, Watcher
 
     from .conftest import make_config
 

@@ -19,7 +19,7 @@ from ccdwatch.catalog import Catalog
 from ccdwatch.fitsio import read_product
 from ccdwatch.models import Calibrated, Frame, Master, SourceFile, Stack
 from ccdwatch.pipeline import Pipeline, assign_targets
-from ccdwatch.watch import Watcher
+from ccdwatch.daemon.watch import Watcher
 
 from .conftest import make_config
 

@@ -18,7 +18,7 @@ from ccdwatch.catalog import Catalog
 from ccdwatch.cli import main
 from ccdwatch.models import Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
-from ccdwatch.watch import Watcher
+from ccdwatch.daemon.watch import Watcher
 
 from . import browser
 from .conftest import REAL_NIGHT, make_config

@@ -17,9 +17,9 @@ def _modules_after(code: str) -> dict:
 
 
 def test_fork_server_preload_is_warm_frozen_and_leaves_the_collector_on():
-    state = _modules_after("import ccdwatch._preload")
+    state = _modules_after("import ccdwatch.jobs._preload")
     modules = set(state["modules"])
-    for name in ("ccdwatch.jobs", "ccdwatch.previews", "ccdwatch.report", "scipy.spatial", "sep", "cv2"):
+    for name in ("ccdwatch.jobs.tasks", "ccdwatch.previews", "ccdwatch.report", "scipy.spatial", "sep", "cv2"):
         assert name in modules, f"workers would import {name} on their first job"
     assert not any(m == "alembic" or m.startswith("alembic.") for m in modules), "workers never migrate"
     assert state["gc_enabled"], "workers forked from the server must collect cycles"
@@ -27,7 +27,7 @@ def test_fork_server_preload_is_warm_frozen_and_leaves_the_collector_on():
 
 
 def test_daemon_process_does_not_load_what_only_workers_use():
-    modules = set(_modules_after("import ccdwatch.cli, ccdwatch.pipeline, ccdwatch.watch")["modules"])
-    assert "ccdwatch.jobs" in modules  # the job descriptions
+    modules = set(_modules_after("import ccdwatch.cli, ccdwatch.pipeline, ccdwatch.daemon.watch")["modules"])
+    assert "ccdwatch.jobs.tasks" in modules  # the job descriptions
     assert "scipy.spatial" not in modules  # alignment runs on the workers only
     assert "matplotlib" not in modules

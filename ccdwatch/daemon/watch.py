@@ -48,8 +48,8 @@ from watchdog.observers.polling import PollingObserver
 
 from ccdwatch.catalog import publish_snapshot
 from ccdwatch.config import Config, ConfigError
-from ccdwatch.jobs import Stopping
-from ccdwatch.notify import Notifier
+from ccdwatch.daemon.notify import Notifier
+from ccdwatch.jobs.pool import Stopping
 from ccdwatch.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)

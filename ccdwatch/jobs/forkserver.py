@@ -1,6 +1,6 @@
 """The multiprocessing context of the workers, and an early start of their fork server.
 
-Kept apart from `ccdwatch.jobs` (which imports numpy, astropy, sep, OpenCV...) so that the
+Kept apart from `ccdwatch.jobs.tasks` (which imports numpy, astropy, sep, OpenCV...) so that the
 daemon can start the fork server before it imports any of that itself: the server's imports
 (~1 s) then run on the other core while the daemon loads, opens the catalogue and scans.
 """
@@ -15,9 +15,9 @@ import os
 
 #: What the fork server imports once, so that every worker forked from it starts warm
 #: (numpy, astropy, sep, scipy's k-d tree, OpenCV; matplotlib and the report for the pictures).
-WARM = ("ccdwatch.jobs", "ccdwatch.previews", "ccdwatch.report", "scipy.spatial")
+WARM = ("ccdwatch.jobs.tasks", "ccdwatch.previews", "ccdwatch.report", "scipy.spatial")
 #: The fork server's preload: one module that imports `WARM` through `warm_imports`.
-PRELOAD = ["ccdwatch._preload"]
+PRELOAD = ["ccdwatch.jobs._preload"]
 
 
 def warm_imports() -> None:

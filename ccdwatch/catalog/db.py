@@ -1,0 +1,286 @@
+"""The catalogue's database: engine and session set-up, schema checks, migrations, backups.
+
+The catalogue package is the only code that talks SQL. SQLite is used the way a long-running single-writer
+service needs it: WAL (readers never block the writer), ``synchronous=FULL``, foreign keys on, a
+busy timeout, exactly one writing connection, and write transactions opened with
+``BEGIN IMMEDIATE`` so that they take the write lock up front instead of failing half-way with
+"database is locked". Python's sqlite3 legacy transaction handling is switched off so that
+SQLAlchemy's ``begin`` really is where the transaction starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from ccdwatch.config import database_url
+from ccdwatch.models import Event, Frame
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# alembic (~0.15 s to import) is imported where the schema is checked or migrated, so the
+# workers, which read the catalogue's models but never migrate it, do not load it.
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+class SchemaError(RuntimeError):
+    """The catalogue's schema does not match this version of ccdwatch; the message says what to run."""
+
+
+def utcnow() -> datetime:
+    """Naive UTC 'now', the form every timestamp takes in the catalogue."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def migrations_dir() -> Path:
+    """Alembic's script directory: inside the installed wheel, else the checkout's top level."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaError("ccdwatch's migrations directory is missing from this installation")
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for in-memory or other backends)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def make_engine(database: str, *, writer: bool = True) -> Engine:
+    """Create the engine for ``database`` (a SQLAlchemy URL or a SQLite file path).
+
+    ``writer=True`` gives the daemon's single writing connection (``BEGIN IMMEDIATE``);
+    ``writer=False`` gives readers whose transactions are deferred and never take the write lock.
+    """
+    url = database_url(database)
+    if not is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=BUSY_TIMEOUT_MS / 1000,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if writer:
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = FULL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _has_tables(engine: Engine) -> bool:
+    return bool(inspect(engine).get_table_names())
+
+
+def _upgrade_to_head(engine: Engine) -> None:
+    """Run the migrations up to head in one transaction on ``engine``."""
+    from alembic import command
+
+    cfg = alembic_config(str(engine.url))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def create_at_head(engine: Engine) -> None:
+    """Create a new, empty catalogue at the head revision (by running the migrations)."""
+    _upgrade_to_head(engine)
+    logger.info("created a new catalogue at revision %s", head_revision())
+
+
+def check_schema(engine: Engine, *, create: bool = True) -> str:
+    """Make sure the catalogue is at the head revision; create it if empty (and ``create``).
+
+    Raises :class:`SchemaError`, naming ``ccdwatch db upgrade``, for a catalogue behind head, and
+    refusing to touch one that is ahead of this version of ccdwatch.
+    """
+    head = head_revision()
+    if not _has_tables(engine):
+        if not create:
+            raise SchemaError(f"the catalogue at {engine.url} is empty; start `ccdwatch watch` to create it")
+        create_at_head(engine)
+        return head
+    rev = current_revision(engine)
+    if rev == head:
+        return head
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
+    known = {r.revision for r in script.walk_revisions()}
+    if rev is None or rev not in known:
+        raise SchemaError(
+            f"the catalogue at {engine.url} has schema revision {rev!r}, which this ccdwatch "
+            f"(head {head}) does not know; it was made by another program or a newer ccdwatch"
+        )
+    raise SchemaError(
+        f"the catalogue at {engine.url} is at schema revision {rev}, behind this ccdwatch's {head}; "
+        f"run `ccdwatch db upgrade --db {engine.url}` (it backs the file up first)"
+    )
+
+
+def backup_sqlite(source: Path, dest: Path) -> Path:
+    """Consistent copy of a (possibly live) SQLite file with the backup API, never a file copy."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".partial")
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+            ok = dst.execute("PRAGMA integrity_check").fetchone()[0]
+            if ok != "ok":
+                raise RuntimeError(f"backup of {source} failed its integrity check: {ok}")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    tmp.replace(dest)
+    return dest
+
+
+def publish_snapshot(database: str, dest: Path) -> Path | None:
+    """Publish a consistent, read-only copy of a SQLite catalogue at ``dest`` (atomically
+    replaced, so a reader of the previous snapshot keeps a coherent file). None if not SQLite."""
+    src = sqlite_path(database_url(database))
+    if src is None:
+        return None
+    tmp = dest.with_name(f".{dest.name}.new")
+    backup_sqlite(src, tmp)
+    con = sqlite3.connect(tmp)
+    try:  # a self-contained file: readers need no -wal/-shm and no write access
+        con.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        con.close()
+    tmp.chmod(0o444)
+    tmp.replace(dest)
+    return dest
+
+
+def upgrade(database: str) -> tuple[str | None, str, Path | None]:
+    """Back the catalogue up (SQLite) and upgrade it to head. Returns (old, new, backup path)."""
+    engine = make_engine(database)
+    try:
+        old = current_revision(engine) if _has_tables(engine) else None
+        head = head_revision()
+        backup = None
+        path = sqlite_path(str(engine.url))
+        if path is not None and path.exists() and old != head:
+            stamp = utcnow().strftime("%Y%m%dT%H%M%S")
+            backup = backup_sqlite(path, path.with_name(f"{path.name}.bak-{old}-{stamp}"))
+            logger.info("backed up %s to %s", path, backup)
+        _upgrade_to_head(engine)
+        return old, head, backup
+    finally:
+        engine.dispose()
+
+
+def integrity(engine: Engine) -> str:
+    """``PRAGMA integrity_check`` result for SQLite ('ok' when healthy); 'n/a' elsewhere."""
+    if engine.dialect.name != "sqlite":
+        return "n/a"
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("PRAGMA integrity_check").fetchall()
+    return "; ".join(r[0] for r in rows)
+
+
+class Catalog:
+    """Engine + session factory for one catalogue, and the named queries the pipeline uses."""
+
+    def __init__(self, database: str, *, writer: bool = True, create: bool = True) -> None:
+        self.url = database_url(database)
+        path = sqlite_path(self.url)
+        if path is not None and not writer and not path.exists():
+            raise SchemaError(f"there is no catalogue at {path} yet; `ccdwatch watch` creates it")
+        self.engine = make_engine(database, writer=writer)
+        self.writer = writer
+        try:
+            self.revision = check_schema(self.engine, create=create and writer)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+            session.rollback()
+
+
+def log_event(session: Session, frame: Frame | None, kind: str, detail: str | None = None) -> None:
+    session.add(Event(frame=frame, at=utcnow(), kind=kind, detail=detail))

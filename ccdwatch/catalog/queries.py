@@ -1,0 +1,213 @@
+"""Named queries: every question the pipeline, the CLI and the daemon ask of the catalogue.
+
+The report's questions live in ``catalog.night``; the demo's in ``catalog.summary``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from ccdwatch.models import Calibrated, Frame, FrameState, Master, SourceFile, Stack
+
+CALIBRATION_TYPES = ("bias", "dark", "flat")
+
+
+def state_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Frame.state, func.count()).group_by(Frame.state)).all()
+    return {state: n for state, n in rows}
+
+
+def last_ingest(session: Session) -> datetime | None:
+    return session.scalar(select(func.max(Frame.created_at)))
+
+
+def frame_by_path_or_id(session: Session, ref: str) -> Frame | None:
+    """A frame by numeric id, by any path it was seen under, or by a unique path suffix."""
+    if ref.isdigit():
+        return session.get(Frame, int(ref))
+    path = str(Path(ref).absolute())
+    frame = session.scalar(select(Frame).join(SourceFile).where(SourceFile.path == path))
+    if frame is not None:
+        return frame
+    matches = session.scalars(
+        select(Frame).join(SourceFile).where(SourceFile.path.like(f"%{ref}")).distinct().limit(2)
+    ).all()
+    return matches[0] if len(matches) == 1 else None
+
+
+def query_frames(
+    session: Session,
+    *,
+    night: str | None = None,
+    imagetyp: str | None = None,
+    filter: str | None = None,
+    object: str | None = None,
+    state: str | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+) -> Sequence[Frame]:
+    stmt = select(Frame)
+    if night:
+        stmt = stmt.where(Frame.night == night)
+    if imagetyp:
+        stmt = stmt.where(Frame.imagetyp == imagetyp.lower())
+    if filter:
+        stmt = stmt.where(func.lower(Frame.filter) == filter.lower())
+    if object:
+        stmt = stmt.where(func.lower(Frame.object) == object.lower())
+    if state:
+        stmt = stmt.where(Frame.state == state.lower())
+    if since:
+        stmt = stmt.where(Frame.date_obs >= since)
+    stmt = stmt.order_by(Frame.date_obs.is_(None), Frame.date_obs, Frame.id)
+    if limit:
+        stmt = stmt.limit(limit)
+    return session.scalars(stmt).all()
+
+
+# ---------------------------------------------------------------------------------- frames
+def frames_by_id(s: Session, ids: Sequence[int]) -> list[Frame]:
+    """The frames with these ids that exist, by id."""
+    if not ids:
+        return []
+    return list(s.scalars(select(Frame).where(Frame.id.in_(list(ids))).order_by(Frame.id)))
+
+
+def source_file(s: Session, path: str) -> SourceFile | None:
+    """The catalogue's record of a path in the incoming tree."""
+    return s.scalar(select(SourceFile).where(SourceFile.path == path))
+
+
+def frame_by_sha256(s: Session, sha256: str) -> Frame | None:
+    return s.scalar(select(Frame).where(Frame.sha256 == sha256))
+
+
+def known_product_paths(s: Session) -> set[str]:
+    """Every product path a row references (masters, calibrated lights, stacks)."""
+    known = set(s.scalars(select(Master.path)))
+    known |= set(s.scalars(select(Calibrated.path)))
+    known |= set(s.scalars(select(Stack.path)))
+    return known
+
+
+# ---------------------------------------------------------------------------------- masters
+def fresh_calibration_frames(s: Session) -> Sequence[Frame]:
+    """Calibration frames not yet in any master."""
+    return s.scalars(
+        select(Frame).where(Frame.imagetyp.in_(CALIBRATION_TYPES), Frame.state == FrameState.INGESTED)
+    ).all()
+
+
+def calibration_frames(s: Session, kind: str, night: str | None) -> Sequence[Frame]:
+    """Usable calibration frames of a kind and night, in time order."""
+    return s.scalars(
+        select(Frame).where(
+            Frame.imagetyp == kind,
+            Frame.night == night,
+            Frame.state.in_((FrameState.INGESTED, FrameState.USED)),
+        ).order_by(Frame.date_obs, Frame.id)
+    ).all()
+
+
+def latest_master(s: Session, calib_key: str, night: str) -> Master | None:
+    return s.scalar(
+        select(Master).where(Master.calib_key == calib_key, Master.night == night).order_by(Master.version.desc())
+    )
+
+
+def current_masters(s: Session, kind: str, camera_key: str | None) -> list[Master]:
+    """The newest version of every master of a kind and camera set-up (one per key and night)."""
+    newest = (
+        select(Master.calib_key, Master.night, func.max(Master.version).label("v"))
+        .where(Master.kind == kind, Master.camera_key == camera_key)
+        .group_by(Master.calib_key, Master.night)
+        .subquery()
+    )
+    return list(s.scalars(
+        select(Master).join(newest, and_(Master.calib_key == newest.c.calib_key,
+                                         Master.night == newest.c.night,
+                                         Master.version == newest.c.v))
+    ))
+
+
+def lights_waiting_for(s: Session, camera_key: str | None, flat_filter: str | None = None) -> bool:
+    """Does any light of this camera set-up wait (for a flat: of this filter, lower case)?"""
+    stmt = select(func.count()).select_from(Frame).where(
+        Frame.imagetyp == "light", Frame.state == FrameState.WAITING, Frame.camera_key == camera_key
+    )
+    if flat_filter is not None:
+        stmt = stmt.where(func.lower(Frame.filter) == flat_filter)
+    return bool(s.scalar(stmt))
+
+
+# ---------------------------------------------------------------------------------- calibration
+def waiting_light_ids(s: Session) -> list[int]:
+    stmt = select(Frame.id).where(Frame.imagetyp == "light", Frame.state == FrameState.WAITING)
+    return list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
+
+
+def lights_served_by(s: Session, master: Master, span: timedelta) -> list[int]:
+    """Calibrated lights of the master's camera set-up within ``span`` of its middle, in time order."""
+    stmt = select(Frame.id).where(
+        Frame.imagetyp == "light", Frame.camera_key == master.camera_key,
+        Frame.state.in_((FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED)))
+    if master.date_mid is not None:
+        stmt = stmt.where(or_(Frame.date_obs.is_(None),
+                              Frame.date_obs.between(master.date_mid - span, master.date_mid + span)))
+    return list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
+
+
+def current_calibrated(s: Session, frame_id: int) -> Calibrated | None:
+    return s.scalar(select(Calibrated).where(Calibrated.frame_id == frame_id, Calibrated.current))
+
+
+def next_calibrated_version(s: Session, frame_id: int) -> int:
+    return (s.scalar(select(func.max(Calibrated.version)).where(Calibrated.frame_id == frame_id)) or 0) + 1
+
+
+def forget_current_calibrations(s: Session, night: str | None) -> list[int]:
+    """Put the lights (of a night) back to waiting, their current products no longer current,
+    so that each is calibrated again. Their ids."""
+    stmt = select(Frame).where(Frame.imagetyp == "light", Frame.state.in_(
+        (FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED, FrameState.WAITING)))
+    if night:
+        stmt = stmt.where(Frame.night == night)
+    frames = s.scalars(stmt).all()
+    for f in frames:
+        for c in s.scalars(select(Calibrated).where(Calibrated.frame_id == f.id, Calibrated.current)):
+            c.current = False
+        f.state = FrameState.WAITING
+    return [f.id for f in frames]
+
+
+# ---------------------------------------------------------------------------------- stacking
+def lights_of_night(s: Session, night: str | None) -> Sequence[Frame]:
+    """The night's lights still in the pipeline, in time order."""
+    return s.scalars(
+        select(Frame).where(Frame.imagetyp == "light", Frame.night == night,
+                            Frame.state.notin_((FrameState.QUARANTINED, FrameState.FAILED)))
+        .order_by(Frame.date_obs, Frame.id)
+    ).all()
+
+
+def nights_with_calibrated_lights(s: Session) -> list[str | None]:
+    nights = set(s.scalars(select(Frame.night).where(Frame.imagetyp == "light",
+                                                      Frame.state == FrameState.CALIBRATED)))
+    return sorted(nights, key=str)
+
+
+def group_frames(s: Session, group_key: str) -> Sequence[Frame]:
+    """The calibrated, stacked or rejected lights of a stack group, in time order."""
+    return s.scalars(select(Frame).where(
+        Frame.group_key == group_key,
+        Frame.state.in_((FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED)))
+        .order_by(Frame.date_obs, Frame.id)).all()
+
+
+def latest_stack(s: Session, group_key: str) -> Stack | None:
+    return s.scalar(select(Stack).where(Stack.group_key == group_key).order_by(Stack.version.desc()))

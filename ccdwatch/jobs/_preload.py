@@ -1,0 +1,5 @@
+"""Imported by the workers' fork server only (`ccdwatch.jobs.forkserver.PRELOAD`): warms it up."""
+
+from ccdwatch.jobs.forkserver import warm_imports
+
+warm_imports()

@@ -1,0 +1,185 @@
+"""The workers: a process pool with per-job time limits and per-worker memory limits.
+
+:class:`Workers` wraps a ``concurrent.futures`` process pool (the seam where a cluster executor
+such as ``dask.distributed`` plugs in): each worker runs under an address-space limit and a
+lower CPU priority, each job under a time limit; a worker that dies or overruns is killed, the
+pool is rebuilt, and the caller gets a :class:`WorkerFailure` to count against the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from ccdwatch.jobs import forkserver
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerFailure(RuntimeError):
+    """A job whose worker died or overran its time limit."""
+
+
+class Stopping(BaseException):
+    """The daemon was asked to stop while waiting for a job; the job is abandoned, uncounted.
+
+    A BaseException (like KeyboardInterrupt) so that no job-error handler mistakes it for a
+    failure of the file being processed."""
+
+
+def _worker_init(memory_limit: int, nice: int) -> None:
+    # Only the daemon's own loop speaks to systemd.
+    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(var, None)
+    if memory_limit > 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        except (ValueError, OSError) as exc:  # e.g. a lower hard limit already in force
+            logger.warning("cannot limit worker memory to %d bytes: %s", memory_limit, exc)
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    import cv2  # already loaded by the fork server (ccdwatch.stack)
+
+    cv2.setNumThreads(1)  # parallelism is the pool's: `workers.processes`, no more
+
+
+@dataclass
+class Workers:
+    """A process pool with per-job time limits and per-worker memory limits.
+
+    ``processes=0`` runs every job inline in the calling process (no isolation): for debugging
+    and for tests that monkeypatch job functions.
+    """
+
+    processes: int = 1
+    memory_limit: int = 4 << 30
+    nice: int = 5
+    heartbeat: Callable[[], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = forkserver.context()
+            self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=ctx,
+                                             initializer=_worker_init, initargs=(self.memory_limit, self.nice))
+        return self._pool
+
+    def _reset(self) -> None:
+        """Kill every worker (a hung one cannot be cancelled) and start afresh on next use."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):  # no public API for this
+            try:
+                proc.kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self, fn: Callable[[Any], Any], spec: Any, *, timeout: float | None) -> Any:
+        return self.map(fn, [spec], timeout=timeout)[0].result()
+
+    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None) -> list[Future]:
+        """Run ``fn`` on every spec; each returned future is done (result or exception).
+
+        A job that overruns ``timeout`` or whose worker dies ends with :class:`WorkerFailure`.
+        The pool is then rebuilt; the other unfinished jobs run again, one at a time, so that a
+        poison job cannot take innocent ones down with it (a dead pool does not say who died).
+        """
+        specs = list(specs)
+        if self.processes <= 0:
+            return [_inline(fn, s) for s in specs]
+        results: list[Future | None] = [None] * len(specs)
+        queue = list(range(len(specs)))
+        isolate = False
+        while queue:
+            batch = queue[:1] if isolate else queue
+            queue = queue[len(batch):]
+            futs = {i: self._executor().submit(fn, specs[i]) for i in batch}
+            for i in batch:
+                try:
+                    self._wait(futs[i], timeout)
+                    results[i] = futs[i]
+                    continue
+                except FutureTimeout:
+                    logger.error("%s on %s overran %g s: killing the workers", fn.__name__, _subject(specs[i]), timeout)
+                    results[i] = _failed(WorkerFailure(f"{fn.__name__} overran its time limit of {timeout:g} s"))
+                except BrokenProcessPool:
+                    if len(batch) > 1:
+                        isolate = True
+                    else:
+                        logger.error("the worker died during %s on %s", fn.__name__, _subject(specs[i]))
+                        results[i] = _failed(WorkerFailure(
+                            f"the worker died (crash, or over its memory limit) during {fn.__name__}"))
+                except Exception:  # noqa: BLE001 - the job's own error, delivered through the future
+                    results[i] = futs[i]
+                    continue
+                # The pool is dead or hung: keep what finished, rerun the rest.
+                for j in batch:
+                    f = futs[j]
+                    if results[j] is None and f.done() and not f.cancelled() and f.exception() is None:
+                        results[j] = f
+                self._reset()
+                queue = [j for j in batch if results[j] is None] + queue
+                break
+        return [r for r in results if r is not None]
+
+    def _wait(self, fut: Future, timeout: float | None) -> None:
+        """Wait for a job in short slices, calling ``heartbeat`` while it is within its limit:
+        the daemon stays 'healthy' for systemd's watchdog while a worker makes progress."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise FutureTimeout()
+            try:
+                fut.result(timeout=1.0 if remaining is None else min(1.0, remaining))
+                return
+            except FutureTimeout:
+                if self.should_stop is not None and self.should_stop():
+                    logger.info("stopping: abandoning the job in progress (it will be redone at start-up)")
+                    self._reset()
+                    raise Stopping() from None
+                if self.heartbeat is not None:
+                    self.heartbeat()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _subject(spec: Any) -> str:
+    for attr in ("path", "out_path"):
+        if hasattr(spec, attr):
+            return str(getattr(spec, attr))
+    return type(spec).__name__
+
+
+def _failed(exc: BaseException) -> Future:
+    fut: Future = Future()
+    fut.set_exception(exc)
+    return fut
+
+
+def _inline(fn: Callable[[Any], Any], spec: Any) -> Future:
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(spec))
+    except Exception as exc:  # noqa: BLE001 - delivered through the future
+        fut.set_exception(exc)
+    return fut

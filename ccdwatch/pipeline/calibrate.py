@@ -1,0 +1,189 @@
+"""Calibration: a light whose masters exist -> a calibrated product and its frame quality.
+
+A light waits (with the reason) until its masters exist, or is calibrated partially when the
+policy allows; it is recalibrated, as a new product version, when a better master appears.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from ccdwatch import __version__
+from ccdwatch.catalog import log_event, utcnow
+from ccdwatch.catalog.queries import (
+    current_calibrated,
+    lights_served_by,
+    next_calibrated_version,
+    waiting_light_ids,
+)
+from ccdwatch.jobs import tasks
+from ccdwatch.models import Calibrated, Frame, FrameState, Master
+from ccdwatch.pipeline.context import Context
+from ccdwatch.pipeline.selection import Masters
+from ccdwatch.products import calibrated_path, preview_path, product_header
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """One light's calibration job and what to record when it is done."""
+
+    spec: tasks.CalibrateSpec
+    bias_id: int | None
+    dark_id: int | None
+    flat_id: int | None
+    dark_scale: float | None
+    partial: bool
+    missing: str | None
+    version: int
+    explain: str
+
+    @property
+    def frame_id(self) -> int:
+        return self.spec.frame_id
+
+    @property
+    def subject(self) -> str:
+        return f"calibrating frame {self.spec.frame_id}"
+
+    @property
+    def charged(self) -> tuple[int, ...]:
+        return (self.spec.frame_id,)
+
+
+def timed_out(ctx: Context, frame: Frame) -> bool:
+    """Has this light waited ``calibration.max_wait_hours`` since it was catalogued?"""
+    age = utcnow() - frame.created_at
+    return age.total_seconds() >= ctx.cfg.calibration.max_wait_hours * 3600
+
+
+def pending(ctx: Context, new_masters: Sequence[int] = ()) -> list[int]:
+    """Lights to (re)consider: every waiting light, and with ``new_masters`` the calibrated
+    lights those masters could serve (same camera set-up, within the master's maximum age).
+
+    Only the waiting set is scanned otherwise, so the cost does not grow with the catalogue.
+    """
+    with ctx.catalog.session() as s:
+        ids = waiting_light_ids(s)
+        if not ctx.cfg.calibration.recalibrate_on_better_master:
+            return ids
+        for master in (s.get(Master, mid) for mid in new_masters):
+            if master is None:
+                continue
+            span = timedelta(days=Masters(s, ctx.cfg.masters).max_age_days(master.kind))
+            seen = set(ids)
+            ids += [i for i in lights_served_by(s, master, span) if i not in seen]
+    return ids
+
+
+def plan_many(ctx: Context, frame_ids: Sequence[int], *, final: bool = False) -> list[CalibrationPlan]:
+    """Plan every light that can be calibrated now; record why the others wait."""
+    plans = []
+    with ctx.catalog.session() as s:
+        masters = Masters(s, ctx.cfg.masters)  # the same for every light of the batch
+        for fid in frame_ids:
+            plan = plan_calibration(ctx, s, masters, fid, final=final)
+            if plan is not None:
+                plans.append(plan)
+    return plans
+
+
+def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, *,
+                     final: bool) -> CalibrationPlan | None:
+    frame = s.get(Frame, frame_id)
+    if frame is None or frame.imagetyp != "light" or frame.state in (FrameState.QUARANTINED, FrameState.FAILED):
+        return None
+    cal = ctx.cfg.calibration
+    sel = masters.for_light(frame)
+    current = current_calibrated(s, frame.id)
+    if current is not None and (current.bias_id, current.dark_id, current.flat_id) == sel.ids:
+        return None
+    partial = False
+    if sel.missing:
+        allow = cal.on_timeout == "partial" and (final or timed_out(ctx, frame))
+        if current is not None or not allow:
+            reason = "waiting for " + "; ".join(f"{k}: {v}" for k, v in sel.missing.items())
+            if current is None and frame.state_reason != reason:
+                frame.state, frame.state_reason, frame.updated_at = FrameState.WAITING, reason, utcnow()
+                log_event(s, frame, "waiting", reason)
+            return None
+        partial = True
+    if current is not None and not cal.recalibrate_on_better_master:
+        return None
+    version = next_calibrated_version(s, frame.id)
+    out = calibrated_path(ctx.products, night=frame.night, target=frame.object, filter=frame.filter,
+                          frame_id=frame.id, stem=Path(frame.path).stem, version=version)
+    header = product_header(
+        frame.header, BUNIT="adu", RAWID=frame.id, RAWSHA=frame.sha256,
+        BIASID=sel.bias.id if sel.bias else None, BIASSHA=sel.bias.sha256 if sel.bias else None,
+        DARKID=sel.dark.id if sel.dark else None, DARKSHA=sel.dark.sha256 if sel.dark else None,
+        DARKSCL=sel.dark_scale if sel.dark else None,
+        FLATID=sel.flat.id if sel.flat else None, FLATSHA=sel.flat.sha256 if sel.flat else None,
+        PARTIAL=partial, CALVER=version,
+    )
+    spec = tasks.CalibrateSpec(
+        frame_id=frame.id, raw_paths=tuple(f.path for f in frame.files) or (frame.path,), raw_sha256=frame.sha256,
+        bias_path=sel.bias.path if sel.bias else None, dark_path=sel.dark.path if sel.dark else None,
+        dark_scale=sel.dark_scale or 1.0, flat_path=sel.flat.path if sel.flat else None, out_path=str(out),
+        header=header, saturation=saturation(ctx, frame), detect_sigma=ctx.cfg.stack.detect_sigma,
+        max_data_bytes=ctx.max_data_bytes, allow_compressed=ctx.cfg.ingest.allow_compressed,
+        preview_path=str(preview_path(out)) if ctx.cfg.report.light_previews else None,
+        min_free_bytes=ctx.min_free,
+    )
+    bias_id, dark_id, flat_id = sel.ids
+    return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,
+                           dark_scale=sel.dark_scale if sel.dark else None, partial=partial,
+                           missing="; ".join(f"{k}: {v}" for k, v in sel.missing.items()) or None,
+                           version=version, explain=sel.explain())
+
+
+def saturation(ctx: Context, frame: Frame) -> float | None:
+    """Configured or header saturation level; None lets the worker find the pile-up ceiling."""
+    header = frame.header or {}
+    for key in ("SATURATE", "SATLEVEL"):
+        v = header.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            return float(v)
+    return ctx.cfg.stack.saturation or None
+
+
+def commit(ctx: Context, plan: CalibrationPlan, result: tasks.CalibrateResult) -> int:
+    """Record the calibrated product (superseding the current one) and the frame's quality."""
+    quality = result.quality
+    with ctx.catalog.session() as s:
+        frame = s.get(Frame, plan.frame_id)
+        assert frame is not None, "a frame is never deleted while it is calibrated"
+        current = current_calibrated(s, frame.id)
+        now = utcnow()
+        if current is not None:
+            current.current = False
+        s.add(Calibrated(
+            frame_id=frame.id, version=plan.version, current=True, path=plan.spec.out_path, sha256=result.sha256,
+            bias_id=plan.bias_id, dark_id=plan.dark_id, flat_id=plan.flat_id, dark_scale=plan.dark_scale,
+            partial=plan.partial, missing=plan.missing, ccdwatch_version=__version__, created_at=now,
+        ))
+        frame.state = FrameState.CALIBRATED
+        frame.state_reason = ("PARTIAL: " + plan.missing) if plan.partial and plan.missing else None
+        frame.n_stars, frame.fwhm, frame.elongation = (quality.n_stars, finite(quality.fwhm),
+                                                       finite(quality.elongation))
+        frame.sky, frame.sky_noise = finite(quality.sky), finite(quality.sky_noise)
+        frame.saturated_fraction = result.saturated_fraction
+        frame.updated_at = now
+        verb = "recalibrated" if current is not None else "calibrated"
+        log_event(s, frame, verb, plan.explain + (f" (v{plan.version}, supersedes v{current.version})"
+                                                  if current else f" (v{plan.version})"))
+    logger.info("%s frame %d: %s", verb, plan.frame_id, plan.explain)
+    return plan.frame_id
+
+
+def finite(x: float | None) -> float | None:
+    """A catalogue value: None for a missing, NaN or infinite measurement."""
+    return None if x is None or not np.isfinite(x) else float(x)

@@ -1,0 +1,48 @@
+"""What every stage of the pipeline works with: the configuration, the catalogue and the roots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccdwatch.catalog import Catalog
+from ccdwatch.config import Config
+
+
+@dataclass(frozen=True)
+class Context:
+    """The configuration, catalogue and product roots of one pipeline (read-only)."""
+
+    cfg: Config
+    catalog: Catalog
+    clock: Callable[[], float] = field(default=time.time)
+
+    @property
+    def incoming(self) -> Path:
+        return Path(self.cfg.paths.incoming).absolute()
+
+    @property
+    def products(self) -> Path:
+        return Path(self.cfg.paths.products).absolute()
+
+    @property
+    def workdir(self) -> Path:
+        """Scratch space of the jobs (memory-mapped spills); swept at start-up."""
+        return self.products / ".work"
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes one combination may hold in memory."""
+        return int(self.cfg.masters.memory_budget_mb * 2**20)
+
+    @property
+    def max_data_bytes(self) -> int:
+        """The largest image data a raw file may declare, in bytes."""
+        return int(self.cfg.ingest.max_data_mb * 2**20)
+
+    @property
+    def min_free(self) -> int:
+        """Free bytes a product write leaves on its disk, at least."""
+        return int(self.cfg.watch.min_free_mb * 2**20)

@@ -1,0 +1,172 @@
+"""The pipeline, assembled in one place you can read top to bottom.
+
+``handle(path)``  ingest one file: safe read, header normalisation, one catalogue row per
+                  distinct content; a light is calibrated at once when its masters exist.
+``tick()``        periodic work: build masters whose frames have settled, calibrate lights that
+                  were waiting (and recalibrate those a new master serves better), stack groups
+                  that have gone quiet, refresh the night report.
+``finish()``      what ``watch --once`` does at the end: everything ``tick`` does, as if the
+                  night were over.
+
+This is the only place that orders the stages (``ingest``, ``masters``, ``calibrate``,
+``stacking``); they never call each other. Each stage plans in the catalogue, the runner runs
+the jobs on the workers, and the stage commits each result in one transaction, after its
+output files are safely in place (temp file, fsync, rename). Every job is safe to run twice:
+a job whose result already exists is not planned again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+
+from ccdwatch.catalog import Catalog
+from ccdwatch.catalog.queries import known_product_paths
+from ccdwatch.config import Config
+from ccdwatch.fitsio import sweep_temp_files
+from ccdwatch.jobs import pool, tasks
+from ccdwatch.pipeline import calibrate, masters, stacking
+from ccdwatch.pipeline.context import Context
+from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
+from ccdwatch.pipeline.keys import CALIBRATION_KINDS, GroupKey
+from ccdwatch.pipeline.runner import Runner
+from ccdwatch.products import preview_path
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """All processing for one incoming tree, one products root and one catalogue."""
+
+    def __init__(self, config: Config, catalog: Catalog, *, clock: Callable[[], float] = time.time) -> None:
+        self.ctx = Context(config, catalog, clock)
+        self.cfg = config
+        self.catalog = catalog
+        self.ctx.products.mkdir(parents=True, exist_ok=True)
+        self.runner = Runner(self.ctx)
+        self.ingester = Ingester(self.ctx, self.runner)
+
+    @property
+    def workers(self) -> pool.Workers:
+        return self.runner.workers
+
+    @property
+    def paused(self) -> str | None:
+        """Why processing is paused (a full disk), or None."""
+        return self.runner.paused
+
+    def maybe_resume(self) -> bool:
+        return self.runner.maybe_resume()
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    wants = staticmethod(wants)
+
+    # ------------------------------------------------------------------ start-up recovery
+    def recover(self) -> dict[str, int]:
+        """Converge after a crash: sweep temp files, forget outputs no row references."""
+        products = self.ctx.products
+        removed = sweep_temp_files(products)
+        if self.ctx.workdir.exists():
+            shutil.rmtree(self.ctx.workdir, ignore_errors=True)
+        with self.catalog.session() as s:
+            known = known_product_paths(s)
+        orphans = 0
+        for sub in ("masters", "calibrated", "stacks"):
+            root = products / sub
+            if not root.exists():
+                continue
+            for path in root.rglob("*.fits"):
+                if str(path) not in known:
+                    path.unlink(missing_ok=True)
+                    preview_path(path).unlink(missing_ok=True)
+                    orphans += 1
+        if removed or orphans:
+            logger.warning("recovery: removed %d temp files and %d orphan products", len(removed), orphans)
+        return {"temp_files": len(removed), "orphans": orphans}
+
+    # ------------------------------------------------------------------ the stages, in order
+    def handle(self, path: str | os.PathLike[str], *, final: bool = False) -> Outcome:
+        """Ingest one path (safe to call for any event, any number of times)."""
+        return self.handle_many([path], final=final)[0]
+
+    def handle_many(self, paths: Sequence[str | os.PathLike[str]], *, final: bool = False) -> list[Outcome]:
+        """Ingest a batch of paths; calibrate the new lights whose masters exist."""
+        outcomes, lights = self.ingester.ingest(paths, final=final)
+        if lights:
+            self.calibrate(lights, final=final)
+        return outcomes
+
+    def tick(self, *, final: bool = False) -> None:
+        """Masters, then calibration (with what the new masters serve), then stacks and reports."""
+        if not self.maybe_resume():
+            return
+        built = self.build_masters(final=final)
+        if self.paused is None:
+            self.calibrate(calibrate.pending(self.ctx, built), final=final)
+        if self.paused is None:
+            self.stack(stacking.due_groups(self.ctx, final=final))
+
+    def finish(self) -> None:
+        """End of ``watch --once``: build, calibrate and stack everything as if the night were over."""
+        self.tick(final=True)
+
+    # ------------------------------------------------------------------ one stage each
+    def build_masters(self, *, final: bool = False) -> list[int]:
+        """Build (or rebuild as a new version) every master whose frames have settled: bias
+        first, then darks (on the bias), then flats (on both); one rank's masters in parallel."""
+        candidates = masters.candidates(self.ctx)
+        built: list[int] = []
+        for rank in range(len(CALIBRATION_KINDS)):
+            plans = masters.plan_due(self.ctx, [(k, n) for k, n in candidates if k.rank == rank], final=final)
+            built += self.runner.run(tasks.build_master, plans, lambda p, r: masters.commit(self.ctx, p, r),
+                                     fault_point="master-written", share_cores=True)
+            if self.paused is not None:
+                break
+        return built
+
+    def calibrate(self, frame_ids: Sequence[int], *, final: bool = False) -> int:
+        """Calibrate the lights whose masters exist (or policy allows partial); the number written."""
+        plans = calibrate.plan_many(self.ctx, frame_ids, final=final)
+        done = self.runner.run(tasks.calibrate_light, plans, lambda p, r: calibrate.commit(self.ctx, p, r),
+                               fault_point="calibrated-written")
+        return len(done)
+
+    def stack(self, groups: Sequence[GroupKey]) -> list[int]:
+        """Stack several groups (combined in parallel on the workers), then refresh their reports."""
+        built = self.runner.run(tasks.stack_group, stacking.plan_many(self.ctx, groups),
+                                lambda p, r: stacking.commit(self.ctx, p, r),
+                                fault_point="stack-written", share_cores=True)
+        if built:
+            from ccdwatch import report
+
+            for night in sorted({g.night for g in groups}, key=str):
+                report.refresh(self.cfg, self.catalog, night, run=self.runner.run_side_jobs)  # never raises
+        return built
+
+    # ------------------------------------------------------------------ on demand (CLI)
+    def groups_of_night(self, night: str) -> list[GroupKey]:
+        """Assign the night's lights to their stack groups; the groups, by key."""
+        with self.catalog.session() as s:
+            return sorted(set(stacking.assign_groups(self.ctx, s, night).values()), key=str)
+
+    def recalibrate(self, night: str | None = None) -> tuple[int, int]:
+        """Redo the calibration of every light (of a night), e.g. after a configuration change:
+        new product versions, the old ones stay recorded. Returns (recalibrated, considered)."""
+        from ccdwatch.catalog.queries import forget_current_calibrations
+
+        with self.catalog.session() as s:
+            ids = forget_current_calibrations(s, night)
+        n = sum(self.calibrate([i], final=True) for i in ids)
+        self.stack(stacking.due_groups(self.ctx, final=True))
+        return n, len(ids)

@@ -1,0 +1,216 @@
+"""Ingest: a path on disk -> one catalogue row per distinct content, or a quarantine with a reason.
+
+Parsing runs on the workers (a hostile file can kill a worker, never the daemon); the rows are
+written here, in one transaction per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from ccdwatch import faults
+from ccdwatch.catalog import log_event, utcnow
+from ccdwatch.catalog.queries import frame_by_sha256, source_file
+from ccdwatch.fitsio import RejectedFile, fits_suffix, is_temp_name
+from ccdwatch.headers import ImageType, camera_key
+from ccdwatch.jobs import tasks
+from ccdwatch.models import Frame, FrameState, SourceFile
+from ccdwatch.pipeline.context import Context
+from ccdwatch.pipeline.runner import Runner
+
+logger = logging.getLogger(__name__)
+
+#: Reasons for which a file that is still being written is retried rather than quarantined.
+INCOMPLETE_REASONS = {"truncated-data", "truncated-header", "empty"}
+
+
+@dataclass
+class Outcome:
+    """What ``handle`` did with one path."""
+
+    status: str  # ingested | duplicate | unchanged | quarantined | ignored | incomplete | gone | error
+    frame_id: int | None = None
+    detail: str = ""
+
+
+def wants(path: Path) -> bool:
+    """Is this a name ccdwatch should look at (a FITS suffix, compressed ones included so that
+    they are catalogued, not a temp name)? Whether .fz/.gz are read is ingest.allow_compressed."""
+    return not is_temp_name(path.name) and fits_suffix(path.name) is not None
+
+
+def _as_utc_naive(dt: datetime | None) -> datetime | None:
+    if dt is not None and dt.tzinfo is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return dt
+
+
+class Ingester:
+    """Ingests batches of paths; remembers how often each path's parsing crashed or hung."""
+
+    def __init__(self, ctx: Context, runner: Runner) -> None:
+        self.ctx = ctx
+        self.runner = runner
+        self._errors: dict[str, int] = {}
+
+    def ingest(self, paths: Sequence[str | os.PathLike[str]], *,
+               final: bool = False) -> tuple[list[Outcome], list[int]]:
+        """Ingest a batch of paths: parsed in parallel by the workers, recorded in one transaction.
+
+        ``final`` (``watch --once``): a file shorter than its header declares is quarantined at
+        once instead of being given time to finish.
+
+        Returns
+        -------
+        outcomes, new_lights
+            What happened to each path, in order; the ids of lights catalogued for the first time.
+        """
+        outcomes: list[Outcome | None] = [None] * len(paths)
+        todo = self._changed(paths, outcomes)
+        cfg = self.ctx.cfg
+        specs = [tasks.IngestSpec(str(path), self.ctx.max_data_bytes, cfg.ingest.allow_compressed, cfg.classify,
+                                 cfg.night.timezone, cfg.night.start_hour) for _, path, _ in todo]
+        futures = self.runner.workers.map(tasks.ingest, specs, timeout=cfg.workers.ingest_timeout)
+        good: list[tuple[int, Path, tasks.IngestResult]] = []
+        for (i, path, st), fut in zip(todo, futures, strict=True):
+            try:
+                good.append((i, path, fut.result()))
+                self._errors.pop(str(path), None)
+            except RejectedFile as exc:
+                outcomes[i] = self._rejected(path, st, exc, final=final)
+            except FileNotFoundError:
+                outcomes[i] = Outcome("gone")
+            except Exception as exc:  # a worker that died or hung, or an unexpected error: bounded retries
+                outcomes[i] = self._errored(path, st, exc)
+        lights: list[int] = []
+        if good:
+            with self.ctx.catalog.session() as s:
+                for i, path, result in good:
+                    outcome = outcomes[i] = record(s, path, result)
+                    if outcome.status == "ingested" and result.info.imagetyp is ImageType.LIGHT \
+                            and outcome.frame_id is not None:
+                        lights.append(outcome.frame_id)
+        return [o if o is not None else Outcome("error") for o in outcomes], lights
+
+    def _changed(self, paths: Sequence[str | os.PathLike[str]],
+                 outcomes: list[Outcome | None]) -> list[tuple[int, Path, os.stat_result]]:
+        """The paths to parse: wanted names whose size, mtime or inode differ from the catalogue's."""
+        todo: list[tuple[int, Path, os.stat_result]] = []
+        with self.ctx.catalog.session() as s:
+            for i, p in enumerate(paths):
+                path = Path(p).absolute()
+                if not wants(path):
+                    outcomes[i] = Outcome("ignored")
+                    continue
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    outcomes[i] = Outcome("gone")
+                    continue
+                known = source_file(s, str(path))
+                if known is not None and known.frame_id is not None and (
+                        known.size, known.mtime_ns, known.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
+                    outcomes[i] = Outcome("unchanged", known.frame_id)
+                    continue
+                todo.append((i, path, st))
+        return todo
+
+    def _rejected(self, path: Path, st: os.stat_result, exc: RejectedFile, *, final: bool) -> Outcome:
+        grace = 0.0 if final else max(30.0, 3 * self.ctx.cfg.watch.settle_seconds + 1.0)
+        if exc.reason in INCOMPLETE_REASONS and (self.ctx.clock() - st.st_mtime) < grace:
+            return Outcome("incomplete", detail=str(exc))
+        return self.quarantine(path, st, f"{exc.reason}: {exc.message}")
+
+    def _errored(self, path: Path, st: os.stat_result, exc: Exception) -> Outcome:
+        max_tries = self.ctx.cfg.ingest.max_tries
+        n = self._errors[str(path)] = self._errors.get(str(path), 0) + 1
+        logger.error("error ingesting %r (try %d of %d): %s", str(path), n, max_tries, exc)
+        if n >= max_tries:
+            self._errors.pop(str(path), None)
+            return self.quarantine(path, st, f"ingest-error: {type(exc).__name__}: {exc} (after {n} tries)")
+        return Outcome("error", detail=str(exc))
+
+    def quarantine(self, path: Path, st: os.stat_result, reason: str) -> Outcome:
+        """Catalogue a file that cannot be used, with the reason (one row per path until it changes)."""
+        now = utcnow()
+        with self.ctx.catalog.session() as s:
+            sf = source_file(s, str(path))
+            if sf is not None and sf.frame is not None and sf.frame.state == FrameState.QUARANTINED \
+                    and sf.frame.sha256 is None:
+                frame = sf.frame
+                frame.state_reason, frame.updated_at = reason, now
+            else:
+                frame = Frame(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, imagetyp="unknown",
+                              state=FrameState.QUARANTINED, state_reason=reason, tries=0, created_at=now,
+                              updated_at=now)
+                s.add(frame)
+                if sf is None:
+                    sf = SourceFile(path=str(path), first_seen=now)
+                    s.add(sf)
+                sf.frame = frame
+            sf.size, sf.mtime_ns, sf.inode, sf.last_seen = st.st_size, st.st_mtime_ns, st.st_ino, now
+            s.flush()
+            log_event(s, frame, "quarantined", reason)
+            frame_id = frame.id
+        logger.warning("quarantined %r: %s", str(path), reason)
+        return Outcome("quarantined", frame_id, reason)
+
+
+def new_frame(path: Path, raw: tasks.IngestResult, now: datetime) -> Frame:
+    """The catalogue row of a frame never seen before."""
+    info = raw.info
+    state = {ImageType.LIGHT: FrameState.WAITING, ImageType.UNKNOWN: FrameState.UNCLASSIFIED}.get(
+        info.imagetyp, FrameState.INGESTED)
+    return Frame(
+        sha256=raw.sha256, path=str(path), size=raw.size, mtime_ns=raw.mtime_ns, hdu_index=raw.hdu_index,
+        imagetyp=info.imagetyp.value, type_source=info.type_source, exptime=info.exptime, filter=info.filter,
+        object=info.object, date_obs=_as_utc_naive(info.date_obs), night=info.night, xbin=info.xbin,
+        ybin=info.ybin, naxis1=info.naxis1, naxis2=info.naxis2, ccd_temp=info.ccd_temp, set_temp=info.set_temp,
+        gain=info.gain, egain=info.egain, offset=info.offset, readout_mode=info.readout_mode,
+        instrument=info.instrument, telescope=info.telescope, ra_deg=info.ra_deg, dec_deg=info.dec_deg,
+        camera_key=camera_key(info), header=raw.header, header_warnings=list(info.warnings) or None,
+        state=state, state_reason=info.type_source if state == FrameState.UNCLASSIFIED else None,
+        tries=0, created_at=now, updated_at=now,
+    )
+
+
+def record(s: Session, path: Path, raw: tasks.IngestResult) -> Outcome:
+    """Catalogue one parsed file: a new frame, or another path of a known content."""
+    info = raw.info
+    now = utcnow()
+    sf = source_file(s, str(path))
+    old_frame = sf.frame if sf is not None else None
+    frame = frame_by_sha256(s, raw.sha256)
+    status = "duplicate"
+    if frame is None:
+        status = "ingested"
+        frame = new_frame(path, raw, now)
+        s.add(frame)
+        s.flush()
+        log_event(s, frame, "ingested",
+                  f"{info.imagetyp.value} exptime={info.exptime} filter={info.filter} "
+                  f"from {path.name} ({info.type_source})")
+    else:
+        log_event(s, frame, "seen-again", f"same content as {path.name}")
+    if sf is None:
+        sf = SourceFile(path=str(path), first_seen=now)
+        s.add(sf)
+    sf.frame = frame
+    sf.size, sf.mtime_ns, sf.inode, sf.last_seen = raw.size, raw.mtime_ns, raw.inode, now
+    faults.point("ingest-commit", path)
+    if old_frame is not None and old_frame is not frame:
+        log_event(s, old_frame, "path-reused", f"{path.name} now holds other content")
+        if old_frame.state == FrameState.QUARANTINED and old_frame.sha256 is None:
+            s.flush()
+            if not old_frame.files:  # a file caught mid-write, now complete: forget it
+                s.delete(old_frame)
+    frame_id = frame.id
+    logger.info("%s %s -> frame %d (%s)", status, path, frame_id, info.imagetyp.value)
+    return Outcome(status, frame_id)

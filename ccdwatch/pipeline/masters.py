@@ -1,0 +1,200 @@
+"""Masters: calibration frames that have settled -> a new master version per key and night.
+
+Bias first, then darks (built on the bias), then flats (on both); the caller orders the ranks.
+A master is immutable: more frames of the same key and night make a new version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from ccdwatch import __version__, calib
+from ccdwatch.catalog import log_event, utcnow
+from ccdwatch.catalog.queries import (
+    calibration_frames,
+    frames_by_id,
+    fresh_calibration_frames,
+    latest_master,
+    lights_waiting_for,
+)
+from ccdwatch.jobs import tasks
+from ccdwatch.models import Frame, FrameState, Master, MasterInput
+from ccdwatch.pipeline.context import Context
+from ccdwatch.pipeline.keys import CalibKey, temperature_ref
+from ccdwatch.pipeline.selection import Masters
+from ccdwatch.products import master_path, preview_path, product_header, short_hash
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MasterPlan:
+    """Everything needed to combine one calibration key and night, and to record the result."""
+
+    key: CalibKey
+    night: str
+    spec: tasks.MasterSpec
+    inputs: tuple[tuple[int, str | None], ...]
+    out: Path
+    version: int
+    method: str
+    dark_scale: float | None
+    dates: tuple[datetime, ...]
+    mid: datetime | None
+    bias_id: int | None
+    dark_id: int | None
+    camera: str | None
+    temp: float | None
+    exptime: float | None
+    filter: str | None
+
+    @property
+    def kind(self) -> str:
+        return self.key.kind
+
+    @property
+    def subject(self) -> str:
+        return f"building master {self.kind} for night {self.night} ({self.key})"
+
+    @property
+    def charged(self) -> tuple[int, ...]:
+        return tuple(i for i, _ in self.inputs)
+
+
+def candidates(ctx: Context) -> list[tuple[CalibKey, str]]:
+    """(key, night) of calibration frames not yet in any master, in build order."""
+    with ctx.catalog.session() as s:
+        fresh = fresh_calibration_frames(s)
+        return sorted({(CalibKey.of(f), f.night or "nonight") for f in fresh})
+
+
+def frames_of(s: Session, key: CalibKey, night: str) -> list[Frame]:
+    """The frames of one key and night that a master of them would combine."""
+    frames = calibration_frames(s, key.kind, None if night == "nonight" else night)
+    return [f for f in frames if CalibKey.of(f) == key]
+
+
+def plan_due(ctx: Context, groups: list[tuple[CalibKey, str]], *, final: bool = False) -> list[MasterPlan]:
+    """Plans for the groups with enough frames that have settled (or that lights wait for)."""
+    m = ctx.cfg.masters
+    plans = []
+    for key, night in groups:
+        with ctx.catalog.session() as s:
+            frames = frames_of(s, key, night)
+            if len(frames) < m.min_frames[key.kind]:
+                continue
+            age = (utcnow() - max(f.created_at for f in frames)).total_seconds()
+            sample = frames[0]
+            flat_filter = (sample.filter or "").lower() if key.kind == "flat" else None
+            urgent = lights_waiting_for(s, sample.camera_key, flat_filter)
+            if not (final or urgent or age >= m.settle_seconds):
+                continue
+        plan = plan_master(ctx, key, night, final=final)
+        if plan is not None:
+            plans.append(plan)
+    return plans
+
+
+def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False) -> MasterPlan | None:
+    """Everything a worker needs to combine one calibration key and night into a new master
+    version (None when the current version already has exactly these inputs)."""
+    kind = key.kind
+    m = ctx.cfg.masters
+    with ctx.catalog.session() as s:
+        frames = frames_of(s, key, night)
+        ids = sorted(f.id for f in frames)
+        latest = latest_master(s, str(key), night)
+        if latest is not None and sorted(i.frame_id for i in latest.inputs) == ids:
+            for f in frames:
+                f.state = FrameState.USED
+            return None
+        sample = frames[0]
+        dates = tuple(f.date_obs for f in frames if f.date_obs is not None)
+        mid = min(dates) + (max(dates) - min(dates)) / 2 if dates else None
+        bias = dark = None
+        if kind in ("dark", "flat"):
+            bias = Masters(s, m).choose("bias", sample, mid)[0]
+            waited = (utcnow() - max(f.created_at for f in frames)).total_seconds()
+            if bias is None and not final and waited < ctx.cfg.calibration.max_wait_hours * 3600:
+                logger.info("master %s night %s waits for a master bias", kind, night)
+                return None
+        if kind == "flat":
+            dark = Masters(s, m).dark(sample, mid, bias, exact_only=True)[0]
+        version = (latest.version + 1) if latest else 1
+        method = {"bias": m.bias_method, "dark": m.dark_method, "flat": m.flat_method}[kind]
+        out = master_path(ctx.products, kind=kind, night=night, calib_key=str(key), instrument=sample.instrument,
+                          exptime=sample.exptime, filter=sample.filter, version=version)
+        dark_scale = calib.dark_scale(sample.exptime, dark.exptime) if dark is not None and dark.exptime else None
+        inputs = tuple((f.id, f.sha256) for f in frames)
+        spec = tasks.MasterSpec(
+            kind=kind, frames=tuple((tuple(sf.path for sf in f.files) or (f.path,), f.sha256) for f in frames),
+            bias_path=bias.path if bias else None, dark_path=dark.path if dark else None,
+            dark_scale=dark_scale, method=method, sigma=m.sigma, memory_budget=ctx.memory_budget,
+            hot_pixel_sigma=m.hot_pixel_sigma, out_path=str(out),
+            header=_header(kind, sample, night, version, len(frames), method, m.sigma, bias, dark, dark_scale,
+                           dates, key),
+            inputs_table=inputs, workdir=str(ctx.workdir), max_data_bytes=ctx.max_data_bytes,
+            allow_compressed=ctx.cfg.ingest.allow_compressed,
+            preview_path=str(preview_path(out)) if ctx.cfg.report.previews else None,
+            preview_title=f"master {kind} - night {night} - v{version} - {len(frames)} frames",
+            min_free_bytes=ctx.min_free,
+        )
+        return MasterPlan(
+            key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
+            dark_scale=dark_scale, dates=dates, mid=mid, bias_id=bias.id if bias else None,
+            dark_id=dark.id if dark else None, camera=sample.camera_key,
+            temp=temperature_ref(sample) if kind == "dark" else None,
+            exptime=sample.exptime if kind != "bias" else None, filter=sample.filter if kind == "flat" else None,
+        )
+
+
+def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: str, sigma: float,
+            bias: Master | None, dark: Master | None, dark_scale: float | None, dates: tuple[datetime, ...],
+            key: CalibKey) -> dict[str, object]:
+    """The master's FITS cards: what it is, what it was made from and how."""
+    return product_header(
+        None,
+        IMAGETYP=f"Master {kind.capitalize()}", INSTRUME=sample.instrument, TELESCOP=sample.telescope,
+        XBINNING=sample.xbin, YBINNING=sample.ybin, EXPTIME=sample.exptime if kind != "bias" else 0.0,
+        FILTER=sample.filter if kind == "flat" else None, NIGHT=night,
+        MASTERV=version, NCOMBINE=n, COMBMETH=method,
+        CLIPSIG=sigma if method == "sigma_clip" else None,
+        BIASSUB=bias is not None, BIASID=bias.id if bias else None, BIASSHA=bias.sha256 if bias else None,
+        DARKSUB=dark is not None, DARKID=dark.id if dark else None, DARKSHA=dark.sha256 if dark else None,
+        DARKSCL=dark_scale,
+        DATE_BEG=min(dates).isoformat() if dates else None, DATE_END=max(dates).isoformat() if dates else None,
+        CALIBKEY=short_hash(str(key), 16),
+    )
+
+
+def commit(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> int:
+    """Record a new master version and mark its inputs used."""
+    m = ctx.cfg.masters
+    with ctx.catalog.session() as s:
+        master = Master(
+            kind=plan.kind, calib_key=str(plan.key), camera_key=plan.camera, exptime=plan.exptime,
+            filter=plan.filter, ccd_temp=plan.temp, night=plan.night, version=plan.version, path=str(plan.out),
+            sha256=result.sha256, preview_path=result.preview_path, n_frames=len(plan.inputs), method=plan.method,
+            params={"sigma": m.sigma, "memory_budget_mb": m.memory_budget_mb, "dark_scale": plan.dark_scale,
+                    "hot_pixel_sigma": m.hot_pixel_sigma},
+            bias_subtracted=plan.bias_id is not None, dark_subtracted=plan.dark_id is not None,
+            bias_id=plan.bias_id, dark_id=plan.dark_id,
+            date_start=min(plan.dates) if plan.dates else None, date_end=max(plan.dates) if plan.dates else None,
+            date_mid=plan.mid, mean=result.mean, noise=result.noise, hot_pixels=result.hot_pixels,
+            ccdwatch_version=__version__, created_at=utcnow(),
+        )
+        master.inputs = [MasterInput(frame_id=i, sha256=h) for i, h in plan.inputs]
+        s.add(master)
+        s.flush()
+        for f in frames_by_id(s, plan.charged):
+            f.state, f.updated_at = FrameState.USED, utcnow()
+            log_event(s, f, "used", f"in master {plan.kind} #{master.id} v{plan.version}")
+        master_id = master.id
+    logger.info("built master %s #%d (night %s, v%d, %d frames)", plan.kind, master_id, plan.night, plan.version,
+                len(plan.inputs))
+    return master_id

@@ -1,0 +1,140 @@
+"""Plan -> run on the workers -> commit, once for every stage.
+
+A stage hands the runner its plans (each carries the job's picklable ``spec``); the runner
+runs them on the workers, commits each result through the stage's commit function, and deals
+with what can go wrong the same way for every stage: a full disk pauses the pipeline (every
+state kept; resumed once space returns), any other failure is logged and counted against the
+frames the plan names, which end ``failed`` after ``ingest.max_tries``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from ccdwatch import faults
+from ccdwatch.catalog import log_event, utcnow
+from ccdwatch.catalog.queries import frames_by_id
+from ccdwatch.fitsio import DiskFull
+from ccdwatch.jobs import pool
+from ccdwatch.models import FrameState
+from ccdwatch.pipeline.context import Context
+
+logger = logging.getLogger(__name__)
+
+
+class Plan(Protocol):
+    """What the runner needs of a stage's plan."""
+
+    @property
+    def spec(self) -> Any: ...
+
+    @property
+    def subject(self) -> str:
+        """Says what the job makes, for the log."""
+        ...
+
+    @property
+    def charged(self) -> Sequence[int]:
+        """Frames a failure of the job counts against."""
+        ...
+
+
+P = TypeVar("P", bound=Plan)
+R = TypeVar("R")
+
+
+class Runner:
+    """The workers, the pause on a full disk, and failure counting."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        w = ctx.cfg.workers
+        self.workers = pool.Workers(processes=w.processes, memory_limit=int(w.memory_limit_mb * 2**20), nice=w.nice)
+        self.paused: str | None = None
+        self._paused_at = 0.0
+
+    # ------------------------------------------------------------------ running
+    def run(self, job: Callable[[Any], Any], plans: Sequence[P], commit: Callable[[P, Any], R], *,
+            fault_point: str, share_cores: bool = False) -> list[R]:
+        """Run ``job`` on every plan's spec on the workers; commit each result in plan order.
+
+        ``share_cores``: when there are fewer jobs than workers (one master of a rank, one group
+        to stack), each job gets the idle workers' share of cores as threads.
+        """
+        if not plans:
+            return []
+        specs = [p.spec for p in plans]
+        if share_cores:
+            specs = self._share_cores(specs)
+        futures = self.workers.map(job, specs, timeout=self.ctx.cfg.workers.job_timeout)
+        committed: list[R] = []
+        for plan, fut in zip(plans, futures, strict=True):
+            try:
+                result = fut.result()
+            except DiskFull as exc:
+                self.pause(exc)
+                self.note(plan.charged, f"paused: disk full ({exc})")
+                continue
+            except Exception as exc:
+                logger.error("%s failed: %s: %s", plan.subject, type(exc).__name__, exc)
+                self.charge(plan.charged, f"{plan.subject} failed: {type(exc).__name__}: {exc}")
+                continue
+            faults.point(fault_point, plan.spec.out_path)
+            committed.append(commit(plan, result))
+        return committed
+
+    def run_side_jobs(self, fn: Callable[[Any], Any], specs: list[Any]) -> list[Any]:
+        """Run side jobs (the report's pictures) on the workers: each one's result, or the
+        exception it raised, in order."""
+        futures = self.workers.map(fn, specs, timeout=self.ctx.cfg.workers.job_timeout)
+        return [f.exception() or f.result() for f in futures]
+
+    def _share_cores(self, specs: list[Any]) -> list[Any]:
+        threads = max(1, self.ctx.cfg.workers.processes // max(1, len(specs)))
+        return [dataclasses.replace(spec, threads=threads) for spec in specs] if threads > 1 else specs
+
+    # ------------------------------------------------------------------ failures
+    def charge(self, frame_ids: Sequence[int], message: str) -> None:
+        """Count a failed try against frames; at ``ingest.max_tries`` they end ``failed``."""
+        with self.ctx.catalog.session() as s:
+            for f in frames_by_id(s, frame_ids):
+                f.tries += 1
+                f.last_error = message
+                if f.tries >= self.ctx.cfg.ingest.max_tries:
+                    f.state, f.state_reason = FrameState.FAILED, message
+                    logger.error("frame %d failed for good after %d tries: %s", f.id, f.tries, message)
+                log_event(s, f, "error", message)
+
+    def note(self, frame_ids: Sequence[int], message: str) -> None:
+        """Record why frames did not progress, without counting a try."""
+        with self.ctx.catalog.session() as s:
+            for f in frames_by_id(s, frame_ids):
+                f.last_error, f.updated_at = message, utcnow()
+
+    # ------------------------------------------------------------------ disk full
+    def pause(self, exc: BaseException) -> None:
+        """A product could not be written for lack of space: stop writing, keep every state."""
+        if self.paused is None:
+            logger.error("pausing: %s; nothing is lost, processing resumes once space returns", exc)
+        self.paused = f"disk full ({exc})"
+        self._paused_at = self.ctx.clock()
+
+    def maybe_resume(self) -> bool:
+        """Clear a pause once the retry interval has passed and the space check passes again."""
+        if self.paused is None:
+            return True
+        if self.ctx.clock() - self._paused_at < self.ctx.cfg.watch.pause_retry_seconds:
+            return False
+        if shutil.disk_usage(self.ctx.products).free < self.ctx.min_free:
+            self._paused_at = self.ctx.clock()
+            return False
+        logger.info("resuming after the pause: %s", self.paused)
+        self.paused = None
+        return True
+
+    def close(self) -> None:
+        self.workers.close()

@@ -1,0 +1,170 @@
+"""Which masters calibrate a frame: the nearest valid one in time, per kind, with reasons.
+
+As BANZAI does: a master is a candidate when it has the frame's camera set-up (and filter, for
+flats; temperature within tolerance, for darks) and is within its maximum age; the nearest in
+time wins. A dark of another exposure is scaled only if it is bias-subtracted and a master bias
+exists; a dark that includes the bias replaces the bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from ccdwatch import calib
+from ccdwatch.catalog.queries import current_masters
+from ccdwatch.config import MastersConfig
+from ccdwatch.models import Frame, Master
+from ccdwatch.pipeline.keys import temperature_ref
+
+EXPTIME_TOLERANCE = 1e-3  # seconds: exposures closer than this are "the same exposure"
+
+
+@dataclass
+class Selection:
+    """The masters chosen for one light, and what is missing (with reasons)."""
+
+    bias: Master | None = None
+    dark: Master | None = None
+    dark_scale: float | None = None
+    flat: Master | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ids(self) -> tuple[int | None, int | None, int | None]:
+        return (
+            self.bias.id if self.bias else None,
+            self.dark.id if self.dark else None,
+            self.flat.id if self.flat else None,
+        )
+
+    def explain(self) -> str:
+        parts = []
+        for kind in ("bias", "dark", "flat"):
+            m = getattr(self, kind)
+            if m is not None:
+                extra = (f", scaled x{self.dark_scale:.4g}"
+                         if kind == "dark" and self.dark_scale not in (None, 1.0) else "")
+                parts.append(f"{kind}: master #{m.id} (night {m.night} v{m.version}{extra})")
+            elif kind in self.missing:
+                parts.append(f"{kind}: MISSING - {self.missing[kind]}")
+        return "; ".join(parts + self.notes)
+
+
+class Masters:
+    """The current masters of the catalogue, as one session sees them, with the selection rules.
+
+    The current masters of a camera set-up are queried once per kind and kept: planning a
+    batch of lights costs one query per camera and kind, not one per light.
+    """
+
+    def __init__(self, session: Session, rules: MastersConfig) -> None:
+        self.s = session
+        self.rules = rules
+        self._current: dict[tuple[str, str | None], list[Master]] = {}
+
+    def current(self, kind: str, camera: str | None) -> list[Master]:
+        if (kind, camera) not in self._current:
+            self._current[(kind, camera)] = current_masters(self.s, kind, camera)
+        return self._current[(kind, camera)]
+
+    def max_age_days(self, kind: str) -> float:
+        m = self.rules
+        return {"bias": m.bias_max_age_days, "dark": m.dark_max_age_days, "flat": m.flat_max_age_days}[kind]
+
+    def choose(self, kind: str, frame: Frame, when: datetime | None) -> tuple[Master | None, str]:
+        """The nearest valid bias or flat for a frame, or None and why."""
+        max_age = self.max_age_days(kind)
+        cands = self.current(kind, frame.camera_key)
+        if kind == "flat":
+            cands = [c for c in cands if (c.filter or "").lower() == (frame.filter or "").lower()]
+            if not cands:
+                return None, f"no master flat for filter {frame.filter!r} with this camera set-up"
+        if not cands:
+            return None, f"no master {kind} for camera set-up {frame.camera_key}"
+        best = nearest(cands, when, max_age)
+        if best is None:
+            return None, f"no master {kind} within {max_age:g} days of the frame"
+        return best, ""
+
+    def _temp_ok(self, master: Master, frame: Frame) -> bool:
+        t = temperature_ref(frame)
+        return t is None or master.ccd_temp is None or abs(master.ccd_temp - t) <= self.rules.temperature_tolerance
+
+    def dark(self, frame: Frame, when: datetime | None, bias: Master | None, *,
+             exact_only: bool = False) -> tuple[Master | None, float | None, str]:
+        """The dark for a frame and its scale factor, or None and why."""
+        max_age = self.rules.dark_max_age_days
+        darks = [d for d in self.current("dark", frame.camera_key) if self._temp_ok(d, frame)]
+        if not darks:
+            return None, None, (f"no master dark for camera set-up {frame.camera_key} within "
+                                f"{self.rules.temperature_tolerance:g} degC")
+        t = frame.exptime or 0.0
+        same = [d for d in darks if d.exptime is not None and abs(d.exptime - t) < EXPTIME_TOLERANCE]
+        best = nearest(same, when, max_age)
+        if best is not None:
+            if not best.bias_subtracted or bias is not None:
+                return best, 1.0, ""
+            # A bias-subtracted dark of the same exposure still needs the bias.
+            return None, None, "the master dark is bias-subtracted but no master bias is available"
+        if exact_only:
+            return None, None, f"no master dark of {t:g} s"
+        return _scaled_dark(darks, t, when, bias, max_age)
+
+    def for_light(self, frame: Frame) -> Selection:
+        """Choose bias, dark (with its scale) and flat for a light; explain what is missing."""
+        sel = Selection()
+        when = frame.date_obs
+        sel.bias, why = self.choose("bias", frame, when)
+        if sel.bias is None:
+            sel.missing["bias"] = why
+        sel.dark, sel.dark_scale, why = self.dark(frame, when, sel.bias)
+        if sel.dark is None:
+            sel.missing["dark"] = why
+        elif not sel.dark.bias_subtracted:
+            # A raw (bias-including) dark of the same exposure removes the bias itself.
+            sel.notes.append("the master dark includes the bias, so no separate bias is subtracted")
+            sel.bias = None
+            sel.missing.pop("bias", None)
+        sel.flat, why = self.choose("flat", frame, when)
+        if sel.flat is None:
+            sel.missing["flat"] = why
+        return sel
+
+
+def _scaled_dark(darks: list[Master], t: float, when: datetime | None, bias: Master | None,
+                 max_age: float) -> tuple[Master | None, float | None, str]:
+    """The bias-subtracted dark of the nearest exposure, scaled to ``t`` seconds."""
+    scalable = [d for d in darks if d.bias_subtracted and d.exptime]
+    if not scalable:
+        return None, None, (f"no master dark of {t:g} s, and none that can be scaled "
+                            "(scaling needs a bias-subtracted master dark)")
+    if bias is None:
+        return None, None, f"no master dark of {t:g} s; scaling another needs a master bias"
+    in_time = [d for d in scalable if nearest([d], when, max_age) is not None]
+    if not in_time:
+        return None, None, f"no scalable master dark within {max_age:g} days"
+    epoch = datetime.min
+    best = min(in_time, key=lambda d: (abs((d.exptime or 0.0) - t),
+                                       abs((d.date_mid or when or epoch) - (when or epoch)), -d.id))
+    return best, calib.dark_scale(t, best.exptime), ""
+
+
+def nearest(masters: Iterable[Master], when: datetime | None, max_age_days: float) -> Master | None:
+    """The master nearest in time among those within the maximum age (newest id on ties).
+
+    A frame or master without a date cannot be judged by age and is accepted.
+    """
+    best, best_rank = None, None
+    for m in masters:
+        dt = timedelta(0) if when is None or m.date_mid is None else abs(m.date_mid - when)
+        if dt > timedelta(days=max_age_days):
+            continue
+        rank = (dt, -m.id)
+        if best_rank is None or rank < best_rank:
+            best, best_rank = m, rank
+    return best
