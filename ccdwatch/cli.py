@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from ccdwatch import __version__
 from ccdwatch.catalog import (
@@ -35,8 +35,17 @@ from ccdwatch.catalog import (
     upgrade,
     utcnow,
 )
+from ccdwatch.catalog.queries import (
+    calibrated_versions,
+    frames_in_state,
+    night_type_counts,
+    product_by_path,
+    product_counts,
+    query_masters,
+    query_stacks,
+)
 from ccdwatch.config import Config, ConfigError, database_url, load_config
-from ccdwatch.models import Calibrated, Frame, Master, Stack
+from ccdwatch.models import Calibrated, Frame, FrameState, Master, Stack
 
 logger = logging.getLogger("ccdwatch")
 
@@ -165,8 +174,8 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         from ccdwatch.jobs import forkserver
 
         forkserver.start()  # first: its imports overlap with ours below
-    from ccdwatch.pipeline import Pipeline
     from ccdwatch.daemon.watch import Watcher
+    from ccdwatch.pipeline import Pipeline
 
     incoming = Path(cfg.paths.incoming).absolute()
     products = Path(cfg.paths.products).absolute()
@@ -185,23 +194,21 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         stats = watcher.run_once()
         with catalog.reader() as s:  # read everything inside: the session expires its objects at the end
             counts = state_counts(s)
-            n_masters = s.scalar(select(func.count()).select_from(Master)) or 0
-            n_cal = s.scalar(select(func.count()).select_from(Calibrated).where(Calibrated.current)) or 0
-            n_stacks = s.scalar(select(func.count()).select_from(Stack).where(Stack.current)) or 0
-            waiting = s.execute(select(Frame.id, Frame.path, Frame.state_reason).where(Frame.state == "waiting")).all()
-            quarantined = s.execute(select(Frame.path, Frame.state_reason).where(Frame.state == "quarantined")).all()
+            n = product_counts(s)
+            waiting = frames_in_state(s, FrameState.WAITING)
+            quarantined = frames_in_state(s, FrameState.QUARANTINED)
         print(f"ccdwatch {__version__}: scanned {incoming}")
         print(f"  this run: {stats.ingested} ingested, {stats.duplicate} duplicates, "
               f"{stats.unchanged} unchanged, {stats.quarantined} quarantined")
         print(f"  catalogue: {sum(counts.values())} frames (" +
               ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
-        print(f"  masters: {n_masters}; calibrated lights: {n_cal}; stacks: {n_stacks}")
+        print(f"  masters: {n['masters']}; calibrated lights: {n['calibrated']}; stacks: {n['stacks']}")
         reports = sorted((Path(cfg.paths.products) / "reports").glob("*/index.html"))
         for page in reports[-3:]:
             print(f"  night report: {page}")
         for fid, path, reason in waiting:
             print(f"  WAITING frame {fid} {Path(path).name}: {reason}")
-        for path, reason in quarantined:
+        for _, path, reason in quarantined:
             print(f"  QUARANTINED {Path(path).name}: {reason}")
         return 0
 
@@ -222,7 +229,7 @@ def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_frame(s, f: Frame) -> None:
+def _show_frame(s: Session, f: Frame) -> None:
     rec = frame_record(f)
     print(f"frame {f.id}: {Path(f.path).name}")
     for k, v in rec.items():
@@ -235,7 +242,7 @@ def _show_frame(s, f: Frame) -> None:
         print(f"    {sf.path}  (first seen {_iso(sf.first_seen)})")
     if f.imagetyp == "light":
 
-        products = s.scalars(select(Calibrated).where(Calibrated.frame_id == f.id).order_by(Calibrated.version)).all()
+        products = calibrated_versions(s, f.id)
         for p in products:
             tag = "current" if p.current else "superseded"
             print(f"  calibrated v{p.version} ({tag}): {p.path}")
@@ -244,6 +251,8 @@ def _show_frame(s, f: Frame) -> None:
             for mid in (p.bias_id, p.dark_id, p.flat_id):
                 if mid is not None:
                     m = s.get(Master, mid)
+                    if m is None:
+                        continue
                     print(f"      master #{m.id} {m.kind} night {m.night} v{m.version}, {m.n_frames} frames, {m.path}")
         if not products and f.state_reason:
             print(f"  not calibrated: {f.state_reason}")
@@ -269,16 +278,18 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
             elif isinstance(obj, Stack):
                 print(json.dumps(stack_record(obj), indent=2, default=str))
             else:
-                _show_frame(s, s.get(Frame, obj.frame_id))
+                frame = s.get(Frame, obj.frame_id)
+                if frame is not None:
+                    _show_frame(s, frame)
             return 0
-        path = str(Path(ref).absolute())
-        for model, record in ((Master, master_record), (Stack, stack_record)):
-            obj = s.scalar(select(model).where(model.path == path))
-            if obj is not None:
-                print(json.dumps(record(obj), indent=2, default=str))
-                return 0
-        cal = s.scalar(select(Calibrated).where(Calibrated.path == path))
-        frame = s.get(Frame, cal.frame_id) if cal is not None else frame_by_path_or_id(s, ref)
+        product = product_by_path(s, str(Path(ref).absolute()))
+        if isinstance(product, Master):
+            print(json.dumps(master_record(product), indent=2, default=str))
+            return 0
+        if isinstance(product, Stack):
+            print(json.dumps(stack_record(product), indent=2, default=str))
+            return 0
+        frame = s.get(Frame, product.frame_id) if product is not None else frame_by_path_or_id(s, ref)
         if frame is None:
             print(f"no frame, master or stack matches {ref!r}", file=sys.stderr)
             return 1
@@ -290,8 +301,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     with _catalog(cfg) as cat, cat.reader() as s:
         counts = state_counts(s)
         last = last_ingest(s)
-        n_masters = s.scalar(select(func.count()).select_from(Master)) or 0
-        n_stacks = s.scalar(select(func.count()).select_from(Stack)) or 0
+        n = product_counts(s)
     status_file = Path(cfg.paths.products) / "status.json"
     daemon = None
     if status_file.exists():
@@ -301,7 +311,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             daemon = None
     print(f"catalogue: {cat.url} (revision {cat.revision})")
     print(f"frames: {sum(counts.values())}  " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    print(f"masters: {n_masters}  stacks: {n_stacks}")
+    print(f"masters: {n['masters']}  stacks: {n['stacks_all']}")
     print(f"last ingest: {_iso(last) or 'never'}")
     if daemon:
         print(f"daemon: {daemon.get('status')} (queue {daemon.get('queue')}, updated {daemon.get('updated')})")
@@ -310,16 +320,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
     with _catalog(cfg) as cat, cat.reader() as s:
-        stmt = select(Master)
-        if args.type:
-            stmt = stmt.where(Master.kind == args.type)
-        if args.night:
-            stmt = stmt.where(Master.night == args.night)
-        if args.filter:
-            stmt = stmt.where(func.lower(Master.filter) == args.filter.lower())
-        if args.exptime is not None:
-            stmt = stmt.where(func.abs(Master.exptime - args.exptime) < 1e-3)
-        rows = [master_record(m) for m in s.scalars(stmt.order_by(Master.night, Master.kind, Master.id))]
+        masters = query_masters(s, kind=args.type, night=args.night, filter=args.filter, exptime=args.exptime)
+        rows = [master_record(m) for m in masters]
     emit_named(rows, args.format, ("id", "kind", "night", "version", "exptime", "filter", "n_frames", "method",
                              "mean", "noise", "hot_pixels", "name"))
     return 0
@@ -327,16 +329,8 @@ def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_stacks(cfg: Config, args: argparse.Namespace) -> int:
     with _catalog(cfg) as cat, cat.reader() as s:
-        stmt = select(Stack)
-        if args.night:
-            stmt = stmt.where(Stack.night == args.night)
-        if args.target:
-            stmt = stmt.where(func.lower(Stack.target) == args.target.lower())
-        if args.filter:
-            stmt = stmt.where(func.lower(Stack.filter) == args.filter.lower())
-        if not args.all:
-            stmt = stmt.where(Stack.current)
-        rows = [stack_record(x) for x in s.scalars(stmt.order_by(Stack.night, Stack.target, Stack.id))]
+        stacks = query_stacks(s, night=args.night, target=args.target, filter=args.filter, all_versions=args.all)
+        rows = [stack_record(x) for x in stacks]
     emit_named(rows, args.format, ("id", "night", "target", "filter", "exptime", "version", "n_used", "n_rejected",
                              "total_exposure", "name"))
     return 0
@@ -344,7 +338,7 @@ def cmd_stacks(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_nights(cfg: Config, args: argparse.Namespace) -> int:
     with _catalog(cfg) as cat, cat.reader() as s:
-        rows = s.execute(select(Frame.night, Frame.imagetyp, func.count()).group_by(Frame.night, Frame.imagetyp)).all()
+        rows = night_type_counts(s)
     by_night: dict[str, dict[str, Any]] = {}
     for night, typ, n in rows:
         rec = by_night.setdefault(night or "-", {"night": night, "bias": 0, "dark": 0, "flat": 0, "light": 0,
@@ -380,6 +374,17 @@ def cmd_recalibrate(cfg: Config, args: argparse.Namespace) -> int:
     with catalog, pipe:
         n, considered = pipe.recalibrate(args.night)
         print(f"recalibrated {n} of {considered} lights")
+    return 0
+
+
+def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
+    """Reset failed (or missing, quarantined) frames so that the daemon tries them again."""
+    catalog, pipe = _pipeline(cfg)
+    with catalog, pipe:
+        n = pipe.retry(FrameState(args.state), args.night)
+    where = f" of night {args.night}" if args.night else ""
+    print(f"reset {n} {args.state} frame(s){where}; the daemon tries them again at its next tick"
+          + (" (files: at its next scan)" if args.state == FrameState.QUARANTINED else ""))
     return 0
 
 
@@ -459,8 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--type", choices=("bias", "dark", "flat", "light", "unknown"))
     f.add_argument("--filter")
     f.add_argument("--object")
-    f.add_argument("--state", choices=("ingested", "used", "waiting", "calibrated", "stacked", "rejected",
-                                       "unclassified", "quarantined", "failed"))
+    f.add_argument("--state", choices=[str(state) for state in FrameState])
     f.add_argument("--since", help="only frames observed at or after this ISO date/time (UTC unless an offset is given)")
     f.add_argument("--limit", type=int)
     fmt(f)
@@ -497,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recalibrate", help="redo calibration (e.g. after a config change)")
     rc.add_argument("--night")
     rc.set_defaults(func=cmd_recalibrate)
+
+    rt = sub.add_parser("retry", help="give failed (or missing, quarantined) frames another try")
+    rt.add_argument("--night")
+    rt.add_argument("--state", default=str(FrameState.FAILED),
+                    choices=[str(x) for x in (FrameState.FAILED, FrameState.MISSING, FrameState.QUARANTINED)])
+    rt.set_defaults(func=cmd_retry)
 
     n = sub.add_parser("nights", help="nights with frame counts")
     fmt(n)

@@ -9,6 +9,7 @@ Frame life cycle (``Frame.state``)::
     ingested ─► waiting ─► calibrated ─► stacked | rejected      (lights)
     unclassified                         (no usable image type; reason in type_source)
     quarantined (reason) / failed (tries, last_error)            (exits)
+    missing (raw file gone; returns when it does) / superseded (same exposure, new content)
 """
 
 from __future__ import annotations
@@ -53,10 +54,15 @@ class FrameState(StrEnum):
     UNCLASSIFIED = "unclassified"
     QUARANTINED = "quarantined"
     FAILED = "failed"
+    #: the raw file is gone (or holds other content) and no other path has it; back by itself
+    #: when the file returns
+    MISSING = "missing"
+    #: the same exposure was catalogued again with new content (a header edited in place)
+    SUPERSEDED = "superseded"
 
 
 #: The states of frames that left the pipeline for good (or until a user resets them).
-EXIT_STATES = (FrameState.QUARANTINED, FrameState.FAILED)
+EXIT_STATES = (FrameState.QUARANTINED, FrameState.FAILED, FrameState.MISSING, FrameState.SUPERSEDED)
 
 
 class Base(DeclarativeBase):

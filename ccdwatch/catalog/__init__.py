@@ -25,7 +25,12 @@ from ccdwatch.catalog.db import (
     upgrade,
     utcnow,
 )
-from ccdwatch.catalog.queries import frame_by_path_or_id, last_ingest, query_frames, state_counts
+from ccdwatch.catalog.queries import (
+    frame_by_path_or_id,
+    last_ingest,
+    query_frames,
+    state_counts,
+)
 
 __all__ = [
     "Catalog",

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from ccdwatch.models import Calibrated, Frame, FrameState, Master, SourceFile, Stack
+from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master, SourceFile, Stack
 
 CALIBRATION_TYPES = ("bias", "dark", "flat")
 
@@ -85,6 +85,17 @@ def source_file(s: Session, path: str) -> SourceFile | None:
 
 def frame_by_sha256(s: Session, sha256: str) -> Frame | None:
     return s.scalar(select(Frame).where(Frame.sha256 == sha256))
+
+
+def same_exposure(s: Session, frame: Frame) -> list[Frame]:
+    """Other catalogued lights of the same exposure (camera set-up, DATE-OBS to the microsecond,
+    exposure time) that are still in the pipeline: copies whose bytes differ (a header edited
+    in place, a plate-solved copy)."""
+    if frame.imagetyp != "light" or frame.date_obs is None or frame.camera_key is None:
+        return []
+    return list(s.scalars(select(Frame).where(
+        Frame.imagetyp == "light", Frame.camera_key == frame.camera_key, Frame.date_obs == frame.date_obs,
+        Frame.exptime == frame.exptime, Frame.id != frame.id, Frame.state.notin_(EXIT_STATES))))
 
 
 def known_product_paths(s: Session) -> set[str]:
@@ -190,7 +201,7 @@ def lights_of_night(s: Session, night: str | None) -> Sequence[Frame]:
     """The night's lights still in the pipeline, in time order."""
     return s.scalars(
         select(Frame).where(Frame.imagetyp == "light", Frame.night == night,
-                            Frame.state.notin_((FrameState.QUARANTINED, FrameState.FAILED)))
+                            Frame.state.notin_(EXIT_STATES))
         .order_by(Frame.date_obs, Frame.id)
     ).all()
 
@@ -211,3 +222,76 @@ def group_frames(s: Session, group_key: str) -> Sequence[Frame]:
 
 def latest_stack(s: Session, group_key: str) -> Stack | None:
     return s.scalar(select(Stack).where(Stack.group_key == group_key).order_by(Stack.version.desc()))
+
+
+# ---------------------------------------------------------------------------------- morning reads (CLI)
+def product_counts(s: Session) -> dict[str, int]:
+    """How many masters (all versions), current calibrated lights, and stacks (current, all)."""
+    return {
+        "masters": s.scalar(select(func.count()).select_from(Master)) or 0,
+        "calibrated": s.scalar(select(func.count()).select_from(Calibrated).where(Calibrated.current)) or 0,
+        "stacks": s.scalar(select(func.count()).select_from(Stack).where(Stack.current)) or 0,
+        "stacks_all": s.scalar(select(func.count()).select_from(Stack)) or 0,
+    }
+
+
+def frames_in_state(s: Session, state: FrameState) -> list[tuple[int, str, str | None]]:
+    """(id, path, reason) of every frame in a state."""
+    rows = s.execute(select(Frame.id, Frame.path, Frame.state_reason).where(Frame.state == state)).all()
+    return [(fid, path, reason) for fid, path, reason in rows]
+
+
+def calibrated_versions(s: Session, frame_id: int) -> Sequence[Calibrated]:
+    """Every calibrated product of a light, oldest version first."""
+    return s.scalars(select(Calibrated).where(Calibrated.frame_id == frame_id).order_by(Calibrated.version)).all()
+
+
+def product_by_path(s: Session, path: str) -> Master | Stack | Calibrated | None:
+    """The master, stack or calibrated product written at ``path``."""
+    for model in (Master, Stack, Calibrated):
+        obj = s.scalar(select(model).where(model.path == path))
+        if obj is not None:
+            return obj
+    return None
+
+
+def query_masters(s: Session, *, kind: str | None = None, night: str | None = None, filter: str | None = None,
+                  exptime: float | None = None) -> Sequence[Master]:
+    stmt = select(Master)
+    if kind:
+        stmt = stmt.where(Master.kind == kind)
+    if night:
+        stmt = stmt.where(Master.night == night)
+    if filter:
+        stmt = stmt.where(func.lower(Master.filter) == filter.lower())
+    if exptime is not None:
+        stmt = stmt.where(func.abs(Master.exptime - exptime) < 1e-3)
+    return s.scalars(stmt.order_by(Master.night, Master.kind, Master.id)).all()
+
+
+def query_stacks(s: Session, *, night: str | None = None, target: str | None = None, filter: str | None = None,
+                 all_versions: bool = False) -> Sequence[Stack]:
+    stmt = select(Stack)
+    if night:
+        stmt = stmt.where(Stack.night == night)
+    if target:
+        stmt = stmt.where(func.lower(Stack.target) == target.lower())
+    if filter:
+        stmt = stmt.where(func.lower(Stack.filter) == filter.lower())
+    if not all_versions:
+        stmt = stmt.where(Stack.current)
+    return s.scalars(stmt.order_by(Stack.night, Stack.target, Stack.id)).all()
+
+
+def night_type_counts(s: Session) -> list[tuple[str | None, str, int]]:
+    """(night, image type, number of frames) for every night and type."""
+    rows = s.execute(select(Frame.night, Frame.imagetyp, func.count()).group_by(Frame.night, Frame.imagetyp)).all()
+    return [(night, typ, n) for night, typ, n in rows]
+
+
+def frames_to_retry(s: Session, state: FrameState, night: str | None = None) -> Sequence[Frame]:
+    """Frames in ``state`` (of a night) that ``ccdwatch retry`` may give another try."""
+    stmt = select(Frame).where(Frame.state == state)
+    if night:
+        stmt = stmt.where(Frame.night == night)
+    return s.scalars(stmt.order_by(Frame.id)).all()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -48,6 +47,7 @@ from watchdog.observers.polling import PollingObserver
 
 from ccdwatch.catalog import publish_snapshot
 from ccdwatch.config import Config, ConfigError
+from ccdwatch.daemon.inbox import Inbox
 from ccdwatch.daemon.notify import Notifier
 from ccdwatch.jobs.pool import Stopping
 from ccdwatch.pipeline import Pipeline
@@ -62,7 +62,7 @@ WATCHED_EVENTS = [DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEv
 class _Enqueue(FileSystemEventHandler):
     """Turns filesystem events into queue items; never raises."""
 
-    def __init__(self, q: queue.SimpleQueue) -> None:
+    def __init__(self, q: Inbox) -> None:
         self.q = q
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -86,7 +86,7 @@ class _OverflowWatch(logging.Filter):
     """watchdog rebuilds its inotify watches after a kernel queue overflow but tells handlers
     nothing; it logs a warning, which this filter turns into a rescan request."""
 
-    def __init__(self, q: queue.SimpleQueue) -> None:
+    def __init__(self, q: Inbox) -> None:
         super().__init__()
         self.q = q
 
@@ -117,11 +117,12 @@ class Watcher:
         self.pipeline = pipeline
         self.root = Path(config.paths.incoming).absolute()
         self.notifier = notifier or Notifier()
-        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.q = Inbox()
         self.pending: dict[str, tuple[tuple[int, int, int], float]] = {}
         self.ready: OrderedDict[str, None] = OrderedDict()
         self.stats = Stats()
         self.stop_event = threading.Event()
+        self.stop_signal: str | None = None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.observer = None
         # While a worker makes progress on a long job, the loop that waits for it stays healthy;
@@ -206,12 +207,9 @@ class Watcher:
 
     # ------------------------------------------------------------------ work
     def drain_events(self, timeout: float) -> None:
-        try:
-            item = self.q.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return
-        while True:
-            kind, path = item
+        """Wait up to ``timeout`` s for events (or a stop request), then handle all that came."""
+        self.q.wait(timeout)
+        for kind, path in self.q.take():
             if kind == "ready":
                 self.mark_ready(path)
             elif kind == "changed":
@@ -222,10 +220,6 @@ class Watcher:
             elif kind == "overflow":
                 logger.warning("inotify queue overflowed: rescanning %s", self.root)
                 self.scan()
-            try:
-                item = self.q.get_nowait()
-            except queue.Empty:
-                return
 
     def process_ready(self, *, limit: int | None = None, final: bool = False, bar=None, batch: int = 32) -> int:
         """Ingest ready files in batches (parsed in parallel, recorded in one transaction each)."""
@@ -237,10 +231,10 @@ class Watcher:
             paths = [self.ready.popitem(last=False)[0] for _ in range(n)]
             for path, outcome in zip(paths, self.pipeline.handle_many(paths, final=final), strict=True):
                 status = outcome.status
-                if status in ("incomplete", "error"):  # try again once it has settled anew
+                if status in ("incomplete", "error", "paused"):  # try again once it has settled anew
                     if status == "incomplete":
                         self.stats.incomplete += 1
-                    else:
+                    elif status == "error":
                         self.stats.errors += 1
                     self.pending[path] = (self._stat(path) or (0, 0, 0), time.time())
                 elif hasattr(self.stats, status):
@@ -251,6 +245,8 @@ class Watcher:
                 bar.update(n)
             done += n
             self.notifier.watchdog()
+            if self.pipeline.paused:
+                break
         return done
 
     def status_text(self) -> str:
@@ -319,9 +315,13 @@ class Watcher:
 
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, _frame: object) -> None:
-            logger.info("received %s, stopping after the current job", signal.Signals(signum).name)
-            self.notifier.stopping()
+            # Only flags and a byte on the self-pipe here: the loop wakes and stops at once.
+            if self.stop_event.is_set():  # a second request: the first one is stuck, so go now
+                os.write(2, b"ccdwatch: second stop request, exiting at once\n")
+                os._exit(128 + signum)
+            self.stop_signal = signal.Signals(signum).name
             self.stop_event.set()
+            self.q.wake()
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
@@ -356,6 +356,7 @@ class Watcher:
                     self._iteration(due)
                 except Stopping:
                     break
+            logger.info("received %s: stopping", self.stop_signal or "a stop request")
             return 0
         finally:
             self.notifier.stopping()

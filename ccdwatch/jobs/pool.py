@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,6 +24,8 @@ from typing import Any
 from ccdwatch.jobs import forkserver
 
 logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class WorkerFailure(RuntimeError):
@@ -35,7 +39,27 @@ class Stopping(BaseException):
     failure of the file being processed."""
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG).
+
+    Workers are forked by the fork server, which exits when the daemon does (its pipe from the
+    daemon closes): so a daemon killed outside systemd leaves no workers behind.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent already went before the call took effect
+            os._exit(1)
+    except (OSError, AttributeError) as exc:
+        logger.warning("cannot tie the worker's life to the daemon's: %s", exc)
+
+
 def _worker_init(memory_limit: int, nice: int) -> None:
+    die_with_parent()
     # Only the daemon's own loop speaks to systemd.
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(var, None)

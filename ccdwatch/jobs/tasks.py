@@ -71,19 +71,42 @@ def ingest(spec: IngestSpec) -> IngestResult:
                         header_to_jsonable(raw.header))
 
 
+class RawGone(FileNotFoundError):
+    """A catalogued raw frame is on disk under none of its paths with its catalogued content
+    (deleted, or rewritten since it was catalogued). No fault of the job's other inputs."""
+
+    def __init__(self, sha256: str, detail: str) -> None:
+        super().__init__(f"raw data no longer available: {detail}")
+        self.sha256 = sha256
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[RawGone], tuple[str, str]]:
+        return (RawGone, (self.sha256, self.detail))
+
+
 def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_compressed: bool) -> np.ndarray:
-    """Pixels of a catalogued raw frame from the first path whose content still matches."""
-    last: Exception | None = None
+    """Pixels of a catalogued raw frame from the first path whose content still matches.
+
+    Raises :class:`RawGone` when no path holds the content any more; any other error (memory,
+    a file that turned unreadable) is raised as it is.
+    """
+    gone: list[str] = []
+    other: BaseException | None = None
     for p in paths:
         try:
             raw = read_raw(p, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
+        except FileNotFoundError:
+            gone.append(f"{p} is gone")
+            continue
         except (OSError, RejectedFile) as exc:
-            last = exc
+            other = exc
             continue
         if raw.sha256 == sha256:
             return raw.data
-        last = RuntimeError(f"{p} no longer holds the catalogued content (sha256 {sha256[:12]}...)")
-    raise FileNotFoundError(f"raw data no longer available: {last}")
+        gone.append(f"{p} no longer holds the catalogued content (sha256 {sha256[:12]}...)")
+    if other is not None:
+        raise other
+    raise RawGone(sha256, "; ".join(gone) or "no path recorded")
 
 
 # ---------------------------------------------------------------------------------- masters

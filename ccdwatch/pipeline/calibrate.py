@@ -24,8 +24,9 @@ from ccdwatch.catalog.queries import (
     waiting_light_ids,
 )
 from ccdwatch.jobs import tasks
-from ccdwatch.models import Calibrated, Frame, FrameState, Master
+from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline.context import Context
+from ccdwatch.pipeline.lifecycle import raw_paths
 from ccdwatch.pipeline.selection import Masters
 from ccdwatch.products import calibrated_path, preview_path, product_header
 
@@ -99,12 +100,14 @@ def plan_many(ctx: Context, frame_ids: Sequence[int], *, final: bool = False) ->
 def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, *,
                      final: bool) -> CalibrationPlan | None:
     frame = s.get(Frame, frame_id)
-    if frame is None or frame.imagetyp != "light" or frame.state in (FrameState.QUARANTINED, FrameState.FAILED):
+    if frame is None or frame.imagetyp != "light" or frame.state in EXIT_STATES:
         return None
     cal = ctx.cfg.calibration
     sel = masters.for_light(frame)
     current = current_calibrated(s, frame.id)
     if current is not None and (current.bias_id, current.dark_id, current.flat_id) == sel.ids:
+        if frame.state == FrameState.WAITING:  # back from 'missing': its product still stands
+            frame.state, frame.state_reason = FrameState.CALIBRATED, None
         return None
     partial = False
     if sel.missing:
@@ -130,7 +133,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         PARTIAL=partial, CALVER=version,
     )
     spec = tasks.CalibrateSpec(
-        frame_id=frame.id, raw_paths=tuple(f.path for f in frame.files) or (frame.path,), raw_sha256=frame.sha256,
+        frame_id=frame.id, raw_paths=raw_paths(frame), raw_sha256=frame.sha256,
         bias_path=sel.bias.path if sel.bias else None, dark_path=sel.dark.path if sel.dark else None,
         dark_scale=sel.dark_scale or 1.0, flat_path=sel.flat.path if sel.flat else None, out_path=str(out),
         header=header, saturation=saturation(ctx, frame), detect_sigma=ctx.cfg.stack.detect_sigma,

@@ -21,18 +21,20 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from ccdwatch.catalog import Catalog
 from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
+from ccdwatch.models import FrameState
 from ccdwatch.jobs import pool, tasks
 from ccdwatch.pipeline import calibrate, masters, stacking
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
 from ccdwatch.pipeline.keys import CALIBRATION_KINDS, GroupKey
-from ccdwatch.pipeline.runner import Runner
+from ccdwatch.pipeline.runner import Runner, catalogue_full
 from ccdwatch.products import preview_path
 
 logger = logging.getLogger(__name__)
@@ -101,21 +103,44 @@ class Pipeline:
         return self.handle_many([path], final=final)[0]
 
     def handle_many(self, paths: Sequence[str | os.PathLike[str]], *, final: bool = False) -> list[Outcome]:
-        """Ingest a batch of paths; calibrate the new lights whose masters exist."""
-        outcomes, lights = self.ingester.ingest(paths, final=final)
+        """Ingest a batch of paths; calibrate the new lights whose masters exist.
+
+        A catalogue that cannot be written (disk full) pauses the pipeline: every path of the
+        batch comes back ``paused``, to be offered again once space returns.
+        """
+        try:
+            outcomes, lights = self.ingester.ingest(paths, final=final)
+        except Exception as exc:
+            if not catalogue_full(exc):
+                raise
+            self.runner.pause(exc, where="catalogue: ")
+            return [Outcome("paused", detail=self.paused or "") for _ in paths]
         if lights:
-            self.calibrate(lights, final=final)
+            with self._pause_on_full_catalogue():
+                self.calibrate(lights, final=final)
         return outcomes
 
     def tick(self, *, final: bool = False) -> None:
         """Masters, then calibration (with what the new masters serve), then stacks and reports."""
         if not self.maybe_resume():
             return
-        built = self.build_masters(final=final)
-        if self.paused is None:
-            self.calibrate(calibrate.pending(self.ctx, built), final=final)
-        if self.paused is None:
-            self.stack(stacking.due_groups(self.ctx, final=final))
+        with self._pause_on_full_catalogue():
+            built = self.build_masters(final=final)
+            if self.paused is None:
+                self.calibrate(calibrate.pending(self.ctx, built), final=final)
+            if self.paused is None:
+                self.stack(stacking.due_groups(self.ctx, final=final))
+
+    @contextmanager
+    def _pause_on_full_catalogue(self) -> Iterator[None]:
+        """A commit refused for lack of space rolls back, and pauses the pipeline: the work is
+        planned again from the catalogue's states once space returns."""
+        try:
+            yield
+        except Exception as exc:
+            if not catalogue_full(exc):
+                raise
+            self.runner.pause(exc, where="catalogue: ")
 
     def finish(self) -> None:
         """End of ``watch --once``: build, calibrate and stack everything as if the night were over."""
@@ -170,3 +195,14 @@ class Pipeline:
         n = sum(self.calibrate([i], final=True) for i in ids)
         self.stack(stacking.due_groups(self.ctx, final=True))
         return n, len(ids)
+
+    def retry(self, state: FrameState = FrameState.FAILED, night: str | None = None) -> int:
+        """Give frames in ``state`` (failed, missing or quarantined) another try; how many."""
+        from ccdwatch.catalog.queries import frames_to_retry
+        from ccdwatch.pipeline.lifecycle import retry
+
+        with self.catalog.session() as s:
+            frames = frames_to_retry(s, state, night)
+            for f in frames:
+                retry(s, f)
+            return len(frames)

@@ -23,6 +23,7 @@ from ccdwatch.headers import ImageType, camera_key
 from ccdwatch.jobs import tasks
 from ccdwatch.models import Frame, FrameState, SourceFile
 from ccdwatch.pipeline.context import Context
+from ccdwatch.pipeline.lifecycle import dedupe_exposure, path_rewritten, restore
 from ccdwatch.pipeline.runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ INCOMPLETE_REASONS = {"truncated-data", "truncated-header", "empty"}
 class Outcome:
     """What ``handle`` did with one path."""
 
-    status: str  # ingested | duplicate | unchanged | quarantined | ignored | incomplete | gone | error
+    status: str  # ingested | duplicate | unchanged | quarantined | ignored | incomplete | gone | error | paused
     frame_id: int | None = None
     detail: str = ""
 
@@ -115,7 +116,7 @@ class Ingester:
                     outcomes[i] = Outcome("gone")
                     continue
                 known = source_file(s, str(path))
-                if known is not None and known.frame_id is not None and (
+                if known is not None and known.frame is not None and known.frame.state != FrameState.MISSING and (
                         known.size, known.mtime_ns, known.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
                     outcomes[i] = Outcome("unchanged", known.frame_id)
                     continue
@@ -197,8 +198,10 @@ def record(s: Session, path: Path, raw: tasks.IngestResult) -> Outcome:
         log_event(s, frame, "ingested",
                   f"{info.imagetyp.value} exptime={info.exptime} filter={info.filter} "
                   f"from {path.name} ({info.type_source})")
+        dedupe_exposure(s, frame)
     else:
         log_event(s, frame, "seen-again", f"same content as {path.name}")
+        restore(s, frame, str(path))
     if sf is None:
         sf = SourceFile(path=str(path), first_seen=now)
         s.add(sf)
@@ -207,6 +210,7 @@ def record(s: Session, path: Path, raw: tasks.IngestResult) -> Outcome:
     faults.point("ingest-commit", path)
     if old_frame is not None and old_frame is not frame:
         log_event(s, old_frame, "path-reused", f"{path.name} now holds other content")
+        path_rewritten(s, old_frame, frame, str(path))
         if old_frame.state == FrameState.QUARANTINED and old_frame.sha256 is None:
             s.flush()
             if not old_frame.files:  # a file caught mid-write, now complete: forget it

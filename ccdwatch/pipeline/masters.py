@@ -26,6 +26,7 @@ from ccdwatch.jobs import tasks
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.keys import CalibKey, temperature_ref
+from ccdwatch.pipeline.lifecycle import mark_missing, raw_paths, raw_present
 from ccdwatch.pipeline.selection import Masters
 from ccdwatch.products import master_path, preview_path, product_header, short_hash
 
@@ -74,9 +75,17 @@ def candidates(ctx: Context) -> list[tuple[CalibKey, str]]:
 
 
 def frames_of(s: Session, key: CalibKey, night: str) -> list[Frame]:
-    """The frames of one key and night that a master of them would combine."""
-    frames = calibration_frames(s, key.kind, None if night == "nonight" else night)
-    return [f for f in frames if CalibKey.of(f) == key]
+    """The frames of one key and night that a master of them would combine: those whose raw
+    file is still on disk (a vanished one is marked ``missing``, never charged to the others)."""
+    frames = [f for f in calibration_frames(s, key.kind, None if night == "nonight" else night)
+              if CalibKey.of(f) == key]
+    present = []
+    for f in frames:
+        if raw_present(f):
+            present.append(f)
+        else:
+            mark_missing(s, f, f"raw file gone before master {key.kind} of night {night} was built")
+    return present
 
 
 def plan_due(ctx: Context, groups: list[tuple[CalibKey, str]], *, final: bool = False) -> list[MasterPlan]:
@@ -121,7 +130,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False)
             bias = Masters(s, m).choose("bias", sample, mid)[0]
             waited = (utcnow() - max(f.created_at for f in frames)).total_seconds()
             if bias is None and not final and waited < ctx.cfg.calibration.max_wait_hours * 3600:
-                logger.info("master %s night %s waits for a master bias", kind, night)
+                logger.debug("master %s night %s waits for a master bias", kind, night)
                 return None
         if kind == "flat":
             dark = Masters(s, m).dark(sample, mid, bias, exact_only=True)[0]
@@ -132,7 +141,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False)
         dark_scale = calib.dark_scale(sample.exptime, dark.exptime) if dark is not None and dark.exptime else None
         inputs = tuple((f.id, f.sha256) for f in frames)
         spec = tasks.MasterSpec(
-            kind=kind, frames=tuple((tuple(sf.path for sf in f.files) or (f.path,), f.sha256) for f in frames),
+            kind=kind, frames=tuple((raw_paths(f), f.sha256) for f in frames),
             bias_path=bias.path if bias else None, dark_path=dark.path if dark else None,
             dark_scale=dark_scale, method=method, sigma=m.sigma, memory_budget=ctx.memory_budget,
             hot_pixel_sigma=m.hot_pixel_sigma, out_path=str(out),

@@ -13,14 +13,16 @@ import dataclasses
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ccdwatch import faults
-from ccdwatch.catalog import log_event, utcnow
-from ccdwatch.catalog.queries import frames_by_id
+from ccdwatch.catalog import log_event, sqlite_path, utcnow
+from ccdwatch.catalog.queries import frame_by_sha256, frames_by_id
 from ccdwatch.fitsio import DiskFull
-from ccdwatch.jobs import pool
+from ccdwatch.jobs import pool, tasks
 from ccdwatch.models import FrameState
+from ccdwatch.pipeline.lifecycle import mark_missing
 from ccdwatch.pipeline.context import Context
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,9 @@ class Runner:
                 self.pause(exc)
                 self.note(plan.charged, f"paused: disk full ({exc})")
                 continue
+            except tasks.RawGone as exc:  # no fault of the job's other inputs: nobody is charged
+                self.missing(exc.sha256, f"{plan.subject}: {exc.detail}")
+                continue
             except Exception as exc:
                 logger.error("%s failed: %s: %s", plan.subject, type(exc).__name__, exc)
                 self.charge(plan.charged, f"{plan.subject} failed: {type(exc).__name__}: {exc}")
@@ -109,6 +114,13 @@ class Runner:
                     logger.error("frame %d failed for good after %d tries: %s", f.id, f.tries, message)
                 log_event(s, f, "error", message)
 
+    def missing(self, sha256: str, why: str) -> None:
+        """The raw file of a frame is gone: the frame is ``missing`` until the file returns."""
+        with self.ctx.catalog.session() as s:
+            frame = frame_by_sha256(s, sha256)
+            if frame is not None:
+                mark_missing(s, frame, why)
+
     def note(self, frame_ids: Sequence[int], message: str) -> None:
         """Record why frames did not progress, without counting a try."""
         with self.ctx.catalog.session() as s:
@@ -116,25 +128,58 @@ class Runner:
                 f.last_error, f.updated_at = message, utcnow()
 
     # ------------------------------------------------------------------ disk full
-    def pause(self, exc: BaseException) -> None:
-        """A product could not be written for lack of space: stop writing, keep every state."""
+    def pause(self, exc: BaseException, *, where: str = "") -> None:
+        """A product or a catalogue row could not be written for lack of space: stop writing,
+        keep every state, try again every ``watch.pause_retry_seconds``."""
         if self.paused is None:
-            logger.error("pausing: %s; nothing is lost, processing resumes once space returns", exc)
-        self.paused = f"disk full ({exc})"
+            logger.error("pausing: %s%s; nothing is lost, processing resumes once space returns",
+                         where, _first_line(exc))
+        self.paused = f"disk full ({where}{_first_line(exc)})"
         self._paused_at = self.ctx.clock()
 
     def maybe_resume(self) -> bool:
-        """Clear a pause once the retry interval has passed and the space check passes again."""
+        """Clear a pause once the retry interval has passed and the space check passes again
+        on the products' disk and on the catalogue's."""
         if self.paused is None:
             return True
         if self.ctx.clock() - self._paused_at < self.ctx.cfg.watch.pause_retry_seconds:
             return False
-        if shutil.disk_usage(self.ctx.products).free < self.ctx.min_free:
-            self._paused_at = self.ctx.clock()
-            return False
+        for place in self._disks():
+            try:
+                free = shutil.disk_usage(place).free
+            except OSError:
+                continue
+            if free < self.ctx.min_free:
+                self._paused_at = self.ctx.clock()
+                return False
         logger.info("resuming after the pause: %s", self.paused)
         self.paused = None
         return True
 
+    def _disks(self) -> list[Path]:
+        places = [self.ctx.products]
+        db = sqlite_path(self.ctx.catalog.url)
+        if db is not None:
+            places.append(db.parent)
+        return places
+
     def close(self) -> None:
         self.workers.close()
+
+
+def catalogue_full(exc: BaseException) -> bool:
+    """Is this the catalogue refusing a write for lack of space (SQLite: 'database or disk is
+    full' at commit; PostgreSQL: SQLSTATE 53100 disk_full)?"""
+    from sqlalchemy.exc import OperationalError
+
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc.orig).lower()
+    return ("database or disk is full" in text or "no space left" in text
+            or getattr(exc.orig, "sqlstate", None) == "53100")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+

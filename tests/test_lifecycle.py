@@ -1,0 +1,177 @@
+"""Raw files that vanish, return or change after ingest (issue: survive what a night does).
+
+A master is built from the inputs still on disk; a vanished input is ``missing`` (never charged
+to its siblings) and comes back by itself; a path whose content changes is the same exposure,
+so the old frame is superseded and what used it is redone; ``retry`` resets failed frames.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from astropy.io import fits
+from sqlalchemy import select
+
+from ccdwatch import synth
+from ccdwatch.catalog import Catalog
+from ccdwatch.models import Frame, FrameState, Master, Stack, StackMember
+from ccdwatch.pipeline import Pipeline
+
+from .conftest import make_config
+
+CAMERA = synth.Camera(shape=(96, 128))
+
+
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("staging")
+    synth.make_night(d, camera=CAMERA, seed=21, n_bias=5, n_dark=3, n_flat=3, filters=("V",), n_light=4,
+                     n_stars=40)
+    return d
+
+
+@pytest.fixture
+def pipe(tmp_path, staging):
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    for p in sorted(staging.iterdir()):
+        shutil.copy2(p, cfg.paths.incoming / p.name)
+    cat = Catalog(cfg.paths.database)
+    with Pipeline(cfg, cat) as pipe:
+        yield pipe, cfg.paths.incoming
+    cat.close()
+
+
+def ingest(pipe: Pipeline, incoming: Path, pattern: str = "*.fits") -> None:
+    for p in sorted(incoming.glob(pattern)):
+        pipe.handle(p)
+
+
+def frame_of(pipe: Pipeline, name: str) -> SimpleNamespace:
+    """The newest frame first catalogued under ``name``, as plain values."""
+    with pipe.catalog.reader() as s:
+        frames = s.scalars(select(Frame).where(Frame.path.like(f"%/{name}"))).all()
+        f = max(frames, key=lambda f: f.id)
+        return SimpleNamespace(**{c.name: getattr(f, c.name) for c in Frame.__table__.columns})
+
+
+def bias_masters(pipe: Pipeline) -> list[Master]:
+    with pipe.catalog.session() as s:
+        return list(s.scalars(select(Master).where(Master.kind == "bias").order_by(Master.version)))
+
+
+def test_vanished_bias_is_missing_and_master_built_from_the_rest(pipe):
+    pipe, incoming = pipe
+    ingest(pipe, incoming, "bias_*.fits")
+    gone = incoming / "bias_003.fits"
+    keep = gone.read_bytes()
+    gone.unlink()
+    pipe.tick(final=True)
+    masters = bias_masters(pipe)
+    assert [m.n_frames for m in masters] == [4]
+    f = frame_of(pipe, "bias_003.fits")
+    assert f.state == FrameState.MISSING and "gone" in f.state_reason
+    with pipe.catalog.reader() as s:
+        assert not s.scalars(select(Frame).where(Frame.state == FrameState.FAILED)).all()
+        assert all(x.tries == 0 for x in s.scalars(select(Frame)))
+
+    # the file comes back: the frame returns by itself and the master gets a version with it
+    gone.write_bytes(keep)
+    assert pipe.handle(gone).status == "duplicate"
+    assert frame_of(pipe, "bias_003.fits").state == FrameState.INGESTED
+    pipe.tick(final=True)
+    assert [m.n_frames for m in bias_masters(pipe)] == [4, 5]
+
+
+def test_input_gone_between_plan_and_job_charges_nobody(pipe, monkeypatch):
+    pipe, incoming = pipe
+    ingest(pipe, incoming, "bias_*.fits")
+    from ccdwatch.jobs import tasks
+
+    real = tasks.build_master
+
+    def delete_then_build(spec):  # the file vanishes after planning, before the job reads it
+        Path(spec.frames[1][0][0]).unlink()
+        return real(spec)
+
+    monkeypatch.setattr(tasks, "build_master", delete_then_build)
+    pipe.tick(final=True)
+    monkeypatch.setattr(tasks, "build_master", real)
+    with pipe.catalog.reader() as s:
+        states = sorted(f.state for f in s.scalars(select(Frame)))
+        assert states.count(FrameState.MISSING) == 1
+        assert all(f.tries == 0 for f in s.scalars(select(Frame)))
+    pipe.tick(final=True)  # planned again without it
+    assert [m.n_frames for m in bias_masters(pipe)] == [4]
+
+
+def test_dark_rewritten_in_place_supersedes_and_master_rebuilt(pipe):
+    pipe, incoming = pipe
+    ingest(pipe, incoming, "bias_*.fits")
+    ingest(pipe, incoming, "dark_*.fits")
+    pipe.tick(final=True)
+    with pipe.catalog.session() as s:
+        dark_v1 = s.scalar(select(Master).where(Master.kind == "dark"))
+    path = incoming / "dark_300s_002.fits"
+    old = frame_of(pipe, "dark_300s_002.fits")
+    with fits.open(path, mode="update") as hdul:  # a program adds a card in place: same exposure
+        hdul[0].header["HISTORY"] = "edited in place"
+    assert pipe.handle(path).status == "ingested"
+    new = frame_of(pipe, "dark_300s_002.fits")
+    assert new.id != old.id
+    with pipe.catalog.reader() as s:
+        was = s.get(Frame, old.id)
+        assert was.state == FrameState.SUPERSEDED and f"frame {new.id}" in was.state_reason
+    pipe.tick(final=True)
+    with pipe.catalog.reader() as s:
+        darks = s.scalars(select(Master).where(Master.kind == "dark").order_by(Master.version)).all()
+        assert [d.version for d in darks] == [1, 2]
+        inputs = {i.frame_id for i in darks[-1].inputs}
+        assert new.id in inputs and old.id not in inputs and len(inputs) == 3
+        assert dark_v1.id == darks[0].id
+
+
+def test_light_header_edited_after_calibration_is_stacked_once(pipe):
+    pipe, incoming = pipe
+    ingest(pipe, incoming)
+    pipe.tick(final=True)
+    light = sorted(incoming.glob("M51_V_*.fits"))[1]
+    with fits.open(light, mode="update") as hdul:  # a plate solver writes WCS into the raw file
+        hdul[0].header["CTYPE1"] = "RA---TAN"
+        hdul[0].header["CTYPE2"] = "DEC--TAN"
+    assert pipe.handle(light).status == "ingested"
+    pipe.tick(final=True)
+    with pipe.catalog.reader() as s:
+        stack = s.scalar(select(Stack).where(Stack.current))
+        members = s.scalars(select(StackMember).where(StackMember.stack_id == stack.id)).all()
+        assert len(members) == 4 and sum(m.used for m in members) <= 4
+        assert stack.version == 2
+        lights = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
+        assert sorted(f.state for f in lights).count(FrameState.SUPERSEDED) == 1
+        assert stack.total_exposure <= 4 * lights[0].exptime
+
+
+def test_light_whose_raw_is_gone_waits_as_missing_not_failed(pipe):
+    pipe, incoming = pipe
+    ingest(pipe, incoming)
+    victim = sorted(incoming.glob("M51_V_*.fits"))[0]
+    victim.unlink()
+    pipe.tick(final=True)
+    f = frame_of(pipe, victim.name)
+    assert f.state == FrameState.MISSING and f.tries == 0
+
+
+def test_retry_resets_failed_frames(pipe):
+    pipe, incoming = pipe
+    ingest(pipe, incoming, "bias_*.fits")
+    with pipe.catalog.session() as s:
+        f = s.scalars(select(Frame)).first()
+        f.state, f.tries, f.last_error = FrameState.FAILED, 3, "boom"
+        fid = f.id
+    assert pipe.retry(FrameState.FAILED) == 1
+    with pipe.catalog.reader() as s:
+        f = s.get(Frame, fid)
+        assert (f.state, f.tries, f.last_error) == (FrameState.INGESTED, 0, None)
+        assert f.events[-1].kind == "retry"
