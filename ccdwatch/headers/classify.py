@@ -73,6 +73,17 @@ def _compact(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "", text.lower())
 
 
+def _type_word(word: str) -> ImageType | None:
+    """The type a compacted word names (a plural too), ``None`` when it names none."""
+    if word in _TYPE_WORDS:
+        return _TYPE_WORDS[word]
+    if word.endswith("s") and word[:-1] in _TYPE_WORDS:
+        return _TYPE_WORDS[word[:-1]]
+    if _FLAT.fullmatch(word):
+        return ImageType.FLAT
+    return None
+
+
 def _classify(text: str) -> tuple[ImageType | None, str]:
     """(type, reason): type None when the text is not recognised at all."""
     compact = _compact(text)
@@ -85,12 +96,9 @@ def _classify(text: str) -> tuple[ImageType | None, str]:
         if compact.endswith(suffix) and len(compact) > len(suffix):
             candidates.append(compact[: -len(suffix)])
     for word in candidates:
-        if word in _TYPE_WORDS:
-            return _TYPE_WORDS[word], ""
-        if word.endswith("s") and word[:-1] in _TYPE_WORDS:
-            return _TYPE_WORDS[word[:-1]], ""
-        if _FLAT.fullmatch(word):
-            return ImageType.FLAT, ""
+        kind = _type_word(word)
+        if kind is not None:
+            return kind, ""
     for pattern, reason in _NOT_RAW:
         if pattern.search(compact):
             return ImageType.UNKNOWN, reason
@@ -154,22 +162,9 @@ class ClassificationRule:
     def __post_init__(self) -> None:
         if self.glob is not None and not isinstance(self.glob, str):
             raise ValueError(f"rule glob must be a string, got {self.glob!r}")
-        if not isinstance(self.header, Mapping):
-            raise ValueError(f"rule header must be a mapping KEYWORD -> pattern, got {self.header!r}")
-        header: dict[str, str] = {}
-        for key, pattern in self.header.items():
-            if not isinstance(key, str) or not key.strip() or not isinstance(pattern, str):
-                raise ValueError(
-                    f"rule header conditions must be KEYWORD = 'pattern' strings, got {key!r} = {pattern!r}"
-                )
-            header[key.strip().upper()] = pattern
-        object.__setattr__(self, "header", header)
+        object.__setattr__(self, "header", _header_conditions(self.header))
         if self.imagetyp is not None and not isinstance(self.imagetyp, ImageType):
-            try:
-                object.__setattr__(self, "imagetyp", ImageType(str(self.imagetyp).strip().lower()))
-            except ValueError:
-                allowed = ", ".join(t.value for t in ImageType)
-                raise ValueError(f"rule imagetyp must be one of {allowed}, got {self.imagetyp!r}") from None
+            object.__setattr__(self, "imagetyp", _rule_image_type(self.imagetyp))
         for name in ("filter", "object"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -203,6 +198,29 @@ class ClassificationRule:
             elif value is None or not fnmatch.fnmatchcase(value.lower(), pattern.lower()):
                 return False
         return True
+
+
+def _header_conditions(header: Any) -> dict[str, str]:
+    """A rule's ``header`` table checked, with its keywords stripped and upper-cased."""
+    if not isinstance(header, Mapping):
+        raise ValueError(f"rule header must be a mapping KEYWORD -> pattern, got {header!r}")
+    conditions: dict[str, str] = {}
+    for key, pattern in header.items():
+        if not isinstance(key, str) or not key.strip() or not isinstance(pattern, str):
+            raise ValueError(
+                f"rule header conditions must be KEYWORD = 'pattern' strings, got {key!r} = {pattern!r}"
+            )
+        conditions[key.strip().upper()] = pattern
+    return conditions
+
+
+def _rule_image_type(value: Any) -> ImageType:
+    """A rule's ``imagetyp`` given as text (``"Flat"``) -> :class:`ImageType`."""
+    try:
+        return ImageType(str(value).strip().lower())
+    except ValueError:
+        allowed = ", ".join(t.value for t in ImageType)
+        raise ValueError(f"rule imagetyp must be one of {allowed}, got {value!r}") from None
 
 
 def _base_name(filename: str) -> str:

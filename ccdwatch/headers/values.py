@@ -132,13 +132,8 @@ def _to_int(value: Any) -> int:
     return int(number)
 
 
-def _sexagesimal(text: str, *, compass: str = "") -> tuple[float, str, bool]:
-    """Parse '-01 29 07', '+10:30:00', '13h29m52.7s', '47d11m43s', '1 29 07 W' or '-1.485'.
-
-    Returns (value in the unit of the first field, marker 'h'/'d'/'' found, plain decimal?).
-    ``compass`` lists the accepted trailing/leading compass letters, e.g. ``"EW"``; 'W' and 'S'
-    negate.
-    """
+def _strip_sign(text: str, compass: str) -> tuple[float, str]:
+    """(sign, rest): ``text`` without one compass letter at either end (``compass``) and a leading +/-."""
     s = text.strip()
     sign = 1.0
     if compass and s:
@@ -152,6 +147,17 @@ def _sexagesimal(text: str, *, compass: str = "") -> tuple[float, str, bool]:
         if s[0] == "-":
             sign = -sign
         s = s[1:].strip()
+    return sign, s
+
+
+def _sexagesimal(text: str, *, compass: str = "") -> tuple[float, str, bool]:
+    """Parse '-01 29 07', '+10:30:00', '13h29m52.7s', '47d11m43s', '1 29 07 W' or '-1.485'.
+
+    Returns (value in the unit of the first field, marker 'h'/'d'/'' found, plain decimal?).
+    ``compass`` lists the accepted trailing/leading compass letters, e.g. ``"EW"``; 'W' and 'S'
+    negate.
+    """
+    sign, s = _strip_sign(text, compass)
     if not s or not re.fullmatch("[0-9.\\s:hHdDmMsS\u00b0\u00ba'\u2032\"\u2033]+", s):
         raise _Bad("is not an angle")
     fields = re.findall(r"\d+(?:\.\d*)?|\.\d+", s)
