@@ -1,0 +1,191 @@
+"""The normalised frame: :class:`FrameInfo`, :func:`normalise` and the camera set-up key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ccdwatch.headers.cards import _Cards
+from ccdwatch.headers.classify import ClassificationRule, ImageType, _base_name, _identify
+from ccdwatch.headers.dates import _date_obs
+from ccdwatch.headers.keywords import (
+    _CCD_TEMP_KEYS,
+    _EGAIN_KEYS,
+    _EXPTIME_KEYS,
+    _GAIN_KEYS,
+    _INSTRUMENT_KEYS,
+    _OFFSET_KEYS,
+    _READOUT_KEYS,
+    _SET_TEMP_KEYS,
+    _SOFTWARE_KEYS,
+    _TELESCOPE_KEYS,
+)
+from ccdwatch.headers.night import _check_start_hour, _night, _resolve_zone
+from ccdwatch.headers.quantities import _CELSIUS, _binning, _coordinates, _exposure, _longitude, _shape
+from ccdwatch.headers.values import _range
+
+# The package's logger, as before the split (the log format shows the logger name).
+logger = logging.getLogger("ccdwatch.headers")
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """A frame's header, normalised. Units: seconds, degC, degrees; times aware UTC."""
+
+    imagetyp: ImageType
+    type_source: str
+    """Human explanation: ``"IMAGETYP='Bias Frame'"``, ``"rule 2 (glob 'bias*')"``,
+    ``"no image-type keyword ..."``."""
+    exptime: float | None
+    filter: str | None
+    object: str | None
+    date_obs: datetime | None
+    """Start of exposure, timezone-aware UTC."""
+    night: str | None
+    """``'YYYY-MM-DD'``: the local date at the start of the night."""
+    xbin: int
+    ybin: int
+    naxis1: int | None
+    naxis2: int | None
+    ccd_temp: float | None
+    set_temp: float | None
+    gain: float | None
+    """Camera gain SETTING (CMOS 'GAIN'), not e-/ADU."""
+    egain: float | None
+    """Electrons per ADU."""
+    offset: float | None
+    readout_mode: str | None
+    instrument: str | None
+    telescope: str | None
+    ra_deg: float | None
+    dec_deg: float | None
+    site_longitude: float | None
+    """Degrees, east positive, in (-180, 180]."""
+    software: str | None
+    warnings: tuple[str, ...] = ()
+
+
+def _checked_exposure(cards: _Cards, imagetyp: ImageType) -> float | None:
+    """The exposure time (s), warning when it is missing (but for a bias) or long for a bias."""
+    exptime = _exposure(cards)
+    missing = not any(cards.present(k) for k in _EXPTIME_KEYS)
+    if missing and imagetyp is not ImageType.BIAS:
+        cards.warn("exposure time: no EXPTIME/EXPOSURE card")
+    if imagetyp is ImageType.BIAS and exptime is not None and exptime > 1.0:
+        cards.warn(f"exposure time: a bias with an exposure of {exptime:g} s")
+    return exptime
+
+
+def normalise(
+    header: Mapping[str, Any],
+    *,
+    filename: str,
+    rules: Sequence[ClassificationRule] = (),
+    timezone: str = "auto",
+    night_start_hour: float = 12.0,
+) -> FrameInfo:
+    """Turn an untrusted raw FITS header into a :class:`FrameInfo`.
+
+    Parameters
+    ----------
+    header : Mapping[str, Any]
+        Raw header (astropy Header or dict). Never modified.
+    filename : str
+        The file's name (a path is fine; only the base name is used), for ``rules``.
+    rules : sequence of ClassificationRule, optional
+        Applied in order; for each of image type, filter and object, the first matching rule
+        that sets it overrides the header.
+    timezone : str, optional
+        For the night label and for DATE-LOC; see :func:`night_label`.
+    night_start_hour : float, optional
+        Local hour at which the night label changes (default 12).
+
+    Returns
+    -------
+    FrameInfo
+        Problems noticed while reading are in ``warnings``; unusable values become ``None``.
+
+    Raises
+    ------
+    ValueError
+        Only for a bad ``timezone`` or ``night_start_hour`` (programming/config errors), never for
+        header content.
+    """
+    zone = _resolve_zone(timezone)
+    start_hour = _check_start_hour(night_start_hour)
+    cards = _Cards(header)
+    base = _base_name(filename)
+
+    imagetyp, type_source, filter_name, object_name = _identify(cards, base, rules)
+    exptime = _checked_exposure(cards, imagetyp)
+    longitude = _longitude(cards)
+    date_obs = _date_obs(cards, zone)
+    night = _night(date_obs, zone, longitude, start_hour) if date_obs is not None else None
+    xbin, ybin = _binning(cards)
+    naxis1, naxis2 = _shape(cards)
+    temperature = _range(-273.15, 100.0)
+    ra_deg, dec_deg = _coordinates(cards)
+
+    info = FrameInfo(
+        imagetyp=imagetyp,
+        type_source=type_source,
+        exptime=exptime,
+        filter=filter_name,
+        object=object_name,
+        date_obs=date_obs,
+        night=night,
+        xbin=xbin,
+        ybin=ybin,
+        naxis1=naxis1,
+        naxis2=naxis2,
+        ccd_temp=cards.number(_CCD_TEMP_KEYS, "CCD temperature", check=temperature, units=_CELSIUS),
+        set_temp=cards.number(_SET_TEMP_KEYS, "set-point temperature", check=temperature, units=_CELSIUS),
+        gain=cards.number(_GAIN_KEYS, "gain setting", check=_range(0.0, 1e6)),
+        egain=cards.number(_EGAIN_KEYS, "e-/ADU", check=_range(0.0, 1e6, lo_open=True)),
+        offset=cards.number(_OFFSET_KEYS, "offset", check=_range(-1e9, 1e9)),
+        readout_mode=cards.first_text(_READOUT_KEYS),
+        instrument=cards.first_text(_INSTRUMENT_KEYS),
+        telescope=cards.first_text(_TELESCOPE_KEYS),
+        ra_deg=ra_deg,
+        dec_deg=dec_deg,
+        site_longitude=longitude,
+        software=cards.first_text(_SOFTWARE_KEYS),
+        warnings=tuple(cards.warnings),
+    )
+    if info.warnings:
+        logger.debug("%s: %s", base, "; ".join(info.warnings))
+    return info
+
+
+def _number_text(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def camera_key(info: FrameInfo) -> str:
+    """A stable, readable key of the camera set-up a frame was taken with.
+
+    Frames can share calibration masters only when their keys are equal: instrument, binning,
+    image shape, and gain setting / offset / readout mode when the header gives them. Filter,
+    exposure, temperature and date are not part of it.
+
+    Returns
+    -------
+    str
+        e.g. ``"QSI 532|bin2x2|1092x736"`` or ``"ZWO ASI294MM|bin1x1|4144x2822|gain=120|offset=30"``.
+    """
+
+    def part(text: str | None, missing: str) -> str:
+        return missing if text is None else text.replace("|", "/")
+
+    shape = f"{info.naxis1 if info.naxis1 is not None else '?'}x{info.naxis2 if info.naxis2 is not None else '?'}"
+    pieces = [part(info.instrument, "unknown camera"), f"bin{info.xbin}x{info.ybin}", shape]
+    if info.gain is not None:
+        pieces.append(f"gain={_number_text(info.gain)}")
+    if info.offset is not None:
+        pieces.append(f"offset={_number_text(info.offset)}")
+    if info.readout_mode is not None:
+        pieces.append(f"mode={part(info.readout_mode, '')}")
+    return "|".join(pieces)
