@@ -7,12 +7,14 @@
 ``selection``   which masters calibrate a frame
 ``calibrate``   a light whose masters exist -> a calibrated product
 ``stacking``    a quiet group of calibrated lights -> a stack
-``keys``        the calibration key and the stack group key
+``context``     the configuration, catalogue and roots every stage works with
+``lifecycle``   frames whose raw files vanish, return or change
+(the calibration key and the stack group key are ``ccdwatch.keys``)
 """
 
 from ccdwatch.pipeline.core import Pipeline
 from ccdwatch.pipeline.ingest import Outcome
-from ccdwatch.pipeline.keys import CalibKey, GroupKey
+from ccdwatch.keys import CalibKey, GroupKey
 from ccdwatch.pipeline.stacking import assign_targets
 
 __all__ = ["CalibKey", "GroupKey", "Outcome", "Pipeline", "assign_targets"]

@@ -33,7 +33,7 @@ from ccdwatch.jobs import pool, tasks
 from ccdwatch.pipeline import calibrate, masters, stacking
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
-from ccdwatch.pipeline.keys import CALIBRATION_KINDS, GroupKey
+from ccdwatch.keys import CALIBRATION_KINDS, GroupKey
 from ccdwatch.pipeline.runner import Runner, catalogue_full
 from ccdwatch.products import preview_path
 

@@ -25,7 +25,7 @@ from ccdwatch.catalog.queries import (
 from ccdwatch.jobs import tasks
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.pipeline.context import Context
-from ccdwatch.pipeline.keys import CalibKey, temperature_ref
+from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.pipeline.lifecycle import mark_missing, raw_paths, raw_present
 from ccdwatch.pipeline.selection import Masters
 from ccdwatch.products import master_path, preview_path, product_header, short_hash

@@ -18,7 +18,7 @@ from ccdwatch import calib
 from ccdwatch.catalog.queries import current_masters
 from ccdwatch.config import MastersConfig
 from ccdwatch.models import Frame, Master
-from ccdwatch.pipeline.keys import temperature_ref
+from ccdwatch.keys import temperature_ref
 
 EXPTIME_TOLERANCE = 1e-3  # seconds: exposures closer than this are "the same exposure"
 

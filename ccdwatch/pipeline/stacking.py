@@ -30,7 +30,7 @@ from ccdwatch.jobs import tasks
 from ccdwatch.models import Frame, FrameState, Stack, StackMember
 from ccdwatch.pipeline.calibrate import timed_out
 from ccdwatch.pipeline.context import Context
-from ccdwatch.pipeline.keys import GroupKey
+from ccdwatch.keys import GroupKey
 from ccdwatch.products import preview_path, product_header, stack_path
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from ccdwatch.catalog import utcnow
 from ccdwatch.catalog import night as queries
-from ccdwatch.models import Frame, Master, Stack
+from ccdwatch.keys import GroupKey
+from ccdwatch.models import Frame, FrameState, Master, Stack
 
 __all__ = [
     "PROBLEM_WINDOW",
@@ -35,7 +36,7 @@ __all__ = [
 #: Problem files without a night are shown in a night's report if ingested this close to it.
 PROBLEM_WINDOW = timedelta(hours=1)
 #: Frame states that make a file a problem file of the report.
-PROBLEM_STATES = ("quarantined", "failed", "unclassified")
+PROBLEM_STATES = (FrameState.QUARANTINED, FrameState.FAILED, FrameState.MISSING, FrameState.UNCLASSIFIED)
 
 
 @dataclass
@@ -256,8 +257,10 @@ def _groups(night: str, rows: dict[int, FrameRow], stack_rows: dict[str, StackRo
         if r.imagetyp != "light" or r.state in PROBLEM_STATES:
             continue
         key = r.group_key or f"{night}|{r.object or '(no target yet)'}|{r.filter or '-'}|{r.exptime or 0:g}s|ungrouped"
-        parts = key.split("|")
-        target = parts[1] if len(parts) > 1 else (r.object or "?")
+        try:
+            target = GroupKey.parse(key).target
+        except ValueError:
+            target = r.object or "?"
         g = groups.setdefault(key, Group(key=key, target=target, filter=r.filter, exptime=r.exptime, frame_ids=[]))
         g.frame_ids.append(r.id)
     for key, st in stack_rows.items():

@@ -16,6 +16,7 @@ from importlib import resources
 import numpy as np
 
 from ccdwatch import __version__
+from ccdwatch.models import FrameState
 from ccdwatch.report.collect import FrameRow, NightData
 from ccdwatch.report.figures import IMG_DIR, Images
 from ccdwatch.report.text import esc, fmt_duration, fmt_num, fmt_time, group_label
@@ -34,8 +35,7 @@ IMAGE_CHECK_JS = _package_text("image_check.js")
 
 
 def _tag(state: str) -> str:
-    known = {"stacked", "used", "calibrated", "rejected", "quarantined", "failed", "waiting", "unclassified",
-             "ingested"}
+    known = {str(x) for x in FrameState}
     return f'<span class="tag {state if state in known else "other"}">{esc(state)}</span>'
 
 
