@@ -21,7 +21,6 @@ from astropy.io import fits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccdwatch import fitsio
 from ccdwatch.fitsio import (
     DiskFull,
     RawFrame,
@@ -37,6 +36,7 @@ from ccdwatch.fitsio import (
     sweep_temp_files,
     write_product,
 )
+from ccdwatch.fitsio.atomic import _estimate_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "phy241_m51"
@@ -352,7 +352,7 @@ def test_symlinks_are_never_followed(tmp_path, monkeypatch):
     assert rejected(tmp_path / "link.fits").reason == "symlink"
     # swapped for a link after the lstat: O_NOFOLLOW gives ELOOP
     regular = os.lstat(good)
-    monkeypatch.setattr(fitsio.os, "lstat", lambda p, *a, **k: regular)
+    monkeypatch.setattr(os, "lstat", lambda p, *a, **k: regular)
     assert rejected(tmp_path / "link.fits").reason == "symlink"
     assert rejected(tmp_path / "zero.fits").reason == "symlink"
 
@@ -362,7 +362,7 @@ def test_directory_and_device_are_not_regular(tmp_path, monkeypatch):
     assert rejected(tmp_path / "x.fits").reason == "not-regular-file"
     assert rejected(Path("/dev/null")).reason == "not-regular-file"
     regular = os.lstat(write_primary(tmp_path / "good.fits", bias_like()))
-    monkeypatch.setattr(fitsio.os, "lstat", lambda p, *a, **k: regular)
+    monkeypatch.setattr(os, "lstat", lambda p, *a, **k: regular)
     assert rejected(tmp_path / "x.fits").reason == "not-regular-file"
 
 
@@ -694,6 +694,6 @@ def test_size_estimate_of_a_product_matches_what_is_written(tmp_path: Path, n_ke
     table = fits.BinTableHDU.from_columns([fits.Column(name="X", format="E", array=np.arange(333, dtype=np.float32))])
     hdul = fits.HDUList([fits.PrimaryHDU(np.zeros((101, 77), np.float32), header=header), table,
                          fits.ImageHDU(np.zeros((101, 77), np.uint8), name="BADPIX")])
-    estimate = fitsio._estimate_bytes(hdul)
+    estimate = _estimate_bytes(hdul)
     write_product(tmp_path / "p.fits", hdul)
     assert estimate == (tmp_path / "p.fits").stat().st_size

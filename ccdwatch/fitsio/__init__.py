@@ -1,0 +1,48 @@
+"""The only code in ccdwatch that opens FITS files.
+
+Raw frames come from a camera program we do not control, so :func:`read_raw` treats every file as
+hostile until proven otherwise (opened once without following links, headers walked and sizes
+checked before any data is read, never memory-mapped; every refusal is a :class:`RejectedFile`).
+Raw files are never modified, moved, or written next to. Products (our own files) are written
+atomically with :func:`write_product`: temp file in the same directory, fsync, ``os.replace``,
+fsync of the directory. :func:`safe_component` and :func:`safe_product_path` turn untrusted header
+values into path components that cannot leave the products root.
+
+Modules, one job each:
+
+* :mod:`~ccdwatch.fitsio.raw` -- the hostile-file reader (:func:`read_raw`, :class:`RawFrame`);
+* :mod:`~ccdwatch.fitsio.layout` -- the header walk that validates declared sizes before reading;
+* :mod:`~ccdwatch.fitsio.rejected` -- :class:`RejectedFile` and its reason codes;
+* :mod:`~ccdwatch.fitsio.descriptor` -- positioned reads through one file descriptor;
+* :mod:`~ccdwatch.fitsio.product` -- reading our own products back, :func:`sha256_file`;
+* :mod:`~ccdwatch.fitsio.atomic` -- durable product writes, :class:`DiskFull`, temp-file sweeping;
+* :mod:`~ccdwatch.fitsio.names` -- temp and FITS file names, safe path components.
+"""
+
+from __future__ import annotations
+
+from ccdwatch.fitsio.atomic import DiskFull, sweep_temp_files, write_bytes_atomic, write_product
+from ccdwatch.fitsio.layout import BLOCK_SIZE
+from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
+from ccdwatch.fitsio.product import read_product, read_product_hdus, sha256_file
+from ccdwatch.fitsio.raw import RawFrame, read_raw
+from ccdwatch.fitsio.rejected import RejectedFile
+
+__all__ = [
+    "BLOCK_SIZE",
+    "TEMP_PREFIX",
+    "DiskFull",
+    "RawFrame",
+    "RejectedFile",
+    "fits_suffix",
+    "is_temp_name",
+    "read_product",
+    "read_product_hdus",
+    "read_raw",
+    "safe_component",
+    "safe_product_path",
+    "sha256_file",
+    "sweep_temp_files",
+    "write_bytes_atomic",
+    "write_product",
+]

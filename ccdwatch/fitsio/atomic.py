@@ -1,0 +1,196 @@
+"""Durable product writes and the sweep of their temp files.
+
+Products (our own files) are written atomically with :func:`write_product` (FITS) and
+:func:`write_bytes_atomic` (PNG, HTML): temp file in the same directory, fsync, ``os.replace``,
+fsync of the directory, so readers see either the old file or the complete new one. A write that
+would leave less than the required free space raises :class:`DiskFull` before anything is written.
+:func:`sweep_temp_files` removes the temp files a killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import shutil
+import stat
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ccdwatch import faults
+from ccdwatch.fitsio.layout import BLOCK_SIZE
+from ccdwatch.fitsio.names import TEMP_PREFIX, is_temp_name
+from ccdwatch.fitsio.product import sha256_file
+
+__all__ = ["DiskFull", "sweep_temp_files", "write_bytes_atomic", "write_product"]
+
+# the package's logger, as when this was one module: log lines keep their "ccdwatch.fitsio" name
+logger = logging.getLogger("ccdwatch.fitsio")
+
+
+class DiskFull(OSError):
+    """Not enough free space to write a product; no partial file is left behind."""
+
+
+def _estimate_bytes(hdul: fits.HDUList) -> int:
+    """Bytes the HDUs will take on disk, near enough for the free-space check (header blocks
+    plus the data padded to whole blocks). ``HDU.filebytes()`` is exact but serialises the
+    data to find out."""
+    total = 0
+    for hdu in hdul:
+        nbytes = getattr(getattr(hdu, "data", None), "nbytes", 0) or 0
+        header_blocks = -(-(len(hdu.header) + 1) // 36)  # 36 cards of 80 bytes per block, END included
+        total += BLOCK_SIZE * header_blocks + -(-int(nbytes) // BLOCK_SIZE) * BLOCK_SIZE
+    return total
+
+
+def _is_enospc(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:  # pragma: no cover - platforms without directory fds
+        logger.debug("cannot open %s to fsync it: %s", directory, exc)
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes, *, mode: int = 0o644) -> Path:
+    """Write a small non-FITS product (PNG, HTML) the way every product is written: temp file in
+    the same directory, fsync, rename, fsync the directory. Returns the path."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[:128]}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+    return final
+
+
+def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
+                  header: fits.Header | None = None, min_free_bytes: int = 0) -> str:
+    """Write a product atomically and durably; return the SHA-256 of the bytes written.
+
+    A temp file (``.ccdwatch-tmp-<random>-<name>``) is written in the same directory, flushed,
+    fsynced, checked, renamed over ``path`` with ``os.replace`` and the directory fsynced, so
+    readers see either the old file or the complete new one. Parent directories are created.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final path of the product.
+    hdus : astropy.io.fits.HDUList or numpy.ndarray
+        What to write; an array becomes a primary HDU with ``header``.
+    header : astropy.io.fits.Header, optional
+        Header for an array (not allowed with an HDUList: put it in the list).
+    min_free_bytes : int, optional
+        Free space (bytes) that must remain on the file system after the write.
+
+    Raises
+    ------
+    DiskFull
+        If free space < ``min_free_bytes`` + the estimated size, or on ENOSPC/EDQUOT.
+        No temp and no partial final file is left; an existing file at ``path`` is untouched.
+    """
+    final = Path(path)
+    if isinstance(hdus, np.ndarray):
+        hdul = fits.HDUList([fits.PrimaryHDU(data=hdus, header=header)])
+    elif isinstance(hdus, fits.HDUList):
+        if header is not None:
+            raise ValueError("pass the header inside the HDUList, not as header=")
+        hdul = hdus
+    else:
+        raise TypeError(f"write_product needs an HDUList or an ndarray, not {type(hdus).__name__}")
+    if is_temp_name(final.name) or not final.name:
+        raise ValueError(f"{final.name!r} is a temp-file name; products must not be named like that")
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    estimate = _estimate_bytes(hdul)
+    free = shutil.disk_usage(parent).free
+    if free < min_free_bytes + estimate:
+        raise DiskFull(errno.ENOSPC, f"only {free} bytes free, need {estimate} for the product plus "
+                       f"{min_free_bytes} kept free", str(final))
+    tmp = parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[:128]}"
+    try:
+        faults.point("product-write", final)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                hdul.writeto(fh, output_verify="fix")
+            for w in caught:
+                logger.warning("%s: %s", final.name, w.message)
+            fh.flush()
+            os.fsync(fh.fileno())
+        sha = sha256_file(tmp)
+        os.replace(tmp, final)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError as cleanup:  # pragma: no cover
+            logger.error("could not remove temp file %s: %s", tmp, cleanup)
+        if _is_enospc(exc) and not isinstance(exc, DiskFull):
+            raise DiskFull(errno.ENOSPC, f"no space left writing the product ({exc})", str(final)) from exc
+        raise
+    _fsync_dir(parent)
+    logger.debug("wrote %s (%s)", final, sha[:12])
+    return sha
+
+
+def sweep_temp_files(root: str | os.PathLike, *, min_age_seconds: float = 0.0) -> list[Path]:
+    """Remove orphan temp files left by :func:`write_product` under ``root`` (recursive).
+
+    Only regular files whose name starts with ``.ccdwatch-tmp-`` are removed; symlinked
+    directories are not followed. ``min_age_seconds`` spares temp files younger than that (a
+    write still in progress in another process).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    removed: list[Path] = []
+    now = time.time()
+    for dirpath, _dirs, files in os.walk(os.fspath(root), followlinks=False):
+        for fname in files:
+            if not fname.startswith(TEMP_PREFIX):
+                continue
+            p = Path(dirpath) / fname
+            try:
+                st = os.lstat(p)
+                if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age_seconds:
+                    continue
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning("cannot remove temp file %s: %s", p, exc)
+                continue
+            removed.append(p)
+    if removed:
+        logger.info("removed %d orphan temp files under %s", len(removed), root)
+    return removed

@@ -1,0 +1,89 @@
+"""Reading our own products back (trusted files, unlike raw frames) and hashing files."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import stat
+
+import numpy as np
+from astropy.io import fits
+
+from ccdwatch.fitsio.descriptor import _CHUNK, _kind, _pread_fd
+
+__all__ = ["read_product", "read_product_hdus", "sha256_file"]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a regular file's bytes, streamed in 1 MiB chunks.
+
+    Raises
+    ------
+    OSError
+        If the path is not a regular file (a FIFO is refused, not waited on).
+    """
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(st.st_mode)})", os.fspath(path))
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, _CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _read_product_bytes(path: str | os.PathLike) -> bytes:
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(st.st_mode)})", os.fspath(path))
+        return _pread_fd(fd)(0, st.st_size)
+    finally:
+        os.close(fd)
+
+
+def _open_product(path: str | os.PathLike) -> fits.HDUList:
+    buf = _read_product_bytes(path)
+    try:
+        hdul = fits.open(io.BytesIO(buf), mode="readonly", memmap=False, lazy_load_hdus=False)
+        for hdu in hdul:
+            _ = hdu.data  # load every HDU while the buffer is open
+        return hdul
+    except (Exception, Warning) as exc:  # noqa: BLE001
+        raise OSError(errno.EIO, f"cannot read product ({type(exc).__name__}: {exc})", os.fspath(path)) from None
+
+
+def read_product(path: str | os.PathLike) -> tuple[fits.Header, np.ndarray]:
+    """Read one of our own products: header and float32 (native order) data of HDU 0, or of the
+    first image HDU if HDU 0 has no data.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read or parsed. ValueError if it holds no image.
+    """
+    with _open_product(path) as hdul:
+        for hdu in hdul:
+            if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.data is not None:
+                return hdu.header.copy(), np.array(hdu.data, dtype=np.float32, copy=True)
+    raise ValueError(f"{os.fspath(path)} holds no image HDU")
+
+
+def read_product_hdus(path: str | os.PathLike) -> fits.HDUList:
+    """All HDUs of one of our products, loaded into memory; no file stays open.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read or parsed.
+    """
+    hdul = _open_product(path)
+    hdul.close()
+    return hdul
+

@@ -1,0 +1,39 @@
+"""Why a raw file is refused: :class:`RejectedFile` and its stable reason codes."""
+
+from __future__ import annotations
+
+__all__ = ["RejectedFile"]
+
+
+class RejectedFile(Exception):
+    """A raw file that must be quarantined (or, for the transient reasons, looked at again later).
+
+    Parameters
+    ----------
+    reason : str
+        Short stable code: ``not-regular-file``, ``symlink``, ``empty``, ``not-fits``,
+        ``truncated-header``, ``truncated-data``, ``too-large``, ``no-image``, ``bad-header``,
+        ``compressed-disabled`` or ``unreadable``.
+    message : str
+        A readable sentence; ``str(exc)`` returns it.
+    """
+
+    #: Reasons that a file still being written (or rewritten) also gives.
+    TRANSIENT_REASONS = frozenset({"empty", "truncated-header", "truncated-data"})
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason, message)
+        self.reason = reason
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """True when a camera that is still writing the file would give the same verdict."""
+        return self.reason in self.TRANSIENT_REASONS
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"RejectedFile({self.reason!r}, {self.message!r})"
+
