@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from ccdwatch.jobs import tasks as jobs
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sha256_file
+from ccdwatch.jobs import tasks as jobs
 from ccdwatch.synth import Camera, make_night
 
 N_FLATS = 30

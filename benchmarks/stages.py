@@ -23,10 +23,10 @@ import numpy as np
 from astropy.io import fits
 
 from ccdwatch import calib, qa, stack
-from ccdwatch.jobs import tasks as jobs
 from ccdwatch.config import Config
 from ccdwatch.fitsio import read_raw, sha256_file, write_product
 from ccdwatch.headers import normalise
+from ccdwatch.jobs import tasks as jobs
 
 
 class Clock:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,9 @@ from ccdwatch.catalog.queries import (
 )
 from ccdwatch.config import Config, ConfigError, database_url, load_config
 from ccdwatch.models import Calibrated, Frame, FrameState, Master, Stack
+
+if TYPE_CHECKING:
+    from ccdwatch.pipeline import Pipeline
 
 logger = logging.getLogger("ccdwatch")
 
@@ -126,7 +129,7 @@ def stack_record(s: Stack) -> dict[str, Any]:
     }
 
 
-def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], out=None) -> None:
+def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], out: IO[str] | None = None) -> None:
     out = out or sys.stdout
     if fmt == "json":
         json.dump(rows, out, indent=2, default=str)
@@ -277,7 +280,7 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
                 print(json.dumps(master_record(obj), indent=2, default=str))
             elif isinstance(obj, Stack):
                 print(json.dumps(stack_record(obj), indent=2, default=str))
-            else:
+            elif isinstance(obj, Calibrated):
                 frame = s.get(Frame, obj.frame_id)
                 if frame is not None:
                     _show_frame(s, frame)
@@ -289,7 +292,7 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
         if isinstance(product, Stack):
             print(json.dumps(stack_record(product), indent=2, default=str))
             return 0
-        frame = s.get(Frame, product.frame_id) if product is not None else frame_by_path_or_id(s, ref)
+        frame = frame_by_path_or_id(s, ref) if product is None else s.get(Frame, product.frame_id)
         if frame is None:
             print(f"no frame, master or stack matches {ref!r}", file=sys.stderr)
             return 1
@@ -349,7 +352,7 @@ def cmd_nights(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(cfg: Config):
+def _pipeline(cfg: Config) -> tuple[Catalog, Pipeline]:
     from ccdwatch.pipeline import Pipeline
 
     catalog = Catalog(cfg.paths.database, writer=True)
@@ -453,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
     w = sub.add_parser("watch", help="run the daemon (or --once: catch up, finish the night, exit)")
-    w.add_argument("--once", action="store_true", help="scan, process everything as if the night ended, print a summary, exit")
+    w.add_argument("--once", action="store_true",
+                   help="scan, process everything as if the night ended, print a summary, exit")
     w.set_defaults(func=cmd_watch)
 
     def fmt(parser: argparse.ArgumentParser) -> None:
@@ -465,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--filter")
     f.add_argument("--object")
     f.add_argument("--state", choices=[str(state) for state in FrameState])
-    f.add_argument("--since", help="only frames observed at or after this ISO date/time (UTC unless an offset is given)")
+    f.add_argument("--since",
+                   help="only frames observed at or after this ISO date/time (UTC unless an offset is given)")
     f.add_argument("--limit", type=int)
     fmt(f)
     f.set_defaults(func=cmd_frames)

@@ -14,9 +14,9 @@ import os
 import tomllib
 import types
 import typing
-from datetime import UTC, datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 

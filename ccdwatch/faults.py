@@ -3,7 +3,8 @@
 ``CCDWATCH_FAULTS`` holds comma-separated ``point[@substring]=action`` entries; an entry fires
 when the named point is reached with a subject containing ``substring`` (any subject when it is
 omitted). Actions: ``kill`` (SIGKILL this process: a power cut), ``crash`` (``os._exit(70)``: a
-segfaulting library), ``hang`` (sleep for an hour: a stuck NFS read), ``enospc`` (a full disk), ``raise`` (RuntimeError).
+segfaulting library), ``hang`` (sleep for an hour: a stuck NFS read), ``enospc`` (a full disk),
+``raise`` (RuntimeError).
 ``action?PATH`` fires only while the file PATH exists (a disk that fills up, then frees).
 
 Points: ``ingest`` (worker, before parsing), ``ingest-commit`` (daemon, before the new frame's

@@ -126,10 +126,9 @@ def test_foreign_keys_are_enforced(tmp_path):
 
     from ccdwatch.models import SourceFile
 
-    with Catalog(str(tmp_path / "c.db")) as cat:
-        with pytest.raises(IntegrityError), cat.session() as s:
-            now = utcnow()
-            s.add(SourceFile(path="/a.fits", frame_id=999, first_seen=now, last_seen=now))
+    with Catalog(str(tmp_path / "c.db")) as cat, pytest.raises(IntegrityError), cat.session() as s:
+        now = utcnow()
+        s.add(SourceFile(path="/a.fits", frame_id=999, first_seen=now, last_seen=now))
 
 
 def test_snapshot_is_consistent_read_only_and_needs_no_write_access(tmp_path):

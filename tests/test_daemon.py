@@ -73,7 +73,7 @@ rescan_interval = 0
         while self._listening:
             try:
                 self.messages.append(self.sock.recv(4096).decode())
-            except (TimeoutError, BlockingIOError, socket.timeout):
+            except (TimeoutError, BlockingIOError):
                 continue
             except OSError:
                 return
@@ -327,8 +327,8 @@ def test_polling_observer_for_network_mounts(tmp_path):
 def test_dead_observer_thread_makes_the_daemon_exit_nonzero(tmp_path, monkeypatch):
     """watchdog can lose its thread silently; the loop notices and exits 3 so systemd restarts."""
     from ccdwatch.catalog import Catalog
-    from ccdwatch.pipeline import Pipeline
     from ccdwatch.daemon.watch import EXIT_OBSERVER_DIED, Watcher
+    from ccdwatch.pipeline import Pipeline
 
     from .conftest import make_config
 

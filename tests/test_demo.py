@@ -34,7 +34,7 @@ def test_plan_follows_a_night_dusk_lights_dawn():
     assert [s.filter for s in lights] == ["V"] * 6 + ["R"] * 6
     assert {s.exptime for s in lights} == {s.exptime for s in shots if s.kind == "dark"} == {120.0}
     assert (lights[0].dx, lights[0].dy) == (0.0, 0.0)
-    assert all(0 < abs(s.dx) + abs(s.dy) and abs(s.dx) <= 6 and abs(s.dy) <= 6 for s in lights[1:])
+    assert all(abs(s.dx) + abs(s.dy) > 0 and abs(s.dx) <= 6 and abs(s.dy) <= 6 for s in lights[1:])
     flats = [s for s in shots if s.kind == "flat"]
     assert flats[0].date_obs - START >= timedelta(hours=10)
     assert [s.filter for s in flats] == ["V"] * 5 + ["R"] * 5

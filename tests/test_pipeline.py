@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 
 from ccdwatch import synth
 from ccdwatch.catalog import Catalog
+from ccdwatch.daemon.watch import Watcher
 from ccdwatch.fitsio import read_product
 from ccdwatch.models import Calibrated, Frame, Master, SourceFile, Stack
 from ccdwatch.pipeline import Pipeline, assign_targets
-from ccdwatch.daemon.watch import Watcher
 
 from .conftest import make_config
 

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from ccdwatch import report, synth
 from ccdwatch.catalog import Catalog
 from ccdwatch.cli import main
+from ccdwatch.daemon.watch import Watcher
 from ccdwatch.models import Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
-from ccdwatch.daemon.watch import Watcher
 
 from . import browser
 from .conftest import REAL_NIGHT, make_config

@@ -248,11 +248,13 @@ def calibrated_versions(s: Session, frame_id: int) -> Sequence[Calibrated]:
 
 def product_by_path(s: Session, path: str) -> Master | Stack | Calibrated | None:
     """The master, stack or calibrated product written at ``path``."""
-    for model in (Master, Stack, Calibrated):
-        obj = s.scalar(select(model).where(model.path == path))
-        if obj is not None:
-            return obj
-    return None
+    master = s.scalar(select(Master).where(Master.path == path))
+    if master is not None:
+        return master
+    stack = s.scalar(select(Stack).where(Stack.path == path))
+    if stack is not None:
+        return stack
+    return s.scalar(select(Calibrated).where(Calibrated.path == path))
 
 
 def query_masters(s: Session, *, kind: str | None = None, night: str | None = None, filter: str | None = None,

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -43,6 +44,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from ccdwatch.catalog import publish_snapshot
@@ -124,7 +126,7 @@ class Watcher:
         self.stop_event = threading.Event()
         self.stop_signal: str | None = None
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.observer = None
+        self.observer: BaseObserver | None = None
         # While a worker makes progress on a long job, the loop that waits for it stays healthy;
         # SIGTERM abandons the job rather than waiting for it (systemd's stop timeout).
         pipeline.workers.heartbeat = self.notifier.watchdog
@@ -221,7 +223,8 @@ class Watcher:
                 logger.warning("inotify queue overflowed: rescanning %s", self.root)
                 self.scan()
 
-    def process_ready(self, *, limit: int | None = None, final: bool = False, bar=None, batch: int = 32) -> int:
+    def process_ready(self, *, limit: int | None = None, final: bool = False, bar: Any = None,
+                      batch: int = 32) -> int:
         """Ingest ready files in batches (parsed in parallel, recorded in one transaction each)."""
         done = 0
         if not self.pipeline.maybe_resume():
@@ -308,7 +311,7 @@ class Watcher:
                 bar.close()
         return self.stats
 
-    def _make_observer(self):
+    def _make_observer(self) -> BaseObserver:
         if self.cfg.watch.observer == "polling":
             return PollingObserver(timeout=self.cfg.watch.poll_interval)
         return Observer()
@@ -337,10 +340,10 @@ class Watcher:
         overflow = _OverflowWatch(self.q)
         wd_logger = logging.getLogger("watchdog.observers.inotify")
         wd_logger.addFilter(overflow)
-        self.observer = self._make_observer()
-        self.observer.schedule(_Enqueue(self.q), str(self.root), recursive=self.cfg.watch.recursive,
-                               event_filter=WATCHED_EVENTS)
-        self.observer.start()
+        self.observer = observer = self._make_observer()
+        observer.schedule(_Enqueue(self.q), str(self.root), recursive=self.cfg.watch.recursive,
+                          event_filter=WATCHED_EVENTS)
+        observer.start()
         try:
             self.scan()
             self.notifier.ready(self.status_text())
@@ -349,7 +352,7 @@ class Watcher:
             due = {"tick": now, "status": now, "snapshot": now,
                    "rescan": now + (self.cfg.watch.rescan_interval or float("inf"))}
             while not self.stop_event.is_set():
-                if not self.observer.is_alive():
+                if not observer.is_alive():
                     logger.critical("the filesystem observer thread died; exiting so that the service restarts")
                     return EXIT_OBSERVER_DIED
                 try:
@@ -360,8 +363,8 @@ class Watcher:
             return 0
         finally:
             self.notifier.stopping()
-            self.observer.stop()
-            self.observer.join(timeout=5)
+            observer.stop()
+            observer.join(timeout=5)
             wd_logger.removeFilter(overflow)
 
     def _iteration(self, due: dict[str, float]) -> None:

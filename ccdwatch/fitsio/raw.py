@@ -39,7 +39,7 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ccdwatch.fitsio.descriptor import _CHUNK, _kind, _pread_bytes, _pread_fd
-from ccdwatch.fitsio.layout import MAX_HEADER_BYTES, _choose, _HDU, _Layout, _merge_inherit, _walk
+from ccdwatch.fitsio.layout import _HDU, MAX_HEADER_BYTES, _choose, _Layout, _merge_inherit, _walk
 from ccdwatch.fitsio.rejected import RejectedFile
 
 __all__ = ["RawFrame", "read_raw"]

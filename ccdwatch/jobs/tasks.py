@@ -101,7 +101,7 @@ def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_co
         except (OSError, RejectedFile) as exc:
             other = exc
             continue
-        if raw.sha256 == sha256:
+        if raw.sha256 == sha256 and raw.data is not None:
             return raw.data
         gone.append(f"{p} no longer holds the catalogued content (sha256 {sha256[:12]}...)")
     if other is not None:

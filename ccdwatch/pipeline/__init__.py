@@ -12,9 +12,9 @@
 (the calibration key and the stack group key are ``ccdwatch.keys``)
 """
 
+from ccdwatch.keys import CalibKey, GroupKey
 from ccdwatch.pipeline.core import Pipeline
 from ccdwatch.pipeline.ingest import Outcome
-from ccdwatch.keys import CalibKey, GroupKey
 from ccdwatch.pipeline.stacking import assign_targets
 
 __all__ = ["CalibKey", "GroupKey", "Outcome", "Pipeline", "assign_targets"]

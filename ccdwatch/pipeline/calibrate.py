@@ -26,7 +26,7 @@ from ccdwatch.catalog.queries import (
 from ccdwatch.jobs import tasks
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline.context import Context
-from ccdwatch.pipeline.lifecycle import raw_paths
+from ccdwatch.pipeline.lifecycle import content_hash, raw_paths
 from ccdwatch.pipeline.selection import Masters
 from ccdwatch.products import calibrated_path, preview_path, product_header
 
@@ -133,7 +133,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         PARTIAL=partial, CALVER=version,
     )
     spec = tasks.CalibrateSpec(
-        frame_id=frame.id, raw_paths=raw_paths(frame), raw_sha256=frame.sha256,
+        frame_id=frame.id, raw_paths=raw_paths(frame), raw_sha256=content_hash(frame),
         bias_path=sel.bias.path if sel.bias else None, dark_path=sel.dark.path if sel.dark else None,
         dark_scale=sel.dark_scale or 1.0, flat_path=sel.flat.path if sel.flat else None, out_path=str(out),
         header=header, saturation=saturation(ctx, frame), detect_sigma=ctx.cfg.stack.detect_sigma,

@@ -28,12 +28,12 @@ from ccdwatch.catalog import Catalog
 from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
-from ccdwatch.models import FrameState
 from ccdwatch.jobs import pool, tasks
+from ccdwatch.keys import CALIBRATION_KINDS, GroupKey
+from ccdwatch.models import FrameState
 from ccdwatch.pipeline import calibrate, masters, stacking
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
-from ccdwatch.keys import CALIBRATION_KINDS, GroupKey
 from ccdwatch.pipeline.runner import Runner, catalogue_full
 from ccdwatch.products import preview_path
 

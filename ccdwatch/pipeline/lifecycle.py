@@ -26,6 +26,13 @@ def raw_paths(frame: Frame) -> tuple[str, ...]:
     return tuple(sf.path for sf in frame.files) or (frame.path,)
 
 
+def content_hash(frame: Frame) -> str:
+    """The sha256 of a catalogued frame's raw content (only quarantined files have none)."""
+    if frame.sha256 is None:
+        raise ValueError(f"frame {frame.id} has no content hash: it was never read successfully")
+    return frame.sha256
+
+
 def raw_present(frame: Frame) -> bool:
     """Does any of the frame's paths still exist (content is checked when it is read)?"""
     return any(os.path.lexists(p) for p in raw_paths(frame))

@@ -23,10 +23,10 @@ from ccdwatch.catalog.queries import (
     lights_waiting_for,
 )
 from ccdwatch.jobs import tasks
+from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.pipeline.context import Context
-from ccdwatch.keys import CalibKey, temperature_ref
-from ccdwatch.pipeline.lifecycle import mark_missing, raw_paths, raw_present
+from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_paths, raw_present
 from ccdwatch.pipeline.selection import Masters
 from ccdwatch.products import master_path, preview_path, product_header, short_hash
 
@@ -40,7 +40,7 @@ class MasterPlan:
     key: CalibKey
     night: str
     spec: tasks.MasterSpec
-    inputs: tuple[tuple[int, str | None], ...]
+    inputs: tuple[tuple[int, str], ...]
     out: Path
     version: int
     method: str
@@ -138,10 +138,11 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False)
         method = {"bias": m.bias_method, "dark": m.dark_method, "flat": m.flat_method}[kind]
         out = master_path(ctx.products, kind=kind, night=night, calib_key=str(key), instrument=sample.instrument,
                           exptime=sample.exptime, filter=sample.filter, version=version)
-        dark_scale = calib.dark_scale(sample.exptime, dark.exptime) if dark is not None and dark.exptime else None
-        inputs = tuple((f.id, f.sha256) for f in frames)
+        dark_scale = (calib.dark_scale(sample.exptime or 0.0, dark.exptime)
+                      if dark is not None and dark.exptime else None)
+        inputs = tuple((f.id, content_hash(f)) for f in frames)
         spec = tasks.MasterSpec(
-            kind=kind, frames=tuple((raw_paths(f), f.sha256) for f in frames),
+            kind=kind, frames=tuple((raw_paths(f), content_hash(f)) for f in frames),
             bias_path=bias.path if bias else None, dark_path=dark.path if dark else None,
             dark_scale=dark_scale, method=method, sigma=m.sigma, memory_budget=ctx.memory_budget,
             hot_pixel_sigma=m.hot_pixel_sigma, out_path=str(out),

@@ -22,8 +22,8 @@ from ccdwatch.catalog.queries import frame_by_sha256, frames_by_id
 from ccdwatch.fitsio import DiskFull
 from ccdwatch.jobs import pool, tasks
 from ccdwatch.models import FrameState
-from ccdwatch.pipeline.lifecycle import mark_missing
 from ccdwatch.pipeline.context import Context
+from ccdwatch.pipeline.lifecycle import mark_missing
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from ccdwatch import calib
 from ccdwatch.catalog.queries import current_masters
 from ccdwatch.config import MastersConfig
-from ccdwatch.models import Frame, Master
 from ccdwatch.keys import temperature_ref
+from ccdwatch.models import Frame, Master
 
 EXPTIME_TOLERANCE = 1e-3  # seconds: exposures closer than this are "the same exposure"
 
@@ -151,7 +151,7 @@ def _scaled_dark(darks: list[Master], t: float, when: datetime | None, bias: Mas
     epoch = datetime.min
     best = min(in_time, key=lambda d: (abs((d.exptime or 0.0) - t),
                                        abs((d.date_mid or when or epoch) - (when or epoch)), -d.id))
-    return best, calib.dark_scale(t, best.exptime), ""
+    return best, calib.dark_scale(t, best.exptime or 0.0), ""
 
 
 def nearest(masters: Iterable[Master], when: datetime | None, max_age_days: float) -> Master | None:

@@ -27,10 +27,10 @@ from ccdwatch.catalog.queries import (
     nights_with_calibrated_lights,
 )
 from ccdwatch.jobs import tasks
-from ccdwatch.models import Frame, FrameState, Stack, StackMember
+from ccdwatch.keys import GroupKey
+from ccdwatch.models import Calibrated, Frame, FrameState, Stack, StackMember
 from ccdwatch.pipeline.calibrate import timed_out
 from ccdwatch.pipeline.context import Context
-from ccdwatch.keys import GroupKey
 from ccdwatch.products import preview_path, product_header, stack_path
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class StackPlan:
     spec: tasks.StackSpec
     rejected: tuple[tuple[int, str], ...]
     #: frame id -> (calibrated product id, its sha256, exposure in s), for every member
-    member_info: dict[int, tuple[int, str | None, float]]
+    member_info: dict[int, tuple[int, str, float]]
     night: str
     target: str
     filter: str | None
@@ -109,16 +109,20 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
     """Reject outliers and choose the reference of one group (None: nothing new to stack)."""
     st = ctx.cfg.stack
     with ctx.catalog.session() as s:
-        frames = group_frames(s, str(group))
-        products = {f.id: current_calibrated(s, f.id) for f in frames}
-        frames = [f for f in frames if products[f.id] is not None]
+        products: dict[int, Calibrated] = {}
+        frames = []
+        for f in group_frames(s, str(group)):
+            product = current_calibrated(s, f.id)
+            if product is not None:
+                products[f.id] = product
+                frames.append(f)
         if len(frames) < st.min_frames:
             for f in frames:
                 if f.state == FrameState.CALIBRATED:
                     f.state_reason = f"group has {len(frames)} frame(s), fewer than stack.min_frames={st.min_frames}"
             return None
         latest = latest_stack(s, str(group))
-        signature = sorted((f.id, products[f.id].sha256) for f in frames)  # type: ignore[union-attr]
+        signature = sorted((f.id, products[f.id].sha256) for f in frames)
         if latest is not None and sorted((m.frame_id, m.sha256) for m in latest.members) == signature:
             for f in frames:
                 if f.state == FrameState.CALIBRATED:
@@ -140,10 +144,8 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
         night = ref_frame.night or "nonight"
         out = stack_path(ctx.products, night=night, target=target, filter=ref_frame.filter,
                          exptime=ref_frame.exptime, group_key=str(group), version=version)
-        paths = {fid: p.path for fid, p in products.items() if p is not None}
-        shas = {fid: p.sha256 for fid, p in products.items() if p is not None}
         spec = tasks.StackSpec(
-            products={fid: paths[fid] for fid in usable}, reference=reference, method=st.method,
+            products={fid: products[fid].path for fid in usable}, reference=reference, method=st.method,
             sigma=st.sigma, memory_budget=ctx.memory_budget, workdir=str(ctx.workdir), out_path=str(out),
             header=product_header(
                 None, IMAGETYP="Stack", OBJECT=target, FILTER=ref_frame.filter, EXPTIME=ref_frame.exptime,
@@ -151,15 +153,14 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
                 COMBMETH=st.method, CLIPSIG=st.sigma if st.method == "sigma_clip" else None,
                 STACKV=version, BUNIT="adu",
             ),
-            members=tuple((f.id, shas[f.id], f.exptime or 0.0) for f in frames),
+            members=tuple((f.id, products[f.id].sha256, f.exptime or 0.0) for f in frames),
             rejected=tuple(rejected.items()),
             preview_path=str(preview_path(out)) if ctx.cfg.report.previews else None,
             preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
                            f" - night {night}"),
             min_free_bytes=ctx.min_free,
         )
-        member_info = {f.id: (products[f.id].id, shas[f.id], f.exptime or 0.0)  # type: ignore[union-attr]
-                       for f in frames}
+        member_info = {f.id: (products[f.id].id, products[f.id].sha256, f.exptime or 0.0) for f in frames}
         return StackPlan(group=group, spec=spec, rejected=tuple(rejected.items()), member_info=member_info,
                          night=night, target=target, filter=ref_frame.filter, exptime=ref_frame.exptime,
                          camera_key=ref_frame.camera_key, latest_id=latest.id if latest is not None else None,

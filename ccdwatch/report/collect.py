@@ -15,8 +15,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from ccdwatch.catalog import utcnow
 from ccdwatch.catalog import night as queries
+from ccdwatch.catalog import utcnow
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import Frame, FrameState, Master, Stack
 
