@@ -123,6 +123,15 @@ class Frame(Base):
     sky_noise: Mapped[float | None] = mapped_column(Float)
     saturated_fraction: Mapped[float | None] = mapped_column(Float)
 
+    # Added by revision 0003 (classification evidence, colour sensors).
+    #: path relative to the incoming directory (what classification rules and tokens read)
+    relpath: Mapped[str | None] = mapped_column(Text)
+    #: how the type was decided: {"by": rule|header|path|pixels, "why": ..., "evidence": {...},
+    #: "fingerprint": hash of the rules and classifier version it was made with}
+    classification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: CFA pattern of a one-shot-colour sensor, as read out (e.g. "RGGB"); None: monochrome
+    bayer_pattern: Mapped[str | None] = mapped_column(String(8))
+
     files: Mapped[list[SourceFile]] = relationship(back_populates="frame")
     events: Mapped[list[Event]] = relationship(back_populates="frame", order_by="Event.id")
 
@@ -192,6 +201,8 @@ class Master(Base):
     hot_pixels: Mapped[int | None] = mapped_column(Integer)
     ccdwatch_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    #: why this master may no longer be used (inputs reclassified away); None: usable
+    retired: Mapped[str | None] = mapped_column(Text)
 
     inputs: Mapped[list[MasterInput]] = relationship(back_populates="master", cascade="all, delete-orphan")
 
