@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -27,12 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import func, select
 
 from ccdwatch import synth
 from ccdwatch.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from ccdwatch.catalog import Catalog
+    from ccdwatch.watch import Watcher
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +156,8 @@ def plan_night(
     clock = max(clock, start + timedelta(hours=10))
     for filt in filters:
         for i in range(n_flat):
-            shots.append(Shot("flat", f"flat_{filt}_{i + 1:03d}.fits", flat_exptime, clock, filter=filt, ccd_temp=temp()))
+            shots.append(Shot("flat", f"flat_{filt}_{i + 1:03d}.fits", flat_exptime, clock, filter=filt,
+                              ccd_temp=temp()))
             clock += timedelta(seconds=flat_exptime + OVERHEAD)
     return shots
 
@@ -173,7 +179,7 @@ def cluster_field(shape: tuple[int, int], *, rng: np.random.Generator) -> synth.
 def exposure(camera: synth.Camera, shot: Shot, stars: synth.Stars, *, target: str,
              rng: np.random.Generator) -> tuple[np.ndarray, dict[str, object]]:
     """Pixels (uint16) and header of one shot, from :mod:`ccdwatch.synth`."""
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if shot.kind == "light":
         moved = synth.transform_stars(stars, dx=shot.dx, dy=shot.dy, rotation_deg=shot.rotation)
         moved = dataclasses.replace(moved, flux=moved.flux * shot.transparency)
@@ -182,11 +188,11 @@ def exposure(camera: synth.Camera, shot: Shot, stars: synth.Stars, *, target: st
         kwargs = {"flat_level": float(rng.uniform(18000.0, 26000.0))}
     elif shot.kind == "dark":
         kwargs = {"cosmic_rays": 4}
-    adu = synth.expose(camera, kind=shot.kind, exptime=shot.exptime, rng=rng, **kwargs)  # type: ignore[arg-type]
+    adu = synth.expose(camera, kind=shot.kind, exptime=shot.exptime, rng=rng, **kwargs)
+    cards: dict[str, Any] = {"CCD-TEMP": shot.ccd_temp, "SET-TEMP": -15.0, "TELESCOP": "ccdwatch demo telescope"}
     header = synth.frame_header(
         camera, kind=shot.kind, exptime=shot.exptime, date_obs=shot.date_obs, filter=shot.filter,
-        object=target if shot.kind == "light" else None, style="maxim",
-        **{"CCD-TEMP": shot.ccd_temp, "SET-TEMP": -15.0, "TELESCOP": "ccdwatch demo telescope"},
+        object=target if shot.kind == "light" else None, style="maxim", **cards,
     )
     return synth.quantise(adu, saturation=camera.saturation), header
 
@@ -258,7 +264,101 @@ def demo_config(cfg: Config, *, directory: Path, speed: float) -> Config:
     )
 
 
+def _demo_paths(cfg: Config, directory: str | os.PathLike | None, *, speed: float,
+                n_lights: int) -> tuple[Path, Path]:
+    """The camera's directory and the products directory, after checking the demo's arguments."""
+    if not speed > 0:
+        raise ConfigError(f"demo --speed must be > 0, got {speed!r}")
+    if n_lights < 1:
+        raise ConfigError(f"demo --frames must be >= 1, got {n_lights!r}")
+    root = Path(directory if directory is not None else cfg.paths.incoming).absolute()
+    products = Path(cfg.paths.products).absolute()
+    if products == root or root in products.parents:
+        raise ConfigError(f"the products directory {products} lies inside the camera directory {root}; "
+                          "choose --products outside it")
+    return root, products
+
+
+def _announce(say: Callable[[str], None], cfg: Config, *, camera: synth.Camera, speed: float, target_dir: Path,
+              products: Path, shots: list[Shot]) -> None:
+    """Narrate what the demo is about to do."""
+    say(f"ccdwatch demo: one night of a {camera.shape[1]}x{camera.shape[0]} camera, {speed:g}x faster than real time")
+    say(f"  camera writes into  {target_dir}")
+    say(f"  products go to      {products}")
+    say(f"  catalogue           {cfg.paths.database}")
+    say(f"  {len(shots)} frames over about {_busy_seconds(shots) / speed:.0f} s (the dark hours before dawn are "
+        "skipped); then the daemon finishes the night and writes the report")
+
+
+def _wait_for_daemon(watcher: Watcher, abort: threading.Event) -> None:
+    """Let the daemon catch up with the last frames (at most 60 s) before its loop is stopped."""
+    deadline = time.monotonic() + 60.0
+    calm = 0
+    while time.monotonic() < deadline and not abort.is_set():
+        busy = bool(watcher.ready or watcher.pending or not watcher.q.empty())
+        calm = 0 if busy else calm + 1
+        if calm >= 3:
+            break
+        time.sleep(0.3)
+
+
+def _camera_thread(play: Callable[[], None], watcher: Watcher, abort: threading.Event, result: DemoResult) -> None:
+    """The camera's thread: ``play`` the night, let the daemon catch up, then stop its loop.
+
+    An exception is kept in ``result.error`` for the main thread.
+    """
+    try:
+        play()
+        _wait_for_daemon(watcher, abort)
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        result.error = exc
+    finally:
+        watcher.stop_event.set()
+
+
+def _run_camera_and_daemon(play: Callable[[], None], watcher: Watcher, abort: threading.Event,
+                           result: DemoResult) -> bool:
+    """Run the daemon loop while a thread plays the camera; True when Ctrl-C or SIGTERM stopped the demo.
+
+    Raises the camera thread's exception, or RuntimeError when the daemon loop failed.
+    """
+    interrupted = threading.Event()
+    old_handlers = _catch_signals(interrupted, abort, watcher.stop_event)
+    writer = threading.Thread(target=_camera_thread, args=(play, watcher, abort, result), name="demo-camera",
+                              daemon=True)
+    try:
+        writer.start()
+        code = watcher.run()
+    finally:
+        if interrupted.is_set() or writer.is_alive() and watcher.stop_event.is_set():
+            abort.set()
+        writer.join(timeout=30)
+        abort.set()
+        _restore_signals(old_handlers)
+    if result.error is not None:
+        raise result.error
+    if code != 0:
+        raise RuntimeError(f"the daemon loop stopped with exit code {code}")
+    return interrupted.is_set()
+
+
+def _catalogued_night(catalog: Catalog, target_dir: Path) -> tuple[str | None, str]:
+    """The night the demo's lights were filed under (None if none was) and a one-line summary of it."""
+    from ccdwatch.catalog import summary
+
+    with catalog.reader() as s:
+        night = summary.latest_light_night(s, str(target_dir) + os.sep)
+        if night is None:
+            return None, ""
+        states = summary.night_state_counts(s, night)
+        n_masters = summary.master_count(s, night)
+        n_stacks = summary.current_stack_count(s, night)
+    return night, (f"night {night}: " + ", ".join(f"{n} {k}" for k, n in sorted(states.items()))
+                   + f"; {n_masters} masters, {n_stacks} stacks")
+
+
 def run_demo(
+
     cfg: Config,
     *,
     directory: str | os.PathLike | None = None,
@@ -292,20 +392,11 @@ def run_demo(
         Wall-clock time the night is placed before (default: now).
     """
     from ccdwatch.catalog import Catalog
-    from ccdwatch.models import Frame, Master, SourceFile, Stack
     from ccdwatch.pipeline import Pipeline
     from ccdwatch.report import build_report
     from ccdwatch.daemon.watch import Watcher
 
-    if not speed > 0:
-        raise ConfigError(f"demo --speed must be > 0, got {speed!r}")
-    if n_lights < 1:
-        raise ConfigError(f"demo --frames must be >= 1, got {n_lights!r}")
-    root = Path(directory if directory is not None else cfg.paths.incoming).absolute()
-    products = Path(cfg.paths.products).absolute()
-    if products == root or root in products.parents:
-        raise ConfigError(f"the products directory {products} lies inside the camera directory {root}; "
-                          "choose --products outside it")
+    root, products = _demo_paths(cfg, directory, speed=speed, n_lights=n_lights)
     cfg = demo_config(cfg, directory=root, speed=speed)
     now = now or datetime.now(UTC)
     target_dir = root / f"demo-{now:%Y%m%d-%H%M%S}" if cfg.watch.recursive else root
@@ -315,78 +406,27 @@ def run_demo(
     shots = plan_night(start, n_lights=n_lights, rng=rng)
     stars = cluster_field(camera.shape, rng=rng)
     result = DemoResult(directory=target_dir)
-    say(f"ccdwatch demo: one night of a {camera.shape[1]}x{camera.shape[0]} camera, {speed:g}x faster than real time")
-    say(f"  camera writes into  {target_dir}")
-    say(f"  products go to      {products}")
-    say(f"  catalogue           {cfg.paths.database}")
-    say(f"  {len(shots)} frames over about {_busy_seconds(shots) / speed:.0f} s (the dark hours before dawn are "
-        "skipped); then the daemon finishes the night and writes the report")
+    _announce(say, cfg, camera=camera, speed=speed, target_dir=target_dir, products=products, shots=shots)
 
     abort = threading.Event()
     with Catalog(cfg.paths.database, writer=True) as catalog:
         pipeline = Pipeline(cfg, catalog)
         watcher = Watcher(cfg, pipeline, progress=False)
-
-        def camera_thread() -> None:
-            try:
-                _play(shots, stars, camera=camera, speed=speed, target_dir=target_dir, rng=rng, abort=abort,
-                      written=result.written, say=say)
-                # let the daemon catch up with the last frames before stopping its loop
-                deadline = time.monotonic() + 60.0
-                calm = 0
-                while time.monotonic() < deadline and not abort.is_set():
-                    busy = bool(watcher.ready or watcher.pending or not watcher.q.empty())
-                    calm = 0 if busy else calm + 1
-                    if calm >= 3:
-                        break
-                    time.sleep(0.3)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                result.error = exc
-            finally:
-                watcher.stop_event.set()
-
-        interrupted = threading.Event()
-        old_handlers = _catch_signals(interrupted, abort, watcher.stop_event)
-        writer = threading.Thread(target=camera_thread, name="demo-camera", daemon=True)
-        try:
-            writer.start()
-            code = watcher.run()
-        finally:
-            if interrupted.is_set() or writer.is_alive() and watcher.stop_event.is_set():
-                abort.set()
-            writer.join(timeout=30)
-            abort.set()
-            _restore_signals(old_handlers)
-        if result.error is not None:
-            raise result.error
-        if code != 0:
-            raise RuntimeError(f"the daemon loop stopped with exit code {code}")
-        if interrupted.is_set():
+        play = functools.partial(_play, shots, stars, camera=camera, speed=speed, target_dir=target_dir, rng=rng,
+                                 abort=abort, written=result.written, say=say)
+        if _run_camera_and_daemon(play, watcher, abort, result):
             result.interrupted = True
             say("demo interrupted; what was written so far is catalogued")
             return result
 
         say("dawn: the camera is done; the daemon finishes the night (masters, calibration, stacks)")
         Watcher(cfg, pipeline, progress=False).run_once()
-        with catalog.reader() as s:
-            prefix = str(target_dir) + os.sep
-            nights = s.scalars(select(Frame.night).join(SourceFile, SourceFile.frame_id == Frame.id)
-                               .where(SourceFile.path.startswith(prefix), Frame.imagetyp == "light")
-                               .distinct()).all()
-            night = max((n for n in nights if n), default=None)
-            if night is not None:
-                states = dict(s.execute(select(Frame.state, func.count()).where(Frame.night == night)
-                                        .group_by(Frame.state)).all())
-                n_masters = s.scalar(select(func.count(func.distinct(Master.calib_key)))
-                                     .where(Master.night == night)) or 0
-                n_stacks = s.scalar(select(func.count()).select_from(Stack)
-                                    .where(Stack.night == night, Stack.current)) or 0
+        night, summary_line = _catalogued_night(catalog, target_dir)
         result.night = night
         if night is None:
             say("no light frame was catalogued, so there is no night to report")
             return result
-        say(f"night {night}: " + ", ".join(f"{n} {k}" for k, n in sorted(states.items()))
-            + f"; {n_masters} masters, {n_stacks} stacks")
+        say(summary_line)
         result.report = build_report(cfg, catalog, night)
     say(f"night report: {result.report}")
     say(f"open it in a browser, e.g.  xdg-open {result.report}")

@@ -1,4 +1,4 @@
-"""Frame quality: source detection, seeing and sky metrics, outlier rejection, reference choice.
+"""One frame's quality: source detection, seeing, sky and saturation metrics.
 
 Pure numerics: arrays in, new values out; the input image is never modified.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,15 +21,10 @@ import sep
 
 from ccdwatch import calib
 
-logger = logging.getLogger(__name__)
+# The logger keeps the name it had when quality control was one module.
+logger = logging.getLogger("ccdwatch.qa")
 
-__all__ = [
-    "FrameQuality",
-    "Sources",
-    "choose_reference",
-    "measure",
-    "reject_outliers",
-]
+__all__ = ["FrameQuality", "Sources", "measure"]
 
 #: sep object flags that make a source unfit for PSF statistics (blended, cut by the image edge).
 _BAD_OBJECT_FLAGS = sep.OBJ_MERGED | sep.OBJ_TRUNC
@@ -45,8 +40,6 @@ _SKY_SAMPLES = 250_000
 #: Stars at least this many times the sky noise at their peak are "bright" for the FWHM median.
 _BRIGHT_PEAK_SNR = 20.0
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-#: 1.4826 * MAD is the standard deviation of a Gaussian.
-_MAD_TO_SIGMA = 1.4826
 
 
 @dataclass(frozen=True)
@@ -165,10 +158,10 @@ def _run_sep_extract(
 
     sep's pixel stack (300,000 pixels above threshold by default) is too small for a frame full
     of nebulosity. It is allocated on every call, so it is raised only for this frame (a stack the
-    size of a 2k frame costs ~60 ms per call), doubling, at least to the frame's size and at most
-    to twice it; a frame that still overflows then fails with sep's own message.
+    size of a large frame is costly on every call), doubling, at least to the frame's size and at
+    most to twice it; a frame that still overflows then fails with sep's own message.
     """
-    def extract(**kw):
+    def extract(**kw: float) -> tuple[np.ndarray, np.ndarray]:
         return sep.extract(data, thresh, err=err, mask=mask, minarea=5, segmentation_map=True, **kw)
 
     default = pixstack = sep.get_extract_pixstack()
@@ -236,6 +229,193 @@ def _windowed_centroids(
     return np.where(converged, xw, x), np.where(converged, yw, y)
 
 
+def _valid_pixels(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 copy of ``data`` with the pixels to ignore set to 0, and the map of those pixels
+    (not finite, or True in ``mask``)."""
+    if np.ndim(data) != 2:
+        raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
+    img = np.array(data, dtype=np.float32, order="C", copy=True)
+    bad = ~np.isfinite(img)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != img.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from image shape {img.shape}")
+        bad |= mask
+    img[bad] = 0.0
+    return img, bad
+
+
+def _saturated_pixels(
+    img: np.ndarray, bad: np.ndarray, saturation: float | None, n_valid: int
+) -> tuple[np.ndarray, float]:
+    """Map of the valid pixels at or above ``saturation`` and their fraction of the ``n_valid`` ones."""
+    if saturation is None:
+        return np.zeros(img.shape, dtype=bool), 0.0
+    saturated = (img >= saturation) & ~bad
+    return saturated, float(np.count_nonzero(saturated)) / n_valid
+
+
+def _subtract_background(
+    img: np.ndarray, bad: np.ndarray, saturated: np.ndarray
+) -> tuple[sep.Background, tuple[slice, slice], np.ndarray]:
+    """Subtract sep's background map from ``img`` in place (bad pixels stay 0).
+
+    Returns sep's background, the regular subgrid of about ``_SKY_SAMPLES`` pixels the sky is
+    measured on, and ``img`` on that subgrid before the subtraction.
+    """
+    # Background map (64 px meshes) with saturated pixels kept out of the estimate.
+    bkg = sep.Background(img, mask=bad | saturated)
+    step = max(1, math.isqrt(img.size // _SKY_SAMPLES))
+    grid = (slice(step // 2, None, step), slice(step // 2, None, step))
+    img_on_grid = img[grid].copy()  # for the sky level: img becomes the subtracted image next
+    bkg.subfrom(img)  # in place: no background map and no second frame-sized array
+    img[bad] = 0.0
+    return bkg, grid, img_on_grid
+
+
+def _sky_level(
+    sub: np.ndarray,
+    img_on_grid: np.ndarray,
+    grid: tuple[slice, slice],
+    segmap: np.ndarray,
+    bad: np.ndarray,
+    saturated: np.ndarray,
+    bkg: sep.Background,
+) -> tuple[float, float]:
+    """Sky level (of the frame before subtraction) and sky noise, image units.
+
+    From the valid, unsaturated pixels that belong to no source (grown by a few pixels), on a
+    regular subgrid of about _SKY_SAMPLES pixels: the median of 250,000 sky pixels is good to
+    ~0.003 sigma, and gathering and sorting every pixel of a large frame twice is slow. A crowded
+    or tiny frame with fewer than 100 such pixels gets sep's global values.
+    """
+    source_pixels = _grow(segmap > 0, _SKY_MASK_GROW)
+    sky_pixels = ~(source_pixels[grid] | bad[grid] | saturated[grid])
+    if np.count_nonzero(sky_pixels) < 100:  # crowded or tiny frame: use sep's global values
+        return float(bkg.globalback), float(bkg.globalrms)
+    sky, _ = calib.robust_stats(img_on_grid[sky_pixels])
+    _, sky_noise = calib.robust_stats(sub[grid][sky_pixels])
+    return float(sky), float(sky_noise)
+
+
+def _star_candidates(
+    sub: np.ndarray, objects: np.ndarray, segmap: np.ndarray, saturated: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per detection: ``clean`` (unblended, untruncated, no saturated pixel) and ``starlike``
+    (clean with light around its peak: what defines the frame's typical star)."""
+    n = objects.size
+    flags = objects["flag"].astype(np.int64)
+    # Which objects own a saturated pixel? (the segmentation map holds object index + 1)
+    is_saturated = np.zeros(n, dtype=bool)
+    if saturated.any():
+        owners = np.unique(segmap[saturated])
+        is_saturated[owners[owners > 0] - 1] = True
+
+    # Hot pixels and cosmic rays have almost no light in the 8 pixels around their peak
+    # (contrast ~0; a Gaussian star of FWHM 1.3 px has 0.15, of 3 px 0.6). The frame's typical
+    # star is defined by the detections above that floor, so that a frame with more hot pixels
+    # than stars (an uncalibrated one) still measures, centroids and counts its stars.
+    clean = ((flags & _BAD_OBJECT_FLAGS) == 0) & ~is_saturated
+    contrast = _neighbour_contrast(sub, objects["xpeak"], objects["ypeak"])
+    starlike = clean & (contrast >= _STAR_CONTRAST_MIN)
+    if not starlike.any():
+        starlike = clean if clean.any() else np.ones(n, dtype=bool)
+    return clean, starlike
+
+
+def _centroids_and_fwhm(
+    sub: np.ndarray, objects: np.ndarray, a: np.ndarray, b: np.ndarray, starlike: np.ndarray, bad: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Centroids ``x, y``, per-detection FWHM, the half-light aperture radius ``rmax`` and the
+    frame's PSF FWHM (all pixels) of the detections, ``a`` and ``b`` their second-moment axes.
+
+    Two passes: windowed centroids (like SExtractor's XWIN) with the current PSF size, then
+    the half-light radius around them within about 2 FWHM; the first PSF size comes from
+    the isophotal second moments (which underestimate it for faint stars).
+    """
+    x0 = objects["x"].astype(np.float64)
+    y0 = objects["y"].astype(np.float64)
+    guess = float(np.median(_FWHM_PER_SIGMA * np.sqrt(a * b)[starlike]))
+    psf_fwhm = max(guess, 1.0)
+    rmax = max(2.5 * guess, 4.0)
+    fwhm = np.full(objects.size, np.nan)
+    x, y = x0, y0
+    for _ in range(2):
+        x, y = _windowed_centroids(sub, x0, y0, psf_fwhm, bad)
+        fwhm, rflag = _fwhm_from_flux_radius(sub, x, y, rmax, bad)
+        ok = starlike & ((rflag & sep.APER_TRUNC) == 0) & np.isfinite(fwhm)
+        if not ok.any():
+            break
+        psf_fwhm = float(np.median(fwhm[ok]))
+        rmax = max(2.0 * psf_fwhm, 4.0)
+    return x, y, fwhm, rmax, psf_fwhm
+
+
+def _sharp_detections(
+    sub: np.ndarray, x: np.ndarray, y: np.ndarray, fwhm: np.ndarray, good: np.ndarray, starlike: np.ndarray
+) -> np.ndarray:
+    """Detections much sharper than the typical star: cosmic rays and hot pixels.
+
+    Sharp = much sharper than the typical star by half-light radius or by contrast (the
+    contrast is robust to a neighbouring star inside the flux_radius aperture). The contrast
+    is taken at the windowed centroid: a hot pixel in the wing of a star does not decide,
+    while a lone hot pixel stays its own centroid.
+    """
+    contrast = _neighbour_contrast(sub, np.rint(x), np.rint(y))
+    typical = good & starlike
+    if not typical.any():
+        typical = good
+    if not typical.any():
+        return np.zeros(x.size, dtype=bool)
+    star_fwhm = float(np.median(fwhm[typical]))
+    star_contrast = float(np.median(contrast[typical]))
+    return (np.isfinite(fwhm) & (fwhm < _SHARP_FRACTION * star_fwhm)) | (
+        contrast < _SHARP_FRACTION * star_contrast
+    )
+
+
+def _frame_psf(
+    peak: np.ndarray, fwhm: np.ndarray, elongation: np.ndarray, good: np.ndarray, sky_noise: float
+) -> tuple[float, float]:
+    """Median FWHM (px) and elongation of the bright good stars (of all good ones if fewer than 5
+    are bright); NaN when there is no good star."""
+    peak_snr = peak.astype(np.float64) / max(sky_noise, 1e-12)
+    bright = good & (peak_snr >= _BRIGHT_PEAK_SNR)
+    use = bright if np.count_nonzero(bright) >= 5 else good
+    if not use.any():
+        return float("nan"), float("nan")
+    return float(np.median(fwhm[use])), float(np.median(elongation[use]))
+
+
+def _aperture_sources(
+    sub: np.ndarray,
+    bad: np.ndarray,
+    star: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    fwhm: np.ndarray,
+    elongation: np.ndarray,
+    *,
+    psf_fwhm: float,
+    max_sources: int,
+) -> Sources:
+    """The ``star`` detections with their aperture fluxes, brightest first, at most ``max_sources``.
+
+    The aperture radius is 1.5 ``psf_fwhm`` (99.8 % of a Gaussian star).
+    """
+    xs, ys = x[star], y[star]
+    flux, _, _ = sep.sum_circle(sub, xs, ys, 1.5 * psf_fwhm, mask=bad, subpix=5)
+    flux = np.asarray(flux, dtype=np.float64)
+    order = np.argsort(-flux, kind="stable")[:max_sources]
+    return Sources(
+        x=np.ascontiguousarray(xs[order]),
+        y=np.ascontiguousarray(ys[order]),
+        flux=np.ascontiguousarray(flux[order]),
+        fwhm=np.ascontiguousarray(fwhm[star][order]),
+        elongation=np.ascontiguousarray(elongation[star][order]),
+    )
+
+
 def measure(
     data: np.ndarray,
     *,
@@ -269,151 +449,44 @@ def measure(
     sources : Sources
         Star-like detections, brightest first, at most ``max_sources``.
     """
-    if np.ndim(data) != 2:
-        raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
-    img = np.array(data, dtype=np.float32, order="C", copy=True)
-    bad = ~np.isfinite(img)
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != img.shape:
-            raise ValueError(f"mask shape {mask.shape} differs from image shape {img.shape}")
-        bad |= mask
+    img, bad = _valid_pixels(data, mask)
     n_valid = int(img.size - np.count_nonzero(bad))
-    img[bad] = 0.0
     if n_valid == 0:
         logger.warning("measure: no valid pixel in the frame")
         nan = float("nan")
         return FrameQuality(0, nan, nan, nan, nan, 0.0), Sources.empty()
-
-    if saturation is not None:
-        saturated = (img >= saturation) & ~bad
-        saturated_fraction = float(np.count_nonzero(saturated)) / n_valid
-    else:
-        saturated = np.zeros(img.shape, dtype=bool)
-        saturated_fraction = 0.0
-
-    # Background map (64 px meshes) with saturated pixels kept out of the estimate.
-    bkg = sep.Background(img, mask=bad | saturated)
-    step = max(1, math.isqrt(img.size // _SKY_SAMPLES))
-    grid = (slice(step // 2, None, step), slice(step // 2, None, step))
-    img_on_grid = img[grid].copy()  # for the sky level: img becomes the subtracted image next
-    bkg.subfrom(img)  # in place: no background map and no second frame-sized array
-    sub = img
-    del img
-    sub[bad] = 0.0
+    saturated, saturated_fraction = _saturated_pixels(img, bad, saturation, n_valid)
+    bkg, grid, img_on_grid = _subtract_background(img, bad, saturated)
+    sub = img  # background-subtracted from here on
     # Detection against the global background rms: a calibrated frame's noise is nearly uniform,
-    # and the per-pixel rms map doubled sep's time (0.19 -> 0.10 s at 2k). sep's global rms is
-    # the mean over meshes, so meshes on a bright galaxy raise it a little: on the real M51
-    # frames ~70 instead of ~130 of the faintest sources pass, FWHM agrees to 1 %, and all 18
-    # frames still align.
+    # and the per-pixel rms map doubled sep's time. sep's global rms is the mean over meshes, so
+    # meshes on a bright galaxy raise it a little: on the real M51 frames ~70 instead of ~130 of
+    # the faintest sources pass, FWHM agrees to 1 %, and all 18 frames still align.
     objects, segmap = _run_sep_extract(sub, detect_sigma, err=float(bkg.globalrms), mask=bad)
-
-    # Sky level and noise from the pixels that belong to no source (grown by a few pixels), on a
-    # regular subgrid of about _SKY_SAMPLES pixels: the median of 250,000 sky pixels is good to
-    # ~0.003 sigma, and gathering and sorting all 4 M pixels of a 2k frame twice took ~60 ms.
-    source_pixels = _grow(segmap > 0, _SKY_MASK_GROW)
-    sky_pixels = ~(source_pixels[grid] | bad[grid] | saturated[grid])
-    if np.count_nonzero(sky_pixels) < 100:  # crowded or tiny frame: use sep's global values
-        sky, sky_noise = float(bkg.globalback), float(bkg.globalrms)
-    else:
-        sky, _ = calib.robust_stats(img_on_grid[sky_pixels])
-        _, sky_noise = calib.robust_stats(sub[grid][sky_pixels])
-        sky, sky_noise = float(sky), float(sky_noise)
-
-    n = objects.size
-    if n == 0:
+    sky, sky_noise = _sky_level(sub, img_on_grid, grid, segmap, bad, saturated, bkg)
+    if objects.size == 0:
         logger.debug("measure: no source above %.1f sigma", detect_sigma)
         nan = float("nan")
         return FrameQuality(0, nan, nan, sky, sky_noise, saturated_fraction), Sources.empty()
 
-    x0 = objects["x"].astype(np.float64)
-    y0 = objects["y"].astype(np.float64)
     a = np.maximum(objects["a"].astype(np.float64), 1e-3)
     b = np.maximum(objects["b"].astype(np.float64), 1e-3)
     elongation = a / b
-    flags = objects["flag"].astype(np.int64)
+    clean, starlike = _star_candidates(sub, objects, segmap, saturated)
+    x, y, fwhm, rmax, psf_fwhm = _centroids_and_fwhm(sub, objects, a, b, starlike, bad)
     ny, nx = sub.shape
-
-    # Which objects own a saturated pixel? (the segmentation map holds object index + 1)
-    is_saturated = np.zeros(n, dtype=bool)
-    if saturated.any():
-        owners = np.unique(segmap[saturated])
-        is_saturated[owners[owners > 0] - 1] = True
-
-    # Hot pixels and cosmic rays have almost no light in the 8 pixels around their peak
-    # (contrast ~0; a Gaussian star of FWHM 1.3 px has 0.15, of 3 px 0.6). The frame's typical
-    # star is defined by the detections above that floor, so that a frame with more hot pixels
-    # than stars (an uncalibrated one) still measures, centroids and counts its stars.
-    clean = ((flags & _BAD_OBJECT_FLAGS) == 0) & ~is_saturated
-    contrast = _neighbour_contrast(sub, objects["xpeak"], objects["ypeak"])
-    starlike = clean & (contrast >= _STAR_CONTRAST_MIN)
-    if not starlike.any():
-        starlike = clean if clean.any() else np.ones(n, dtype=bool)
-
-    # Two passes: windowed centroids (like SExtractor's XWIN) with the current PSF size, then
-    # the half-light radius around them within about 2 FWHM; the first PSF size comes from
-    # the isophotal second moments (which underestimate it for faint stars).
-    guess = float(np.median(_FWHM_PER_SIGMA * np.sqrt(a * b)[starlike]))
-    psf_fwhm = max(guess, 1.0)
-    rmax = max(2.5 * guess, 4.0)
-    fwhm = np.full(n, np.nan)
-    x, y = x0, y0
-    for _ in range(2):
-        x, y = _windowed_centroids(sub, x0, y0, psf_fwhm, bad)
-        fwhm, rflag = _fwhm_from_flux_radius(sub, x, y, rmax, bad)
-        ok = starlike & ((rflag & sep.APER_TRUNC) == 0) & np.isfinite(fwhm)
-        if not ok.any():
-            break
-        psf_fwhm = float(np.median(fwhm[ok]))
-        rmax = max(2.0 * psf_fwhm, 4.0)
     edge = (x < rmax) | (y < rmax) | (x > nx - 1 - rmax) | (y > ny - 1 - rmax)
-
-    # Sharp = much sharper than the typical star by half-light radius or by contrast (the
-    # contrast is robust to a neighbouring star inside the flux_radius aperture). The contrast
-    # is now taken at the windowed centroid: a hot pixel in the wing of a star no longer
-    # decides, while a lone hot pixel stays its own centroid.
-    contrast = _neighbour_contrast(sub, np.rint(x), np.rint(y))
     good = clean & ~edge & np.isfinite(fwhm) & (fwhm > 0)
-    typical = good & starlike
-    if not typical.any():
-        typical = good
-    if typical.any():
-        star_fwhm = float(np.median(fwhm[typical]))
-        star_contrast = float(np.median(contrast[typical]))
-        sharp = (np.isfinite(fwhm) & (fwhm < _SHARP_FRACTION * star_fwhm)) | (
-            contrast < _SHARP_FRACTION * star_contrast
-        )
-    else:
-        sharp = np.zeros(n, dtype=bool)
+    sharp = _sharp_detections(sub, x, y, fwhm, good, starlike)
     good &= ~sharp
     star = ~sharp
     n_stars = int(np.count_nonzero(star))
 
-    # PSF statistics from the bright good stars (all good ones if too few are bright).
-    peak_snr = objects["peak"].astype(np.float64) / max(sky_noise, 1e-12)
-    bright = good & (peak_snr >= _BRIGHT_PEAK_SNR)
-    use = bright if np.count_nonzero(bright) >= 5 else good
-    if use.any():
-        frame_fwhm = float(np.median(fwhm[use]))
-        frame_elong = float(np.median(elongation[use]))
-    else:
-        frame_fwhm = frame_elong = float("nan")
-
-    # Aperture fluxes, 1.5 FWHM radius (99.8 % of a Gaussian star).
+    # PSF statistics from the bright good stars, then aperture fluxes with the frame's FWHM.
+    frame_fwhm, frame_elong = _frame_psf(objects["peak"], fwhm, elongation, good, sky_noise)
     if math.isfinite(frame_fwhm):
         psf_fwhm = frame_fwhm
-    xs, ys = x[star], y[star]
-    flux, _, _ = sep.sum_circle(sub, xs, ys, 1.5 * psf_fwhm, mask=bad, subpix=5)
-    flux = np.asarray(flux, dtype=np.float64)
-
-    order = np.argsort(-flux, kind="stable")[:max_sources]
-    sources = Sources(
-        x=np.ascontiguousarray(xs[order]),
-        y=np.ascontiguousarray(ys[order]),
-        flux=np.ascontiguousarray(flux[order]),
-        fwhm=np.ascontiguousarray(fwhm[star][order]),
-        elongation=np.ascontiguousarray(elongation[star][order]),
-    )
+    sources = _aperture_sources(sub, bad, star, x, y, fwhm, elongation, psf_fwhm=psf_fwhm, max_sources=max_sources)
     quality = FrameQuality(
         n_stars=n_stars,
         fwhm=frame_fwhm,
@@ -431,131 +504,3 @@ def measure(
         sky_noise,
     )
     return quality, sources
-
-
-def _spread(values: np.ndarray, median: float, *, floor_fraction: float) -> float:
-    """Robust standard deviation (1.4826 MAD) with a floor of a fraction of |median|."""
-    mad = _MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
-    floor = floor_fraction * abs(median)
-    return max(mad, floor, 1e-12)
-
-
-def reject_outliers(
-    qualities: Mapping[int, FrameQuality],
-    *,
-    fwhm_mad: float = 5.0,
-    sky_mad: float = 5.0,
-    stars_fraction: float = 0.5,
-    min_stars: int = 5,
-    elongation_max: float = 2.0,
-    floor_fraction: float = 0.1,
-) -> dict[int, str]:
-    """Frames of a group to leave out of the stack, with the reason.
-
-    A frame is rejected when its FWHM or its sky is far *above* the group median (in units of
-    the robust spread ``1.4826 * MAD``), when it has fewer than ``stars_fraction`` of the group
-    median number of stars (clouds), fewer than ``min_stars`` stars, or trailed stars.
-
-    Parameters
-    ----------
-    qualities : mapping of frame id to FrameQuality
-        The group.
-    fwhm_mad, sky_mad : float
-        Rejection thresholds in robust standard deviations above the group median.
-    stars_fraction : float
-        Minimum number of stars as a fraction of the group median.
-    min_stars : int
-        Absolute minimum number of stars.
-    elongation_max : float
-        Maximum median star elongation ``a/b``.
-    floor_fraction : float
-        Floor of the robust spread as a fraction of the median, so that a group with
-        MAD = 0 (tiny or identical frames) does not reject on tiny differences.
-
-    Returns
-    -------
-    dict
-        Frame id -> human-readable reason (several joined by "; "). Never contains every
-        frame: if all would be rejected, the best frame (see `choose_reference`) is kept.
-    """
-    if not qualities:
-        return {}
-    ids = list(qualities)
-    q = [qualities[i] for i in ids]
-    fwhm = np.array([x.fwhm for x in q], dtype=np.float64)
-    sky = np.array([x.sky for x in q], dtype=np.float64)
-    stars = np.array([x.n_stars for x in q], dtype=np.float64)
-
-    reasons: dict[int, list[str]] = {i: [] for i in ids}
-
-    def high_outliers(values: np.ndarray, limit: float, describe: Callable[[float, float, float], str]) -> None:
-        finite = np.isfinite(values)
-        if not finite.any():
-            return
-        med = float(np.median(values[finite]))
-        spread = _spread(values[finite], med, floor_fraction=floor_fraction)
-        for i, v in zip(ids, values, strict=True):
-            z = (v - med) / spread
-            if math.isfinite(v) and z > limit:
-                reasons[i].append(describe(v, z, med))
-
-    high_outliers(fwhm, fwhm_mad, lambda v, z, m: f"FWHM {v:.1f} px is {z:.1f} MAD above the group median {m:.1f} px")
-    high_outliers(sky, sky_mad, lambda v, z, m: f"sky {v:.0f} ADU is {z:.1f} MAD above the group median {m:.0f} ADU")
-
-    med_stars = float(np.median(stars))
-    for i, x in zip(ids, q, strict=True):
-        if x.n_stars < min_stars:
-            reasons[i].append(f"only {x.n_stars} stars (< {min_stars})")
-        elif x.n_stars < stars_fraction * med_stars:
-            share = "half" if stars_fraction == 0.5 else f"{stars_fraction:g} of"
-            reasons[i].append(f"{x.n_stars} stars, fewer than {share} the group median {med_stars:.0f}")
-        if math.isfinite(x.elongation) and x.elongation > elongation_max:
-            reasons[i].append(
-                f"stars elongated (a/b = {x.elongation:.2f} > {elongation_max:g}), tracking or wind"
-            )
-
-    rejected = {i: "; ".join(r) for i, r in reasons.items() if r}
-    if len(rejected) == len(ids):
-        keep = choose_reference(qualities)
-        logger.warning("every frame of the group failed quality checks; keeping the best one (%s)", keep)
-        del rejected[keep]
-    return rejected
-
-
-def _reference_score(q: FrameQuality) -> float:
-    """Stars per PSF area: more stars and sharper is better."""
-    if q.n_stars <= 0:
-        return -math.inf
-    if not math.isfinite(q.fwhm) or q.fwhm <= 0:
-        return -1.0 / q.n_stars  # below every frame with a measured FWHM
-    return q.n_stars / q.fwhm**2
-
-
-def choose_reference(qualities: Mapping[int, FrameQuality], *, exclude: Iterable[int] = ()) -> int:
-    """The frame to align the others to: most stars and sharpest.
-
-    The score is ``n_stars / fwhm**2`` (a sharp frame detects more faint stars *and* gives
-    better centroids); ties go to the lowest id.
-
-    Parameters
-    ----------
-    qualities : mapping of frame id to FrameQuality
-        Candidate frames.
-    exclude : iterable of int
-        Ids not to choose (e.g. the keys of `reject_outliers`).
-
-    Returns
-    -------
-    int
-        Id of the reference frame.
-
-    Raises
-    ------
-    ValueError
-        When no candidate remains.
-    """
-    excluded = set(exclude)
-    candidates = [i for i in qualities if i not in excluded]
-    if not candidates:
-        raise ValueError("no frame left to choose a reference from")
-    return max(sorted(candidates), key=lambda i: _reference_score(qualities[i]))

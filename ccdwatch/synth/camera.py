@@ -1,0 +1,258 @@
+"""The synthetic camera: its detector's fixed pattern and the pixels of one exposure.
+
+The functions are pure: they take a :class:`Camera` (whose fixed-pattern properties are derived
+from ``Camera.seed``) and an explicit :class:`numpy.random.Generator` for the per-exposure noise,
+and return new arrays.
+
+Signal model of one exposure, in ADU before quantisation::
+
+    raw = bias_pattern + Poisson(gain * (dark_rate * t + response * (sky * t + stars + flat_level))) / gain
+          + Normal(0, read_noise) [+ cosmic rays] [+ satellite trail]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ccdwatch.synth.stars import FWHM_PER_SIGMA, Stars, render_stars
+
+__all__ = [
+    "DEFAULT_FLAT_LEVEL",
+    "KINDS",
+    "Camera",
+    "bias_pattern",
+    "dark_rate",
+    "expose",
+    "flat_response",
+    "hot_pixels",
+    "quantise",
+]
+
+KINDS = ("bias", "dark", "flat", "light")
+
+#: Default level of a synthetic flat field in ADU at unit response.
+DEFAULT_FLAT_LEVEL = 20000.0
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A synthetic CCD camera.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+        Detector size in pixels.
+    bias_level : float
+        Mean bias (offset) in ADU.
+    read_noise : float
+        Read noise in ADU rms.
+    gain : float
+        Gain in e-/ADU.
+    dark_current : float
+        Mean dark current of ordinary pixels in ADU/s/pixel.
+    hot_pixel_fraction : float
+        Fraction of pixels that are hot.
+    hot_pixel_rate : float
+        Typical dark current of a hot pixel in ADU/s (individual rates are 0.5-1.5 times this).
+    vignetting : float
+        Fractional illumination drop at the detector corners relative to the centre.
+    saturation : float
+        Largest value the ADC can output, ADU.
+    instrument : str
+        INSTRUME header value.
+    seed : int
+        Seed of the fixed pattern (bias structure, dark map, flat response, hot pixels): the same
+        for every frame taken with this camera.
+    """
+
+    shape: tuple[int, int] = (256, 384)
+    bias_level: float = 1000.0
+    read_noise: float = 8.0
+    gain: float = 1.5
+    dark_current: float = 0.05
+    hot_pixel_fraction: float = 2e-4
+    hot_pixel_rate: float = 20.0
+    vignetting: float = 0.25
+    saturation: float = 65535.0
+    instrument: str = "SynthCam 1"
+    seed: int = 1234
+
+
+def _pattern_rng(camera: Camera, stream: int) -> np.random.Generator:
+    """Generator for one fixed-pattern component of ``camera`` (independent streams)."""
+    return np.random.default_rng([int(camera.seed), stream])
+
+
+def bias_pattern(camera: Camera) -> np.ndarray:
+    """Noise-free bias level of every pixel.
+
+    ``bias_level`` plus a fixed column pattern (rms 2 ADU) and a gentle row gradient
+    (+-1.5 ADU from bottom to top), as real readout electronics show.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of ``camera.shape``, ADU.
+    """
+    ny, nx = camera.shape
+    rng = _pattern_rng(camera, 1)
+    columns = rng.normal(0.0, 2.0, size=nx)
+    rows = np.linspace(-1.5, 1.5, ny)
+    return camera.bias_level + rows[:, None] + columns[None, :]
+
+
+def hot_pixels(camera: Camera) -> np.ndarray:
+    """Boolean map of the camera's hot pixels (``round(hot_pixel_fraction * npix)`` of them)."""
+    ny, nx = camera.shape
+    n = round(camera.hot_pixel_fraction * ny * nx)
+    rng = _pattern_rng(camera, 2)
+    mask = np.zeros(ny * nx, dtype=bool)
+    mask[rng.choice(ny * nx, size=n, replace=False)] = True
+    return mask.reshape(ny, nx)
+
+
+def dark_rate(camera: Camera) -> np.ndarray:
+    """Dark current of every pixel including hot pixels.
+
+    Ordinary pixels have ``dark_current`` times a factor uniform in [0.8, 1.2]; hot pixels have
+    ``hot_pixel_rate`` times a factor uniform in [0.5, 1.5].
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of ``camera.shape``, ADU/s.
+    """
+    rng = _pattern_rng(camera, 3)
+    rate = camera.dark_current * rng.uniform(0.8, 1.2, size=camera.shape)
+    hot = hot_pixels(camera)
+    rate[hot] = camera.hot_pixel_rate * rng.uniform(0.5, 1.5, size=int(hot.sum()))
+    return rate
+
+
+def _vignetting_profile(shape: tuple[int, int], vignetting: float) -> np.ndarray:
+    """Smooth illumination, 1 at the centre and ``1 - vignetting`` at the corners (quadratic in r)."""
+    ny, nx = shape
+    y = (np.arange(ny) - (ny - 1) / 2.0) / ((ny - 1) / 2.0 if ny > 1 else 1.0)
+    x = (np.arange(nx) - (nx - 1) / 2.0) / ((nx - 1) / 2.0 if nx > 1 else 1.0)
+    r2 = (x[None, :] ** 2 + y[:, None] ** 2) / 2.0  # 1 at the corners
+    return 1.0 - vignetting * r2
+
+
+def flat_response(camera: Camera) -> np.ndarray:
+    """Relative response of every pixel (optics x detector), normalised to median 1.
+
+    Vignetting falling quadratically with radius to ``1 - vignetting`` at the corners, times a
+    pixel-to-pixel sensitivity with 1 % rms.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of ``camera.shape``, dimensionless.
+    """
+    rng = _pattern_rng(camera, 4)
+    prnu = 1.0 + rng.normal(0.0, 0.01, size=camera.shape)
+    response = _vignetting_profile(camera.shape, camera.vignetting) * prnu
+    return response / np.median(response)
+
+
+
+def _add_cosmic_rays(image: np.ndarray, n: int, rng: np.random.Generator) -> None:
+    """Add ``n`` short cosmic-ray tracks (1-4 pixels, 500-5000 ADU each pixel) in place."""
+    ny, nx = image.shape
+    for _ in range(n):
+        y, x = int(rng.integers(0, ny)), int(rng.integers(0, nx))
+        length = int(rng.integers(1, 5))
+        step_y, step_x = (0, 1) if rng.random() < 0.5 else (1, 0)
+        for k in range(length):
+            yy, xx = y + k * step_y, x + k * step_x
+            if yy < ny and xx < nx:
+                image[yy, xx] += rng.uniform(500.0, 5000.0)
+
+
+def _add_satellite(image: np.ndarray, rng: np.random.Generator, *, width: float) -> None:
+    """Add a straight satellite trail crossing the frame (Gaussian profile, 300 ADU peak) in place."""
+    ny, nx = image.shape
+    angle = rng.uniform(0.0, math.pi)
+    cx, cy = rng.uniform(0.25, 0.75) * (nx - 1), rng.uniform(0.25, 0.75) * (ny - 1)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    distance = np.abs(-(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle))
+    sigma = max(width, 1.0) / FWHM_PER_SIGMA
+    image += 300.0 * np.exp(-0.5 * (distance / sigma) ** 2)
+
+
+def expose(
+    camera: Camera,
+    *,
+    kind: str,
+    exptime: float,
+    rng: np.random.Generator,
+    sky: float = 0.0,
+    stars: Stars | None = None,
+    fwhm: float = 3.0,
+    flat_level: float | None = None,
+    cosmic_rays: int = 0,
+    satellite: bool = False,
+) -> np.ndarray:
+    """Simulate one exposure, returned in ADU before quantisation.
+
+    Parameters
+    ----------
+    camera : Camera
+        The camera (fixed pattern).
+    kind : {"bias", "dark", "flat", "light"}
+        Frame type. Bias and dark frames receive no light.
+    exptime : float
+        Exposure time in s (dark current accumulates for this long; use 0 for biases).
+    rng : numpy.random.Generator
+        Source of the per-exposure noise.
+    sky : float
+        Sky background in ADU/s/pixel at unit response (flat/light only).
+    stars : Stars or None
+        Point sources (flux in ADU/s) for lights.
+    fwhm : float
+        Seeing FWHM in pixels.
+    flat_level : float or None
+        Uniform illumination in ADU per pixel for flats (default 20000 for ``kind="flat"``).
+    cosmic_rays : int
+        Number of cosmic-ray hits to add.
+    satellite : bool
+        Add a satellite trail across the frame.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ADU, not clipped or rounded (see :func:`quantise`).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if exptime < 0:
+        raise ValueError(f"exptime must be >= 0, got {exptime}")
+    if kind == "flat" and flat_level is None:
+        flat_level = DEFAULT_FLAT_LEVEL
+    illuminated = kind in ("flat", "light")
+    if not illuminated and (sky or stars is not None or flat_level or satellite):
+        raise ValueError(f"a {kind} frame receives no light (sky/stars/flat_level/satellite given)")
+
+    expected = dark_rate(camera) * exptime  # ADU, before the response
+    if illuminated:
+        light = np.full(camera.shape, sky * exptime + (flat_level or 0.0), dtype=float)
+        if stars is not None and len(stars):
+            light += render_stars(camera.shape, stars, fwhm=fwhm, exptime=exptime)
+        expected += flat_response(camera) * light
+    electrons = rng.poisson(np.clip(expected, 0.0, None) * camera.gain)
+    image = electrons / camera.gain + bias_pattern(camera)
+    image += rng.normal(0.0, camera.read_noise, size=camera.shape)
+    if cosmic_rays:
+        _add_cosmic_rays(image, cosmic_rays, rng)
+    if satellite:
+        _add_satellite(image, rng, width=fwhm)
+    return image
+
+
+def quantise(adu: np.ndarray, *, saturation: float = 65535.0) -> np.ndarray:
+    """Round to integers and clip to ``[0, saturation]`` as an ADC does; returns uint16."""
+    top = min(float(saturation), 65535.0)
+    return np.clip(np.rint(adu), 0.0, top).astype(np.uint16)
