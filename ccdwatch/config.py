@@ -136,7 +136,7 @@ class CalibrationConfig:
 class StackConfig:
     quiet_minutes: float = 20.0
     """A group is complete when none of its frames arrived for this long."""
-    min_frames: int = 2
+    min_frames: int = 3
     method: Literal["sigma_clip", "median", "mean"] = "sigma_clip"
     sigma: float = 3.0
     pointing_radius_arcmin: float = 10.0
@@ -224,8 +224,8 @@ _SECTIONS: dict[str, type] = {
     "report": ReportConfig,
     "workers": WorkersConfig,
 }
-_RULE_KEYS = ("glob", "header", "imagetyp", "filter", "object")
-_IMAGE_TYPES = [t.value for t in ImageType if t is not ImageType.UNKNOWN]
+_RULE_KEYS = ("glob", "path", "header", "imagetyp", "filter", "object")
+_IMAGE_TYPES = [t.value for t in ImageType if t is not ImageType.UNKNOWN] + ["ignore"]
 
 
 def _unknown(key: str, allowed: typing.Iterable[str]) -> ConfigError:
@@ -391,14 +391,15 @@ def _rules(value: Any) -> tuple[ClassificationRule, ...]:
                 raise ConfigError(
                     f"config key '{key}.imagetyp' must be one of {', '.join(_IMAGE_TYPES)}, got {imagetyp!r}"
                 )
-            imagetyp = ImageType(imagetyp.lower())
-        for k in ("glob", "filter", "object"):
+            imagetyp = imagetyp.lower() if imagetyp.lower() == "ignore" else ImageType(imagetyp.lower())
+        for k in ("glob", "path", "filter", "object"):
             if k in table and not isinstance(table[k], str):
                 raise ConfigError(f"config key '{key}.{k}' must be a string, got {table[k]!r}")
         try:
             rules.append(
                 ClassificationRule(
                     glob=table.get("glob"),
+                    path=table.get("path"),
                     header={k.upper(): v for k, v in header.items()},
                     imagetyp=imagetyp,
                     filter=table.get("filter"),

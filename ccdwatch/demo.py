@@ -392,9 +392,9 @@ def run_demo(
         Wall-clock time the night is placed before (default: now).
     """
     from ccdwatch.catalog import Catalog
+    from ccdwatch.daemon.watch import Watcher
     from ccdwatch.pipeline import Pipeline
     from ccdwatch.report import build_report
-    from ccdwatch.daemon.watch import Watcher
 
     root, products = _demo_paths(cfg, directory, speed=speed, n_lights=n_lights)
     cfg = demo_config(cfg, directory=root, speed=speed)

@@ -54,6 +54,8 @@ class FrameState(StrEnum):
     UNCLASSIFIED = "unclassified"
     QUARANTINED = "quarantined"
     FAILED = "failed"
+    #: a classification rule says not to use it (``imagetyp = "ignore"``); the rule is the reason
+    IGNORED = "ignored"
     #: the raw file is gone (or holds other content) and no other path has it; back by itself
     #: when the file returns
     MISSING = "missing"

@@ -281,7 +281,7 @@ def test_unscalable_dark_is_refused_and_partial_policy_flags_products(tmp_path):
     for policy, expected_state in (("wait", "waiting"), ("partial", "stacked")):
         root = tmp_path / policy
         cfg = make_config(root, incoming=staging, calibration={"on_timeout": policy},
-                          workers={"processes": 0}, report={"refresh": False})
+                          workers={"processes": 0}, report={"refresh": False}, stack={"min_frames": 2})
         cat, _ = run_once(cfg)
         with cat.reader() as s:
             dark = s.scalar(select(Master).where(Master.kind == "dark"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
+from ccdwatch.fitsio.cards import repair_header
 from ccdwatch.fitsio.rejected import RejectedFile
 
 __all__ = ["BLOCK_SIZE", "MAX_HDUS", "MAX_HEADER_BLOCKS", "MAX_HEADER_BYTES"]
@@ -145,11 +146,14 @@ def _parse_header(raw: bytes, where: str) -> tuple[fits.Header, bool]:
         text = raw.decode("ascii", errors="replace").replace("\ufffd", "?")
         non_ascii = True
     try:
-        return fits.Header.fromstring(text), non_ascii
+        header, repairs = repair_header(fits.Header.fromstring(text))
     except RejectedFile:
         raise
     except (Exception, Warning) as exc:  # noqa: BLE001 - astropy raises many types
         raise RejectedFile("bad-header", f"{where}: header cannot be parsed ({exc})") from None
+    for note in repairs:
+        logger.info("%s: %s (the file is not changed)", where, note)
+    return header, non_ascii
 
 
 def _walk(pread: Callable[[int, int], bytes], size: int, *, max_data_bytes: int,

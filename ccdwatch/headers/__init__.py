@@ -28,28 +28,42 @@ Modules
 * :mod:`~ccdwatch.headers.quantities` -- exposure, filter, binning, size, site and pointing;
 * :mod:`~ccdwatch.headers.dates` -- start of the exposure from the date cards;
 * :mod:`~ccdwatch.headers.night` -- time zones and the night label;
-* :mod:`~ccdwatch.headers.classify` -- image type, classification rules, a frame's identity;
+* :mod:`~ccdwatch.headers.classify` -- image type from header, path and pixels; rules; identity;
+* :mod:`~ccdwatch.headers.pixels` -- what the pixel statistics say a frame is;
 * :mod:`~ccdwatch.headers.frame` -- :class:`FrameInfo`, :func:`normalise`, :func:`camera_key`;
 * :mod:`~ccdwatch.headers.jsonable` -- the raw header as JSON for the catalogue.
 """
 
 from __future__ import annotations
 
-from ccdwatch.headers.classify import ClassificationRule, ImageType, parse_image_type
+from ccdwatch.headers.classify import (
+    CLASSIFIER_VERSION,
+    ClassificationRule,
+    ImageType,
+    fingerprint,
+    parse_image_type,
+    path_type,
+)
 from ccdwatch.headers.frame import FrameInfo, camera_key, normalise
 from ccdwatch.headers.jsonable import header_to_jsonable
 from ccdwatch.headers.night import night_label
+from ccdwatch.headers.pixels import PixelEvidence, pixel_verdict
 from ccdwatch.headers.values import MAX_JSON_STRING, MAX_STRING
 
 __all__ = [
+    "CLASSIFIER_VERSION",
     "MAX_JSON_STRING",
     "MAX_STRING",
     "ClassificationRule",
     "FrameInfo",
     "ImageType",
+    "PixelEvidence",
     "camera_key",
+    "fingerprint",
     "header_to_jsonable",
     "night_label",
     "normalise",
     "parse_image_type",
+    "path_type",
+    "pixel_verdict",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any, NamedTuple
 
 from ccdwatch.headers.cards import _Cards
 from ccdwatch.headers.keywords import _OBJECT_KEYS, _TYPE_KEYS
+from ccdwatch.headers.pixels import PixelEvidence, pixel_verdict
 from ccdwatch.headers.quantities import _filter
 from ccdwatch.headers.values import _clean_text
 
@@ -129,6 +131,63 @@ def parse_image_type(value: str | None) -> ImageType | None:
     return _classify(text)[0]
 
 
+# ----------------------------------------------------------------------------------- the path
+
+#: Words that name a type only where they lead a folder or file name ('Offset_001.fit' is a bias,
+#: 'M42_Gain100_Offset30_001.fit' is not).
+_LEADING_ONLY = {"offset", "offsets", "zero", "zeros", "object", "obj", "sci", "expose", "standard"}
+#: File-name words that mark an exposure that is not data, whatever its header says.
+_NOT_DATA_WORDS = {"focus", "autofocus", "test", "snapshot", "preview"}
+
+
+def _tokens(component: str) -> list[str]:
+    """Lower-case words of one path component, digits stripped from their ends ('bias1' -> 'bias')."""
+    words = [w.strip("0123456789") for w in re.split(r"[^0-9a-z]+", component.lower())]
+    return [w for w in words if w]
+
+
+def _component_type(component: str) -> ImageType | None:
+    """The type one folder or file name names (None: none or several)."""
+    words = _tokens(component)
+    kinds: set[ImageType] = set()
+    for i, word in enumerate(words):
+        if word in _LEADING_ONLY and i > 0:
+            continue
+        pair = word + words[i + 1] if i + 1 < len(words) else ""
+        kind = _type_word(pair) if pair in ("darkflat", "flatdark") else _type_word(word)
+        if kind is not None and kind is not ImageType.UNKNOWN:
+            kinds.add(kind)
+    if ImageType.DARK in kinds and ImageType.FLAT in kinds:  # 'Dark_Flat_1s': darks for flats
+        kinds.discard(ImageType.FLAT)
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def path_type(relpath: str) -> tuple[ImageType | None, str]:
+    """What a frame's path says it is: the file name first, then its folders from the deepest.
+
+    Returns
+    -------
+    (type, why)
+        ``ImageType.UNKNOWN`` for a file named as a focus/test exposure; None when no folder or
+        file name names a type.
+    """
+    parts = [p for p in str(relpath).replace("\\", "/").split("/") if p]
+    if not parts:
+        return None, ""
+    stem = re.sub(r"\.(fits?|fts)(\.(fz|gz))?$", "", parts[-1], flags=re.IGNORECASE)
+    not_data = sorted(_NOT_DATA_WORDS & set(_tokens(stem)))
+    if not_data:
+        return ImageType.UNKNOWN, f"file name {parts[-1]!r} says {not_data[0]}: not data"
+    kind = _component_type(stem)
+    if kind is not None:
+        return kind, f"file name {parts[-1]!r}"
+    for folder in reversed(parts[:-1]):
+        kind = _component_type(folder)
+        if kind is not None:
+            return kind, f"folder {folder + '/'!r}"
+    return None, ""
+
+
 # -------------------------------------------------------------------------------------- rules
 
 @dataclass(frozen=True)
@@ -144,11 +203,15 @@ class ClassificationRule:
     ----------
     glob : str or None
         fnmatch pattern on the file's base name, case-insensitive (``'bias*'``).
+    path : str or None
+        Pattern on the path relative to the incoming directory, case-insensitive: ``*`` and
+        ``?`` stay within one folder, ``**`` spans folders (``'Dark/**'``, ``'**/flats/*'``).
     header : Mapping[str, str]
         KEYWORD -> fnmatch pattern on the cleaned, stripped value, case-insensitive; the pattern
         ``""`` matches a missing or blank card. Keywords are stored upper-case.
     imagetyp : ImageType or None
-        Image type the rule sets (a string such as ``"flat"`` is accepted).
+        Image type the rule sets (a string such as ``"flat"`` is accepted; ``"ignore"`` keeps the
+        frame in the catalogue as ignored, with the rule as the reason).
     filter, object : str or None
         Filter / object name the rule sets (``""`` sets "none").
     """
@@ -158,10 +221,21 @@ class ClassificationRule:
     imagetyp: ImageType | None = None
     filter: str | None = None
     object: str | None = None
+    path: str | None = None
+    ignore: bool = False
 
     def __post_init__(self) -> None:
         if self.glob is not None and not isinstance(self.glob, str):
             raise ValueError(f"rule glob must be a string, got {self.glob!r}")
+        if self.glob is not None and ("/" in self.glob or "\\" in self.glob):
+            raise ValueError(f"glob {self.glob!r} is matched against the file's name only and can never "
+                             f"match a folder; use path = {self.glob!r} to match the path below the "
+                             "incoming directory")
+        if self.path is not None and not isinstance(self.path, str):
+            raise ValueError(f"rule path must be a string, got {self.path!r}")
+        if isinstance(self.imagetyp, str) and self.imagetyp.strip().lower() == "ignore":
+            object.__setattr__(self, "imagetyp", None)
+            object.__setattr__(self, "ignore", True)
         object.__setattr__(self, "header", _header_conditions(self.header))
         if self.imagetyp is not None and not isinstance(self.imagetyp, ImageType):
             object.__setattr__(self, "imagetyp", _rule_image_type(self.imagetyp))
@@ -169,26 +243,36 @@ class ClassificationRule:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"rule {name} must be a string, got {value!r}")
-        if self.glob is None and not self.header:
-            raise ValueError("a classification rule needs at least one condition (glob or header)")
-        if self.imagetyp is None and self.filter is None and self.object is None:
+        if self.glob is None and self.path is None and not self.header:
+            raise ValueError("a classification rule needs at least one condition (glob, path or header)")
+        if self.imagetyp is None and self.filter is None and self.object is None and not self.ignore:
             raise ValueError("a classification rule must set at least one of imagetyp, filter, object")
 
     def __hash__(self) -> int:
-        return hash((self.glob, tuple(sorted(self.header.items())), self.imagetyp, self.filter, self.object))
+        return hash((self.glob, self.path, tuple(sorted(self.header.items())), self.imagetyp, self.filter,
+                     self.object, self.ignore))
+
+    def fingerprint(self) -> str:
+        """Everything that decides what the rule does, as stable text."""
+        return repr((self.glob, self.path, sorted(self.header.items()), str(self.imagetyp), self.filter,
+                     self.object, self.ignore))
 
     def describe(self) -> str:
         """The rule's conditions, for humans: ``"glob 'bias*', IMAGETYP='*flat*'"``."""
         parts = [f"glob {self.glob!r}"] if self.glob is not None else []
+        parts += [f"path {self.path!r}"] if self.path is not None else []
         parts += [f"{k} blank" if p == "" else f"{k}={p!r}" for k, p in self.header.items()]
         return ", ".join(parts)
 
     def matches(self, filename: str, header: Mapping[str, Any]) -> bool:
-        """Whether this rule applies to a file ``filename`` with raw header ``header``."""
-        return self._matches(_base_name(filename), _Cards(header))
+        """Whether this rule applies to a file at ``filename`` (relative to the incoming
+        directory) with raw header ``header``."""
+        return self._matches(filename, _Cards(header))
 
-    def _matches(self, base_name: str, cards: _Cards) -> bool:
-        if self.glob is not None and not fnmatch.fnmatchcase(base_name.lower(), self.glob.lower()):
+    def _matches(self, relpath: str, cards: _Cards) -> bool:
+        if self.glob is not None and not fnmatch.fnmatchcase(_base_name(relpath).lower(), self.glob.lower()):
+            return False
+        if self.path is not None and not path_matches(relpath, self.path):
             return False
         for key, pattern in self.header.items():
             value = cards.text(key)
@@ -223,6 +307,37 @@ def _rule_image_type(value: Any) -> ImageType:
         raise ValueError(f"rule imagetyp must be one of {allowed}, got {value!r}") from None
 
 
+#: Bumped whenever the classification of the same evidence can come out differently: the
+#: daemon then reclassifies the catalogue at start-up.
+CLASSIFIER_VERSION = 2
+
+
+def fingerprint(rules: Sequence[ClassificationRule]) -> str:
+    """What a classification depends on besides the frame itself: the rules and the classifier."""
+    text = repr((CLASSIFIER_VERSION, [r.fingerprint() for r in rules]))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def path_matches(relpath: str, pattern: str) -> bool:
+    """Does ``relpath`` (below the incoming directory) match ``pattern``? Case-insensitive;
+    ``*`` and ``?`` stay within a folder, ``**`` spans any number of folders."""
+    regex = ""
+    i = 0
+    pat = pattern.replace("\\", "/").lower()
+    while i < len(pat):
+        if pat.startswith("**/", i):
+            regex, i = regex + "(?:.*/)?", i + 3
+        elif pat.startswith("**", i):
+            regex, i = regex + ".*", i + 2
+        elif pat[i] == "*":
+            regex, i = regex + "[^/]*", i + 1
+        elif pat[i] == "?":
+            regex, i = regex + "[^/]", i + 1
+        else:
+            regex, i = regex + re.escape(pat[i]), i + 1
+    return re.fullmatch(regex, str(relpath).replace("\\", "/").lstrip("/").lower()) is not None
+
+
 def _base_name(filename: str) -> str:
     return str(filename).replace("\\", "/").rsplit("/", 1)[-1]
 
@@ -237,9 +352,15 @@ class _Identity(NamedTuple):
     type_source: str
     filter_name: str | None
     object_name: str | None
+    by: str = "header"
+    """Which evidence decided the type: ``rule``, ``header``, ``path``, ``pixels`` or ``none``."""
+    ignored: bool = False
+    rule: int | None = None
+    """1-based index of the rule that set the type (or ignored the frame)."""
 
 
-def _image_type(cards: _Cards) -> tuple[ImageType, str]:
+def _image_type(cards: _Cards) -> tuple[ImageType | None, str]:
+    """The type the image-type keywords name; None when none is present or recognised."""
     unrecognised = []
     for key in _TYPE_KEYS:
         text = cards.text(key)
@@ -253,39 +374,76 @@ def _image_type(cards: _Cards) -> tuple[ImageType, str]:
         else:
             return kind, f"{key}={text!r}"
     if unrecognised:
-        return ImageType.UNKNOWN, f"{', '.join(unrecognised)}: not a recognised image type"
-    return ImageType.UNKNOWN, f"no image-type keyword ({', '.join(_TYPE_KEYS)})"
+        return None, f"{', '.join(unrecognised)}: not a recognised image type"
+    return None, f"no image-type keyword ({', '.join(_TYPE_KEYS)})"
+
+
+def _weigh(header: tuple[ImageType | None, str], path: tuple[ImageType | None, str],
+           pixels: PixelEvidence | None, exptime: float | None) -> tuple[ImageType, str, str]:
+    """(type, why, by) from the header, the path and the pixels, in that order of trust.
+
+    The header decides when the path agrees or says nothing; where they disagree (header
+    'Light', file name 'domeflat'), the pixels decide between the two; with neither, the path,
+    then the pixels' positive evidence.
+    """
+    (h_kind, h_why), (p_kind, p_why) = header, path
+    if p_kind is ImageType.UNKNOWN and h_kind in (None, ImageType.LIGHT):  # 'focus_001' typed Light
+        return ImageType.UNKNOWN, p_why + (f" ({h_why})" if h_kind else ""), "path"
+    if h_kind is not None and (p_kind is None or p_kind is h_kind or h_kind is ImageType.UNKNOWN
+                               or p_kind is ImageType.UNKNOWN):
+        return h_kind, h_why, "header"
+    verdict, v_why = pixel_verdict(pixels, exptime)
+    v_kind = ImageType(verdict) if verdict else None
+    if h_kind is not None and p_kind is not None:  # they disagree
+        if v_kind is p_kind:
+            return p_kind, f"{p_why} says {p_kind}, {h_why} says {h_kind}; pixels: {v_why}", "pixels"
+        return h_kind, f"{h_why} (the {p_why} says {p_kind}; pixels: {v_why})", "header"
+    if p_kind is not None:
+        return p_kind, p_why, "path"
+    if v_kind is not None:
+        return v_kind, f"pixels: {v_why} ({h_why})", "pixels"
+    return ImageType.UNKNOWN, f"{h_why}; no folder or file name names a type; {v_why}", "none"
 
 
 def _apply_rules(
-    rules: Sequence[ClassificationRule], base_name: str, cards: _Cards, found: _Identity
+    rules: Sequence[ClassificationRule], relpath: str, cards: _Cards, found: _Identity
 ) -> _Identity:
     """``found`` with, per field, the setting of the first matching rule that sets it."""
-    imagetyp, type_source, filter_name, object_name = found
+    ident = found._asdict()
     set_fields: set[str] = set()
     for index, rule in enumerate(rules, start=1):
         if set_fields >= {"imagetyp", "filter", "object"}:
             break
-        if not rule._matches(base_name, cards):
+        if not rule._matches(relpath, cards):
             continue
-        if rule.imagetyp is not None and "imagetyp" not in set_fields:
-            was = "" if type_source.startswith("no image-type") else f"; header said {type_source}"
-            imagetyp, type_source = rule.imagetyp, f"rule {index} ({rule.describe()}){was}"
+        if (rule.imagetyp is not None or rule.ignore) and "imagetyp" not in set_fields:
+            kind = ImageType.UNKNOWN if rule.ignore else rule.imagetyp
+            if found.by == "none" or (found.by != "header" and found.imagetyp is kind):
+                was = ""
+            elif found.by == "header":
+                was = f"; header said {found.type_source}"
+            else:
+                was = f"; {found.by} said {found.imagetyp}: {found.type_source}"
+            ident.update(by="rule", rule=index, ignored=rule.ignore,
+                         imagetyp=kind,
+                         type_source=f"rule {index} ({rule.describe()}){'' if rule.ignore else was}")
             set_fields.add("imagetyp")
         if rule.filter is not None and "filter" not in set_fields:
-            filter_name = _clean_text(rule.filter)
+            ident["filter_name"] = _clean_text(rule.filter)
             set_fields.add("filter")
         if rule.object is not None and "object" not in set_fields:
-            object_name = _clean_text(rule.object)
+            ident["object_name"] = _clean_text(rule.object)
             set_fields.add("object")
-    return _Identity(imagetyp, type_source, filter_name, object_name)
+    return _Identity(**ident)
 
 
-def _identify(cards: _Cards, base_name: str, rules: Sequence[ClassificationRule]) -> _Identity:
-    """Decide a frame's image type, filter and object: its header cards first, then ``rules``.
+def _identify(cards: _Cards, relpath: str, rules: Sequence[ClassificationRule],
+              pixels: PixelEvidence | None = None, exptime: float | None = None) -> _Identity:
+    """Decide a frame's image type, filter and object from the evidence, in order: the user's
+    rules; the header; the path (folder and file-name words); and the pixels.
 
-    The one place a frame's classification is made; any further evidence belongs here.
+    The one place a frame's classification is made.
     """
-    imagetyp, type_source = _image_type(cards)
-    found = _Identity(imagetyp, type_source, _filter(cards), cards.first_text(_OBJECT_KEYS, null_words=True))
-    return _apply_rules(rules, base_name, cards, found)
+    kind, why, by = _weigh(_image_type(cards), path_type(relpath), pixels, exptime)
+    found = _Identity(kind, why, _filter(cards), cards.first_text(_OBJECT_KEYS, null_words=True), by=by)
+    return _apply_rules(rules, relpath, cards, found)

@@ -24,6 +24,7 @@ from ccdwatch.headers.keywords import (
     _TELESCOPE_KEYS,
 )
 from ccdwatch.headers.night import _check_start_hour, _night, _resolve_zone
+from ccdwatch.headers.pixels import PixelEvidence
 from ccdwatch.headers.quantities import _CELSIUS, _binning, _coordinates, _exposure, _longitude, _shape
 from ccdwatch.headers.values import _range
 
@@ -66,11 +67,16 @@ class FrameInfo:
     """Degrees, east positive, in (-180, 180]."""
     software: str | None
     warnings: tuple[str, ...] = ()
+    classified_by: str = "header"
+    """Which evidence decided the type: ``rule``, ``header``, ``path``, ``pixels`` or ``none``."""
+    ignored: bool = False
+    """A rule says ccdwatch must not use this frame (``imagetyp = "ignore"``)."""
+    rule: int | None = None
+    """1-based index of the classification rule that set the type."""
 
 
-def _checked_exposure(cards: _Cards, imagetyp: ImageType) -> float | None:
+def _checked_exposure(cards: _Cards, imagetyp: ImageType, exptime: float | None) -> float | None:
     """The exposure time (s), warning when it is missing (but for a bias) or long for a bias."""
-    exptime = _exposure(cards)
     missing = not any(cards.present(k) for k in _EXPTIME_KEYS)
     if missing and imagetyp is not ImageType.BIAS:
         cards.warn("exposure time: no EXPTIME/EXPOSURE card")
@@ -86,6 +92,7 @@ def normalise(
     rules: Sequence[ClassificationRule] = (),
     timezone: str = "auto",
     night_start_hour: float = 12.0,
+    pixels: PixelEvidence | None = None,
 ) -> FrameInfo:
     """Turn an untrusted raw FITS header into a :class:`FrameInfo`.
 
@@ -94,7 +101,8 @@ def normalise(
     header : Mapping[str, Any]
         Raw header (astropy Header or dict). Never modified.
     filename : str
-        The file's name (a path is fine; only the base name is used), for ``rules``.
+        The file's path relative to the incoming directory (or its name): its folder and file
+        names are evidence of the type, and ``rules`` match them.
     rules : sequence of ClassificationRule, optional
         Applied in order; for each of image type, filter and object, the first matching rule
         that sets it overrides the header.
@@ -102,6 +110,8 @@ def normalise(
         For the night label and for DATE-LOC; see :func:`night_label`.
     night_start_hour : float, optional
         Local hour at which the night label changes (default 12).
+    pixels : PixelEvidence, optional
+        Statistics of the frame's pixels, which decide where the header and the path disagree.
 
     Returns
     -------
@@ -119,8 +129,10 @@ def normalise(
     cards = _Cards(header)
     base = _base_name(filename)
 
-    imagetyp, type_source, filter_name, object_name = _identify(cards, base, rules)
-    exptime = _checked_exposure(cards, imagetyp)
+    exptime = _exposure(cards)
+    ident = _identify(cards, filename, rules, pixels, exptime)
+    imagetyp, type_source, filter_name, object_name = ident[:4]
+    exptime = _checked_exposure(cards, imagetyp, exptime)
     longitude = _longitude(cards)
     date_obs = _date_obs(cards, zone)
     night = _night(date_obs, zone, longitude, start_hour) if date_obs is not None else None
@@ -154,6 +166,9 @@ def normalise(
         site_longitude=longitude,
         software=cards.first_text(_SOFTWARE_KEYS),
         warnings=tuple(cards.warnings),
+        classified_by=ident.by,
+        ignored=ident.ignored,
+        rule=ident.rule,
     )
     if info.warnings:
         logger.debug("%s: %s", base, "; ".join(info.warnings))

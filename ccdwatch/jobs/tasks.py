@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ccdwatch import calib, faults, qa, stack
+from ccdwatch import calib, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
     RejectedFile,
     read_product,
@@ -48,6 +48,8 @@ class IngestSpec:
     rules: tuple[ClassificationRule, ...]
     timezone: str
     night_start_hour: float
+    relpath: str = ""
+    """The path below the incoming directory: its folder and file names are type evidence."""
 
 
 @dataclass(frozen=True)
@@ -59,16 +61,19 @@ class IngestResult:
     hdu_index: int
     info: FrameInfo
     header: dict[str, Any]
+    pixels: dict[str, Any] | None = None
+    """The pixel statistics classification used (kept: a frame is reclassified without a re-read)."""
 
 
 def ingest(spec: IngestSpec) -> IngestResult:
     """Read and validate one raw file and normalise its header (raises RejectedFile)."""
     faults.point("ingest", spec.path)
     raw = read_raw(spec.path, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
-    info = normalise(raw.header, filename=Path(spec.path).name, rules=spec.rules, timezone=spec.timezone,
-                     night_start_hour=spec.night_start_hour)
+    pixels = evidence.measure(raw.data) if raw.data is not None else None
+    info = normalise(raw.header, filename=spec.relpath or Path(spec.path).name, rules=spec.rules,
+                     timezone=spec.timezone, night_start_hour=spec.night_start_hour, pixels=pixels)
     return IngestResult(raw.sha256, raw.size, raw.mtime_ns, raw.inode, raw.hdu_index, info,
-                        header_to_jsonable(raw.header))
+                        header_to_jsonable(raw.header), pixels.to_json() if pixels is not None else None)
 
 
 class RawGone(FileNotFoundError):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -19,8 +20,8 @@ from ccdwatch import faults
 from ccdwatch.catalog import log_event, utcnow
 from ccdwatch.catalog.queries import frame_by_sha256, source_file
 from ccdwatch.fitsio import RejectedFile, fits_suffix, is_temp_name
-from ccdwatch.headers import ImageType, camera_key
-from ccdwatch.jobs import tasks
+from ccdwatch.headers import FrameInfo, ImageType, camera_key, fingerprint
+from ccdwatch.jobs import pool, tasks
 from ccdwatch.models import Frame, FrameState, SourceFile
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import dedupe_exposure, path_rewritten, restore
@@ -77,7 +78,8 @@ class Ingester:
         todo = self._changed(paths, outcomes)
         cfg = self.ctx.cfg
         specs = [tasks.IngestSpec(str(path), self.ctx.max_data_bytes, cfg.ingest.allow_compressed, cfg.classify,
-                                 cfg.night.timezone, cfg.night.start_hour) for _, path, _ in todo]
+                                 cfg.night.timezone, cfg.night.start_hour, relpath=self.relpath(path))
+                 for _, path, _ in todo]
         futures = self.runner.workers.map(tasks.ingest, specs, timeout=cfg.workers.ingest_timeout)
         good: list[tuple[int, Path, tasks.IngestResult]] = []
         for (i, path, st), fut in zip(todo, futures, strict=True):
@@ -94,11 +96,19 @@ class Ingester:
         if good:
             with self.ctx.catalog.session() as s:
                 for i, path, result in good:
-                    outcome = outcomes[i] = record(s, path, result)
+                    outcome = outcomes[i] = record(s, path, result, self.relpath(path),
+                                                   fingerprint(self.ctx.cfg.classify))
                     if outcome.status == "ingested" and result.info.imagetyp is ImageType.LIGHT \
                             and outcome.frame_id is not None:
                         lights.append(outcome.frame_id)
         return [o if o is not None else Outcome("error") for o in outcomes], lights
+
+    def relpath(self, path: Path) -> str:
+        """The path below the incoming directory ('/'-separated), else the file name."""
+        try:
+            return path.relative_to(self.ctx.incoming).as_posix()
+        except ValueError:
+            return path.name
 
     def _changed(self, paths: Sequence[str | os.PathLike[str]],
                  outcomes: list[Outcome | None]) -> list[tuple[int, Path, os.stat_result]]:
@@ -130,6 +140,11 @@ class Ingester:
         return self.quarantine(path, st, f"{exc.reason}: {exc.message}")
 
     def _errored(self, path: Path, st: os.stat_result, exc: Exception) -> Outcome:
+        """A worker that crashed or hung is tried again (up to ``ingest.max_tries``); an error the
+        same bytes will always raise again is quarantined at once."""
+        if not isinstance(exc, pool.WorkerFailure | MemoryError):
+            logger.error("error ingesting %r: %s: %s", str(path), type(exc).__name__, exc)
+            return self.quarantine(path, st, f"ingest-error: {type(exc).__name__}: {exc}")
         max_tries = self.ctx.cfg.ingest.max_tries
         n = self._errors[str(path)] = self._errors.get(str(path), 0) + 1
         logger.error("error ingesting %r (try %d of %d): %s", str(path), n, max_tries, exc)
@@ -164,11 +179,24 @@ class Ingester:
         return Outcome("quarantined", frame_id, reason)
 
 
-def new_frame(path: Path, raw: tasks.IngestResult, now: datetime) -> Frame:
+def initial_state(imagetyp: ImageType, ignored: bool) -> FrameState:
+    """Where a frame of this type enters the pipeline."""
+    if ignored:
+        return FrameState.IGNORED
+    return {ImageType.LIGHT: FrameState.WAITING, ImageType.UNKNOWN: FrameState.UNCLASSIFIED}.get(
+        imagetyp, FrameState.INGESTED)
+
+
+def classification_record(info: FrameInfo, pixels: dict[str, Any] | None, fingerprint: str) -> dict[str, Any]:
+    """How the type was decided, with the evidence, for the catalogue (``show`` prints it)."""
+    return {"by": info.classified_by, "why": info.type_source, "rule": info.rule, "ignored": info.ignored,
+            "pixels": pixels, "fingerprint": fingerprint}
+
+
+def new_frame(path: Path, raw: tasks.IngestResult, now: datetime, relpath: str, fingerprint: str) -> Frame:
     """The catalogue row of a frame never seen before."""
     info = raw.info
-    state = {ImageType.LIGHT: FrameState.WAITING, ImageType.UNKNOWN: FrameState.UNCLASSIFIED}.get(
-        info.imagetyp, FrameState.INGESTED)
+    state = initial_state(info.imagetyp, info.ignored)
     return Frame(
         sha256=raw.sha256, path=str(path), size=raw.size, mtime_ns=raw.mtime_ns, hdu_index=raw.hdu_index,
         imagetyp=info.imagetyp.value, type_source=info.type_source, exptime=info.exptime, filter=info.filter,
@@ -177,12 +205,14 @@ def new_frame(path: Path, raw: tasks.IngestResult, now: datetime) -> Frame:
         gain=info.gain, egain=info.egain, offset=info.offset, readout_mode=info.readout_mode,
         instrument=info.instrument, telescope=info.telescope, ra_deg=info.ra_deg, dec_deg=info.dec_deg,
         camera_key=camera_key(info), header=raw.header, header_warnings=list(info.warnings) or None,
-        state=state, state_reason=info.type_source if state == FrameState.UNCLASSIFIED else None,
-        tries=0, created_at=now, updated_at=now,
+        state=state,
+        state_reason=info.type_source if state in (FrameState.UNCLASSIFIED, FrameState.IGNORED) else None,
+        tries=0, created_at=now, updated_at=now, relpath=relpath,
+        classification=classification_record(info, raw.pixels, fingerprint),
     )
 
 
-def record(s: Session, path: Path, raw: tasks.IngestResult) -> Outcome:
+def record(s: Session, path: Path, raw: tasks.IngestResult, relpath: str, fingerprint: str) -> Outcome:
     """Catalogue one parsed file: a new frame, or another path of a known content."""
     info = raw.info
     now = utcnow()
@@ -192,7 +222,7 @@ def record(s: Session, path: Path, raw: tasks.IngestResult) -> Outcome:
     status = "duplicate"
     if frame is None:
         status = "ingested"
-        frame = new_frame(path, raw, now)
+        frame = new_frame(path, raw, now, relpath, fingerprint)
         s.add(frame)
         s.flush()
         log_event(s, frame, "ingested",
