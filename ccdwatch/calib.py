@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import mmap
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from ccdwatch.scratch import release_pages
 
 logger = logging.getLogger(__name__)
 
@@ -77,34 +78,6 @@ def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
         if a.shape != shape:
             raise ValueError(f"frame {i} has shape {a.shape}, frame 0 has {shape}")
     return arrays
-
-
-def _mmap_of(array: np.ndarray) -> mmap.mmap | None:
-    """The read-only ``mmap`` under a numpy memmap opened with mode 'r', else None."""
-    if not isinstance(array, np.memmap) or getattr(array, "mode", None) not in ("r", "readonly"):
-        return None
-    base = array.base
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    return base if isinstance(base, mmap.mmap) and hasattr(base, "madvise") else None
-
-
-def _release_pages(array: np.ndarray) -> None:
-    """Drop the resident pages of ``array`` when it is a read-only memmap.
-
-    File pages touched through a memory map count towards the process's resident set (and the
-    kernel may map whole large folios around each fault). Dropping the mapping's pages after each
-    strip (``MADV_DONTNEED``, harmless on a read-only shared mapping: the data stays in the page
-    cache and is faulted back in when touched again) keeps resident memory within the combine
-    budget however large the inputs are.
-    """
-    mm = _mmap_of(array)
-    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    try:
-        mm.madvise(mmap.MADV_DONTNEED)
-    except (ValueError, OSError) as exc:  # best effort only
-        logger.debug("could not release memmap pages: %s", exc)
 
 
 def _median_of_sorted(srt: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -218,7 +191,7 @@ def _spread_floor(arrays: Sequence[np.ndarray], factors: np.ndarray | None, *, r
             stack[i, j] = frame[row]
         if factors is not None:
             stack[i] *= factors[i]
-        _release_pages(frame)
+        release_pages(frame)
     n = _count_valid(stack)
     centre = _median_of_sorted(np.sort(stack, axis=0), n)
     spread = MAD_TO_SIGMA * _median_of_sorted(np.sort(np.abs(stack - centre), axis=0), n)
@@ -429,7 +402,7 @@ def combine(
                 work[i] = frame[strip]
                 if factors is not None:
                     work[i] *= factors[i]
-                _release_pages(frame)
+                release_pages(frame)
             values, n = _combine_strip(work, method, sigma, maxiters, floor)
             combined[strip] = values
             if count is not None:
