@@ -6,8 +6,8 @@ number of values that survived the rejection. Pure numerics apart from the scrat
 it writes into a caller-given work directory when a group's warped frames do not fit a quarter of
 its memory budget (`ccdwatch.scratch`).
 
-`AlignmentError`, `Transform`, `find_transform` and `warp` live in `ccdwatch.align` and stay
-importable from here.
+`AlignmentError`, `Transform`, `find_transform` and `warp` live in `ccdwatch.align` and
+`preview_stretch` in `ccdwatch.previews`; all of them stay importable from here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from ccdwatch import calib
 from ccdwatch.align import AlignmentError, Transform, find_transform, warp
 from ccdwatch.qa import Sources
 from ccdwatch.scratch import ScratchArrays
+
+if TYPE_CHECKING:  # at run time through `__getattr__`
+    from ccdwatch.previews import preview_stretch
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,16 @@ __all__ = [
     "preview_stretch",
     "warp",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`preview_stretch`, from `ccdwatch.previews` on first use: that module loads matplotlib,
+    which the daemon's process (it imports this module for the job descriptions) never needs."""
+    if name == "preview_stretch":
+        from ccdwatch.previews import preview_stretch
+
+        return preview_stretch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -263,44 +277,3 @@ def _remove_sky_offset(warped: np.ndarray, level: float, ref_sky: float) -> floa
     if math.isfinite(offset) and offset != 0.0:
         warped -= np.float32(offset)
     return offset if math.isfinite(offset) else 0.0
-
-
-def preview_stretch(
-    image: np.ndarray,
-    *,
-    percentile: tuple[float, float] = (0.5, 99.8),
-    asinh_a: float = 0.1,
-) -> np.ndarray:
-    """Display stretch of an image for PNG previews.
-
-    The image is scaled linearly between the given percentiles of its finite pixels, clipped to
-    [0, 1] and passed through ``asinh(x / a) / asinh(1 / a)`` (smaller ``a`` lifts faint
-    structure more).
-
-    Parameters
-    ----------
-    image : ndarray
-        Any 2-D image; not modified.
-    percentile : (low, high)
-        Percentiles (0-100) mapped to black and white.
-    asinh_a : float
-        Softening of the asinh stretch (> 0).
-
-    Returns
-    -------
-    ndarray of float32
-        Values in [0, 1]; NaN and infinite pixels are 0.
-    """
-    if asinh_a <= 0:
-        raise ValueError(f"asinh_a must be positive, got {asinh_a}")
-    img = np.asarray(image, dtype=np.float64)
-    finite = np.isfinite(img)
-    out = np.zeros(img.shape, dtype=np.float32)
-    if not finite.any():
-        return out
-    lo, hi = np.percentile(img[finite], percentile)
-    if not hi > lo:
-        return out
-    x = np.clip((img[finite] - lo) / (hi - lo), 0.0, 1.0)
-    out[finite] = (np.arcsinh(x / asinh_a) / np.arcsinh(1.0 / asinh_a)).astype(np.float32)
-    return out
