@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import mmap
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from ccdwatch.scratch import release_pages
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +62,6 @@ _NETWORK_MAX_FRAMES = 48
 ROBUST_STATS_MAX_SAMPLES = 1_000_000
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
 def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
     """Frames as 2-D arrays of one shape, without copying ndarrays or memmaps."""
     arrays = [f if isinstance(f, np.ndarray) else np.asarray(f) for f in frames]
@@ -77,34 +74,6 @@ def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
         if a.shape != shape:
             raise ValueError(f"frame {i} has shape {a.shape}, frame 0 has {shape}")
     return arrays
-
-
-def _mmap_of(array: np.ndarray) -> mmap.mmap | None:
-    """The read-only ``mmap`` under a numpy memmap opened with mode 'r', else None."""
-    if not isinstance(array, np.memmap) or getattr(array, "mode", None) not in ("r", "readonly"):
-        return None
-    base = array.base
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    return base if isinstance(base, mmap.mmap) and hasattr(base, "madvise") else None
-
-
-def _release_pages(array: np.ndarray) -> None:
-    """Drop the resident pages of ``array`` when it is a read-only memmap.
-
-    File pages touched through a memory map count towards the process's resident set (and the
-    kernel may map whole large folios around each fault). Dropping the mapping's pages after each
-    strip (``MADV_DONTNEED``, harmless on a read-only shared mapping: the data stays in the page
-    cache and is faulted back in when touched again) keeps resident memory within the combine
-    budget however large the inputs are.
-    """
-    mm = _mmap_of(array)
-    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    try:
-        mm.madvise(mmap.MADV_DONTNEED)
-    except (ValueError, OSError) as exc:  # best effort only
-        logger.debug("could not release memmap pages: %s", exc)
 
 
 def _median_of_sorted(srt: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -218,7 +187,7 @@ def _spread_floor(arrays: Sequence[np.ndarray], factors: np.ndarray | None, *, r
             stack[i, j] = frame[row]
         if factors is not None:
             stack[i] *= factors[i]
-        _release_pages(frame)
+        release_pages(frame)
     n = _count_valid(stack)
     centre = _median_of_sorted(np.sort(stack, axis=0), n)
     spread = MAD_TO_SIGMA * _median_of_sorted(np.sort(np.abs(stack - centre), axis=0), n)
@@ -329,8 +298,52 @@ def _sigma_clip(original: np.ndarray, sigma: float, maxiters: int,
     return _kept_mean(original, keep)
 
 
-# --------------------------------------------------------------------------------------------
-# public API
+def _checked_method(method: str, sigma: float, maxiters: int) -> str:
+    """The combine method by its canonical name ("average" is "mean"), after checking the parameters."""
+    method = method.lower() if isinstance(method, str) else method
+    if method not in COMBINE_METHODS:
+        raise ValueError(f"unknown combine method {method!r}; allowed: {', '.join(COMBINE_METHODS)}")
+    if method == "average":
+        method = "mean"
+    if not (sigma > 0):
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    if maxiters < 0:
+        raise ValueError(f"maxiters must be >= 0, got {maxiters}")
+    return method
+
+
+def _strip_rows(nframes: int, ny: int, nx: int, *, method: str, memory_budget: int, threads: int) -> int:
+    """Rows per strip: the strip stack and the method's temporaries of every thread within the
+    budget, the strip stack itself within ``_STRIP_CACHE_BYTES``; at least one row."""
+    bytes_per_row = nframes * nx * 4 * _WORKING_COPIES[method] + nx * 32
+    rows = max(1, min(ny, int(memory_budget // max(1, int(threads)) // bytes_per_row))) if ny else 1
+    rows = max(1, min(rows, _STRIP_CACHE_BYTES // (nframes * nx * 4 or 1)))
+    if memory_budget < bytes_per_row:
+        logger.warning("memory budget %d B is below one row of %d frames (%d B); using 1-row strips",
+                       memory_budget, nframes, bytes_per_row)
+    return rows
+
+
+def _combine_rows(arrays: Sequence[np.ndarray], factors: np.ndarray | None, starts: Sequence[int], *, rows: int,
+                  method: str, sigma: float, maxiters: int, floor: float, combined: np.ndarray,
+                  count: np.ndarray | None) -> None:
+    """Combine the strips of ``rows`` rows that begin at ``starts`` into ``combined`` (and ``count``),
+    through one reused float32 strip stack."""
+    ny, nx = combined.shape
+    stack = np.empty((len(arrays), rows, nx), dtype=np.float32)
+    for y0 in starts:
+        y1 = min(ny, y0 + rows)
+        strip = slice(y0, y1)
+        work = stack[:, : y1 - y0]
+        for i, frame in enumerate(arrays):
+            work[i] = frame[strip]
+            if factors is not None:
+                work[i] *= factors[i]
+            release_pages(frame)
+        values, n = _combine_strip(work, method, sigma, maxiters, floor)
+        combined[strip] = values
+        if count is not None:
+            count[strip] = n
 
 
 def combine(
@@ -350,8 +363,9 @@ def combine(
     method's temporaries stays within ``memory_budget`` (and the strip stack within a few MB,
     so that the per-pixel work runs in the CPU cache); all frames are never stacked at once
     when that would exceed it. Medians use a sorting network of elementwise min/max over the
-    frames (``np.sort`` above 48 frames), which gives the same values as sorting. Pages of read-only memory-mapped inputs (``np.load(...,
-    mmap_mode="r")``) are released after each strip so that the resident set stays bounded too.
+    frames (``np.sort`` above 48 frames), which gives the same values as sorting. Pages of
+    read-only memory-mapped inputs (``np.load(..., mmap_mode="r")``) are released after each
+    strip so that the resident set stays bounded too.
     Results do not depend on the strip size.
 
     Parameters
@@ -384,15 +398,7 @@ def combine(
     count : numpy.ndarray
         uint16 inputs used per pixel; only when ``return_count``.
     """
-    method = method.lower() if isinstance(method, str) else method
-    if method not in COMBINE_METHODS:
-        raise ValueError(f"unknown combine method {method!r}; allowed: {', '.join(COMBINE_METHODS)}")
-    if method == "average":
-        method = "mean"
-    if not (sigma > 0):
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    if maxiters < 0:
-        raise ValueError(f"maxiters must be >= 0, got {maxiters}")
+    method = _checked_method(method, sigma, maxiters)
     arrays = _as_frames(frames)
     nframes = len(arrays)
     if nframes > np.iinfo(np.uint16).max:
@@ -403,14 +409,8 @@ def combine(
             raise ValueError(f"scales has {factors.size} values for {nframes} frames")
     else:
         factors = None
-
     ny, nx = arrays[0].shape
-    bytes_per_row = nframes * nx * 4 * _WORKING_COPIES[method] + nx * 32
-    rows = max(1, min(ny, int(memory_budget // max(1, int(threads)) // bytes_per_row))) if ny else 1
-    rows = max(1, min(rows, _STRIP_CACHE_BYTES // (nframes * nx * 4 or 1)))
-    if memory_budget < bytes_per_row:
-        logger.warning("memory budget %d B is below one row of %d frames (%d B); using 1-row strips",
-                       memory_budget, nframes, bytes_per_row)
+    rows = _strip_rows(nframes, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
     logger.debug("combine %d frames of %dx%d by %s in strips of %d rows", nframes, ny, nx, method, rows)
 
     floor = _spread_floor(arrays, factors) if method == "sigma_clip" else 0.0
@@ -420,20 +420,8 @@ def combine(
     threads = max(1, min(int(threads), len(starts)))
 
     def run(first: int) -> None:
-        stack = np.empty((nframes, rows, nx), dtype=np.float32)
-        for y0 in starts[first::threads]:
-            y1 = min(ny, y0 + rows)
-            strip = slice(y0, y1)
-            work = stack[:, : y1 - y0]
-            for i, frame in enumerate(arrays):
-                work[i] = frame[strip]
-                if factors is not None:
-                    work[i] *= factors[i]
-                _release_pages(frame)
-            values, n = _combine_strip(work, method, sigma, maxiters, floor)
-            combined[strip] = values
-            if count is not None:
-                count[strip] = n
+        _combine_rows(arrays, factors, starts[first::threads], rows=rows, method=method, sigma=sigma,
+                      maxiters=maxiters, floor=floor, combined=combined, count=count)
 
     if threads == 1:
         run(0)
@@ -441,7 +429,7 @@ def combine(
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for fut in [pool.submit(run, k) for k in range(threads)]:
                 fut.result()
-    if return_count:
+    if count is not None:  # return_count
         return combined, count
     return combined
 
@@ -459,10 +447,7 @@ def _finite_sample(a: ArrayLike) -> np.ndarray | None:
         return None
     step = math.ceil(n_finite / ROBUST_STATS_MAX_SAMPLES) if n_finite > ROBUST_STATS_MAX_SAMPLES else 1
     # the same regular subsample of the finite values, gathered before converting to float64
-    if n_finite == data.size:
-        values = data[::step]
-    else:
-        values = data[np.flatnonzero(finite)[::step]]
+    values = data[::step] if n_finite == data.size else data[np.flatnonzero(finite)[::step]]
     return values.astype(np.float64)
 
 
@@ -570,7 +555,7 @@ def calibrate(
         raise ValueError(f"dark_scale must be finite, got {dark_scale}")
     out = np.empty(raw.shape, dtype=np.float32)  # a new array: the inputs are never modified
     # float64 arithmetic in row blocks of ~4 MB: the same values as whole-frame float64, without
-    # whole-frame float64 temporaries (2-3x faster at 2k, and far less memory at 60 Mpix).
+    # whole-frame float64 temporaries (faster, and far less memory on large frames).
     step = max(1, (1 << 19) // max(1, raw.shape[1]))
     for y0 in range(0, raw.shape[0], step):
         rows = slice(y0, y0 + step)

@@ -1,13 +1,13 @@
 """PNG quicklooks of masters, calibrated frames and stacks (matplotlib, Agg backend).
 
 Written atomically (temp name, then rename) like every other product, so a reader never sees a
-half-written PNG. The stretch is the stacker's :func:`ccdwatch.stack.preview_stretch`
-(percentile clip + asinh), one stretch for every image so raw and calibrated look alike.
+half-written PNG. The stretch is :func:`preview_stretch` (percentile clip + asinh), one stretch
+for every image so raw and calibrated look alike.
 
 Cost matters: a preview is drawn for every master and stack (and, if asked, every light), on the
-worker that built it. At 2k a preview takes ~0.1 s: the image is block-averaged to about the
-size it is shown at, the axes are placed by hand (matplotlib's constrained layout draws the
-figure twice) and the PNG is deflated at level 1 (zlib's fastest level; a few % larger files).
+worker that built it. So the image is block-averaged to about the size it is shown at, the axes
+are placed by hand (matplotlib's constrained layout draws the figure twice) and the PNG is
+deflated at level 1 (zlib's fastest level; a few % larger files).
 """
 
 from __future__ import annotations
@@ -24,11 +24,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ccdwatch.fitsio import write_bytes_atomic  # noqa: E402
-from ccdwatch.stack import preview_stretch  # noqa: E402
 
-__all__ = ["display_image", "image_preview", "master_preview", "save_figure", "side_by_side", "stack_preview"]
+__all__ = [
+    "display_image",
+    "image_preview",
+    "master_preview",
+    "preview_stretch",
+    "save_figure",
+    "side_by_side",
+    "stack_preview",
+]
 
-#: zlib level of the PNGs: 1 deflates ~3x faster than matplotlib's default 6 on noisy frames.
+#: zlib level of the PNGs: 1 deflates several times faster than matplotlib's default 6 on noisy frames.
 _PNG_COMPRESS_LEVEL = 1
 _DPI = 100
 
@@ -66,6 +73,47 @@ def display_image(data: np.ndarray, max_px: int = 1024) -> np.ndarray:
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
         return np.nanmean(blocks, axis=(1, 3))
+
+
+def preview_stretch(
+    image: np.ndarray,
+    *,
+    percentile: tuple[float, float] = (0.5, 99.8),
+    asinh_a: float = 0.1,
+) -> np.ndarray:
+    """Display stretch of an image for PNG previews.
+
+    The image is scaled linearly between the given percentiles of its finite pixels, clipped to
+    [0, 1] and passed through ``asinh(x / a) / asinh(1 / a)`` (smaller ``a`` lifts faint
+    structure more).
+
+    Parameters
+    ----------
+    image : ndarray
+        Any 2-D image; not modified.
+    percentile : (low, high)
+        Percentiles (0-100) mapped to black and white.
+    asinh_a : float
+        Softening of the asinh stretch (> 0).
+
+    Returns
+    -------
+    ndarray of float32
+        Values in [0, 1]; NaN and infinite pixels are 0.
+    """
+    if asinh_a <= 0:
+        raise ValueError(f"asinh_a must be positive, got {asinh_a}")
+    img = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(img)
+    out = np.zeros(img.shape, dtype=np.float32)
+    if not finite.any():
+        return out
+    lo, hi = np.percentile(img[finite], percentile)
+    if not hi > lo:
+        return out
+    x = np.clip((img[finite] - lo) / (hi - lo), 0.0, 1.0)
+    out[finite] = (np.arcsinh(x / asinh_a) / np.arcsinh(1.0 / asinh_a)).astype(np.float32)
+    return out
 
 
 def _robust_limits(data: np.ndarray, lo: float, hi: float) -> tuple[float, float]:

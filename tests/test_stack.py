@@ -25,7 +25,7 @@ import sep
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ccdwatch import qa, stack, synth
+from ccdwatch import align, qa, stack, synth
 
 SHAPE = (256, 384)
 FWHM = 3.0
@@ -186,7 +186,7 @@ def test_meridian_flip_and_the_astroalign_fallback(night: Night, monkeypatch: py
     cx, cy = (SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2
     flipped = qa.Sources(x=2 * cx - src.x, y=2 * cy - src.y, flux=src.flux, fwhm=src.fwhm, elongation=src.elongation)
     results = [stack.find_transform(flipped, night.sources[0])]
-    monkeypatch.setattr(stack, "_match_patterns", lambda *a, **k: None)
+    monkeypatch.setattr(align, "_match_patterns", lambda *a, **k: None)
     results.append(stack.find_transform(flipped, night.sources[0]))
     for t in results:
         assert abs(t.rotation_deg) == pytest.approx(180.0 - abs(night.shifts[1][2]), abs=0.01)
