@@ -36,7 +36,7 @@ def main(manifest_path: str, out: str) -> None:
     flats = {}
     for filt in sorted(set(m["flat_filters"])):
         fl = np.median([(fits.getdata(p).astype(np.float32) - bias)
-                        for p, f in zip(files["flat"], m["flat_filters"]) if f == filt], axis=0)
+                        for p, f in zip(files["flat"], m["flat_filters"], strict=False) if f == filt], axis=0)
         flats[filt] = (fl / np.median(fl)).astype(np.float32)
     scale = np.float32(m["exptimes"]["light"] / m["exptimes"]["dark"])
     offset = bias + dark * scale

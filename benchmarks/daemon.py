@@ -49,7 +49,7 @@ def latency(manifest_path: str, workdir: str, *, period: float = 2.0) -> dict:
     cfg = _config(work, incoming, settle_seconds=2.0)
     settle = 2.0
     subprocess.run(CCDWATCH + ["--config", str(cfg), "watch", "--once"], check=True, capture_output=True)
-    log = open(work / "daemon.log", "wb")
+    log = open(work / "daemon.log", "wb")  # noqa: SIM115 - the daemon writes it until it is stopped
     daemon = subprocess.Popen(CCDWATCH + ["--config", str(cfg), "-v", "watch"], stdout=log, stderr=subprocess.STDOUT)
     db = work / "catalogue.db"
     try:

@@ -28,7 +28,7 @@ def prepare(manifest: dict, workdir: Path) -> Path:
     groups: dict[str, list[str]] = {"biases": files["bias"], "darks": files["dark"]}
     filters = sorted(set(manifest["flat_filters"]))
     for filt in filters:
-        groups[f"flats_{filt}"] = [p for p, f in zip(files["flat"], manifest["flat_filters"]) if f == filt]
+        groups[f"flats_{filt}"] = [p for p, f in zip(files["flat"], manifest["flat_filters"], strict=False) if f == filt]
         groups[f"lights_{filt}"] = [lt["path"] for lt in manifest["lights"] if lt["filter"] == filt]
     for name, paths in groups.items():
         (workdir / name).mkdir()

@@ -99,7 +99,7 @@ def main(manifest_path: str, workdir: str) -> None:
     dark, hot = master("dark", files["dark"], cfg.masters.dark_method, bias=bias)
     flats = {}
     for filt in sorted(set(m["flat_filters"])):
-        paths = [p for p, f in zip(files["flat"], m["flat_filters"]) if f == filt]
+        paths = [p for p, f in zip(files["flat"], m["flat_filters"], strict=False) if f == filt]
         flats[filt], _ = master(f"flat {filt}", paths, cfg.masters.flat_method, bias=bias, dark=dark,
                                 scale=m["exptimes"]["flat"] / m["exptimes"]["dark"])
         clk.t.setdefault("master flat (each)", []).append(clk.t.pop(f"master flat {filt}")[0])

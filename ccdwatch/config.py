@@ -391,7 +391,7 @@ def _rules(value: Any) -> tuple[ClassificationRule, ...]:
                 raise ConfigError(
                     f"config key '{key}.imagetyp' must be one of {', '.join(_IMAGE_TYPES)}, got {imagetyp!r}"
                 )
-            imagetyp = imagetyp.lower() if imagetyp.lower() == "ignore" else ImageType(imagetyp.lower())
+            imagetyp = imagetyp.lower()
         for k in ("glob", "path", "filter", "object"):
             if k in table and not isinstance(table[k], str):
                 raise ConfigError(f"config key '{key}.{k}' must be a string, got {table[k]!r}")

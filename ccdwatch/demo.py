@@ -37,7 +37,7 @@ from ccdwatch.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from ccdwatch.catalog import Catalog
-    from ccdwatch.watch import Watcher
+    from ccdwatch.daemon.watch import Watcher
 
 logger = logging.getLogger(__name__)
 

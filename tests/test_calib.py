@@ -284,7 +284,7 @@ def test_combine_in_strips_equals_combine_at_once(method):
 def test_combine_scales_multiply_each_frame():
     frames = _numbered_frames(n=5)
     scales = [0.5, 1.0, 2.0, 3.0, 0.25]
-    scaled = [f * np.float32(s) for f, s in zip(frames, scales)]
+    scaled = [f * np.float32(s) for f, s in zip(frames, scales, strict=False)]
     for method in ("mean", "median", "sigma_clip"):
         assert np.array_equal(combine(frames, method=method, scales=scales),
                               combine(scaled, method=method), equal_nan=True)
@@ -375,7 +375,7 @@ def test_no_public_function_modifies_its_inputs(night, tmp_path):
     scales = [1.0, 2.0, 0.5, 1.0, 1.0, 1.0, 3.0]
     for method in ("mean", "median", "sigma_clip"):
         combine(frames, method=method, scales=scales, memory_budget=1, return_count=True)
-    for f, b in zip(frames, before):
+    for f, b in zip(frames, before, strict=False):
         assert np.array_equal(f, b, equal_nan=True)
 
     masters = {"raw": night.light, "bias": night.bias, "dark": night.dark, "flat": night.flat}

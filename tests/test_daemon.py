@@ -64,7 +64,7 @@ rescan_interval = 0
         self._listener = threading.Thread(target=self._listen, daemon=True)  # drains like systemd does
         self._listener.start()
         env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), WATCHDOG_USEC="1000000", **self.env)
-        self.log = open(self.tmp / "daemon.log", "ab")
+        self.log = open(self.tmp / "daemon.log", "ab")  # noqa: SIM115 - the daemon writes it until stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "ccdwatch.cli", "--config", str(self.cfg), "watch"],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_message("READY=1", timeout=60)

@@ -413,7 +413,7 @@ def _ref_pixels(t: stack.Transform, xy: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _box_max(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    return np.array([np.nanmax(image[r - 1 : r + 2, c - 1 : c + 2]) for r, c in zip(rows, cols)])
+    return np.array([np.nanmax(image[r - 1 : r + 2, c - 1 : c + 2]) for r, c in zip(rows, cols, strict=False)])
 
 
 def test_cosmic_rays_and_trail_clipped_but_visible_in_mean(

@@ -218,7 +218,7 @@ class ClassificationRule:
 
     glob: str | None = None
     header: Mapping[str, str] = field(default_factory=dict)
-    imagetyp: ImageType | None = None
+    imagetyp: ImageType | str | None = None
     filter: str | None = None
     object: str | None = None
     path: str | None = None

@@ -35,6 +35,7 @@ from ccdwatch.headers import (
     normalise,
 )
 from ccdwatch.products import to_fits_header
+from ccdwatch.scratch import ScratchArrays
 
 logger = logging.getLogger(__name__)
 
@@ -166,38 +167,29 @@ class MasterResult:
 
 
 def build_master(spec: MasterSpec) -> MasterResult:
-    """Preprocess each input to a float32 .npy, combine them in strips, write the master."""
+    """Calibrate each input (kept in RAM or spilled to scratch files), combine them in strips,
+    write the master."""
     faults.point("master-build", spec.out_path)
     bias = load_master(spec.bias_path)[0] if spec.bias_path else None
     dark = load_master(spec.dark_path)[0] if spec.dark_path else None
-    Path(spec.workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
-        in_memory = True  # decided on the first frame: all inputs in RAM if they fit
 
-        def prepare(i: int) -> tuple[np.ndarray, float]:
-            paths, sha = spec.frames[i]
-            raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
-            data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale or 1.0)
-            del raw
-            scale = 1.0
-            if spec.kind == "flat":
-                # the median of a regular subsample (<= 1 M pixels) is the scale to ~1e-4
-                med = calib.robust_median(data)
-                if not np.isfinite(med) or med <= 0:
-                    raise ValueError(f"flat input {paths[0]} has a non-positive median ({med:g})")
-                scale = 1.0 / med
-            return keep(i, data), scale
+    def prepare(i: int) -> tuple[np.ndarray, float]:
+        paths, sha = spec.frames[i]
+        raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
+        data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale or 1.0)
+        del raw
+        scale = 1.0
+        if spec.kind == "flat":
+            # the median of a regular subsample (<= 1 M pixels) is the scale to ~1e-4
+            med = calib.robust_median(data)
+            if not np.isfinite(med) or med <= 0:
+                raise ValueError(f"flat input {paths[0]} has a non-positive median ({med:g})")
+            scale = 1.0 / med
+        return scratch.keep(data), scale
 
-        def keep(i: int, data: np.ndarray) -> np.ndarray:
-            if in_memory:  # a few frames: no scratch files to write and map back
-                return data
-            npy = Path(tmp) / f"{i}.npy"
-            np.save(npy, data)
-            return np.load(npy, mmap_mode="r")
-
-        first = prepare(0)
-        in_memory = first[0].nbytes * len(spec.frames) <= spec.memory_budget // 4
-        first = (keep(0, first[0]), first[1])
+    with ScratchArrays(spec.workdir, count=len(spec.frames), budget=spec.memory_budget // 4,
+                       prefix="master-") as scratch:
+        first = prepare(0)  # the first input decides: all in RAM, or all in scratch files
         rest = range(1, len(spec.frames))
         if spec.threads > 1:  # reading, checksums and calibration release the GIL for the most part
             with ThreadPoolExecutor(max_workers=spec.threads) as pool:
@@ -207,11 +199,16 @@ def build_master(spec: MasterSpec) -> MasterResult:
         arrays = [a for a, _ in prepared]
         scales = [k for _, k in prepared] if spec.kind == "flat" else []
         del prepared, first
-        combined = calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
-                                 memory_budget=spec.memory_budget, threads=spec.threads)
+        combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
+                                            memory_budget=spec.memory_budget, threads=spec.threads))
         del arrays
     if spec.kind == "flat":
         combined = calib.normalise_flat(combined)
+    return _write_master(spec, combined)
+
+
+def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
+    """The master's FITS file (image, INPUTS table, hot-pixel map of a dark) and preview."""
     hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
     level, noise = calib.robust_stats(combined)
     header = to_fits_header(spec.header)
