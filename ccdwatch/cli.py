@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import importlib
 import json
@@ -13,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -46,126 +45,12 @@ from ccdwatch.catalog.queries import (
 )
 from ccdwatch.config import Config, ConfigError, database_url, load_config
 from ccdwatch.models import Calibrated, Frame, FrameState, Master, Stack
+from ccdwatch.records import FORMATS, emit, emit_named, frame_record, iso, master_record, stack_record
 
 if TYPE_CHECKING:
     from ccdwatch.pipeline import Pipeline
 
 logger = logging.getLogger("ccdwatch")
-
-FORMATS = ("table", "csv", "json")
-
-
-# ---------------------------------------------------------------------- output helpers
-def _iso(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
-
-
-def _round(x: float | None, nd: int = 3) -> float | None:
-    return None if x is None else round(float(x), nd)
-
-
-def frame_record(f: Frame) -> dict[str, Any]:
-    """The stable JSON shape of a frame (documented in the README)."""
-    return {
-        "id": f.id,
-        "path": f.path,
-        "imagetyp": f.imagetyp,
-        "exptime": f.exptime,
-        "filter": f.filter,
-        "object": f.object,
-        "date_obs": _iso(f.date_obs),
-        "night": f.night,
-        "state": f.state,
-        "state_reason": f.state_reason,
-        "sha256": f.sha256,
-        "size": f.size,
-        "binning": f"{f.xbin}x{f.ybin}" if f.xbin else None,
-        "naxis1": f.naxis1,
-        "naxis2": f.naxis2,
-        "ccd_temp": f.ccd_temp,
-        "set_temp": f.set_temp,
-        "gain": f.gain,
-        "offset": f.offset,
-        "instrument": f.instrument,
-        "telescope": f.telescope,
-        "ra_deg": f.ra_deg,
-        "dec_deg": f.dec_deg,
-        "camera_key": f.camera_key,
-        "group_key": f.group_key,
-        "n_stars": f.n_stars,
-        "fwhm": _round(f.fwhm),
-        "elongation": _round(f.elongation),
-        "sky": _round(f.sky, 2),
-        "sky_noise": _round(f.sky_noise, 3),
-        "saturated_fraction": _round(f.saturated_fraction, 6),
-        "tries": f.tries,
-        "last_error": f.last_error,
-        "created_at": _iso(f.created_at),
-    }
-
-
-def master_record(m: Master) -> dict[str, Any]:
-    return {
-        "id": m.id, "kind": m.kind, "night": m.night, "version": m.version, "exptime": m.exptime,
-        "filter": m.filter, "ccd_temp": m.ccd_temp, "n_frames": m.n_frames, "method": m.method,
-        "bias_subtracted": m.bias_subtracted, "dark_subtracted": m.dark_subtracted,
-        "bias_id": m.bias_id, "dark_id": m.dark_id, "mean": _round(m.mean), "noise": _round(m.noise),
-        "hot_pixels": m.hot_pixels, "date_start": _iso(m.date_start), "date_end": _iso(m.date_end),
-        "path": m.path, "sha256": m.sha256, "preview": m.preview_path, "camera_key": m.camera_key,
-        "inputs": [i.frame_id for i in m.inputs], "params": m.params,
-        "ccdwatch_version": m.ccdwatch_version, "created_at": _iso(m.created_at),
-    }
-
-
-def stack_record(s: Stack) -> dict[str, Any]:
-    return {
-        "id": s.id, "night": s.night, "target": s.target, "filter": s.filter, "exptime": s.exptime,
-        "version": s.version, "current": s.current, "n_used": s.n_used, "n_rejected": s.n_rejected,
-        "total_exposure": s.total_exposure, "reference_frame_id": s.reference_frame_id, "method": s.method,
-        "path": s.path, "sha256": s.sha256, "preview": s.preview_path, "group_key": s.group_key,
-        "members": [{"frame_id": m.frame_id, "used": m.used, "reason": m.reason, "transform": m.transform}
-                    for m in s.members],
-        "params": s.params, "created_at": _iso(s.created_at),
-    }
-
-
-def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], out: IO[str] | None = None) -> None:
-    out = out or sys.stdout
-    if fmt == "json":
-        json.dump(rows, out, indent=2, default=str)
-        out.write("\n")
-        return
-    if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()) if rows else list(columns),
-                                extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
-        return
-    if not rows:
-        out.write("(no rows)\n")
-        return
-    from astropy.table import Table
-
-    def cell(v: Any) -> Any:
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    table = Table(rows=[[cell(r.get(c)) for c in columns] for r in rows], names=list(columns))
-    for line in table.pformat(max_lines=-1, max_width=-1):
-        out.write(line.rstrip() + "\n")
-
-
-def emit_named(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
-    """Like :func:`emit`; tables and CSV get a short ``name`` (file name), JSON keeps ``path`` only."""
-    if fmt != "json":
-        for r in rows:
-            r["name"] = Path(r["path"]).name
-    emit(rows, fmt, columns)
-
 
 # ---------------------------------------------------------------------- commands
 def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
@@ -242,7 +127,7 @@ def _show_frame(s: Session, f: Frame) -> None:
         print("  header warnings: " + "; ".join(f.header_warnings))
     print("  seen as:")
     for sf in f.files:
-        print(f"    {sf.path}  (first seen {_iso(sf.first_seen)})")
+        print(f"    {sf.path}  (first seen {iso(sf.first_seen)})")
     if f.imagetyp == "light":
 
         products = calibrated_versions(s, f.id)
@@ -261,7 +146,7 @@ def _show_frame(s: Session, f: Frame) -> None:
             print(f"  not calibrated: {f.state_reason}")
     print("  history:")
     for e in f.events:
-        print(f"    {_iso(e.at)}  {e.kind:12s} {e.detail or ''}")
+        print(f"    {iso(e.at)}  {e.kind:12s} {e.detail or ''}")
     print("  header:")
     for k, v in (f.header or {}).items():
         print(f"    {k:8s} = {v!r}")
@@ -315,7 +200,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     print(f"catalogue: {cat.url} (revision {cat.revision})")
     print(f"frames: {sum(counts.values())}  " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     print(f"masters: {n['masters']}  stacks: {n['stacks_all']}")
-    print(f"last ingest: {_iso(last) or 'never'}")
+    print(f"last ingest: {iso(last) or 'never'}")
     if daemon:
         print(f"daemon: {daemon.get('status')} (queue {daemon.get('queue')}, updated {daemon.get('updated')})")
     return 0
@@ -460,9 +345,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scan, process everything as if the night ended, print a summary, exit")
     w.set_defaults(func=cmd_watch)
 
-    def fmt(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--format", choices=FORMATS, default="table")
+    _listing_commands(sub)
+    _processing_commands(sub)
 
+    d = sub.add_parser("db", help="catalogue maintenance")
+    dsub = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dsub.add_parser("upgrade", help="back up the catalogue, then migrate it to this version's schema")
+    dsub.add_parser("check", help="schema revision and integrity")
+    for name, text in (("backup", "consistent copy via the SQLite backup API"),
+                       ("snapshot", "publish a consistent read-only copy for readers")):
+        b = dsub.add_parser(name, help=text)
+        b.add_argument("--out", help="destination file")
+    d.set_defaults(func=cmd_db)
+    _extra_commands(sub)
+    return p
+
+
+def _format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="table")
+
+
+def _listing_commands(sub: argparse._SubParsersAction) -> None:
+    """The morning's read-only commands."""
+    fmt = _format_option
     f = sub.add_parser("frames", help="list catalogued frames")
     f.add_argument("--night", help="night label YYYY-MM-DD (local date at the start of the night)")
     f.add_argument("--type", choices=("bias", "dark", "flat", "light", "unknown"))
@@ -498,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     fmt(sk)
     sk.set_defaults(func=cmd_stacks)
 
+    n = sub.add_parser("nights", help="nights with frame counts")
+    fmt(n)
+    n.set_defaults(func=cmd_nights)
+
+
+
+def _processing_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands that (re)do work on the catalogue."""
     ss = sub.add_parser("stack", help="stack the groups of a night now")
     ss.add_argument("--night", required=True)
     ss.add_argument("--group", help="only groups whose key contains this text")
@@ -513,21 +426,6 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=[str(x) for x in (FrameState.FAILED, FrameState.MISSING, FrameState.QUARANTINED)])
     rt.set_defaults(func=cmd_retry)
 
-    n = sub.add_parser("nights", help="nights with frame counts")
-    fmt(n)
-    n.set_defaults(func=cmd_nights)
-
-    d = sub.add_parser("db", help="catalogue maintenance")
-    dsub = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    dsub.add_parser("upgrade", help="back up the catalogue, then migrate it to this version's schema")
-    dsub.add_parser("check", help="schema revision and integrity")
-    for name, text in (("backup", "consistent copy via the SQLite backup API"),
-                       ("snapshot", "publish a consistent read-only copy for readers")):
-        b = dsub.add_parser(name, help=text)
-        b.add_argument("--out", help="destination file")
-    d.set_defaults(func=cmd_db)
-    _extra_commands(sub)
-    return p
 
 
 def _extra_commands(sub: argparse._SubParsersAction) -> None:

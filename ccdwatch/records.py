@@ -1,0 +1,128 @@
+"""The morning's records: frames, masters and stacks as stable snake_case rows, and their output
+as a table, CSV or JSON (the CLI's listings and the report read them)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from ccdwatch.models import Frame, Master, Stack
+
+FORMATS = ("table", "csv", "json")
+
+
+# ---------------------------------------------------------------------- output helpers
+def iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def round_to(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def frame_record(f: Frame) -> dict[str, Any]:
+    """The stable JSON shape of a frame (documented in the README)."""
+    return {
+        "id": f.id,
+        "path": f.path,
+        "imagetyp": f.imagetyp,
+        "exptime": f.exptime,
+        "filter": f.filter,
+        "object": f.object,
+        "date_obs": iso(f.date_obs),
+        "night": f.night,
+        "state": f.state,
+        "state_reason": f.state_reason,
+        "sha256": f.sha256,
+        "size": f.size,
+        "binning": f"{f.xbin}x{f.ybin}" if f.xbin else None,
+        "naxis1": f.naxis1,
+        "naxis2": f.naxis2,
+        "ccd_temp": f.ccd_temp,
+        "set_temp": f.set_temp,
+        "gain": f.gain,
+        "offset": f.offset,
+        "instrument": f.instrument,
+        "telescope": f.telescope,
+        "ra_deg": f.ra_deg,
+        "dec_deg": f.dec_deg,
+        "camera_key": f.camera_key,
+        "group_key": f.group_key,
+        "n_stars": f.n_stars,
+        "fwhm": round_to(f.fwhm),
+        "elongation": round_to(f.elongation),
+        "sky": round_to(f.sky, 2),
+        "sky_noise": round_to(f.sky_noise, 3),
+        "saturated_fraction": round_to(f.saturated_fraction, 6),
+        "tries": f.tries,
+        "last_error": f.last_error,
+        "created_at": iso(f.created_at),
+    }
+
+
+def master_record(m: Master) -> dict[str, Any]:
+    return {
+        "id": m.id, "kind": m.kind, "night": m.night, "version": m.version, "exptime": m.exptime,
+        "filter": m.filter, "ccd_temp": m.ccd_temp, "n_frames": m.n_frames, "method": m.method,
+        "bias_subtracted": m.bias_subtracted, "dark_subtracted": m.dark_subtracted,
+        "bias_id": m.bias_id, "dark_id": m.dark_id, "mean": round_to(m.mean), "noise": round_to(m.noise),
+        "hot_pixels": m.hot_pixels, "date_start": iso(m.date_start), "date_end": iso(m.date_end),
+        "path": m.path, "sha256": m.sha256, "preview": m.preview_path, "camera_key": m.camera_key,
+        "inputs": [i.frame_id for i in m.inputs], "params": m.params,
+        "ccdwatch_version": m.ccdwatch_version, "created_at": iso(m.created_at),
+    }
+
+
+def stack_record(s: Stack) -> dict[str, Any]:
+    return {
+        "id": s.id, "night": s.night, "target": s.target, "filter": s.filter, "exptime": s.exptime,
+        "version": s.version, "current": s.current, "n_used": s.n_used, "n_rejected": s.n_rejected,
+        "total_exposure": s.total_exposure, "reference_frame_id": s.reference_frame_id, "method": s.method,
+        "path": s.path, "sha256": s.sha256, "preview": s.preview_path, "group_key": s.group_key,
+        "members": [{"frame_id": m.frame_id, "used": m.used, "reason": m.reason, "transform": m.transform}
+                    for m in s.members],
+        "params": s.params, "created_at": iso(s.created_at),
+    }
+
+
+def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], out: IO[str] | None = None) -> None:
+    out = out or sys.stdout
+    if fmt == "json":
+        json.dump(rows, out, indent=2, default=str)
+        out.write("\n")
+        return
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()) if rows else list(columns),
+                                extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+        return
+    if not rows:
+        out.write("(no rows)\n")
+        return
+    from astropy.table import Table
+
+    def cell(v: Any) -> Any:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    table = Table(rows=[[cell(r.get(c)) for c in columns] for r in rows], names=list(columns))
+    for line in table.pformat(max_lines=-1, max_width=-1):
+        out.write(line.rstrip() + "\n")
+
+
+def emit_named(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
+    """Like :func:`emit`; tables and CSV get a short ``name`` (file name), JSON keeps ``path`` only."""
+    if fmt != "json":
+        for r in rows:
+            r["name"] = Path(r["path"]).name
+    emit(rows, fmt, columns)
