@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from ccdwatch import __version__
+from ccdwatch.advice import unmatched_rules, unused_frames
 from ccdwatch.catalog import (
     Catalog,
     SchemaError,
@@ -37,6 +38,7 @@ from ccdwatch.catalog import (
 from ccdwatch.catalog.queries import (
     calibrated_versions,
     frames_in_state,
+    frames_with_classification,
     night_type_counts,
     product_by_path,
     product_counts,
@@ -85,6 +87,9 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
             n = product_counts(s)
             waiting = frames_in_state(s, FrameState.WAITING)
             quarantined = frames_in_state(s, FrameState.QUARANTINED)
+            classified = frames_with_classification(s)
+            advice = [line for a in unused_frames(classified) for line in a.lines()]
+            advice += unmatched_rules(cfg.classify, classified)
         print(f"ccdwatch {__version__}: scanned {incoming}")
         print(f"  this run: {stats.ingested} ingested, {stats.duplicate} duplicates, "
               f"{stats.unchanged} unchanged, {stats.quarantined} quarantined")
@@ -98,6 +103,8 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
             print(f"  WAITING frame {fid} {Path(path).name}: {reason}")
         for _, path, reason in quarantined:
             print(f"  QUARANTINED {Path(path).name}: {reason}")
+        for line in advice:
+            print(f"  {line}")
         return 0
 
 
@@ -210,7 +217,8 @@ def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
     with _catalog(cfg) as cat, cat.reader() as s:
         masters = query_masters(s, kind=args.type, night=args.night, filter=args.filter, exptime=args.exptime)
         rows = [master_record(m) for m in masters]
-    emit_named(rows, args.format, ("id", "kind", "night", "version", "exptime", "filter", "n_frames", "method",
+    emit_named(rows, args.format, ("id", "kind", "night", "version", "exptime", "ccd_temp", "filter", "n_frames",
+                                   "method",
                              "mean", "noise", "hot_pixels", "name"))
     return 0
 
@@ -262,6 +270,21 @@ def cmd_recalibrate(cfg: Config, args: argparse.Namespace) -> int:
     with catalog, pipe:
         n, considered = pipe.recalibrate(args.night)
         print(f"recalibrated {n} of {considered} lights")
+    return 0
+
+
+def cmd_reclassify(cfg: Config, args: argparse.Namespace) -> int:
+    """Classify again with the current rules; redo what depended on a type that changed."""
+    catalog, pipe = _pipeline(cfg)
+    with catalog, pipe:
+        done = pipe.reclassify(args.night, force=args.all)
+        for fid, before, after in done.changed:
+            print(f"frame {fid}: {before} -> {after}")
+        print(f"reclassified {len(done.changed)} of {done.checked} frames checked; "
+              f"{len(done.retired_masters)} masters and {len(done.retired_stacks)} stacks retired")
+        if done.changed and not args.no_process:
+            pipe.tick(final=True)
+            print("masters, calibrations and stacks redone")
     return 0
 
 
@@ -419,6 +442,13 @@ def _processing_commands(sub: argparse._SubParsersAction) -> None:
     rc = sub.add_parser("recalibrate", help="redo calibration (e.g. after a config change)")
     rc.add_argument("--night")
     rc.set_defaults(func=cmd_recalibrate)
+
+    rc2 = sub.add_parser("reclassify", help="classify frames again with the current rules, redo what changed")
+    rc2.add_argument("--night")
+    rc2.add_argument("--all", action="store_true", help="every frame, not only those classified with other rules")
+    rc2.add_argument("--no-process", action="store_true",
+                     help="only reclassify; the daemon rebuilds masters, calibrations and stacks")
+    rc2.set_defaults(func=cmd_reclassify)
 
     rt = sub.add_parser("retry", help="give failed (or missing, quarantined) frames another try")
     rt.add_argument("--night")

@@ -12,7 +12,17 @@ from pathlib import Path
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master, SourceFile, Stack
+from ccdwatch.models import (
+    EXIT_STATES,
+    Calibrated,
+    Frame,
+    FrameState,
+    Master,
+    MasterInput,
+    SourceFile,
+    Stack,
+    StackMember,
+)
 
 CALIBRATION_TYPES = ("bias", "dark", "flat")
 
@@ -135,7 +145,7 @@ def current_masters(s: Session, kind: str, camera_key: str | None) -> list[Maste
     """The newest version of every master of a kind and camera set-up (one per key and night)."""
     newest = (
         select(Master.calib_key, Master.night, func.max(Master.version).label("v"))
-        .where(Master.kind == kind, Master.camera_key == camera_key)
+        .where(Master.kind == kind, Master.camera_key == camera_key, Master.retired.is_(None))
         .group_by(Master.calib_key, Master.night)
         .subquery()
     )
@@ -286,8 +296,10 @@ def query_stacks(s: Session, *, night: str | None = None, target: str | None = N
 
 
 def night_type_counts(s: Session) -> list[tuple[str | None, str, int]]:
-    """(night, image type, number of frames) for every night and type."""
-    rows = s.execute(select(Frame.night, Frame.imagetyp, func.count()).group_by(Frame.night, Frame.imagetyp)).all()
+    """(night, image type, number of frames) for every night and type (files that could not be
+    read at all have no night and are left out: `ccdwatch frames --state quarantined` lists them)."""
+    rows = s.execute(select(Frame.night, Frame.imagetyp, func.count()).where(Frame.sha256.is_not(None))
+                     .group_by(Frame.night, Frame.imagetyp)).all()
     return [(night, typ, n) for night, typ, n in rows]
 
 
@@ -297,3 +309,45 @@ def frames_to_retry(s: Session, state: FrameState, night: str | None = None) -> 
     if night:
         stmt = stmt.where(Frame.night == night)
     return s.scalars(stmt.order_by(Frame.id)).all()
+
+
+# ---------------------------------------------------------------------------------- reclassification
+def frames_to_reclassify(s: Session, night: str | None = None) -> Sequence[Frame]:
+    """Every frame that was read (has content), of a night or all."""
+    stmt = select(Frame).where(Frame.sha256.is_not(None))
+    if night:
+        stmt = stmt.where(Frame.night == night)
+    return s.scalars(stmt.order_by(Frame.id)).all()
+
+
+def masters_with_inputs(s: Session, frame_ids: Sequence[int]) -> Sequence[Master]:
+    """Every master (any version) that combined one of these frames."""
+    return s.scalars(select(Master).join(MasterInput).where(MasterInput.frame_id.in_(list(frame_ids)))
+                     .distinct().order_by(Master.id)).all()
+
+
+def masters_built_on(s: Session, master_ids: Sequence[int]) -> Sequence[Master]:
+    """Masters whose bias or dark was one of these."""
+    ids = list(master_ids)
+    return s.scalars(select(Master).where(or_(Master.bias_id.in_(ids), Master.dark_id.in_(ids)))
+                     .order_by(Master.id)).all()
+
+
+def lights_calibrated_with(s: Session, master_ids: Sequence[int]) -> Sequence[Frame]:
+    """Lights whose current calibrated product used one of these masters."""
+    ids = list(master_ids)
+    if not ids:
+        return []
+    return s.scalars(select(Frame).join(Calibrated, Calibrated.frame_id == Frame.id).where(
+        Calibrated.current, or_(Calibrated.bias_id.in_(ids), Calibrated.dark_id.in_(ids),
+                                Calibrated.flat_id.in_(ids))).order_by(Frame.id)).all()
+
+
+def current_stacks_with_members(s: Session, frame_ids: Sequence[int]) -> Sequence[Stack]:
+    return s.scalars(select(Stack).join(StackMember).where(Stack.current, StackMember.frame_id.in_(list(frame_ids)))
+                     .distinct().order_by(Stack.id)).all()
+
+
+def frames_with_classification(s: Session) -> Sequence[Frame]:
+    """Every frame that was read, with how it was classified (for advice on unused frames)."""
+    return s.scalars(select(Frame).where(Frame.sha256.is_not(None)).order_by(Frame.id)).all()

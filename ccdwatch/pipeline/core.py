@@ -34,6 +34,7 @@ from ccdwatch.models import FrameState
 from ccdwatch.pipeline import calibrate, masters, stacking
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
+from ccdwatch.pipeline.reclassify import Reclassified, reclassify
 from ccdwatch.pipeline.runner import Runner, catalogue_full
 from ccdwatch.products import preview_path
 
@@ -95,7 +96,13 @@ class Pipeline:
                     orphans += 1
         if removed or orphans:
             logger.warning("recovery: removed %d temp files and %d orphan products", len(removed), orphans)
-        return {"temp_files": len(removed), "orphans": orphans}
+        changed = self.reclassify()  # the rules may have changed since the last run
+        return {"temp_files": len(removed), "orphans": orphans, "reclassified": len(changed.changed)}
+
+    def reclassify(self, night: str | None = None, *, force: bool = False) -> Reclassified:
+        """Classify again the frames classified with other rules (or another classifier);
+        what depended on a changed type is redone by the next ``tick``."""
+        return reclassify(self.ctx, night=night, force=force)
 
     # ------------------------------------------------------------------ the stages, in order
     def handle(self, path: str | os.PathLike[str], *, final: bool = False) -> Outcome:

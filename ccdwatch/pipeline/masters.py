@@ -118,7 +118,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False)
         frames = frames_of(s, key, night)
         ids = sorted(f.id for f in frames)
         latest = latest_master(s, str(key), night)
-        if latest is not None and sorted(i.frame_id for i in latest.inputs) == ids:
+        if latest is not None and latest.retired is None and sorted(i.frame_id for i in latest.inputs) == ids:
             for f in frames:
                 f.state = FrameState.USED
             return None

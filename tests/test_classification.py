@@ -1,0 +1,236 @@
+"""Real nights laid out and typed differently, on the defaults (issue: real nights from any camera).
+
+Synthetic cases built from the project's camera: a CMOS library in folders without IMAGETYP and
+with decimal-comma cards; dome flats typed Light; flat-test and focus frames; a wrong rule, then
+corrected, converging to what a fresh run with the corrected rules makes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from sqlalchemy import select
+
+from ccdwatch import synth
+from ccdwatch.catalog import Catalog
+from ccdwatch.config import ConfigError, parse_config
+from ccdwatch.daemon.watch import Watcher
+from ccdwatch.headers import ClassificationRule, ImageType, normalise, path_type
+from ccdwatch.models import Calibrated, Frame, FrameState, Master, Stack
+from ccdwatch.pipeline import Pipeline
+
+from .conftest import make_config
+
+CAMERA = synth.Camera(shape=(96, 128))
+
+
+def run_once(cfg) -> None:
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        Watcher(cfg, pipe, progress=False).run_once()
+
+
+def set_card(path: Path, key: str, text: str | None) -> None:
+    """Rewrite one header card's 80 characters in place (``None`` blanks it), as a camera would
+    write it: astropy would refuse to write 'EXPTIME = 6,4E-05' itself."""
+    raw = bytearray(path.read_bytes())
+    for i in range(0, 2880 * 4, 80):
+        if raw[i:i + 8].decode().rstrip() == key:
+            raw[i:i + 80] = (b" " * 80 if text is None else f"{key:8s}= {text}".ljust(80).encode())
+            path.write_bytes(bytes(raw))
+            return
+    raise AssertionError(f"{key} not in {path}")
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory) -> synth.NightTruth:
+    return synth.make_night(tmp_path_factory.mktemp("night"), camera=CAMERA, seed=31, n_bias=3, n_dark=3,
+                            dark_exptime=200.0, n_flat=3, filters=("V",), n_light=4, light_exptime=200.0,
+                            n_stars=40)
+
+
+# ---------------------------------------------------------------------------------- path words
+@pytest.mark.parametrize("relpath, kind", [
+    ("Bias/Bias_0001.fits", ImageType.BIAS),
+    ("Dark/Dark_30s/Dark_30s_0003.fits", ImageType.DARK),
+    ("Flat/Flat_0002.fit", ImageType.FLAT),
+    ("DarkFlat/DF_1s_001.fits", ImageType.DARK),
+    ("flats/skyflat_R_001.fits", ImageType.FLAT),
+    ("twiflat_I1.fit", ImageType.FLAT),
+    ("2024-03-10/LIGHT/M51_300s_0001.fits", ImageType.LIGHT),
+    ("Light_M42_300.0s_Bin1_gain100_offset30_0001.fit", ImageType.LIGHT),  # 'offset' not leading
+    ("Offset_001.fit", ImageType.BIAS),
+    ("focus_0001.fits", ImageType.UNKNOWN),
+    ("flat_test_01.fits", ImageType.UNKNOWN),
+    ("M51_I_001.fit", None),
+    ("M51/R/frame_001.fits", None),
+])
+def test_path_words_name_the_type(relpath, kind):
+    assert path_type(relpath)[0] is kind
+
+
+def test_pixels_decide_when_header_and_name_disagree(night):
+    flat, light = night.files["flat"][0], night.files["light"][0]
+    rules: tuple[ClassificationRule, ...] = ()
+    from ccdwatch import evidence
+    from ccdwatch.fitsio import read_raw
+
+    for path, name, expected in ((flat, "domeflat_V_001.fits", ImageType.FLAT),
+                                 (light, "flat_V_001.fits", ImageType.LIGHT)):
+        raw = read_raw(path)
+        header = raw.header.copy()
+        header["IMAGETYP"] = "Light Frame" if expected is ImageType.FLAT else "Light Frame"
+        info = normalise(header, filename=name, rules=rules, pixels=evidence.measure(raw.data))
+        assert info.imagetyp is expected, info.type_source
+        if expected is ImageType.FLAT:
+            assert info.classified_by == "pixels" and "without stars" in info.type_source
+        else:  # a star field named 'flat': the header (Light) stands, and the pixels agree
+            assert info.classified_by == "header" and "star field" in info.type_source
+
+
+# ---------------------------------------------------------------------------------- whole nights
+def test_cmos_library_in_folders_without_imagetyp_and_decimal_commas(night, tmp_path):
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    layout = {"bias": "Bias/Bias_{:04d}.fits", "dark": "Dark/Dark_200s/Dark_200s_{:04d}.fits",
+              "flat": "Flat/Flat_{:04d}.fits", "light": "Light/M51/Light_{:04d}.fits"}
+    for kind, paths in night.files.items():
+        for i, src in enumerate(paths, start=1):
+            dest = cfg.paths.incoming / layout[kind].format(i)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+            set_card(dest, "IMAGETYP", None)
+            if kind == "bias":
+                set_card(dest, "EXPTIME", "6,4E-05")
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        frames = s.scalars(select(Frame)).all()
+        assert sorted(f.imagetyp for f in frames) == sorted(["bias"] * 3 + ["dark"] * 3 + ["flat"] * 3 + ["light"] * 4)
+        assert all(f.classification["by"] == "path" for f in frames)
+        biases = [f for f in frames if f.imagetyp == "bias"]
+        assert all(f.exptime == pytest.approx(6.4e-5) for f in biases)
+        assert not [f for f in frames if f.state in (FrameState.QUARANTINED, FrameState.FAILED)]
+        assert {m.kind for m in s.scalars(select(Master))} == {"bias", "dark", "flat"}
+        stack = s.scalar(select(Stack).where(Stack.current))
+        assert stack is not None and stack.n_used == 4
+
+
+def test_dome_flats_typed_light_and_test_frames_typed_light(night, tmp_path):
+    """Flats saved as 'Light Frame' (their names say domeflat) make the master flat; a flat-test
+    and a focus frame, also typed Light, are not stacked into one-frame stacks."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for kind, paths in night.files.items():
+        for i, src in enumerate(paths, start=1):
+            name = f"domeflat_V_{i:03d}.fits" if kind == "flat" else src.name
+            shutil.copy2(src, cfg.paths.incoming / name)
+            if kind == "flat":
+                set_card(cfg.paths.incoming / name, "IMAGETYP", "'Light Frame'")
+    shutil.copy2(night.files["flat"][0], cfg.paths.incoming / "flat_test_01.fits")
+    set_card(cfg.paths.incoming / "flat_test_01.fits", "IMAGETYP", "'Light Frame'")
+    set_card(cfg.paths.incoming / "flat_test_01.fits", "DATE-OBS", "'2024-03-10T23:58:00'")  # another exposure
+    shutil.copy2(night.files["light"][0], cfg.paths.incoming / "focus_0001.fits")
+    set_card(cfg.paths.incoming / "focus_0001.fits", "DATE-OBS", "'2024-03-10T23:59:00'")  # another exposure
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        by_name = {Path(f.path).name: f for f in s.scalars(select(Frame))}
+        assert all(by_name[f"domeflat_V_{i:03d}.fits"].imagetyp == "flat" for i in (1, 2, 3))
+        assert by_name["flat_test_01.fits"].imagetyp == "unknown"
+        assert by_name["focus_0001.fits"].imagetyp == "unknown"
+        assert s.scalar(select(Master).where(Master.kind == "flat")).n_frames == 3
+        stacks = s.scalars(select(Stack)).all()
+        assert [st.n_used for st in stacks] == [4]
+        assert all(f.state == FrameState.STACKED for f in by_name.values() if f.imagetyp == "light")
+
+
+def _outcome(root: Path) -> dict:
+    """What a reduction amounts to, independent of ids and paths: current masters by kind and
+    inputs, each light's masters, each current stack's members and pixels."""
+    with Catalog(str(root / "state" / "ccdwatch.db")) as cat, cat.reader() as s:
+        frames = {f.id: Path(f.path).name for f in s.scalars(select(Frame))}
+        masters = {m.id: m for m in s.scalars(select(Master))}
+        usable = sorted((m.kind, m.filter or "", tuple(sorted(frames[i.frame_id] for i in m.inputs)))
+                        for m in masters.values() if m.retired is None)
+        cals = {}
+        for c in s.scalars(select(Calibrated).where(Calibrated.current)):
+            ms = tuple(sorted(frames[i.frame_id] for mid in (c.bias_id, c.dark_id, c.flat_id) if mid
+                              for i in masters[mid].inputs))
+            cals[frames[c.frame_id]] = (ms, hashlib.sha256(np.ascontiguousarray(fits.getdata(c.path)).tobytes())
+                                        .hexdigest())
+        stacks = sorted((tuple(sorted(frames[m.frame_id] for m in st.members if m.used)),
+                         hashlib.sha256(np.ascontiguousarray(fits.getdata(st.path)).tobytes()).hexdigest())
+                        for st in s.scalars(select(Stack).where(Stack.current)))
+    return {"masters": usable, "calibrated": cals, "stacks": stacks}
+
+
+def test_wrong_rule_then_corrected_converges_to_a_fresh_run(night, tmp_path):
+    staging = night.files["bias"][0].parent
+    wrong = ClassificationRule(glob="flat_*", imagetyp=ImageType.DARK)  # a user's mistake
+    base = dict(incoming=staging, workers={"processes": 0}, report={"refresh": False})
+    cfg_wrong = make_config(tmp_path / "fixed", **base)
+    cfg_wrong = type(cfg_wrong)(**{**cfg_wrong.__dict__, "classify": (wrong,)})
+    run_once(cfg_wrong)
+    with Catalog(cfg_wrong.paths.database) as cat, cat.reader() as s:
+        assert not s.scalars(select(Master).where(Master.kind == "flat")).all()
+        assert {f.state for f in s.scalars(select(Frame).where(Frame.imagetyp == "light"))} == {"waiting"}
+    cfg_right = make_config(tmp_path / "fixed", **base)  # same catalogue, the rule removed
+    run_once(cfg_right)  # reclassifies at start-up
+    fresh = make_config(tmp_path / "fresh", **base)
+    run_once(fresh)
+    assert _outcome(tmp_path / "fixed") == _outcome(tmp_path / "fresh")
+    with Catalog(cfg_right.paths.database) as cat, cat.reader() as s:
+        retired = s.scalars(select(Master).where(Master.retired.is_not(None))).all()
+        assert retired and all(m.kind == "dark" for m in retired)
+        flat = s.scalars(select(Frame).where(Frame.imagetyp == "flat")).first()
+        assert any(e.kind == "reclassified" for e in flat.events)
+
+
+def test_ignore_and_path_rules(night, tmp_path):
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for kind, paths in night.files.items():
+        for src in paths:
+            dest = cfg.paths.incoming / ("Junk" if kind == "flat" else "Night") / src.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+    cfg = type(cfg)(**{**cfg.__dict__, "classify": (ClassificationRule(path="Junk/**", imagetyp="ignore"),)})
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        flats = s.scalars(select(Frame).where(Frame.path.like("%/Junk/%"))).all()
+        assert len(flats) == 3 and {f.state for f in flats} == {FrameState.IGNORED}
+        assert all("rule 1 (path 'Junk/**')" in f.state_reason for f in flats)
+        assert not s.scalars(select(Master).where(Master.kind == "flat")).all()
+
+
+def test_a_glob_with_a_folder_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"use path = 'Dark/\*'"):
+        parse_config({"classify": [{"glob": "Dark/*", "imagetyp": "dark"}]}, base=tmp_path)
+    cfg = parse_config({"classify": [{"path": "**/flats/*", "imagetyp": "flat"},
+                                     {"glob": "junk*", "imagetyp": "ignore"}]}, base=tmp_path)
+    assert cfg.classify[0].matches("2024/flats/a.fits", {}) and not cfg.classify[0].matches("flats2/a.fits", {})
+    assert cfg.classify[1].ignore
+
+
+def test_summary_says_what_would_classify_the_unused_frames(night, tmp_path, capsys):
+    """Darks in a folder that names no type, without IMAGETYP: their pixels cannot say 'dark', so
+    they stay unclassified, and the summary gives the rule that would use them."""
+    from ccdwatch.cli import main
+
+    incoming = tmp_path / "incoming"
+    for kind, paths in night.files.items():
+        for src in paths:
+            dest = incoming / ("misc" if kind == "dark" else "night") / src.name.replace("dark_", "x_")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+            if kind == "dark":
+                set_card(dest, "IMAGETYP", None)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[paths]\nincoming = "{incoming}"\nproducts = "{tmp_path / "p"}"\n'
+                      f'database = "{tmp_path / "c.db"}"\n[workers]\nprocesses = 0\n[report]\nrefresh = false\n'
+                      '[[classify]]\nglob = "nothing*"\nimagetyp = "flat"\n')
+    assert main(["-q", "--config", str(config), "watch", "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "UNCLASSIFIED 3 frame(s)" in out
+    assert 'path = "misc/**"' in out
+    assert "rule 1 (glob 'nothing*') matched no frame" in out
