@@ -225,7 +225,7 @@ def test_warnings_for_far_flats_warm_darks_and_many_rejections():
     cal = {i: report.CalibratedRow(frame_id=i, path="", bias_id=1, dark_id=2, flat_id=3, dark_scale=200 / 300,
                                    partial=False, missing=None) for i in lights}
     masters = [_master(1, "bias", t), _master(2, "dark", t, exptime=300.0, ccd_temp=-20.0),
-               _master(3, "flat", t + timedelta(days=5.5), filter="I", night="2024-03-15")]
+               _master(3, "flat", t + timedelta(days=5.5), filter="I", night="2024-03-15", bias_subtracted=True)]
     stack = report.StackRow(id=1, group_key="g", target="M51", filter="I", exptime=200.0, version=1, n_used=5,
                             n_rejected=3, total_exposure=1000.0, reference_frame_id=4, method="sigma_clip", path="",
                             preview_path=None, members=[])
@@ -403,3 +403,14 @@ def test_real_night_report(tmp_path):
         result = browser.load(page, tmp_path, screenshot=tmp_path / "real.png")
         assert result.body_data("images-ok") == "true"
         assert result.console == []
+
+
+def test_a_master_flat_with_nothing_subtracted_is_flagged():
+    t = datetime(2024, 3, 10, 22, 0)
+    raw = _master(7, "flat", t, filter="V")
+    good = _master(8, "flat", t, filter="R", bias_subtracted=True)
+    data = report.NightData(night="2024-03-10", generated=t, frames={}, problems=[], masters=[raw, good],
+                            calibrated={}, groups=[])
+    warnings, _ = report.night_warnings(data)
+    flagged = [w for w in warnings if "no bias, dark or dark-flat subtracted" in w]
+    assert len(flagged) == 1 and flagged[0].startswith("master flat #7 (V")

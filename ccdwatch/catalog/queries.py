@@ -351,3 +351,13 @@ def current_stacks_with_members(s: Session, frame_ids: Sequence[int]) -> Sequenc
 def frames_with_classification(s: Session) -> Sequence[Frame]:
     """Every frame that was read, with how it was classified (for advice on unused frames)."""
     return s.scalars(select(Frame).where(Frame.sha256.is_not(None)).order_by(Frame.id)).all()
+
+
+def calibration_frames_waiting(s: Session, kind: str, camera_key: str | None, flat_filter: str | None) -> int:
+    """Calibration frames of a kind and camera set-up (for flats: filter, lower case) that are in
+    no usable master yet."""
+    stmt = select(func.count()).select_from(Frame).where(
+        Frame.imagetyp == kind, Frame.camera_key == camera_key, Frame.state == FrameState.INGESTED)
+    if flat_filter is not None:
+        stmt = stmt.where(func.lower(Frame.filter) == flat_filter)
+    return s.scalar(stmt) or 0

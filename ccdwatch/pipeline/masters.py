@@ -132,8 +132,10 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False)
             if bias is None and not final and waited < ctx.cfg.calibration.max_wait_hours * 3600:
                 logger.debug("master %s night %s waits for a master bias", kind, night)
                 return None
-        if kind == "flat":
+        if kind == "flat":  # a dark-flat of the flats' exposure if there is one, else the bias alone
             dark = Masters(s, m).dark(sample, mid, bias, exact_only=True)[0]
+            if dark is not None and not dark.bias_subtracted:
+                bias = None  # a dark-flat that includes the bias removes it itself
         version = (latest.version + 1) if latest else 1
         method = {"bias": m.bias_method, "dark": m.dark_method, "flat": m.flat_method}[kind]
         out = master_path(ctx.products, kind=kind, night=night, calib_key=str(key), instrument=sample.instrument,

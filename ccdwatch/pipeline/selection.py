@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from ccdwatch import calib
-from ccdwatch.catalog.queries import current_masters
+from ccdwatch.catalog.queries import calibration_frames_waiting, current_masters
 from ccdwatch.config import MastersConfig
 from ccdwatch.keys import temperature_ref
 from ccdwatch.models import Frame, Master
@@ -66,6 +66,21 @@ class Masters:
         self.s = session
         self.rules = rules
         self._current: dict[tuple[str, str | None], list[Master]] = {}
+        self._arrived: dict[tuple[str, str | None, str | None], int] = {}
+
+    def progress(self, kind: str, camera: str | None, filter_name: str | None = None) -> str:
+        """What exists towards a missing master: '1 of 3 flats for filter 'V' have arrived'."""
+        key = (kind, camera, (filter_name or "").lower() if kind == "flat" else None)
+        if key not in self._arrived:
+            self._arrived[key] = calibration_frames_waiting(self.s, kind, camera, key[2])
+        n, need = self._arrived[key], self.rules.min_frames[kind]
+        plural = {"bias": "biases", "dark": "darks", "flat": "flats"}[kind]
+        where = f" for filter {filter_name!r}" if kind == "flat" else ""
+        if n == 0:
+            return f"no {plural}{where} have arrived ({need} needed)"
+        if n < need:
+            return f"{n} of {need} {plural}{where} needed have arrived"
+        return f"{n} {plural}{where} have arrived; their master is not built yet"
 
     def current(self, kind: str, camera: str | None) -> list[Master]:
         if (kind, camera) not in self._current:
@@ -83,9 +98,11 @@ class Masters:
         if kind == "flat":
             cands = [c for c in cands if (c.filter or "").lower() == (frame.filter or "").lower()]
             if not cands:
-                return None, f"no master flat for filter {frame.filter!r} with this camera set-up"
+                return None, (f"no master flat for filter {frame.filter!r} with this camera set-up: "
+                              f"{self.progress('flat', frame.camera_key, frame.filter)}")
         if not cands:
-            return None, f"no master {kind} for camera set-up {frame.camera_key}"
+            return None, (f"no master {kind} for camera set-up {frame.camera_key}: "
+                          f"{self.progress(kind, frame.camera_key)}")
         best = nearest(cands, when, max_age)
         if best is None:
             return None, f"no master {kind} within {max_age:g} days of the frame"

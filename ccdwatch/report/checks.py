@@ -139,6 +139,14 @@ def _rejecting_stacks(data: NightData) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- notes
+def _raw_flats(data: NightData) -> list[str]:
+    """Master flats made with nothing subtracted: their normalisation carries the bias offset."""
+    return [f"master flat #{m.id} ({m.filter or 'no filter'}, night {m.night}) was made with no bias, dark or "
+            "dark-flat subtracted: add biases or dark-flats of the flats' exposure to the library"
+            for m in data.masters if m.kind == "flat" and m.latest and not m.bias_subtracted
+            and not m.dark_subtracted]
+
+
 def _scaled_darks(data: NightData) -> list[str]:
     scaled: dict[tuple[int, float], int] = Counter(
         (c.dark_id, round(c.dark_scale, 4)) for c in data.calibrated.values()
@@ -200,6 +208,7 @@ def night_warnings(data: NightData, *, temperature_tolerance: float = 2.0) -> tu
         *_temperature_range(lights),
         *_off_set_point(lights),
         *_rejecting_stacks(data),
+        *_raw_flats(data),
     ]
     notes = [
         *_scaled_darks(data),
