@@ -469,7 +469,8 @@ def _extra_commands(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "demo", help="simulate a camera night into the incoming directory while the daemon reduces it, "
                      "then write the night report (about a minute)")
-    d.add_argument("--dir", help="camera directory to write into (default: the configured incoming directory)")
+    d.add_argument("--dir", help="the demo's own directory (camera/, products/, ccdwatch.db; default "
+                                 "./ccdwatch-demo); with --products/--db/--config given: the camera directory")
     d.add_argument("--speed", type=float, default=60.0,
                    help="how many times faster than real time the camera runs (default 60)")
     d.add_argument("--frames", type=int, default=8, help="light frames per filter (default 8)")

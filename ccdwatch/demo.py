@@ -491,8 +491,26 @@ def _restore_signals(old: dict[int, object]) -> None:
         signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
+#: Where the demo plays its night when no products directory or catalogue is named.
+DEMO_HOME = "ccdwatch-demo"
+
+
+def own_paths(cfg: Config, args: argparse.Namespace) -> tuple[Config, str | None]:
+    """The demo's own directory (camera, products, catalogue) unless the user named where to write:
+    a demo never fills the user's catalogue unless told to (--products/--db, or a config file)."""
+    told = any(getattr(args, name, None) for name in ("products", "db", "config")) \
+        or os.environ.get("CCDWATCH_CONFIG")
+    if told:
+        return cfg, args.dir
+    home = Path(args.dir or DEMO_HOME).absolute()
+    paths = dataclasses.replace(cfg.paths, incoming=home / "camera", products=home / "products",
+                                database=str(home / "ccdwatch.db"))
+    return dataclasses.replace(cfg, paths=paths), str(home / "camera")
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
-    result = run_demo(cfg, directory=args.dir, speed=args.speed, n_lights=args.frames, seed=args.seed, say=print)
+    cfg, directory = own_paths(cfg, args)
+    result = run_demo(cfg, directory=directory, speed=args.speed, n_lights=args.frames, seed=args.seed, say=print)
     if result.interrupted:
         return 130
     return 0 if result.report is not None else 1

@@ -25,6 +25,12 @@ def round_to(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
+def _adc_bits(f: Frame) -> int | None:
+    """Bits of a CMOS whose values are shifted into 16 (e.g. 12), else None."""
+    shift = ((f.classification or {}).get("pixels") or {}).get("adc_shift") or 0
+    return 16 - int(shift) if shift else None
+
+
 def frame_record(f: Frame) -> dict[str, Any]:
     """The stable JSON shape of a frame (documented in the README)."""
     return {
@@ -35,6 +41,7 @@ def frame_record(f: Frame) -> dict[str, Any]:
         "classified_by": (f.classification or {}).get("by"),
         "type_source": f.type_source,
         "bayer_pattern": f.bayer_pattern,
+        "adc_bits": _adc_bits(f),
         "exptime": f.exptime,
         "filter": f.filter,
         "object": f.object,

@@ -234,3 +234,19 @@ def test_summary_says_what_would_classify_the_unused_frames(night, tmp_path, cap
     assert "UNCLASSIFIED 3 frame(s)" in out
     assert 'path = "misc/**"' in out
     assert "rule 1 (glob 'nothing*') matched no frame" in out
+
+
+def test_cmos_values_shifted_into_16_bits_are_detected_and_set_saturation(tmp_path):
+    """A 12-bit CMOS writes values x16: its saturation is 65520, not 65535, and `show` says 12 bits."""
+    from ccdwatch.evidence import adc_shift
+    from ccdwatch.pipeline.calibrate import saturation
+
+    rng = np.random.default_rng(5)
+    shifted = (rng.integers(100, 4095, (64, 80)) << 4).astype(np.uint16)
+    assert adc_shift(shifted) == 4 and adc_shift(shifted | 1) == 0 and adc_shift(shifted.astype(np.float32)) == 0
+    cfg = make_config(tmp_path)
+    frame = Frame(header={}, classification={"pixels": {"adc_shift": 4}})
+    ctx = type("Ctx", (), {"cfg": cfg})()
+    assert saturation(ctx, frame) == 65520.0  # type: ignore[arg-type]
+    frame.header = {"SATURATE": 60000}
+    assert saturation(ctx, frame) == 60000.0  # type: ignore[arg-type]

@@ -127,3 +127,18 @@ def test_cli_demo(tmp_path, capsys):
     assert main([*args, "--incoming", str(incoming), "nights", "--format", "csv"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
     assert len(rows) == 2 and rows[1].endswith(",5,5,10,4,0")
+
+
+def test_cli_demo_keeps_to_its_own_directory(tmp_path, monkeypatch):
+    """Without --products/--db/--config the demo never touches the configured catalogue."""
+    monkeypatch.delenv("CCDWATCH_CONFIG", raising=False)
+    from ccdwatch.cli import build_parser
+    from ccdwatch.config import Config
+
+    args = build_parser().parse_args(["demo", "--dir", str(tmp_path / "d")])
+    cfg, directory = demo.own_paths(Config(), args)
+    assert Path(cfg.paths.database) == tmp_path / "d" / "ccdwatch.db"
+    assert Path(cfg.paths.products) == tmp_path / "d" / "products" and directory == str(tmp_path / "d" / "camera")
+    args = build_parser().parse_args(["--db", str(tmp_path / "mine.db"), "demo"])
+    cfg, directory = demo.own_paths(Config(), args)
+    assert cfg == Config() and directory is None  # told where: the configured paths

@@ -39,6 +39,9 @@ class PixelEvidence:
     """Compact groups of pixels well above the level (stars, not single hot pixels)."""
     structure: float
     """Spread of the large-scale level (robust sigma of 16x16-block medians) over the level."""
+    adc_shift: int = 0
+    """Low bits that are zero in every pixel: a 12-bit (14-bit) CMOS whose values are shifted
+    into 16 bits (ZWO, QHY...) has 4 (2). Its saturation is ``65535 - (2**shift - 1)``."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -50,7 +53,7 @@ class PixelEvidence:
         try:
             return cls(level=float(data["level"]), noise=float(data["noise"]),
                        full_scale=float(data["full_scale"]), n_sources=int(data["n_sources"]),
-                       structure=float(data["structure"]))
+                       structure=float(data["structure"]), adc_shift=int(data.get("adc_shift", 0)))
         except (KeyError, TypeError, ValueError):
             return None
 

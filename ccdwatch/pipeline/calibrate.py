@@ -149,13 +149,17 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
 
 
 def saturation(ctx: Context, frame: Frame) -> float | None:
-    """Configured or header saturation level; None lets the worker find the pile-up ceiling."""
+    """Header or configured saturation level; for a CMOS whose 12/14-bit values are shifted into
+    16 bits, the largest value it can write; None lets the worker find the pile-up ceiling."""
     header = frame.header or {}
     for key in ("SATURATE", "SATLEVEL"):
         v = header.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
             return float(v)
-    return ctx.cfg.stack.saturation or None
+    if ctx.cfg.stack.saturation:
+        return ctx.cfg.stack.saturation
+    shift = int(((frame.classification or {}).get("pixels") or {}).get("adc_shift", 0))
+    return float(65535 - (2**shift - 1)) if 0 < shift <= 8 else None
 
 
 def commit(ctx: Context, plan: CalibrationPlan, result: tasks.CalibrateResult) -> int:
