@@ -1,15 +1,16 @@
-"""Shared fixtures: configs in temporary directories, the real night when present."""
+"""Shared fixtures: configs in temporary directories, the real night when present.
+
+Helpers that tests import live in :mod:`tests.helpers`."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from ccdwatch.config import Config, IngestConfig, MastersConfig, PathsConfig, StackConfig, WatchConfig
+from ccdwatch.config import Config
 
-REAL_NIGHT = Path(__file__).resolve().parents[2] / "shared" / "data" / "phy241_m51"
+from .helpers import REAL_NIGHT, make_config
 
 
 @pytest.fixture
@@ -17,24 +18,6 @@ def real_night() -> Path:
     if not (REAL_NIGHT.is_dir() and any(REAL_NIGHT.glob("*.fit"))):
         pytest.skip("the real PHY241 night (../shared/data/phy241_m51) is not present")
     return REAL_NIGHT
-
-
-def make_config(tmp_path: Path, *, incoming: Path | None = None, **sections) -> Config:
-    """A config rooted in tmp_path with short settle times suited to tests."""
-    incoming = incoming or tmp_path / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    cfg = Config(
-        paths=PathsConfig(incoming=incoming, products=tmp_path / "products",
-                          database=str(tmp_path / "state" / "ccdwatch.db")),
-        watch=WatchConfig(settle_seconds=0.3, tick_interval=0.5, rescan_interval=0.0, poll_interval=0.2),
-        masters=MastersConfig(settle_seconds=0.0),
-        stack=StackConfig(quiet_minutes=0.0),
-        ingest=IngestConfig(),
-    )
-    replace = {}
-    for name, values in sections.items():
-        replace[name] = dataclasses.replace(getattr(cfg, name), **values)
-    return dataclasses.replace(cfg, **replace)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from ccdwatch.headers import ClassificationRule, ImageType, normalise, path_type
 from ccdwatch.models import Calibrated, Frame, FrameState, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
-from .conftest import make_config
+from .helpers import make_config
 
 CAMERA = synth.Camera(shape=(96, 128))
 

@@ -18,6 +18,8 @@ import pytest
 
 from ccdwatch import synth
 
+pytestmark = pytest.mark.slow  # live daemons and subprocesses: seconds each
+
 CAMERA = synth.Camera(shape=(96, 128))
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from ccdwatch import synth
 
+pytestmark = pytest.mark.slow  # live daemons and subprocesses: seconds each
+
 CAMERA = synth.Camera(shape=(64, 96))
 
 
@@ -330,7 +332,7 @@ def test_dead_observer_thread_makes_the_daemon_exit_nonzero(tmp_path, monkeypatc
     from ccdwatch.daemon.watch import EXIT_OBSERVER_DIED, Watcher
     from ccdwatch.pipeline import Pipeline
 
-    from .conftest import make_config
+    from .helpers import make_config
 
     cfg = make_config(tmp_path, workers={"processes": 0})
     with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:

@@ -18,7 +18,7 @@ from ccdwatch.cli import main
 from ccdwatch.config import ConfigError
 from ccdwatch.models import Frame, SourceFile, Stack
 
-from .conftest import make_config
+from .helpers import make_config
 
 START = datetime(2024, 3, 10, 20, 0, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ from ccdwatch.catalog import Catalog
 from ccdwatch.models import Frame, FrameState, Master, Stack, StackMember
 from ccdwatch.pipeline import Pipeline
 
-from .conftest import make_config
+from .helpers import make_config
 
 CAMERA = synth.Camera(shape=(96, 128))
 

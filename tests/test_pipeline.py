@@ -21,7 +21,7 @@ from ccdwatch.fitsio import read_product
 from ccdwatch.models import Calibrated, Frame, Master, SourceFile, Stack
 from ccdwatch.pipeline import Pipeline, assign_targets
 
-from .conftest import make_config
+from .helpers import make_config
 
 CAMERA = synth.Camera(shape=(192, 256))
 

@@ -15,12 +15,12 @@ from ccdwatch.cli import main
 from ccdwatch.fitsio import read_product
 from ccdwatch.models import Calibrated, Frame, Master, Stack
 
-from .conftest import make_config
+from .helpers import make_config
 
 
 @pytest.fixture(scope="module")
 def reduced(tmp_path_factory):
-    from .conftest import REAL_NIGHT
+    from .helpers import REAL_NIGHT
 
     if not REAL_NIGHT.is_dir():
         pytest.skip("the real PHY241 night (../shared/data/phy241_m51) is not present")

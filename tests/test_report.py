@@ -21,7 +21,7 @@ from ccdwatch.models import Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
 from . import browser
-from .conftest import REAL_NIGHT, make_config
+from .helpers import REAL_NIGHT, make_config
 
 CAMERA = synth.Camera(shape=(128, 192))
 HOSTILE_OBJECT = "<script>alert(1)</script>"

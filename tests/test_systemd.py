@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # live daemons and subprocesses: seconds each
+
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "ccdwatch.service"
 EXAMPLE_CONFIG = ROOT / "systemd" / "ccdwatch.toml"

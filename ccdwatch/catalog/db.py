@@ -28,7 +28,7 @@ from ccdwatch.models import Event, Frame
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-# alembic (~0.15 s to import) is imported where the schema is checked or migrated, so the
+# alembic (slow to import) is imported where the schema is checked or migrated, so the
 # workers, which read the catalogue's models but never migrate it, do not load it.
 
 logger = logging.getLogger(__name__)

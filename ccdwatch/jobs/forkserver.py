@@ -2,7 +2,7 @@
 
 Kept apart from `ccdwatch.jobs.tasks` (which imports numpy, astropy, sep, OpenCV...) so that the
 daemon can start the fork server before it imports any of that itself: the server's imports
-(~1 s) then run on the other core while the daemon loads, opens the catalogue and scans.
+then run on the other core while the daemon loads, opens the catalogue and scans.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def warm_imports() -> None:
     """Import `WARM` with the cyclic collector off, then freeze what was imported.
 
     While a large import graph loads, the collector walks the growing heap again and again
-    (~0.1 s of the ~1.1 s here). Freezing afterwards (`gc.freeze`, as its documentation
+    Freezing afterwards (`gc.freeze`, as its documentation
     advises before forking) keeps the workers' collections from touching - and so copying -
     the server's pages, and from walking those objects at every full collection.
     """
