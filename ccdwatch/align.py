@@ -459,7 +459,12 @@ def _ndimage_matrix(inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]]), np.array([inv[1, 2], inv[0, 2]])
 
 
-def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, int]) -> np.ndarray:
+#: OpenCV interpolation per method, and how far (px) one input pixel reaches into the output.
+_CV_METHODS = {"bilinear": (cv2.INTER_LINEAR, 1), "bicubic": (cv2.INTER_CUBIC, 2), "lanczos": (cv2.INTER_LANCZOS4, 4)}
+
+
+def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, int],
+                   method: str = "bilinear") -> np.ndarray:
     """Bilinear resampling with OpenCV's ``warpAffine`` (the warp Siril uses too), several times
     faster than ``scipy.ndimage.affine_transform``. Sample positions are quantised to 1/32 px
     (OpenCV's INTER_BITS), i.e. at most 1/64 px off, far below the alignment error. As with
@@ -472,12 +477,13 @@ def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, in
 
         a, offset = _ndimage_matrix(inv)
         return ndimage.affine_transform(src, a, offset=offset, output_shape=output_shape, output=np.float32,
-                                        order=1, mode="constant", cval=np.nan, prefilter=False)
+                                        order=1 if method == "bilinear" else 3, mode="constant", cval=np.nan,
+                                        prefilter=method != "bilinear")
     out = cv2.warpAffine(
         np.ascontiguousarray(src, dtype=np.float32),
         np.ascontiguousarray(inv[:2], dtype=np.float64),
         (nx, ny),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        flags=_CV_METHODS[method][0] | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
     lo, hi = _footprint_bounds(inv, ny, src.shape)
@@ -487,7 +493,8 @@ def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, in
 
 
 def warp(
-    data: np.ndarray, transform: Transform, *, output_shape: tuple[int, int], order: int = 1
+    data: np.ndarray, transform: Transform, *, output_shape: tuple[int, int], order: int = 1,
+    method: str = "bilinear",
 ) -> np.ndarray:
     """Resample a frame onto the reference pixel grid.
 
@@ -500,7 +507,11 @@ def warp(
     output_shape : (ny, nx)
         Shape of the reference image.
     order : int
-        Spline order of the interpolation (1 = bilinear, 3 = cubic).
+        Spline order of the interpolation (1 = bilinear, 3 = cubic), with ``method="bilinear"``.
+    method : {"bilinear", "lanczos"}
+        ``"lanczos"``: OpenCV's 8x8 Lanczos kernel, which keeps stars sharp where bilinear
+        interpolation broadens them (and smooths the noise of the stack); missing pixels then
+        blank the output pixels within 4 px of them.
 
     Returns
     -------
@@ -536,7 +547,15 @@ def warp(
             sample = src[np.isfinite(src)]
         fill = float(np.median(sample)) if sample.size else 0.0
         src = np.where(missing, np.float32(fill), src)
-    if order == 1:
+    if method not in _CV_METHODS:
+        raise ValueError(f"unknown warp method {method!r}; use one of {', '.join(_CV_METHODS)}")
+    if method != "bilinear":
+        out = _warp_bilinear(src, inv, shape, method)
+        reach = _CV_METHODS[method][1]
+        if n_missing:  # a missing pixel reaches every output pixel whose kernel covers it
+            grown = cv2.dilate(missing.astype(np.uint8), np.ones((2 * reach, 2 * reach), np.uint8)).astype(bool)
+            missing, n_missing = grown, int(np.count_nonzero(grown))
+    elif order == 1:
         out = _warp_bilinear(src, inv, shape)
     else:
         from scipy import ndimage  # splines: a costly import, only for order > 1
