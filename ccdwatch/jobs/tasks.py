@@ -48,6 +48,8 @@ class IngestSpec:
     rules: tuple[ClassificationRule, ...]
     timezone: str
     night_start_hour: float
+    unwritten_grace: float = 0.0  # s: see read_raw
+    now: float | None = None  # s since the epoch, the daemon's clock when the job was planned
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class IngestResult:
 def ingest(spec: IngestSpec) -> IngestResult:
     """Read and validate one raw file and normalise its header (raises RejectedFile)."""
     faults.point("ingest", spec.path)
-    raw = read_raw(spec.path, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
+    raw = read_raw(spec.path, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed,
+                   unwritten_grace=spec.unwritten_grace, now=spec.now)
     info = normalise(raw.header, filename=Path(spec.path).name, rules=spec.rules, timezone=spec.timezone,
                      night_start_hour=spec.night_start_hour)
     return IngestResult(raw.sha256, raw.size, raw.mtime_ns, raw.inode, raw.hdu_index, info,
