@@ -227,6 +227,7 @@ class Watcher:
             current = self._stat(path)
             if current is None:
                 del self.pending[path]
+                self.waiting.discard(path)
             elif current != entry.sig:
                 entry.sig, entry.since = current, now
             elif self.settled(entry, now):
@@ -414,7 +415,8 @@ class Watcher:
         observer.schedule(_Enqueue(self.q), str(self.root), recursive=self.cfg.watch.recursive,
                           event_filter=WATCHED_EVENTS)
         observer.start()
-        self.closes_expected = self.cfg.watch.observer == "inotify"
+        # only Linux's inotify reports closes; other platforms' native observers do not
+        self.closes_expected = self.cfg.watch.observer == "inotify" and sys.platform.startswith("linux")
         try:
             self.scan()
             self.notifier.ready(self.status_text())
