@@ -65,7 +65,18 @@ class WatchConfig:
     poll_interval: float = 2.0
     """Seconds between directory polls with the polling observer."""
     settle_seconds: float = 2.0
-    """A file with no 'closed' event is ready once size and mtime were stable this long."""
+    """Polling observer, and files found by a scan: a file is ready once its size, mtime and
+    inode were stable this long (and its tail is written, see ``fallback_settle_seconds``)."""
+    fallback_settle_seconds: float = 300.0
+    """inotify observer: a file seen being written is ready at its close-after-write or its
+    move into place; only a writer that never closes it (e.g. over a share that gives no close
+    event) is waited for this long instead: stable for ``settle_seconds`` and unmodified for
+    this long. Also, on every observer, how long after its last modification a file whose last
+    2880-byte block is all zero bytes is taken for a preallocated file not written yet.
+    Windows/Samba copies and ``rsync --preallocate`` set the final size first and fill it
+    later, pausing for seconds to a minute on a busy network; five minutes outlasts such
+    pauses, yet is short next to a night (lights wait for their masters anyway). 0 restores
+    the settle-time readiness of every file and disables the zero-tail check."""
     rescan_interval: float = 600.0
     """Seconds between safety-net rescans of the whole incoming tree (0 disables)."""
     tick_interval: float = 5.0
@@ -326,7 +337,8 @@ _POSITIVE = {
     "stack": ("sigma", "quiet_minutes", "detect_sigma", "fwhm_mad", "sky_mad", "elongation_max"),
 }
 _NON_NEGATIVE = {
-    "watch": ("settle_seconds", "rescan_interval", "min_free_mb", "pause_retry_seconds"),
+    "watch": ("settle_seconds", "fallback_settle_seconds", "rescan_interval", "min_free_mb",
+              "pause_retry_seconds"),
     "masters": (
         "settle_seconds",
         "temperature_tolerance",

@@ -380,16 +380,29 @@ def check_reduced_night(site: Site, truth) -> None:
     assert abs(sky - expected) < 0.05 * expected, (sky, expected)
 
 
+#: Runs a command and writes the peak RSS (KiB) of it and its descendants to a file. Linux carries a
+#: process's peak RSS across fork and exec, so a command started straight from pytest would report
+#: pytest's own size; started from this small wrapper, it reports its own.
+_MAXRSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_and_measure(argv: list[str], *, env: dict, cwd: Path, log: Path, timeout: float) -> tuple[int, int]:
     """Run to completion; return (exit code, peak RSS in bytes of the process and its workers)."""
+    maxrss = log.with_suffix(".maxrss")
+    wrapped = [sys.executable, "-c", _MAXRSS_WRAPPER, str(maxrss), *argv]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, _usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)
-                return proc.returncode, usage.ru_maxrss * 1024
+                return proc.returncode, int(maxrss.read_text()) * 1024
             if time.monotonic() > deadline:
                 proc.kill()
                 proc.wait()

@@ -2,14 +2,23 @@
 
 Events are hints only. The observer's handler does nothing but put ``(kind, path)`` on a queue
 (an exception in a handler would silently kill the observer thread). The worker loop, on the
-main thread, decides when a file is ready:
+main thread, decides when a file is ready (:meth:`Watcher.changed`, :meth:`Watcher.promote_settled`):
 
 * a ``closed`` event after writing, or a move into place (the *destination* path), makes it
   ready at once;
-* anything else (created/modified, a file found by a scan, a copy-in, a polling observer) makes
-  it pending until its size, mtime and inode have been stable for ``watch.settle_seconds``;
-* the FITS size check in :mod:`ccdwatch.fitsio` is the last word: a file shorter than its header
-  declares and still recent is put back to pending instead of being quarantined.
+* inotify ``created``/``modified`` events make it pending until one of those comes; only a
+  writer that never closes it is given up on, after ``watch.fallback_settle_seconds`` (size,
+  mtime and inode stable for ``watch.settle_seconds`` and the file unmodified that long).
+  Windows/Samba copies and ``rsync --preallocate`` give the file its final size first and
+  fill it later, so stability over a few seconds proves nothing on inotify;
+* on the polling observer (network mounts: no close events), and for files found by a scan
+  (start-up, a new directory, an overflow: their events may never come), a file is ready once
+  stable for ``watch.settle_seconds``; a file whose mtime is already that old is ready at once;
+* links, FIFOs and directories are not written to: they are handed over at once (and refused);
+* the reader in :mod:`ccdwatch.fitsio` is the last word: a file shorter than its header
+  declares and still recent, or preallocated with its last block still zero bytes and modified
+  within ``watch.fallback_settle_seconds`` (``incomplete-tail``), is put back to pending
+  instead of being quarantined or catalogued.
 
 Start-up: catalogue check (done by :class:`~ccdwatch.catalog.Catalog`), crash recovery, observer,
 then a reconciliation scan of the whole tree; READY is sent once that scan is queued. Rescans run
@@ -23,6 +32,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -77,9 +87,10 @@ class _Enqueue(FileSystemEventHandler):
             if kind == "closed":
                 self.q.put(("ready", os.fsdecode(event.src_path)))
             elif kind == "moved":
-                self.q.put(("ready", os.fsdecode(event.dest_path)))
+                if event.dest_path:  # "" when moved out of the tree (full events)
+                    self.q.put(("ready", os.fsdecode(event.dest_path)))
             elif kind in ("created", "modified"):
-                self.q.put(("changed", os.fsdecode(event.src_path)))
+                self.q.put((kind, os.fsdecode(event.src_path)))
         except Exception:  # noqa: BLE001 - the observer thread must survive anything
             pass
 
@@ -96,6 +107,19 @@ class _OverflowWatch(logging.Filter):
         if "overflow" in record.getMessage().lower():
             self.q.put(("overflow", ""))
         return True
+
+
+Signature = tuple[int, int, int]  # size (bytes), mtime (ns), inode
+
+
+@dataclass
+class Pending:
+    """A file waiting to be ready: its last signature, since when (s) it was seen unchanged, and
+    whether stability alone will do (``quick``) or a close/move event is awaited (the fallback)."""
+
+    sig: Signature
+    since: float
+    quick: bool
 
 
 @dataclass
@@ -120,8 +144,11 @@ class Watcher:
         self.root = Path(config.paths.incoming).absolute()
         self.notifier = notifier or Notifier()
         self.q = Inbox()
-        self.pending: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self.pending: dict[str, Pending] = {}
+        # True while an inotify observer runs: writers' close events are then to be expected.
+        self.closes_expected = False
         self.ready: OrderedDict[str, None] = OrderedDict()
+        self.waiting: set[str] = set()  # files found incomplete (logged once each)
         self.stats = Stats()
         self.stop_event = threading.Event()
         self.stop_signal: str | None = None
@@ -133,43 +160,77 @@ class Watcher:
         pipeline.workers.should_stop = self.stop_event.is_set
 
     # ------------------------------------------------------------------ readiness
-    def _stat(self, path: str) -> tuple[int, int, int] | None:
+    def _stat(self, path: str) -> Signature | None:
         try:
             st = os.lstat(path)
         except OSError:
             return None
         return (st.st_size, st.st_mtime_ns, st.st_ino)
 
-    def changed(self, path: str, *, now: float | None = None, from_scan: bool = False) -> None:
-        if not self.pipeline.wants(Path(path)):
+    def changed(self, path: str, *, now: float | None = None, from_scan: bool = False,
+                writing: bool = False) -> None:
+        """A file appeared (a ``created`` event or a scan) or was written to (``writing``: a
+        ``modified`` event): make it pending, or ready when there is nothing to wait for.
+
+        A ``created`` event leaves a file already queued as it is: watchdog also reports files
+        found in a new directory that way, whose close events may never come.
+        """
+        if not self.pipeline.wants(Path(path)) or path in self.ready:
             return
         now = time.time() if now is None else now
-        sig = self._stat(path)
-        if sig is None:
+        try:
+            st = os.lstat(path)
+        except OSError:
             self.pending.pop(path, None)
             return
-        if from_scan and now - sig[1] / 1e9 >= self.cfg.watch.settle_seconds:
+        if not stat.S_ISREG(st.st_mode):  # nothing writes into a link, a FIFO or a directory
             self.mark_ready(path)
             return
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
         old = self.pending.get(path)
-        if old is None or old[0] != sig:
-            self.pending[path] = (sig, now)
+        if old is not None and not (from_scan or writing):
+            return
+        if from_scan:
+            if old is not None and not old.quick:
+                return  # its writer is being watched: its close event decides
+            if now - st.st_mtime >= self.cfg.watch.settle_seconds:
+                self.mark_ready(path)
+                return
+        quick = from_scan or not self.closes_expected or self.cfg.watch.fallback_settle_seconds <= 0
+        if old is None or old.sig != sig or old.quick != quick:
+            self.pending[path] = Pending(sig, now, quick)
 
     def mark_ready(self, path: str) -> None:
         if self.pipeline.wants(Path(path)):
             self.pending.pop(path, None)
             self.ready[path] = None
 
+    def retry_later(self, path: str, *, quick: bool = True) -> None:
+        """Look at ``path`` again once it has settled anew (``quick=False`` on inotify: at its
+        next close or move, or after the fallback)."""
+        sig = self._stat(path) or (0, 0, 0)
+        self.pending[path] = Pending(sig, time.time(), quick or not self.closes_expected)
+
+    def settled(self, entry: Pending, now: float) -> bool:
+        """Has a pending file (unchanged since ``entry.since``) waited long enough?"""
+        stable = now - entry.since
+        if stable < self.cfg.watch.settle_seconds:
+            return False
+        if entry.quick:
+            return True
+        fallback = self.cfg.watch.fallback_settle_seconds
+        return stable >= fallback or now - entry.sig[1] / 1e9 >= fallback
+
     def promote_settled(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        settle = self.cfg.watch.settle_seconds
-        for path, (sig, since) in list(self.pending.items()):
+        for path, entry in list(self.pending.items()):
             current = self._stat(path)
             if current is None:
                 del self.pending[path]
-            elif current != sig:
-                self.pending[path] = (current, now)
-            elif now - since >= settle:
+                self.waiting.discard(path)
+            elif current != entry.sig:
+                entry.sig, entry.since = current, now
+            elif self.settled(entry, now):
                 del self.pending[path]
                 self.ready[path] = None
 
@@ -214,8 +275,8 @@ class Watcher:
         for kind, path in self.q.take():
             if kind == "ready":
                 self.mark_ready(path)
-            elif kind == "changed":
-                self.changed(path)
+            elif kind in ("created", "modified"):
+                self.changed(path, writing=kind == "modified")
             elif kind == "scan":  # a directory appeared: it may be named like a FITS file
                 self.changed(path)
                 self.scan(Path(path))
@@ -234,12 +295,17 @@ class Watcher:
             paths = [self.ready.popitem(last=False)[0] for _ in range(n)]
             for path, outcome in zip(paths, self.pipeline.handle_many(paths, final=final), strict=True):
                 status = outcome.status
+                if status == "incomplete" and path not in self.waiting:
+                    logger.info("not complete yet, waiting: %s", outcome.detail)  # once per path
+                    self.waiting.add(path)
+                elif status != "incomplete":
+                    self.waiting.discard(path)
                 if status in ("incomplete", "error", "paused"):  # try again once it has settled anew
                     if status == "incomplete":
                         self.stats.incomplete += 1
                     elif status == "error":
                         self.stats.errors += 1
-                    self.pending[path] = (self._stat(path) or (0, 0, 0), time.time())
+                    self.retry_later(path, quick=status != "incomplete")
                 elif hasattr(self.stats, status):
                     setattr(self.stats, status, getattr(self.stats, status) + 1)
                     if status == "ingested":
@@ -314,6 +380,11 @@ class Watcher:
     def _make_observer(self) -> BaseObserver:
         if self.cfg.watch.observer == "polling":
             return PollingObserver(timeout=self.cfg.watch.poll_interval)
+        if sys.platform.startswith("linux"):
+            from watchdog.observers.inotify import InotifyObserver
+
+            # full events: a file moved in from outside the tree is a move (ready), not a creation
+            return InotifyObserver(generate_full_events=True)
         return Observer()
 
     def install_signal_handlers(self) -> None:
@@ -344,6 +415,8 @@ class Watcher:
         observer.schedule(_Enqueue(self.q), str(self.root), recursive=self.cfg.watch.recursive,
                           event_filter=WATCHED_EVENTS)
         observer.start()
+        # only Linux's inotify reports closes; other platforms' native observers do not
+        self.closes_expected = self.cfg.watch.observer == "inotify" and sys.platform.startswith("linux")
         try:
             self.scan()
             self.notifier.ready(self.status_text())
@@ -362,6 +435,7 @@ class Watcher:
             logger.info("received %s: stopping", self.stop_signal or "a stop request")
             return 0
         finally:
+            self.closes_expected = False
             self.notifier.stopping()
             observer.stop()
             observer.join(timeout=5)

@@ -12,6 +12,7 @@ Modules, one job each:
 
 * :mod:`~ccdwatch.fitsio.raw` -- the hostile-file reader (:func:`read_raw`, :class:`RawFrame`);
 * :mod:`~ccdwatch.fitsio.layout` -- the header walk that validates declared sizes before reading;
+* :mod:`~ccdwatch.fitsio.unwritten` -- preallocated files whose tail is not written yet;
 * :mod:`~ccdwatch.fitsio.rejected` -- :class:`RejectedFile` and its reason codes;
 * :mod:`~ccdwatch.fitsio.descriptor` -- positioned reads through one file descriptor;
 * :mod:`~ccdwatch.fitsio.product` -- reading our own products back, :func:`sha256_file`;

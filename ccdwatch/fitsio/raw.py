@@ -13,6 +13,9 @@ hostile until proven otherwise:
   SIGBUS): it is read into memory, hashed, and handed to astropy as ``io.BytesIO``;
 * astropy warnings (truncation, invalid headers) become :class:`RejectedFile`, and no astropy
   exception type escapes;
+* a file preallocated to its final size and not filled yet (its last 2880-byte block all zero
+  bytes, modified moments ago) is refused as ``incomplete-tail`` when the caller asks for the
+  check (:mod:`ccdwatch.fitsio.unwritten`, one block read before anything else);
 * compressed files (tile-compressed ``.fz``, gzipped ``.gz``) are refused unless allowed, and are
   decompressed only within the same memory budget (a gzip bomb stops at the budget).
 
@@ -41,6 +44,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from ccdwatch.fitsio.descriptor import _CHUNK, _kind, _pread_bytes, _pread_fd
 from ccdwatch.fitsio.layout import _HDU, MAX_HEADER_BYTES, _choose, _Layout, _merge_inherit, _walk
 from ccdwatch.fitsio.rejected import RejectedFile
+from ccdwatch.fitsio.unwritten import check_written
 
 __all__ = ["RawFrame", "read_raw"]
 
@@ -211,7 +215,7 @@ def _astropy_image(payload: bytes, layout: _Layout, chosen: _HDU, name: str, *,
 
 
 def read_raw(path: str | os.PathLike, *, max_data_bytes: int = 2 << 30, allow_compressed: bool = False,
-             header_only: bool = False) -> RawFrame:
+             header_only: bool = False, unwritten_grace: float = 0.0, now: float | None = None) -> RawFrame:
     """Read a raw camera frame without trusting it.
 
     Parameters
@@ -224,6 +228,13 @@ def read_raw(path: str | os.PathLike, *, max_data_bytes: int = 2 << 30, allow_co
         Accept tile-compressed (``.fz``, ``ZIMAGE = T``) and gzipped files.
     header_only : bool, optional
         Validate the layout and hash the file (streamed) but do not load the pixels.
+    unwritten_grace : float, optional
+        Seconds after its last modification during which a file whose last 2880-byte block is
+        all zero bytes is taken for a preallocated file not written yet (reason
+        ``incomplete-tail``, see :mod:`ccdwatch.fitsio.unwritten`); 0 (the default) disables
+        the check, for files known to be complete.
+    now : float, optional
+        Current time for that check, s since the epoch (default: ``time.time()``).
 
     Returns
     -------
@@ -240,6 +251,7 @@ def read_raw(path: str | os.PathLike, *, max_data_bytes: int = 2 << 30, allow_co
     name = os.fspath(path)
     fd, st = _open_raw(name)
     try:
+        check_written(_pread_fd(fd), st, name, grace=unwritten_grace, now=now)
         return _read_raw_fd(fd, st, name, max_data_bytes=max_data_bytes,
                             allow_compressed=allow_compressed, header_only=header_only)
     except OSError as exc:

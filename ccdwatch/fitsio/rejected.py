@@ -12,14 +12,15 @@ class RejectedFile(Exception):
     ----------
     reason : str
         Short stable code: ``not-regular-file``, ``symlink``, ``empty``, ``not-fits``,
-        ``truncated-header``, ``truncated-data``, ``too-large``, ``no-image``, ``bad-header``,
-        ``compressed-disabled`` or ``unreadable``.
+        ``truncated-header``, ``truncated-data``, ``incomplete-tail`` (preallocated, not
+        written yet), ``too-large``, ``no-image``, ``bad-header``, ``compressed-disabled`` or
+        ``unreadable``.
     message : str
         A readable sentence; ``str(exc)`` returns it.
     """
 
     #: Reasons that a file still being written (or rewritten) also gives.
-    TRANSIENT_REASONS = frozenset({"empty", "truncated-header", "truncated-data"})
+    TRANSIENT_REASONS = frozenset({"empty", "truncated-header", "truncated-data", "incomplete-tail"})
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(reason, message)

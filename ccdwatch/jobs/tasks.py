@@ -51,6 +51,8 @@ class IngestSpec:
     night_start_hour: float
     relpath: str = ""
     """The path below the incoming directory: its folder and file names are type evidence."""
+    unwritten_grace: float = 0.0  # s: see read_raw
+    now: float | None = None  # s since the epoch, the daemon's clock when the job was planned
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class IngestResult:
 def ingest(spec: IngestSpec) -> IngestResult:
     """Read and validate one raw file and normalise its header (raises RejectedFile)."""
     faults.point("ingest", spec.path)
-    raw = read_raw(spec.path, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
+    raw = read_raw(spec.path, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed,
+                   unwritten_grace=spec.unwritten_grace, now=spec.now)
     pixels = evidence.measure(raw.data) if raw.data is not None else None
     info = normalise(raw.header, filename=spec.relpath or Path(spec.path).name, rules=spec.rules,
                      timezone=spec.timezone, night_start_hour=spec.night_start_hour, pixels=pixels)

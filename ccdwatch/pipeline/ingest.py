@@ -30,7 +30,9 @@ from ccdwatch.pipeline.runner import Runner
 logger = logging.getLogger(__name__)
 
 #: Reasons for which a file that is still being written is retried rather than quarantined.
-INCOMPLETE_REASONS = {"truncated-data", "truncated-header", "empty"}
+#: ``incomplete-tail`` (preallocated, not filled yet) is only given within its own grace
+#: (``watch.fallback_settle_seconds`` after the last modification), so it is always retried.
+INCOMPLETE_REASONS = {"truncated-data", "truncated-header", "empty", "incomplete-tail"}
 
 
 @dataclass
@@ -67,7 +69,9 @@ class Ingester:
         """Ingest a batch of paths: parsed in parallel by the workers, recorded in one transaction.
 
         ``final`` (``watch --once``): a file shorter than its header declares is quarantined at
-        once instead of being given time to finish.
+        once instead of being given time to finish. A preallocated file whose tail is still
+        zero is given its time even then (``incomplete``): quarantining it would hold a complete
+        frame with a zero last block for ever, cataloguing it would record a half-written one.
 
         Returns
         -------
@@ -77,8 +81,10 @@ class Ingester:
         outcomes: list[Outcome | None] = [None] * len(paths)
         todo = self._changed(paths, outcomes)
         cfg = self.ctx.cfg
+        now = self.ctx.clock()
         specs = [tasks.IngestSpec(str(path), self.ctx.max_data_bytes, cfg.ingest.allow_compressed, cfg.classify,
-                                 cfg.night.timezone, cfg.night.start_hour, relpath=self.relpath(path))
+                                 cfg.night.timezone, cfg.night.start_hour, relpath=self.relpath(path),
+                                 unwritten_grace=cfg.watch.fallback_settle_seconds, now=now)
                  for _, path, _ in todo]
         futures = self.runner.workers.map(tasks.ingest, specs, timeout=cfg.workers.ingest_timeout)
         good: list[tuple[int, Path, tasks.IngestResult]] = []
@@ -135,7 +141,8 @@ class Ingester:
 
     def _rejected(self, path: Path, st: os.stat_result, exc: RejectedFile, *, final: bool) -> Outcome:
         grace = 0.0 if final else max(30.0, 3 * self.ctx.cfg.watch.settle_seconds + 1.0)
-        if exc.reason in INCOMPLETE_REASONS and (self.ctx.clock() - st.st_mtime) < grace:
+        if exc.reason in INCOMPLETE_REASONS and (exc.reason == "incomplete-tail"
+                                                 or (self.ctx.clock() - st.st_mtime) < grace):
             return Outcome("incomplete", detail=str(exc))
         return self.quarantine(path, st, f"{exc.reason}: {exc.message}")
 
