@@ -492,6 +492,20 @@ def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, in
     return out
 
 
+def _blank_missing(out: np.ndarray, missing: np.ndarray, n_missing: int, m: np.ndarray, a: np.ndarray,
+                   offset: np.ndarray, shape: tuple[int, int], *, direct: bool) -> None:
+    """Set to NaN every output pixel whose interpolation touches a missing input pixel."""
+    if direct and n_missing <= max(4096, missing.size // 64):
+        # few missing pixels (hot pixels): find the output pixels they reach directly
+        out[_touched_by_missing(missing, m, a, offset, shape)] = np.nan
+        return
+    from scipy import ndimage
+
+    touched = ndimage.affine_transform(missing.astype(np.float32), a, offset=offset, output_shape=shape,
+                                       output=np.float32, order=1, mode="constant", cval=0.0, prefilter=False)
+    out[touched > 1e-6] = np.nan
+
+
 def warp(
     data: np.ndarray, transform: Transform, *, output_shape: tuple[int, int], order: int = 1,
     method: str = "bilinear",
@@ -572,24 +586,7 @@ def warp(
             prefilter=True,
         )
     if n_missing:
-        if order == 1 and n_missing <= max(4096, missing.size // 64):
-            # few missing pixels (hot pixels): find the output pixels they reach directly
-            out[_touched_by_missing(missing, m, a, offset, shape)] = np.nan
-        else:
-            from scipy import ndimage
-
-            touched = ndimage.affine_transform(
-                missing.astype(np.float32),
-                a,
-                offset=offset,
-                output_shape=shape,
-                output=np.float32,
-                order=1,
-                mode="constant",
-                cval=0.0,
-                prefilter=False,
-            )
-            out[touched > 1e-6] = np.nan
+        _blank_missing(out, missing, n_missing, m, a, offset, shape, direct=order == 1)
     area = abs(float(np.linalg.det(m[:2, :2])))
     if abs(area - 1.0) > 1e-9:
         out /= np.float32(area)
