@@ -19,9 +19,10 @@ Demosaicing
 for demosaicing of Bayer-patterned color images", ICASSP): bilinear interpolation corrected by the
 Laplacian of the colour present at the site, as four fixed 5x5 kernels (the method of MATLAB's
 ``demosaic``), each applied over the whole float32 mosaic with OpenCV's ``filter2D``. A plain
-bilinear interpolation is there too (``method="bilinear"``). Why these and not a library's own
-demosaicing, measured on the synthetic star fields of ``benchmarks``-like tests (stars on a grid,
-FWHM 2 and 3 px, aperture R/G and B/G against truth; 11.7 Mpix frame for the time):
+bilinear interpolation is there too (``method="bilinear"``, config ``colour.demosaic``). Why these
+and not a library's own demosaicing, measured on noise-free synthetic mosaics (isolated stars of
+random colours on a grid, FWHM 2 and 3 px, aperture R/G and B/G against truth; time for one
+11.7 Mpix frame on the 2-core build machine):
 
 ================================  ==========================  ================  ========
 method                            R/G bias (FWHM 3 / 2 px)    float input       time
