@@ -496,7 +496,9 @@ def normalise_flat(flat: ArrayLike, *, channels: Sequence[Sequence[tuple[int, in
     groups = [[(slice(None), slice(None))]] if channels is None else \
         [[(slice(dy, None, 2), slice(dx, None, 2)) for dy, dx in sites] for sites in channels]
     for views in groups:
-        finite = np.concatenate([data[v][np.isfinite(data[v])] for v in views])  # the median reorders it
+        parts = [data[v][np.isfinite(data[v])] for v in views]  # copies: the median reorders them
+        finite = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        del parts
         level = float(np.median(finite, overwrite_input=True)) if finite.size else math.nan
         del finite
         if not (math.isfinite(level) and level > 0):
