@@ -27,17 +27,8 @@ from ccdwatch.scratch import release_pages
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "COMBINE_METHODS",
-    "MAD_TO_SIGMA",
-    "calibrate",
-    "combine",
-    "dark_scale",
-    "hot_pixel_mask",
-    "normalise_flat",
-    "robust_median",
-    "robust_stats",
-]
+__all__ = ["COMBINE_METHODS", "MAD_TO_SIGMA", "calibrate", "combine", "dark_scale", "hot_pixel_mask",
+           "normalise_flat", "robust_median", "robust_stats"]
 
 #: Ratio of the standard deviation to the median absolute deviation of a normal distribution.
 MAD_TO_SIGMA = 1.482602218505602
@@ -486,27 +477,37 @@ def dark_scale(light_exptime: float, dark_exptime: float) -> float:
     return float(light_exptime) / float(dark_exptime)
 
 
-def normalise_flat(flat: ArrayLike) -> np.ndarray:
+def normalise_flat(flat: ArrayLike, *, channels: Sequence[Sequence[tuple[int, int]]] | None = None) -> np.ndarray:
     """Divide a master flat by the median of its finite pixels (robust to vignetting and hot pixels).
+
+    ``channels`` (a colour mosaic): for each colour, its ``(row, col)`` sites in the 2x2 cell;
+    each colour is divided by the median of its own pixels, so the lamp's colour and the
+    filters' transmissions never mix (`ccdwatch.colour.normalise_flat`).
 
     Returns
     -------
     numpy.ndarray
-        float32, median 1.
+        float32, median 1 (of each colour).
     """
     data = np.asarray(flat)
     if data.ndim != 2:
         raise ValueError(f"flat must be 2-D, got shape {data.shape}")
-    finite = data[np.isfinite(data)]  # a copy: the median may reorder it in place
-    level = float(np.median(finite, overwrite_input=True)) if finite.size else math.nan
-    del finite
-    if not (math.isfinite(level) and level > 0):
-        raise ValueError(f"flat median must be positive to normalise, got {level}")
-    # float64 division in row blocks: no whole-frame float64 temporaries (~600 MB at 24 Mpix)
     out = np.empty(data.shape, dtype=np.float32)
-    step = max(1, (1 << 19) // max(1, data.shape[1]))
-    for y0 in range(0, data.shape[0], step):
-        out[y0:y0 + step] = data[y0:y0 + step].astype(np.float64) / level
+    groups = [[(slice(None), slice(None))]] if channels is None else \
+        [[(slice(dy, None, 2), slice(dx, None, 2)) for dy, dx in sites] for sites in channels]
+    for views in groups:
+        parts = [data[v][np.isfinite(data[v])] for v in views]  # copies: the median reorders them
+        finite = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        del parts
+        level = float(np.median(finite, overwrite_input=True)) if finite.size else math.nan
+        del finite
+        if not (math.isfinite(level) and level > 0):
+            raise ValueError(f"flat median must be positive to normalise, got {level}")
+        for v in views:  # float64 division in row blocks: no whole-frame float64 temporaries
+            src, dst = data[v], out[v]
+            step = max(1, (1 << 19) // max(1, src.shape[1]))
+            for y0 in range(0, src.shape[0], step):
+                dst[y0:y0 + step] = src[y0:y0 + step].astype(np.float64) / level
     return out
 
 

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ccdwatch.headers import ClassificationRule, ImageType, night_label
+from ccdwatch.headers.cfa import MONO_WORDS, PATTERNS, parse_pattern
 
 __all__ = [
     "CalibrationConfig",
+    "ColourConfig",
     "Config",
     "ConfigError",
     "IngestConfig",
@@ -177,6 +179,20 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class ColourConfig:
+    bayer_pattern: str = "auto"
+    """``auto``: a frame is a colour mosaic when its header says so (BAYERPAT/COLORTYP, with
+    XBAYROFF/YBAYROFF, the subframe origin and ROWORDER); ``none``: reduce every frame as
+    monochrome; ``RGGB``/``BGGR``/``GRBG``/``GBRG``: every frame is a mosaic of this pattern, as
+    BAYERPAT would state it (the header's offsets and row order still apply). Read at ingest."""
+    instruments: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    """The same per camera, by INSTRUME (case-insensitive), e.g. ``{"ZWO ASI294MC" = "RGGB"}``;
+    wins over ``bayer_pattern``."""
+    demosaic: Literal["malvar", "bilinear"] = "malvar"
+    """Interpolation of the calibrated mosaics into R, G, B (both linear: star colours kept)."""
+
+
+@dataclass(frozen=True)
 class WorkersConfig:
     processes: int = 2
     """Worker processes for parsing and reduction (0 = in the daemon itself, no isolation)."""
@@ -201,6 +217,7 @@ class Config:
     stack: StackConfig = field(default_factory=StackConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    colour: ColourConfig = field(default_factory=ColourConfig)
     classify: tuple[ClassificationRule, ...] = ()
     """Ordered rules for frames whose headers lie or lack a type (first match wins)."""
     source: Path | None = None
@@ -234,6 +251,7 @@ _SECTIONS: dict[str, type] = {
     "stack": StackConfig,
     "report": ReportConfig,
     "workers": WorkersConfig,
+    "colour": ColourConfig,
 }
 _RULE_KEYS = ("glob", "path", "header", "imagetyp", "filter", "object")
 _IMAGE_TYPES = [t.value for t in ImageType if t is not ImageType.UNKNOWN] + ["ignore"]
@@ -294,6 +312,8 @@ def _section(name: str, cls: type, table: Any, base: Path) -> Any:
             raise _unknown(dotted, names)
         if cls is MastersConfig and key == "min_frames":
             kwargs[key] = _min_frames(dotted, value)
+        elif cls is ColourConfig and key in ("bayer_pattern", "instruments"):
+            kwargs[key] = _bayer(dotted, value)
         elif cls is PathsConfig and key == "database":
             kwargs[key] = _database(dotted, value, base)
         elif cls is PathsConfig and key == "snapshot":
@@ -318,6 +338,27 @@ def _min_frames(key: str, value: Any) -> Mapping[str, int]:
             raise ConfigError(f"config key '{key}.{kind}' must be a whole number >= 1, got {n!r}")
         merged[kind] = n
     return types.MappingProxyType(merged)
+
+
+def _bayer_value(key: str, value: Any) -> str:
+    """One Bayer override: "auto", "none" or a pattern, in canonical spelling."""
+    if isinstance(value, str) and value.strip().lower() in MONO_WORDS | {"auto"}:
+        return "none" if value.strip().lower() in MONO_WORDS else "auto"
+    pattern = parse_pattern(value)
+    if pattern is None:
+        raise ConfigError(f"config key {key!r} must be \"auto\", \"none\" or one of {', '.join(PATTERNS)}, "
+                          f"got {value!r}")
+    return pattern
+
+
+def _bayer(key: str, value: Any) -> Any:
+    """``colour.bayer_pattern`` (one value) or ``colour.instruments`` (INSTRUME -> value)."""
+    if not key.endswith("instruments"):
+        return _bayer_value(key, value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key!r} must be a table like {{\"ZWO ASI294MC\" = \"RGGB\"}}")
+    return types.MappingProxyType({str(name).strip().lower(): _bayer_value(f"{key}.{name}", v)
+                                   for name, v in value.items()})
 
 
 def _database(key: str, value: Any, base: Path) -> str:

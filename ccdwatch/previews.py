@@ -8,6 +8,11 @@ Cost matters: a preview is drawn for every master and stack (and, if asked, ever
 worker that built it. So the image is block-averaged to about the size it is shown at, the axes
 are placed by hand (matplotlib's constrained layout draws the figure twice) and the PNG is
 deflated at level 1 (zlib's fastest level; a few % larger files).
+
+Colour: a Bayer mosaic (a master or calibrated frame of a one-shot-colour camera, ``pattern``
+given) is shown with each 2x2 cell binned -- grey for a master, one RGB pixel per cell for a
+light -- so the pattern's period never aliases into stripes; an RGB stack (3, ny, nx) is shown in
+colour (:func:`colour_stretch`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np  # noqa: E402
 from ccdwatch.fitsio import write_bytes_atomic  # noqa: E402
 
 __all__ = [
+    "colour_stretch",
     "display_image",
     "image_preview",
     "master_preview",
@@ -116,6 +122,49 @@ def preview_stretch(
     return out
 
 
+def colour_stretch(
+    rgb: np.ndarray,
+    *,
+    percentile: tuple[float, float] = (0.5, 99.8),
+    asinh_a: float = 0.1,
+) -> np.ndarray:
+    """Display stretch of R, G, B planes (3, ny, nx) -> an (ny, nx, 3) image in [0, 1].
+
+    Each plane's sky (median) is subtracted, so the background is neutral; then one linear scale
+    for all three, between the ``percentile`` of the luminance, and :func:`preview_stretch`'s
+    asinh. The colours are the camera's own (no white balance): what the stack measured.
+    """
+    from ccdwatch.colour import luminance
+
+    if asinh_a <= 0:
+        raise ValueError(f"asinh_a must be positive, got {asinh_a}")
+    planes = np.asarray(rgb, dtype=np.float64)
+    out = np.zeros((*planes.shape[1:], 3), dtype=np.float32)
+    finite = np.isfinite(planes).all(axis=0)
+    if not finite.any():
+        return out
+    planes = planes - np.array([np.median(p[finite]) for p in planes])[:, None, None]
+    lo, hi = np.percentile(luminance(planes)[finite], percentile)
+    if not hi > lo:
+        return out
+    x = np.clip((np.moveaxis(planes, 0, -1)[finite] - lo) / (hi - lo), 0.0, 1.0)
+    out[finite] = (np.arcsinh(x / asinh_a) / np.arcsinh(1.0 / asinh_a)).astype(np.float32)
+    return out
+
+
+def _shown(data: np.ndarray, pattern: str | None, max_px: int = 1024) -> np.ndarray:
+    """What a preview draws: a stretched grey image (ny, nx), or RGB (ny, nx, 3) for R, G, B planes
+    and for a mosaic with its ``pattern`` (one RGB pixel per 2x2 cell)."""
+    if pattern is not None and data.ndim == 2:
+        from ccdwatch.colour import superpixel
+
+        data = superpixel(data, pattern)
+        max_px //= 2
+    if data.ndim == 3:
+        return colour_stretch(np.stack([display_image(p, max_px) for p in data]))
+    return preview_stretch(display_image(data, max_px))
+
+
 def _robust_limits(data: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     finite = data[np.isfinite(data)]
     if not finite.size:
@@ -131,9 +180,14 @@ def _image_axes(fig: plt.Figure, *, top: float, right: float = 0.0, bottom: floa
     return fig.add_axes((left / w, bottom / h, 1.0 - (left + right) / w, 1.0 - (top + bottom) / h))
 
 
-def master_preview(data: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
-    """A master with a linear stretch between robust limits and a colour bar in ADU."""
+def master_preview(data: np.ndarray, path: str | os.PathLike, *, title: str, pattern: str | None = None) -> Path:
+    """A master with a linear stretch between robust limits and a colour bar in ADU; a mosaic
+    master (``pattern`` given) with each 2x2 cell binned (the mean response of its colours)."""
     extent = (0, data.shape[1], 0, data.shape[0])
+    if pattern is not None:
+        from ccdwatch.colour import bin_cells
+
+        data = bin_cells(data)
     shown = display_image(data)
     lo, hi = _robust_limits(shown, 0.5, 99.5)
     width = 8.0
@@ -151,9 +205,10 @@ def master_preview(data: np.ndarray, path: str | os.PathLike, *, title: str) -> 
     return save_figure(fig, Path(path))
 
 
-def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
-    """A light or stack with a percentile + asinh stretch."""
-    shown = preview_stretch(display_image(data))
+def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str, pattern: str | None = None) -> Path:
+    """A light or stack with a percentile + asinh stretch: in colour for R, G, B planes (3, ny, nx)
+    and for a mosaic with its ``pattern``."""
+    shown = _shown(data, pattern)
     width, top = 8.0, 0.35
     fig = plt.figure(figsize=(width, width * shown.shape[0] / shown.shape[1] + top))
     ax = _image_axes(fig, top=top)
@@ -167,16 +222,23 @@ stack_preview = image_preview
 
 
 def side_by_side(images: list[tuple[str, np.ndarray]], path: str | os.PathLike, *, title: str) -> Path:
-    """Panels (e.g. raw, calibrated, stack) each with the same kind of stretch."""
+    """Panels (e.g. raw, calibrated, stack) each with the same kind of stretch. Beside R, G, B
+    planes (a colour stack), 2-D panels are the mosaics it was made from: their 2x2 cells are
+    binned so that the pattern does not alias."""
     n = len(images)
-    ny, nx = images[0][1].shape[:2]
+    ny, nx = images[0][1].shape[-2:]
+    colour = any(np.ndim(img) == 3 for _, img in images)
     panel_w, gap, label_h, title_h = 5.0, 0.1, 0.3, 0.4
     panel_h = panel_w * ny / nx
     width, height = n * panel_w + (n - 1) * gap, panel_h + label_h + title_h
     fig = plt.figure(figsize=(width, height))
     for i, (label, img) in enumerate(images):
         ax = fig.add_axes((i * (panel_w + gap) / width, 0.0, panel_w / width, panel_h / height))
-        shown = preview_stretch(display_image(img, max_px=int(panel_w * _DPI)))
+        if colour and np.ndim(img) == 2:
+            from ccdwatch.colour import bin_cells
+
+            img = bin_cells(img)
+        shown = _shown(img, None, max_px=int(panel_w * _DPI))
         ax.imshow(shown, origin="lower", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(label, fontsize=10)
         ax.set_axis_off()

@@ -59,7 +59,8 @@ class StackResult:
     Attributes
     ----------
     image : ndarray of float32
-        The stack on the reference grid (image units of one frame; NaN where no frame covers).
+        The stack on the reference grid (image units of one frame; NaN where no frame covers):
+        (ny, nx), or (n, ny, nx) for frames split into ``n`` planes (R, G, B of a colour mosaic).
     count : ndarray of uint16
         Number of frames that covered each pixel (their warped footprint, minus masked
         pixels): the exposure map, independent of the clipping.
@@ -70,10 +71,11 @@ class StackResult:
     reference : int
         Id of the reference frame.
     offsets : dict
-        Frame id -> additive background offset removed before combining (image units).
+        Frame id -> additive background offset removed before combining (image units; one per
+        plane, as a tuple, for frames split into planes).
     used : ndarray of uint16 or None
         Number of values that survived the clipping at each pixel (``count`` minus the
-        rejected ones; equal to ``count`` for "mean" and "median").
+        rejected ones; equal to ``count`` for "mean" and "median"); per plane like ``image``.
     """
 
     image: np.ndarray
@@ -81,7 +83,7 @@ class StackResult:
     transforms: dict[int, Transform]
     failed: dict[int, str]
     reference: int
-    offsets: dict[int, float] = field(default_factory=dict)
+    offsets: dict[int, float | tuple[float, ...]] = field(default_factory=dict)
     used: np.ndarray | None = None
 
 
@@ -105,6 +107,7 @@ def align_and_stack(
     order: int = 1,
     match_background: bool = True,
     threads: int = 1,
+    planes: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> StackResult:
     """Align frames onto a reference and combine them.
 
@@ -142,6 +145,10 @@ def align_and_stack(
         (additive offset) before combining, so that a changing sky does not bias the clipping.
     threads : int
         Threads for the combination (`ccdwatch.calib.combine`); the result does not depend on it.
+    planes : callable, optional
+        ``planes(frame)`` splits a loaded (and masked) frame into planes of its shape, e.g.
+        `ccdwatch.colour.demosaic` for a colour mosaic (R, G, B): each plane is warped with the
+        frame's transform, has its own sky offset removed and is combined on its own.
 
     Returns
     -------
@@ -158,28 +165,31 @@ def align_and_stack(
     if reference not in sources:
         raise ValueError(f"no source list for the reference frame {reference}")
     # all warped frames in RAM when they take <= 1/4 of the budget, else memory-mapped scratch files
-    with ScratchArrays(workdir, count=len(ids), budget=memory_budget // 4, prefix="stack-") as scratch:
+    n_planes = 1 if planes is None else 3
+    with ScratchArrays(workdir, count=len(ids) * n_planes, budget=memory_budget // 4, prefix="stack-") as scratch:
         group = _align_group(ids, load, sources, reference, masks=masks, order=order,
-                             match_background=match_background, scratch=scratch)
-        if not group.frames or group.coverage is None:  # pragma: no cover - the reference always stacks
-            raise ValueError(f"nothing to stack: {group.failed}")
-        logger.info("stacking %d of %d frames onto %s (%s)", len(group.frames), len(ids), reference, method)
-        image, used = calib.combine(
-            group.frames,
-            method=method,
-            sigma=sigma,
-            memory_budget=memory_budget,
-            return_count=True,
-            threads=threads,
-        )
-        # own copies, independent of the memory maps that are about to be deleted
-        image = np.array(image, dtype=np.float32, copy=True)
-        used = np.array(used, dtype=np.uint16, copy=True)
-        group.frames.clear()
+                             match_background=match_background, scratch=scratch, planes=planes)
+        if not group.frames or not group.frames[0] or group.coverage is None:  # pragma: no cover
+            raise ValueError(f"nothing to stack: {group.failed}")  # the reference always stacks
+        logger.info("stacking %d of %d frames onto %s (%s)", len(group.frames[0]), len(ids), reference, method)
+        images, counts = [], []
+        for frames in group.frames:
+            image, used = calib.combine(
+                frames,
+                method=method,
+                sigma=sigma,
+                memory_budget=memory_budget,
+                return_count=True,
+                threads=threads,
+            )
+            # own copies, independent of the memory maps that are about to be deleted
+            images.append(np.array(image, dtype=np.float32, copy=True))
+            counts.append(np.array(used, dtype=np.uint16, copy=True))
+            frames.clear()
     return StackResult(
-        image=image,
+        image=images[0] if planes is None else np.stack(images),
         count=group.coverage,
-        used=used,
+        used=counts[0] if planes is None else np.stack(counts),
         transforms=group.transforms,
         failed=group.failed,
         reference=reference,
@@ -191,10 +201,11 @@ def align_and_stack(
 class _AlignedGroup:
     """The frames of a group warped onto the reference grid, and what aligning them recorded."""
 
-    frames: list[np.ndarray] = field(default_factory=list)  # in RAM or memory-mapped (`ScratchArrays`)
+    #: per plane, the warped frames in RAM or memory-mapped (`ScratchArrays`)
+    frames: list[list[np.ndarray]] = field(default_factory=list)
     transforms: dict[int, Transform] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
-    offsets: dict[int, float] = field(default_factory=dict)
+    offsets: dict[int, float | tuple[float, ...]] = field(default_factory=dict)
     coverage: np.ndarray | None = None  # uint16: frames covering each pixel
 
 
@@ -208,33 +219,43 @@ def _align_group(
     order: int,
     match_background: bool,
     scratch: ScratchArrays,
+    planes: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> _AlignedGroup:
-    """Load, align, mask and warp the frames one at a time, the reference first (its grid and
-    sky level are those of the stack), and keep the warped frames in ``scratch``."""
+    """Load, align, mask (and split into ``planes``) and warp the frames one at a time, the
+    reference first (its grid and sky levels are those of the stack), and keep the warped frames
+    in ``scratch``."""
     group = _AlignedGroup()
     output_shape: tuple[int, int] | None = None
-    ref_sky = float("nan")
+    ref_sky: list[float] = []
     for i in [reference] + [i for i in ids if i != reference]:
         t = _frame_transform(i, reference, sources, group.failed)
         if t is None:
             continue
         frame = _masked_frame(load, i, masks)
-        if output_shape is None:
-            output_shape = (int(frame.shape[0]), int(frame.shape[1]))
-        # sky level measured before resampling: interpolation smooths the noise and shifts
-        # the median of a star field by ~0.01 sigma, which would bias the offsets
-        level = _sky_level(frame) if match_background else math.nan
-        warped = warp(frame, t, output_shape=output_shape, order=order)
+        cube = [frame] if planes is None else list(planes(frame))
         del frame
-        if group.coverage is None:
-            group.coverage = np.zeros(output_shape, dtype=np.uint16)
-        group.coverage += np.isfinite(warped)
+        if output_shape is None:
+            output_shape = (int(cube[0].shape[0]), int(cube[0].shape[1]))
+            group.frames = [[] for _ in cube]
+        offsets = []
+        for k, plane in enumerate(cube):
+            # sky level measured before resampling: interpolation smooths the noise and shifts
+            # the median of a star field by ~0.01 sigma, which would bias the offsets
+            level = _sky_level(plane) if match_background else math.nan
+            warped = warp(plane, t, output_shape=output_shape, order=order)
+            if k == 0:  # a missing pixel is missing in every plane (`ccdwatch.colour.demosaic`)
+                if group.coverage is None:
+                    group.coverage = np.zeros(output_shape, dtype=np.uint16)
+                group.coverage += np.isfinite(warped)
+            if match_background:
+                if i == reference:
+                    ref_sky.append(level)
+                offsets.append(_remove_sky_offset(warped, level, ref_sky[k]))
+            group.frames[k].append(scratch.keep(warped))
+            del warped
+        del cube
         if match_background:
-            if i == reference:
-                ref_sky = level
-            group.offsets[i] = _remove_sky_offset(warped, level, ref_sky)
-        group.frames.append(scratch.keep(warped))
-        del warped
+            group.offsets[i] = offsets[0] if planes is None else tuple(offsets)
         group.transforms[i] = t
     return group
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from ccdwatch.headers.cards import _Cards
+from ccdwatch.headers.cfa import header_pattern
 from ccdwatch.headers.classify import ClassificationRule, ImageType, _base_name, _identify
 from ccdwatch.headers.dates import _date_obs
 from ccdwatch.headers.keywords import (
@@ -73,6 +74,9 @@ class FrameInfo:
     """A rule says ccdwatch must not use this frame (``imagetyp = "ignore"``)."""
     rule: int | None = None
     """1-based index of the classification rule that set the type."""
+    bayer_pattern: str | None = None
+    """CFA pattern of the array as stored (``data[0, 0]`` has colour ``bayer_pattern[0]``), e.g.
+    ``"RGGB"``; None for a monochrome frame. See :mod:`ccdwatch.headers.cfa`."""
 
 
 def _checked_exposure(cards: _Cards, imagetyp: ImageType, exptime: float | None) -> float | None:
@@ -93,6 +97,8 @@ def normalise(
     timezone: str = "auto",
     night_start_hour: float = 12.0,
     pixels: PixelEvidence | None = None,
+    bayer_pattern: str = "auto",
+    bayer_instruments: Mapping[str, str] | None = None,
 ) -> FrameInfo:
     """Turn an untrusted raw FITS header into a :class:`FrameInfo`.
 
@@ -112,6 +118,11 @@ def normalise(
         Local hour at which the night label changes (default 12).
     pixels : PixelEvidence, optional
         Statistics of the frame's pixels, which decide where the header and the path disagree.
+    bayer_pattern : str, optional
+        ``"auto"`` (the header's BAYERPAT/COLORTYP), ``"none"`` (monochrome) or a pattern that
+        replaces the header's; see :func:`ccdwatch.headers.cfa.header_pattern`.
+    bayer_instruments : mapping, optional
+        The same per camera: lower-case INSTRUME -> value; it wins over ``bayer_pattern``.
 
     Returns
     -------
@@ -140,6 +151,9 @@ def normalise(
     naxis1, naxis2 = _shape(cards)
     temperature = _range(-273.15, 100.0)
     ra_deg, dec_deg = _coordinates(cards)
+    instrument = cards.first_text(_INSTRUMENT_KEYS)
+    override = (bayer_instruments or {}).get((instrument or "").lower(), bayer_pattern)
+    cfa = header_pattern(cards, naxis2=naxis2, override=override)
 
     info = FrameInfo(
         imagetyp=imagetyp,
@@ -159,7 +173,7 @@ def normalise(
         egain=cards.number(_EGAIN_KEYS, "e-/ADU", check=_range(0.0, 1e6, lo_open=True)),
         offset=cards.number(_OFFSET_KEYS, "offset", check=_range(-1e9, 1e9)),
         readout_mode=cards.first_text(_READOUT_KEYS),
-        instrument=cards.first_text(_INSTRUMENT_KEYS),
+        instrument=instrument,
         telescope=cards.first_text(_TELESCOPE_KEYS),
         ra_deg=ra_deg,
         dec_deg=dec_deg,
@@ -169,6 +183,7 @@ def normalise(
         classified_by=ident.by,
         ignored=ident.ignored,
         rule=ident.rule,
+        bayer_pattern=cfa,
     )
     if info.warnings:
         logger.debug("%s: %s", base, "; ".join(info.warnings))
@@ -183,13 +198,17 @@ def camera_key(info: FrameInfo) -> str:
     """A stable, readable key of the camera set-up a frame was taken with.
 
     Frames can share calibration masters only when their keys are equal: instrument, binning,
-    image shape, and gain setting / offset / readout mode when the header gives them. Filter,
-    exposure, temperature and date are not part of it.
+    image shape, and gain setting / offset / readout mode when the header gives them, and the
+    Bayer pattern of a colour frame (a mosaic master must have the light's pattern: the same
+    sensor read from an odd subframe origin or in the other row order is another set-up, and a
+    monochrome master must not calibrate a mosaic). Filter, exposure, temperature and date are
+    not part of it; a monochrome frame's key is what it always was.
 
     Returns
     -------
     str
-        e.g. ``"QSI 532|bin2x2|1092x736"`` or ``"ZWO ASI294MM|bin1x1|4144x2822|gain=120|offset=30"``.
+        e.g. ``"QSI 532|bin2x2|1092x736"``, ``"ZWO ASI294MM|bin1x1|4144x2822|gain=120|offset=30"`` or
+        ``"ZWO ASI294MC|bin1x1|4144x2822|gain=120|offset=30|cfa=RGGB"``.
     """
 
     def part(text: str | None, missing: str) -> str:
@@ -203,4 +222,6 @@ def camera_key(info: FrameInfo) -> str:
         pieces.append(f"offset={_number_text(info.offset)}")
     if info.readout_mode is not None:
         pieces.append(f"mode={part(info.readout_mode, '')}")
+    if info.bayer_pattern is not None:
+        pieces.append(f"cfa={info.bayer_pattern}")
     return "|".join(pieces)

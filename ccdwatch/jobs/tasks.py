@@ -8,10 +8,11 @@ write. A file that crashes or hangs the parser can therefore kill a worker but n
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ccdwatch import calib, evidence, faults, qa, stack
+from ccdwatch import calib, colour, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
     RejectedFile,
     read_product,
@@ -53,6 +54,9 @@ class IngestSpec:
     """The path below the incoming directory: its folder and file names are type evidence."""
     unwritten_grace: float = 0.0  # s: see read_raw
     now: float | None = None  # s since the epoch, the daemon's clock when the job was planned
+    bayer_pattern: str = "auto"
+    bayer_instruments: tuple[tuple[str, str], ...] = ()
+    """Configured Bayer overrides (``colour.bayer_pattern``, ``colour.instruments``)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,8 @@ def ingest(spec: IngestSpec) -> IngestResult:
                    unwritten_grace=spec.unwritten_grace, now=spec.now)
     pixels = evidence.measure(raw.data) if raw.data is not None else None
     info = normalise(raw.header, filename=spec.relpath or Path(spec.path).name, rules=spec.rules,
-                     timezone=spec.timezone, night_start_hour=spec.night_start_hour, pixels=pixels)
+                     timezone=spec.timezone, night_start_hour=spec.night_start_hour, pixels=pixels,
+                     bayer_pattern=spec.bayer_pattern, bayer_instruments=dict(spec.bayer_instruments))
     return IngestResult(raw.sha256, raw.size, raw.mtime_ns, raw.inode, raw.hdu_index, info,
                         header_to_jsonable(raw.header), pixels.to_json() if pixels is not None else None)
 
@@ -158,6 +163,7 @@ class MasterSpec:
     preview_title: str
     min_free_bytes: int = 0
     threads: int = 1  # threads for the combination (cores the pool would otherwise leave idle)
+    bayer_pattern: str | None = None  # a colour mosaic's pattern: flats normalised colour by colour
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,8 @@ def build_master(spec: MasterSpec) -> MasterResult:
         data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale or 1.0)
         del raw
         scale = 1.0
+        if spec.kind == "flat" and spec.bayer_pattern:  # each colour to median 1: twilight changes colour
+            return scratch.keep(colour.normalise_flat(data, spec.bayer_pattern)), scale
         if spec.kind == "flat":
             # the median of a regular subsample (<= 1 M pixels) is the scale to ~1e-4
             med = calib.robust_median(data)
@@ -200,21 +208,25 @@ def build_master(spec: MasterSpec) -> MasterResult:
         else:
             prepared = [first, *map(prepare, rest)]
         arrays = [a for a, _ in prepared]
-        scales = [k for _, k in prepared] if spec.kind == "flat" else []
+        scales = [k for _, k in prepared] if spec.kind == "flat" and not spec.bayer_pattern else []
         del prepared, first
         combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
                                             memory_budget=spec.memory_budget, threads=spec.threads))
         del arrays
     if spec.kind == "flat":
-        combined = calib.normalise_flat(combined)
+        combined = colour.normalise_flat(combined, spec.bayer_pattern)
     return _write_master(spec, combined)
 
 
 def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
     """The master's FITS file (image, INPUTS table, hot-pixel map of a dark) and preview."""
     hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
-    level, noise = calib.robust_stats(combined)
+    pattern = spec.bayer_pattern
+    level, noise = colour.mosaic_stats(combined, pattern) if pattern else calib.robust_stats(combined)
     header = to_fits_header(spec.header)
+    for ch, (med, sig) in (colour.channel_stats(combined, pattern) if pattern else {}).items():
+        header[f"LEVEL_{ch}"] = (med, f"median of the {ch} pixels")
+        header[f"NOISE_{ch}"] = (sig, f"robust sigma of the {ch} pixels")
     if hot is not None:
         header["HOTPIX"] = (int(hot.sum()), "hot pixels in the HOTPIX extension")
     table = fits.BinTableHDU.from_columns(
@@ -227,17 +239,17 @@ def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     preview = None
     if spec.preview_path:
-        preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title)
+        preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern)
     return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview)
 
 
-def _safe_preview(kind: str, data: np.ndarray, path: str, title: str) -> str | None:
+def _safe_preview(kind: str, data: np.ndarray, path: str, title: str, pattern: str | None = None) -> str | None:
     from ccdwatch import previews
 
     try:
         if kind == "master":
-            return str(previews.master_preview(data, path, title=title))
-        return str(previews.image_preview(data, path, title=title))
+            return str(previews.master_preview(data, path, title=title, pattern=pattern))
+        return str(previews.image_preview(data, path, title=title, pattern=pattern))
     except Exception:  # a preview must never cost a product
         logger.exception("preview %s failed", path)
         return None
@@ -261,6 +273,8 @@ class CalibrateSpec:
     allow_compressed: bool
     preview_path: str | None = None
     min_free_bytes: int = 0
+    bayer_pattern: str | None = None  # a colour mosaic: calibrated as such, measured on its luminance
+    demosaic: str = "malvar"
 
 
 @dataclass(frozen=True)
@@ -294,7 +308,11 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     saturation = saturation_level(raw, spec.saturation)
     saturated = raw >= saturation
     mask = saturated | hot if hot is not None else saturated
-    quality, sources = qa.measure(data, saturation=None, detect_sigma=spec.detect_sigma, mask=mask)
+    if spec.bayer_pattern:
+        quality, sources = colour.measure(data, spec.bayer_pattern, mask=mask, detect_sigma=spec.detect_sigma,
+                                          method=spec.demosaic)
+    else:
+        quality, sources = qa.measure(data, saturation=None, detect_sigma=spec.detect_sigma, mask=mask)
     header = to_fits_header(spec.header)
     header["SATLEVEL"] = (float(saturation), "raw saturation level used, ADU")
     table = fits.BinTableHDU.from_columns(
@@ -305,7 +323,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     if spec.preview_path:
-        _safe_preview("light", data, spec.preview_path, f"calibrated frame {spec.frame_id}")
+        _safe_preview("light", data, spec.preview_path, f"calibrated frame {spec.frame_id}", spec.bayer_pattern)
     return CalibrateResult(spec.frame_id, sha, quality, float(saturation), float(saturated.mean()))
 
 
@@ -326,6 +344,8 @@ class StackSpec:
     preview_title: str
     min_free_bytes: int = 0
     threads: int = 1  # threads for the combination (cores the pool would otherwise leave idle)
+    bayer_pattern: str | None = None  # colour mosaics: demosaiced, stacked plane by plane into R, G, B
+    demosaic: str = "malvar"
 
 
 @dataclass(frozen=True)
@@ -363,7 +383,8 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
         result = stack.align_and_stack(list(spec.products), load,
                                        sources, spec.reference, masks=masks, method=spec.method, sigma=spec.sigma,
-                                       memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads)
+                                       memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads,
+                                       planes=_demosaicer(spec.bayer_pattern, spec.demosaic))
     header = to_fits_header(spec.header)
     header["REFID"] = (result.reference, "frame id of the alignment reference")
     reasons = dict(spec.rejected)
@@ -397,3 +418,10 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     preview = _safe_preview("stack", result.image, spec.preview_path, spec.preview_title) if spec.preview_path else None
     return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},
                           dict(result.failed), preview)
+
+
+def _demosaicer(pattern: str | None, method: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A stack's ``planes``: the calibrated mosaics into R, G, B (None: monochrome frames)."""
+    if not pattern:
+        return None
+    return functools.partial(colour.demosaic, pattern=pattern, method=method)

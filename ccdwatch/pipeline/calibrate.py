@@ -23,6 +23,7 @@ from ccdwatch.catalog.queries import (
     next_calibrated_version,
     waiting_light_ids,
 )
+from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.jobs import tasks
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline.context import Context
@@ -131,6 +132,8 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         DARKSCL=sel.dark_scale if sel.dark else None,
         FLATID=sel.flat.id if sel.flat else None, FLATSHA=sel.flat.sha256 if sel.flat else None,
         PARTIAL=partial, CALVER=version,
+        BAYERPAT=bayerpat_card(frame.bayer_pattern, frame.header or {}, naxis2=frame.naxis2)
+        if frame.bayer_pattern else None,
     )
     spec = tasks.CalibrateSpec(
         frame_id=frame.id, raw_paths=raw_paths(frame), raw_sha256=content_hash(frame),
@@ -139,7 +142,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         header=header, saturation=saturation(ctx, frame), detect_sigma=ctx.cfg.stack.detect_sigma,
         max_data_bytes=ctx.max_data_bytes, allow_compressed=ctx.cfg.ingest.allow_compressed,
         preview_path=str(preview_path(out)) if ctx.cfg.report.light_previews else None,
-        min_free_bytes=ctx.min_free,
+        min_free_bytes=ctx.min_free, bayer_pattern=frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,

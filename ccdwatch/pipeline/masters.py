@@ -154,7 +154,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False)
             allow_compressed=ctx.cfg.ingest.allow_compressed,
             preview_path=str(preview_path(out)) if ctx.cfg.report.previews else None,
             preview_title=f"master {kind} - night {night} - v{version} - {len(frames)} frames",
-            min_free_bytes=ctx.min_free,
+            min_free_bytes=ctx.min_free, bayer_pattern=sample.bayer_pattern,
         )
         return MasterPlan(
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
@@ -181,6 +181,9 @@ def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: 
         DARKSCL=dark_scale,
         DATE_BEG=min(dates).isoformat() if dates else None, DATE_END=max(dates).isoformat() if dates else None,
         CALIBKEY=short_hash(str(key), 16),
+        # a mosaic master: its pattern as stored (the key holds it too: only frames of this pattern)
+        BAYERPAT=sample.bayer_pattern, XBAYROFF=0 if sample.bayer_pattern else None,
+        YBAYROFF=0 if sample.bayer_pattern else None, ROWORDER="TOP-DOWN" if sample.bayer_pattern else None,
     )
 
 

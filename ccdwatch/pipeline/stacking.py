@@ -158,7 +158,7 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
             preview_path=str(preview_path(out)) if ctx.cfg.report.previews else None,
             preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
                            f" - night {night}"),
-            min_free_bytes=ctx.min_free,
+            min_free_bytes=ctx.min_free, bayer_pattern=ref_frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
         )
         member_info = {f.id: (products[f.id].id, products[f.id].sha256, f.exptime or 0.0) for f in frames}
         return StackPlan(group=group, spec=spec, rejected=tuple(rejected.items()), member_info=member_info,

@@ -208,9 +208,9 @@ def _group_panel(data: NightData, g: Group, img_dir: Path, *, max_data_bytes: in
             panels.append((f"stack of {g.stack.n_used}", read_product(g.stack.path)[1]))
         except (OSError, ValueError) as exc:
             logger.warning("report: cannot read stack %s: %s", g.stack.path, exc)
-    shapes = {p[1].shape for p in panels}
+    shapes = {p[1].shape[-2:] for p in panels}  # a colour stack (3, ny, nx) beside its mosaics
     if len(shapes) > 1:  # e.g. a binned stack: show what matches the first panel
-        panels = [p for p in panels if p[1].shape == panels[0][1].shape]
+        panels = [p for p in panels if p[1].shape[-2:] == panels[0][1].shape[-2:]]
     if not panels:
         return None, "the raw and calibrated files are no longer readable"
     previews.side_by_side(panels, dest, title=mpl_text(group_label(g)))

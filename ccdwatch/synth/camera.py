@@ -24,6 +24,7 @@ __all__ = [
     "KINDS",
     "Camera",
     "bias_pattern",
+    "cfa_channels",
     "dark_rate",
     "expose",
     "flat_response",
@@ -63,6 +64,11 @@ class Camera:
         Largest value the ADC can output, ADU.
     instrument : str
         INSTRUME header value.
+    bayer_pattern : str or None
+        A one-shot-colour sensor's colour filter array, as stored (``data[0, 0]`` has colour
+        ``bayer_pattern[0]``); None: monochrome.
+    channel_response : (float, float, float)
+        Relative response of the R, G and B pixels (filter transmission x quantum efficiency).
     seed : int
         Seed of the fixed pattern (bias structure, dark map, flat response, hot pixels): the same
         for every frame taken with this camera.
@@ -79,6 +85,8 @@ class Camera:
     saturation: float = 65535.0
     instrument: str = "SynthCam 1"
     seed: int = 1234
+    bayer_pattern: str | None = None
+    channel_response: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def _pattern_rng(camera: Camera, stream: int) -> np.random.Generator:
@@ -159,6 +167,38 @@ def flat_response(camera: Camera) -> np.ndarray:
 
 
 
+def cfa_channels(camera: Camera) -> np.ndarray | None:
+    """Index (0 R, 1 G, 2 B) of every pixel's colour filter; None for a monochrome camera."""
+    if camera.bayer_pattern is None:
+        return None
+    ny, nx = camera.shape
+    cell = np.array([["RGB".index(c) for c in camera.bayer_pattern[:2]],
+                     ["RGB".index(c) for c in camera.bayer_pattern[2:]]])
+    return cell[np.arange(ny)[:, None] % 2, np.arange(nx)[None, :] % 2]
+
+
+def _light(camera: Camera, stars: Stars | None, *, level: float, colour: tuple[float, float, float],
+           fwhm: float, exptime: float) -> np.ndarray:
+    """Light reaching each pixel (ADU at unit response): uniform ``level`` plus the stars; for a
+    colour camera, each pixel sees its own colour of them (``colour`` of the uniform light, the
+    stars' ``colour``) times its colour's response."""
+    channels = cfa_channels(camera)
+    if channels is None:
+        light = np.full(camera.shape, level, dtype=float)
+        if stars is not None and len(stars):
+            light += render_stars(camera.shape, stars, fwhm=fwhm, exptime=exptime)
+        return light
+    light = np.zeros(camera.shape, dtype=float)
+    for c in range(3):
+        plane = np.full(camera.shape, level * colour[c], dtype=float)
+        if stars is not None and len(stars):
+            ratio = stars.colour[:, c] if stars.colour is not None else 1.0
+            tinted = Stars(stars.x, stars.y, np.asarray(stars.flux) * ratio, shape=stars.shape)
+            plane += render_stars(camera.shape, tinted, fwhm=fwhm, exptime=exptime)
+        light = np.where(channels == c, plane * camera.channel_response[c], light)
+    return light
+
+
 def _add_cosmic_rays(image: np.ndarray, n: int, rng: np.random.Generator) -> None:
     """Add ``n`` short cosmic-ray tracks (1-4 pixels, 500-5000 ADU each pixel) in place."""
     ny, nx = image.shape
@@ -195,6 +235,7 @@ def expose(
     flat_level: float | None = None,
     cosmic_rays: int = 0,
     satellite: bool = False,
+    colour: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
     """Simulate one exposure, returned in ADU before quantisation.
 
@@ -220,6 +261,9 @@ def expose(
         Number of cosmic-ray hits to add.
     satellite : bool
         Add a satellite trail across the frame.
+    colour : (float, float, float)
+        Colour camera: the sky's (or the flat lamp's) brightness in R, G, B relative to ``sky``
+        (``flat_level``). Stars take their colours from ``stars.colour``.
 
     Returns
     -------
@@ -238,9 +282,8 @@ def expose(
 
     expected = dark_rate(camera) * exptime  # ADU, before the response
     if illuminated:
-        light = np.full(camera.shape, sky * exptime + (flat_level or 0.0), dtype=float)
-        if stars is not None and len(stars):
-            light += render_stars(camera.shape, stars, fwhm=fwhm, exptime=exptime)
+        light = _light(camera, stars, level=sky * exptime + (flat_level or 0.0), colour=colour, fwhm=fwhm,
+                       exptime=exptime)
         expected += flat_response(camera) * light
     electrons = rng.poisson(np.clip(expected, 0.0, None) * camera.gain)
     image = electrons / camera.gain + bias_pattern(camera)

@@ -48,7 +48,8 @@ def frame_header(
     ``"ekos"`` (KStars/Ekos, INDI)
         FRAME 'Bias'/'Dark'/'Flat'/'Light' (no IMAGETYP), EXPTIME only.
 
-    All styles carry INSTRUME, DATE-OBS (ISO 8601 UTC, milliseconds, no zone suffix),
+    A colour camera adds BAYERPAT (and, but for Ekos, XBAYROFF/YBAYROFF = 0 and ROWORDER
+    'TOP-DOWN'). All styles carry INSTRUME, DATE-OBS (ISO 8601 UTC, milliseconds, no zone suffix),
     FILTER (when given) and OBJECT (when given). ``date_obs`` naive is taken as UTC.
     Extra keyword arguments are added as further cards (upper-cased names).
 
@@ -95,6 +96,12 @@ def frame_header(
         header["SWCREATE"] = "MaxIm DL Version 6.50"
     else:
         header["PROGRAM"] = "KStars"
+    if camera.bayer_pattern is not None:  # the stored array's pattern, its rows read top-down
+        header["BAYERPAT"] = camera.bayer_pattern
+        if style != "ekos":
+            header["XBAYROFF"] = 0
+            header["YBAYROFF"] = 0
+            header["ROWORDER"] = "TOP-DOWN"
     if filter is not None:
         header["FILTER"] = filter
     if object is not None:

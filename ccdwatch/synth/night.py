@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,9 @@ class NightTruth:
         DATE-OBS (aware UTC datetimes) by kind, parallel to ``files``.
     style : str
         Header style used.
+    sky_colour, lamp_colour : (float, float, float)
+        Colour camera: the sky's and the flat lamp's brightness in R, G, B relative to ``sky`` and
+        the flat level (the stars' colours are ``stars.colour``).
     """
 
     camera: Camera
@@ -64,6 +68,8 @@ class NightTruth:
     exptimes: dict[str, float] = field(default_factory=dict)
     dates: dict[str, list[datetime]] = field(default_factory=dict)
     style: str = "maxim"
+    sky_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    lamp_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def light_stars(self, index: int) -> Stars:
         """True star positions on light ``index``."""
@@ -142,7 +148,7 @@ def _shoot_lights(session: _NightSession, stars: Stars, clock: datetime, *, orde
         counters[filt] += 1
         session.shoot("light", f"{safe_object}_{filt}_{counters[filt]:03d}", exptime, clock, filter=filt,
                       sky=sky, stars=transform_stars(stars, dx=dx, dy=dy, rotation_deg=rot), fwhm=fwhm,
-                      cosmic_rays=cosmic_rays)
+                      cosmic_rays=cosmic_rays, colour=truth.sky_colour)
         truth.shifts.append((dx, dy, rot))
         truth.light_filters.append(filt)
         clock += timedelta(seconds=exptime + overhead)
@@ -155,7 +161,7 @@ def _shoot_dawn(session: _NightSession, clock: datetime, *, filters: tuple[str, 
     for filt in filters:
         for i in range(n_flat):
             session.shoot("flat", f"flat_{filt}_{i + 1:03d}", flat_exptime, clock, filter=filt,
-                          flat_level=flat_level)
+                          flat_level=flat_level, colour=session.truth.lamp_colour)
             session.truth.flat_filters.append(filt)
             clock += timedelta(seconds=flat_exptime + overhead)
     return clock
@@ -188,6 +194,9 @@ def make_night(
     cosmic_rays: int = 0,
     overhead: float = 5.0,
     extension: str = ".fits",
+    sky_colour: tuple[float, float, float] = (0.8, 1.0, 0.7),
+    lamp_colour: tuple[float, float, float] = (0.6, 1.0, 0.4),
+    star_colours: tuple[float, float] = (0.4, 1.6),
 ) -> NightTruth:
     """Write a realistic synthetic night of uint16 FITS frames into ``directory``.
 
@@ -202,6 +211,11 @@ def make_night(
     Files are named ``bias_001.fits``, ``dark_300s_001.fits``, ``{object}_{filter}_001.fits``,
     ``flat_{filter}_001.fits``. The same arguments always give byte-identical files.
 
+    A colour camera (``camera.bayer_pattern``) sees the sky in ``sky_colour`` and the flat lamp in
+    ``lamp_colour`` (R, G, B relative to G); each star's R and B fluxes are its G flux times a
+    factor uniform in ``star_colours`` (drawn after the star field, so a monochrome night's
+    frames do not change).
+
     Returns
     -------
     NightTruth
@@ -210,6 +224,10 @@ def make_night(
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     stars = star_field(camera.shape, n_stars, rng=rng, flux_range=flux_range)
+    if camera.bayer_pattern is not None:
+        tint = rng.uniform(*star_colours, size=(len(stars), 3))
+        tint[:, 1] = 1.0
+        stars = dataclasses.replace(stars, colour=tint)
     truth = NightTruth(
         camera=camera,
         files={k: [] for k in KINDS},
@@ -220,6 +238,8 @@ def make_night(
         exptimes={"bias": 0.0, "dark": dark_exptime, "flat": flat_exptime, "light": light_exptime},
         dates={k: [] for k in KINDS},
         style=style,
+        sky_colour=sky_colour,
+        lamp_colour=lamp_colour,
     )
     session = _NightSession(directory, camera, rng, object, style, extension, truth)
     start = start if start.tzinfo is not None else start.replace(tzinfo=UTC)

@@ -30,12 +30,16 @@ class Stars:
     shape : (ny, nx) or None
         Shape of the image the coordinates refer to, when known (used as the default rotation
         centre by :func:`transform_stars`).
+    colour : numpy.ndarray or None
+        (n, 3): each star's flux in R, G, B relative to ``flux`` (a colour camera's truth); None:
+        1 in every colour.
     """
 
     x: np.ndarray
     y: np.ndarray
     flux: np.ndarray
     shape: tuple[int, int] | None = field(default=None, compare=False)
+    colour: np.ndarray | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -101,6 +105,7 @@ def transform_stars(
         y=cy + s * x + c * y + dy,
         flux=np.array(stars.flux, dtype=float, copy=True),
         shape=stars.shape,
+        colour=stars.colour,
     )
 
 
