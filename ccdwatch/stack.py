@@ -174,14 +174,8 @@ def align_and_stack(
         logger.info("stacking %d of %d frames onto %s (%s)", len(group.frames[0]), len(ids), reference, method)
         images, counts = [], []
         for frames in group.frames:
-            image, used = calib.combine(
-                frames,
-                method=method,
-                sigma=sigma,
-                memory_budget=memory_budget,
-                return_count=True,
-                threads=threads,
-            )
+            image, used = calib.combine(frames, method=method, sigma=sigma, memory_budget=memory_budget,
+                                        return_count=True, threads=threads)
             # own copies, independent of the memory maps that are about to be deleted
             images.append(np.array(image, dtype=np.float32, copy=True))
             counts.append(np.array(used, dtype=np.uint16, copy=True))
