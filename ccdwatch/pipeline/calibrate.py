@@ -26,9 +26,9 @@ from ccdwatch.catalog.queries import (
 from ccdwatch.jobs import tasks
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline.context import Context
-from ccdwatch.pipeline.lifecycle import content_hash, raw_paths
+from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
 from ccdwatch.pipeline.selection import Masters
-from ccdwatch.products import calibrated_path, preview_path, product_header
+from ccdwatch.products import calibrated_path, master_cards, preview_path, product_header
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +122,13 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
     if current is not None and not cal.recalibrate_on_better_master:
         return None
     version = next_calibrated_version(s, frame.id)
+    name = raw_name(frame)
     out = calibrated_path(ctx.products, night=frame.night, target=frame.object, filter=frame.filter,
-                          frame_id=frame.id, stem=Path(frame.path).stem, version=version)
-    header = product_header(
-        frame.header, BUNIT="adu", RAWID=frame.id, RAWSHA=frame.sha256,
-        BIASID=sel.bias.id if sel.bias else None, BIASSHA=sel.bias.sha256 if sel.bias else None,
-        DARKID=sel.dark.id if sel.dark else None, DARKSHA=sel.dark.sha256 if sel.dark else None,
-        DARKSCL=sel.dark_scale if sel.dark else None,
-        FLATID=sel.flat.id if sel.flat else None, FLATSHA=sel.flat.sha256 if sel.flat else None,
+                          stem=Path(name).stem, raw_sha256=content_hash(frame), version=version)
+    header = product_header(  # content, never catalogue ids: the same bytes in any processing order
+        frame.header, BUNIT="adu", RAWFILE=name, RAWSHA=frame.sha256,
+        **master_cards("BIAS", sel.bias), **master_cards("DARK", sel.dark),
+        DARKSCL=sel.dark_scale if sel.dark else None, **master_cards("FLAT", sel.flat),
         PARTIAL=partial, CALVER=version,
     )
     spec = tasks.CalibrateSpec(
