@@ -56,10 +56,10 @@ refresh = false
     return proc.returncode
 
 
-def signature(root: Path) -> dict:
+def signature(root: Path, db: Path | None = None) -> dict:
     """What a run leaves behind, independent of where its products root is."""
     products = root / "products"
-    con = sqlite3.connect(root / "ccdwatch.db")
+    con = sqlite3.connect(db or root / "ccdwatch.db")
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = {}
