@@ -1,9 +1,11 @@
 """Where products live under the products root, and the provenance cards they carry.
 
-Every name is built from catalogue ids and sanitised header values only
-(:func:`ccdwatch.fitsio.safe_product_path`), so a hostile OBJECT or FILTER can never place a
-file outside the products root. Names are deterministic: reprocessing a night gives the same
-paths and, since no wall-clock time goes into a header, the same bytes.
+Every name is built from content (sha256), calibration keys, versions and sanitised header
+values only (:func:`ccdwatch.fitsio.safe_product_path`), so a hostile OBJECT or FILTER can never
+place a file outside the products root. No catalogue id goes into a name, a header card or a
+table: ids depend on the order in which files were processed, content does not. Reprocessing a
+night, in any order, gives the same paths and, since no wall-clock time goes into a header
+either, the same bytes.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from astropy.io import fits
 
 from ccdwatch import __version__
-from ccdwatch.fitsio import safe_product_path
+from ccdwatch.fitsio import safe_component, safe_product_path
 
 #: Raw header keywords that describe the raw file's layout and must not be copied to products.
 STRUCTURAL = {
@@ -26,8 +28,40 @@ STRUCTURAL = {
 }
 
 
+#: Longest frame stem kept in a calibrated product's name (characters); longer ones are cut in
+#: the middle, so that both the start (target, filter) and the end (the frame number) remain.
+STEM_MAX = 40
+#: What replaces the middle of a stem that was cut.
+CUT_MARK = "--"
+
+
 def short_hash(text: str, n: int = 8) -> str:
+    """The first ``n`` hex digits of the sha256 of ``text``."""
     return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def short_sha(sha256: str, n: int = 8) -> str:
+    """The short form of a content hash (its first ``n`` hex digits), as names and cards show it."""
+    return sha256[:n]
+
+
+def cut_middle(stem: str, max_len: int = STEM_MAX) -> str:
+    """A file stem made safe (:func:`~ccdwatch.fitsio.safe_component`) and at most ``max_len``
+    characters, cut in the middle (``M51_long_session_name--_V_0042``): the frame number at the
+    end of a camera program's name survives."""
+    safe = safe_component(stem, max_len=10_000, default="frame")
+    if len(safe) <= max_len:
+        return safe
+    room = max_len - len(CUT_MARK)
+    head, tail = safe[: (room + 1) // 2], safe[len(safe) - room // 2:]
+    return f"{head}{CUT_MARK}{tail}"
+
+
+def master_ref(night: str, calib_key: str, version: int) -> str:
+    """A master's identity in other products' headers: night, calibration key (short hash, as in
+    the master's file name) and version, e.g. ``2024-01-01/3f2a1b9c/v2`` (its sha256 goes
+    beside it)."""
+    return f"{night}/{short_hash(calib_key)}/v{version}"
 
 
 def exposure_label(exptime: float | None) -> str:
@@ -47,9 +81,29 @@ def master_path(root: Path, *, kind: str, night: str, calib_key: str, instrument
     return safe_product_path(root, "masters", night, kind, name)
 
 
+class MasterLike(Protocol):
+    """What a product's header says of a master it was made with (a catalogue ``Master``)."""
+
+    night: str
+    calib_key: str
+    version: int
+    sha256: str
+
+
+def master_cards(prefix: str, master: MasterLike | None) -> dict[str, str | None]:
+    """``<prefix>REF`` (:func:`master_ref`) and ``<prefix>SHA`` of the master used, or None
+    values (left out of the header) when none was."""
+    if master is None:
+        return {f"{prefix}REF": None, f"{prefix}SHA": None}
+    return {f"{prefix}REF": master_ref(master.night, master.calib_key, master.version),
+            f"{prefix}SHA": master.sha256}
+
+
 def calibrated_path(root: Path, *, night: str | None, target: str | None, filter: str | None,
-                    frame_id: int, stem: str, version: int) -> Path:
-    name = f"{frame_id:06d}_{stem[:40]}_v{version}.fits"
+                    stem: str, raw_sha256: str, version: int) -> Path:
+    """``calibrated/<night>/<target>/<filter>/<stem>_<raw sha256, 8 hex>_v<version>.fits``: the
+    raw file's stem (cut in the middle when long) for people, its content hash for uniqueness."""
+    name = f"{cut_middle(stem)}_{short_sha(raw_sha256)}_v{version}.fits"
     return safe_product_path(root, "calibrated", night or "nonight", target or "notarget",
                              filter or "nofilter", name)
 

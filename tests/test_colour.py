@@ -238,8 +238,8 @@ def test_colour_night_stacks_into_true_colours_and_positions(colour_night):
     path, = db.execute("select path from stacks where current = 1").fetchone()
     with fits.open(path) as hdus:
         assert hdus[0].header["NAXIS"] == 3 and hdus[0].header["NAXIS3"] == 3
-        rgb, ref = hdus[0].data.astype(float), hdus[0].header["REFID"]
-    ref_path, = db.execute("select path from frames where id = ?", (ref,)).fetchone()
+        rgb, ref = hdus[0].data.astype(float), hdus[0].header["REFSHA"]  # products name frames by content
+    ref_path, = db.execute("select path from frames where sha256 = ?", (ref,)).fetchone()
     stars = truth.light_stars([str(p) for p in truth.files["light"]].index(ref_path))
     response = np.array(NIGHT_CAMERA.channel_response)
     yy, xx = np.mgrid[0:rgb.shape[1], 0:rgb.shape[2]]

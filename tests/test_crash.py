@@ -1,13 +1,16 @@
 """Crash safety: SIGKILL the daemon at each step, restart, and converge to a crash-free run.
 
 Jobs run inside the daemon here (``workers.processes = 0``) so that a fault in a job kills the
-daemon itself, mid-write, as a power cut would.
+daemon itself, mid-write, as a power cut would. Convergence is byte for byte, product names
+included, and does not depend on the order the files were processed in (catalogue ids do, so
+no id may reach a product).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -55,10 +58,10 @@ refresh = false
     return proc.returncode
 
 
-def signature(root: Path) -> dict:
+def signature(root: Path, db: Path | None = None) -> dict:
     """What a run leaves behind, independent of where its products root is."""
     products = root / "products"
-    con = sqlite3.connect(root / "ccdwatch.db")
+    con = sqlite3.connect(db or root / "ccdwatch.db")
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = {}
@@ -76,8 +79,32 @@ def signature(root: Path) -> dict:
                    if p.is_file() and "reports" not in p.parts and p.name != "status.json")
     temps = [f for f in files if Path(f).name.startswith(".ccdwatch-tmp")]
     assert not temps, f"temp files left at final paths: {temps}"
-    rows["files"] = [f for f in files if not f.startswith(".work")]
+    # every file's bytes, previews included
+    rows["files"] = [(f, hashlib.sha256((products / f).read_bytes()).hexdigest())
+                     for f in files if not f.startswith(".work")]
     return rows
+
+
+def frame_ids(root: Path) -> dict[str, int]:
+    """sha256 -> catalogue id: what differs between runs that process files in other orders."""
+    con = sqlite3.connect(root / "ccdwatch.db")
+    try:
+        return dict(con.execute("SELECT sha256, id FROM frames").fetchall())
+    finally:
+        con.close()
+
+
+def shuffled_copy(staging: Path, dest: Path, seed: int) -> Path:
+    """The night's files under ``dest``, each in a folder whose name sets its place in the scan
+    order (a random one): the same files and file names, processed in another order."""
+    files = sorted(staging.glob("*.fits"))
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    for rank, path in zip(order, files, strict=True):
+        folder = dest / f"p{rank:03d}"
+        folder.mkdir(parents=True)
+        shutil.copy2(path, folder / path.name)
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -110,4 +137,31 @@ def test_reprocessing_gives_identical_products(staging, reference, tmp_path):
     shutil.rmtree(tmp_path / "products")
     (tmp_path / "ccdwatch.db").unlink()
     assert run_once(tmp_path, staging) == 0
+    assert signature(tmp_path) == reference
+
+
+@pytest.fixture(scope="module")
+def reference_ids(staging, tmp_path_factory) -> dict[str, int]:
+    root = tmp_path_factory.mktemp("reference-ids")
+    assert run_once(root, staging) == 0
+    return frame_ids(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_processing_order_changes_ids_not_products(seed, staging, reference, reference_ids, tmp_path):
+    """Files scanned in another order get other catalogue ids, and the very same products."""
+    incoming = shuffled_copy(staging, tmp_path / "incoming", seed)
+    assert run_once(tmp_path, incoming) == 0
+    ids = frame_ids(tmp_path)
+    assert ids.keys() == reference_ids.keys() and ids != reference_ids  # the order did change
+    assert signature(tmp_path) == reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, seed", [("master-written", 3), ("calibrated-written", 4), ("stack", 5)])
+def test_kill_in_another_order_converges_to_the_same_bytes(point, seed, staging, reference, tmp_path):
+    incoming = shuffled_copy(staging, tmp_path / "incoming", seed)
+    assert run_once(tmp_path, incoming, faults=f"{point}=kill") == -9
+    assert run_once(tmp_path, incoming) == 0
     assert signature(tmp_path) == reference

@@ -111,8 +111,62 @@ def test_one_stack_per_filter(night):
             members = hdul["MEMBERS"].data
             assert sorted(members["SHA256"]) == sorted(m.sha256 for m in st.members)
             assert all(members["USED"]) and np.all(np.isfinite(members["MATRIX"]))
-            ref = members["FRAME_ID"] == st.reference_frame_id
+            reference = s.get(Frame, st.reference_frame_id)
+            assert hdul[0].header["REFSHA"] == reference.sha256
+            assert hdul[0].header["REFFILE"] == Path(reference.path).name
+            ref = members["RAWSHA"] == reference.sha256
             assert np.allclose(members["MATRIX"][ref][0], np.eye(3).ravel())
+
+
+def test_products_are_named_and_labelled_by_content_not_ids(night):
+    """No catalogue id in a product's name, cards or tables (ids depend on processing order):
+    raw sha256 and file names for frames; night, key, version and sha256 for masters."""
+    cfg, truth, cat = night
+    id_cards = {"RAWID", "BIASID", "DARKID", "FLATID", "REFID"}
+    with cat.reader() as s:
+        for f in s.scalars(select(Frame).where(Frame.imagetyp == "light")):
+            c = s.scalar(select(Calibrated).where(Calibrated.frame_id == f.id, Calibrated.current))
+            assert Path(c.path).name == f"{Path(f.path).stem}_{f.sha256[:8]}_v1.fits"
+            header = fits.getheader(c.path)
+            assert not id_cards & set(header)
+            assert (header["RAWSHA"], header["RAWFILE"]) == (f.sha256, Path(f.path).name)
+            for kind, mid in (("BIAS", c.bias_id), ("DARK", c.dark_id), ("FLAT", c.flat_id)):
+                m = s.get(Master, mid)
+                assert header[f"{kind}SHA"] == m.sha256
+                night_, key, version = header[f"{kind}REF"].split("/")
+                assert (night_, version) == (m.night, f"v{m.version}") and key in Path(m.path).name
+        for m in s.scalars(select(Master)):
+            header = fits.getheader(m.path)
+            assert not id_cards & set(header)
+            inputs = fits.getdata(m.path, "INPUTS")
+            frames = {i.sha256: s.get(Frame, i.frame_id) for i in m.inputs}
+            assert "FRAME_ID" not in inputs.names
+            assert [Path(frames[h].path).name for h in inputs["SHA256"]] == list(inputs["FILE"])
+            order = [(frames[h].date_obs, h) for h in inputs["SHA256"]]
+            assert order == sorted(order)  # combined in time, then content order
+            if m.kind == "flat":
+                bias = s.get(Master, m.bias_id)
+                assert (header["BIASSHA"], header["BIASREF"]) == (bias.sha256, f"{bias.night}/"
+                                                                  f"{Path(bias.path).name.split('_')[-2]}/v1")
+        for st in s.scalars(select(Stack)):
+            members = fits.getdata(st.path, "MEMBERS")
+            assert "FRAME_ID" not in members.names
+            frames = {m.frame_id: s.get(Frame, m.frame_id) for m in st.members}
+            assert sorted(members["RAWSHA"]) == sorted(f.sha256 for f in frames.values())
+            assert sorted(members["FILE"]) == sorted(Path(f.path).name for f in frames.values())
+
+
+@pytest.mark.parametrize("stem, expected", [
+    ("M51_V_001", "M51_V_001"),
+    ("a" * 40, "a" * 40),
+    ("NGC1234_" + "x" * 40 + "_Light_0042", "NGC1234_xxxxxxxxxxx--xxxxxxxx_Light_0042"),
+    ("IC 434 / Horsehead: flat", "IC_434_Horsehead_flat"),
+])
+def test_long_stems_are_cut_in_the_middle_keeping_the_frame_number(stem, expected):
+    from ccdwatch.products import cut_middle
+
+    got = cut_middle(stem)
+    assert got == expected and len(got) <= 40
 
 
 def test_deferred_flats_then_recalibration_on_rebuilt_master(tmp_path):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from ccdwatch.models import (
@@ -170,6 +170,17 @@ def lights_waiting_for(s: Session, camera_key: str | None, flat_filter: str | No
 def waiting_light_ids(s: Session) -> list[int]:
     stmt = select(Frame.id).where(Frame.imagetyp == "light", Frame.state == FrameState.WAITING)
     return list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
+
+
+def waiting_signature(s: Session, timed_out_before: datetime | None = None) -> tuple[int, datetime | None, int]:
+    """What changes when any light starts, stops or is made to wait: (how many wait, the latest
+    ``updated_at`` among them, how many of them were catalogued before ``timed_out_before``).
+    One indexed aggregate, however many lights wait."""
+    stmt = select(func.count(), func.max(Frame.updated_at),
+                  func.sum(case((Frame.created_at <= timed_out_before, 1), else_=0))
+                  if timed_out_before is not None else literal(0))
+    n, latest, late = s.execute(stmt.where(Frame.imagetyp == "light", Frame.state == FrameState.WAITING)).one()
+    return int(n), latest, int(late or 0)
 
 
 def lights_served_by(s: Session, master: Master, span: timedelta) -> list[int]:

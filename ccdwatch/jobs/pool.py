@@ -164,9 +164,17 @@ class Workers:
 
     def _wait(self, fut: Future, timeout: float | None) -> None:
         """Wait for a job in short slices, calling ``heartbeat`` while it is within its limit:
-        the daemon stays 'healthy' for systemd's watchdog while a worker makes progress."""
+        the daemon stays 'healthy' for systemd's watchdog while a worker makes progress.
+
+        A stop request is looked at before every wait, not only when a slice runs out: a batch
+        of many short jobs (a catch-up's ingests, a night's calibrations) would otherwise hold a
+        SIGTERM until the whole batch is done."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self.should_stop is not None and self.should_stop():
+                logger.info("stopping: abandoning the jobs in progress (they will be redone at start-up)")
+                self._reset()
+                raise Stopping()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise FutureTimeout()
@@ -174,10 +182,6 @@ class Workers:
                 fut.result(timeout=1.0 if remaining is None else min(1.0, remaining))
                 return
             except FutureTimeout:
-                if self.should_stop is not None and self.should_stop():
-                    logger.info("stopping: abandoning the job in progress (it will be redone at start-up)")
-                    self._reset()
-                    raise Stopping() from None
                 if self.heartbeat is not None:
                     self.heartbeat()
 

@@ -12,9 +12,9 @@ import functools
 import logging
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ class MasterSpec:
     hot_pixel_sigma: float
     out_path: str
     header: dict[str, Any]
-    inputs_table: tuple[tuple[int, str], ...]
+    inputs_table: tuple[tuple[str, str], ...]  # (raw file name, raw sha256) per input, in combination order
     workdir: str
     max_data_bytes: int
     allow_compressed: bool
@@ -229,8 +229,9 @@ def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
         header[f"NOISE_{ch}"] = (sig, f"robust sigma of the {ch} pixels")
     if hot is not None:
         header["HOTPIX"] = (int(hot.sum()), "hot pixels in the HOTPIX extension")
-    table = fits.BinTableHDU.from_columns(
-        [fits.Column(name="FRAME_ID", format="K", array=np.array([i for i, _ in spec.inputs_table])),
+    table = fits.BinTableHDU.from_columns(  # content, not catalogue ids: the same bytes in any order
+        [fits.Column(name="FILE", format=f"{_width(n for n, _ in spec.inputs_table)}A",
+                     array=np.array([n for n, _ in spec.inputs_table])),
          fits.Column(name="SHA256", format="64A", array=np.array([h for _, h in spec.inputs_table]))],
         name="INPUTS")
     hdus = fits.HDUList([fits.PrimaryHDU(np.asarray(combined, dtype=np.float32), header=header), table])
@@ -241,6 +242,11 @@ def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
     if spec.preview_path:
         preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern)
     return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview)
+
+
+def _width(texts: Iterable[str]) -> int:
+    """Width of a FITS text column that holds every one of ``texts`` (at least 1)."""
+    return max([1, *(len(t.encode("utf-8", "replace")) for t in texts)])
 
 
 def _safe_preview(kind: str, data: np.ndarray, path: str, title: str, pattern: str | None = None) -> str | None:
@@ -323,7 +329,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     if spec.preview_path:
-        _safe_preview("light", data, spec.preview_path, f"calibrated frame {spec.frame_id}", spec.bayer_pattern)
+        _safe_preview("light", data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
     return CalibrateResult(spec.frame_id, sha, quality, float(saturation), float(saturated.mean()))
 
 
@@ -346,6 +352,8 @@ class StackSpec:
     threads: int = 1  # threads for the combination (cores the pool would otherwise leave idle)
     bayer_pattern: str | None = None  # colour mosaics: demosaiced, stacked plane by plane into R, G, B
     demosaic: str = "malvar"
+    #: frame id -> (raw sha256, raw file name): how the product names its members (never by id)
+    labels: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -385,33 +393,7 @@ def stack_group(spec: StackSpec) -> StackJobResult:
                                        sources, spec.reference, masks=masks, method=spec.method, sigma=spec.sigma,
                                        memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads,
                                        planes=_demosaicer(spec.bayer_pattern, spec.demosaic))
-    header = to_fits_header(spec.header)
-    header["REFID"] = (result.reference, "frame id of the alignment reference")
-    reasons = dict(spec.rejected)
-    reasons.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})
-    used = [fid for fid, *_ in spec.members if fid not in reasons]
-    header["NCOMBINE"] = (len(used), "frames combined")
-    header["NREJECT"] = (len(reasons), "frames rejected (see the MEMBERS table)")
-    header["TOTEXP"] = (float(sum(t for fid, _, t in spec.members if fid in used)), "total exposure combined, s")
-    for fid, why in reasons.items():
-        header.add_history(f"rejected {fid}: {why}"[:70])
-    # Every member, used or rejected, with the sha256 of its calibrated product and its transform.
-    matrices = {fid: t.array.ravel() for fid, t in result.transforms.items()}
-    table = fits.BinTableHDU.from_columns([
-        fits.Column(name="FRAME_ID", format="K", array=np.array([m[0] for m in spec.members])),
-        fits.Column(name="SHA256", format="64A", array=np.array([m[1] for m in spec.members])),
-        fits.Column(name="EXPTIME", format="D", array=np.array([m[2] for m in spec.members])),
-        fits.Column(name="USED", format="L", array=np.array([m[0] in used for m in spec.members])),
-        fits.Column(name="REASON", format="80A", array=np.array([reasons.get(m[0], "")[:80] for m in spec.members])),
-        fits.Column(name="MATRIX", format="9D",
-                    array=np.array([matrices.get(m[0], np.full(9, np.nan)) for m in spec.members])),
-        fits.Column(name="N_MATCH", format="J",
-                    array=np.array([result.transforms[m[0]].n_matches if m[0] in result.transforms else -1
-                                    for m in spec.members])),
-        fits.Column(name="RMS_PX", format="E",
-                    array=np.array([result.transforms[m[0]].rms if m[0] in result.transforms else np.nan
-                                    for m in spec.members])),
-    ], name="MEMBERS")
+    header, table = _stack_cards(spec, result)
     hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
                          fits.ImageHDU(result.count, name="NFRAMES"), table])
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
@@ -425,3 +407,42 @@ def _demosaicer(pattern: str | None, method: str) -> Callable[[np.ndarray], np.n
     if not pattern:
         return None
     return functools.partial(colour.demosaic, pattern=pattern, method=method)
+
+
+def _stack_cards(spec: StackSpec, result: stack.StackResult) -> tuple[fits.Header, fits.BinTableHDU]:
+    """The stack's header and MEMBERS table: every member, used or rejected, by raw sha256 and
+    file name (never by catalogue id), with its calibrated product's sha256 and its transform."""
+    def raw_sha(fid: int) -> str:
+        return spec.labels.get(fid, ("", ""))[0]
+
+    def name(fid: int) -> str:
+        return spec.labels.get(fid, ("", str(fid)))[1]
+
+    header = to_fits_header(spec.header)
+    header["REFSHA"] = (raw_sha(result.reference), "raw sha256 of the alignment reference")
+    header["REFFILE"] = name(result.reference)
+    reasons = dict(spec.rejected)
+    reasons.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})
+    used = [fid for fid, *_ in spec.members if fid not in reasons]
+    header["NCOMBINE"] = (len(used), "frames combined")
+    header["NREJECT"] = (len(reasons), "frames rejected (see the MEMBERS table)")
+    header["TOTEXP"] = (float(sum(t for fid, _, t in spec.members if fid in used)), "total exposure combined, s")
+    for fid, *_ in spec.members:
+        if fid in reasons:
+            header.add_history(f"rejected {name(fid)}: {reasons[fid]}"[:70])
+    ids = [m[0] for m in spec.members]
+    matrices = {fid: t.array.ravel() for fid, t in result.transforms.items()}
+    table = fits.BinTableHDU.from_columns([
+        fits.Column(name="FILE", format=f"{_width(name(i) for i in ids)}A", array=np.array([name(i) for i in ids])),
+        fits.Column(name="RAWSHA", format="64A", array=np.array([raw_sha(i) for i in ids])),
+        fits.Column(name="SHA256", format="64A", array=np.array([m[1] for m in spec.members])),
+        fits.Column(name="EXPTIME", format="D", array=np.array([m[2] for m in spec.members])),
+        fits.Column(name="USED", format="L", array=np.array([i in used for i in ids])),
+        fits.Column(name="REASON", format="80A", array=np.array([reasons.get(i, "")[:80] for i in ids])),
+        fits.Column(name="MATRIX", format="9D", array=np.array([matrices.get(i, np.full(9, np.nan)) for i in ids])),
+        fits.Column(name="N_MATCH", format="J",
+                    array=np.array([result.transforms[i].n_matches if i in result.transforms else -1 for i in ids])),
+        fits.Column(name="RMS_PX", format="E",
+                    array=np.array([result.transforms[i].rms if i in result.transforms else np.nan for i in ids])),
+    ], name="MEMBERS")
+    return header, table

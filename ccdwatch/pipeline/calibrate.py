@@ -22,14 +22,15 @@ from ccdwatch.catalog.queries import (
     lights_served_by,
     next_calibrated_version,
     waiting_light_ids,
+    waiting_signature,
 )
 from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.jobs import tasks
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline.context import Context
-from ccdwatch.pipeline.lifecycle import content_hash, raw_paths
+from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
 from ccdwatch.pipeline.selection import Masters
-from ccdwatch.products import calibrated_path, preview_path, product_header
+from ccdwatch.products import calibrated_path, master_cards, preview_path, product_header
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,52 @@ def pending(ctx: Context, new_masters: Sequence[int] = ()) -> list[int]:
     return ids
 
 
+class WaitingLights:
+    """When the waiting lights are planned again: on events, never just because time passed.
+
+    Planning a light costs a master selection and a few queries, so re-planning every waiting
+    light on every tick made an idle daemon's cost grow with the lights that wait (2,000 lights
+    waiting for flats: a third of a core). Whether a waiting light can be calibrated only changes
+    when a master is built, when the light itself changes (new, back from ``missing``, reset by
+    ``ccdwatch retry``, reclassified: its row is written, which :func:`waiting_signature` sees,
+    whichever process wrote it), when its wait times out under ``on_timeout = "partial"`` (the
+    signature counts timed-out lights), or at start-up. Jobs that failed or were paused by a full
+    disk are tried again at the next tick, as before.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.seen: tuple[int, object, int] | None = None  # None: start-up, plan them all
+        self.retry: set[int] = set()
+
+    def signature(self) -> tuple[int, object, int]:
+        cal = self.ctx.cfg.calibration
+        cutoff = (utcnow() - timedelta(hours=cal.max_wait_hours)) if cal.on_timeout == "partial" else None
+        with self.ctx.catalog.reader() as s:
+            return waiting_signature(s, cutoff)
+
+    def due(self, new_masters: Sequence[int] = (), *, final: bool = False) -> tuple[list[int], bool]:
+        """The lights to plan at a tick, and whether that is every waiting light (a full pass).
+
+        A full pass when masters were just built, at the end of the night (``final``), at
+        start-up, or when the catalogue's waiting lights changed behind our back; else only the
+        lights whose job failed or was paused last time."""
+        if final or new_masters or self.seen is None or self.signature() != self.seen:
+            self.retry.clear()
+            self.seen = None  # until the pass is done: an interrupted one (disk full) is done again
+            return pending(self.ctx, new_masters), True
+        ids, self.retry = sorted(self.retry), set()
+        return ids, False
+
+    def planned(self, planned: Sequence[int], committed: Sequence[int]) -> None:
+        """Jobs that were planned and not committed (a failure, a full disk) are tried again."""
+        self.retry |= set(planned) - set(committed)
+
+    def settled(self) -> None:
+        """The waiting lights are as our own planning left them: remember their signature."""
+        self.seen = self.signature()
+
+
 def plan_many(ctx: Context, frame_ids: Sequence[int], *, final: bool = False) -> list[CalibrationPlan]:
     """Plan every light that can be calibrated now; record why the others wait."""
     plans = []
@@ -123,14 +170,13 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
     if current is not None and not cal.recalibrate_on_better_master:
         return None
     version = next_calibrated_version(s, frame.id)
+    name = raw_name(frame)
     out = calibrated_path(ctx.products, night=frame.night, target=frame.object, filter=frame.filter,
-                          frame_id=frame.id, stem=Path(frame.path).stem, version=version)
-    header = product_header(
-        frame.header, BUNIT="adu", RAWID=frame.id, RAWSHA=frame.sha256,
-        BIASID=sel.bias.id if sel.bias else None, BIASSHA=sel.bias.sha256 if sel.bias else None,
-        DARKID=sel.dark.id if sel.dark else None, DARKSHA=sel.dark.sha256 if sel.dark else None,
-        DARKSCL=sel.dark_scale if sel.dark else None,
-        FLATID=sel.flat.id if sel.flat else None, FLATSHA=sel.flat.sha256 if sel.flat else None,
+                          stem=Path(name).stem, raw_sha256=content_hash(frame), version=version)
+    header = product_header(  # content, never catalogue ids: the same bytes in any processing order
+        frame.header, BUNIT="adu", RAWFILE=name, RAWSHA=frame.sha256,
+        **master_cards("BIAS", sel.bias), **master_cards("DARK", sel.dark),
+        DARKSCL=sel.dark_scale if sel.dark else None, **master_cards("FLAT", sel.flat),
         PARTIAL=partial, CALVER=version,
         BAYERPAT=bayerpat_card(frame.bayer_pattern, frame.header or {}, naxis2=frame.naxis2)
         if frame.bayer_pattern else None,

@@ -4,7 +4,10 @@
                   distinct content; a light is calibrated at once when its masters exist.
 ``tick()``        periodic work: build masters whose frames have settled, calibrate lights that
                   were waiting (and recalibrate those a new master serves better), stack groups
-                  that have gone quiet, refresh the night report.
+                  that have gone quiet, refresh the night report. Waiting lights are planned
+                  again on events only (new masters, changed lights, a timed-out wait, start-up:
+                  :class:`~ccdwatch.pipeline.calibrate.WaitingLights`), so an idle tick costs
+                  the same however many lights wait.
 ``finish()``      what ``watch --once`` does at the end: everything ``tick`` does, as if the
                   night were over.
 
@@ -51,6 +54,7 @@ class Pipeline:
         self.ctx.products.mkdir(parents=True, exist_ok=True)
         self.runner = Runner(self.ctx)
         self.ingester = Ingester(self.ctx, self.runner)
+        self.waiting = calibrate.WaitingLights(self.ctx)
 
     @property
     def workers(self) -> pool.Workers:
@@ -115,16 +119,22 @@ class Pipeline:
         A catalogue that cannot be written (disk full) pauses the pipeline: every path of the
         batch comes back ``paused``, to be offered again once space returns.
         """
+        waiting = self.waiting
         try:
+            untouched = waiting.seen is not None and waiting.signature() == waiting.seen
             outcomes, lights = self.ingester.ingest(paths, final=final)
         except Exception as exc:
             if not catalogue_full(exc):
                 raise
             self.runner.pause(exc, where="catalogue: ")
             return [Outcome("paused", detail=self.paused or "") for _ in paths]
-        if lights:
+        # new lights, and known content seen again (a light back from 'missing' waits again)
+        todo = lights + [o.frame_id for o in outcomes if o.status == "duplicate" and o.frame_id is not None]
+        if todo:
             with self._pause_on_full_catalogue():
-                self.calibrate(lights, final=final)
+                self.calibrate(todo, final=final)
+                if untouched:  # every change to the waiting lights since the last pass was ours
+                    waiting.settled()
         return outcomes
 
     def tick(self, *, final: bool = False) -> None:
@@ -134,7 +144,11 @@ class Pipeline:
         with self._pause_on_full_catalogue():
             built = self.build_masters(final=final)
             if self.paused is None:
-                self.calibrate(calibrate.pending(self.ctx, built), final=final)
+                lights, full = self.waiting.due(built, final=final)
+                if lights:
+                    self.calibrate(lights, final=final)
+                if (full or lights) and self.paused is None:
+                    self.waiting.settled()
             if self.paused is None:
                 self.stack(stacking.due_groups(self.ctx, final=final))
 
@@ -172,6 +186,7 @@ class Pipeline:
         plans = calibrate.plan_many(self.ctx, frame_ids, final=final)
         done = self.runner.run(tasks.calibrate_light, plans, lambda p, r: calibrate.commit(self.ctx, p, r),
                                fault_point="calibrated-written")
+        self.waiting.planned([p.frame_id for p in plans], done)
         return len(done)
 
     def stack(self, groups: Sequence[GroupKey]) -> list[int]:

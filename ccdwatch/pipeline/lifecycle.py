@@ -26,6 +26,13 @@ def raw_paths(frame: Frame) -> tuple[str, ...]:
     return tuple(sf.path for sf in frame.files) or (frame.path,)
 
 
+def raw_name(frame: Frame) -> str:
+    """The frame's file name for people (products' names, cards and tables): the first, in
+    sorted order, of the names its content was seen under, so that it does not depend on which
+    copy arrived first."""
+    return min(os.path.basename(p) for p in raw_paths(frame))
+
+
 def content_hash(frame: Frame) -> str:
     """The sha256 of a catalogued frame's raw content (only quarantined files have none)."""
     if frame.sha256 is None:

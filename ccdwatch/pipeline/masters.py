@@ -26,9 +26,9 @@ from ccdwatch.jobs import tasks
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.pipeline.context import Context
-from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_paths, raw_present
+from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_name, raw_paths, raw_present
 from ccdwatch.pipeline.selection import Masters
-from ccdwatch.products import master_path, preview_path, product_header, short_hash
+from ccdwatch.products import master_cards, master_path, preview_path, product_header, short_hash
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ def frames_of(s: Session, key: CalibKey, night: str) -> list[Frame]:
     file is still on disk (a vanished one is marked ``missing``, never charged to the others)."""
     frames = [f for f in calibration_frames(s, key.kind, None if night == "nonight" else night)
               if CalibKey.of(f) == key]
+    # Time, then content: the order the inputs are combined in (and listed in the INPUTS
+    # table) must not depend on the order they were catalogued in.
+    frames.sort(key=lambda f: (f.date_obs is None, f.date_obs or datetime.min, f.sha256 or ""))
     present = []
     for f in frames:
         if raw_present(f):
@@ -150,7 +153,8 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False)
             hot_pixel_sigma=m.hot_pixel_sigma, out_path=str(out),
             header=_header(kind, sample, night, version, len(frames), method, m.sigma, bias, dark, dark_scale,
                            dates, key),
-            inputs_table=inputs, workdir=str(ctx.workdir), max_data_bytes=ctx.max_data_bytes,
+            inputs_table=tuple((raw_name(f), content_hash(f)) for f in frames), workdir=str(ctx.workdir),
+            max_data_bytes=ctx.max_data_bytes,
             allow_compressed=ctx.cfg.ingest.allow_compressed,
             preview_path=str(preview_path(out)) if ctx.cfg.report.previews else None,
             preview_title=f"master {kind} - night {night} - v{version} - {len(frames)} frames",
@@ -168,7 +172,8 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False)
 def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: str, sigma: float,
             bias: Master | None, dark: Master | None, dark_scale: float | None, dates: tuple[datetime, ...],
             key: CalibKey) -> dict[str, object]:
-    """The master's FITS cards: what it is, what it was made from and how."""
+    """The master's FITS cards: what it is, what it was made from and how (masters it was made
+    on by night, key, version and sha256, never by catalogue id)."""
     return product_header(
         None,
         IMAGETYP=f"Master {kind.capitalize()}", INSTRUME=sample.instrument, TELESCOP=sample.telescope,
@@ -176,9 +181,8 @@ def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: 
         FILTER=sample.filter if kind == "flat" else None, NIGHT=night,
         MASTERV=version, NCOMBINE=n, COMBMETH=method,
         CLIPSIG=sigma if method == "sigma_clip" else None,
-        BIASSUB=bias is not None, BIASID=bias.id if bias else None, BIASSHA=bias.sha256 if bias else None,
-        DARKSUB=dark is not None, DARKID=dark.id if dark else None, DARKSHA=dark.sha256 if dark else None,
-        DARKSCL=dark_scale,
+        BIASSUB=bias is not None, **master_cards("BIAS", bias),
+        DARKSUB=dark is not None, **master_cards("DARK", dark), DARKSCL=dark_scale,
         DATE_BEG=min(dates).isoformat() if dates else None, DATE_END=max(dates).isoformat() if dates else None,
         CALIBKEY=short_hash(str(key), 16),
         # a mosaic master: its pattern as stored (the key holds it too: only frames of this pattern)

@@ -31,6 +31,7 @@ from ccdwatch.keys import GroupKey
 from ccdwatch.models import Calibrated, Frame, FrameState, Stack, StackMember
 from ccdwatch.pipeline.calibrate import timed_out
 from ccdwatch.pipeline.context import Context
+from ccdwatch.pipeline.lifecycle import content_hash, raw_name
 from ccdwatch.products import preview_path, product_header, stack_path
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
     with ctx.catalog.session() as s:
         products: dict[int, Calibrated] = {}
         frames = []
-        for f in group_frames(s, str(group)):
+        for f in stable_order(group_frames(s, str(group))):
             product = current_calibrated(s, f.id)
             if product is not None:
                 products[f.id] = product
@@ -137,7 +138,10 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
         usable = [f.id for f in frames if f.id not in rejected]
         if not usable:
             return None
-        reference = qa.choose_reference(quality, exclude=rejected)
+        # ties go to the first in time-then-content order, not to the lowest catalogue id
+        rank = {n: f.id for n, f in enumerate(frames)}
+        reference = rank[qa.choose_reference({n: quality[fid] for n, fid in rank.items()},
+                                             exclude=[n for n, fid in rank.items() if fid in rejected])]
         ref_frame = next(f for f in frames if f.id == reference)
         version = (latest.version + 1) if latest else 1
         target = group.target
@@ -154,6 +158,7 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
                 STACKV=version, BUNIT="adu",
             ),
             members=tuple((f.id, products[f.id].sha256, f.exptime or 0.0) for f in frames),
+            labels={f.id: (content_hash(f), raw_name(f)) for f in frames},
             rejected=tuple(rejected.items()),
             preview_path=str(preview_path(out)) if ctx.cfg.report.previews else None,
             preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
@@ -165,6 +170,12 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
                          night=night, target=target, filter=ref_frame.filter, exptime=ref_frame.exptime,
                          camera_key=ref_frame.camera_key, latest_id=latest.id if latest is not None else None,
                          version=version, out=out)
+
+
+def stable_order(frames: Sequence[Frame]) -> list[Frame]:
+    """Frames by time, then raw content: the order a stack combines (and lists) its members in,
+    the same whatever order they were catalogued in."""
+    return sorted(frames, key=lambda f: (f.date_obs is None, f.date_obs or datetime.min, f.sha256 or ""))
 
 
 def commit(ctx: Context, plan: StackPlan, result: tasks.StackJobResult) -> int:

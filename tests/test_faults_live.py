@@ -1,0 +1,278 @@
+"""What a real night does to a running daemon: signals at random moments, a catalogue disk that
+fills up, raw files that vanish or are rewritten while it works.
+
+The daemon runs as systemd runs it (:class:`tests.test_daemon.Daemon`: a subprocess, inotify, a
+fake NOTIFY_SOCKET); its products are checked against ``watch --once`` on the same files
+(:func:`tests.test_crash.signature`: every product's name and bytes, the catalogue's states).
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+
+from ccdwatch import synth
+
+from .test_crash import run_once, signature
+from .test_daemon import Daemon
+
+CAMERA = synth.Camera(shape=(96, 128))
+#: Processing as soon as possible: masters as soon as lights wait for them, stacks once quiet.
+FAST = """min_free_mb = 1
+pause_retry_seconds = 1
+[masters]
+settle_seconds = 0
+[stack]
+quiet_minutes = 0.01
+"""
+
+
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("live-staging")
+    synth.make_night(d, camera=CAMERA, seed=9, n_bias=3, n_dark=3, n_flat=3, filters=("V",), n_light=3,
+                     n_stars=40)
+    return d
+
+
+@pytest.fixture
+def daemons():
+    """Daemons started by a test, killed at teardown if still running."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def log_text(d: Daemon) -> str:
+    return (d.tmp / "daemon.log").read_text(errors="replace")
+
+
+def night_done(d: Daemon, n_lights: int = 3, timeout: float = 120) -> None:
+    """Masters built, every light stacked, nothing waiting, failed or quarantined."""
+    d.wait_for("SELECT state, count(*) FROM frames GROUP BY state ORDER BY state",
+               [("stacked", n_lights), ("used", 9)], timeout=timeout)
+
+
+def sigterm(d: Daemon, budget: float = 30.0) -> tuple[float, int | None]:
+    """SIGTERM the daemon; (seconds until it exited, exit code), the code None if it hung."""
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    try:
+        code: int | None = d.proc.wait(budget)
+    except subprocess.TimeoutExpired:
+        code = None
+        d.proc.kill()
+        d.proc.wait()
+    took = time.monotonic() - t0
+    d._listening = False
+    d._listener.join(2)
+    d.sock.close()
+    d.log.close()
+    return took, code
+
+
+def sigkill(d: Daemon) -> None:
+    d.proc.kill()
+    d.proc.wait()
+    d._listening = False
+    d._listener.join(2)
+    d.sock.close()
+    d.log.close()
+
+
+def copier(files: list[Path], incoming: Path, stop: threading.Event, pause: float = 0.4) -> threading.Thread:
+    """Files arriving one by one, as a camera writes them, until all are in or ``stop``."""
+    def run() -> None:
+        for p in files:
+            if stop.wait(pause):
+                return
+            shutil.copy(p, incoming / p.name)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.slow
+def test_sigterm_at_random_moments_never_hangs(tmp_path, staging, daemons):
+    """18 starts, each stopped after 0.2-3 s while files arrive and jobs run: every stop ends
+    in exit 0 within 5 s, and the night then completes as if nothing had happened."""
+    rng = random.Random(8)
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    files = sorted(staging.glob("*.fits"), key=lambda p: rng.random())
+    stop = threading.Event()
+    writer = copier(files, d.incoming, stop, pause=2.5)  # arriving over the first ~10 starts
+    exits: list[tuple[float, float, int | None]] = []
+    try:
+        for _ in range(18):
+            d.messages.clear()  # READY of this start, not of the last one
+            d.start()
+            delay = rng.uniform(0.2, 3.0)
+            time.sleep(delay)
+            took, code = sigterm(d)
+            exits.append((delay, took, code))
+    finally:
+        stop.set()
+        writer.join(10)
+    for p in files:  # the files the writer did not get to
+        if not (d.incoming / p.name).exists():
+            shutil.copy(p, d.incoming / p.name)
+    hangs = [e for e in exits if e[2] is None]
+    times = [t for _, t, _ in exits]
+    print("\n" + " ".join(f"{delay:.2f}->{took:.2f}" for delay, took, _ in exits))
+    print(f"SIGTERM x{len(exits)}: {len(hangs)} hangs; exit s median {statistics.median(times):.2f}, "
+          f"max {max(times):.2f}; codes {sorted({c for *_, c in exits}, key=str)}")
+    assert not hangs, f"hung after SIGTERM: {hangs}"
+    assert all(code == 0 for *_, code in exits), exits
+    assert max(times) < 5.0, exits
+    d.messages.clear()
+    d.start()
+    night_done(d)
+    assert sigterm(d)[1] == 0
+    assert "Traceback" not in log_text(d)
+
+
+@pytest.fixture(scope="module")
+def reference(staging, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("live-reference")
+    assert run_once(root, staging) == 0
+    return signature(root)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_converges_byte_for_byte(tmp_path, staging, reference, daemons):
+    """A power cut at random moments (6 of them) while the daemon catches up on a night: the
+    restarted daemon ends with the products of an uninterrupted ``watch --once``, name for name
+    and byte for byte."""
+    rng = random.Random(11)
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    for p in sorted(staging.glob("*.fits"), key=lambda p: rng.random()):
+        shutil.copy2(p, d.incoming / p.name)
+    for _ in range(6):
+        d.messages.clear()
+        d.start()
+        time.sleep(rng.uniform(0.2, 3.0))
+        sigkill(d)
+    d.messages.clear()
+    d.start()
+    night_done(d)
+    assert sigterm(d)[1] == 0
+    assert signature(tmp_path, d.db) == reference
+
+
+def fill(path: Path) -> int:
+    """Write zeros to ``path`` until its filesystem is full; the bytes written."""
+    n = 0
+    block = b"\0" * 65536
+    with open(path, "wb", buffering=0) as fh:
+        while True:
+            try:
+                n += fh.write(block)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+        try:  # the last partial block
+            while fh.write(b"\0" * 512):
+                n += 512
+        except OSError:
+            pass
+    return n
+
+
+@pytest.fixture
+def small_state_disk(tmp_path):
+    """``tmp_path/state`` on a 3 MiB tmpfs (skipped where mounting is not allowed)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(state)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield state
+    if subprocess.run(["umount", str(state)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(state)], capture_output=True)
+
+
+def test_catalogue_disk_full_mid_night_pauses_then_resumes(tmp_path, staging, small_state_disk, daemons):
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    d.start()
+    for p in sorted(staging.glob("bias_*.fits")):
+        shutil.copy(p, d.incoming / p.name)
+    d.wait_for("SELECT count(*) FROM frames", [(3,)])
+    filler = small_state_disk / "filler"
+    assert fill(filler) > 0
+    for p in sorted(staging.glob("*.fits")):
+        if not p.name.startswith("bias"):
+            shutil.copy(p, d.incoming / p.name)
+    d.wait_message("STATUS=paused: disk full (catalogue", timeout=60)
+    n = len(d.messages)
+    time.sleep(3.0)  # paused, not dead, not spinning on errors: still paused a few seconds later
+    assert d.proc.poll() is None
+    statuses = [m for m in d.messages if m.startswith("STATUS=")]  # sent when it changes
+    assert statuses[-1].startswith("STATUS=paused: disk full"), statuses[-3:]
+    assert any("WATCHDOG=1" in m for m in d.messages[n:]), "a paused daemon is healthy: WATCHDOG goes on"
+    frames_while_full = d.query("SELECT count(*) FROM frames")[0][0]
+    filler.unlink()  # space returns
+    night_done(d, timeout=120)
+    assert frames_while_full < 12
+    assert sigterm(d)[1] == 0
+    log = log_text(d)
+    assert "Traceback" not in log and "pausing: catalogue" in log and "resuming after the pause" in log
+
+
+def test_vanished_bias_and_overwritten_dark_while_running(tmp_path, staging, daemons):
+    """A bias deleted before its master is built is ``missing`` (never charged to the others) and
+    returns by itself; a dark rewritten in place supersedes its old frame, the master dark gets a
+    new version without it, and the lights are recalibrated and restacked on that version."""
+    d = Daemon(tmp_path, extra=FAST.replace("settle_seconds = 0", "settle_seconds = 4"))
+    daemons.append(d)
+    d.start()
+    extra = tmp_path / "extra"  # five biases: one can go and three remain
+    synth.make_night(extra, camera=CAMERA, seed=9, n_bias=5, n_dark=0, n_flat=0, filters=(), n_light=0)
+    for p in sorted(extra.glob("bias_*.fits")):
+        shutil.copy(p, d.incoming / p.name)
+    d.wait_for("SELECT count(*) FROM frames", [(5,)])
+    gone = d.incoming / "bias_004.fits"
+    gone.unlink()  # before the master (settle 4 s) is built
+    d.wait_for("SELECT n_frames FROM masters WHERE kind = 'bias'", [(4,)], timeout=60)
+    assert d.query("SELECT state, tries FROM frames WHERE path LIKE '%bias_004.fits'") == [("missing", 0)]
+    shutil.copy(extra / "bias_004.fits", gone)  # it comes back: a new version with it
+    d.wait_for("SELECT n_frames FROM masters WHERE kind = 'bias' ORDER BY version", [(4,), (5,)], timeout=60)
+    assert d.query("SELECT count(*) FROM frames WHERE state = 'missing' OR state = 'failed'") == [(0,)]
+
+    for p in sorted(staging.glob("*.fits")):
+        if not p.name.startswith("bias"):
+            shutil.copy(p, d.incoming / p.name)
+    d.wait_for("SELECT count(*) FROM frames WHERE state = 'stacked'", [(3,)], timeout=120)
+    dark = d.incoming / "dark_300s_002.fits"
+    with fits.open(dark, mode="update") as hdul:  # a program edits a card in place: same exposure
+        hdul[0].header["OBSERVER"] = "edited after the fact"
+    d.wait_for("SELECT version, n_frames FROM masters WHERE kind = 'dark' ORDER BY version",
+               [(1, 3), (2, 3)], timeout=60)
+    (dark_v2,) = d.query("SELECT id FROM masters WHERE kind = 'dark' AND version = 2")[0]
+    d.wait_for(f"SELECT count(*) FROM calibrated WHERE current AND dark_id = {dark_v2}", [(3,)], timeout=60)
+    d.wait_for("SELECT version, n_used FROM stacks ORDER BY version", [(1, 3), (2, 3)], timeout=60)
+    superseded = d.query("SELECT id FROM frames WHERE state = 'superseded'")
+    assert len(superseded) == 1
+    inputs = d.query(f"SELECT frame_id FROM master_inputs WHERE master_id = {dark_v2}")
+    assert superseded[0] not in inputs and len(inputs) == 3
+    assert d.query("SELECT count(*) FROM frames WHERE state IN ('failed', 'quarantined')") == [(0,)]
+    assert sigterm(d)[1] == 0
+    assert "Traceback" not in log_text(d)
