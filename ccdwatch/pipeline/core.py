@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from ccdwatch.catalog import Catalog
+from ccdwatch.catalog import Catalog, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
@@ -52,7 +52,7 @@ class Pipeline:
         self.ingester = Ingester(self.ctx, self.runner)
 
     @property
-    def workers(self) -> pool.Workers:
+    def workers(self) -> pool.JobRunner:
         return self.runner.workers
 
     @property
@@ -111,9 +111,8 @@ class Pipeline:
         try:
             outcomes, lights = self.ingester.ingest(paths, final=final)
         except Exception as exc:
-            if not catalogue_full(exc):
+            if not self._pause_for(exc):
                 raise
-            self.runner.pause(exc, where="catalogue: ")
             return [Outcome("paused", detail=self.paused or "") for _ in paths]
         if lights:
             with self._pause_on_full_catalogue():
@@ -133,14 +132,25 @@ class Pipeline:
 
     @contextmanager
     def _pause_on_full_catalogue(self) -> Iterator[None]:
-        """A commit refused for lack of space rolls back, and pauses the pipeline: the work is
-        planned again from the catalogue's states once space returns."""
+        """A commit refused for lack of space, or cut by a lost connection to the catalogue's
+        server, rolls back and pauses the pipeline: the work is planned again from the
+        catalogue's states once space returns or the server answers again."""
         try:
             yield
         except Exception as exc:
-            if not catalogue_full(exc):
+            if not self._pause_for(exc):
                 raise
+
+    def _pause_for(self, exc: BaseException) -> bool:
+        """Pause for a full or unreachable catalogue; False for any other error."""
+        if catalogue_full(exc):
             self.runner.pause(exc, where="catalogue: ")
+        elif connection_lost(exc):
+            self.runner.pause(exc, where="catalogue: ", what="catalogue unreachable",
+                              check=self.catalog.ping)
+        else:
+            return False
+        return True
 
     def finish(self) -> None:
         """End of ``watch --once``: build, calibrate and stack everything as if the night were over."""
@@ -191,7 +201,7 @@ class Pipeline:
         from ccdwatch.catalog.queries import forget_current_calibrations
 
         with self.catalog.session() as s:
-            ids = forget_current_calibrations(s, night)
+            ids = forget_current_calibrations(s, night, site=self.ctx.site)
         n = sum(self.calibrate([i], final=True) for i in ids)
         self.stack(stacking.due_groups(self.ctx, final=True))
         return n, len(ids)
@@ -202,7 +212,7 @@ class Pipeline:
         from ccdwatch.pipeline.lifecycle import retry
 
         with self.catalog.session() as s:
-            frames = frames_to_retry(s, state, night)
+            frames = frames_to_retry(s, state, night, site=self.ctx.site)
             for f in frames:
                 retry(s, f)
             return len(frames)
