@@ -1,0 +1,166 @@
+"""Jobs on a Dask cluster: the same products as local workers, paths checked, a lost scheduler or
+worker survived. The tests start their own clusters: a ``LocalCluster`` with worker processes,
+and ``dask scheduler`` + ``dask worker`` processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from ccdwatch import synth
+from ccdwatch.catalog import Catalog
+from ccdwatch.config import ConfigError
+from ccdwatch.daemon.watch import Watcher
+from ccdwatch.fitsio import read_product
+from ccdwatch.jobs import cluster as jobs_cluster
+from ccdwatch.jobs.pool import Workers, make_workers
+from ccdwatch.models import Frame, Master, Stack
+from ccdwatch.pipeline import Pipeline
+
+from .conftest import make_config
+
+distributed = pytest.importorskip("distributed", reason="the Dask tests need distributed: pip install -e '.[test]'")
+
+CAMERA = synth.Camera(shape=(96, 128))
+NIGHT = {"n_bias": 3, "n_dark": 3, "n_flat": 3, "filters": ("V",), "n_light": 3, "n_stars": 40}
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """Two single-threaded worker processes (this machine has two cores)."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c
+
+
+def _task_counts(address: str) -> dict[str, int]:
+    """How many tasks of each job the scheduler has finished (held in memory at some point)."""
+    def counts(dask_scheduler) -> dict[str, int]:
+        return {k: int(v.state_counts.get("memory", 0)) for k, v in dask_scheduler.task_prefixes.items()}
+
+    with distributed.Client(address, set_as_default=False) as client:
+        return client.run_on_scheduler(counts)
+
+
+def _products(database: str) -> dict[tuple, np.ndarray]:
+    with Catalog(database) as cat, cat.reader() as s:
+        out = {("master", m.kind, m.filter): read_product(m.path)[1] for m in s.scalars(select(Master))}
+        out |= {("stack", x.target, x.filter): read_product(x.path)[1] for x in s.scalars(select(Stack))}
+    return out
+
+
+def _run_once(cfg) -> None:
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        Watcher(cfg, pipe, progress=False).run_once()
+
+
+@pytest.mark.slow
+def test_a_night_on_the_cluster_gives_the_local_products(tmp_path, local_cluster):
+    synth.make_night(tmp_path / "incoming", camera=CAMERA, seed=7, **NIGHT)
+    local = make_config(tmp_path / "local", incoming=tmp_path / "incoming", workers={"processes": 0},
+                        report={"refresh": False})
+    dask = make_config(tmp_path / "dask", incoming=tmp_path / "incoming", report={"refresh": False},
+                       workers={"scheduler": local_cluster.scheduler_address})
+    before = _task_counts(local_cluster.scheduler_address)
+    _run_once(local)
+    _run_once(dask)
+    after = _task_counts(local_cluster.scheduler_address)
+    ran = {k: after.get(k, 0) - before.get(k, 0) for k in ("ingest", "build_master", "calibrate_light", "stack_group")}
+    assert ran == {"ingest": 12, "build_master": 3, "calibrate_light": 3, "stack_group": 1}
+    a, b = _products(local.paths.database), _products(dask.paths.database)
+    assert a.keys() == b.keys() and len(a) == 4
+    for key in a:
+        assert np.array_equal(a[key], b[key], equal_nan=True), key
+
+
+def test_workers_that_cannot_see_the_paths_are_named(tmp_path, local_cluster):
+    with pytest.raises(ConfigError, match=r"same paths.*worker tcp://127\.0\.0\.1:\d+: .*nowhere: No such file"):
+        jobs_cluster.ClusterWorkers(local_cluster.scheduler_address, local=Workers(processes=0),
+                                    incoming=tmp_path / "nowhere", products=tmp_path / "products", retry=60)
+
+
+def test_the_probe_tells_another_directory_under_the_same_path(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / jobs_cluster.PROBE_NAME).write_text("not-the-token")
+    problems = jobs_cluster.probe_paths(str(tmp_path / "in"), str(tmp_path / "out"), "token")
+    assert len(problems) == 1 and "another directory" in problems[0]
+    (tmp_path / "out" / jobs_cluster.PROBE_NAME).write_text("token")
+    assert jobs_cluster.probe_paths(str(tmp_path / "in"), str(tmp_path / "out"), "token") == []
+
+
+def test_an_unreachable_scheduler_falls_back_to_local_workers(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(jobs_cluster, "CONNECT_TIMEOUT_S", 1)
+    cfg = make_config(tmp_path, workers={"processes": 0, "scheduler": "tcp://127.0.0.1:1"})
+    with caplog.at_level(logging.WARNING, logger="ccdwatch.jobs.cluster"):
+        workers = make_workers(cfg.workers, incoming=tmp_path, products=tmp_path / "products")
+    try:
+        assert "cannot be used" in caplog.text and "local worker processes" in caplog.text
+        assert [f.result() for f in workers.map(abs, [-1, -2], timeout=5)] == [1, 2]
+    finally:
+        workers.close()
+
+
+def _start(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            **kwargs)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_night_the_night_completes(tmp_path):
+    """`dask scheduler` and two `dask worker` processes; one worker is killed while it runs a
+    master or a calibration: the scheduler gives the job to the other, the night completes, and
+    no frame is charged a try."""
+    synth.make_night(tmp_path / "incoming", camera=synth.Camera(shape=(384, 512)), seed=8, n_bias=5, n_dark=5,
+                     n_flat=5, filters=("V",), n_light=6, n_stars=60)
+    sched_file = tmp_path / "scheduler.json"
+    procs = [_start(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                     "--scheduler-file", str(sched_file), "--no-dashboard"])]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        workers = [_start(["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
+                           "--no-dashboard", "--host", "127.0.0.1"]) for _ in range(2)]
+        procs += workers
+        with distributed.Client(address, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+            pids = client.run(os.getpid)
+            cfg = tmp_path / "ccdwatch.toml"
+            cfg.write_text("[report]\nrefresh = false\n[watch]\nsettle_seconds = 0.3\n")
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "ccdwatch.cli", "--config", str(cfg), "--scheduler", address,
+                 "--incoming", str(tmp_path / "incoming"), "--products", str(tmp_path / "products"),
+                 "--db", str(tmp_path / "c.db"), "watch", "--once"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            victim = None
+            deadline = time.monotonic() + 120
+            while victim is None and daemon.poll() is None and time.monotonic() < deadline:
+                for worker, keys in client.processing().items():
+                    if any(str(k).startswith(("build_master", "calibrate_light")) for k in keys):
+                        victim = worker
+                        os.kill(pids[worker], signal.SIGKILL)
+                        break
+                time.sleep(0.02)
+            out, err = daemon.communicate(timeout=240)
+        assert victim is not None, "no job was seen running on a worker"
+        assert daemon.returncode == 0, err
+        with Catalog(str(tmp_path / "c.db")) as cat, cat.reader() as s:
+            states = dict(s.execute(select(Frame.state, func.count()).group_by(Frame.state)).all())
+            assert states == {"used": 15, "stacked": 6}
+            assert s.scalar(select(func.max(Frame.tries))) == 0
+            assert sorted(m.kind for m in s.scalars(select(Master))) == ["bias", "dark", "flat"]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(30)
