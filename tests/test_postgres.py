@@ -29,7 +29,7 @@ from ccdwatch.fitsio import read_product
 from ccdwatch.models import Base, Calibrated, Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
-from .conftest import make_config, pg_url, terminate_backends  # noqa: F401 - pg_url is a fixture
+from .conftest import make_config, terminate_backends
 
 CAMERA = synth.Camera(shape=(96, 128))
 NIGHT = {"n_bias": 3, "n_dark": 3, "n_flat": 3, "filters": ("V",), "n_light": 3, "n_stars": 40}
