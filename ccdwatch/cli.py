@@ -197,10 +197,14 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    from ccdwatch.catalog.sites import daemons
+
     with _catalog(cfg) as cat, cat.reader() as s:
         counts = state_counts(s)
         last = last_ingest(s)
         n = product_counts(s)
+        running = [(d.site, d.host, d.pid, d.incoming, (utcnow() - d.heartbeat_at).total_seconds())
+                   for d in daemons(s)]
     status_file = Path(cfg.paths.products) / "status.json"
     daemon = None
     if status_file.exists():
@@ -214,6 +218,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     print(f"last ingest: {iso(last) or 'never'}")
     if daemon:
         print(f"daemon: {daemon.get('status')} (queue {daemon.get('queue')}, updated {daemon.get('updated')})")
+    for site, host, pid, incoming, age in running:
+        print(f"site {site}: daemon pid {pid} on {host}, watching {incoming}, heartbeat {age:.0f} s ago")
     return 0
 
 

@@ -163,3 +163,81 @@ def test_a_worker_killed_mid_night_the_night_completes(tmp_path):
         for p in procs:
             p.kill()
             p.wait(30)
+
+
+def test_reprocess_makes_new_versions_and_an_interrupted_campaign_continues(tmp_path, monkeypatch, capsys):
+    """`reprocess --night`: every master, calibrated light and stack gets one new version with the
+    same pixels; a campaign interrupted after its first calibration continues where it stopped."""
+    from ccdwatch import faults
+    from ccdwatch.cli import main
+    from ccdwatch.models import Calibrated
+    from ccdwatch.pipeline.reprocess import Selection, reprocess
+
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False}, site={"name": "t1"})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=9, **NIGHT)
+    _run_once(cfg)
+    before = _products(cfg.paths.database)
+    calls = {"n": 0}
+    point = faults.point
+
+    def interrupt(name: str, subject: object = "") -> None:
+        if name == "calibrated-written":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+        point(name, subject)
+
+    monkeypatch.setattr(faults, "point", interrupt)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        with pytest.raises(KeyboardInterrupt):
+            reprocess(pipe, Selection(night="2024-03-10"))
+        done = reprocess(pipe, Selection(night="2024-03-10"))
+    assert (done.masters, done.calibrated, done.stacks, done.skipped) == (0, 2, 1, 4)  # 3 masters + 1 light done
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        assert sorted((m.kind, m.version) for m in s.scalars(select(Master))) == [
+            ("bias", 1), ("bias", 2), ("dark", 1), ("dark", 2), ("flat", 1), ("flat", 2)]
+        assert sorted(c.version for c in s.scalars(select(Calibrated))) == [1, 1, 1, 2, 2, 2]
+        assert [(x.version, x.current) for x in s.scalars(select(Stack).order_by(Stack.version))] == [
+            (1, False), (2, True)]
+        new = {("master", m.kind, m.filter): read_product(m.path)[1]
+               for m in s.scalars(select(Master).where(Master.version == 2))}
+        new[("stack", "M51", "V")] = read_product(s.scalar(select(Stack.path).where(Stack.current)))[1]
+    for key, data in before.items():
+        assert np.array_equal(data, new[key], equal_nan=True), key
+    capsys.readouterr()
+    assert main(["--db", cfg.paths.database, "--incoming", str(cfg.paths.incoming), "--products",
+                 str(cfg.paths.products), "--site", "t1", "reprocess", "--night", "2024-03-10",
+                 "--no-progress"]) == 0
+    assert "3 masters, 3 calibrated lights, 1 stacks" in capsys.readouterr().out
+
+
+def test_listings_and_the_report_filter_by_site_and_json_carries_it(tmp_path, capsys):
+    """Two telescopes' nights in one catalogue (one after the other: SQLite has one writer)."""
+    from ccdwatch.cli import main
+    from ccdwatch.report.collect import collect
+
+    db = str(tmp_path / "shared.db")
+    for site, n_bias in (("t1", 3), ("t2", 4)):
+        cfg = make_config(tmp_path / site, workers={"processes": 0}, report={"refresh": False},
+                          site={"name": site}, paths={"database": db})
+        synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=n_bias, n_bias=n_bias, n_dark=0, n_flat=0,
+                         filters=("V",), n_light=0)  # other seeds: other bytes (identity is content)
+        _run_once(cfg)
+    capsys.readouterr()
+    for site, n_bias in (("t1", 3), ("t2", 4)):
+        assert main(["--db", db, "--site", site, "frames", "--format", "json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert len(rows) == n_bias and {r["site"] for r in rows} == {site}
+        for command in ("masters", "nights"):
+            assert main(["--db", db, "--site", site, command, "--format", "json"]) == 0
+            rows = json.loads(capsys.readouterr().out)
+            assert len(rows) == 1 and rows[0]["site"] == site, command
+        assert main(["--db", db, "--site", site, "nights", "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["bias"] == n_bias
+        with Catalog(db) as cat, cat.reader() as s:
+            data = collect(s, "2024-03-10", site=site)
+            assert len(data.frames) == n_bias and len(data.masters) == 1
+    assert main(["--db", db, "frames", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 7
+    assert main(["--db", db, "--site", "t3", "frames", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

@@ -315,3 +315,49 @@ def _until(cond, timeout: float) -> None:
             pass
         time.sleep(0.3)
     raise AssertionError("timed out waiting for the daemons")
+
+
+def _legacy_rows(conn, incoming: str) -> None:
+    """A frame under ``incoming`` with a master and a stack of it, and a frame elsewhere, as 0003 stored them."""
+    now = "2024-03-10 20:00:00"
+    for i, path in ((1, f"{incoming}/bias_001.fits"), (2, "/elsewhere/x.fits")):
+        conn.exec_driver_sql(
+            "INSERT INTO frames (id, path, imagetyp, state, tries, created_at, updated_at) "
+            f"VALUES ({i}, '{path}', 'bias', 'used', 0, '{now}', '{now}')")
+    conn.exec_driver_sql(
+        "INSERT INTO masters (id, kind, calib_key, camera_key, night, version, path, sha256, n_frames, method, "
+        "params, bias_subtracted, dark_subtracted, ccdwatch_version, created_at) VALUES (1, 'bias', 'bias|cam', "
+        f"'cam', '2024-03-10', 1, '/p/m.fits', 'x', 1, 'median', '{{}}', false, false, '0', '{now}')")
+    conn.exec_driver_sql("INSERT INTO master_inputs (master_id, frame_id, sha256) VALUES (1, 1, 'x')")
+    conn.exec_driver_sql(
+        "INSERT INTO stacks (id, group_key, night, target, camera_key, version, current, path, sha256, n_used, "
+        "n_rejected, total_exposure, method, params, ccdwatch_version, created_at) VALUES (1, 'g', '2024-03-10', "
+        f"'M51', 'cam', 1, true, '/p/s.fits', 'y', 1, 0, 1.0, 'mean', '{{}}', '0', '{now}')")
+    conn.exec_driver_sql("INSERT INTO stack_members (stack_id, frame_id, used) VALUES (1, 1, true)")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_to_sites_keeps_the_rows_and_the_daemon_adopts_its_own(tmp_path, request, backend):
+    from ccdwatch.catalog import make_engine, upgrade
+    from ccdwatch.catalog.sites import unregister
+
+    url = str(tmp_path / "c.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        _legacy_rows(conn, "/srv/t1")
+    engine.dispose()
+    assert upgrade(url)[:2] == ("0003", "0004")
+    with Catalog(url) as cat:
+        reg = register(cat, site="t1", incoming="/srv/t1", products="/p", heartbeat_seconds=15)
+        with cat.reader() as s:  # nothing lost: table rebuilds on SQLite must not cascade
+            assert {f.id: f.site for f in s.scalars(select(Frame))} == {1: "t1", 2: None}
+            assert [(m.site, [i.frame_id for i in m.inputs]) for m in s.scalars(select(Master))] == [("t1", [1])]
+            assert [(x.site, [m.frame_id for m in x.members]) for x in s.scalars(select(Stack))] == [("t1", [1])]
+        unregister(cat, reg)
+        with cat.reader() as s:
+            from ccdwatch.models import Daemon
+
+            assert s.scalar(select(func.count()).select_from(Daemon)) == 0

@@ -168,15 +168,31 @@ def _has_tables(engine: Engine) -> bool:
 
 
 def _upgrade_to_head(engine: Engine) -> None:
-    """Run the migrations up to head in one transaction on ``engine``."""
+    """Run the migrations up to head in one transaction on ``engine``.
+
+    On SQLite, a migration that changes a constraint rebuilds the table (copy, drop, rename);
+    with foreign keys on, dropping ``masters`` would cascade into ``master_inputs``. Foreign keys
+    are therefore off while the migrations run (the pragma only takes effect outside a
+    transaction), and ``PRAGMA foreign_key_check`` must find nothing before the commit.
+    """
     from alembic import command
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # one migrator at a time; the others then find head
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection if conn.dialect.name == "sqlite" else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":  # one migrator at a time; the others then find head
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if raw is not None and (bad := conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                    raise SchemaError(f"the migration would leave rows without their parents: {bad[:5]}")
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys = ON")
 
 
 def create_at_head(engine: Engine) -> None:

@@ -33,7 +33,7 @@ from ccdwatch.models import Claim, Daemon, Frame, Master, MasterInput, Stack, St
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Heartbeat", "OwnershipError", "Registration", "adopt", "claim", "held", "holder", "register",
+__all__ = ["Heartbeat", "OwnershipError", "Registration", "adopt", "claim", "daemons", "held", "holder", "register",
            "release", "unregister"]
 
 #: A daemon whose heartbeat is older than this many heartbeat intervals is taken as gone.
@@ -134,6 +134,11 @@ def _drop_dead_claims(s: Session, site: str, host: str) -> None:
             pass
 
 
+def daemons(s: Session) -> list[Daemon]:
+    """The daemons registered in the catalogue (live or stale), by site."""
+    return list(s.scalars(select(Daemon).order_by(Daemon.site)))
+
+
 def unregister(catalog: Catalog, reg: Registration) -> None:
     """Give up ownership (a clean stop) and drop this daemon's claims."""
     try:
@@ -200,6 +205,16 @@ def claim(s: Session, what: str, *, owner: str, site: str | None, ttl: float) ->
     except IntegrityError:
         return False
     return True
+
+
+def release_all(catalog: Catalog, owner: str) -> None:
+    """Drop every claim ``owner`` still holds (a pipeline closing: jobs that failed or were cut
+    short left theirs); a catalogue that cannot be reached keeps them until they expire."""
+    try:
+        with catalog.session() as s:
+            s.execute(delete(Claim).where(Claim.owner == owner))
+    except Exception as exc:  # noqa: BLE001 - closing must not fail for this
+        logger.debug("claims of %s not released: %s", owner, exc)
 
 
 def holder(s: Session, what: str) -> str | None:

@@ -65,6 +65,10 @@ class Pipeline:
 
     def close(self) -> None:
         self.runner.close()
+        if self.catalog.writer:
+            from ccdwatch.catalog.sites import release_all
+
+            release_all(self.catalog, self.ctx.owner)
 
     def __enter__(self) -> Pipeline:
         return self

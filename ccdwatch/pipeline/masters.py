@@ -151,6 +151,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             waited = (utcnow() - max(f.created_at for f in frames)).total_seconds()
             if bias is None and not final and waited < ctx.cfg.calibration.max_wait_hours * 3600:
                 logger.debug("master %s night %s waits for a master bias", kind, night)
+                release(s, what, owner=ctx.owner)
                 return None
         if kind == "flat":
             dark = choose.dark(sample, mid, bias, exact_only=True)[0]

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +65,8 @@ class Done:
     stacks: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    #: wall seconds of each stage ("masters", "lights", "stacks"): planning, jobs and commits
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def reprocess(pipe: Pipeline, selection: Selection, *, progress: bool = False) -> Done:
@@ -81,12 +83,16 @@ def reprocess(pipe: Pipeline, selection: Selection, *, progress: bool = False) -
         logger.info("continuing the campaign on %s begun at %sZ", selection, started.isoformat(timespec="seconds"))
     done = Done()
     with _bar(progress, len(keys) + len(lights) + 1) as bar:
+        t = time.perf_counter()
         _masters(pipe, keys, started, done, bar)
+        done.stage_seconds["masters"], t = time.perf_counter() - t, time.perf_counter()
         _lights(pipe, lights, started, done, bar)
+        done.stage_seconds["lights"], t = time.perf_counter() - t, time.perf_counter()
         groups = sorted({g for night in nights for g in pipe.groups_of_night(night)}, key=str)
         bar.total = len(keys) + len(lights) + len(groups)
         bar.refresh()
         _stacks(pipe, groups, started, done, bar)
+        done.stage_seconds["stacks"] = time.perf_counter() - t
     if not pipe.paused:
         with ctx.catalog.session() as s:
             finish_campaign(s, campaign)
