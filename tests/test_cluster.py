@@ -165,6 +165,7 @@ def test_a_worker_killed_mid_night_the_night_completes(tmp_path):
             p.wait(30)
 
 
+@pytest.mark.slow
 def test_reprocess_makes_new_versions_and_an_interrupted_campaign_continues(tmp_path, monkeypatch, capsys):
     """`reprocess --night`: every master, calibrated light and stack gets one new version with the
     same pixels; a campaign interrupted after its first calibration continues where it stopped."""
@@ -241,3 +242,35 @@ def test_listings_and_the_report_filter_by_site_and_json_carries_it(tmp_path, ca
     assert len(json.loads(capsys.readouterr().out)) == 7
     assert main(["--db", db, "--site", "t3", "frames", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_masters_are_shared_between_sites_only_when_configured(tmp_path):
+    """A camera moved from t1's PC to t2's: t2's lights wait for masters of their own, until t2 is
+    configured to use t1's (same camera set-up), and are then calibrated with them."""
+    db = str(tmp_path / "shared.db")
+    staging = tmp_path / "staging"
+    synth.make_night(staging, camera=CAMERA, seed=12, **NIGHT)
+    t1 = make_config(tmp_path / "t1", workers={"processes": 0}, report={"refresh": False}, site={"name": "t1"},
+                     paths={"database": db})
+    t2 = make_config(tmp_path / "t2", workers={"processes": 0}, report={"refresh": False}, site={"name": "t2"},
+                     paths={"database": db})
+    for path in sorted(staging.iterdir()):
+        dest = t2.paths.incoming if path.name.startswith("M51") else t1.paths.incoming
+        path.rename(dest / path.name)
+    _run_once(t1)
+    _run_once(t2)
+    with Catalog(db) as cat, cat.reader() as s:
+        lights = s.scalars(select(Frame).where(Frame.site == "t2")).all()
+        assert {f.state for f in lights} == {"waiting"} and "no master bias" in lights[0].state_reason
+    shared = make_config(tmp_path / "t2", workers={"processes": 0}, report={"refresh": False},
+                         site={"name": "t2", "share_masters_from": ("t1",)}, paths={"database": db})
+    _run_once(shared)
+    with Catalog(db) as cat, cat.reader() as s:
+        from ccdwatch.models import Calibrated
+
+        t1_masters = {m.id for m in s.scalars(select(Master).where(Master.site == "t1"))}
+        assert len(t1_masters) == 3 and s.scalar(select(func.count()).select_from(Master)) == 3
+        products = s.scalars(select(Calibrated)).all()
+        assert len(products) == 3
+        assert all({c.bias_id, c.dark_id, c.flat_id} <= t1_masters for c in products)
+        assert {x.site for x in s.scalars(select(Stack))} == {"t2"}
