@@ -64,7 +64,7 @@ def main() -> None:
         print(f"first reduction (2 local workers): {time.perf_counter() - t0:.1f} s")
         rows = []
         for n in args.workers:
-            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
                 run = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers,
                                                                            scheduler=cluster.scheduler_address))
                 with Catalog(cfg.paths.database) as cat, Pipeline(run, cat) as pipe:

@@ -37,7 +37,7 @@ NIGHT = {"n_bias": 3, "n_dark": 3, "n_flat": 3, "filters": ("V",), "n_light": 3,
 @pytest.fixture(scope="module")
 def local_cluster():
     """Two single-threaded worker processes (this machine has two cores)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         yield c
 
 
@@ -274,3 +274,43 @@ def test_masters_are_shared_between_sites_only_when_configured(tmp_path):
         assert len(products) == 3
         assert all({c.bias_id, c.dark_id, c.flat_id} <= t1_masters for c in products)
         assert {x.site for x in s.scalars(select(Stack))} == {"t2"}
+
+
+@pytest.mark.slow
+def test_a_job_over_its_time_limit_fails_and_its_worker_is_restarted(tmp_path, local_cluster):
+    from ccdwatch.jobs.pool import WorkerFailure
+
+    workers = jobs_cluster.ClusterWorkers(local_cluster.scheduler_address, local=Workers(processes=0),
+                                          incoming=tmp_path, products=tmp_path / "products", retry=60)
+    try:
+        with distributed.Client(local_cluster.scheduler_address, set_as_default=False) as client:
+            before = client.run(os.getpid)
+            t0 = time.monotonic()
+            hung, quick = workers.map(time.sleep, [600, 0], timeout=3)
+            assert time.monotonic() - t0 < 30
+            assert isinstance(hung.exception(), WorkerFailure) and "time limit" in str(hung.exception())
+            assert quick.result() is None
+            client.wait_for_workers(2, timeout=60)
+            after = client.run(os.getpid)
+        assert len(set(before.values()) - set(after.values())) == 1  # the hung job's worker was replaced
+        assert [f.result() for f in workers.map(abs, [-4], timeout=10)] == [4]
+    finally:
+        workers.close()
+
+
+@pytest.mark.slow
+def test_jobs_in_flight_when_the_scheduler_goes_run_again_locally(tmp_path, caplog):
+    import threading
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+        workers = jobs_cluster.ClusterWorkers(c.scheduler_address, local=Workers(processes=0), incoming=tmp_path,
+                                              products=tmp_path / "products", retry=600)
+        threading.Timer(1.0, c.close).start()  # the scheduler host goes down mid-batch
+        with caplog.at_level(logging.WARNING, logger="ccdwatch.jobs.cluster"):
+            futures = workers.map(time.sleep, [5, 5], timeout=60)
+    try:
+        assert [f.result() for f in futures] == [None, None]
+        assert "was lost with 2 sleep job(s) in flight: running them locally" in caplog.text
+        assert [f.result() for f in workers.map(abs, [-5], timeout=5)] == [5]  # local until retried
+    finally:
+        workers.close()
