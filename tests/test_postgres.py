@@ -192,6 +192,32 @@ def test_a_live_daemon_owns_its_site_incoming_and_products(tmp_path, pg_url):
             other.wait()
 
 
+def test_registering_at_the_same_instant_is_decided_without_an_error(pg_url):
+    """Two registrations race on the insert; the loser sees the winner's row (here: of this very
+    process, so it takes it over) instead of failing on the unique constraint."""
+    from ccdwatch.models import Daemon
+
+    with Catalog(pg_url) as cat:
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(2)
+
+        def start() -> None:
+            barrier.wait()
+            try:
+                register(cat, site="t1", incoming="/srv/t1", products="/p/t1", heartbeat_seconds=15)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        with cat.reader() as s:
+            assert s.scalar(select(func.count()).select_from(Daemon)) == 1
+
+
 def _ccdwatch(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ccdwatch.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)

@@ -95,29 +95,42 @@ def register(catalog: Catalog, *, site: str, incoming: str, products: str, heart
         A live daemon (fresh heartbeat, or a running pid on this host) holds one of the three;
         the message names it. Rows of daemons that are gone are taken over.
     """
-    host, pid, now = socket.gethostname(), os.getpid(), utcnow()
+    host, pid = socket.gethostname(), os.getpid()
     stale = timedelta(seconds=STALE_BEATS * heartbeat_seconds)
-    with catalog.session() as s:
-        rows = s.scalars(select(Daemon).where(or_(Daemon.site == site, Daemon.incoming == incoming,
-                                                  Daemon.products == products)).with_for_update()).all()
-        for row in rows:
-            if _alive(row, host, now, stale):
-                what = ("the site " + repr(site) if row.site == site else
-                        "the incoming directory " + incoming if row.incoming == incoming else
-                        "the products root " + products)
-                raise OwnershipError(f"{what} is owned by {_describe(row, now)}; stop that daemon, or give this "
-                                     "one its own [site] name, incoming directory and products root")
-            logger.warning("taking over from %s: it is gone", _describe(row, now))
-            s.delete(row)
-        s.flush()
-        s.add(Daemon(site=site, incoming=incoming, products=products, host=host, pid=pid, scheduler=scheduler,
-                     started_at=now, heartbeat_at=now))
-        _drop_dead_claims(s, site, host)
+    for attempt in (1, 2):  # a daemon registering at the same instant wins the insert; then we see it
+        try:
+            with catalog.session() as s:
+                _take(s, site=site, incoming=incoming, products=products, host=host, stale=stale)
+                s.add(Daemon(site=site, incoming=incoming, products=products, host=host, pid=pid,
+                             scheduler=scheduler, started_at=utcnow(), heartbeat_at=utcnow()))
+                _drop_dead_claims(s, site, host)
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
     reg = Registration(site, incoming, products, host, pid)
     adopted = adopt(catalog, site, incoming)
     if adopted:
         logger.info("site %s: adopted %d frames catalogued before sites existed", site, adopted)
     return reg
+
+
+def _take(s: Session, *, site: str, incoming: str, products: str, host: str, stale: timedelta) -> None:
+    """Remove the rows of gone daemons that hold ``site``, ``incoming`` or ``products``; raise
+    :class:`OwnershipError` for a live one."""
+    now = utcnow()
+    rows = s.scalars(select(Daemon).where(or_(Daemon.site == site, Daemon.incoming == incoming,
+                                              Daemon.products == products)).with_for_update()).all()
+    for row in rows:
+        if _alive(row, host, now, stale):
+            what = ("the site " + repr(site) if row.site == site else
+                    "the incoming directory " + incoming if row.incoming == incoming else
+                    "the products root " + products)
+            raise OwnershipError(f"{what} is owned by {_describe(row, now)}; stop that daemon, or give this "
+                                 "one its own [site] name, incoming directory and products root")
+        logger.warning("taking over from %s: it is gone", _describe(row, now))
+        s.delete(row)
+    s.flush()
 
 
 def _drop_dead_claims(s: Session, site: str, host: str) -> None:
