@@ -314,3 +314,21 @@ def test_jobs_in_flight_when_the_scheduler_goes_run_again_locally(tmp_path, capl
         assert [f.result() for f in workers.map(abs, [-5], timeout=5)] == [5]  # local until retried
     finally:
         workers.close()
+
+
+def test_site_and_scheduler_settings_are_checked_and_the_default_site_is_derived(tmp_path):
+    import socket
+
+    from ccdwatch.config import parse_config, site_name
+
+    cfg = parse_config({"paths": {"incoming": "cam1/incoming"}}, base=tmp_path)
+    assert site_name(cfg) == f"{socket.gethostname().split('.')[0]}/incoming"
+    cfg = parse_config({"site": {"name": "t1", "share_masters_from": ["t0"]},
+                        "workers": {"scheduler": "tcp://sched:8786"}}, base=tmp_path)
+    assert (site_name(cfg), cfg.site.share_masters_from, cfg.workers.scheduler) == ("t1", ("t0",), "tcp://sched:8786")
+    for data, key in (({"site": {"name": "bad name!"}}, "site.name"),
+                      ({"site": {"share_masters_from": "t0"}}, "site.share_masters_from"),
+                      ({"workers": {"scheduler": "sched:8786"}}, "workers.scheduler"),
+                      ({"site": {"heartbeat_seconds": 0}}, "site.heartbeat_seconds")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse_config(data, base=tmp_path)
