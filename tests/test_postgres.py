@@ -230,20 +230,23 @@ def _write_night(directory: Path, camera: synth.Camera, seed: int) -> None:
 @pytest.mark.slow
 def test_two_daemons_one_catalogue_each_plans_only_its_camera(tmp_path, pg_url):
     """Two cameras of the same model (so the same calibration and group keys) on two telescopes,
-    reduced at the same time by two daemons into one catalogue: each frame once, masters and stacks
-    per telescope, pixels equal to each telescope's single-machine SQLite run; a third daemon on an
-    incoming directory already owned is refused, naming the owner."""
+    reduced at the same time by two daemons into one catalogue, their jobs on one Dask cluster:
+    each frame once, masters and stacks per telescope, pixels equal to each telescope's
+    single-machine SQLite run."""
+    distributed = pytest.importorskip("distributed")
     cams = {"t1": synth.Camera(shape=(96, 128), seed=11), "t2": synth.Camera(shape=(96, 128), seed=22)}
     for i, (site, cam) in enumerate(cams.items()):
         _write_night(tmp_path / site / "incoming", cam, seed=30 + i)
     env = dict(os.environ, CCDWATCH_CONFIG=_daemon_config(tmp_path))
-    procs = {site: _ccdwatch("--db", pg_url, "--incoming", str(tmp_path / site / "incoming"), "--products",
-                             str(tmp_path / site / "products"), "--site", site, "watch", "--once", env=env)
-             for site in cams}
-    for site, p in procs.items():
-        out, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err
-        assert f"site {site}" in out
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+        procs = {site: _ccdwatch("--db", pg_url, "--incoming", str(tmp_path / site / "incoming"), "--products",
+                                 str(tmp_path / site / "products"), "--site", site, "--scheduler",
+                                 c.scheduler_address, "watch", "--once", env=env)
+                 for site in cams}
+        for site, p in procs.items():
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err
+            assert f"site {site}" in out and "jobs run on the Dask cluster" in err
     refs = {}
     for site in cams:  # the single-machine reference: SQLite, one camera
         cfg = make_config(tmp_path / "ref" / site, incoming=tmp_path / site / "incoming", workers={"processes": 0})
@@ -293,6 +296,10 @@ def test_live_daemons_survive_the_server_dropping_them_and_refuse_a_second_owner
             for i, site in enumerate(sites):  # the camera writes, then the server restarts
                 _write_night(tmp_path / site / "incoming", synth.Camera(shape=(96, 128), seed=40 + i), seed=50 + i)
             _until(lambda: _count(cat, Frame.state == "used") >= 6, 90)
+            status = subprocess.run([sys.executable, "-m", "ccdwatch.cli", "--db", pg_url, "status"], env=env,
+                                    capture_output=True, text=True, timeout=60)
+            for site in sites:
+                assert f"site {site}: daemon pid {daemons[site].pid}" in status.stdout
             assert terminate_backends(pg_url) >= 2
             _until(lambda: _count(cat, Frame.state == "stacked") == 6, 120)
             with cat.reader() as s:
