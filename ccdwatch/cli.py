@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from ccdwatch import __version__
@@ -22,6 +23,7 @@ from ccdwatch.catalog import (
     Catalog,
     SchemaError,
     backup_sqlite,
+    connection_lost,
     current_revision,
     frame_by_path_or_id,
     head_revision,
@@ -45,7 +47,8 @@ from ccdwatch.catalog.queries import (
     query_masters,
     query_stacks,
 )
-from ccdwatch.config import Config, ConfigError, database_url, load_config
+from ccdwatch.catalog.sites import OwnershipError
+from ccdwatch.config import Config, ConfigError, database_url, load_config, site_name
 from ccdwatch.models import Calibrated, Frame, FrameState, Master, Stack
 from ccdwatch.records import FORMATS, emit, emit_named, frame_record, iso, master_record, stack_record
 
@@ -54,13 +57,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ccdwatch")
 
+EXIT_OWNED = 5  # another live daemon owns this site, incoming directory or products root
+EXIT_UNREACHABLE = 6  # the catalogue's server does not answer
+
 # ---------------------------------------------------------------------- commands
 def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
     return Catalog(cfg.paths.database, writer=writer, create=writer)
 
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
-    if cfg.workers.processes > 0:
+    if cfg.workers.processes > 0 and not cfg.workers.scheduler:
         from ccdwatch.jobs import forkserver
 
         forkserver.start()  # first: its imports overlap with ours below
@@ -76,7 +82,12 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         )
     if args.once and not incoming.is_dir():
         raise ConfigError(f"config key 'paths.incoming': {incoming} is not a directory")
-    with Catalog(cfg.paths.database, writer=True) as catalog, Pipeline(cfg, catalog) as pipeline:
+    from ccdwatch.catalog.sites import held
+
+    with Catalog(cfg.paths.database, writer=True) as catalog, \
+            held(catalog, site=site_name(cfg), incoming=str(incoming), products=str(products),
+                 heartbeat_seconds=cfg.site.heartbeat_seconds, scheduler=cfg.workers.scheduler or None), \
+            Pipeline(cfg, catalog) as pipeline:
         watcher = Watcher(cfg, pipeline)
         watcher.install_signal_handlers()
         if not args.once:
@@ -87,10 +98,10 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
             n = product_counts(s)
             waiting = frames_in_state(s, FrameState.WAITING)
             quarantined = frames_in_state(s, FrameState.QUARANTINED)
-            classified = frames_with_classification(s)
+            classified = frames_with_classification(s, site=site_name(cfg))
             advice = [line for a in unused_frames(classified) for line in a.lines()]
             advice += unmatched_rules(cfg.classify, classified)
-        print(f"ccdwatch {__version__}: scanned {incoming}")
+        print(f"ccdwatch {__version__}: scanned {incoming} (site {site_name(cfg)})")
         print(f"  this run: {stats.ingested} ingested, {stats.duplicate} duplicates, "
               f"{stats.unchanged} unchanged, {stats.quarantined} quarantined")
         print(f"  catalogue: {sum(counts.values())} frames (" +
@@ -118,7 +129,7 @@ def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
         since = since.astimezone(UTC).replace(tzinfo=None)
     with _catalog(cfg) as cat, cat.reader() as s:
         frames = query_frames(s, night=args.night, imagetyp=args.type, filter=args.filter, object=args.object,
-                              state=args.state, since=since, limit=args.limit)
+                              state=args.state, since=since, limit=args.limit, site=args.site)
         rows = [frame_record(f) for f in frames]
     emit_named(rows, args.format, FRAME_COLUMNS)
     return 0
@@ -193,10 +204,14 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    from ccdwatch.catalog.sites import daemons
+
     with _catalog(cfg) as cat, cat.reader() as s:
         counts = state_counts(s)
         last = last_ingest(s)
         n = product_counts(s)
+        running = [(d.site, d.host, d.pid, d.incoming, (utcnow() - d.heartbeat_at).total_seconds())
+                   for d in daemons(s)]
     status_file = Path(cfg.paths.products) / "status.json"
     daemon = None
     if status_file.exists():
@@ -210,12 +225,15 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     print(f"last ingest: {iso(last) or 'never'}")
     if daemon:
         print(f"daemon: {daemon.get('status')} (queue {daemon.get('queue')}, updated {daemon.get('updated')})")
+    for site, host, pid, incoming, age in running:
+        print(f"site {site}: daemon pid {pid} on {host}, watching {incoming}, heartbeat {age:.0f} s ago")
     return 0
 
 
 def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
     with _catalog(cfg) as cat, cat.reader() as s:
-        masters = query_masters(s, kind=args.type, night=args.night, filter=args.filter, exptime=args.exptime)
+        masters = query_masters(s, kind=args.type, night=args.night, filter=args.filter, exptime=args.exptime,
+                                site=args.site)
         rows = [master_record(m) for m in masters]
     emit_named(rows, args.format, ("id", "kind", "night", "version", "exptime", "ccd_temp", "filter", "n_frames",
                                    "method",
@@ -225,7 +243,8 @@ def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_stacks(cfg: Config, args: argparse.Namespace) -> int:
     with _catalog(cfg) as cat, cat.reader() as s:
-        stacks = query_stacks(s, night=args.night, target=args.target, filter=args.filter, all_versions=args.all)
+        stacks = query_stacks(s, night=args.night, target=args.target, filter=args.filter, all_versions=args.all,
+                              site=args.site)
         rows = [stack_record(x) for x in stacks]
     emit_named(rows, args.format, ("id", "night", "target", "filter", "exptime", "version", "n_used", "n_rejected",
                              "total_exposure", "name"))
@@ -234,14 +253,14 @@ def cmd_stacks(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_nights(cfg: Config, args: argparse.Namespace) -> int:
     with _catalog(cfg) as cat, cat.reader() as s:
-        rows = night_type_counts(s)
-    by_night: dict[str, dict[str, Any]] = {}
-    for night, typ, n in rows:
-        rec = by_night.setdefault(night or "-", {"night": night, "bias": 0, "dark": 0, "flat": 0, "light": 0,
-                                                 "unknown": 0})
+        rows = night_type_counts(s, site=args.site)
+    by_night: dict[tuple[str, str], dict[str, Any]] = {}
+    for night, site, typ, n in rows:
+        rec = by_night.setdefault((night or "-", site or "-"), {"night": night, "site": site, "bias": 0, "dark": 0,
+                                                                "flat": 0, "light": 0, "unknown": 0})
         rec[typ] = rec.get(typ, 0) + n
-    emit(sorted(by_night.values(), key=lambda r: str(r["night"])), args.format,
-         ("night", "bias", "dark", "flat", "light", "unknown"))
+    emit([by_night[k] for k in sorted(by_night)], args.format,
+         ("night", "site", "bias", "dark", "flat", "light", "unknown"))
     return 0
 
 
@@ -285,6 +304,20 @@ def cmd_reclassify(cfg: Config, args: argparse.Namespace) -> int:
         if done.changed and not args.no_process:
             pipe.tick(final=True)
             print("masters, calibrations and stacks redone")
+    return 0
+
+
+def cmd_reprocess(cfg: Config, args: argparse.Namespace) -> int:
+    """New versions of every master, calibration and stack of the selected nights (this site)."""
+    from ccdwatch.pipeline.reprocess import Selection, reprocess
+
+    selection = Selection(night=args.night, since=args.since, every=args.all)
+    catalog, pipe = _pipeline(cfg)
+    with catalog, pipe:
+        done = reprocess(pipe, selection, progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    print(f"reprocessed {selection} (site {pipe.ctx.site}): {done.masters} masters, {done.calibrated} "
+          f"calibrated lights, {done.stacks} stacks in {done.seconds:.1f} s"
+          + (f"; {done.skipped} already done by an earlier run" if done.skipped else ""))
     return 0
 
 
@@ -345,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="directory ccdwatch writes into (overrides paths.products)")
         parser.add_argument("--db", default=default,
                             help="catalogue: SQLAlchemy URL or SQLite file path (overrides paths.database)")
+        parser.add_argument("--scheduler", default=default, metavar="tcp://HOST:PORT",
+                            help="run the jobs on this Dask scheduler's workers (overrides workers.scheduler)")
+        parser.add_argument("--site", default=default,
+                            help="this daemon's site/telescope (overrides site.name); listings: only this site")
         parser.add_argument("-v", "--verbose", action="count", default=default if default is not None else 0,
                             help="more log output (-vv for debug)")
         parser.add_argument("-q", "--quiet", action="store_true", default=default if default is not None else False,
@@ -450,6 +487,16 @@ def _processing_commands(sub: argparse._SubParsersAction) -> None:
                      help="only reclassify; the daemon rebuilds masters, calibrations and stacks")
     rc2.set_defaults(func=cmd_reclassify)
 
+    rp = sub.add_parser("reprocess", help="new versions of every master, calibration and stack of some nights "
+                                          "(a rerun continues an interrupted campaign)")
+    which = rp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--night", help="one night YYYY-MM-DD")
+    which.add_argument("--since", help="every night from this one (YYYY-MM-DD) on")
+    which.add_argument("--all", action="store_true", help="every night")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.add_argument("--progress", action="store_true", help="a progress bar even when not on a terminal")
+    rp.set_defaults(func=cmd_reprocess)
+
     rt = sub.add_parser("retry", help="give failed (or missing, quarantined) frames another try")
     rt.add_argument("--night")
     rt.add_argument("--state", default=str(FrameState.FAILED),
@@ -517,11 +564,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose, args.quiet or (quiet_default and args.verbose == 0))
     try:
         cfg = load_config(args.config).with_overrides(incoming=args.incoming, products=args.products,
-                                                      database=args.db)
+                                                      database=args.db, scheduler=args.scheduler, site=args.site)
         return args.func(cfg, args)
     except ConfigError as exc:
         print(f"ccdwatch: configuration error: {exc}", file=sys.stderr)
         return 2
+    except OwnershipError as exc:
+        print(f"ccdwatch: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_OWNED
+    except OperationalError as exc:
+        if not connection_lost(exc):
+            raise
+        print(f"ccdwatch: the catalogue does not answer: {str(exc.orig).splitlines()[0]}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except SchemaError as exc:
         print(f"ccdwatch: {exc}", file=sys.stderr)
         return 4

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import socket
 import tomllib
 import types
 import typing
@@ -33,11 +35,13 @@ __all__ = [
     "NightConfig",
     "PathsConfig",
     "ReportConfig",
+    "SiteConfig",
     "StackConfig",
     "WatchConfig",
     "WorkersConfig",
     "database_url",
     "load_config",
+    "site_name",
 ]
 
 ENV_VAR = "CCDWATCH_CONFIG"
@@ -204,6 +208,25 @@ class WorkersConfig:
     """Seconds a worker may spend reading and checking one raw file."""
     job_timeout: float = 1800.0
     """Seconds a worker may spend on one master, calibration or stack."""
+    scheduler: str = ""
+    """Address of a Dask scheduler (``tcp://HOST:PORT``) to run the jobs on; empty: the local
+    worker processes above. Unreachable at start-up (or lost later): the jobs run on the local
+    workers, with a warning, and the scheduler is tried again every ``scheduler_retry`` s."""
+    scheduler_retry: float = 60.0
+    """Seconds between attempts to reach an unreachable Dask scheduler."""
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Which telescope this daemon is, when several share one catalogue."""
+
+    name: str = ""
+    """The site/telescope name stored on every frame, master and stack this daemon makes; it
+    plans only its own site's frames. Empty: ``<host>/<incoming directory's name>``."""
+    share_masters_from: tuple[str, ...] = ()
+    """Other sites whose masters may calibrate this site's lights (a camera moved between PCs)."""
+    heartbeat_seconds: float = 15.0
+    """How often the daemon records that it is alive; one silent for 4x this is taken as gone."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +241,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     colour: ColourConfig = field(default_factory=ColourConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
     classify: tuple[ClassificationRule, ...] = ()
     """Ordered rules for frames whose headers lie or lack a type (first match wins)."""
     source: Path | None = None
@@ -229,16 +253,23 @@ class Config:
         incoming: str | os.PathLike | None = None,
         products: str | os.PathLike | None = None,
         database: str | None = None,
+        scheduler: str | None = None,
+        site: str | None = None,
     ) -> Config:
         """Return a copy with the command-line overrides applied (relative to the cwd)."""
-        paths = self.paths
+        cfg = self
+        if scheduler is not None:
+            cfg = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, scheduler=scheduler))
+        if site is not None:
+            cfg = dataclasses.replace(cfg, site=dataclasses.replace(cfg.site, name=_site_value("site.name", site)))
+        paths = cfg.paths
         if incoming is not None:
             paths = dataclasses.replace(paths, incoming=Path(incoming).absolute())
         if products is not None:
             paths = dataclasses.replace(paths, products=Path(products).absolute())
         if database is not None:
             paths = dataclasses.replace(paths, database=database)
-        return dataclasses.replace(self, paths=paths)
+        return dataclasses.replace(cfg, paths=paths)
 
 
 _SECTIONS: dict[str, type] = {
@@ -252,6 +283,7 @@ _SECTIONS: dict[str, type] = {
     "report": ReportConfig,
     "workers": WorkersConfig,
     "colour": ColourConfig,
+    "site": SiteConfig,
 }
 _RULE_KEYS = ("glob", "path", "header", "imagetyp", "filter", "object")
 _IMAGE_TYPES = [t.value for t in ImageType if t is not ImageType.UNKNOWN] + ["ignore"]
@@ -316,6 +348,14 @@ def _section(name: str, cls: type, table: Any, base: Path) -> Any:
             kwargs[key] = _bayer(dotted, value)
         elif cls is PathsConfig and key == "database":
             kwargs[key] = _database(dotted, value, base)
+        elif cls is SiteConfig and key == "share_masters_from":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"config key {dotted!r} must be a list of site names, got {value!r}")
+            kwargs[key] = tuple(_site_value(dotted, v) for v in value)
+        elif cls is SiteConfig and key == "name":
+            kwargs[key] = _site_value(dotted, value) if value != "" else ""
+        elif cls is WorkersConfig and key == "scheduler":
+            kwargs[key] = _scheduler(dotted, value)
         elif cls is PathsConfig and key == "snapshot":
             if not isinstance(value, str) or "://" in value:
                 raise ConfigError(f"config key {dotted!r} must be a file path (or \"\" for none), got {value!r}")
@@ -370,10 +410,38 @@ def _database(key: str, value: Any, base: Path) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,79}")
+
+
+def _site_value(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not SITE_NAME.fullmatch(value):
+        raise ConfigError(f"config key {key!r} must be a site name of 1-80 letters, digits and ._:/@+- "
+                          f"(starting with a letter or digit), got {value!r}")
+    return value
+
+
+def _scheduler(key: str, value: Any) -> str:
+    if not isinstance(value, str) or (value and "://" not in value):
+        raise ConfigError(f"config key {key!r} must be a Dask scheduler address such as "
+                          f"'tcp://scheduler.example:8786' (or \"\" for local workers), got {value!r}")
+    return value
+
+
+def site_name(cfg: Config) -> str:
+    """This daemon's site: ``[site] name``, else ``<short host name>/<incoming directory's name>``."""
+    if cfg.site.name:
+        return cfg.site.name
+    host = socket.gethostname().split(".")[0] or "localhost"
+    derived = f"{host}/{Path(cfg.paths.incoming).absolute().name}"
+    cleaned = re.sub(r"[^A-Za-z0-9._:/@+-]", "-", derived).lstrip("._:/@+-") or "site"
+    return cleaned[:80]
+
+
 _POSITIVE = {
     "watch": ("poll_interval", "tick_interval", "snapshot_minutes"),
     "ingest": ("max_data_mb", "max_tries"),
-    "workers": ("memory_limit_mb", "ingest_timeout", "job_timeout"),
+    "workers": ("memory_limit_mb", "ingest_timeout", "job_timeout", "scheduler_retry"),
+    "site": ("heartbeat_seconds",),
     "masters": ("sigma", "memory_budget_mb", "hot_pixel_sigma"),
     "stack": ("sigma", "quiet_minutes", "detect_sigma", "fwhm_mad", "sky_mad", "elongation_max"),
 }

@@ -134,6 +134,10 @@ class Frame(Base):
     #: CFA pattern of a one-shot-colour sensor, as read out (e.g. "RGGB"); None: monochrome
     bayer_pattern: Mapped[str | None] = mapped_column(String(8))
 
+    # Added by revision 0004 (several telescopes, one catalogue).
+    #: the site/telescope whose daemon catalogued it (``[site] name``); it alone plans the frame
+    site: Mapped[str | None] = mapped_column(String(80), index=True)
+
     files: Mapped[list[SourceFile]] = relationship(back_populates="frame")
     events: Mapped[list[Event]] = relationship(back_populates="frame", order_by="Event.id")
 
@@ -205,10 +209,12 @@ class Master(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     #: why this master may no longer be used (inputs reclassified away); None: usable
     retired: Mapped[str | None] = mapped_column(Text)
+    #: the site whose frames it combines (revision 0004)
+    site: Mapped[str | None] = mapped_column(String(80), index=True)
 
     inputs: Mapped[list[MasterInput]] = relationship(back_populates="master", cascade="all, delete-orphan")
 
-    __table_args__ = (UniqueConstraint("calib_key", "night", "version"),)
+    __table_args__ = (UniqueConstraint("site", "calib_key", "night", "version"),)
 
 
 class MasterInput(Base):
@@ -269,10 +275,12 @@ class Stack(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     ccdwatch_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    #: the site whose lights it stacks (revision 0004)
+    site: Mapped[str | None] = mapped_column(String(80), index=True)
 
     members: Mapped[list[StackMember]] = relationship(back_populates="stack", cascade="all, delete-orphan")
 
-    __table_args__ = (UniqueConstraint("group_key", "version"),)
+    __table_args__ = (UniqueConstraint("site", "group_key", "version"),)
 
 
 class StackMember(Base):
@@ -287,3 +295,52 @@ class StackMember(Base):
     transform: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     stack: Mapped[Stack] = relationship(back_populates="members")
+
+
+class Daemon(Base):
+    """A running daemon: the site it is, the incoming directory it owns, and when it was last alive.
+
+    One live daemon per site, per incoming directory and per products root; a row whose heartbeat
+    is stale (or whose process is gone, on the same host) is taken over by the next daemon.
+    """
+
+    __tablename__ = "daemons"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(String(80), unique=True)
+    incoming: Mapped[str] = mapped_column(Text, unique=True)
+    products: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    scheduler: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Claim(Base):
+    """Work a planner has taken (a master or stack to build) until its result is committed.
+
+    Concurrent planners of one site never build the same thing twice: the first inserts the
+    claim, the others see it and skip; a claim whose holder died expires at ``expires_at``.
+    """
+
+    __tablename__ = "claims"
+
+    what: Mapped[str] = mapped_column(String(400), primary_key=True)
+    site: Mapped[str | None] = mapped_column(String(80))
+    owner: Mapped[str] = mapped_column(String(255))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Campaign(Base):
+    """A reprocessing campaign (``ccdwatch reprocess``): products older than ``started_at`` in its
+    selection are made again; a rerun of the same selection continues the unfinished campaign."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site: Mapped[str | None] = mapped_column(String(80))
+    selection: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -73,6 +73,7 @@ def frame_record(f: Frame) -> dict[str, Any]:
         "tries": f.tries,
         "last_error": f.last_error,
         "created_at": iso(f.created_at),
+        "site": f.site,
     }
 
 
@@ -86,7 +87,7 @@ def master_record(m: Master) -> dict[str, Any]:
         "retired": m.retired,
         "path": m.path, "sha256": m.sha256, "preview": m.preview_path, "camera_key": m.camera_key,
         "inputs": [i.frame_id for i in m.inputs], "params": m.params,
-        "ccdwatch_version": m.ccdwatch_version, "created_at": iso(m.created_at),
+        "ccdwatch_version": m.ccdwatch_version, "created_at": iso(m.created_at), "site": m.site,
     }
 
 
@@ -98,7 +99,7 @@ def stack_record(s: Stack) -> dict[str, Any]:
         "path": s.path, "sha256": s.sha256, "preview": s.preview_path, "group_key": s.group_key,
         "members": [{"frame_id": m.frame_id, "used": m.used, "reason": m.reason, "transform": m.transform}
                     for m in s.members],
-        "params": s.params, "created_at": iso(s.created_at),
+        "params": s.params, "created_at": iso(s.created_at), "site": s.site,
     }
 
 

@@ -4,6 +4,8 @@ Helpers that tests import live in :mod:`tests.helpers`."""
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,53 @@ def real_night() -> Path:
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
+
+
+#: The PostgreSQL server the tests use (trust auth); CI starts it (see .ci/run).
+PG_SERVER = os.environ.get("CCDWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_admin():
+    """An AUTOCOMMIT engine on the server's maintenance database, or a skip saying why there is none."""
+    pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg: pip install -e '.[test]'")
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except OperationalError as exc:
+        engine.dispose()
+        pytest.skip(f"no PostgreSQL server answers at {PG_SERVER} ({str(exc.orig).splitlines()[0]}); "
+                    "set CCDWATCH_TEST_PG or start one (.ci/run does)")
+    return engine
+
+
+@pytest.fixture
+def pg_url():
+    """A throwaway PostgreSQL database (ccdwatch_test_<random>), dropped afterwards; its URL."""
+    admin = _pg_admin()
+    name = f"ccdwatch_test_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def terminate_backends(url: str) -> int:
+    """Cut every connection to the database of ``url`` (a server restart as the clients see it)."""
+    admin = _pg_admin()
+    database = url.rsplit("/", 1)[1]
+    try:
+        with admin.connect() as conn:
+            return len(conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %(d)s AND pid <> pg_backend_pid()",
+                {"d": database}).all())
+    finally:
+        admin.dispose()

@@ -4,6 +4,7 @@
 ``queries``   named queries of the pipeline, the CLI and the daemon
 ``night``     what the night report reads
 ``summary``   what the demo reads
+``sites``     several daemons on one catalogue: ownership with heartbeats, claims on work
 """
 
 from ccdwatch.catalog.db import (
@@ -12,8 +13,10 @@ from ccdwatch.catalog.db import (
     alembic_config,
     backup_sqlite,
     check_schema,
+    connection_lost,
     create_at_head,
     current_revision,
+    engine_url,
     head_revision,
     integrity,
     is_sqlite,
@@ -38,8 +41,10 @@ __all__ = [
     "alembic_config",
     "backup_sqlite",
     "check_schema",
+    "connection_lost",
     "create_at_head",
     "current_revision",
+    "engine_url",
     "frame_by_path_or_id",
     "head_revision",
     "integrity",

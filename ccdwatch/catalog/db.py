@@ -1,6 +1,14 @@
 """The catalogue's database: engine and session set-up, schema checks, migrations, backups.
 
-The catalogue package is the only code that talks SQL. SQLite is used the way a long-running single-writer
+The catalogue package is the only code that talks SQL. Two backends: SQLite (the embedded
+default, one telescope) and PostgreSQL through psycopg 3 (several daemons sharing one catalogue;
+``pip install 'ccdwatch[cluster]'``). On PostgreSQL every connection is checked before use
+(``pool_pre_ping``), so a restarted server costs nothing; a transaction cut by a lost connection
+raises an error :func:`connection_lost` recognises, and the pipeline pauses until :meth:`Catalog.ping`
+succeeds again. Migrations on PostgreSQL run under an advisory lock, so daemons starting together
+on an empty database create it once.
+
+SQLite is used the way a long-running single-writer
 service needs it: WAL (readers never block the writer), ``synchronous=FULL``, foreign keys on, a
 busy timeout, exactly one writing connection, and write transactions opened with
 ``BEGIN IMMEDIATE`` so that they take the write lock up front instead of failing half-way with
@@ -22,7 +30,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from ccdwatch.config import database_url
+from ccdwatch.config import ConfigError, database_url
 from ccdwatch.models import Event, Frame
 
 if TYPE_CHECKING:
@@ -34,6 +42,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 60_000
+#: Key of the PostgreSQL advisory lock held while the schema is created or migrated.
+MIGRATION_LOCK = 0x63636477  # "ccdw"
+#: Seconds a PostgreSQL connection attempt may take before the catalogue counts as unreachable.
+CONNECT_TIMEOUT_S = 10
 
 
 class SchemaError(RuntimeError):
@@ -83,15 +95,38 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def engine_url(database: str) -> str:
+    """The SQLAlchemy URL ccdwatch connects with: a plain path is a SQLite file, and a PostgreSQL
+    URL without a driver (``postgresql://``, ``postgres://``) uses psycopg 3."""
+    url = database_url(database)
+    for bare in ("postgres://", "postgresql://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare):]
+    return url
+
+
+def _server_engine(url: str) -> Engine:
+    """PostgreSQL (or another server): connections checked before use, a bounded connect time."""
+    backend = make_url(url)
+    args: dict[str, Any] = {}
+    if backend.get_backend_name() == "postgresql":
+        args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "ccdwatch"}
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=args)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"the catalogue {backend.render_as_string(hide_password=True)} needs the "
+                          f"{exc.name} driver: pip install 'ccdwatch[cluster]'") from None
+
+
 def make_engine(database: str, *, writer: bool = True) -> Engine:
     """Create the engine for ``database`` (a SQLAlchemy URL or a SQLite file path).
 
     ``writer=True`` gives the daemon's single writing connection (``BEGIN IMMEDIATE``);
     ``writer=False`` gives readers whose transactions are deferred and never take the write lock.
     """
-    url = database_url(database)
+    url = engine_url(database)
     if not is_sqlite(url):
-        return create_engine(url, pool_pre_ping=True)
+        return _server_engine(url)
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,13 +168,31 @@ def _has_tables(engine: Engine) -> bool:
 
 
 def _upgrade_to_head(engine: Engine) -> None:
-    """Run the migrations up to head in one transaction on ``engine``."""
+    """Run the migrations up to head in one transaction on ``engine``.
+
+    On SQLite, a migration that changes a constraint rebuilds the table (copy, drop, rename);
+    with foreign keys on, dropping ``masters`` would cascade into ``master_inputs``. Foreign keys
+    are therefore off while the migrations run (the pragma only takes effect outside a
+    transaction), and ``PRAGMA foreign_key_check`` must find nothing before the commit.
+    """
     from alembic import command
 
-    cfg = alembic_config(str(engine.url))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection if conn.dialect.name == "sqlite" else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":  # one migrator at a time; the others then find head
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if raw is not None and (bad := conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                    raise SchemaError(f"the migration would leave rows without their parents: {bad[:5]}")
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys = ON")
 
 
 def create_at_head(engine: Engine) -> None:
@@ -176,6 +229,23 @@ def check_schema(engine: Engine, *, create: bool = True) -> str:
         f"the catalogue at {engine.url} is at schema revision {rev}, behind this ccdwatch's {head}; "
         f"run `ccdwatch db upgrade --db {engine.url}` (it backs the file up first)"
     )
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Is this the catalogue's server gone (restarted, unreachable, our connection terminated),
+    rather than a fault of the statement? Such work is paused and done again once it is back."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03"):  # connection / shutdown
+        return True
+    text = str(exc.orig).lower()
+    return any(t in text for t in ("server closed the connection", "connection refused", "terminating connection",
+                                   "connection is closed", "could not connect", "the connection is lost"))
 
 
 def backup_sqlite(source: Path, dest: Path) -> Path:
@@ -247,7 +317,7 @@ class Catalog:
     """Engine + session factory for one catalogue, and the named queries the pipeline uses."""
 
     def __init__(self, database: str, *, writer: bool = True, create: bool = True) -> None:
-        self.url = database_url(database)
+        self.url = engine_url(database)
         path = sqlite_path(self.url)
         if path is not None and not writer and not path.exists():
             raise SchemaError(f"there is no catalogue at {path} yet; `ccdwatch watch` creates it")
@@ -262,6 +332,20 @@ class Catalog:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @property
+    def shared(self) -> bool:
+        """Can several daemons write this catalogue at once (a server, not a SQLite file)?"""
+        return self.engine.dialect.name != "sqlite"
+
+    def ping(self) -> bool:
+        """Does the catalogue answer (after a lost connection: is the server back)?"""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - any failure means 'not yet'
+            return False
 
     def __enter__(self) -> Catalog:
         return self

@@ -1,6 +1,10 @@
 """Named queries: every question the pipeline, the CLI and the daemon ask of the catalogue.
 
 The report's questions live in ``catalog.night``; the demo's in ``catalog.summary``.
+
+Several daemons may share one catalogue, each planning only its own site's frames: every
+planning query takes ``site`` (keyword, required; ``None`` only for a catalogue without sites),
+and the morning's listings take it as an optional filter.
 """
 
 from __future__ import annotations
@@ -8,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import Select, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from ccdwatch.models import (
@@ -25,6 +30,13 @@ from ccdwatch.models import (
 )
 
 CALIBRATION_TYPES = ("bias", "dark", "flat")
+
+S = TypeVar("S", bound=Select)
+
+
+def of_site(stmt: S, column: Any, site: str | None) -> S:
+    """``stmt`` restricted to one site's rows (all rows for ``site=None``)."""
+    return stmt if site is None else stmt.where(column == site)
 
 
 def state_counts(session: Session) -> dict[str, int]:
@@ -60,8 +72,9 @@ def query_frames(
     state: str | None = None,
     since: datetime | None = None,
     limit: int | None = None,
+    site: str | None = None,
 ) -> Sequence[Frame]:
-    stmt = select(Frame)
+    stmt = of_site(select(Frame), Frame.site, site)
     if night:
         stmt = stmt.where(Frame.night == night)
     if imagetyp:
@@ -103,9 +116,10 @@ def same_exposure(s: Session, frame: Frame) -> list[Frame]:
     in place, a plate-solved copy)."""
     if frame.imagetyp != "light" or frame.date_obs is None or frame.camera_key is None:
         return []
-    return list(s.scalars(select(Frame).where(
+    return list(s.scalars(of_site(select(Frame).where(
         Frame.imagetyp == "light", Frame.camera_key == frame.camera_key, Frame.date_obs == frame.date_obs,
-        Frame.exptime == frame.exptime, Frame.id != frame.id, Frame.state.notin_(EXIT_STATES))))
+        Frame.exptime == frame.exptime, Frame.id != frame.id, Frame.state.notin_(EXIT_STATES)),
+        Frame.site, frame.site)))
 
 
 def known_product_paths(s: Session) -> set[str]:
@@ -117,58 +131,64 @@ def known_product_paths(s: Session) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------- masters
-def fresh_calibration_frames(s: Session) -> Sequence[Frame]:
-    """Calibration frames not yet in any master."""
-    return s.scalars(
-        select(Frame).where(Frame.imagetyp.in_(CALIBRATION_TYPES), Frame.state == FrameState.INGESTED)
-    ).all()
+def fresh_calibration_frames(s: Session, *, site: str | None) -> Sequence[Frame]:
+    """Calibration frames (of a site) not yet in any master."""
+    return s.scalars(of_site(
+        select(Frame).where(Frame.imagetyp.in_(CALIBRATION_TYPES), Frame.state == FrameState.INGESTED),
+        Frame.site, site)).all()
 
 
-def calibration_frames(s: Session, kind: str, night: str | None) -> Sequence[Frame]:
-    """Usable calibration frames of a kind and night, in time order."""
-    return s.scalars(
+def calibration_frames(s: Session, kind: str, night: str | None, *, site: str | None) -> Sequence[Frame]:
+    """Usable calibration frames of a kind, night and site, in time order."""
+    return s.scalars(of_site(
         select(Frame).where(
             Frame.imagetyp == kind,
             Frame.night == night,
             Frame.state.in_((FrameState.INGESTED, FrameState.USED)),
-        ).order_by(Frame.date_obs, Frame.id)
+        ), Frame.site, site).order_by(Frame.date_obs, Frame.id)
     ).all()
 
 
-def latest_master(s: Session, calib_key: str, night: str) -> Master | None:
-    return s.scalar(
-        select(Master).where(Master.calib_key == calib_key, Master.night == night).order_by(Master.version.desc())
-    )
+def latest_master(s: Session, calib_key: str, night: str, *, site: str | None) -> Master | None:
+    return s.scalar(of_site(
+        select(Master).where(Master.calib_key == calib_key, Master.night == night), Master.site, site)
+        .order_by(Master.version.desc()))
 
 
-def current_masters(s: Session, kind: str, camera_key: str | None) -> list[Master]:
-    """The newest version of every master of a kind and camera set-up (one per key and night)."""
-    newest = (
-        select(Master.calib_key, Master.night, func.max(Master.version).label("v"))
-        .where(Master.kind == kind, Master.camera_key == camera_key, Master.retired.is_(None))
-        .group_by(Master.calib_key, Master.night)
-        .subquery()
-    )
+def current_masters(s: Session, kind: str, camera_key: str | None, *,
+                    sites: Sequence[str | None] | None = None) -> list[Master]:
+    """The newest version of every master of a kind and camera set-up (one per site, key and
+    night), of the given sites (all sites for ``None``)."""
+    stmt = select(Master.site, Master.calib_key, Master.night, func.max(Master.version).label("v")).where(
+        Master.kind == kind, Master.camera_key == camera_key, Master.retired.is_(None))
+    if sites is not None:
+        named = [x for x in sites if x is not None]
+        stmt = stmt.where(or_(Master.site.in_(named), Master.site.is_(None)) if None in sites
+                          else Master.site.in_(named))
+    newest = stmt.group_by(Master.site, Master.calib_key, Master.night).subquery()
     return list(s.scalars(
         select(Master).join(newest, and_(Master.calib_key == newest.c.calib_key,
                                          Master.night == newest.c.night,
-                                         Master.version == newest.c.v))
+                                         Master.version == newest.c.v,
+                                         Master.site.is_not_distinct_from(newest.c.site)))
     ))
 
 
-def lights_waiting_for(s: Session, camera_key: str | None, flat_filter: str | None = None) -> bool:
-    """Does any light of this camera set-up wait (for a flat: of this filter, lower case)?"""
-    stmt = select(func.count()).select_from(Frame).where(
+def lights_waiting_for(s: Session, camera_key: str | None, flat_filter: str | None = None, *,
+                       site: str | None) -> bool:
+    """Does any light of this camera set-up (and site) wait (for a flat: of this filter, lower case)?"""
+    stmt = of_site(select(func.count()).select_from(Frame).where(
         Frame.imagetyp == "light", Frame.state == FrameState.WAITING, Frame.camera_key == camera_key
-    )
+    ), Frame.site, site)
     if flat_filter is not None:
         stmt = stmt.where(func.lower(Frame.filter) == flat_filter)
     return bool(s.scalar(stmt))
 
 
 # ---------------------------------------------------------------------------------- calibration
-def waiting_light_ids(s: Session) -> list[int]:
-    stmt = select(Frame.id).where(Frame.imagetyp == "light", Frame.state == FrameState.WAITING)
+def waiting_light_ids(s: Session, *, site: str | None) -> list[int]:
+    stmt = of_site(select(Frame.id).where(Frame.imagetyp == "light", Frame.state == FrameState.WAITING),
+                   Frame.site, site)
     return list(s.scalars(stmt.order_by(Frame.date_obs, Frame.id)))
 
 
@@ -183,11 +203,12 @@ def waiting_signature(s: Session, timed_out_before: datetime | None = None) -> t
     return int(n), latest, int(late or 0)
 
 
-def lights_served_by(s: Session, master: Master, span: timedelta) -> list[int]:
-    """Calibrated lights of the master's camera set-up within ``span`` of its middle, in time order."""
-    stmt = select(Frame.id).where(
+def lights_served_by(s: Session, master: Master, span: timedelta, *, site: str | None) -> list[int]:
+    """Calibrated lights (of a site) of the master's camera set-up within ``span`` of its middle,
+    in time order."""
+    stmt = of_site(select(Frame.id).where(
         Frame.imagetyp == "light", Frame.camera_key == master.camera_key,
-        Frame.state.in_((FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED)))
+        Frame.state.in_((FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED))), Frame.site, site)
     if master.date_mid is not None:
         stmt = stmt.where(or_(Frame.date_obs.is_(None),
                               Frame.date_obs.between(master.date_mid - span, master.date_mid + span)))
@@ -202,11 +223,11 @@ def next_calibrated_version(s: Session, frame_id: int) -> int:
     return (s.scalar(select(func.max(Calibrated.version)).where(Calibrated.frame_id == frame_id)) or 0) + 1
 
 
-def forget_current_calibrations(s: Session, night: str | None) -> list[int]:
-    """Put the lights (of a night) back to waiting, their current products no longer current,
-    so that each is calibrated again. Their ids."""
-    stmt = select(Frame).where(Frame.imagetyp == "light", Frame.state.in_(
-        (FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED, FrameState.WAITING)))
+def forget_current_calibrations(s: Session, night: str | None, *, site: str | None) -> list[int]:
+    """Put the lights (of a night and site) back to waiting, their current products no longer
+    current, so that each is calibrated again. Their ids."""
+    stmt = of_site(select(Frame).where(Frame.imagetyp == "light", Frame.state.in_(
+        (FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED, FrameState.WAITING))), Frame.site, site)
     if night:
         stmt = stmt.where(Frame.night == night)
     frames = s.scalars(stmt).all()
@@ -218,31 +239,33 @@ def forget_current_calibrations(s: Session, night: str | None) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------- stacking
-def lights_of_night(s: Session, night: str | None) -> Sequence[Frame]:
-    """The night's lights still in the pipeline, in time order."""
-    return s.scalars(
+def lights_of_night(s: Session, night: str | None, *, site: str | None) -> Sequence[Frame]:
+    """The night's lights (of a site) still in the pipeline, in time order."""
+    return s.scalars(of_site(
         select(Frame).where(Frame.imagetyp == "light", Frame.night == night,
-                            Frame.state.notin_(EXIT_STATES))
+                            Frame.state.notin_(EXIT_STATES)), Frame.site, site)
         .order_by(Frame.date_obs, Frame.id)
     ).all()
 
 
-def nights_with_calibrated_lights(s: Session) -> list[str | None]:
-    nights = set(s.scalars(select(Frame.night).where(Frame.imagetyp == "light",
-                                                      Frame.state == FrameState.CALIBRATED)))
+def nights_with_calibrated_lights(s: Session, *, site: str | None) -> list[str | None]:
+    nights = set(s.scalars(of_site(select(Frame.night).where(Frame.imagetyp == "light",
+                                                              Frame.state == FrameState.CALIBRATED),
+                                   Frame.site, site)))
     return sorted(nights, key=str)
 
 
-def group_frames(s: Session, group_key: str) -> Sequence[Frame]:
-    """The calibrated, stacked or rejected lights of a stack group, in time order."""
-    return s.scalars(select(Frame).where(
+def group_frames(s: Session, group_key: str, *, site: str | None) -> Sequence[Frame]:
+    """The calibrated, stacked or rejected lights of a stack group (of a site), in time order."""
+    return s.scalars(of_site(select(Frame).where(
         Frame.group_key == group_key,
-        Frame.state.in_((FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED)))
+        Frame.state.in_((FrameState.CALIBRATED, FrameState.STACKED, FrameState.REJECTED))), Frame.site, site)
         .order_by(Frame.date_obs, Frame.id)).all()
 
 
-def latest_stack(s: Session, group_key: str) -> Stack | None:
-    return s.scalar(select(Stack).where(Stack.group_key == group_key).order_by(Stack.version.desc()))
+def latest_stack(s: Session, group_key: str, *, site: str | None) -> Stack | None:
+    return s.scalar(of_site(select(Stack).where(Stack.group_key == group_key), Stack.site, site)
+                    .order_by(Stack.version.desc()))
 
 
 # ---------------------------------------------------------------------------------- morning reads (CLI)
@@ -279,8 +302,8 @@ def product_by_path(s: Session, path: str) -> Master | Stack | Calibrated | None
 
 
 def query_masters(s: Session, *, kind: str | None = None, night: str | None = None, filter: str | None = None,
-                  exptime: float | None = None) -> Sequence[Master]:
-    stmt = select(Master)
+                  exptime: float | None = None, site: str | None = None) -> Sequence[Master]:
+    stmt = of_site(select(Master), Master.site, site)
     if kind:
         stmt = stmt.where(Master.kind == kind)
     if night:
@@ -293,8 +316,8 @@ def query_masters(s: Session, *, kind: str | None = None, night: str | None = No
 
 
 def query_stacks(s: Session, *, night: str | None = None, target: str | None = None, filter: str | None = None,
-                 all_versions: bool = False) -> Sequence[Stack]:
-    stmt = select(Stack)
+                 all_versions: bool = False, site: str | None = None) -> Sequence[Stack]:
+    stmt = of_site(select(Stack), Stack.site, site)
     if night:
         stmt = stmt.where(Stack.night == night)
     if target:
@@ -306,26 +329,28 @@ def query_stacks(s: Session, *, night: str | None = None, target: str | None = N
     return s.scalars(stmt.order_by(Stack.night, Stack.target, Stack.id)).all()
 
 
-def night_type_counts(s: Session) -> list[tuple[str | None, str, int]]:
-    """(night, image type, number of frames) for every night and type (files that could not be
-    read at all have no night and are left out: `ccdwatch frames --state quarantined` lists them)."""
-    rows = s.execute(select(Frame.night, Frame.imagetyp, func.count()).where(Frame.sha256.is_not(None))
-                     .group_by(Frame.night, Frame.imagetyp)).all()
-    return [(night, typ, n) for night, typ, n in rows]
+def night_type_counts(s: Session, *, site: str | None = None) -> list[tuple[str | None, str | None, str, int]]:
+    """(night, site, image type, number of frames) for every night, site and type (of one site);
+    files that could not be read at all have no night and are left out."""
+    rows = s.execute(of_site(select(Frame.night, Frame.site, Frame.imagetyp, func.count())
+                             .where(Frame.sha256.is_not(None)), Frame.site, site)
+                     .group_by(Frame.night, Frame.site, Frame.imagetyp)).all()
+    return [(night, where, typ, n) for night, where, typ, n in rows]
 
 
-def frames_to_retry(s: Session, state: FrameState, night: str | None = None) -> Sequence[Frame]:
-    """Frames in ``state`` (of a night) that ``ccdwatch retry`` may give another try."""
-    stmt = select(Frame).where(Frame.state == state)
+def frames_to_retry(s: Session, state: FrameState, night: str | None = None, *,
+                    site: str | None = None) -> Sequence[Frame]:
+    """Frames in ``state`` (of a night and site) that ``ccdwatch retry`` may give another try."""
+    stmt = of_site(select(Frame).where(Frame.state == state), Frame.site, site)
     if night:
         stmt = stmt.where(Frame.night == night)
     return s.scalars(stmt.order_by(Frame.id)).all()
 
 
 # ---------------------------------------------------------------------------------- reclassification
-def frames_to_reclassify(s: Session, night: str | None = None) -> Sequence[Frame]:
-    """Every frame that was read (has content), of a night or all."""
-    stmt = select(Frame).where(Frame.sha256.is_not(None))
+def frames_to_reclassify(s: Session, night: str | None = None, *, site: str | None = None) -> Sequence[Frame]:
+    """Every frame that was read (has content), of a night (and site) or all."""
+    stmt = of_site(select(Frame).where(Frame.sha256.is_not(None)), Frame.site, site)
     if night:
         stmt = stmt.where(Frame.night == night)
     return s.scalars(stmt.order_by(Frame.id)).all()
@@ -359,9 +384,10 @@ def current_stacks_with_members(s: Session, frame_ids: Sequence[int]) -> Sequenc
                      .distinct().order_by(Stack.id)).all()
 
 
-def frames_with_classification(s: Session) -> Sequence[Frame]:
-    """Every frame that was read, with how it was classified (for advice on unused frames)."""
-    return s.scalars(select(Frame).where(Frame.sha256.is_not(None)).order_by(Frame.id)).all()
+def frames_with_classification(s: Session, *, site: str | None = None) -> Sequence[Frame]:
+    """Every frame that was read (of a site), with how it was classified (advice on unused frames)."""
+    return s.scalars(of_site(select(Frame).where(Frame.sha256.is_not(None)), Frame.site, site)
+                     .order_by(Frame.id)).all()
 
 
 def calibration_frames_waiting(s: Session, kind: str, camera_key: str | None, flat_filter: str | None) -> int:

@@ -1,9 +1,11 @@
 """The workers: a process pool with per-job time limits and per-worker memory limits.
 
-:class:`Workers` wraps a ``concurrent.futures`` process pool (the seam where a cluster executor
-such as ``dask.distributed`` plugs in): each worker runs under an address-space limit and a
-lower CPU priority, each job under a time limit; a worker that dies or overruns is killed, the
-pool is rebuilt, and the caller gets a :class:`WorkerFailure` to count against the file.
+:class:`Workers` wraps a ``concurrent.futures`` process pool: each worker runs under an
+address-space limit and a lower CPU priority, each job under a time limit; a worker that dies or
+overruns is killed, the pool is rebuilt, and the caller gets a :class:`WorkerFailure` to count
+against the file. :func:`make_workers` is the seam: with ``workers.scheduler`` set it gives
+:class:`ccdwatch.jobs.cluster.ClusterWorkers`, the same interface (:class:`JobRunner`) over a
+Dask cluster, with these local workers as its fallback.
 """
 
 from __future__ import annotations
@@ -19,13 +21,47 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ccdwatch.jobs import forkserver
+
+if TYPE_CHECKING:
+    from ccdwatch.config import WorkersConfig
 
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class JobRunner(Protocol):
+    """What the pipeline needs of its workers, local or on a cluster."""
+
+    heartbeat: Callable[[], None] | None
+    should_stop: Callable[[], bool] | None
+
+    @property
+    def processes(self) -> int:
+        """How many jobs run at once."""
+        ...
+
+    def run(self, fn: Callable[[Any], Any], spec: Any, *, timeout: float | None) -> Any: ...
+
+    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None) -> list[Future]: ...
+
+    def close(self) -> None: ...
+
+
+def make_workers(cfg: WorkersConfig, *, incoming: Path, products: Path) -> JobRunner:
+    """The local process pool, or with ``cfg.scheduler`` the Dask cluster (falling back to the
+    local pool while the scheduler cannot be reached)."""
+    local = Workers(processes=cfg.processes, memory_limit=int(cfg.memory_limit_mb * 2**20), nice=cfg.nice)
+    if not cfg.scheduler:
+        return local
+    from ccdwatch.jobs.cluster import ClusterWorkers
+
+    return ClusterWorkers(cfg.scheduler, local=local, incoming=incoming, products=products,
+                          retry=cfg.scheduler_retry)
 
 
 class WorkerFailure(RuntimeError):

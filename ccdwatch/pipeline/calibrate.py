@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,7 @@ def pending(ctx: Context, new_masters: Sequence[int] = ()) -> list[int]:
     Only the waiting set is scanned otherwise, so the cost does not grow with the catalogue.
     """
     with ctx.catalog.session() as s:
-        ids = waiting_light_ids(s)
+        ids = waiting_light_ids(s, site=ctx.site)
         if not ctx.cfg.calibration.recalibrate_on_better_master:
             return ids
         for master in (s.get(Master, mid) for mid in new_masters):
@@ -83,7 +83,7 @@ def pending(ctx: Context, new_masters: Sequence[int] = ()) -> list[int]:
                 continue
             span = timedelta(days=Masters(s, ctx.cfg.masters).max_age_days(master.kind))
             seen = set(ids)
-            ids += [i for i in lights_served_by(s, master, span) if i not in seen]
+            ids += [i for i in lights_served_by(s, master, span, site=ctx.site) if i not in seen]
     return ids
 
 
@@ -133,27 +133,31 @@ class WaitingLights:
         self.seen = self.signature()
 
 
-def plan_many(ctx: Context, frame_ids: Sequence[int], *, final: bool = False) -> list[CalibrationPlan]:
-    """Plan every light that can be calibrated now; record why the others wait."""
+def plan_many(ctx: Context, frame_ids: Sequence[int], *, final: bool = False,
+              redo_before: datetime | None = None) -> list[CalibrationPlan]:
+    """Plan every light that can be calibrated now; record why the others wait. With
+    ``redo_before``, a light whose current product is older than that time is calibrated again."""
     plans = []
     with ctx.catalog.session() as s:
-        masters = Masters(s, ctx.cfg.masters)  # the same for every light of the batch
+        masters = Masters(s, ctx.cfg.masters, sites=ctx.master_sites)  # the same for every light of the batch
         for fid in frame_ids:
-            plan = plan_calibration(ctx, s, masters, fid, final=final)
+            plan = plan_calibration(ctx, s, masters, fid, final=final, redo_before=redo_before)
             if plan is not None:
                 plans.append(plan)
     return plans
 
 
 def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, *,
-                     final: bool) -> CalibrationPlan | None:
+                     final: bool, redo_before: datetime | None = None) -> CalibrationPlan | None:
     frame = s.get(Frame, frame_id)
-    if frame is None or frame.imagetyp != "light" or frame.state in EXIT_STATES:
+    if frame is None or frame.imagetyp != "light" or frame.state in EXIT_STATES or (
+            frame.site is not None and frame.site != ctx.site):
         return None
     cal = ctx.cfg.calibration
     sel = masters.for_light(frame)
     current = current_calibrated(s, frame.id)
-    if current is not None and (current.bias_id, current.dark_id, current.flat_id) == sel.ids:
+    if current is not None and (current.bias_id, current.dark_id, current.flat_id) == sel.ids and (
+            redo_before is None or current.created_at >= redo_before):
         if frame.state == FrameState.WAITING:  # back from 'missing': its product still stands
             frame.state, frame.state_reason = FrameState.CALIBRATED, None
         return None
@@ -167,7 +171,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
                 log_event(s, frame, "waiting", reason)
             return None
         partial = True
-    if current is not None and not cal.recalibrate_on_better_master:
+    if current is not None and not cal.recalibrate_on_better_master and redo_before is None:
         return None
     version = next_calibrated_version(s, frame.id)
     name = raw_name(frame)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ccdwatch.catalog import Catalog
-from ccdwatch.config import Config
+from ccdwatch.catalog.sites import this_owner
+from ccdwatch.config import Config, site_name
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,26 @@ class Context:
     cfg: Config
     catalog: Catalog
     clock: Callable[[], float] = field(default=time.time)
+
+    @cached_property
+    def site(self) -> str:
+        """The site this pipeline plans for: only its frames, masters and stacks."""
+        return site_name(self.cfg)
+
+    @property
+    def master_sites(self) -> tuple[str, ...]:
+        """Sites whose masters may calibrate this site's lights: its own, and those shared with it."""
+        return (self.site, *(x for x in self.cfg.site.share_masters_from if x != self.site))
+
+    @cached_property
+    def owner(self) -> str:
+        """``host:pid``: the holder of this pipeline's claims on work."""
+        return this_owner()
+
+    @property
+    def claim_ttl(self) -> float:
+        """Seconds a claim on a master or stack holds: the longest a job may take, and a margin."""
+        return self.cfg.workers.job_timeout + 300.0
 
     @property
     def incoming(self) -> Path:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from ccdwatch.catalog import Catalog
+from ccdwatch.catalog import Catalog, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
@@ -57,7 +57,7 @@ class Pipeline:
         self.waiting = calibrate.WaitingLights(self.ctx)
 
     @property
-    def workers(self) -> pool.Workers:
+    def workers(self) -> pool.JobRunner:
         return self.runner.workers
 
     @property
@@ -70,6 +70,10 @@ class Pipeline:
 
     def close(self) -> None:
         self.runner.close()
+        if self.catalog.writer:
+            from ccdwatch.catalog.sites import release_all
+
+            release_all(self.catalog, self.ctx.owner)
 
     def __enter__(self) -> Pipeline:
         return self
@@ -124,9 +128,8 @@ class Pipeline:
             untouched = waiting.seen is not None and waiting.signature() == waiting.seen
             outcomes, lights = self.ingester.ingest(paths, final=final)
         except Exception as exc:
-            if not catalogue_full(exc):
+            if not self._pause_for(exc):
                 raise
-            self.runner.pause(exc, where="catalogue: ")
             return [Outcome("paused", detail=self.paused or "") for _ in paths]
         # new lights, and known content seen again (a light back from 'missing' waits again)
         todo = lights + [o.frame_id for o in outcomes if o.status == "duplicate" and o.frame_id is not None]
@@ -154,14 +157,25 @@ class Pipeline:
 
     @contextmanager
     def _pause_on_full_catalogue(self) -> Iterator[None]:
-        """A commit refused for lack of space rolls back, and pauses the pipeline: the work is
-        planned again from the catalogue's states once space returns."""
+        """A commit refused for lack of space, or cut by a lost connection to the catalogue's
+        server, rolls back and pauses the pipeline: the work is planned again from the
+        catalogue's states once space returns or the server answers again."""
         try:
             yield
         except Exception as exc:
-            if not catalogue_full(exc):
+            if not self._pause_for(exc):
                 raise
+
+    def _pause_for(self, exc: BaseException) -> bool:
+        """Pause for a full or unreachable catalogue; False for any other error."""
+        if catalogue_full(exc):
             self.runner.pause(exc, where="catalogue: ")
+        elif connection_lost(exc):
+            self.runner.pause(exc, where="catalogue: ", what="catalogue unreachable",
+                              check=self.catalog.ping)
+        else:
+            return False
+        return True
 
     def finish(self) -> None:
         """End of ``watch --once``: build, calibrate and stack everything as if the night were over."""
@@ -213,7 +227,7 @@ class Pipeline:
         from ccdwatch.catalog.queries import forget_current_calibrations
 
         with self.catalog.session() as s:
-            ids = forget_current_calibrations(s, night)
+            ids = forget_current_calibrations(s, night, site=self.ctx.site)
         n = sum(self.calibrate([i], final=True) for i in ids)
         self.stack(stacking.due_groups(self.ctx, final=True))
         return n, len(ids)
@@ -224,7 +238,7 @@ class Pipeline:
         from ccdwatch.pipeline.lifecycle import retry
 
         with self.catalog.session() as s:
-            frames = frames_to_retry(s, state, night)
+            frames = frames_to_retry(s, state, night, site=self.ctx.site)
             for f in frames:
                 retry(s, f)
             return len(frames)

@@ -100,16 +100,31 @@ class Ingester:
                 outcomes[i] = Outcome("gone")
             except Exception as exc:  # a worker that died or hung, or an unexpected error: bounded retries
                 outcomes[i] = self._errored(path, st, exc)
-        lights: list[int] = []
-        if good:
-            with self.ctx.catalog.session() as s:
-                for i, path, result in good:
-                    outcome = outcomes[i] = record(s, path, result, self.relpath(path),
-                                                   fingerprint(self.ctx.cfg.classify))
-                    if outcome.status == "ingested" and result.info.imagetyp is ImageType.LIGHT \
-                            and outcome.frame_id is not None:
-                        lights.append(outcome.frame_id)
+        lights = self._record(good, outcomes) if good else []
         return [o if o is not None else Outcome("error") for o in outcomes], lights
+
+    def _record(self, good: list[tuple[int, Path, tasks.IngestResult]], outcomes: list[Outcome | None]) -> list[int]:
+        """Catalogue the parsed files in one transaction; the new lights' ids. Another daemon that
+        catalogued the same content a moment earlier (a unique sha256) costs one more try, no error."""
+        from sqlalchemy.exc import IntegrityError
+
+        for attempt in range(1, 4):
+            lights: list[int] = []
+            try:
+                with self.ctx.catalog.session() as s:
+                    for i, path, result in good:
+                        outcome = outcomes[i] = record(s, path, result, self.relpath(path),
+                                                       fingerprint(self.ctx.cfg.classify), site=self.ctx.site)
+                        if outcome.status == "ingested" and result.info.imagetyp is ImageType.LIGHT \
+                                and outcome.frame_id is not None:
+                            lights.append(outcome.frame_id)
+                return lights
+            except IntegrityError as exc:
+                if attempt == 3:
+                    raise
+                logger.info("another writer catalogued one of these files first (%s); recording again",
+                            str(exc.orig).splitlines()[0])
+        return []
 
     def relpath(self, path: Path) -> str:
         """The path below the incoming directory ('/'-separated), else the file name."""
@@ -174,7 +189,7 @@ class Ingester:
             else:
                 frame = Frame(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, imagetyp="unknown",
                               state=FrameState.QUARANTINED, state_reason=reason, tries=0, created_at=now,
-                              updated_at=now)
+                              updated_at=now, site=self.ctx.site)
                 s.add(frame)
                 if sf is None:
                     sf = SourceFile(path=str(path), first_seen=now)
@@ -202,8 +217,9 @@ def classification_record(info: FrameInfo, pixels: dict[str, Any] | None, finger
             "pixels": pixels, "fingerprint": fingerprint}
 
 
-def new_frame(path: Path, raw: tasks.IngestResult, now: datetime, relpath: str, fingerprint: str) -> Frame:
-    """The catalogue row of a frame never seen before."""
+def new_frame(path: Path, raw: tasks.IngestResult, now: datetime, relpath: str, fingerprint: str, *,
+              site: str | None = None) -> Frame:
+    """The catalogue row of a frame never seen before (catalogued by the daemon of ``site``)."""
     info = raw.info
     state = initial_state(info.imagetyp, info.ignored)
     return Frame(
@@ -218,11 +234,13 @@ def new_frame(path: Path, raw: tasks.IngestResult, now: datetime, relpath: str, 
         state_reason=info.type_source if state in (FrameState.UNCLASSIFIED, FrameState.IGNORED) else None,
         tries=0, created_at=now, updated_at=now, relpath=relpath,
         classification=classification_record(info, raw.pixels, fingerprint), bayer_pattern=info.bayer_pattern,
+        site=site,
     )
 
 
-def record(s: Session, path: Path, raw: tasks.IngestResult, relpath: str, fingerprint: str) -> Outcome:
-    """Catalogue one parsed file: a new frame, or another path of a known content."""
+def record(s: Session, path: Path, raw: tasks.IngestResult, relpath: str, fingerprint: str, *,
+           site: str | None = None) -> Outcome:
+    """Catalogue one parsed file: a new frame (of ``site``), or another path of a known content."""
     info = raw.info
     now = utcnow()
     sf = source_file(s, str(path))
@@ -231,7 +249,7 @@ def record(s: Session, path: Path, raw: tasks.IngestResult, relpath: str, finger
     status = "duplicate"
     if frame is None:
         status = "ingested"
-        frame = new_frame(path, raw, now, relpath, fingerprint)
+        frame = new_frame(path, raw, now, relpath, fingerprint, site=site)
         s.add(frame)
         s.flush()
         log_event(s, frame, "ingested",

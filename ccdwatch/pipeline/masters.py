@@ -2,6 +2,10 @@
 
 Bias first, then darks (built on the bias), then flats (on both); the caller orders the ranks.
 A master is immutable: more frames of the same key and night make a new version.
+
+Only this site's frames are planned (several daemons may share the catalogue), and a plan first
+claims its (site, key, night): a second planner of the same site skips it until the first has
+committed (or its claim has expired), so no master version is built twice.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ccdwatch.catalog.queries import (
     latest_master,
     lights_waiting_for,
 )
+from ccdwatch.catalog.sites import claim, holder, release
 from ccdwatch.jobs import tasks
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
@@ -67,17 +72,22 @@ class MasterPlan:
         return tuple(i for i, _ in self.inputs)
 
 
+def claim_name(site: str, key: CalibKey, night: str) -> str:
+    """What a planner claims while it builds the master of one site, key and night."""
+    return f"master|{site}|{night}|{key}"
+
+
 def candidates(ctx: Context) -> list[tuple[CalibKey, str]]:
-    """(key, night) of calibration frames not yet in any master, in build order."""
+    """(key, night) of this site's calibration frames not yet in any master, in build order."""
     with ctx.catalog.session() as s:
-        fresh = fresh_calibration_frames(s)
+        fresh = fresh_calibration_frames(s, site=ctx.site)
         return sorted({(CalibKey.of(f), f.night or "nonight") for f in fresh})
 
 
-def frames_of(s: Session, key: CalibKey, night: str) -> list[Frame]:
-    """The frames of one key and night that a master of them would combine: those whose raw
+def frames_of(s: Session, key: CalibKey, night: str, *, site: str | None) -> list[Frame]:
+    """The frames of one key, night and site that a master of them would combine: those whose raw
     file is still on disk (a vanished one is marked ``missing``, never charged to the others)."""
-    frames = [f for f in calibration_frames(s, key.kind, None if night == "nonight" else night)
+    frames = [f for f in calibration_frames(s, key.kind, None if night == "nonight" else night, site=site)
               if CalibKey.of(f) == key]
     # Time, then content: the order the inputs are combined in (and listed in the INPUTS
     # table) must not depend on the order they were catalogued in.
@@ -97,13 +107,13 @@ def plan_due(ctx: Context, groups: list[tuple[CalibKey, str]], *, final: bool = 
     plans = []
     for key, night in groups:
         with ctx.catalog.session() as s:
-            frames = frames_of(s, key, night)
+            frames = frames_of(s, key, night, site=ctx.site)
             if len(frames) < m.min_frames[key.kind]:
                 continue
             age = (utcnow() - max(f.created_at for f in frames)).total_seconds()
             sample = frames[0]
             flat_filter = (sample.filter or "").lower() if key.kind == "flat" else None
-            urgent = lights_waiting_for(s, sample.camera_key, flat_filter)
+            urgent = lights_waiting_for(s, sample.camera_key, flat_filter, site=ctx.site)
             if not (final or urgent or age >= m.settle_seconds):
                 continue
         plan = plan_master(ctx, key, night, final=final)
@@ -112,31 +122,42 @@ def plan_due(ctx: Context, groups: list[tuple[CalibKey, str]], *, final: bool = 
     return plans
 
 
-def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False) -> MasterPlan | None:
+def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
+                redo_before: datetime | None = None) -> MasterPlan | None:
     """Everything a worker needs to combine one calibration key and night into a new master
-    version (None when the current version already has exactly these inputs)."""
+    version (None when the current version already has exactly these inputs - and, with
+    ``redo_before``, was made after that time - or another planner has claimed the work)."""
     kind = key.kind
     m = ctx.cfg.masters
     with ctx.catalog.session() as s:
-        frames = frames_of(s, key, night)
+        frames = frames_of(s, key, night, site=ctx.site)
+        if not frames:
+            return None
         ids = sorted(f.id for f in frames)
-        latest = latest_master(s, str(key), night)
-        if latest is not None and latest.retired is None and sorted(i.frame_id for i in latest.inputs) == ids:
+        latest = latest_master(s, str(key), night, site=ctx.site)
+        if latest is not None and latest.retired is None and sorted(i.frame_id for i in latest.inputs) == ids and (
+                redo_before is None or latest.created_at >= redo_before):
             for f in frames:
                 f.state = FrameState.USED
+            return None
+        what = claim_name(ctx.site, key, night)
+        if not claim(s, what, owner=ctx.owner, site=ctx.site, ttl=ctx.claim_ttl):
+            logger.info("master %s of night %s is being built by %s", kind, night, holder(s, what))
             return None
         sample = frames[0]
         dates = tuple(f.date_obs for f in frames if f.date_obs is not None)
         mid = min(dates) + (max(dates) - min(dates)) / 2 if dates else None
         bias = dark = None
+        choose = Masters(s, m, sites=ctx.master_sites)
         if kind in ("dark", "flat"):
-            bias = Masters(s, m).choose("bias", sample, mid)[0]
+            bias = choose.choose("bias", sample, mid)[0]
             waited = (utcnow() - max(f.created_at for f in frames)).total_seconds()
             if bias is None and not final and waited < ctx.cfg.calibration.max_wait_hours * 3600:
                 logger.debug("master %s night %s waits for a master bias", kind, night)
+                release(s, what, owner=ctx.owner)
                 return None
         if kind == "flat":  # a dark-flat of the flats' exposure if there is one, else the bias alone
-            dark = Masters(s, m).dark(sample, mid, bias, exact_only=True)[0]
+            dark = choose.dark(sample, mid, bias, exact_only=True)[0]
             if dark is not None and not dark.bias_subtracted:
                 bias = None  # a dark-flat that includes the bias removes it itself
         version = (latest.version + 1) if latest else 1
@@ -205,9 +226,10 @@ def commit(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> int:
             bias_id=plan.bias_id, dark_id=plan.dark_id,
             date_start=min(plan.dates) if plan.dates else None, date_end=max(plan.dates) if plan.dates else None,
             date_mid=plan.mid, mean=result.mean, noise=result.noise, hot_pixels=result.hot_pixels,
-            ccdwatch_version=__version__, created_at=utcnow(),
+            ccdwatch_version=__version__, created_at=utcnow(), site=ctx.site,
         )
         master.inputs = [MasterInput(frame_id=i, sha256=h) for i, h in plan.inputs]
+        release(s, claim_name(ctx.site, plan.key, plan.night), owner=ctx.owner)
         s.add(master)
         s.flush()
         for f in frames_by_id(s, plan.charged):

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from sqlalchemy.exc import IntegrityError
+
 from ccdwatch import faults
 from ccdwatch.catalog import log_event, sqlite_path, utcnow
 from ccdwatch.catalog.queries import frame_by_sha256, frames_by_id
@@ -54,10 +56,11 @@ class Runner:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        w = ctx.cfg.workers
-        self.workers = pool.Workers(processes=w.processes, memory_limit=int(w.memory_limit_mb * 2**20), nice=w.nice)
+        self.workers: pool.JobRunner = pool.make_workers(ctx.cfg.workers, incoming=ctx.incoming,
+                                                         products=ctx.products)
         self.paused: str | None = None
         self._paused_at = 0.0
+        self._resume_check: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ running
     def run(self, job: Callable[[Any], Any], plans: Sequence[P], commit: Callable[[P, Any], R], *,
@@ -89,7 +92,11 @@ class Runner:
                 self.charge(plan.charged, f"{plan.subject} failed: {type(exc).__name__}: {exc}")
                 continue
             faults.point(fault_point, plan.spec.out_path)
-            committed.append(commit(plan, result))
+            try:
+                committed.append(commit(plan, result))
+            except IntegrityError as exc:  # another planner committed the same version first
+                logger.warning("%s: another writer committed it first (%s); planned again at the next tick",
+                               plan.subject, _first_line(exc))
         return committed
 
     def run_side_jobs(self, fn: Callable[[Any], Any], specs: list[Any]) -> list[Any]:
@@ -99,7 +106,7 @@ class Runner:
         return [f.exception() or f.result() for f in futures]
 
     def _share_cores(self, specs: list[Any]) -> list[Any]:
-        threads = max(1, self.ctx.cfg.workers.processes // max(1, len(specs)))
+        threads = max(1, self.workers.processes // max(1, len(specs)))
         return [dataclasses.replace(spec, threads=threads) for spec in specs] if threads > 1 else specs
 
     # ------------------------------------------------------------------ failures
@@ -128,14 +135,17 @@ class Runner:
                 f.last_error, f.updated_at = message, utcnow()
 
     # ------------------------------------------------------------------ disk full
-    def pause(self, exc: BaseException, *, where: str = "") -> None:
-        """A product or a catalogue row could not be written for lack of space: stop writing,
-        keep every state, try again every ``watch.pause_retry_seconds``."""
+    def pause(self, exc: BaseException, *, where: str = "", what: str = "disk full",
+              check: Callable[[], bool] | None = None) -> None:
+        """A product or a catalogue row could not be written (no space; the catalogue's server
+        gone): stop writing, keep every state, try again every ``watch.pause_retry_seconds``,
+        resuming once ``check`` (default: the free-space check) passes."""
         if self.paused is None:
-            logger.error("pausing: %s%s; nothing is lost, processing resumes once space returns",
-                         where, _first_line(exc))
-        self.paused = f"disk full ({where}{_first_line(exc)})"
+            logger.error("pausing: %s%s (%s); nothing is lost, processing resumes by itself",
+                         where, _first_line(exc), what)
+        self.paused = f"{what} ({where}{_first_line(exc)})"
         self._paused_at = self.ctx.clock()
+        self._resume_check = check
 
     def maybe_resume(self) -> bool:
         """Clear a pause once the retry interval has passed and the space check passes again
@@ -143,6 +153,9 @@ class Runner:
         if self.paused is None:
             return True
         if self.ctx.clock() - self._paused_at < self.ctx.cfg.watch.pause_retry_seconds:
+            return False
+        if self._resume_check is not None and not self._resume_check():
+            self._paused_at = self.ctx.clock()
             return False
         for place in self._disks():
             try:
@@ -153,7 +166,7 @@ class Runner:
                 self._paused_at = self.ctx.clock()
                 return False
         logger.info("resuming after the pause: %s", self.paused)
-        self.paused = None
+        self.paused, self._resume_check = None, None
         return True
 
     def _disks(self) -> list[Path]:

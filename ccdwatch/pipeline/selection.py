@@ -8,7 +8,7 @@ exists; a dark that includes the bias replaces the bias.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -62,9 +62,12 @@ class Masters:
     batch of lights costs one query per camera and kind, not one per light.
     """
 
-    def __init__(self, session: Session, rules: MastersConfig) -> None:
+    def __init__(self, session: Session, rules: MastersConfig, *,
+                 sites: Sequence[str | None] | None = None) -> None:
         self.s = session
         self.rules = rules
+        #: the sites whose masters may be chosen (None: any)
+        self.sites = sites
         self._current: dict[tuple[str, str | None], list[Master]] = {}
         self._arrived: dict[tuple[str, str | None, str | None], int] = {}
 
@@ -84,7 +87,7 @@ class Masters:
 
     def current(self, kind: str, camera: str | None) -> list[Master]:
         if (kind, camera) not in self._current:
-            self._current[(kind, camera)] = current_masters(self.s, kind, camera)
+            self._current[(kind, camera)] = current_masters(self.s, kind, camera, sites=self.sites)
         return self._current[(kind, camera)]
 
     def max_age_days(self, kind: str) -> float:

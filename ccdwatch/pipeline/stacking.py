@@ -26,6 +26,7 @@ from ccdwatch.catalog.queries import (
     lights_of_night,
     nights_with_calibrated_lights,
 )
+from ccdwatch.catalog.sites import claim, holder, release
 from ccdwatch.jobs import tasks
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import Calibrated, Frame, FrameState, Stack, StackMember
@@ -64,9 +65,14 @@ class StackPlan:
         return ()  # a group that cannot be stacked is no fault of its frames
 
 
+def claim_name(site: str, group: GroupKey) -> str:
+    """What a planner claims while it stacks one group of one site."""
+    return f"stack|{site}|{group}"
+
+
 def assign_groups(ctx: Context, s: Session, night: str | None) -> dict[int, GroupKey]:
-    """Give every light of a night its stack group: night, target, filter, exposure, camera."""
-    lights = lights_of_night(s, night)
+    """Give every light of a night (of this site) its stack group: night, target, filter, exposure, camera."""
+    lights = lights_of_night(s, night, site=ctx.site)
     targets = assign_targets(
         [(f.id, f.object, f.ra_deg, f.dec_deg, f.date_obs, f.filter, f.exptime, f.camera_key) for f in lights],
         radius_arcmin=ctx.cfg.stack.pointing_radius_arcmin,
@@ -87,7 +93,7 @@ def due_groups(ctx: Context, *, final: bool = False) -> list[GroupKey]:
     due: list[GroupKey] = []
     quiet = timedelta(minutes=ctx.cfg.stack.quiet_minutes)
     with ctx.catalog.session() as s:
-        for night in nights_with_calibrated_lights(s):
+        for night in nights_with_calibrated_lights(s, site=ctx.site):
             groups = assign_groups(ctx, s, night)
             members: dict[GroupKey, list[Frame]] = {}
             for f in frames_by_id(s, list(groups)):
@@ -102,17 +108,18 @@ def due_groups(ctx: Context, *, final: bool = False) -> list[GroupKey]:
     return due
 
 
-def plan_many(ctx: Context, groups: Sequence[GroupKey]) -> list[StackPlan]:
-    return [p for p in (plan_stack(ctx, key) for key in groups) if p is not None]
+def plan_many(ctx: Context, groups: Sequence[GroupKey], *, redo_before: datetime | None = None) -> list[StackPlan]:
+    return [p for p in (plan_stack(ctx, key, redo_before=redo_before) for key in groups) if p is not None]
 
 
-def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
-    """Reject outliers and choose the reference of one group (None: nothing new to stack)."""
+def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = None) -> StackPlan | None:
+    """Reject outliers and choose the reference of one group (None: nothing new to stack - with
+    ``redo_before``, the latest stack is newer than that time - or another planner claimed it)."""
     st = ctx.cfg.stack
     with ctx.catalog.session() as s:
         products: dict[int, Calibrated] = {}
         frames = []
-        for f in stable_order(group_frames(s, str(group))):
+        for f in stable_order(group_frames(s, str(group), site=ctx.site)):
             product = current_calibrated(s, f.id)
             if product is not None:
                 products[f.id] = product
@@ -122,12 +129,17 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
                 if f.state == FrameState.CALIBRATED:
                     f.state_reason = f"group has {len(frames)} frame(s), fewer than stack.min_frames={st.min_frames}"
             return None
-        latest = latest_stack(s, str(group))
+        latest = latest_stack(s, str(group), site=ctx.site)
         signature = sorted((f.id, products[f.id].sha256) for f in frames)
-        if latest is not None and sorted((m.frame_id, m.sha256) for m in latest.members) == signature:
+        if latest is not None and sorted((m.frame_id, m.sha256) for m in latest.members) == signature and (
+                redo_before is None or latest.created_at >= redo_before):
             for f in frames:
                 if f.state == FrameState.CALIBRATED:
                     f.state = FrameState.STACKED
+            return None
+        what = claim_name(ctx.site, group)
+        if not claim(s, what, owner=ctx.owner, site=ctx.site, ttl=ctx.claim_ttl):
+            logger.info("group %s is being stacked by %s", group, holder(s, what))
             return None
         quality = {f.id: qa.FrameQuality(
             n_stars=f.n_stars or 0, fwhm=_nan(f.fwhm), elongation=_nan(f.elongation), sky=_nan(f.sky),
@@ -199,7 +211,8 @@ def commit(ctx: Context, plan: StackPlan, result: tasks.StackJobResult) -> int:
                             "min_stars": st.min_stars, "stars_fraction": st.stars_fraction,
                             "elongation_max": st.elongation_max},
                     ccdwatch_version=__version__, created_at=utcnow(), night=plan.night, target=plan.target,
-                    filter=plan.filter, exptime=plan.exptime, camera_key=plan.camera_key)
+                    filter=plan.filter, exptime=plan.exptime, camera_key=plan.camera_key, site=ctx.site)
+        release(s, claim_name(ctx.site, plan.group), owner=ctx.owner)
         for fid, (cal_id, sha, _) in member_info.items():
             row.members.append(StackMember(frame_id=fid, calibrated_id=cal_id, sha256=sha,
                                            used=fid not in rejected, reason=rejected.get(fid),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ccdwatch.catalog import Catalog
 from ccdwatch.catalog.night import frame_count
-from ccdwatch.config import Config
+from ccdwatch.config import Config, site_name
 from ccdwatch.fitsio import write_bytes_atomic
 from ccdwatch.report.checks import (
     DARK_TEMP_WARN,
@@ -111,7 +111,7 @@ def default_report_dir(cfg: Config, night: str) -> Path:
 
 
 def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.PathLike | None = None, *,
-                 run: PictureRunner | None = None) -> Path:
+                 run: PictureRunner | None = None, site: str | None = None) -> Path:
     """Write the report of ``night`` and return the path of its ``index.html``.
 
     Parameters
@@ -126,9 +126,11 @@ def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.Pa
         Directory for ``index.html`` and ``img/``; default ``<products>/reports/<night>``.
     run : PictureRunner, optional
         Draws the pictures (e.g. on the daemon's workers); default: one after another here.
+    site : str, optional
+        Only this telescope's frames, masters and stacks (default: every site in the catalogue).
     """
     with catalog.reader() as session:
-        data = collect(session, night)
+        data = collect(session, night, site=site)
     data.warnings, data.notes = night_warnings(data, temperature_tolerance=cfg.masters.temperature_tolerance)
     out = Path(out_dir).absolute() if out_dir is not None else default_report_dir(cfg, night)
     img_dir = out / IMG_DIR
@@ -143,11 +145,11 @@ def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.Pa
 
 
 def refresh(cfg: Config, catalog: Catalog, night: str | None, *, run: PictureRunner | None = None) -> Path | None:
-    """Rebuild the report of ``night`` for the daemon when ``report.refresh`` is on; never raises."""
+    """Rebuild the report of ``night`` (this daemon's site only) when ``report.refresh`` is on; never raises."""
     if not night or not cfg.report.refresh:
         return None
     try:
-        return build_report(cfg, catalog, night, run=run)
+        return build_report(cfg, catalog, night, run=run, site=site_name(cfg))
     except Exception:
         logger.exception("refreshing the night report of %s failed", night)
         return None
@@ -158,18 +160,18 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     import sys
 
     with Catalog(cfg.paths.database, writer=False, create=False) as catalog:
-        night = args.night
+        night, site = args.night, getattr(args, "site", None)
         if night is None:
             with catalog.reader() as s:
-                night = latest_night(s)
+                night = latest_night(s, site=site)
             if night is None:
                 print("ccdwatch: the catalogue holds no frames yet, so there is no night to report", file=sys.stderr)
                 return 1
         with catalog.reader() as s:
-            n = frame_count(s, night)
+            n = frame_count(s, night, site=site)
         if n == 0:
             print(f"ccdwatch: no frames for night {night!r}; `ccdwatch nights` lists the nights", file=sys.stderr)
             return 1
-        page = build_report(cfg, catalog, night, args.out)
+        page = build_report(cfg, catalog, night, args.out, site=site)
     print(page)
     return 0

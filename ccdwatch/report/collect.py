@@ -181,22 +181,23 @@ def _frame_row(f: Frame) -> FrameRow:
     )
 
 
-def latest_night(session: Session) -> str | None:
-    """The most recent night label with any light (else any frame) in the catalogue."""
+def latest_night(session: Session, *, site: str | None = None) -> str | None:
+    """The most recent night label with any light (else any frame) in the catalogue (of ``site``)."""
     for imagetyp in ("light", None):
-        night = queries.newest_night(session, imagetyp=imagetyp)
+        night = queries.newest_night(session, imagetyp=imagetyp, site=site)
         if night:
             return night
     return None
 
 
-def _problems(session: Session, frames: Sequence[Frame], rows: dict[int, FrameRow]) -> list[FrameRow]:
+def _problems(session: Session, frames: Sequence[Frame], rows: dict[int, FrameRow], *,
+              site: str | None = None) -> list[FrameRow]:
     """The night's problem files, then those without a night catalogued within PROBLEM_WINDOW of its frames."""
     problems = [r for r in rows.values() if r.state in PROBLEM_STATES]
     created = [f.created_at for f in frames if f.created_at is not None]
     if created:
         lo, hi = min(created) - PROBLEM_WINDOW, max(created) + PROBLEM_WINDOW
-        problems += [_frame_row(f) for f in queries.unlabelled_frames(session, PROBLEM_STATES, lo, hi)]
+        problems += [_frame_row(f) for f in queries.unlabelled_frames(session, PROBLEM_STATES, lo, hi, site=site)]
     return problems
 
 
@@ -221,11 +222,12 @@ def _master_row(m: Master, *, latest: bool, names: dict[int, str], used_by: int)
         used_by=used_by)
 
 
-def _masters(session: Session, night: str, calibrated: Iterable[CalibratedRow]) -> list[MasterRow]:
+def _masters(session: Session, night: str, calibrated: Iterable[CalibratedRow], *,
+             site: str | None = None) -> list[MasterRow]:
     """The newest version of each master built from the night, and every master its lights used."""
     used = Counter(mid for c in calibrated for mid in (c.bias_id, c.dark_id, c.flat_id) if mid is not None)
     newest: dict[str, Master] = {}
-    for m in queries.masters_of_night(session, night):
+    for m in queries.masters_of_night(session, night, site=site):
         if m.calib_key not in newest or m.version > newest[m.calib_key].version:
             newest[m.calib_key] = m
     wanted = {m.id for m in newest.values()} | set(used)
@@ -270,19 +272,20 @@ def _groups(night: str, rows: dict[int, FrameRow], stack_rows: dict[str, StackRo
     return list(groups.values())
 
 
-def collect(session: Session, night: str) -> NightData:
+def collect(session: Session, night: str, *, site: str | None = None) -> NightData:
     """Read what the report of ``night`` shows from the catalogue into plain records.
 
     Frames are those labelled with the night; problem files (quarantined, failed, unclassified)
     without a night label are included when they were catalogued within an hour of the night's
     frames. Masters are the newest version of each master built from the night's frames plus
-    every master (of any night) that calibrated one of its lights.
+    every master (of any night) that calibrated one of its lights. With ``site``, only that
+    telescope's frames, masters and stacks (several may share the catalogue).
     """
-    frames = queries.night_frames(session, night)
+    frames = queries.night_frames(session, night, site=site)
     rows = {f.id: _frame_row(f) for f in frames}
-    problems = _problems(session, frames, rows)
+    problems = _problems(session, frames, rows, site=site)
     calibrated = _calibrated(session, [r.id for r in rows.values() if r.imagetyp == "light"])
-    masters = _masters(session, night, calibrated.values())
-    stack_rows = {s.group_key: _stack_row(s) for s in queries.current_stacks(session, night)}
+    masters = _masters(session, night, calibrated.values(), site=site)
+    stack_rows = {s.group_key: _stack_row(s) for s in queries.current_stacks(session, night, site=site)}
     return NightData(night=night, generated=utcnow(), frames=rows, problems=problems, masters=masters,
                      calibrated=calibrated, groups=_groups(night, rows, stack_rows))
