@@ -250,3 +250,15 @@ def test_cmos_values_shifted_into_16_bits_are_detected_and_set_saturation(tmp_pa
     assert saturation(ctx, frame) == 65520.0  # type: ignore[arg-type]
     frame.header = {"SATURATE": 60000}
     assert saturation(ctx, frame) == 60000.0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cards, seconds", [
+    ({"EXPTIME": "3,5 s"}, 3.5),       # a number in a string, decimal comma, unit
+    ({"EXPTIME": "6,4E-05"}, 6.4e-5),
+    ({"EXPOINUS": 64}, 6.4e-5),        # microseconds (SharpCap)
+    ({"EXPOSURE": "200"}, 200.0),
+    ({"EXPTIME": "1,234,5"}, None),    # not a number: never guessed
+])
+def test_exposure_read_leniently(cards, seconds):
+    info = normalise({"IMAGETYP": "Light", **cards}, filename="x.fits")
+    assert info.exptime == (pytest.approx(seconds) if seconds is not None else None)

@@ -81,7 +81,7 @@ class FrameInfo:
 
 def _checked_exposure(cards: _Cards, imagetyp: ImageType, exptime: float | None) -> float | None:
     """The exposure time (s), warning when it is missing (but for a bias) or long for a bias."""
-    missing = not any(cards.present(k) for k in _EXPTIME_KEYS)
+    missing = exptime is None and not any(cards.present(k) for k in _EXPTIME_KEYS)
     if missing and imagetyp is not ImageType.BIAS:
         cards.warn("exposure time: no EXPTIME/EXPOSURE card")
     if imagetyp is ImageType.BIAS and exptime is not None and exptime > 1.0:

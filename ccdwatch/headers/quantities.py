@@ -25,11 +25,19 @@ _SECONDS = {"": 1.0, "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds"
 _CELSIUS = {"": 1.0, "c": 1.0, "degc": 1.0, "°c": 1.0}
 
 
+#: Exposure keywords in microseconds (SharpCap, some CMOS drivers), tried after the seconds ones.
+_EXPTIME_US_KEYS = ("EXPOINUS", "EXPTIMEUS", "EXPOSURE_US")
+
+
 def _exposure(cards: _Cards) -> float | None:
     def check(x: float) -> str | None:
         return "is negative" if x < 0 else None
 
-    return cards.number(_EXPTIME_KEYS, "exposure time", check=check, units=_SECONDS)
+    seconds = cards.number(_EXPTIME_KEYS, "exposure time", check=check, units=_SECONDS)
+    if seconds is not None or not any(cards.present(k) for k in _EXPTIME_US_KEYS):
+        return seconds
+    micro = cards.number(_EXPTIME_US_KEYS, "exposure time (us)", check=check)
+    return None if micro is None else micro * 1e-6
 
 
 def _filter(cards: _Cards) -> str | None:

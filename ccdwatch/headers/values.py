@@ -93,6 +93,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+#: One comma between digits and no point: a decimal comma ('6,4E-05', '3,5 s'), never thousands
+#: (FITS numbers are never written with thousands separators).
+_DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+(?:[eEdD][-+]?\d+)?\s*[a-zA-Z°]*")
 _NUMBER = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eEdD][-+]?\d+)?)\s*([a-zA-Z°]*)")
 
 
@@ -113,6 +116,8 @@ def _to_float(value: Any, units: Mapping[str, float] | None = None) -> float:
     if text is None:
         raise _Bad("is blank")
     match = _NUMBER.fullmatch(text)
+    if match is None and _DECIMAL_COMMA.fullmatch(text):  # '3,5 s' from a decimal-comma locale
+        match = _NUMBER.fullmatch(text.replace(",", ".", 1))
     if match is None:
         raise _Bad("is not a number")
     unit = match.group(2).lower()
