@@ -85,8 +85,9 @@ def measure(data: np.ndarray) -> PixelEvidence:
     diff = np.diff(np.where(finite, img, level), axis=1).ravel()
     noise = float(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2.0))
     ny, nx = img.shape
-    by, bx = max(1, ny // 16), max(1, nx // 16)
-    blocks = np.median(np.where(finite, img, level)[: by * 16, : bx * 16].reshape(16, by, 16, bx), axis=(1, 3))
+    n = max(1, min(16, ny, nx))  # blocks a side (fewer on tiny frames)
+    by, bx = ny // n, nx // n
+    blocks = np.median(np.where(finite, img, level)[: by * n, : bx * n].reshape(n, by, n, bx), axis=(1, 3))
     spread = float(1.4826 * np.median(np.abs(blocks - np.median(blocks))))
     structure = spread / abs(level) if level else 0.0
     return PixelEvidence(level=level, noise=noise, full_scale=_full_scale(data, float(values.max())),

@@ -262,3 +262,11 @@ def test_cmos_values_shifted_into_16_bits_are_detected_and_set_saturation(tmp_pa
 def test_exposure_read_leniently(cards, seconds):
     info = normalise({"IMAGETYP": "Light", **cards}, filename="x.fits")
     assert info.exptime == (pytest.approx(seconds) if seconds is not None else None)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (5, 7), (3, 200), (2000, 3)])
+def test_pixel_statistics_of_tiny_frames_never_fail(shape):
+    from ccdwatch import evidence
+
+    ev = evidence.measure(np.random.default_rng(0).integers(100, 200, shape).astype(np.uint16))
+    assert ev.n_sources == 0 and ev.full_scale == 65535.0

@@ -32,6 +32,7 @@ from ccdwatch.fitsio import (
 from ccdwatch.headers import (
     ClassificationRule,
     FrameInfo,
+    PixelEvidence,
     header_to_jsonable,
     normalise,
 )
@@ -77,12 +78,24 @@ def ingest(spec: IngestSpec) -> IngestResult:
     faults.point("ingest", spec.path)
     raw = read_raw(spec.path, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed,
                    unwritten_grace=spec.unwritten_grace, now=spec.now)
-    pixels = evidence.measure(raw.data) if raw.data is not None else None
+    pixels = _pixel_evidence(raw.data, spec.path)
     info = normalise(raw.header, filename=spec.relpath or Path(spec.path).name, rules=spec.rules,
                      timezone=spec.timezone, night_start_hour=spec.night_start_hour, pixels=pixels,
                      bayer_pattern=spec.bayer_pattern, bayer_instruments=dict(spec.bayer_instruments))
     return IngestResult(raw.sha256, raw.size, raw.mtime_ns, raw.inode, raw.hdu_index, info,
                         header_to_jsonable(raw.header), pixels.to_json() if pixels is not None else None)
+
+
+def _pixel_evidence(data: np.ndarray | None, path: str) -> PixelEvidence | None:
+    """The pixels' statistics for classification; never a reason to lose a frame."""
+    if data is None or data.ndim != 2 or min(data.shape) < 2:
+        return None
+    try:
+        return evidence.measure(data)
+    except Exception as exc:  # noqa: BLE001 - classification then goes by header and path
+        logger.warning("%s: pixel statistics failed (%s: %s); classified by header and path", path,
+                       type(exc).__name__, exc)
+        return None
 
 
 class RawGone(FileNotFoundError):
