@@ -40,9 +40,9 @@ def planned(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = calibrate.plan_calibration
 
-    def counting(ctx, s, masters, frame_id, *, final):
+    def counting(ctx, s, masters, frame_id, *, final, **options):
         calls.append(frame_id)
-        return real(ctx, s, masters, frame_id, final=final)
+        return real(ctx, s, masters, frame_id, final=final, **options)
 
     monkeypatch.setattr(calibrate, "plan_calibration", counting)
     return calls
