@@ -26,7 +26,7 @@ from ccdwatch.catalog.queries import (
     lights_of_night,
     nights_with_calibrated_lights,
 )
-from ccdwatch.jobs import tasks
+from ccdwatch.jobs import memory, tasks
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import Calibrated, Frame, FrameState, Stack, StackMember
 from ccdwatch.pipeline.calibrate import timed_out
@@ -61,6 +61,11 @@ class StackPlan:
     @property
     def charged(self) -> tuple[int, ...]:
         return ()  # a group that cannot be stacked is no fault of its frames
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The group's frames: told (not charged) why a stack is not made."""
+        return tuple(self.member_info)
 
 
 def assign_groups(ctx: Context, s: Session, night: str | None) -> dict[int, GroupKey]:
@@ -159,6 +164,7 @@ def plan_stack(ctx: Context, group: GroupKey) -> StackPlan | None:
             preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
                            f" - night {night}"),
             min_free_bytes=ctx.min_free,
+            shape=memory.raw_shape(ref_frame.naxis1, ref_frame.naxis2, (ref_frame.header or {}).get("BITPIX")),
         )
         member_info = {f.id: (products[f.id].id, products[f.id].sha256, f.exptime or 0.0) for f in frames}
         return StackPlan(group=group, spec=spec, rejected=tuple(rejected.items()), member_info=member_info,
