@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 IMG_DIR = "img"
+#: Pixels across one panel of `previews.side_by_side` (5 in at 100 dpi): images are reduced to it as read.
+_PANEL_PX = 500
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -194,23 +196,29 @@ def _group_panel(data: NightData, g: Group, img_dir: Path, *, max_data_bytes: in
     dest = img_dir / name
     if _is_png(dest):
         return name, caption
+    # each image is reduced to the panel's size as soon as it is read: one full frame at a time
     panels: list[tuple[str, np.ndarray]] = []
+    first: tuple[int, ...] | None = None  # full shape of the first panel: a binned stack is left out
     raw = _raw_pixels(rep, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
     if raw is not None:
-        panels.append((mpl_text(f"raw: {rep.name}"), raw))
-    if cal is not None:
-        try:
-            panels.append(("calibrated", read_product(cal.path)[1]))
-        except (OSError, ValueError) as exc:
-            logger.warning("report: cannot read calibrated frame %s: %s", cal.path, exc)
+        first = raw.shape
+        panels.append((mpl_text(f"raw: {rep.name}"), previews.display_image(raw, max_px=_PANEL_PX)))
+        del raw
+    products = [("calibrated", "calibrated frame", cal.path if cal is not None else None)]
     if g.stack is not None:
+        products.append((f"stack of {g.stack.n_used}", "stack", g.stack.path))
+    for label, what, path in products:
+        if path is None:
+            continue
         try:
-            panels.append((f"stack of {g.stack.n_used}", read_product(g.stack.path)[1]))
+            image = read_product(path)[1]
         except (OSError, ValueError) as exc:
-            logger.warning("report: cannot read stack %s: %s", g.stack.path, exc)
-    shapes = {p[1].shape for p in panels}
-    if len(shapes) > 1:  # e.g. a binned stack: show what matches the first panel
-        panels = [p for p in panels if p[1].shape == panels[0][1].shape]
+            logger.warning("report: cannot read %s %s: %s", what, path, exc)
+            continue
+        first = first or image.shape
+        if image.shape == first:
+            panels.append((label, previews.display_image(image, max_px=_PANEL_PX)))
+        del image
     if not panels:
         return None, "the raw and calibrated files are no longer readable"
     previews.side_by_side(panels, dest, title=mpl_text(group_label(g)))
