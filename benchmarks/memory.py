@@ -41,7 +41,7 @@ def main(flat_dir: str, workdir: str) -> None:
         kind="flat", frames=tuple(((str(p),), sha256_file(p)) for p in paths), bias_path=None, dark_path=None,
         dark_scale=None, method=cfg.masters.flat_method, sigma=cfg.masters.sigma,
         memory_budget=int(cfg.masters.memory_budget_mb * 2**20), hot_pixel_sigma=cfg.masters.hot_pixel_sigma,
-        out_path=str(work / "master_flat.fits"), header={}, inputs_table=tuple((i, "0" * 64) for i in range(len(paths))),
+        out_path=str(work / "master_flat.fits"), header={}, inputs_table=tuple((Path(p).name, "0" * 64) for p in paths),
         workdir=str(work / "scratch"), max_data_bytes=int(cfg.ingest.max_data_mb * 2**20),
         allow_compressed=cfg.ingest.allow_compressed, preview_path=str(work / "master_flat.png"),
         preview_title="master flat (memory benchmark)")

@@ -201,7 +201,8 @@ class WorkersConfig:
     processes: int = 2
     """Worker processes for parsing and reduction (0 = in the daemon itself, no isolation)."""
     memory_limit_mb: float = 4096.0
-    """Address-space limit of each worker; a file that needs more kills only its worker."""
+    """Data-size limit (heap and arrays) of each worker: a job estimated to need more is refused, a file
+    that needs more fails only its own job."""
     nice: int = 5
     """Extra niceness of the workers, so that the camera software always wins the CPU."""
     ingest_timeout: float = 120.0

@@ -10,11 +10,14 @@ either, the same bytes.
 
 from __future__ import annotations
 
+import cmath
 import hashlib
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from astropy.io import fits
 
 from ccdwatch import __version__
@@ -136,14 +139,31 @@ def product_header(raw_header: Mapping[str, Any] | None = None, **cards: Any) ->
 
 
 def to_fits_header(cards: Mapping[str, Any]) -> fits.Header:
-    """A FITS header from :func:`product_header`'s cards; values astropy cannot write as a card
-    (lists, dicts, over-long strings from a foreign header) are left out rather than failing."""
+    """A FITS header from :func:`product_header`'s cards (a value, or a ``(value, comment)`` pair).
+
+    The one place where cards become a FITS header: values astropy cannot write as a card
+    (lists, dicts, over-long strings from a foreign header) are left out rather than failing,
+    and so are NaN and infinite numbers (FITS has no such values), each with a COMMENT saying so.
+    """
     header = fits.Header()
-    for key, value in cards.items():
+    for key, card in cards.items():
+        value = card[0] if isinstance(card, tuple) and len(card) == 2 else card
         if value is None or isinstance(value, (list, dict)):
             continue
+        if not _finite(value):
+            header.add_comment(f"{key} left out: not a finite number ({value})"[:72])
+            continue
         try:
-            header[key] = value
+            header[key] = card
         except (ValueError, KeyError, fits.VerifyError):
             continue
     return header
+
+
+def _finite(value: Any) -> bool:
+    """False for a NaN or infinite real or complex number, True for anything else."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        return True
+    if isinstance(value, (numbers.Real, numbers.Complex)):
+        return cmath.isfinite(complex(value))
+    return True

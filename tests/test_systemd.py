@@ -215,8 +215,8 @@ def test_example_config_loads_and_agrees_with_the_unit(unit):
     assert inside(products, rw), f"{products} is not writable under the unit (add it to ReadWritePaths=)"
     assert inside(database.parent, rw), f"{database} is not writable under the unit"
     assert last(unit, "WorkingDirectory") is None or inside(Path(last(unit, "WorkingDirectory")), rw)
-    # Memory: every worker can use its whole address-space limit and the daemon still fits, so a
-    # huge frame kills its own worker (MemoryError) before the cgroup's OOM killer acts.
+    # Memory: every worker can use its whole data limit and the daemon still fits, so a huge
+    # frame fails its own job (MemoryError, said in words) before the cgroup's OOM killer acts.
     memory_max = memory_bytes(last(unit, "MemoryMax"))
     workers = getattr(cfg, "workers", None)
     if workers is not None and workers.processes > 0:

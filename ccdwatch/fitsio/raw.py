@@ -176,6 +176,8 @@ def _astropy_image(payload: bytes, layout: _Layout, chosen: _HDU, name: str, *,
         try:
             hdul = fits.open(io.BytesIO(payload), mode="readonly", memmap=False,
                              lazy_load_hdus=False, uint=True)
+        except MemoryError:  # the worker's limit, not the file's fault: the job says so in words
+            raise
         except (Exception, Warning) as exc:  # noqa: BLE001 - never let an astropy type escape
             raise RejectedFile(_as_warning_reason(exc, "bad-header"),
                                f"{name}: astropy refused the file ({type(exc).__name__}: {exc})") from None
@@ -191,7 +193,7 @@ def _astropy_image(payload: bytes, layout: _Layout, chosen: _HDU, name: str, *,
             if want_data:
                 try:
                     raw = hdu.data
-                except RejectedFile:
+                except (RejectedFile, MemoryError):
                     raise
                 except (Exception, Warning) as exc:  # noqa: BLE001
                     raise RejectedFile(_as_warning_reason(exc, "unreadable"),
@@ -204,7 +206,7 @@ def _astropy_image(payload: bytes, layout: _Layout, chosen: _HDU, name: str, *,
                     raise RejectedFile("bad-header", f"{name}: data shape {raw.shape} does not match "
                                        f"the header's {axes}")
                 data = np.array(raw.reshape(shape2d), dtype=raw.dtype.newbyteorder("="), copy=True)
-        except RejectedFile:
+        except (RejectedFile, MemoryError):
             raise
         except (Exception, Warning) as exc:  # noqa: BLE001
             raise RejectedFile(_as_warning_reason(exc, "bad-header"),

@@ -1,7 +1,7 @@
 """The workers: a process pool with per-job time limits and per-worker memory limits.
 
 :class:`Workers` wraps a ``concurrent.futures`` process pool: each worker runs under an
-address-space limit and a lower CPU priority, each job under a time limit; a worker that dies or
+data-size limit and a lower CPU priority, each job under a time limit; a worker that dies or
 overruns is killed, the pool is rebuilt, and the caller gets a :class:`WorkerFailure` to count
 against the file. :func:`make_workers` is the seam: with ``workers.scheduler`` set it gives
 :class:`ccdwatch.jobs.cluster.ClusterWorkers`, the same interface (:class:`JobRunner`) over a
@@ -100,8 +100,12 @@ def _worker_init(memory_limit: int, nice: int) -> None:
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(var, None)
     if memory_limit > 0:
+        # RLIMIT_DATA (heap and private writable mappings: every array) rather than RLIMIT_AS:
+        # the address space also counts shared libraries (~0.7 GiB before any work) and the
+        # read-only memory maps of scratch files, which a large master or stack is built through
+        # precisely so that they need not fit in memory.
         try:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+            resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
         except (ValueError, OSError) as exc:  # e.g. a lower hard limit already in force
             logger.warning("cannot limit worker memory to %d bytes: %s", memory_limit, exc)
     if nice:
@@ -181,6 +185,8 @@ class Workers:
                 except BrokenProcessPool:
                     if len(batch) > 1:
                         isolate = True
+                        logger.warning("a worker died (crash, or over its memory limit) while %d %s jobs ran: "
+                                       "running the unfinished ones one at a time", len(batch), fn.__name__)
                     else:
                         logger.error("the worker died during %s on %s", fn.__name__, _subject(specs[i]))
                         results[i] = _failed(WorkerFailure(

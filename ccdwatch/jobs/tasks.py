@@ -8,15 +8,17 @@ write. A file that crashes or hangs the parser can therefore kill a worker but n
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
+import resource
 import tempfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from astropy.io import fits
@@ -24,7 +26,6 @@ from astropy.io import fits
 from ccdwatch import calib, colour, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
     RejectedFile,
-    read_product,
     read_product_hdus,
     read_raw,
     write_product,
@@ -36,10 +37,42 @@ from ccdwatch.headers import (
     header_to_jsonable,
     normalise,
 )
+from ccdwatch.jobs import memory
 from ccdwatch.products import to_fits_header
 from ccdwatch.scratch import ScratchArrays
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+def _explained(job: Callable[[Any], R]) -> Callable[[Any], R]:
+    """``job`` with any ``MemoryError`` (or ENOMEM) turned into a `memory.OutOfMemory` that says
+    what ran out, the sizes involved and the setting that limits the worker."""
+
+    @functools.wraps(job)
+    def run(spec: Any) -> R:
+        try:
+            return job(spec)
+        except memory.OutOfMemory:
+            raise
+        except MemoryError as exc:
+            raise memory.explain(exc, _subject(job.__name__, spec), spec) from None
+        except OSError as exc:
+            if exc.errno != errno.ENOMEM:
+                raise
+            raise memory.explain(exc, _subject(job.__name__, spec), spec) from None
+        finally:
+            release_masters()
+
+    return run
+
+
+def _subject(name: str, spec: Any) -> str:
+    what = {"build_master": "building a master", "calibrate_light": "calibrating a light",
+            "stack_group": "stacking a group", "ingest": "reading a raw file"}.get(name, name)
+    where = getattr(spec, "out_path", None) or getattr(spec, "path", None)
+    return f"{what} ({where})" if where else what
 
 
 # ---------------------------------------------------------------------------------- ingest
@@ -73,9 +106,11 @@ class IngestResult:
     """The pixel statistics classification used (kept: a frame is reclassified without a re-read)."""
 
 
+@_explained
 def ingest(spec: IngestSpec) -> IngestResult:
     """Read and validate one raw file and normalise its header (raises RejectedFile)."""
     faults.point("ingest", spec.path)
+    _check_room(spec.path)
     raw = read_raw(spec.path, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed,
                    unwritten_grace=spec.unwritten_grace, now=spec.now)
     pixels = _pixel_evidence(raw.data, spec.path)
@@ -96,6 +131,24 @@ def _pixel_evidence(data: np.ndarray | None, path: str) -> PixelEvidence | None:
         logger.warning("%s: pixel statistics failed (%s: %s); classified by header and path", path,
                        type(exc).__name__, exc)
         return None
+
+
+def _check_room(path: str) -> None:
+    """Refuse, before reading a byte of data, a file this worker has no room to read (its size
+    on disk stands for its data: a file smaller than its header declares is refused anyway)."""
+    try:
+        size = os.lstat(path).st_size
+    except OSError:
+        return  # read_raw says what is wrong with it
+    room = memory.headroom()
+    need = memory.ingest(size)
+    if room is not None and need > room:
+        limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+        raise RejectedFile("too-large", (
+            f"{path}: reading its {memory.gib(size)} needs ~{memory.gib(need)} of memory, more than the worker has "
+            f"left ({memory.gib(room)}) under workers.memory_limit_mb = {limit / memory.MiB:g}: raise it to at least "
+            f"{memory.required_limit_mb(need)} to read such files, or lower ingest.max_data_mb to refuse them "
+            "at once"))
 
 
 class RawGone(FileNotFoundError):
@@ -137,22 +190,35 @@ def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_co
 
 
 # ---------------------------------------------------------------------------------- masters
-_MASTERS: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+_MASTERS: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
 
 def load_master(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A master image (and its hot-pixel map) with a small per-process cache: the lights of a
-    night all use the same three masters."""
+    """A master image (and its hot-pixel map), cached in the worker: the lights of a night all
+    use the same three. See :func:`use_masters` and :func:`release_masters` for how long."""
     if path in _MASTERS:
-        _MASTERS.move_to_end(path)
         return _MASTERS[path]
     hdus = read_product_hdus(path)
     data = np.asarray(hdus[0].data, dtype=np.float32)
     hot = np.asarray(hdus["HOTPIX"].data).astype(bool) if "HOTPIX" in hdus else None
+    del hdus
     _MASTERS[path] = (data, hot)
-    while len(_MASTERS) > 6:
-        _MASTERS.popitem(last=False)
     return data, hot
+
+
+def use_masters(*paths: str | None) -> None:
+    """A job starts that needs these masters: forget every other one the worker holds."""
+    wanted = {p for p in paths if p}
+    for path in [p for p in _MASTERS if p not in wanted]:
+        del _MASTERS[path]
+
+
+def release_masters() -> None:
+    """The job is done with its masters: keep them for the next job only when they take at most
+    `memory.MASTER_CACHE_BYTES` together (a job's memory estimate counts on this)."""
+    held = sum(d.nbytes + (h.nbytes if h is not None else 0) for d, h in _MASTERS.values())
+    if held > memory.MASTER_CACHE_BYTES:
+        _MASTERS.clear()
 
 
 @dataclass(frozen=True)
@@ -177,6 +243,9 @@ class MasterSpec:
     min_free_bytes: int = 0
     threads: int = 1  # threads for the combination (cores the pool would otherwise leave idle)
     bayer_pattern: str | None = None  # a colour mosaic's pattern: flats normalised colour by colour
+    shape: tuple[int, int, int] | None = None
+    """(ny, nx, BITPIX) of the inputs, from the catalogue: what the job's memory need is estimated
+    from (`ccdwatch.jobs.memory`) before it runs."""
 
 
 @dataclass(frozen=True)
@@ -188,17 +257,19 @@ class MasterResult:
     preview_path: str | None
 
 
+@_explained
 def build_master(spec: MasterSpec) -> MasterResult:
     """Calibrate each input (kept in RAM or spilled to scratch files), combine them in strips,
     write the master."""
     faults.point("master-build", spec.out_path)
-    bias = load_master(spec.bias_path)[0] if spec.bias_path else None
-    dark = load_master(spec.dark_path)[0] if spec.dark_path else None
+    use_masters(spec.bias_path, spec.dark_path)
+    masters = {"dark": load_master(spec.dark_path)[0] if spec.dark_path else None,  # the larger read first
+               "bias": load_master(spec.bias_path)[0] if spec.bias_path else None}
 
     def prepare(i: int) -> tuple[np.ndarray, float]:
         paths, sha = spec.frames[i]
         raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
-        data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale or 1.0)
+        data = calib.calibrate(raw, bias=masters["bias"], dark=masters["dark"], dark_scale=spec.dark_scale or 1.0)
         del raw
         scale = 1.0
         if spec.kind == "flat" and spec.bayer_pattern:  # each colour to median 1: twilight changes colour
@@ -223,6 +294,8 @@ def build_master(spec: MasterSpec) -> MasterResult:
         arrays = [a for a, _ in prepared]
         scales = [k for _, k in prepared] if spec.kind == "flat" and not spec.bayer_pattern else []
         del prepared, first
+        masters.clear()
+        release_masters()  # large masters are not held through the combination
         combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
                                             memory_budget=spec.memory_budget, threads=spec.threads))
         del arrays
@@ -236,12 +309,11 @@ def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
     hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
     pattern = spec.bayer_pattern
     level, noise = colour.mosaic_stats(combined, pattern) if pattern else calib.robust_stats(combined)
-    header = to_fits_header(spec.header)
+    extra = {"HOTPIX": (int(hot.sum()), "hot pixels in the HOTPIX extension")} if hot is not None else {}
+    header = to_fits_header({**spec.header, **extra})
     for ch, (med, sig) in (colour.channel_stats(combined, pattern) if pattern else {}).items():
         header[f"LEVEL_{ch}"] = (med, f"median of the {ch} pixels")
         header[f"NOISE_{ch}"] = (sig, f"robust sigma of the {ch} pixels")
-    if hot is not None:
-        header["HOTPIX"] = (int(hot.sum()), "hot pixels in the HOTPIX extension")
     table = fits.BinTableHDU.from_columns(  # content, not catalogue ids: the same bytes in any order
         [fits.Column(name="FILE", format=f"{_width(n for n, _ in spec.inputs_table)}A",
                      array=np.array([n for n, _ in spec.inputs_table])),
@@ -294,6 +366,8 @@ class CalibrateSpec:
     min_free_bytes: int = 0
     bayer_pattern: str | None = None  # a colour mosaic: calibrated as such, measured on its luminance
     demosaic: str = "malvar"
+    shape: tuple[int, int, int] | None = None
+    """(ny, nx, BITPIX) of the light, from the catalogue (`ccdwatch.jobs.memory`)."""
 
 
 @dataclass(frozen=True)
@@ -303,37 +377,72 @@ class CalibrateResult:
     quality: qa.FrameQuality
     saturation: float
     saturated_fraction: float
+    nonfinite: int = 0
+    """Raw pixels that were NaN or infinite: NaN (missing) in the calibrated frame, kept out of
+    the quality measurement and of any stack."""
 
 
 def saturation_level(raw: np.ndarray, configured: float | None) -> float:
-    """Raw saturation: header/config value, else a ceiling where pixels pile up, else the type's max."""
+    """Raw saturation: header/config value, else a ceiling where pixels pile up, else the type's max.
+
+    NaN and infinite pixels (a float raw frame) are no ceiling."""
     if configured:
         return float(configured)
-    top = float(np.max(raw))
+    top = float(np.max(raw, initial=-np.inf, where=np.isfinite(raw))) if raw.dtype.kind == "f" else float(raw.max())
     if top > 1000 and np.count_nonzero(raw == top) >= 5:  # pixels piled up at a ceiling
         return top
     return 65535.0 if raw.dtype.kind in "ui" else float("inf")
 
 
+def _pixel_masks(raw: np.ndarray, data: np.ndarray, saturation: float,
+                 hot: np.ndarray | None) -> tuple[np.ndarray, float, int]:
+    """The pixels the quality measurement ignores (saturated in the raw frame, hot, or not
+    finite), their saturated fraction, and how many raw pixels were NaN or infinite (set to
+    NaN in ``data``, in place)."""
+    saturated = raw >= saturation
+    nonfinite = 0
+    if raw.dtype.kind == "f":
+        bad = ~np.isfinite(raw)
+        nonfinite = int(np.count_nonzero(bad))
+        if nonfinite:
+            data[bad] = np.nan
+            saturated &= ~bad
+        del bad
+    fraction = float(np.count_nonzero(saturated)) / max(1, saturated.size)
+    if hot is not None:
+        saturated |= hot
+    return saturated, fraction, nonfinite
+
+
+@_explained
 def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
-    """(raw - bias - dark*scale) / flat, frame quality and sources, written with provenance."""
+    """(raw - bias - dark*scale) / flat, frame quality and sources, written with provenance.
+
+    The raw frame and (unless small enough to stay cached) the masters are let go before the
+    quality measurement, the job's largest phase (see `memory.calibration`).
+    """
     faults.point("calibrate", spec.raw_paths[0])
+    use_masters(spec.bias_path, spec.dark_path, spec.flat_path)
+    # the masters first, the dark (two images) first of them: reading a product holds three times
+    # its size for a moment, best done while little else is held
+    dark, hot = load_master(spec.dark_path) if spec.dark_path else (None, None)
+    bias = load_master(spec.bias_path)[0] if spec.bias_path else None
+    flat = load_master(spec.flat_path)[0] if spec.flat_path else None
     raw = load_raw(spec.raw_paths, spec.raw_sha256, max_data_bytes=spec.max_data_bytes,
                    allow_compressed=spec.allow_compressed)
-    bias = load_master(spec.bias_path)[0] if spec.bias_path else None
-    dark, hot = load_master(spec.dark_path) if spec.dark_path else (None, None)
-    flat = load_master(spec.flat_path)[0] if spec.flat_path else None
     data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale, flat=flat)
+    del bias, dark, flat
+    release_masters()
     saturation = saturation_level(raw, spec.saturation)
-    saturated = raw >= saturation
-    mask = saturated | hot if hot is not None else saturated
+    mask, saturated_fraction, nonfinite = _pixel_masks(raw, data, saturation, hot)
+    del raw
     if spec.bayer_pattern:
         quality, sources = colour.measure(data, spec.bayer_pattern, mask=mask, detect_sigma=spec.detect_sigma,
                                           method=spec.demosaic)
     else:
         quality, sources = qa.measure(data, saturation=None, detect_sigma=spec.detect_sigma, mask=mask)
-    header = to_fits_header(spec.header)
-    header["SATLEVEL"] = (float(saturation), "raw saturation level used, ADU")
+    del mask
+    header = to_fits_header({**spec.header, "SATLEVEL": (float(saturation), "raw saturation level used, ADU")})
     table = fits.BinTableHDU.from_columns(
         [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
          for n in ("x", "y", "flux", "fwhm", "elongation")], name="SOURCES")
@@ -343,7 +452,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     if spec.preview_path:
         _safe_preview("light", data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
-    return CalibrateResult(spec.frame_id, sha, quality, float(saturation), float(saturated.mean()))
+    return CalibrateResult(spec.frame_id, sha, quality, float(saturation), saturated_fraction, nonfinite)
 
 
 # ---------------------------------------------------------------------------------- stacks
@@ -367,6 +476,16 @@ class StackSpec:
     demosaic: str = "malvar"
     #: frame id -> (raw sha256, raw file name): how the product names its members (never by id)
     labels: dict[int, tuple[str, str]] = field(default_factory=dict)
+    shape: tuple[int, int, int] | None = None
+    """(ny, nx, BITPIX) of the lights, from the catalogue (`ccdwatch.jobs.memory`)."""
+
+
+def _masked_image(hdus: fits.HDUList) -> np.ndarray:
+    """A calibrated product's image as a new float32 array, NaN on its bad pixels (BADPIX)."""
+    image = np.array(hdus[0].data, dtype=np.float32, copy=True)
+    if "BADPIX" in hdus:
+        image[np.asarray(hdus["BADPIX"].data).astype(bool)] = np.nan
+    return image
 
 
 @dataclass(frozen=True)
@@ -378,10 +497,13 @@ class StackJobResult:
     preview_path: str | None
 
 
+@_explained
 def stack_group(spec: StackSpec) -> StackJobResult:
     """Align the calibrated frames on the reference (sources detected at calibration) and combine."""
     faults.point("stack", spec.out_path)
-    sources, masks, images = {}, {}, {}
+    use_masters()
+    sources: dict[int, qa.Sources] = {}
+    images: dict[int, np.ndarray] = {}
     keep_images: bool | None = None  # the images read for the source lists, kept if they fit
     for fid, path in spec.products.items():
         hdus = read_product_hdus(path)
@@ -389,21 +511,21 @@ def stack_group(spec: StackSpec) -> StackJobResult:
         sources[fid] = qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
                                   flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
                                   elongation=np.asarray(tab["ELONGATION"], float))
-        masks[fid] = np.asarray(hdus["BADPIX"].data).astype(bool) if "BADPIX" in hdus else None
-        image = hdus[0].data
         if keep_images is None:  # an eighth of the budget: the warped copies may take a quarter
-            keep_images = image is not None and image.size * 4 * len(spec.products) <= spec.memory_budget // 8
+            size = hdus[0].data.size if hdus[0].data is not None else None
+            keep_images = size is not None and size * 4 * len(spec.products) <= spec.memory_budget // 8
         if keep_images:
-            images[fid] = np.array(image, dtype=np.float32, copy=True)
-        del hdus, image
+            images[fid] = _masked_image(hdus)
+        del hdus, tab
 
     def load(fid: int) -> np.ndarray:  # each image read once when the group is small enough
-        return images.pop(fid) if fid in images else read_product(spec.products[fid])[1]
+        # bad pixels (hot) are NaN already: no frame's mask is held while the others align
+        return images.pop(fid) if fid in images else _masked_image(read_product_hdus(spec.products[fid]))
 
     Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
         result = stack.align_and_stack(list(spec.products), load,
-                                       sources, spec.reference, masks=masks, method=spec.method, sigma=spec.sigma,
+                                       sources, spec.reference, masks=None, method=spec.method, sigma=spec.sigma,
                                        memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads,
                                        planes=_demosaicer(spec.bayer_pattern, spec.demosaic))
     header, table = _stack_cards(spec, result)

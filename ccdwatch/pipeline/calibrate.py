@@ -25,7 +25,7 @@ from ccdwatch.catalog.queries import (
     waiting_signature,
 )
 from ccdwatch.headers.cfa import bayerpat_card
-from ccdwatch.jobs import tasks
+from ccdwatch.jobs import memory, tasks
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
@@ -193,6 +193,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         max_data_bytes=ctx.max_data_bytes, allow_compressed=ctx.cfg.ingest.allow_compressed,
         preview_path=str(preview_path(out)) if ctx.cfg.report.light_previews else None,
         min_free_bytes=ctx.min_free, bayer_pattern=frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
+        shape=memory.raw_shape(frame.naxis1, frame.naxis2, (frame.header or {}).get("BITPIX")),
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,
@@ -240,8 +241,18 @@ def commit(ctx: Context, plan: CalibrationPlan, result: tasks.CalibrateResult) -
         verb = "recalibrated" if current is not None else "calibrated"
         log_event(s, frame, verb, plan.explain + (f" (v{plan.version}, supersedes v{current.version})"
                                                   if current else f" (v{plan.version})"))
+        if result.nonfinite:
+            log_event(s, frame, "masked", nonfinite_note(result.nonfinite))
     logger.info("%s frame %d: %s", verb, plan.frame_id, plan.explain)
+    if result.nonfinite:
+        logger.warning("frame %d: %s", plan.frame_id, nonfinite_note(result.nonfinite))
     return plan.frame_id
+
+
+def nonfinite_note(n: int) -> str:
+    """What was done with a light's NaN or infinite raw pixels, in words."""
+    return (f"{n} raw pixel(s) were NaN or infinite: masked (NaN in the calibrated frame, left out of its quality "
+            "measurement and of stacks)")
 
 
 def finite(x: float | None) -> float | None:

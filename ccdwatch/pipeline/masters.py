@@ -27,7 +27,7 @@ from ccdwatch.catalog.queries import (
     lights_waiting_for,
 )
 from ccdwatch.catalog.sites import claim, holder, release
-from ccdwatch.jobs import tasks
+from ccdwatch.jobs import memory, tasks
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.pipeline.context import Context
@@ -180,6 +180,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             preview_path=str(preview_path(out)) if ctx.cfg.report.previews else None,
             preview_title=f"master {kind} - night {night} - v{version} - {len(frames)} frames",
             min_free_bytes=ctx.min_free, bayer_pattern=sample.bayer_pattern,
+            shape=memory.raw_shape(sample.naxis1, sample.naxis2, (sample.header or {}).get("BITPIX")),
         )
         return MasterPlan(
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,

@@ -22,7 +22,7 @@ from ccdwatch import faults
 from ccdwatch.catalog import log_event, sqlite_path, utcnow
 from ccdwatch.catalog.queries import frame_by_sha256, frames_by_id
 from ccdwatch.fitsio import DiskFull
-from ccdwatch.jobs import pool, tasks
+from ccdwatch.jobs import memory, pool, tasks
 from ccdwatch.models import FrameState
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import mark_missing
@@ -61,6 +61,7 @@ class Runner:
         self.paused: str | None = None
         self._paused_at = 0.0
         self._resume_check: Callable[[], bool] | None = None
+        self._refused: dict[str, str] = {}  # subject -> the refusal last logged for it
 
     # ------------------------------------------------------------------ running
     def run(self, job: Callable[[Any], Any], plans: Sequence[P], commit: Callable[[P, Any], R], *,
@@ -75,6 +76,7 @@ class Runner:
         specs = [p.spec for p in plans]
         if share_cores:
             specs = self._share_cores(specs)
+        plans, specs = self._fit_memory(plans, specs)
         futures = self.workers.map(job, specs, timeout=self.ctx.cfg.workers.job_timeout)
         committed: list[R] = []
         for plan, fut in zip(plans, futures, strict=True):
@@ -88,8 +90,9 @@ class Runner:
                 self.missing(exc.sha256, f"{plan.subject}: {exc.detail}")
                 continue
             except Exception as exc:
-                logger.error("%s failed: %s: %s", plan.subject, type(exc).__name__, exc)
-                self.charge(plan.charged, f"{plan.subject} failed: {type(exc).__name__}: {exc}")
+                message = f"{plan.subject} failed: {_reason(exc)}"
+                logger.error("%s", message)
+                self.charge(plan.charged, message)
                 continue
             faults.point(fault_point, plan.spec.out_path)
             try:
@@ -104,6 +107,21 @@ class Runner:
         exception it raised, in order."""
         futures = self.workers.map(fn, specs, timeout=self.ctx.cfg.workers.job_timeout)
         return [f.exception() or f.result() for f in futures]
+
+    def _fit_memory(self, plans: Sequence[P], specs: list[Any]) -> tuple[list[P], list[Any]]:
+        """The plans whose jobs fit ``workers.memory_limit_mb`` by their estimate (with fewer
+        threads if that is what fits), and their specs; the others are refused."""
+        limit = int(self.ctx.cfg.workers.memory_limit_mb * 2**20)
+        kept: list[P] = []
+        fitted: list[Any] = []
+        for plan, spec in zip(plans, specs, strict=True):
+            fit, need = memory.fitting(spec, limit)
+            if fit is None and need is not None:
+                self.refuse(plan, need)
+                continue
+            kept.append(plan)
+            fitted.append(fit)
+        return kept, fitted
 
     def _share_cores(self, specs: list[Any]) -> list[Any]:
         threads = max(1, self.workers.processes // max(1, len(specs)))
@@ -120,6 +138,27 @@ class Runner:
                     f.state, f.state_reason = FrameState.FAILED, message
                     logger.error("frame %d failed for good after %d tries: %s", f.id, f.tries, message)
                 log_event(s, f, "error", message)
+
+    def refuse(self, plan: Plan, need: int) -> None:
+        """A job that cannot fit the workers' memory limit is not run, and not tried again: the
+        frames it would charge end ``failed`` with the reason (``ccdwatch retry`` once the limit
+        is raised); a stack's members keep their state and get the reason. Logged once per job."""
+        w = self.ctx.cfg.workers
+        then = "restart the daemon" if not plan.charged else "restart it and run `ccdwatch retry`"
+        message = memory.refusal(plan.subject, need, limit_mb=w.memory_limit_mb, processes=w.processes, then=then)
+        if self._refused.get(plan.subject) == message:
+            return
+        self._refused[plan.subject] = message
+        logger.error("%s", message)
+        with self.ctx.catalog.session() as s:
+            for f in frames_by_id(s, plan.charged):
+                f.state, f.state_reason, f.last_error, f.updated_at = FrameState.FAILED, message, message, utcnow()
+                log_event(s, f, "refused", message)
+            for f in frames_by_id(s, getattr(plan, "members", ())):
+                if f.state == FrameState.CALIBRATED:
+                    f.state_reason = message
+                f.last_error, f.updated_at = message, utcnow()
+                log_event(s, f, "refused", message)
 
     def missing(self, sha256: str, why: str) -> None:
         """The raw file of a frame is gone: the frame is ``missing`` until the file returns."""
@@ -190,6 +229,12 @@ def catalogue_full(exc: BaseException) -> bool:
     text = str(exc.orig).lower()
     return ("database or disk is full" in text or "no space left" in text
             or getattr(exc.orig, "sqlstate", None) == "53100")
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as words: its type and its text (or that it gave none)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no message)"
 
 
 def _first_line(exc: BaseException) -> str:

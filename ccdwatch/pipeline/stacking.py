@@ -27,7 +27,7 @@ from ccdwatch.catalog.queries import (
     nights_with_calibrated_lights,
 )
 from ccdwatch.catalog.sites import claim, holder, release
-from ccdwatch.jobs import tasks
+from ccdwatch.jobs import memory, tasks
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import Calibrated, Frame, FrameState, Stack, StackMember
 from ccdwatch.pipeline.calibrate import timed_out
@@ -63,6 +63,11 @@ class StackPlan:
     @property
     def charged(self) -> tuple[int, ...]:
         return ()  # a group that cannot be stacked is no fault of its frames
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The group's frames: told (not charged) why a stack is not made."""
+        return tuple(self.member_info)
 
 
 def claim_name(site: str, group: GroupKey) -> str:
@@ -176,6 +181,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
             preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
                            f" - night {night}"),
             min_free_bytes=ctx.min_free, bayer_pattern=ref_frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
+            shape=memory.raw_shape(ref_frame.naxis1, ref_frame.naxis2, (ref_frame.header or {}).get("BITPIX")),
         )
         member_info = {f.id: (products[f.id].id, products[f.id].sha256, f.exptime or 0.0) for f in frames}
         return StackPlan(group=group, spec=spec, rejected=tuple(rejected.items()), member_info=member_info,

@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 IMG_DIR = "img"
+#: Pixels across one panel of `previews.side_by_side` (5 in at 100 dpi): images are reduced to it as read.
+_PANEL_PX = 500
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
