@@ -56,7 +56,7 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-def display_image(data: np.ndarray, max_px: int = 1024) -> np.ndarray:
+def display_image(data: np.ndarray, max_px: int = 1024, *, even: bool = False) -> np.ndarray:
     """Block-average a large image down to at most ``max_px`` on its long side (float32).
 
     A quicklook is shown at ~500-800 px, and stretching and drawing 2k-6k frames at full size
@@ -64,6 +64,8 @@ def display_image(data: np.ndarray, max_px: int = 1024) -> np.ndarray:
     stays NaN. Edge rows/columns that do not fill a block are dropped.
     """
     factor = int(np.ceil(max(data.shape[:2]) / max_px))
+    if even and factor > 1 and factor % 2:  # a colour mosaic: whole 2x2 cells per block, no aliasing
+        factor += 1
     if factor <= 1:
         return np.asarray(data, dtype=np.float32)
     ny, nx = data.shape[0] // factor, data.shape[1] // factor

@@ -554,7 +554,7 @@ def _stack_cards(spec: StackSpec, result: stack.StackResult) -> tuple[fits.Heade
         return spec.labels.get(fid, ("", str(fid)))[1]
 
     header = to_fits_header(spec.header)
-    header["REFSHA"] = (raw_sha(result.reference), "raw sha256 of the alignment reference")
+    header["REFSHA"] = raw_sha(result.reference)  # 64 hex digits: no room left for a comment
     header["REFFILE"] = name(result.reference)
     reasons = dict(spec.rejected)
     reasons.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})

@@ -196,20 +196,26 @@ def _group_panel(data: NightData, g: Group, img_dir: Path, *, max_data_bytes: in
     dest = img_dir / name
     if _is_png(dest):
         return name, caption
+    # each image is reduced to the panel's size as soon as it is read: one full frame at a time
+    # (three 61 Mpix frames at once did not fit a worker); mosaics by whole 2x2 cells
     panels: list[tuple[str, np.ndarray]] = []
     raw = _raw_pixels(rep, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
     if raw is not None:
-        panels.append((mpl_text(f"raw: {rep.name}"), raw))
-    if cal is not None:
-        try:
-            panels.append(("calibrated", read_product(cal.path)[1]))
-        except (OSError, ValueError) as exc:
-            logger.warning("report: cannot read calibrated frame %s: %s", cal.path, exc)
+        panels.append((mpl_text(f"raw: {rep.name}"), _panel_image(raw)))
+        del raw
+    products = [("calibrated", "calibrated frame", cal.path if cal is not None else None)]
     if g.stack is not None:
+        products.append((f"stack of {g.stack.n_used}", "stack", g.stack.path))
+    for label, what, path in products:
+        if path is None:
+            continue
         try:
-            panels.append((f"stack of {g.stack.n_used}", read_product(g.stack.path)[1]))
+            image = read_product(path)[1]
         except (OSError, ValueError) as exc:
-            logger.warning("report: cannot read stack %s: %s", g.stack.path, exc)
+            logger.warning("report: cannot read %s %s: %s", what, path, exc)
+            continue
+        panels.append((label, _panel_image(image)))
+        del image
     shapes = {p[1].shape[-2:] for p in panels}  # a colour stack (3, ny, nx) beside its mosaics
     if len(shapes) > 1:  # e.g. a binned stack: show what matches the first panel
         panels = [p for p in panels if p[1].shape[-2:] == panels[0][1].shape[-2:]]
@@ -217,6 +223,15 @@ def _group_panel(data: NightData, g: Group, img_dir: Path, *, max_data_bytes: in
         return None, "the raw and calibrated files are no longer readable"
     previews.side_by_side(panels, dest, title=mpl_text(group_label(g)))
     return name, caption
+
+
+def _panel_image(image: np.ndarray) -> np.ndarray:
+    """An image reduced to the panel's size (each plane of an RGB cube; 2-D by whole 2x2 cells)."""
+    from ccdwatch import previews
+
+    if image.ndim == 3:
+        return np.stack([previews.display_image(plane, max_px=_PANEL_PX, even=True) for plane in image])
+    return previews.display_image(image, max_px=_PANEL_PX, even=True)
 
 
 # ============================================================================ master and stack previews
