@@ -128,6 +128,7 @@ def test_a_commit_cut_by_a_lost_connection_pauses_then_resumes(tmp_path, pg_url,
 
         watcher = Watcher(cfg, pipe, progress=False)
         watcher.scan()
+        watcher.promote_settled(now=time.time() + 60)  # files younger than settle_seconds count too
         watcher.process_ready(final=True)
         for _ in range(5):  # the first master's commit is cut (the tick that builds it)
             pipe.tick(final=True)
