@@ -115,11 +115,11 @@ def _filled(src: np.ndarray, missing: np.ndarray, n_missing: int, *, local: bool
     out = np.where(missing, fill, src)
     if not local:
         return out
-    good = (~missing).astype(np.float32)
     if n_missing > missing.size // 64:  # many: two box filters over the frame
         total = cv2.boxFilter(np.where(missing, np.float32(0.0), src), -1, (5, 5), normalize=False,
                               borderType=cv2.BORDER_CONSTANT)
-        count = cv2.boxFilter(good, -1, (5, 5), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        count = cv2.boxFilter((~missing).astype(np.float32), -1, (5, 5), normalize=False,
+                              borderType=cv2.BORDER_CONSTANT)
         local_mean = np.where(count > 0, total / np.maximum(count, 1.0), fill)
         return np.where(missing, local_mean, out).astype(np.float32)
     ny, nx = src.shape
@@ -127,7 +127,7 @@ def _filled(src: np.ndarray, missing: np.ndarray, n_missing: int, *, local: bool
     d = np.arange(-2, 3)
     yy = np.clip(rows[:, None, None] + d[None, :, None], 0, ny - 1)
     xx = np.clip(cols[:, None, None] + d[None, None, :], 0, nx - 1)
-    weight = good[yy, xx].reshape(len(rows), -1)
+    weight = ~missing[yy, xx].reshape(len(rows), -1)
     total = (out[yy, xx].reshape(len(rows), -1) * weight).sum(axis=1)
     count = weight.sum(axis=1)
     out[rows, cols] = np.where(count > 0, total / np.maximum(count, 1.0), fill)

@@ -139,3 +139,17 @@ def test_the_stack_leaves_the_rays_out(night) -> None:
     sky = np.nanmedian(image)
     excess = image[rays.y, rays.x] - sky  # no ray left (they carry 500-5000 ADU); a star may lie beneath
     assert np.median(excess) < 30 and np.mean(excess > 300) < 0.05
+
+
+def test_the_night_report_lists_each_members_rays(night) -> None:
+    from ccdwatch.report.collect import collect
+    from ccdwatch.report.figures import Images
+    from ccdwatch.report.html import render_html
+
+    cfg, truth, cat = night
+    with cat.reader() as s:
+        frames = {f.id: f.cosmic_rays for f in s.scalars(select(Frame).where(Frame.imagetyp == "light"))}
+        data = collect(s, truth.dates["light"][0].strftime("%Y-%m-%d"))
+    assert {fid: data.frames[fid].cosmic_rays for fid in frames} == frames
+    assert all(n is not None and n > 0 for n in frames.values())
+    assert "cosmic rays" in render_html(data, Images())
