@@ -138,6 +138,10 @@ class Frame(Base):
     #: the site/telescope whose daemon catalogued it (``[site] name``); it alone plans the frame
     site: Mapped[str | None] = mapped_column(String(80), index=True)
 
+    # Added by revision 0005 (cosmic rays).
+    #: cosmic-ray hits masked in the current calibrated product (None: not looked for)
+    cosmic_rays: Mapped[int | None] = mapped_column(Integer)
+
     files: Mapped[list[SourceFile]] = relationship(back_populates="frame")
     events: Mapped[list[Event]] = relationship(back_populates="frame", order_by="Event.id")
 

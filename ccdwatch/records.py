@@ -70,6 +70,7 @@ def frame_record(f: Frame) -> dict[str, Any]:
         "sky": round_to(f.sky, 2),
         "sky_noise": round_to(f.sky_noise, 3),
         "saturated_fraction": round_to(f.saturated_fraction, 6),
+        "cosmic_rays": f.cosmic_rays,
         "tries": f.tries,
         "last_error": f.last_error,
         "created_at": iso(f.created_at),

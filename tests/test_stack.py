@@ -380,9 +380,9 @@ def test_stack_background_noise(
 ) -> None:
     """Sky noise of the stack vs single-frame noise / sqrt(N), with the interpolation accounted for.
 
-    Bilinear resampling at a fractional offset (fx, fy) averages neighbouring pixels and reduces
-    white noise by sqrt((fx^2 + (1-fx)^2)(fy^2 + (1-fy)^2)), about 0.67 on average; the reference
-    is not resampled. The expected noise of the mean is therefore sigma * sqrt(sum k_i^2) / N with
+    Resampling at a fractional offset averages neighbouring pixels and reduces white noise: the
+    stack's bicubic kernel by about 0.85 on average (bilinear: sqrt((fx^2 + (1-fx)^2)(fy^2 +
+    (1-fy)^2)), about 0.67); the reference is not resampled. The expected noise of the mean is therefore sigma * sqrt(sum k_i^2) / N with
     k_i measured by warping unit white noise through each frame's transform.
     """
     _, single = background(night.frames[0])
@@ -391,12 +391,14 @@ def test_stack_background_noise(
     k = []
     for i in range(N_FRAMES):
         w = stack.warp(
-            rng.normal(0.0, 1.0, SHAPE).astype(np.float32), clipped.transforms[i], output_shape=SHAPE
+            rng.normal(0.0, 1.0, SHAPE).astype(np.float32), clipped.transforms[i], output_shape=SHAPE,
+            method="bicubic",
         )
         k.append(float(np.nanstd(w[20:-20, 20:-20])))
     k = np.array(k)
     assert k[0] == pytest.approx(1.0, abs=0.02)
-    assert np.all((k[1:] > 0.45) & (k[1:] < 0.95))
+    print("noise kept by each frame's warp:", np.round(k, 3))
+    assert np.all((k[1:] > 0.65) & (k[1:] < 1.0))
     expected = single * math.sqrt(np.sum(k**2)) / N_FRAMES
     naive = single / math.sqrt(N_FRAMES)
     _, noise_mean = background(averaged.image)
@@ -642,10 +644,69 @@ def test_bicubic_and_lanczos_warps_keep_stars_sharp_and_conserve_flux():
         align.warp(image, shift, output_shape=shape, method="nearest")
 
 
-def test_lanczos_blanks_output_near_missing_pixels():
+@pytest.mark.parametrize("method", ["bicubic", "lanczos"])
+def test_sharp_kernels_blank_only_the_bilinear_footprint_of_missing_pixels(method: str) -> None:
+    """A missing (bad, cosmic-ray) pixel makes a hole no larger than bilinear warping makes (not
+    the 4x4 or 8x8 kernel support), and the output pixels around the hole, whose kernel saw the
+    missing pixel's local estimate, stay within a fraction of the noise of the complete frame's."""
     from ccdwatch import align
 
-    image = np.full((40, 40), 100.0, np.float32)
-    image[20, 20] = np.nan
-    out = align.warp(image, align.Transform.identity(), output_shape=image.shape, method="lanczos")
-    assert np.isnan(out[17:24, 17:24]).all() and np.isfinite(out[5, 5]) and np.isfinite(out[20, 30])
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:80, 0:80]
+    truth = (100.0 + 0.5 * xx + 0.3 * yy + rng.normal(0.0, 10.0, (80, 80))).astype(np.float32)
+    image = truth.copy()
+    bad = [(20, 20), (40, 41), (41, 41), (60, 25)]
+    for y, x in bad:
+        image[y, x] = np.nan
+    t = align.Transform.from_array(np.array([[1.0, -0.002, 0.37], [0.002, 1.0, -0.61], [0, 0, 1]]),
+                                   n_matches=10, rms=0.0)
+    out = align.warp(image, t, output_shape=image.shape, method=method)
+    holes = np.isnan(align.warp(image, t, output_shape=image.shape, method="bilinear"))
+    assert np.array_equal(np.isnan(out), holes)
+    assert holes[5:-5, 5:-5].sum() <= 4 * len(bad)  # each missing pixel: at most its 2x2 footprint
+    assert np.isfinite(align.warp(image, align.Transform.identity(), output_shape=image.shape,
+                                  method=method)).sum() == image.size - len(bad)
+    complete = align.warp(truth, t, output_shape=image.shape, method=method)
+    near = np.zeros_like(holes)
+    for y, x in bad:
+        near[y - 4:y + 5, x - 4:x + 5] = True
+    near &= ~holes
+    error = np.abs(out - complete)[near]
+    print(method, "largest error beside a hole, in noise sigma:", error.max() / 10.0)
+    assert error.max() < 0.3 * 10.0 and np.median(error) < 0.05 * 10.0
+    assert np.array_equal(out[~near & ~holes], complete[~near & ~holes], equal_nan=True)
+
+
+def _moment_fwhm(image: np.ndarray, x: np.ndarray, y: np.ndarray, sky: float, half: int = 5) -> np.ndarray:
+    """FWHM (px) of a Gaussian with the second moments of each star's box, about its known position."""
+    out = []
+    for x0, y0 in zip(x, y, strict=True):
+        ix, iy = round(float(x0)), round(float(y0))
+        box = image[iy - half:iy + half + 1, ix - half:ix + half + 1].astype(float) - sky
+        yy, xx = np.mgrid[iy - half:iy + half + 1, ix - half:ix + half + 1]
+        r2 = (xx - x0) ** 2 + (yy - y0) ** 2
+        out.append(2.3548 * math.sqrt(np.nansum(box * r2) / (2 * np.nansum(box))))
+    return np.array(out)
+
+
+def test_stack_keeps_stars_as_sharp_as_the_truth(
+    night: Night, clipped: stack.StackResult, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The stack's stars (bicubic, the default) are within 1.1x (in fact ~2 %) of the true star
+    width, measured at the known positions the same way on the noise-free truth; bilinear
+    warping broadens them (~5 %)."""
+    xy = np.column_stack([night.stars.x, night.stars.y])
+    d_iso, _ = cKDTree(xy).query(xy, k=2)
+    inside = (xy[:, 0] > 12) & (xy[:, 0] < SHAPE[1] - 12) & (xy[:, 1] > 12) & (xy[:, 1] < SHAPE[0] - 12)
+    good = (d_iso[:, 1] > 4 * FWHM) & (night.stars.flux > 3000) & inside
+    assert good.sum() >= 10
+    x, y = night.stars.x[good], night.stars.y[good]
+    truth = np.median(_moment_fwhm(synth.render_stars(SHAPE, night.stars, fwhm=FWHM, exptime=1.0), x, y, 0.0))
+    sky, _ = background(clipped.image)
+    sharp = np.median(_moment_fwhm(clipped.image, x, y, sky))
+    bilinear = stack.align_and_stack(night.ids[:-1], night.frames.__getitem__, night.sources, 0, masks=night.masks,
+                                     workdir=tmp_path_factory.mktemp("bilinear"), interpolation="bilinear")
+    soft = np.median(_moment_fwhm(bilinear.image, x, y, background(bilinear.image)[0]))
+    print(f"stack FWHM / truth: bicubic {sharp / truth:.3f}, bilinear {soft / truth:.3f}")
+    assert 0.9 < sharp / truth < 1.1
+    assert sharp < soft

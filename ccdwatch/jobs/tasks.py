@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from astropy.io import fits
 
-from ccdwatch import calib, colour, evidence, faults, qa, stack
+from ccdwatch import calib, colour, cosmics, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
     RejectedFile,
     read_product_hdus,
@@ -368,6 +368,8 @@ class CalibrateSpec:
     demosaic: str = "malvar"
     shape: tuple[int, int, int] | None = None
     """(ny, nx, BITPIX) of the light, from the catalogue (`ccdwatch.jobs.memory`)."""
+    cosmic_rays: str = "fast"  # `ccdwatch.cosmics.METHODS`
+    gain: float | None = None  # e-/ADU when known (the cosmic-ray noise model), else from the sky
 
 
 @dataclass(frozen=True)
@@ -380,6 +382,8 @@ class CalibrateResult:
     nonfinite: int = 0
     """Raw pixels that were NaN or infinite: NaN (missing) in the calibrated frame, kept out of
     the quality measurement and of any stack."""
+    cosmic_rays: int | None = None
+    """Cosmic-ray hits masked (None: not looked for)."""
 
 
 def saturation_level(raw: np.ndarray, configured: float | None) -> float:
@@ -436,23 +440,32 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     saturation = saturation_level(raw, spec.saturation)
     mask, saturated_fraction, nonfinite = _pixel_masks(raw, data, saturation, hot)
     del raw
+    rays = None if spec.bayer_pattern else cosmics.find(data, spec.cosmic_rays, mask=mask, gain=spec.gain)
+    if rays is not None:  # kept out of the sources and the quality, like hot pixels
+        mask |= rays.mask
     if spec.bayer_pattern:
         quality, sources = colour.measure(data, spec.bayer_pattern, mask=mask, detect_sigma=spec.detect_sigma,
                                           method=spec.demosaic)
     else:
         quality, sources = qa.measure(data, saturation=None, detect_sigma=spec.detect_sigma, mask=mask)
     del mask
-    header = to_fits_header({**spec.header, "SATLEVEL": (float(saturation), "raw saturation level used, ADU")})
+    extra = {"SATLEVEL": (float(saturation), "raw saturation level used, ADU")}
+    if rays is not None:
+        extra["NCOSMIC"] = (rays.hits, f"cosmic-ray hits masked (BADPIX bit {cosmics.BAD_COSMIC}), {spec.cosmic_rays}")
+    header = to_fits_header({**spec.header, **extra})
     table = fits.BinTableHDU.from_columns(
         [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
          for n in ("x", "y", "flux", "fwhm", "elongation")], name="SOURCES")
     hdus = fits.HDUList([fits.PrimaryHDU(data, header=header), table])
-    if hot is not None:
-        hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))
+    badpix = cosmics.bad_pixel_plane(hot, rays.mask if rays is not None else None)
+    if badpix is not None:
+        hdus.append(fits.ImageHDU(badpix, name="BADPIX"))
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
     if spec.preview_path:
         _safe_preview("light", data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
-    return CalibrateResult(spec.frame_id, sha, quality, float(saturation), saturated_fraction, nonfinite)
+    return CalibrateResult(spec.frame_id, sha, quality, float(saturation), saturated_fraction, nonfinite,
+                           rays.hits if rays is not None else None)
+
 
 
 # ---------------------------------------------------------------------------------- stacks
@@ -478,6 +491,7 @@ class StackSpec:
     labels: dict[int, tuple[str, str]] = field(default_factory=dict)
     shape: tuple[int, int, int] | None = None
     """(ny, nx, BITPIX) of the lights, from the catalogue (`ccdwatch.jobs.memory`)."""
+    interpolation: str = "bicubic"  # the warp (`ccdwatch.align.warp`'s method)
 
 
 def _masked_image(hdus: fits.HDUList) -> np.ndarray:
@@ -527,7 +541,8 @@ def stack_group(spec: StackSpec) -> StackJobResult:
         result = stack.align_and_stack(list(spec.products), load,
                                        sources, spec.reference, masks=None, method=spec.method, sigma=spec.sigma,
                                        memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads,
-                                       planes=_demosaicer(spec.bayer_pattern, spec.demosaic))
+                                       planes=_demosaicer(spec.bayer_pattern, spec.demosaic),
+                                       interpolation=spec.interpolation)
     header, table = _stack_cards(spec, result)
     hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
                          fits.ImageHDU(result.count, name="NFRAMES"), table])

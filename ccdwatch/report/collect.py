@@ -67,6 +67,7 @@ class FrameRow:
     telescope: str | None
     header_warnings: list[str]
     created_at: datetime | None
+    cosmic_rays: int | None = None  # hits masked in the current calibrated product
 
 
 @dataclass
@@ -177,7 +178,7 @@ def _frame_row(f: Frame) -> FrameRow:
         group_key=f.group_key, ccd_temp=f.ccd_temp, set_temp=f.set_temp, n_stars=f.n_stars, fwhm=f.fwhm,
         elongation=f.elongation, sky=f.sky, sky_noise=f.sky_noise, saturated_fraction=f.saturated_fraction,
         instrument=f.instrument, telescope=f.telescope, header_warnings=[str(w) for w in (f.header_warnings or [])],
-        created_at=f.created_at,
+        created_at=f.created_at, cosmic_rays=f.cosmic_rays,
     )
 
 

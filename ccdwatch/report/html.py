@@ -182,12 +182,12 @@ def _stacks(data: NightData, images: Images) -> str:
                 cls = "waiting" if f.state == "waiting" else ""
             rows.append(([str(fid), esc(f.name), esc(fmt_time(f.date_obs)), esc(fmt_num(f.n_stars)),
                           esc(fmt_num(f.fwhm, ".2f")), esc(fmt_num(f.elongation, ".2f")),
-                          esc(fmt_num(f.sky, ".1f")), _tag(status), esc(reason)], cls))
+                          esc(fmt_num(f.sky, ".1f")), esc(fmt_num(f.cosmic_rays)), _tag(status), esc(reason)], cls))
         n_rej = sum(1 for m in members.values() if not m.used)
         summary = f"{len(rows)} frames" + (f", {n_rej} rejected" if n_rej else "")
         parts.append(f"<details{' open' if n_rej else ''}><summary>members: {esc(summary)}</summary>"
-                     + _table(("id", "file", "time (UTC)", "stars", "FWHM [px]", "elong.", "sky [ADU]", "", "reason"),
-                              rows, numeric=(0, 3, 4, 5, 6)) + "</details>")
+                     + _table(("id", "file", "time (UTC)", "stars", "FWHM [px]", "elong.", "sky [ADU]", "cosmic rays",
+                               "", "reason"), rows, numeric=(0, 3, 4, 5, 6, 7)) + "</details>")
         parts.append("</div>")
     parts.append("</section>")
     return "".join(parts)

@@ -23,8 +23,10 @@ __all__ = [
     "DEFAULT_FLAT_LEVEL",
     "KINDS",
     "Camera",
+    "CosmicRays",
     "bias_pattern",
     "cfa_channels",
+    "cosmic_rays",
     "dark_rate",
     "expose",
     "flat_response",
@@ -199,17 +201,73 @@ def _light(camera: Camera, stars: Stars | None, *, level: float, colour: tuple[f
     return light
 
 
-def _add_cosmic_rays(image: np.ndarray, n: int, rng: np.random.Generator) -> None:
-    """Add ``n`` short cosmic-ray tracks (1-4 pixels, 500-5000 ADU each pixel) in place."""
-    ny, nx = image.shape
-    for _ in range(n):
+@dataclass(frozen=True)
+class CosmicRays:
+    """Cosmic-ray hits at known places (ground truth for detectors).
+
+    Attributes
+    ----------
+    y, x : numpy.ndarray of int
+        Every pixel each hit deposited charge in (a pixel hit twice appears twice).
+    energy : numpy.ndarray of float
+        Charge deposited in that pixel, ADU.
+    hit : numpy.ndarray of int
+        Index (0..n-1) of the hit each pixel belongs to: a single pixel or a short straight track.
+    shape : (ny, nx)
+    """
+
+    y: np.ndarray
+    x: np.ndarray
+    energy: np.ndarray
+    hit: np.ndarray
+    shape: tuple[int, int]
+
+    def image(self) -> np.ndarray:
+        """The deposited charge, float64 ADU of ``shape`` (0 where no ray hit)."""
+        out = np.zeros(self.shape)
+        np.add.at(out, (self.y, self.x), self.energy)
+        return out
+
+    def mask(self) -> np.ndarray:
+        """Boolean map of the hit pixels."""
+        out = np.zeros(self.shape, dtype=bool)
+        out[self.y, self.x] = True
+        return out
+
+
+def cosmic_rays(shape: tuple[int, int], n: int, rng: np.random.Generator, *,
+                energy: tuple[float, float] = (500.0, 5000.0), max_length: int = 4) -> CosmicRays:
+    """``n`` cosmic-ray hits, each a single pixel or a short horizontal or vertical track of
+    1 to ``max_length`` pixels, each pixel receiving a charge uniform in ``energy`` (ADU).
+
+    Tracks running off the detector are cut there. The defaults draw the same numbers as the
+    synthetic camera always did (`expose`'s ``cosmic_rays``).
+    """
+    ny, nx = shape
+    ys: list[int] = []
+    xs: list[int] = []
+    es: list[float] = []
+    hits: list[int] = []
+    for h in range(n):
         y, x = int(rng.integers(0, ny)), int(rng.integers(0, nx))
-        length = int(rng.integers(1, 5))
+        length = int(rng.integers(1, max_length + 1))
         step_y, step_x = (0, 1) if rng.random() < 0.5 else (1, 0)
         for k in range(length):
             yy, xx = y + k * step_y, x + k * step_x
             if yy < ny and xx < nx:
-                image[yy, xx] += rng.uniform(500.0, 5000.0)
+                ys.append(yy)
+                xs.append(xx)
+                es.append(float(rng.uniform(*energy)))
+                hits.append(h)
+    return CosmicRays(np.array(ys, dtype=np.int64), np.array(xs, dtype=np.int64), np.array(es, dtype=float),
+                      np.array(hits, dtype=np.int64), (int(ny), int(nx)))
+
+
+def _add_cosmic_rays(image: np.ndarray, n: int, rng: np.random.Generator) -> CosmicRays:
+    """Add ``n`` short cosmic-ray tracks (1-4 pixels, 500-5000 ADU each pixel) in place; returns them."""
+    rays = cosmic_rays(image.shape, n, rng)
+    np.add.at(image, (rays.y, rays.x), rays.energy)
+    return rays
 
 
 def _add_satellite(image: np.ndarray, rng: np.random.Generator, *, width: float) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ccdwatch.synth.camera import DEFAULT_FLAT_LEVEL, KINDS, Camera, expose, quantise
+from ccdwatch.synth.camera import DEFAULT_FLAT_LEVEL, KINDS, Camera, CosmicRays, _add_cosmic_rays, expose, quantise
 from ccdwatch.synth.header import frame_header, write_fits
 from ccdwatch.synth.stars import Stars, star_field, transform_stars
 
@@ -55,6 +55,8 @@ class NightTruth:
     sky_colour, lamp_colour : (float, float, float)
         Colour camera: the sky's and the flat lamp's brightness in R, G, B relative to ``sky`` and
         the flat level (the stars' colours are ``stars.colour``).
+    light_rays : list of CosmicRays
+        The cosmic rays of each light in ``files["light"]`` (raw ADU, on the raw frame's pixels).
     """
 
     camera: Camera
@@ -70,6 +72,7 @@ class NightTruth:
     style: str = "maxim"
     sky_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
     lamp_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    light_rays: list[CosmicRays] = field(default_factory=list)
 
     def light_stars(self, index: int) -> Stars:
         """True star positions on light ``index``."""
@@ -93,7 +96,12 @@ class _NightSession:
               **kwargs: Any) -> None:
         """Expose one frame, write it as ``<name><extension>`` and file it in the truth."""
         camera = self.camera
+        n_rays = int(kwargs.pop("cosmic_rays", 0))
         adu = expose(camera, kind=kind, exptime=exptime, rng=self.rng, **kwargs)
+        # drawn after the exposure's noise, as `expose` would (no satellite in a night)
+        rays = _add_cosmic_rays(adu, n_rays, self.rng)
+        if kind == "light":
+            self.truth.light_rays.append(rays)
         header = frame_header(camera, kind=kind, exptime=exptime, date_obs=when, filter=filter,
                               object=self.target if kind == "light" else None, style=self.style)
         path = write_fits(self.directory / f"{name}{self.extension}", quantise(adu, saturation=camera.saturation),
