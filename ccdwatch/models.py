@@ -138,6 +138,13 @@ class Frame(Base):
     #: the site/telescope whose daemon catalogued it (``[site] name``); it alone plans the frame
     site: Mapped[str | None] = mapped_column(String(80), index=True)
 
+    # Added by revision 0005 (overscan).
+    #: the overscan plan decided at ingest ({"biassec", "trimsec", "method", "order"}; None: the
+    #: frame is used whole), see ccdwatch.headers.sections
+    overscan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: the mean overscan level subtracted from the frame (ADU), measured when it was last reduced
+    overscan_level: Mapped[float | None] = mapped_column(Float)
+
     files: Mapped[list[SourceFile]] = relationship(back_populates="frame")
     events: Mapped[list[Event]] = relationship(back_populates="frame", order_by="Event.id")
 

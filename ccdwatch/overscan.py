@@ -141,3 +141,47 @@ def subtract_overscan_and_trim(data: np.ndarray, *, biassec: str | None, trimsec
     if trimsec:
         out = Section.parse(trimsec, shape).of(out)
     return np.ascontiguousarray(out), level_mean
+
+
+@dataclass(frozen=True)
+class OverscanPlan:
+    """How one frame's overscan is handled: decided at ingest (`ccdwatch.headers.sections`), kept
+    with the frame, applied by the jobs to every raw frame before anything else.
+
+    ``method`` is ``"median"`` or ``"fit"`` (see :func:`overscan_level`; ``order`` for a fit), or
+    ``"none"`` for a frame that is only trimmed (no BIASSEC).
+    """
+
+    biassec: str | None
+    trimsec: str | None
+    method: str = "median"
+    order: int = 1
+
+    @property
+    def key(self) -> str:
+        """The plan as a camera-key piece: only frames with equal pieces share masters."""
+        how = {"median": "median", "fit": f"fit{self.order}"}.get(self.method, "none")
+        pieces = [f"os={how}{self.biassec or ''}"] if self.biassec else []
+        return "|".join([*pieces, *([f"trim={self.trimsec}"] if self.trimsec else [])])
+
+    def to_json(self) -> dict[str, object]:
+        return {"biassec": self.biassec, "trimsec": self.trimsec, "method": self.method, "order": self.order}
+
+    @classmethod
+    def from_json(cls, value: object) -> OverscanPlan | None:
+        """The plan stored with a frame (None: the frame has none)."""
+        if not isinstance(value, dict) or not (value.get("biassec") or value.get("trimsec")):
+            return None
+        return cls(biassec=value.get("biassec") or None, trimsec=value.get("trimsec") or None,
+                   method=str(value.get("method") or "median"), order=int(value.get("order") or 1))
+
+    def apply(self, data: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """Overscan subtracted (per row or column), then trimmed: float32, and the mean level."""
+        return subtract_overscan_and_trim(data, biassec=self.biassec if self.method != "none" else None,
+                                          trimsec=self.trimsec, method=self.method, order=self.order)
+
+    def trim(self, data: np.ndarray) -> np.ndarray:
+        """The data region of a raw frame, as it is (a view: for the raw saturation mask)."""
+        if not self.trimsec:
+            return data
+        return Section.parse(self.trimsec, (int(data.shape[0]), int(data.shape[1]))).of(data)

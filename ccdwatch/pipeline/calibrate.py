@@ -27,6 +27,7 @@ from ccdwatch.catalog.queries import (
 from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.jobs import memory, tasks
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
+from ccdwatch.overscan import OverscanPlan
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
 from ccdwatch.pipeline.selection import Masters
@@ -194,6 +195,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         preview_path=str(preview_path(out)) if ctx.cfg.report.light_previews else None,
         min_free_bytes=ctx.min_free, bayer_pattern=frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
         shape=memory.raw_shape(frame.naxis1, frame.naxis2, (frame.header or {}).get("BITPIX")),
+        overscan=OverscanPlan.from_json(frame.overscan),
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,
@@ -237,6 +239,7 @@ def commit(ctx: Context, plan: CalibrationPlan, result: tasks.CalibrateResult) -
                                                        finite(quality.elongation))
         frame.sky, frame.sky_noise = finite(quality.sky), finite(quality.sky_noise)
         frame.saturated_fraction = result.saturated_fraction
+        frame.overscan_level = result.overscan_level
         frame.updated_at = now
         verb = "recalibrated" if current is not None else "calibrated"
         log_event(s, frame, verb, plan.explain + (f" (v{plan.version}, supersedes v{current.version})"
