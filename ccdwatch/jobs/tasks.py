@@ -25,6 +25,7 @@ from astropy.io import fits
 
 from ccdwatch import calib, colour, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
+    Compression,
     RejectedFile,
     read_product_hdus,
     read_raw,
@@ -219,6 +220,7 @@ class MasterSpec:
     from (`ccdwatch.jobs.memory`) before it runs."""
     overscan: OverscanPlan | None = None
     """The inputs' overscan plan (one: it is part of their calibration key)."""
+    compression: Compression | None = None  # [products] compress
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,7 @@ def _write_master(spec: MasterSpec, combined: np.ndarray, levels: tuple[float | 
     hdus = fits.HDUList([fits.PrimaryHDU(np.asarray(combined, dtype=np.float32), header=header), table])
     if hot is not None:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
-    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
     preview = None
     if spec.preview_path:
         preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern)
@@ -352,6 +354,7 @@ class CalibrateSpec:
     """(ny, nx, BITPIX) of the light, from the catalogue (`ccdwatch.jobs.memory`)."""
     overscan: OverscanPlan | None = None
     """The light's overscan plan (its masters were made with the same: the camera key holds it)."""
+    compression: Compression | None = None  # [products] compress
 
 
 @dataclass(frozen=True)
@@ -437,7 +440,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     hdus = fits.HDUList([fits.PrimaryHDU(data, header=header), table])
     if hot is not None:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))
-    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
     if spec.preview_path:
         _safe_preview("light", data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
     return CalibrateResult(spec.frame_id, sha, quality, float(saturation), saturated_fraction, nonfinite, level)
@@ -466,6 +469,7 @@ class StackSpec:
     labels: dict[int, tuple[str, str]] = field(default_factory=dict)
     shape: tuple[int, int, int] | None = None
     """(ny, nx, BITPIX) of the lights, from the catalogue (`ccdwatch.jobs.memory`)."""
+    compression: Compression | None = None  # [products] compress
 
 
 def _masked_image(hdus: fits.HDUList) -> np.ndarray:
@@ -519,7 +523,7 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     header, table = _stack_cards(spec, result)
     hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
                          fits.ImageHDU(result.count, name="NFRAMES"), table])
-    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
     preview = _safe_preview("stack", result.image, spec.preview_path, spec.preview_title) if spec.preview_path else None
     return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},
                           dict(result.failed), preview)

@@ -10,7 +10,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -24,6 +23,7 @@ from ccdwatch.catalog.queries import (
     waiting_light_ids,
     waiting_signature,
 )
+from ccdwatch.fitsio.names import fits_stem
 from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.jobs import memory, tasks
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
@@ -177,7 +177,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
     version = next_calibrated_version(s, frame.id)
     name = raw_name(frame)
     out = calibrated_path(ctx.products, night=frame.night, target=frame.object, filter=frame.filter,
-                          stem=Path(name).stem, raw_sha256=content_hash(frame), version=version)
+                          stem=fits_stem(name), raw_sha256=content_hash(frame), version=version)
     header = product_header(  # content, never catalogue ids: the same bytes in any processing order
         frame.header, BUNIT="adu", RAWFILE=name, RAWSHA=frame.sha256,
         **master_cards("BIAS", sel.bias), **master_cards("DARK", sel.dark),
@@ -196,6 +196,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         min_free_bytes=ctx.min_free, bayer_pattern=frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
         shape=memory.raw_shape(frame.naxis1, frame.naxis2, (frame.header or {}).get("BITPIX")),
         overscan=OverscanPlan.from_json(frame.overscan),
+        compression=ctx.compression,
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,

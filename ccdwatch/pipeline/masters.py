@@ -183,6 +183,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             min_free_bytes=ctx.min_free, bayer_pattern=sample.bayer_pattern,
             shape=memory.raw_shape(sample.naxis1, sample.naxis2, (sample.header or {}).get("BITPIX")),
             overscan=OverscanPlan.from_json(sample.overscan),
+            compression=ctx.compression,
         )
         return MasterPlan(
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
