@@ -6,6 +6,7 @@ Each section's table is checked here, key by key, with messages that name the ke
 
 from __future__ import annotations
 
+import difflib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,12 @@ class ProductsConfig:
     added noise is 1/16/sqrt(12) ~ 1.8 % of sigma, i.e. 0.02 % more variance)."""
 
 
+def _unknown(key: str, allowed: tuple[str, ...]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
+    hint = f" (did you mean '{key.rsplit('.', 1)[0]}.{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}; allowed here: {', '.join(allowed)}")
+
+
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
@@ -79,7 +86,7 @@ def _camera(key: str, value: Any) -> CameraSections:
     out = {}
     for k, text in value.items():
         if k not in ("biassec", "trimsec"):
-            raise ConfigError(f"unknown config key '{key}.{k}'; allowed here: biassec, trimsec")
+            raise _unknown(f"{key}.{k}", ("biassec", "trimsec"))
         if not isinstance(text, str):
             raise ConfigError(f"config key '{key}.{k}' must be a FITS section string such as "
                               f"\"[1:2048,1:2048]\" (or \"\" for none), got {text!r}")
@@ -113,7 +120,7 @@ def parse_overscan(table: Any) -> OverscanConfig:
             kwargs[key] = types.MappingProxyType({str(name).strip().lower(): _camera(f"{dotted}.{name}", v)
                                                   for name, v in value.items()})
         else:
-            raise ConfigError(f"unknown config key {dotted!r}; allowed here: cameras, method, order, use_header")
+            raise _unknown(dotted, ("cameras", "method", "order", "use_header"))
     return OverscanConfig(**kwargs)
 
 
@@ -131,5 +138,5 @@ def parse_products(table: Any) -> ProductsConfig:
                 raise ConfigError(f"config key {dotted!r} must be a number > 0 (16 is a good start), got {value!r}")
             kwargs[key] = float(value)
         else:
-            raise ConfigError(f"unknown config key {dotted!r}; allowed here: compress, quantize_level")
+            raise _unknown(dotted, ("compress", "quantize_level"))
     return ProductsConfig(**kwargs)

@@ -183,3 +183,17 @@ def test_compressed_products_read_back_and_are_deterministic(tmp_path, method):
         err = np.nan_to_num(got - image)
         assert np.abs(err).max() < 20.0 / 16 and abs(float(err.mean())) < 0.05
     assert (tmp_path / "a.fits").stat().st_size < image.nbytes
+
+
+@pytest.mark.parametrize(("table", "needles"), [
+    ({"compress": "fpack"}, ["products.compress", "'gzip'", "'rice'"]),
+    ({"quantize_level": 0}, ["products.quantize_level", "> 0"]),
+    ({"compres": "gzip"}, ["did you mean 'products.compress'"]),
+])
+def test_bad_products_config_names_the_key_and_the_fix(tmp_path, table, needles):
+    from ccdwatch.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"products": table}, base=tmp_path)
+    for needle in needles:
+        assert needle in str(err.value)

@@ -111,3 +111,20 @@ def test_bad_sections_are_a_warning_and_the_frame_is_used_whole(tmp_path):
     rules = OverscanRules(cameras=(("synthcam 1", "[1:16,1:160]", ""),))
     conf = normalise({**header, "INSTRUME": "SynthCam 1"}, filename="a.fits", overscan=rules)
     assert conf.overscan is not None and conf.overscan.trimsec == "[17:256,1:160]"
+
+
+@pytest.mark.parametrize(("table", "needles"), [
+    ({"method": "poly"}, ["overscan.method", "'median'", "'fit'"]),
+    ({"order": 9}, ["overscan.order", "0 to 5"]),
+    ({"use_headers": True}, ["overscan.use_headers", "did you mean 'overscan.use_header'"]),
+    ({"cameras": {"QSI 532": {"biassec": "2049:2080,1:2048"}}}, ["overscan.cameras.QSI 532.biassec",
+                                                                 "not a FITS section"]),
+    ({"cameras": {"QSI 532": {"bias": "[1:2,1:2]"}}}, ["overscan.cameras.QSI 532.bias", "biassec"]),
+])
+def test_bad_overscan_config_names_the_key_and_the_fix(tmp_path, table, needles):
+    from ccdwatch.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"overscan": table}, base=tmp_path)
+    for needle in needles:
+        assert needle in str(err.value)
