@@ -128,3 +128,31 @@ def test_bad_overscan_config_names_the_key_and_the_fix(tmp_path, table, needles)
         parse_config({"overscan": table}, base=tmp_path)
     for needle in needles:
         assert needle in str(err.value)
+
+
+def test_masters_without_overscan_never_calibrate_overscan_corrected_lights(tmp_path):
+    import shutil
+
+    staging = tmp_path / "staging"
+    truth = synth.make_night(staging, camera=CAMERA, seed=22, n_bias=3, n_dark=3, n_flat=3, filters=("V",),
+                             n_light=2, n_stars=30, bias_drift=DRIFT)
+    old = make_config(tmp_path, overscan={"use_header": False})  # the library, before [overscan]
+    for kind in ("bias", "dark", "flat"):
+        for p in truth.files[kind]:
+            shutil.copy(p, old.paths.incoming / p.name)
+    cat = Catalog(old.paths.database)
+    with Pipeline(old, cat) as pipe:
+        Watcher(old, pipe, progress=False).run_once()
+    for p in truth.files["light"]:
+        shutil.copy(p, old.paths.incoming / p.name)
+    new = make_config(tmp_path)  # the same catalogue; the lights now come with their overscan
+    with Pipeline(new, cat) as pipe:
+        Watcher(new, pipe, progress=False).run_once()
+    with cat.reader() as s:
+        masters = s.scalars(select(Master)).all()
+        lights = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
+        assert {m.kind for m in masters} == {"bias", "dark", "flat"} and all("os=" not in m.camera_key for m in masters)
+        assert {f.state for f in lights} == {"waiting"}, [(f.state, f.state_reason) for f in lights]
+        assert all("bias" in (f.state_reason or "") for f in lights)
+        assert s.scalar(select(Calibrated.id)) is None
+    cat.close()
