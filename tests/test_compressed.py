@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import time
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_compressed_raws_and_products_give_the_same_catalogue_and_pixels(tmp_pat
 
 
 @pytest.mark.parametrize("method", ["gzip", "rice"])
-def test_compressed_products_read_back_and_are_deterministic(tmp_path, method):
+def test_compressed_products_read_back_and_are_deterministic(tmp_path, method, monkeypatch):
     rng = np.random.default_rng(5)
     image = rng.normal(400.0, 20.0, (256, 320)).astype(np.float32)
     image[3, 4] = np.nan
@@ -170,7 +171,10 @@ def test_compressed_products_read_back_and_are_deterministic(tmp_path, method):
 
     how = Compression(method, 16.0)
     sha = write_product(tmp_path / "a.fits", hdus(), compression=how)
+    later = time.time() + 3600.0  # an hour later (gzip streams carry the time they were made)
+    monkeypatch.setattr(time, "time", lambda: later)
     assert write_product(tmp_path / "b.fits", hdus(), compression=how) == sha  # same bytes every time
+    monkeypatch.undo()
     back = read_product_hdus(tmp_path / "a.fits")
     assert back[0].header["OBJECT"] == "M51" and back[0].header["OVERSCAN"] == 1001.5
     assert list(back["SOURCES"].data["X"]) == [0.0, 1.0, 2.0]

@@ -14,6 +14,8 @@ primary image, so every reader of products sees the same HDUs whether compressed
 
 from __future__ import annotations
 
+import functools
+import gzip
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,22 @@ __all__ = ["PRIMARY_NAME", "Compression", "compress", "expand"]
 #: EXTNAME of the compressed primary image.
 PRIMARY_NAME = "COMPRESSED_IMAGE"
 _DITHER_SEED = 1
+
+
+def _deterministic_gzip() -> None:
+    """astropy compresses GZIP tiles with ``gzip.compress``, whose stream header carries the time
+    of the call: the same product would differ byte for byte from one second to the next. Its
+    codec module is given ``gzip.compress`` with ``mtime=0`` instead (the time is no part of the
+    pixels; reading is unchanged). tests/test_compressed.py checks the bytes stay the same."""
+    try:
+        from astropy.io.fits.hdu.compressed import _codecs
+    except ImportError:  # pragma: no cover - another astropy layout: the test says so
+        return
+    if getattr(_codecs, "gzip_compress", None) is gzip.compress:
+        _codecs.gzip_compress = functools.partial(gzip.compress, mtime=0)
+
+
+_deterministic_gzip()
 
 
 @dataclass(frozen=True)
