@@ -23,6 +23,7 @@ from ccdwatch.fitsio import Compression, RejectedFile, read_product, read_produc
 from ccdwatch.models import Calibrated, Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
 from ccdwatch.pipeline.ingest import wants
+from ccdwatch.report import build_report
 
 from .helpers import make_config
 
@@ -149,6 +150,14 @@ def test_compressed_raws_and_products_give_the_same_catalogue_and_pixels(tmp_pat
             stack = s.scalar(select(Stack.path))
             names = [Path(p).name for p in s.scalars(select(Calibrated.path))]
         assert names and not any(suffix in n for n in names for suffix in (".fits_", ".fit_", ".fts_"))
+        # the night report reads the compressed products (and re-reads the compressed raws) too
+        with packed.reader() as s:
+            night = s.scalar(select(Frame.night).where(Frame.imagetyp == "light"))
+        pictures = {}
+        for label, cfg, cat in (("plain", plain_cfg, plain), ("packed", packed_cfg, packed)):
+            page = build_report(cfg, cat, night, tmp_path / f"report-{label}")
+            pictures[label] = sorted(p.name for p in (page.parent / "img").glob("*.png"))
+        assert len(pictures["packed"]) == len(pictures["plain"]) >= 4, pictures
         with fits.open(stack) as hdul:  # really tile-compressed on disk
             assert isinstance(hdul[1], fits.CompImageHDU) and hdul[0].data is None
     finally:
