@@ -111,6 +111,13 @@ def test_bad_sections_are_a_warning_and_the_frame_is_used_whole(tmp_path):
     rules = OverscanRules(cameras=(("synthcam 1", "[1:16,1:160]", ""),))
     conf = normalise({**header, "INSTRUME": "SynthCam 1"}, filename="a.fits", overscan=rules)
     assert conf.overscan is not None and conf.overscan.trimsec == "[17:256,1:160]"
+    # a colour mosaic trimmed from an odd column would change its Bayer pattern: used whole
+    colour = normalise({**header, "BAYERPAT": "RGGB", "BIASSEC": "[1:15,1:160]", "TRIMSEC": "[16:256,1:160]"},
+                       filename="a.fits")
+    assert colour.bayer_pattern == "RGGB" and colour.overscan is None
+    assert any("Bayer pattern" in w for w in colour.warnings)
+    even = normalise({**header, "BAYERPAT": "RGGB"}, filename="a.fits")
+    assert even.overscan is not None and even.bayer_pattern == "RGGB"
 
 
 @pytest.mark.parametrize(("table", "needles"), [

@@ -160,7 +160,7 @@ def normalise(
     instrument = cards.first_text(_INSTRUMENT_KEYS)
     cfa = header_pattern(cards, naxis2=naxis2,
                          override=(bayer_instruments or {}).get((instrument or "").lower(), bayer_pattern))
-    plan = frame_overscan(header, (naxis2, naxis1), instrument, overscan, warn=cards.warn)
+    plan = frame_overscan(header, (naxis2, naxis1), instrument, overscan, warn=cards.warn, mosaic=cfa is not None)
     info = FrameInfo(
         imagetyp=imagetyp,
         type_source=type_source,

@@ -74,10 +74,20 @@ def _overlap(a: Section, b: Section) -> bool:
 
 
 def frame_overscan(header: Mapping[str, Any], shape: tuple[int | None, int | None], instrument: str | None,
-                   rules: OverscanRules | None, *, warn: Callable[[str], None] | None = None) -> OverscanPlan | None:
+                   rules: OverscanRules | None, *, warn: Callable[[str], None] | None = None,
+                   mosaic: bool = False) -> OverscanPlan | None:
     """A frame's overscan plan (None: nothing to subtract or trim); a section that cannot be used
-    is told to ``warn``. ``shape`` is (NAXIS2, NAXIS1) of the stored frame."""
+    is told to ``warn``. ``shape`` is (NAXIS2, NAXIS1) of the stored frame. A colour ``mosaic`` is
+    trimmed only by whole 2x2 cells from its first row and column and keeps the parity of its row
+    count (its Bayer pattern, and BAYERPAT under ROWORDER, stay what they were)."""
     plan, warning = _frame_overscan(header, shape, instrument, rules)
+    if mosaic and plan is not None and plan.trimsec and shape[0] is not None:
+        keep = Section.parse(plan.trimsec)
+        if keep.rows.start % 2 or keep.cols.start % 2 or (shape[0] - keep.shape[0]) % 2:
+            warning = (f"overscan: trimming this colour mosaic to {plan.trimsec} would change its Bayer pattern (an "
+                       "odd first row or column, or an odd number of rows cut); the frame is reduced without overscan "
+                       "correction or trim")
+            plan = None
     if warning and warn is not None:
         warn(warning)
     return plan
