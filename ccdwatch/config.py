@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from ccdwatch.config_data import ConfigError, OverscanConfig, ProductsConfig, parse_overscan, parse_products
 from ccdwatch.headers import ClassificationRule, ImageType, night_label
 from ccdwatch.headers.cfa import MONO_WORDS, PATTERNS, parse_pattern
 
@@ -33,7 +34,9 @@ __all__ = [
     "IngestConfig",
     "MastersConfig",
     "NightConfig",
+    "OverscanConfig",
     "PathsConfig",
+    "ProductsConfig",
     "ReportConfig",
     "SiteConfig",
     "StackConfig",
@@ -45,10 +48,6 @@ __all__ = [
 ]
 
 ENV_VAR = "CCDWATCH_CONFIG"
-
-
-class ConfigError(ValueError):
-    """A configuration value that ccdwatch cannot use; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +99,9 @@ class WatchConfig:
 class IngestConfig:
     max_data_mb: float = 2048.0
     """Largest declared data size (MiB) a raw file may have; larger files are quarantined."""
-    allow_compressed: bool = False
-    """Accept tile-compressed ``.fz`` and gzipped ``.gz`` FITS (decompressed within max_data_mb)."""
+    allow_compressed: bool = True
+    """Read tile-compressed ``.fits.fz`` and gzipped ``.fits.gz`` raw frames (each decompressed within
+    max_data_mb, tile by tile with a bound: no decompression bomb); false quarantines them."""
     max_tries: int = 3
     """Attempts at a frame whose processing fails before it is marked failed."""
 
@@ -248,6 +248,8 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     colour: ColourConfig = field(default_factory=ColourConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
+    overscan: OverscanConfig = field(default_factory=OverscanConfig)
+    products: ProductsConfig = field(default_factory=ProductsConfig)
     classify: tuple[ClassificationRule, ...] = ()
     """Ordered rules for frames whose headers lie or lack a type (first match wins)."""
     source: Path | None = None
@@ -554,10 +556,12 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: Path | None = N
     for name, value in data.items():
         if name == "classify":
             kwargs[name] = _rules(value)
+        elif name in ("overscan", "products"):
+            kwargs[name] = parse_overscan(value) if name == "overscan" else parse_products(value)
         elif name in _SECTIONS:
             kwargs[name] = _section(name, _SECTIONS[name], value, base)
         else:
-            raise _unknown(name, [*_SECTIONS, "classify"])
+            raise _unknown(name, [*_SECTIONS, "classify", "overscan", "products"])
     if "paths" not in kwargs:
         # Defaults are relative to where the daemon runs, not to the file.
         kwargs["paths"] = defaults.paths

@@ -141,6 +141,12 @@ class Frame(Base):
     # Added by revision 0005 (cosmic rays).
     #: cosmic-ray hits masked in the current calibrated product (None: not looked for)
     cosmic_rays: Mapped[int | None] = mapped_column(Integer)
+    # Added by revision 0006 (overscan).
+    #: the overscan plan decided at ingest ({"biassec", "trimsec", "method", "order"}; None: the
+    #: frame is used whole), see ccdwatch.headers.sections
+    overscan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: the mean overscan level subtracted from the frame (ADU), measured when it was last reduced
+    overscan_level: Mapped[float | None] = mapped_column(Float)
 
     files: Mapped[list[SourceFile]] = relationship(back_populates="frame")
     events: Mapped[list[Event]] = relationship(back_populates="frame", order_by="Event.id")

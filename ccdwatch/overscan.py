@@ -61,10 +61,12 @@ class Section:
 def _trimmed_mean(lines: np.ndarray, cut: float = 0.1) -> np.ndarray:
     """Per row: the mean of the values between the ``cut`` and ``1 - cut`` quantiles (cosmic-ray
     hits and hot pixels do not pull it; unlike a median it is not quantised to whole ADU)."""
-    ordered = np.sort(lines, axis=1)
-    n = ordered.shape[1]
+    n = lines.shape[1]
     k = int(n * cut)
-    kept = ordered[:, k:n - k] if n - 2 * k > 0 else ordered
+    if n - 2 * k <= 0 or k == 0:
+        return np.asarray(np.nanmean(lines, axis=1), dtype=np.float64)
+    # the middle values only need to be between the two cuts, not in order
+    kept = np.partition(lines, [k, n - k - 1], axis=1)[:, k:n - k]
     return np.asarray(np.nanmean(kept, axis=1), dtype=np.float64)
 
 
@@ -90,9 +92,9 @@ def overscan_level(strip: np.ndarray, *, along_rows: bool = True, method: str = 
         The level per row (``along_rows``) or per column.
     """
     values = np.asarray(strip, dtype=np.float64)
-    per_line = _trimmed_mean(values if along_rows else values.T)
     if method == "median":  # one robust level: not quantised like a median of integer ADU
-        return np.full(per_line.shape, float(_trimmed_mean(values.reshape(1, -1))[0]))
+        return np.full(values.shape[0 if along_rows else 1], float(_trimmed_mean(values.reshape(1, -1))[0]))
+    per_line = _trimmed_mean(values if along_rows else values.T)
     if method != "fit":
         raise ValueError(f"overscan method must be 'median' or 'fit', got {method!r}")
     x = np.arange(per_line.size, dtype=np.float64)
@@ -122,22 +124,63 @@ def subtract_overscan_and_trim(data: np.ndarray, *, biassec: str | None, trimsec
         The new float32 image and the mean overscan level subtracted (None without ``biassec``).
     """
     shape = (int(data.shape[0]), int(data.shape[1]))
-    out = np.asarray(data, dtype=np.float32)
+    keep = Section.parse(trimsec, shape) if trimsec else Section(rows=slice(0, shape[0]), cols=slice(0, shape[1]))
+    out = keep.of(data).astype(np.float32)  # trimmed first: one pass over the kept pixels only
     level_mean = None
     if biassec:
         bias = Section.parse(biassec, shape)
         strip = bias.of(data)
         along_rows = bias.shape[0] >= bias.shape[1]  # a tall strip of columns: one level per row
         level = overscan_level(strip, along_rows=along_rows, method=method, order=order)
+        full = np.full(shape[0] if along_rows else shape[1], float(np.mean(level)))
+        full[bias.rows if along_rows else bias.cols] = level
         if along_rows:
-            full = np.full(shape[0], float(np.mean(level)))
-            full[bias.rows] = level
-            out = out - full[:, None].astype(np.float32)
+            out -= full[keep.rows].astype(np.float32)[:, None]
         else:
-            full = np.full(shape[1], float(np.mean(level)))
-            full[bias.cols] = level
-            out = out - full[None, :].astype(np.float32)
+            out -= full[keep.cols].astype(np.float32)[None, :]
         level_mean = float(np.mean(level))
-    if trimsec:
-        out = Section.parse(trimsec, shape).of(out)
     return np.ascontiguousarray(out), level_mean
+
+
+@dataclass(frozen=True)
+class OverscanPlan:
+    """How one frame's overscan is handled: decided at ingest (`ccdwatch.headers.sections`), kept
+    with the frame, applied by the jobs to every raw frame before anything else.
+
+    ``method`` is ``"median"`` or ``"fit"`` (see :func:`overscan_level`; ``order`` for a fit), or
+    ``"none"`` for a frame that is only trimmed (no BIASSEC).
+    """
+
+    biassec: str | None
+    trimsec: str | None
+    method: str = "median"
+    order: int = 1
+
+    @property
+    def key(self) -> str:
+        """The plan as a camera-key piece: only frames with equal pieces share masters."""
+        how = {"median": "median", "fit": f"fit{self.order}"}.get(self.method, "none")
+        pieces = [f"os={how}{self.biassec or ''}"] if self.biassec else []
+        return "|".join([*pieces, *([f"trim={self.trimsec}"] if self.trimsec else [])])
+
+    def to_json(self) -> dict[str, object]:
+        return {"biassec": self.biassec, "trimsec": self.trimsec, "method": self.method, "order": self.order}
+
+    @classmethod
+    def from_json(cls, value: object) -> OverscanPlan | None:
+        """The plan stored with a frame (None: the frame has none)."""
+        if not isinstance(value, dict) or not (value.get("biassec") or value.get("trimsec")):
+            return None
+        return cls(biassec=value.get("biassec") or None, trimsec=value.get("trimsec") or None,
+                   method=str(value.get("method") or "median"), order=int(value.get("order") or 1))
+
+    def apply(self, data: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """Overscan subtracted (per row or column), then trimmed: float32, and the mean level."""
+        return subtract_overscan_and_trim(data, biassec=self.biassec if self.method != "none" else None,
+                                          trimsec=self.trimsec, method=self.method, order=self.order)
+
+    def trim(self, data: np.ndarray) -> np.ndarray:
+        """The data region of a raw frame, as it is (a view: for the raw saturation mask)."""
+        if not self.trimsec:
+            return data
+        return Section.parse(self.trimsec, (int(data.shape[0]), int(data.shape[1]))).of(data)

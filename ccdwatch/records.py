@@ -31,6 +31,16 @@ def _adc_bits(f: Frame) -> int | None:
     return 16 - int(shift) if shift else None
 
 
+def _overscan(f: Frame) -> str | None:
+    """How the frame's overscan is handled, e.g. ``"median [2049:2080,1:2048] -> [1:2048,1:2048]"``."""
+    plan = f.overscan or {}
+    if not plan.get("biassec") and not plan.get("trimsec"):
+        return None
+    how = "trim only" if not plan.get("biassec") else (
+        f"fit{plan.get('order', 1)}" if plan.get("method") == "fit" else str(plan.get("method")))
+    return f"{how} {plan.get('biassec') or ''} -> {plan.get('trimsec') or 'whole frame'}".replace("  ", " ")
+
+
 def frame_record(f: Frame) -> dict[str, Any]:
     """The stable JSON shape of a frame (documented in the README)."""
     return {
@@ -71,6 +81,8 @@ def frame_record(f: Frame) -> dict[str, Any]:
         "sky_noise": round_to(f.sky_noise, 3),
         "saturated_fraction": round_to(f.saturated_fraction, 6),
         "cosmic_rays": f.cosmic_rays,
+        "overscan": _overscan(f),
+        "overscan_level": round_to(f.overscan_level, 3),
         "tries": f.tries,
         "last_error": f.last_error,
         "created_at": iso(f.created_at),

@@ -17,12 +17,15 @@ Modules, one job each:
 * :mod:`~ccdwatch.fitsio.descriptor` -- positioned reads through one file descriptor;
 * :mod:`~ccdwatch.fitsio.product` -- reading our own products back, :func:`sha256_file`;
 * :mod:`~ccdwatch.fitsio.atomic` -- durable product writes, :class:`DiskFull`, temp-file sweeping;
+* :mod:`~ccdwatch.fitsio.compress` -- tile-compressed products, written and read back as plain;
+* :mod:`~ccdwatch.fitsio.tiles` -- tile-compressed raw images checked tile by tile (no bomb);
 * :mod:`~ccdwatch.fitsio.names` -- temp and FITS file names, safe path components.
 """
 
 from __future__ import annotations
 
 from ccdwatch.fitsio.atomic import DiskFull, sweep_temp_files, write_bytes_atomic, write_product
+from ccdwatch.fitsio.compress import Compression
 from ccdwatch.fitsio.layout import BLOCK_SIZE
 from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
 from ccdwatch.fitsio.product import read_product, read_product_hdus, sha256_file
@@ -31,6 +34,7 @@ from ccdwatch.fitsio.rejected import RejectedFile
 
 __all__ = [
     "BLOCK_SIZE",
+    "Compression",
     "TEMP_PREFIX",
     "DiskFull",
     "RawFrame",

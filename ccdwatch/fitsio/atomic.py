@@ -23,6 +23,7 @@ import numpy as np
 from astropy.io import fits
 
 from ccdwatch import faults
+from ccdwatch.fitsio.compress import Compression, compress
 from ccdwatch.fitsio.layout import BLOCK_SIZE
 from ccdwatch.fitsio.names import TEMP_PREFIX, is_temp_name
 from ccdwatch.fitsio.product import sha256_file
@@ -92,7 +93,8 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes, *, mode: int = 0
 
 
 def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
-                  header: fits.Header | None = None, min_free_bytes: int = 0) -> str:
+                  header: fits.Header | None = None, min_free_bytes: int = 0,
+                  compression: Compression | None = None) -> str:
     """Write a product atomically and durably; return the SHA-256 of the bytes written.
 
     A temp file (``.ccdwatch-tmp-<random>-<name>``) is written in the same directory, flushed,
@@ -109,6 +111,8 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
         Header for an array (not allowed with an HDUList: put it in the list).
     min_free_bytes : int, optional
         Free space (bytes) that must remain on the file system after the write.
+    compression : Compression, optional
+        Write the image HDUs tile-compressed (:mod:`ccdwatch.fitsio.compress`).
 
     Raises
     ------
@@ -125,6 +129,7 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
         hdul = hdus
     else:
         raise TypeError(f"write_product needs an HDUList or an ndarray, not {type(hdus).__name__}")
+    hdul = compress(hdul, compression)
     if is_temp_name(final.name) or not final.name:
         raise ValueError(f"{final.name!r} is a temp-file name; products must not be named like that")
     parent = final.parent

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-__all__ = ["TEMP_PREFIX", "fits_suffix", "is_temp_name", "safe_component", "safe_product_path"]
+__all__ = ["TEMP_PREFIX", "fits_stem", "fits_suffix", "is_temp_name", "safe_component", "safe_product_path"]
 
 #: Prefix of the temp files written by :func:`~ccdwatch.fitsio.write_product` (and removed by
 #: :func:`~ccdwatch.fitsio.sweep_temp_files`).
@@ -53,6 +53,19 @@ def fits_suffix(name: str) -> str | None:
         if lower.endswith(s) and len(lower) > len(s):
             return ".fits"
     return None
+
+
+def fits_stem(name: str) -> str:
+    """A raw file's name without its FITS suffixes: ``M51_001`` for ``M51_001.fits``, ``.fits.fz``
+    or ``.fit.gz`` (a name that is not a FITS name loses its last suffix only)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    kind = fits_suffix(base)
+    if kind in (".fz", ".gz"):
+        base = base[:-3]
+    for s in _FITS_SUFFIXES:
+        if base.lower().endswith(s) and len(base) > len(s):
+            return base[:-len(s)]
+    return base if kind else base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
 
 
 _SAFE_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*")

@@ -1,4 +1,5 @@
-"""Reading our own products back (trusted files, unlike raw frames) and hashing files."""
+"""Reading our own products back (trusted files, unlike raw frames; tile-compressed ones as if
+plain, see :mod:`ccdwatch.fitsio.compress`) and hashing files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import stat
 import numpy as np
 from astropy.io import fits
 
+from ccdwatch.fitsio.compress import expand
 from ccdwatch.fitsio.descriptor import _CHUNK, _kind, _pread_fd
 
 __all__ = ["read_product", "read_product_hdus", "sha256_file"]
@@ -54,7 +56,7 @@ def _open_product(path: str | os.PathLike) -> fits.HDUList:
         hdul = fits.open(io.BytesIO(buf), mode="readonly", memmap=False, lazy_load_hdus=False)
         for hdu in hdul:
             _ = hdu.data  # load every HDU while the buffer is open
-        return hdul
+        return expand(hdul)  # a tile-compressed product as if it were plain
     except (Exception, Warning) as exc:  # noqa: BLE001
         raise OSError(errno.EIO, f"cannot read product ({type(exc).__name__}: {exc})", os.fspath(path)) from None
 

@@ -17,7 +17,10 @@ hostile until proven otherwise:
   bytes, modified moments ago) is refused as ``incomplete-tail`` when the caller asks for the
   check (:mod:`ccdwatch.fitsio.unwritten`, one block read before anything else);
 * compressed files (tile-compressed ``.fz``, gzipped ``.gz``) are refused unless allowed, and are
-  decompressed only within the same memory budget (a gzip bomb stops at the budget).
+  decompressed only within the same memory budget: a gzip stream is inflated with a bound (a gzip
+  bomb stops at the budget), a tile-compressed image's declared size is capped before any tile is
+  read and every tile is inflated with a bound before astropy decodes it
+  (:mod:`ccdwatch.fitsio.tiles`).
 
 Raw files are never modified, moved, or written next to.
 """
@@ -44,6 +47,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from ccdwatch.fitsio.descriptor import _CHUNK, _kind, _pread_bytes, _pread_fd
 from ccdwatch.fitsio.layout import _HDU, MAX_HEADER_BYTES, _choose, _Layout, _merge_inherit, _walk
 from ccdwatch.fitsio.rejected import RejectedFile
+from ccdwatch.fitsio.tiles import check_tiles
 from ccdwatch.fitsio.unwritten import check_written
 
 __all__ = ["RawFrame", "read_raw"]
@@ -336,6 +340,19 @@ def _guarded_walk(pread: Callable[[int, int], bytes], size: int, name: str, *, m
             raise RejectedFile("bad-header", f"{name}: invalid header ({type(exc).__name__}: {exc})") from None
 
 
+def _checked_tiles(payload: bytes, chosen: _HDU, name: str) -> None:
+    """The tiles of a compressed image, each bounded before astropy inflates it (`tiles`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            check_tiles(payload, chosen.index, chosen.zaxes, f"{name}: HDU {chosen.index}")
+        except (RejectedFile, MemoryError):
+            raise
+        except (Exception, Warning) as exc:  # noqa: BLE001 - never let an astropy type escape
+            raise RejectedFile("unreadable", f"{name}: the compressed tiles cannot be read "
+                               f"({type(exc).__name__}: {exc})") from None
+
+
 def _finish(buf: bytes, sha: str, name: str, stamp: dict[str, int], *, max_data_bytes: int,
             allow_compressed: bool, header_only: bool) -> RawFrame:
     """Validate the bytes actually read (authoritative), then let astropy decode them."""
@@ -352,6 +369,8 @@ def _finish(buf: bytes, sha: str, name: str, stamp: dict[str, int], *, max_data_
         payload = buf[:layout.end]
     if layout.missing_padding:
         payload = payload + b"\0" * layout.missing_padding
+    if chosen.compressed and not header_only:
+        _checked_tiles(payload, chosen, name)
     header, data = _astropy_image(payload, layout, chosen, name, want_data=not header_only)
     del payload, buf
     if not chosen.compressed:

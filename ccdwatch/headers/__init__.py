@@ -48,6 +48,7 @@ from ccdwatch.headers.frame import FrameInfo, camera_key, normalise
 from ccdwatch.headers.jsonable import header_to_jsonable
 from ccdwatch.headers.night import night_label
 from ccdwatch.headers.pixels import PixelEvidence, pixel_verdict
+from ccdwatch.headers.sections import OverscanRules
 from ccdwatch.headers.values import MAX_JSON_STRING, MAX_STRING
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "ClassificationRule",
     "FrameInfo",
     "ImageType",
+    "OverscanRules",
     "PixelEvidence",
     "camera_key",
     "fingerprint",

@@ -27,7 +27,9 @@ from ccdwatch.headers.keywords import (
 from ccdwatch.headers.night import _check_start_hour, _night, _resolve_zone
 from ccdwatch.headers.pixels import PixelEvidence
 from ccdwatch.headers.quantities import _CELSIUS, _binning, _coordinates, _exposure, _longitude, _shape
+from ccdwatch.headers.sections import OverscanRules, frame_overscan
 from ccdwatch.headers.values import _range
+from ccdwatch.overscan import OverscanPlan
 
 # The package's logger, as before the split (the log format shows the logger name).
 logger = logging.getLogger("ccdwatch.headers")
@@ -77,6 +79,9 @@ class FrameInfo:
     bayer_pattern: str | None = None
     """CFA pattern of the array as stored (``data[0, 0]`` has colour ``bayer_pattern[0]``), e.g.
     ``"RGGB"``; None for a monochrome frame. See :mod:`ccdwatch.headers.cfa`."""
+    overscan: OverscanPlan | None = None
+    """Overscan strip and data section (BIASSEC/TRIMSEC/DATASEC or ``[overscan.cameras]``) and how
+    the level is measured; None: the frame is used whole. See :mod:`ccdwatch.headers.sections`."""
 
 
 def _checked_exposure(cards: _Cards, imagetyp: ImageType, exptime: float | None) -> float | None:
@@ -99,6 +104,7 @@ def normalise(
     pixels: PixelEvidence | None = None,
     bayer_pattern: str = "auto",
     bayer_instruments: Mapping[str, str] | None = None,
+    overscan: OverscanRules | None = None,
 ) -> FrameInfo:
     """Turn an untrusted raw FITS header into a :class:`FrameInfo`.
 
@@ -123,6 +129,8 @@ def normalise(
         replaces the header's; see :func:`ccdwatch.headers.cfa.header_pattern`.
     bayer_instruments : mapping, optional
         The same per camera: lower-case INSTRUME -> value; it wins over ``bayer_pattern``.
+    overscan : OverscanRules, optional
+        ``[overscan]``: where the overscan and data sections come from (:mod:`~ccdwatch.headers.sections`).
 
     Returns
     -------
@@ -138,8 +146,6 @@ def normalise(
     zone = _resolve_zone(timezone)
     start_hour = _check_start_hour(night_start_hour)
     cards = _Cards(header)
-    base = _base_name(filename)
-
     exptime = _exposure(cards)
     ident = _identify(cards, filename, rules, pixels, exptime)
     imagetyp, type_source, filter_name, object_name = ident[:4]
@@ -152,9 +158,9 @@ def normalise(
     temperature = _range(-273.15, 100.0)
     ra_deg, dec_deg = _coordinates(cards)
     instrument = cards.first_text(_INSTRUMENT_KEYS)
-    override = (bayer_instruments or {}).get((instrument or "").lower(), bayer_pattern)
-    cfa = header_pattern(cards, naxis2=naxis2, override=override)
-
+    cfa = header_pattern(cards, naxis2=naxis2,
+                         override=(bayer_instruments or {}).get((instrument or "").lower(), bayer_pattern))
+    plan = frame_overscan(header, (naxis2, naxis1), instrument, overscan, warn=cards.warn, mosaic=cfa is not None)
     info = FrameInfo(
         imagetyp=imagetyp,
         type_source=type_source,
@@ -184,9 +190,10 @@ def normalise(
         ignored=ident.ignored,
         rule=ident.rule,
         bayer_pattern=cfa,
+        overscan=plan,
     )
     if info.warnings:
-        logger.debug("%s: %s", base, "; ".join(info.warnings))
+        logger.debug("%s: %s", _base_name(filename), "; ".join(info.warnings))
     return info
 
 
@@ -202,7 +209,9 @@ def camera_key(info: FrameInfo) -> str:
     Bayer pattern of a colour frame (a mosaic master must have the light's pattern: the same
     sensor read from an odd subframe origin or in the other row order is another set-up, and a
     monochrome master must not calibrate a mosaic). Filter, exposure, temperature and date are
-    not part of it; a monochrome frame's key is what it always was.
+    not part of it; a monochrome frame's key is what it always was. A frame with an overscan plan
+    (:mod:`ccdwatch.headers.sections`) adds it (``os=median[2049:2080,1:2048]|trim=[1:2048,1:2048]``):
+    overscan-corrected, trimmed masters only calibrate lights handled the same way.
 
     Returns
     -------
@@ -224,4 +233,6 @@ def camera_key(info: FrameInfo) -> str:
         pieces.append(f"mode={part(info.readout_mode, '')}")
     if info.bayer_pattern is not None:
         pieces.append(f"cfa={info.bayer_pattern}")
+    if info.overscan is not None:
+        pieces.append(info.overscan.key)
     return "|".join(pieces)

@@ -127,30 +127,32 @@ def _loads(size: FrameSize, masters: list[bool]) -> tuple[int, int]:
     return peak, held
 
 
-def calibration(size: FrameSize, *, bias: bool, dark: bool, flat: bool) -> int:
+def calibration(size: FrameSize, *, bias: bool, dark: bool, flat: bool, overscan: bool = False) -> int:
     """Peak bytes of `tasks.calibrate_light` for one light with the masters named.
 
     Phases: reading the masters (dark, bias, flat; each read holds three times its image for a
     moment), then the raw frame; calibrating (raw + masters + the float32 result); measuring (the
     result, the bad-pixel mask, the hot-pixel map and `qa.measure`'s arrays; the masters only when
-    they stay cached, the raw frame no more).
+    they stay cached, the raw frame no more). With ``overscan`` the raw frame's trimmed float32
+    copy is held beside it while calibrating (sizes are the raw frame's: the trimmed ones are less).
     """
     p = size.pixels
     load, held = _loads(size, [True] * dark + [False] * bias + [False] * flat)
     cached = held <= MASTER_CACHE_BYTES
     read = held + read_raw_peak(size)
-    calibrate = held + size.raw + size.f32
+    calibrate = held + size.raw + size.f32 * (2 if overscan else 1)
     measure = size.f32 + p + (held if cached else (p if dark else 0)) + QA_PER_PIXEL * p
     return max(load, read, calibrate, measure) + SLACK
 
 
 def master(size: FrameSize, *, kind: str, n: int, threads: int, budget: int, bias: bool, dark: bool,
-           method: str = "sigma_clip") -> int:
+           method: str = "sigma_clip", overscan: bool = False) -> int:
     """Peak bytes of `tasks.build_master` combining ``n`` frames with ``threads`` threads.
 
     Phases: reading the masters it calibrates with (dark, then bias); preparing the inputs (each
     thread reads a raw frame and calibrates it; the inputs stay in RAM when all fit a quarter of
-    ``budget``, else go to memory-mapped scratch files, which the data limit does not count);
+    ``budget``, else go to memory-mapped scratch files, which the data limit does not count; with
+    ``overscan``, each raw frame's trimmed float32 copy beside it);
     combining (strips within ``budget``; large masters are let go first); finishing (the master,
     its robust statistics - the finite pixels' int64 indices when one is NaN -, a flat's
     normalised copy, a dark's hot-pixel map, the preview).
@@ -158,7 +160,7 @@ def master(size: FrameSize, *, kind: str, n: int, threads: int, budget: int, bia
     p = size.pixels
     load, held = _loads(size, [True] * dark + [False] * bias)
     kept = n * size.f32 if n * size.f32 <= budget // 4 else 0
-    per_input = max(read_raw_peak(size), size.raw + size.f32)
+    per_input = max(read_raw_peak(size), size.raw + size.f32 * (2 if overscan else 1))
     prepare = held + kept + max(1, threads) * per_input
     strips = combine_peak(size, n, method=method, threads=threads, budget=budget)
     combine = (held if held <= MASTER_CACHE_BYTES else 0) + kept + size.f32 + strips
@@ -206,10 +208,11 @@ def need(spec: Any) -> int | None:
         return None
     if isinstance(spec, tasks.CalibrateSpec):
         return calibration(size, bias=spec.bias_path is not None, dark=spec.dark_path is not None,
-                           flat=spec.flat_path is not None)
+                           flat=spec.flat_path is not None, overscan=spec.overscan is not None)
     if isinstance(spec, tasks.MasterSpec):
         return master(size, kind=spec.kind, n=len(spec.frames), threads=spec.threads, budget=spec.memory_budget,
-                      bias=spec.bias_path is not None, dark=spec.dark_path is not None, method=spec.method)
+                      bias=spec.bias_path is not None, dark=spec.dark_path is not None, method=spec.method,
+                      overscan=spec.overscan is not None)
     if isinstance(spec, tasks.StackSpec):
         return stack(size, n=len(spec.products), threads=spec.threads, budget=spec.memory_budget,
                      method=spec.method)

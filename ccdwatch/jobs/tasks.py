@@ -14,7 +14,7 @@ import logging
 import os
 import resource
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from astropy.io import fits
 
 from ccdwatch import calib, colour, cosmics, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
+    Compression,
     RejectedFile,
     read_product_hdus,
     read_raw,
@@ -33,11 +34,17 @@ from ccdwatch.fitsio import (
 from ccdwatch.headers import (
     ClassificationRule,
     FrameInfo,
+    OverscanRules,
     PixelEvidence,
     header_to_jsonable,
     normalise,
 )
 from ccdwatch.jobs import memory
+from ccdwatch.jobs.raws import RawGone as RawGone  # re-exported: where the pipeline has always found them
+from ccdwatch.jobs.raws import load_raw as load_raw
+from ccdwatch.jobs.raws import overscan_cards
+from ccdwatch.jobs.raws import prepare as prepare_raw
+from ccdwatch.overscan import OverscanPlan
 from ccdwatch.products import to_fits_header
 from ccdwatch.scratch import ScratchArrays
 
@@ -91,6 +98,8 @@ class IngestSpec:
     bayer_pattern: str = "auto"
     bayer_instruments: tuple[tuple[str, str], ...] = ()
     """Configured Bayer overrides (``colour.bayer_pattern``, ``colour.instruments``)."""
+    overscan: OverscanRules | None = None
+    """``[overscan]``: where a frame's overscan and data sections come from."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,8 @@ def ingest(spec: IngestSpec) -> IngestResult:
     pixels = _pixel_evidence(raw.data, spec.path)
     info = normalise(raw.header, filename=spec.relpath or Path(spec.path).name, rules=spec.rules,
                      timezone=spec.timezone, night_start_hour=spec.night_start_hour, pixels=pixels,
-                     bayer_pattern=spec.bayer_pattern, bayer_instruments=dict(spec.bayer_instruments))
+                     bayer_pattern=spec.bayer_pattern, bayer_instruments=dict(spec.bayer_instruments),
+                     overscan=spec.overscan)
     return IngestResult(raw.sha256, raw.size, raw.mtime_ns, raw.inode, raw.hdu_index, info,
                         header_to_jsonable(raw.header), pixels.to_json() if pixels is not None else None)
 
@@ -149,44 +159,6 @@ def _check_room(path: str) -> None:
             f"left ({memory.gib(room)}) under workers.memory_limit_mb = {limit / memory.MiB:g}: raise it to at least "
             f"{memory.required_limit_mb(need)} to read such files, or lower ingest.max_data_mb to refuse them "
             "at once"))
-
-
-class RawGone(FileNotFoundError):
-    """A catalogued raw frame is on disk under none of its paths with its catalogued content
-    (deleted, or rewritten since it was catalogued). No fault of the job's other inputs."""
-
-    def __init__(self, sha256: str, detail: str) -> None:
-        super().__init__(f"raw data no longer available: {detail}")
-        self.sha256 = sha256
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[type[RawGone], tuple[str, str]]:
-        return (RawGone, (self.sha256, self.detail))
-
-
-def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_compressed: bool) -> np.ndarray:
-    """Pixels of a catalogued raw frame from the first path whose content still matches.
-
-    Raises :class:`RawGone` when no path holds the content any more; any other error (memory,
-    a file that turned unreadable) is raised as it is.
-    """
-    gone: list[str] = []
-    other: BaseException | None = None
-    for p in paths:
-        try:
-            raw = read_raw(p, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
-        except FileNotFoundError:
-            gone.append(f"{p} is gone")
-            continue
-        except (OSError, RejectedFile) as exc:
-            other = exc
-            continue
-        if raw.sha256 == sha256 and raw.data is not None:
-            return raw.data
-        gone.append(f"{p} no longer holds the catalogued content (sha256 {sha256[:12]}...)")
-    if other is not None:
-        raise other
-    raise RawGone(sha256, "; ".join(gone) or "no path recorded")
 
 
 # ---------------------------------------------------------------------------------- masters
@@ -246,6 +218,9 @@ class MasterSpec:
     shape: tuple[int, int, int] | None = None
     """(ny, nx, BITPIX) of the inputs, from the catalogue: what the job's memory need is estimated
     from (`ccdwatch.jobs.memory`) before it runs."""
+    overscan: OverscanPlan | None = None
+    """The inputs' overscan plan (one: it is part of their calibration key)."""
+    compression: Compression | None = None  # [products] compress
 
 
 @dataclass(frozen=True)
@@ -255,6 +230,8 @@ class MasterResult:
     noise: float
     hot_pixels: int | None
     preview_path: str | None
+    overscan_levels: tuple[float | None, ...] = ()
+    """The overscan level subtracted from each input, in ``frames`` order (empty without a plan)."""
 
 
 @_explained
@@ -266,11 +243,15 @@ def build_master(spec: MasterSpec) -> MasterResult:
     masters = {"dark": load_master(spec.dark_path)[0] if spec.dark_path else None,  # the larger read first
                "bias": load_master(spec.bias_path)[0] if spec.bias_path else None}
 
+    levels: list[float | None] = [None] * len(spec.frames)
+
     def prepare(i: int) -> tuple[np.ndarray, float]:
         paths, sha = spec.frames[i]
         raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
-        data = calib.calibrate(raw, bias=masters["bias"], dark=masters["dark"], dark_scale=spec.dark_scale or 1.0)
+        image, _, levels[i] = prepare_raw(raw, spec.overscan)  # the overscan first, then trimmed
         del raw
+        data = calib.calibrate(image, bias=masters["bias"], dark=masters["dark"], dark_scale=spec.dark_scale or 1.0)
+        del image
         scale = 1.0
         if spec.kind == "flat" and spec.bayer_pattern:  # each colour to median 1: twilight changes colour
             return scratch.keep(colour.normalise_flat(data, spec.bayer_pattern)), scale
@@ -301,10 +282,10 @@ def build_master(spec: MasterSpec) -> MasterResult:
         del arrays
     if spec.kind == "flat":
         combined = colour.normalise_flat(combined, spec.bayer_pattern)
-    return _write_master(spec, combined)
+    return _write_master(spec, combined, tuple(levels) if spec.overscan is not None else ())
 
 
-def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
+def _write_master(spec: MasterSpec, combined: np.ndarray, levels: tuple[float | None, ...] = ()) -> MasterResult:
     """The master's FITS file (image, INPUTS table, hot-pixel map of a dark) and preview."""
     hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
     pattern = spec.bayer_pattern
@@ -314,6 +295,9 @@ def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
     for ch, (med, sig) in (colour.channel_stats(combined, pattern) if pattern else {}).items():
         header[f"LEVEL_{ch}"] = (med, f"median of the {ch} pixels")
         header[f"NOISE_{ch}"] = (sig, f"robust sigma of the {ch} pixels")
+    known = [v for v in levels if v is not None]
+    overscan_cards(header, spec.overscan, float(np.mean(known)) if known else None, combined.shape,
+                   what=" (inputs' mean)")
     table = fits.BinTableHDU.from_columns(  # content, not catalogue ids: the same bytes in any order
         [fits.Column(name="FILE", format=f"{_width(n for n, _ in spec.inputs_table)}A",
                      array=np.array([n for n, _ in spec.inputs_table])),
@@ -322,11 +306,11 @@ def _write_master(spec: MasterSpec, combined: np.ndarray) -> MasterResult:
     hdus = fits.HDUList([fits.PrimaryHDU(np.asarray(combined, dtype=np.float32), header=header), table])
     if hot is not None:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
-    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
     preview = None
     if spec.preview_path:
         preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern)
-    return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview)
+    return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview, levels)
 
 
 def _width(texts: Iterable[str]) -> int:
@@ -370,6 +354,9 @@ class CalibrateSpec:
     """(ny, nx, BITPIX) of the light, from the catalogue (`ccdwatch.jobs.memory`)."""
     cosmic_rays: str = "fast"  # `ccdwatch.cosmics.METHODS`
     gain: float | None = None  # e-/ADU when known (the cosmic-ray noise model), else from the sky
+    overscan: OverscanPlan | None = None
+    """The light's overscan plan (its masters were made with the same: the camera key holds it)."""
+    compression: Compression | None = None  # [products] compress
 
 
 @dataclass(frozen=True)
@@ -384,6 +371,8 @@ class CalibrateResult:
     the quality measurement and of any stack."""
     cosmic_rays: int | None = None
     """Cosmic-ray hits masked (None: not looked for)."""
+    overscan_level: float | None = None
+    """The overscan level subtracted (ADU), None without an overscan strip."""
 
 
 def saturation_level(raw: np.ndarray, configured: float | None) -> float:
@@ -434,8 +423,9 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     flat = load_master(spec.flat_path)[0] if spec.flat_path else None
     raw = load_raw(spec.raw_paths, spec.raw_sha256, max_data_bytes=spec.max_data_bytes,
                    allow_compressed=spec.allow_compressed)
-    data = calib.calibrate(raw, bias=bias, dark=dark, dark_scale=spec.dark_scale, flat=flat)
-    del bias, dark, flat
+    image, raw, level = prepare_raw(raw, spec.overscan)  # the overscan first; raw: its data section
+    data = calib.calibrate(image, bias=bias, dark=dark, dark_scale=spec.dark_scale, flat=flat)
+    del bias, dark, flat, image
     release_masters()
     saturation = saturation_level(raw, spec.saturation)
     mask, saturated_fraction, nonfinite = _pixel_masks(raw, data, saturation, hot)
@@ -453,6 +443,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     if rays is not None:
         extra["NCOSMIC"] = (rays.hits, f"cosmic-ray hits masked (BADPIX bit {cosmics.BAD_COSMIC}), {spec.cosmic_rays}")
     header = to_fits_header({**spec.header, **extra})
+    overscan_cards(header, spec.overscan, level, data.shape)
     table = fits.BinTableHDU.from_columns(
         [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
          for n in ("x", "y", "flux", "fwhm", "elongation")], name="SOURCES")
@@ -460,12 +451,11 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     badpix = cosmics.bad_pixel_plane(hot, rays.mask if rays is not None else None)
     if badpix is not None:
         hdus.append(fits.ImageHDU(badpix, name="BADPIX"))
-    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
     if spec.preview_path:
         _safe_preview("light", data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
     return CalibrateResult(spec.frame_id, sha, quality, float(saturation), saturated_fraction, nonfinite,
-                           rays.hits if rays is not None else None)
-
+                           rays.hits if rays is not None else None, level)
 
 
 # ---------------------------------------------------------------------------------- stacks
@@ -492,6 +482,7 @@ class StackSpec:
     shape: tuple[int, int, int] | None = None
     """(ny, nx, BITPIX) of the lights, from the catalogue (`ccdwatch.jobs.memory`)."""
     interpolation: str = "bicubic"  # the warp (`ccdwatch.align.warp`'s method)
+    compression: Compression | None = None  # [products] compress
 
 
 def _masked_image(hdus: fits.HDUList) -> np.ndarray:
@@ -546,7 +537,7 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     header, table = _stack_cards(spec, result)
     hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
                          fits.ImageHDU(result.count, name="NFRAMES"), table])
-    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
     preview = _safe_preview("stack", result.image, spec.preview_path, spec.preview_title) if spec.preview_path else None
     return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},
                           dict(result.failed), preview)

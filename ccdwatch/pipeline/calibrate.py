@@ -10,7 +10,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -24,9 +23,11 @@ from ccdwatch.catalog.queries import (
     waiting_light_ids,
     waiting_signature,
 )
+from ccdwatch.fitsio.names import fits_stem
 from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.jobs import memory, tasks
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
+from ccdwatch.overscan import OverscanPlan
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
 from ccdwatch.pipeline.selection import Masters
@@ -176,7 +177,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
     version = next_calibrated_version(s, frame.id)
     name = raw_name(frame)
     out = calibrated_path(ctx.products, night=frame.night, target=frame.object, filter=frame.filter,
-                          stem=Path(name).stem, raw_sha256=content_hash(frame), version=version)
+                          stem=fits_stem(name), raw_sha256=content_hash(frame), version=version)
     header = product_header(  # content, never catalogue ids: the same bytes in any processing order
         frame.header, BUNIT="adu", RAWFILE=name, RAWSHA=frame.sha256,
         **master_cards("BIAS", sel.bias), **master_cards("DARK", sel.dark),
@@ -195,6 +196,8 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         min_free_bytes=ctx.min_free, bayer_pattern=frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
         shape=memory.raw_shape(frame.naxis1, frame.naxis2, (frame.header or {}).get("BITPIX")),
         cosmic_rays=ctx.cfg.calibration.cosmic_rays, gain=frame.egain if frame.egain and frame.egain > 0 else None,
+        overscan=OverscanPlan.from_json(frame.overscan),
+        compression=ctx.compression,
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,
@@ -239,6 +242,7 @@ def commit(ctx: Context, plan: CalibrationPlan, result: tasks.CalibrateResult) -
         frame.sky, frame.sky_noise = finite(quality.sky), finite(quality.sky_noise)
         frame.saturated_fraction = result.saturated_fraction
         frame.cosmic_rays = result.cosmic_rays
+        frame.overscan_level = result.overscan_level
         frame.updated_at = now
         verb = "recalibrated" if current is not None else "calibrated"
         log_event(s, frame, verb, plan.explain + (f" (v{plan.version}, supersedes v{current.version})"

@@ -11,6 +11,7 @@ from pathlib import Path
 from ccdwatch.catalog import Catalog
 from ccdwatch.catalog.sites import this_owner
 from ccdwatch.config import Config, site_name
+from ccdwatch.fitsio import Compression
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,9 @@ class Context:
     def min_free(self) -> int:
         """Free bytes a product write leaves on its disk, at least."""
         return int(self.cfg.watch.min_free_mb * 2**20)
+
+    @property
+    def compression(self) -> Compression | None:
+        """How products are written (``[products] compress``); None: plain FITS."""
+        p = self.cfg.products
+        return Compression(p.compress, p.quantize_level) if p.compress != "none" else None

@@ -86,7 +86,8 @@ class Ingester:
                                  cfg.night.timezone, cfg.night.start_hour, relpath=self.relpath(path),
                                  unwritten_grace=cfg.watch.fallback_settle_seconds, now=now,
                                  bayer_pattern=cfg.colour.bayer_pattern,
-                                 bayer_instruments=tuple(cfg.colour.instruments.items()))
+                                 bayer_instruments=tuple(cfg.colour.instruments.items()),
+                                 overscan=cfg.overscan.rules())
                  for _, path, _ in todo]
         futures = self.runner.workers.map(tasks.ingest, specs, timeout=cfg.workers.ingest_timeout)
         good: list[tuple[int, Path, tasks.IngestResult]] = []
@@ -234,7 +235,7 @@ def new_frame(path: Path, raw: tasks.IngestResult, now: datetime, relpath: str, 
         state_reason=info.type_source if state in (FrameState.UNCLASSIFIED, FrameState.IGNORED) else None,
         tries=0, created_at=now, updated_at=now, relpath=relpath,
         classification=classification_record(info, raw.pixels, fingerprint), bayer_pattern=info.bayer_pattern,
-        site=site,
+        site=site, overscan=info.overscan.to_json() if info.overscan is not None else None,
     )
 
 

@@ -30,6 +30,7 @@ from ccdwatch.catalog.sites import claim, holder, release
 from ccdwatch.jobs import memory, tasks
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
+from ccdwatch.overscan import OverscanPlan
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_name, raw_paths, raw_present
 from ccdwatch.pipeline.selection import Masters
@@ -181,6 +182,8 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             preview_title=f"master {kind} - night {night} - v{version} - {len(frames)} frames",
             min_free_bytes=ctx.min_free, bayer_pattern=sample.bayer_pattern,
             shape=memory.raw_shape(sample.naxis1, sample.naxis2, (sample.header or {}).get("BITPIX")),
+            overscan=OverscanPlan.from_json(sample.overscan),
+            compression=ctx.compression,
         )
         return MasterPlan(
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
@@ -233,6 +236,10 @@ def commit(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> int:
         release(s, claim_name(ctx.site, plan.key, plan.night), owner=ctx.owner)
         s.add(master)
         s.flush()
+        levels = dict(zip((i for i, _ in plan.inputs), result.overscan_levels, strict=False))
+        for f in frames_by_id(s, [i for i, _ in plan.inputs]):
+            if levels.get(f.id) is not None:
+                f.overscan_level = levels[f.id]
         for f in frames_by_id(s, plan.charged):
             f.state, f.updated_at = FrameState.USED, utcnow()
             log_event(s, f, "used", f"in master {plan.kind} #{master.id} v{plan.version}")

@@ -183,6 +183,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
             min_free_bytes=ctx.min_free, bayer_pattern=ref_frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
             shape=memory.raw_shape(ref_frame.naxis1, ref_frame.naxis2, (ref_frame.header or {}).get("BITPIX")),
             interpolation=st.interpolation,
+            compression=ctx.compression,
         )
         member_info = {f.id: (products[f.id].id, products[f.id].sha256, f.exptime or 0.0) for f in frames}
         return StackPlan(group=group, spec=spec, rejected=tuple(rejected.items()), member_info=member_info,

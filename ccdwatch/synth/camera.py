@@ -32,6 +32,7 @@ __all__ = [
     "flat_response",
     "hot_pixels",
     "quantise",
+    "with_overscan",
 ]
 
 KINDS = ("bias", "dark", "flat", "light")
@@ -89,6 +90,9 @@ class Camera:
     seed: int = 1234
     bayer_pattern: str | None = None
     channel_response: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    overscan: int = 0
+    """Columns of overscan read out to the right of the ``shape`` pixels (0: none). The frame
+    written is then ``ny x (nx + overscan)``, with BIASSEC/TRIMSEC/DATASEC cards."""
 
 
 def _pattern_rng(camera: Camera, stream: int) -> np.random.Generator:
@@ -357,3 +361,25 @@ def quantise(adu: np.ndarray, *, saturation: float = 65535.0) -> np.ndarray:
     """Round to integers and clip to ``[0, saturation]`` as an ADC does; returns uint16."""
     top = min(float(saturation), 65535.0)
     return np.clip(np.rint(adu), 0.0, top).astype(np.uint16)
+
+
+def with_overscan(camera: Camera, image: np.ndarray, *, offset: float, rng: np.random.Generator) -> np.ndarray:
+    """``image`` (ADU, ``camera.shape``) shifted by this exposure's bias ``offset`` (a drift of the
+    bias level through the night) and widened by ``camera.overscan`` columns of overscan: the
+    bias level plus the same offset and read noise, no light, no dark current, no column pattern.
+    Without overscan columns the image is returned shifted only."""
+    shifted = image + offset
+    if camera.overscan <= 0:
+        return shifted
+    strip = camera.bias_level + offset + rng.normal(0.0, camera.read_noise, size=(camera.shape[0], camera.overscan))
+    return np.hstack([shifted, strip])
+
+
+def overscan_cards(camera: Camera) -> dict[str, str]:
+    """BIASSEC, TRIMSEC and DATASEC of a frame written by :func:`with_overscan` (none without
+    overscan columns)."""
+    if camera.overscan <= 0:
+        return {}
+    ny, nx = camera.shape
+    data = f"[1:{nx},1:{ny}]"
+    return {"BIASSEC": f"[{nx + 1}:{nx + camera.overscan},1:{ny}]", "TRIMSEC": data, "DATASEC": data}

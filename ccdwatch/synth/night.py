@@ -11,7 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from ccdwatch.synth.camera import DEFAULT_FLAT_LEVEL, KINDS, Camera, CosmicRays, _add_cosmic_rays, expose, quantise
+from ccdwatch.synth.camera import (
+    DEFAULT_FLAT_LEVEL,
+    KINDS,
+    Camera,
+    CosmicRays,
+    _add_cosmic_rays,
+    expose,
+    overscan_cards,
+    quantise,
+    with_overscan,
+)
 from ccdwatch.synth.header import frame_header, write_fits
 from ccdwatch.synth.stars import Stars, star_field, transform_stars
 
@@ -73,6 +83,9 @@ class NightTruth:
     sky_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
     lamp_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
     light_rays: list[CosmicRays] = field(default_factory=list)
+    bias_offsets: dict[str, list[float]] = field(default_factory=dict)
+    """The bias drift of each frame (ADU added to the camera's bias level), by kind, parallel to
+    ``files``: all 0 without ``bias_drift``."""
 
     def light_stars(self, index: int) -> Stars:
         """True star positions on light ``index``."""
@@ -91,6 +104,17 @@ class _NightSession:
     style: str
     extension: str
     truth: NightTruth
+    start: datetime
+    bias_drift: float = 0.0
+
+    def bias_offset(self, when: datetime) -> float:
+        """The bias level's drift at ``when`` (ADU): half of ``bias_drift`` as a slow rise over 10
+        hours from the night's start, half as a wobble of period 37 minutes (a real bias follows
+        the electronics' temperature): identical exposures minutes apart see different levels."""
+        if not self.bias_drift:
+            return 0.0
+        minutes = (when - self.start).total_seconds() / 60.0
+        return float(self.bias_drift * 0.5 * (minutes / 600.0 + np.sin(2.0 * np.pi * minutes / 37.0)))
 
     def shoot(self, kind: str, name: str, exptime: float, when: datetime, *, filter: str | None = None,
               **kwargs: Any) -> None:
@@ -102,12 +126,17 @@ class _NightSession:
         rays = _add_cosmic_rays(adu, n_rays, self.rng)
         if kind == "light":
             self.truth.light_rays.append(rays)
+        offset = self.bias_offset(when)
+        if offset or camera.overscan:
+            adu = with_overscan(camera, adu, offset=offset, rng=self.rng)
         header = frame_header(camera, kind=kind, exptime=exptime, date_obs=when, filter=filter,
                               object=self.target if kind == "light" else None, style=self.style)
+        header.update(overscan_cards(camera))
         path = write_fits(self.directory / f"{name}{self.extension}", quantise(adu, saturation=camera.saturation),
                           header)
         self.truth.files[kind].append(path)
         self.truth.dates[kind].append(when)
+        self.truth.bias_offsets.setdefault(kind, []).append(offset)
 
 
 def _shoot_dusk(session: _NightSession, clock: datetime, *, n_bias: int, n_dark: int, dark_exptime: float,
@@ -205,6 +234,7 @@ def make_night(
     sky_colour: tuple[float, float, float] = (0.8, 1.0, 0.7),
     lamp_colour: tuple[float, float, float] = (0.6, 1.0, 0.4),
     star_colours: tuple[float, float] = (0.4, 1.6),
+    bias_drift: float = 0.0,
 ) -> NightTruth:
     """Write a realistic synthetic night of uint16 FITS frames into ``directory``.
 
@@ -223,6 +253,10 @@ def make_night(
     ``lamp_colour`` (R, G, B relative to G); each star's R and B fluxes are its G flux times a
     factor uniform in ``star_colours`` (drawn after the star field, so a monochrome night's
     frames do not change).
+
+    ``bias_drift`` (ADU) makes the bias level drift through the night (see
+    ``_NightSession.bias_offset``; the offsets are in ``NightTruth.bias_offsets``); a camera with
+    ``overscan`` columns records the drift in its overscan strip, as a real CCD does.
 
     Returns
     -------
@@ -249,8 +283,8 @@ def make_night(
         sky_colour=sky_colour,
         lamp_colour=lamp_colour,
     )
-    session = _NightSession(directory, camera, rng, object, style, extension, truth)
     start = start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+    session = _NightSession(directory, camera, rng, object, style, extension, truth, start, bias_drift)
     clock = _shoot_dusk(session, start, n_bias=n_bias, n_dark=n_dark, dark_exptime=dark_exptime,
                         cosmic_rays=cosmic_rays, overhead=overhead)
     clock = _shoot_lights(session, stars, clock, order=_light_order(filters, n_light, interleave=interleave),
