@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from ccdwatch.detector import DetectorConfig, DetectorConfigError, parse_detector
 from ccdwatch.headers import ClassificationRule, ImageType, night_label
 from ccdwatch.headers.cfa import MONO_WORDS, PATTERNS, parse_pattern
 
@@ -156,6 +157,8 @@ class StackConfig:
     min_frames: int = 3
     method: Literal["sigma_clip", "median", "mean"] = "sigma_clip"
     sigma: float = 3.0
+    weights: Literal["ivar", "quality", "none"] = "ivar"
+    """Frame weights: ``ivar`` 1 / the frame's sky variance, ``quality`` that / FWHM^2, ``none`` equal."""
     pointing_radius_arcmin: float = 10.0
     """Lights without OBJECT whose pointings lie within this radius are one target."""
     sequence_gap_minutes: float = 60.0
@@ -243,6 +246,7 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     colour: ColourConfig = field(default_factory=ColourConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     classify: tuple[ClassificationRule, ...] = ()
     """Ordered rules for frames whose headers lie or lack a type (first match wins)."""
     source: Path | None = None
@@ -540,10 +544,15 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: Path | None = N
     for name, value in data.items():
         if name == "classify":
             kwargs[name] = _rules(value)
+        elif name == "detector":
+            try:
+                kwargs[name] = parse_detector(value)
+            except DetectorConfigError as exc:
+                raise ConfigError(str(exc)) from None
         elif name in _SECTIONS:
             kwargs[name] = _section(name, _SECTIONS[name], value, base)
         else:
-            raise _unknown(name, [*_SECTIONS, "classify"])
+            raise _unknown(name, [*_SECTIONS, "classify", "detector"])
     if "paths" not in kwargs:
         # Defaults are relative to where the daemon runs, not to the file.
         kwargs["paths"] = defaults.paths

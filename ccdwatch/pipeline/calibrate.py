@@ -24,8 +24,10 @@ from ccdwatch.catalog.queries import (
     waiting_light_ids,
     waiting_signature,
 )
+from ccdwatch.detector import detector_values
 from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.jobs import memory, tasks
+from ccdwatch.jobs.uncertainty import NoiseSpec
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
@@ -194,6 +196,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         preview_path=str(preview_path(out)) if ctx.cfg.report.light_previews else None,
         min_free_bytes=ctx.min_free, bayer_pattern=frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
         shape=memory.raw_shape(frame.naxis1, frame.naxis2, (frame.header or {}).get("BITPIX")),
+        noise=NoiseSpec(**vars(detector_values(frame.header or {}, frame.instrument, ctx.cfg.detector))),
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,
