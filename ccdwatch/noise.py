@@ -52,8 +52,10 @@ def pair_noise(frames: Sequence[np.ndarray], scales: Sequence[float] | None = No
     two frames."""
     values = []
     for k in range(0, min(len(frames) - 1, 2 * max_pairs), 2):
-        a = np.asarray(frames[k], dtype=np.float32)
-        b = np.asarray(frames[k + 1], dtype=np.float32)
+        ny, nx = np.shape(frames[k])
+        rows = slice(None, None, max(1, ny * nx // calib.ROBUST_STATS_MAX_SAMPLES))  # <= ~1 M pixels: no big copies
+        a = np.asarray(frames[k][rows], dtype=np.float32)
+        b = np.asarray(frames[k + 1][rows], dtype=np.float32)
         if scales is not None:
             a, b = a * np.float32(scales[k]), b * np.float32(scales[k + 1])
         values.append(clipped_std(a - b) / math.sqrt(2.0))

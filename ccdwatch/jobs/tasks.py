@@ -552,6 +552,8 @@ def stack_group(spec: StackSpec) -> StackJobResult:
                          fits.ImageHDU(result.count, name="NFRAMES"), table,
                          *uncertainty.stack_planes(result.sigma, result.expmap, header["BUNIT"])])
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes)
+    del hdus
+    result.sigma = result.expmap = None  # not held through the preview (`memory.stack`)
     preview = _safe_preview("stack", result.image, spec.preview_path, spec.preview_title) if spec.preview_path else None
     return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},
                           dict(result.failed), preview)
