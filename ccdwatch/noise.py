@@ -27,7 +27,7 @@ import numpy as np
 from ccdwatch import calib
 from ccdwatch.scratch import release_pages
 
-__all__ = ["WEIGHTINGS", "Weighted", "clipped_std", "combine_weighted", "combined_noise", "frame_weight",
+__all__ = ["WEIGHTINGS", "Weighted", "clipped_std", "combine_weighted", "clip_excess", "combined_noise", "frame_weight",
            "light_sigma", "median_variance", "pair_noise"]
 
 #: ``stack.weights``: inverse variance (per frame), that times 1 / FWHM^2 (point sources), or none.
@@ -192,6 +192,8 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
     ny, nx = arrays[0].shape
     rows = calib._strip_rows(2 * n, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
     floor = calib._spread_floor(arrays, None) if method == "sigma_clip" else 0.0
+    typical = [float(calib.robust_median(v)) if isinstance(v, np.ndarray) else float(v) for v in variances]
+    excess = clip_excess(typical, w, sigma=sigma, maxiters=maxiters) if method == "sigma_clip" else 1.0
     out = Weighted(np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
                    np.empty((ny, nx), np.uint16), np.empty((ny, nx), np.float32))
     starts = list(range(0, ny, rows))
@@ -200,7 +202,7 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
     def run(first: int) -> None:
         for y0 in starts[first::threads]:
             _strip(arrays, variances, w, exposures, slice(y0, min(ny, y0 + rows)), method, sigma, maxiters,
-                   floor, out)
+                   floor, out, excess)
 
     if threads == 1:
         run(0)
@@ -211,9 +213,33 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
     return out
 
 
+def clip_excess(variances: Sequence[float], weights: Sequence[float] | np.ndarray, *, sigma: float, maxiters: int = 5,
+                samples: int = 20_000) -> float:
+    """How much more variance the sigma-clipped weighted mean has than ``sum(w^2 var) / sum(w)^2``
+    over the kept values says: the clipping decides from the data (it drops good values in the
+    tails, judged against a spread estimated from the same few values), which costs ~5 % of
+    variance for 5-9 frames at 3 sigma. Simulated for these frames' variances, weights and
+    ``sigma`` on ``samples`` pixels of normal noise (fixed seed: the same factor every time); 1 for
+    fewer than 3 frames."""
+    n = len(variances)
+    v = np.asarray(variances, dtype=np.float64)
+    if n < 3 or not np.all(np.isfinite(v) & (v > 0)):
+        return 1.0
+    rng = np.random.default_rng(12345)
+    values = (rng.standard_normal((n, samples)) * np.sqrt(v)[:, None]).astype(np.float32)
+    floor = calib._spread_floor([values[i][None, :] for i in range(n)], None)
+    keep = calib.clip_keep(values, sigma, maxiters, floor)
+    w = np.asarray(weights, dtype=np.float64)[:, None] * keep
+    total = w.sum(axis=0)
+    ok = total > 0
+    mean = (w * values).sum(axis=0)[ok] / total[ok]
+    predicted = ((w * w * v[:, None]).sum(axis=0)[ok] / total[ok] ** 2).mean()
+    return float(np.mean(mean * mean) / predicted) if predicted > 0 else 1.0
+
+
 def _strip(arrays: Sequence[np.ndarray], variances: Sequence[np.ndarray | float], w: np.ndarray,
            exposures: Sequence[float], rows: slice, method: str, sigma: float, maxiters: int, floor: float,
-           out: Weighted) -> None:
+           out: Weighted, excess: float = 1.0) -> None:
     """Combine the rows ``rows`` of every frame into ``out``."""
     work = np.stack([np.asarray(a[rows], dtype=np.float32) for a in arrays])
     for a in arrays:
@@ -242,6 +268,8 @@ def _strip(arrays: Sequence[np.ndarray], variances: Sequence[np.ndarray | float]
         var /= total * total
     if method == "median":  # by the number of values at each pixel
         var *= np.asarray([median_variance(k) for k in range(len(arrays) + 1)])[used]
+    elif excess != 1.0:
+        var *= excess
     none = used == 0
     value = np.asarray(value, dtype=np.float64)
     value[none] = np.nan

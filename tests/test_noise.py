@@ -109,8 +109,8 @@ def test_inverse_variance_stack_uncertainty_matches_the_scatter_of_stacks():
         plain.append(noise.combine_weighted(frames, variances, [1.0] * 5, [60.0] * 5, method="sigma_clip").image)
         assert np.all(out.expmap <= 300.0) and np.mean(out.expmap) > 290.0
     measured = np.stack(stacks).var(axis=0, ddof=1).mean()
-    assert np.mean(predicted) / measured == pytest.approx(1.0, abs=0.05)
-    assert np.mean(predicted) == pytest.approx(1 / np.sum(1 / sigmas**2), rel=0.05)
+    assert np.mean(predicted) / measured == pytest.approx(1.0, abs=0.03)  # 0.955 without `clip_excess`
+    assert np.mean(predicted) == pytest.approx(1 / np.sum(1 / sigmas**2), rel=0.08)
     assert np.stack(plain).var(axis=0, ddof=1).mean() > 1.3 * measured
 
 
