@@ -164,12 +164,14 @@ class Weighted:
     sigma: np.ndarray
     used: np.ndarray
     expmap: np.ndarray
+    weights: tuple[float, ...] = ()
+    """The frames' weights as used (a missing one replaced by the median)."""
 
 
 def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarray | float],
                      weights: Sequence[float], exposures: Sequence[float], *, method: str = "sigma_clip",
                      sigma: float = 3.0, maxiters: int = 5, memory_budget: int = 1 << 30,
-                     threads: int = 1) -> Weighted:
+                     threads: int = 1, typical: Sequence[float] | None = None) -> Weighted:
     """Combine aligned frames with per-frame weights, propagating their variances.
 
     The rejection is `calib.combine`'s (sigma clipping about the median, then the mean; NaN
@@ -179,7 +181,8 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
     ``sum(w_i^2 var_i) / sum(w_i)^2`` over the kept values (times `median_variance` for the median),
     the frames' noise taken as independent (frames calibrated with the same masters share the
     masters' noise: a small underestimate). ``variances[i]`` is a per-pixel variance plane of
-    frame ``i`` or one number for all its pixels. Non-finite weights become the median weight.
+    frame ``i`` or one number for all its pixels (``typical``: each frame's median variance, if
+    known). Non-finite weights become the median weight.
     """
     method = calib._checked_method(method, sigma, maxiters)
     arrays = calib._as_frames(frames)
@@ -192,10 +195,13 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
     ny, nx = arrays[0].shape
     rows = calib._strip_rows(2 * n, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
     floor = calib._spread_floor(arrays, None) if method == "sigma_clip" else 0.0
-    typical = [float(calib.robust_median(v)) if isinstance(v, np.ndarray) else float(v) for v in variances]
-    excess = clip_excess(typical, w, sigma=sigma, maxiters=maxiters) if method == "sigma_clip" else 1.0
+    excess = 1.0
+    if method == "sigma_clip":
+        if typical is None:
+            typical = [calib.robust_median(v) if isinstance(v, np.ndarray) else float(v) for v in variances]
+        excess = clip_excess(typical, w, sigma=sigma, maxiters=maxiters)
     out = Weighted(np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
-                   np.empty((ny, nx), np.uint16), np.empty((ny, nx), np.float32))
+                   np.empty((ny, nx), np.uint16), np.empty((ny, nx), np.float32), tuple(float(x) for x in w))
     starts = list(range(0, ny, rows))
     threads = max(1, min(int(threads), len(starts)))
 

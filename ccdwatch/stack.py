@@ -214,9 +214,9 @@ def _combine_group(group: _AlignedGroup, *, method: str, sigma: float, memory_bu
         typical = [calib.robust_median(v) if isinstance(v, np.ndarray) else v for v in var]
         w = [noise.frame_weight(weights, t, fwhm.get(i)) for i, t in zip(stacked, typical, strict=True)]
         out.append(noise.combine_weighted(frames, var, w, times, method=method, sigma=sigma,
-                                          memory_budget=memory_budget, threads=threads))
+                                          memory_budget=memory_budget, threads=threads, typical=typical))
         if k == 0:
-            group.weights = dict(zip(stacked, w, strict=True))
+            group.weights = dict(zip(stacked, out[0].weights, strict=True))
         frames.clear()
         var.clear()
     return out
@@ -284,8 +284,8 @@ def _align_group(
                 offsets.append(_remove_sky_offset(warped, level, ref_sky[k]))
             group.frames[k].append(scratch.keep(warped))
             del warped
-            if var is not None and planes is None:  # warped like the frame (interpolated, not re-derived)
-                group.variances[k].append(scratch.keep(warp(var, t, output_shape=output_shape, order=order)))
+            if var is not None and planes is None:  # bilinear whatever the frame's warp: never negative
+                group.variances[k].append(scratch.keep(warp(var, t, output_shape=output_shape, order=1)))
             else:
                 group.variances[k].append(calib.robust_stats(plane[::2, ::2])[1] ** 2)
         del cube, var
