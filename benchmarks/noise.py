@@ -4,7 +4,8 @@ a stack of such lights with and without inverse-variance weighting and its own U
 Run as ``python -m benchmarks.noise [--size 2048] [--repeat 5] [--frames 5]``. Writes synthetic
 masters (with their noise cards) and lights into a temporary directory, runs the real jobs
 (`tasks.calibrate_light`, `tasks.stack_group`) in this process, alternating the two variants, and
-prints one JSON line: median wall times (ms), the extra per light, and the product sizes.
+prints one JSON line: median wall times (ms), the extra per light (and the arithmetic of the
+uncertainty alone, `noise.light_sigma`), and the product sizes.
 """
 
 from __future__ import annotations
@@ -103,12 +104,24 @@ def main() -> None:
                 t0 = time.perf_counter()
                 tasks.stack_group(spec_s)
                 stack_times[k].append(time.perf_counter() - t0)
+        with fits.open(lights[0]) as raw_hdus:  # the uncertainty's arithmetic alone, on the same light
+            raw = np.asarray(raw_hdus[0].data)
+        m = {k: np.asarray(fits.getdata(v), dtype=np.float32) for k, v in masters.items()}
+        calibrated = calib.calibrate(raw, bias=m["bias"], dark=m["dark"], dark_scale=200 / 300, flat=m["flat"])
+        sigma_ms = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            noise.light_sigma(raw, calibrated, gain=camera.gain, read_noise=camera.read_noise, bias=m["bias"],
+                              dark=m["dark"], dark_scale=200 / 300, flat=m["flat"], bias_noise=1.0, dark_noise=1.0,
+                              flat_noise=0.003, scale=camera.gain)
+            sigma_ms.append(1000 * (time.perf_counter() - t0))
         ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
         sms = {k: 1000 * statistics.median(v) for k, v in stack_times.items()}
         print(json.dumps({
             "size": args.size, "frames": args.frames,
             "calibrate_light_ms": {k: round(v, 1) for k, v in ms.items()},
             "extra_ms_per_light": round(ms["uncert"] - ms["adu"], 1),
+            "light_sigma_ms": round(statistics.median(sigma_ms), 1),
             "ratio": round(ms["uncert"] / ms["adu"], 3),
             "product_mb": {k: round(Path(products[k][0]).stat().st_size / 2**20, 2) for k in products},
             "stack_group_ms": {k: round(v, 1) for k, v in sms.items()},

@@ -148,6 +148,8 @@ class CalibrationConfig:
     """How long a light may wait for a missing master before on_timeout applies."""
     on_timeout: Literal["wait", "partial"] = "wait"
     """``wait``: keep waiting; ``partial``: calibrate with what exists and flag it partial."""
+    uncertainty: bool = True
+    """Write each calibrated light's UNCERT plane (when its gain is known; ~+16 MB per 2k light)."""
 
 
 @dataclass(frozen=True)

@@ -167,3 +167,28 @@ def test_detector_settings_errors_name_the_key(table, message):
     with pytest.raises(ValueError):
         parse_detector(table)
 
+
+
+def test_light_cards_units_and_the_optional_plane():
+    """Electrons with GAIN/RDNOISE cards saying where they came from; a GAIN setting kept as
+    GAINSET; no gain: ADU and no UNCERT; ``calibration.uncertainty = false``: no UNCERT either."""
+    from ccdwatch.jobs.uncertainty import NoiseSpec, light_noise
+
+    rng = np.random.default_rng(3)
+    raw = shoot("light", rng, exptime=T_LIGHT, sky=SKY)
+    data = calib.calibrate(raw)
+    values = detector_values({"EGAIN": 1.5, "GAIN": 120, "RDNOISE": 12.0}, "Cam", DetectorConfig())
+    for plane in (True, False):
+        unc = light_noise(NoiseSpec(**vars(values), plane=plane), raw, data.copy(), masters={}, paths={},
+                          dark_scale=1.0)
+        image, flux = data.copy(), np.array([100.0], np.float32)
+        cards, hdus = unc.finish(image, flux)
+        assert cards["BUNIT"][0] == "electron" and cards["GAIN"][0] == 1.5 and "EGAIN" in cards["GAIN"][1]
+        assert cards["GAINSET"][0] == 120 and cards["RDNOISE"][0] == pytest.approx(12.0)
+        np.testing.assert_allclose(image, data * np.float32(1.5), rtol=1e-6)
+        assert flux[0] == pytest.approx(150.0)
+        assert [h.name for h in hdus] == (["UNCERT"] if plane else [])
+    unknown = detector_values({"GAIN": 120}, "Cam", DetectorConfig())
+    cards, hdus = light_noise(NoiseSpec(**vars(unknown)), raw, data, masters={}, paths={}, dark_scale=1.0).finish(
+        data.copy(), np.zeros(1, np.float32))
+    assert cards["BUNIT"][0] == "adu" and cards["GAIN"] is None and hdus == []

@@ -209,8 +209,9 @@ def need(spec: Any) -> int | None:
     if size is None:
         return None
     if isinstance(spec, tasks.CalibrateSpec):
+        plane = bool(spec.noise and spec.noise.gain and spec.noise.plane)
         return calibration(size, bias=spec.bias_path is not None, dark=spec.dark_path is not None,
-                           flat=spec.flat_path is not None, uncertainty=bool(spec.noise and spec.noise.gain))
+                           flat=spec.flat_path is not None, uncertainty=plane)
     if isinstance(spec, tasks.MasterSpec):
         return master(size, kind=spec.kind, n=len(spec.frames), threads=spec.threads, budget=spec.memory_budget,
                       bias=spec.bias_path is not None, dark=spec.dark_path is not None, method=spec.method)

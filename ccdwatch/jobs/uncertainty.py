@@ -42,6 +42,8 @@ class NoiseSpec:
     when this is None or only from the header (config > measured > header)."""
     read_noise_source: str
     gain_setting: float | None = None
+    plane: bool = True
+    """Write the UNCERT plane (``calibration.uncertainty``)."""
 
 
 def remember(path: str, header: fits.Header) -> None:
@@ -126,7 +128,7 @@ def light_noise(spec: NoiseSpec | None, raw: np.ndarray, data: np.ndarray, *, ma
         rn_adu, source = spec.read_noise / spec.gain, spec.read_noise_source
     else:
         rn_adu, source = None, ""
-    if not spec.gain:
+    if not spec.gain or not spec.plane:
         return LightNoise(spec, None, rn_adu, source)
     sigma = noise.light_sigma(
         raw, data, gain=spec.gain, read_noise=rn_adu or 0.0, bias=masters.get("bias"), dark=masters.get("dark"),

@@ -196,7 +196,8 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         preview_path=str(preview_path(out)) if ctx.cfg.report.light_previews else None,
         min_free_bytes=ctx.min_free, bayer_pattern=frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
         shape=memory.raw_shape(frame.naxis1, frame.naxis2, (frame.header or {}).get("BITPIX")),
-        noise=NoiseSpec(**vars(detector_values(frame.header or {}, frame.instrument, ctx.cfg.detector))),
+        noise=NoiseSpec(**vars(detector_values(frame.header or {}, frame.instrument, ctx.cfg.detector)),
+                        plane=cal.uncertainty),
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,
