@@ -36,14 +36,13 @@ MAD_TO_SIGMA = 1.482602218505602
 #: Accepted ``combine`` methods ("average" is an alias of "mean").
 COMBINE_METHODS = ("mean", "average", "median", "sigma_clip")
 
-#: Float32 copies of the strip stack alive at once, per method (stack, sorted planes,
-#: deviations, sorted deviations, masks, float64 per-pixel sums), used to size the strips
-#: against the memory budget (strips are further capped at ``_STRIP_CACHE_BYTES``).
+#: Float32 copies of the strip stack alive at once, per method (stack, sorted planes, deviations, sorted
+#: deviations, masks, float64 per-pixel sums), used to size the strips against the memory budget.
 _WORKING_COPIES = {"mean": 2, "median": 3, "sigma_clip": 7}
 
-#: Largest strip stack (bytes of float32 frame data) combined at once, whatever the budget: the
-#: per-pixel work then runs on planes that stay in the CPU cache (L2/L3), which is several times
-#: faster than streaming strips of the whole budget through memory. Results do not depend on it.
+#: Largest strip stack (bytes of float32 frame data) combined at once, whatever the budget: the per-pixel
+#: work then runs on planes that stay in the CPU cache (L2/L3), several times faster than streaming strips
+#: of the whole budget through memory. Results do not depend on it.
 _STRIP_CACHE_BYTES = 8 << 20
 
 #: Above this many frames the sorting network grows large; ``np.sort`` along the frames is used.
@@ -58,8 +57,7 @@ def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
     arrays = [f if isinstance(f, np.ndarray) else np.asarray(f) for f in frames]
     if not arrays:
         raise ValueError("combine needs at least one frame")
-    shape = arrays[0].shape
-    if len(shape) != 2:
+    if len(shape := arrays[0].shape) != 2:
         raise ValueError(f"frames must be 2-D, frame 0 has shape {shape}")
     for i, a in enumerate(arrays):
         if a.shape != shape:
@@ -236,7 +234,12 @@ def _clip_about_mean(original: np.ndarray, keep: np.ndarray, sigma: float,
 
 def _sigma_clip(original: np.ndarray, sigma: float, maxiters: int,
                 floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clipped mean along axis 0 of a (nframes, npix) float32 array (not modified).
+    """Clipped mean along axis 0 of a (nframes, npix) float32 array (not modified)."""
+    return _kept_mean(original, clip_keep(original, sigma, maxiters, floor))
+
+
+def clip_keep(original: np.ndarray, sigma: float, maxiters: int, floor: float) -> np.ndarray:
+    """The values the sigma clipping keeps, (nframes, npix) bool, of a float32 array (not modified).
 
     The first pass clips about the median with a spread from the MAD, robust to a cosmic ray
     among a handful of frames; later passes clip about the mean of the values kept with their
@@ -286,7 +289,7 @@ def _sigma_clip(original: np.ndarray, sigma: float, maxiters: int,
             active = active[changed]
             if active.size == 0:
                 break
-    return _kept_mean(original, keep)
+    return keep
 
 
 def _checked_method(method: str, sigma: float, maxiters: int) -> str:
@@ -464,8 +467,7 @@ def robust_stats(a: ArrayLike) -> tuple[float, float]:
     if values is None:
         return math.nan, math.nan
     median = float(np.median(values))
-    mad = float(np.median(np.abs(values - median)))
-    return median, MAD_TO_SIGMA * mad
+    return median, MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
 
 
 def dark_scale(light_exptime: float, dark_exptime: float) -> float:

@@ -22,8 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from ccdwatch.config_data import ConfigError, OverscanConfig, ProductsConfig, parse_overscan, parse_products
-from ccdwatch.headers import ClassificationRule, ImageType, night_label
+from ccdwatch.config_data import (
+    ConfigError,
+    OverscanConfig,
+    ProductsConfig,
+    parse_overscan,
+    parse_products,
+    parse_rules,
+)
+from ccdwatch.detector import DetectorConfig, DetectorConfigError, parse_detector
+from ccdwatch.headers import ClassificationRule, night_label
 from ccdwatch.headers.cfa import MONO_WORDS, PATTERNS, parse_pattern
 
 __all__ = [
@@ -150,6 +158,8 @@ class CalibrationConfig:
     cosmic_rays: Literal["fast", "lacosmic", "off"] = "fast"
     """Cosmic rays of each calibrated light, masked (BADPIX bit 8; values kept) and counted:
     ``fast`` (ccdwatch.cosmics, ~tens of ms per 2k frame), ``lacosmic`` (astroscrappy, seconds)."""
+    uncertainty: bool = True
+    """Write each calibrated light's UNCERT plane (when its gain is known; ~+16 MB per 2k light)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,8 @@ class StackConfig:
     min_frames: int = 3
     method: Literal["sigma_clip", "median", "mean"] = "sigma_clip"
     sigma: float = 3.0
+    weights: Literal["ivar", "quality", "none"] = "ivar"
+    """Frame weights: ``ivar`` 1 / the frame's sky variance, ``quality`` that / FWHM^2, ``none`` equal."""
     pointing_radius_arcmin: float = 10.0
     """Lights without OBJECT whose pointings lie within this radius are one target."""
     sequence_gap_minutes: float = 60.0
@@ -250,6 +262,7 @@ class Config:
     site: SiteConfig = field(default_factory=SiteConfig)
     overscan: OverscanConfig = field(default_factory=OverscanConfig)
     products: ProductsConfig = field(default_factory=ProductsConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     classify: tuple[ClassificationRule, ...] = ()
     """Ordered rules for frames whose headers lie or lack a type (first match wins)."""
     source: Path | None = None
@@ -293,8 +306,6 @@ _SECTIONS: dict[str, type] = {
     "colour": ColourConfig,
     "site": SiteConfig,
 }
-_RULE_KEYS = ("glob", "path", "header", "imagetyp", "filter", "object")
-_IMAGE_TYPES = [t.value for t in ImageType if t is not ImageType.UNKNOWN] + ["ignore"]
 
 
 def _unknown(key: str, allowed: typing.Iterable[str]) -> ConfigError:
@@ -504,64 +515,24 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _rules(value: Any) -> tuple[ClassificationRule, ...]:
-    if not isinstance(value, list):
-        raise ConfigError("config key 'classify' must be an array of tables ([[classify]] blocks)")
-    rules = []
-    for i, table in enumerate(value, start=1):
-        key = f"classify[{i}]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"config key {key!r} must be a table with keys {', '.join(_RULE_KEYS)}")
-        for k in table:
-            if k not in _RULE_KEYS:
-                raise _unknown(f"{key}.{k}", _RULE_KEYS)
-        header = table.get("header", {})
-        if not isinstance(header, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in header.items()
-        ):
-            raise ConfigError(
-                f"config key '{key}.header' must be a table of KEYWORD = \"pattern\" strings, "
-                f"e.g. header = {{IMAGETYP = \"*flat*\"}}"
-            )
-        imagetyp = table.get("imagetyp")
-        if imagetyp is not None:
-            if not isinstance(imagetyp, str) or imagetyp.lower() not in _IMAGE_TYPES:
-                raise ConfigError(
-                    f"config key '{key}.imagetyp' must be one of {', '.join(_IMAGE_TYPES)}, got {imagetyp!r}"
-                )
-            imagetyp = imagetyp.lower()
-        for k in ("glob", "path", "filter", "object"):
-            if k in table and not isinstance(table[k], str):
-                raise ConfigError(f"config key '{key}.{k}' must be a string, got {table[k]!r}")
-        try:
-            rules.append(
-                ClassificationRule(
-                    glob=table.get("glob"),
-                    path=table.get("path"),
-                    header={k.upper(): v for k, v in header.items()},
-                    imagetyp=imagetyp,
-                    filter=table.get("filter"),
-                    object=table.get("object"),
-                )
-            )
-        except ValueError as exc:
-            raise ConfigError(f"config key {key!r}: {exc}") from None
-    return tuple(rules)
-
-
 def parse_config(data: Mapping[str, Any], *, base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML, resolving relative paths against ``base``."""
     kwargs: dict[str, Any] = {}
     defaults = Config()
     for name, value in data.items():
         if name == "classify":
-            kwargs[name] = _rules(value)
+            kwargs[name] = parse_rules(value)
         elif name in ("overscan", "products"):
             kwargs[name] = parse_overscan(value) if name == "overscan" else parse_products(value)
+        elif name == "detector":
+            try:
+                kwargs[name] = parse_detector(value)
+            except DetectorConfigError as exc:
+                raise ConfigError(str(exc)) from None
         elif name in _SECTIONS:
             kwargs[name] = _section(name, _SECTIONS[name], value, base)
         else:
-            raise _unknown(name, [*_SECTIONS, "classify", "overscan", "products"])
+            raise _unknown(name, [*_SECTIONS, "classify", "overscan", "products", "detector"])
     if "paths" not in kwargs:
         # Defaults are relative to where the daemon runs, not to the file.
         kwargs["paths"] = defaults.paths

@@ -1,5 +1,6 @@
-"""Settings about the data itself: the detector's overscan (``[overscan]``) and the format of the
-product files (``[products]``); and :class:`ConfigError`, shared with :mod:`ccdwatch.config`.
+"""Settings about the data itself: the detector's overscan (``[overscan]``), the format of the
+product files (``[products]``) and the ``[[classify]]`` rules; and :class:`ConfigError`, shared
+with :mod:`ccdwatch.config`.
 
 Each section's table is checked here, key by key, with messages that name the key and the fix.
 """
@@ -12,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ccdwatch.headers import ClassificationRule, ImageType
 from ccdwatch.headers.sections import OverscanRules
 from ccdwatch.overscan import Section
 
-__all__ = ["ConfigError", "OverscanConfig", "ProductsConfig", "parse_overscan", "parse_products"]
+__all__ = ["ConfigError", "OverscanConfig", "ProductsConfig", "parse_overscan", "parse_products", "parse_rules"]
 
 
 class ConfigError(ValueError):
@@ -140,3 +142,53 @@ def parse_products(table: Any) -> ProductsConfig:
         else:
             raise _unknown(dotted, ("compress", "quantize_level"))
     return ProductsConfig(**kwargs)
+
+
+_RULE_KEYS = ("glob", "path", "header", "imagetyp", "filter", "object")
+_IMAGE_TYPES = [t.value for t in ImageType if t is not ImageType.UNKNOWN] + ["ignore"]
+
+
+def parse_rules(value: Any) -> tuple[ClassificationRule, ...]:
+    """The ``[[classify]]`` blocks, in order (first match wins)."""
+    if not isinstance(value, list):
+        raise ConfigError("config key 'classify' must be an array of tables ([[classify]] blocks)")
+    rules = []
+    for i, table in enumerate(value, start=1):
+        key = f"classify[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"config key {key!r} must be a table with keys {', '.join(_RULE_KEYS)}")
+        for k in table:
+            if k not in _RULE_KEYS:
+                raise _unknown(f"{key}.{k}", _RULE_KEYS)
+        header = table.get("header", {})
+        if not isinstance(header, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in header.items()
+        ):
+            raise ConfigError(
+                f"config key '{key}.header' must be a table of KEYWORD = \"pattern\" strings, "
+                f"e.g. header = {{IMAGETYP = \"*flat*\"}}"
+            )
+        imagetyp = table.get("imagetyp")
+        if imagetyp is not None:
+            if not isinstance(imagetyp, str) or imagetyp.lower() not in _IMAGE_TYPES:
+                raise ConfigError(
+                    f"config key '{key}.imagetyp' must be one of {', '.join(_IMAGE_TYPES)}, got {imagetyp!r}"
+                )
+            imagetyp = imagetyp.lower()
+        for k in ("glob", "path", "filter", "object"):
+            if k in table and not isinstance(table[k], str):
+                raise ConfigError(f"config key '{key}.{k}' must be a string, got {table[k]!r}")
+        try:
+            rules.append(
+                ClassificationRule(
+                    glob=table.get("glob"),
+                    path=table.get("path"),
+                    header={k.upper(): v for k, v in header.items()},
+                    imagetyp=imagetyp,
+                    filter=table.get("filter"),
+                    object=table.get("object"),
+                )
+            )
+        except ValueError as exc:
+            raise ConfigError(f"config key {key!r}: {exc}") from None
+    return tuple(rules)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ccdwatch import calib
+from ccdwatch import calib, noise
 from ccdwatch.align import AlignmentError, Transform, find_transform, warp
 from ccdwatch.qa import Sources
 from ccdwatch.scratch import ScratchArrays
@@ -85,6 +85,12 @@ class StackResult:
     reference: int
     offsets: dict[int, float | tuple[float, ...]] = field(default_factory=dict)
     used: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    """1-sigma uncertainty of ``image`` (`ccdwatch.noise.combine_weighted`), per plane like it."""
+    expmap: np.ndarray | None = None
+    """float32 seconds of exposure whose values were combined at each pixel (of the first plane)."""
+    weights: dict[int, float] = field(default_factory=dict)
+    """Frame id -> its weight in the combination (of the first plane)."""
 
 
 def _sky_level(image: np.ndarray) -> float:
@@ -109,6 +115,10 @@ def align_and_stack(
     threads: int = 1,
     planes: Callable[[np.ndarray], np.ndarray] | None = None,
     interpolation: str = "bicubic",
+    variance: Callable[[int], np.ndarray | None] | None = None,
+    weights: str = "none",
+    exposures: Mapping[int, float] | None = None,
+    fwhm: Mapping[int, float] | None = None,
 ) -> StackResult:
     """Align frames onto a reference and combine them.
 
@@ -131,12 +141,8 @@ def align_and_stack(
     masks : mapping, optional
         Frame id -> boolean mask (True = bad pixel, e.g. hot pixels) or None. Masked pixels
         become NaN before warping, so they never reach the stack.
-    method : {"sigma_clip", "median", "mean"}
-        Combination method for `ccdwatch.calib.combine`.
-    sigma : float
-        Clipping threshold for ``method="sigma_clip"``.
-    memory_budget : int
-        Bytes `ccdwatch.calib.combine` may use.
+    method, sigma, memory_budget
+        Combination method, clipping threshold (``sigma_clip``) and bytes for `ccdwatch.calib.combine`.
     workdir : path
         Directory for the scratch files (should be on the same disk as the products).
     order : int
@@ -151,8 +157,11 @@ def align_and_stack(
         `ccdwatch.colour.demosaic` for a colour mosaic (R, G, B): each plane is warped with the
         frame's transform, has its own sky offset removed and is combined on its own.
     interpolation : {"bicubic", "lanczos", "bilinear"}
-        `warp`'s kernel (``stack.interpolation``): bicubic keeps stars as sharp as Lanczos at
-        bilinear's cost (benchmarks/warp.py).
+        `warp`'s kernel (``stack.interpolation``; bicubic: Lanczos's sharpness at bilinear's cost).
+    variance, weights, exposures, fwhm
+        ``variance(id)`` (after ``load(id)``): the frame's per-pixel variance, warped like it, or None
+        (then, and for planes, its robust sky variance); weights "ivar", "quality" or "none"
+        (`ccdwatch.noise.frame_weight`, ``fwhm``: id -> px); ``exposures``: id -> s (exposure map).
 
     Returns
     -------
@@ -168,32 +177,49 @@ def align_and_stack(
         raise ValueError(f"reference {reference} is not among the frames to stack")
     if reference not in sources:
         raise ValueError(f"no source list for the reference frame {reference}")
-    # all warped frames in RAM when they take <= 1/4 of the budget, else memory-mapped scratch files
-    n_planes = 1 if planes is None else 3
-    with ScratchArrays(workdir, count=len(ids) * n_planes, budget=memory_budget // 4, prefix="stack-") as scratch:
+    # all warped frames (and variances) in RAM when they take <= 1/4 of the budget, else memory-mapped files
+    n_arrays = len(ids) * (3 if planes is not None else 2 if variance is not None else 1)
+    with ScratchArrays(workdir, count=n_arrays, budget=memory_budget // 4, prefix="stack-") as scratch:
         group = _align_group(ids, load, sources, reference, masks=masks, order=order,
                              match_background=match_background, scratch=scratch, planes=planes,
-                             interpolation=interpolation)
+                             interpolation=interpolation, variance=variance)
         if not group.frames or not group.frames[0] or group.coverage is None:  # pragma: no cover
             raise ValueError(f"nothing to stack: {group.failed}")  # the reference always stacks
         logger.info("stacking %d of %d frames onto %s (%s)", len(group.frames[0]), len(ids), reference, method)
-        images, counts = [], []
-        for frames in group.frames:
-            image, used = calib.combine(frames, method=method, sigma=sigma, memory_budget=memory_budget,
-                                        return_count=True, threads=threads)
-            # own copies, independent of the memory maps that are about to be deleted
-            images.append(np.array(image, dtype=np.float32, copy=True))
-            counts.append(np.array(used, dtype=np.uint16, copy=True))
-            frames.clear()
+        combined = _combine_group(group, method=method, sigma=sigma, memory_budget=memory_budget, threads=threads,
+                                  weights=weights, exposures=exposures or {}, fwhm=fwhm or {})
     return StackResult(
-        image=images[0] if planes is None else np.stack(images),
+        image=combined[0].image if planes is None else np.stack([c.image for c in combined]),
         count=group.coverage,
-        used=counts[0] if planes is None else np.stack(counts),
+        used=combined[0].used if planes is None else np.stack([c.used for c in combined]),
         transforms=group.transforms,
         failed=group.failed,
         reference=reference,
         offsets=group.offsets,
+        sigma=combined[0].sigma if planes is None else np.stack([c.sigma for c in combined]),
+        expmap=combined[0].expmap,
+        weights=group.weights,
     )
+
+
+def _combine_group(group: _AlignedGroup, *, method: str, sigma: float, memory_budget: int, threads: int,
+                   weights: str, exposures: Mapping[int, float], fwhm: Mapping[int, float]) -> list[noise.Weighted]:
+    """Combine each plane of the aligned ``group`` with the frames' weights (recorded in
+    ``group.weights``, of the first plane); the warped frames are let go as each plane is done."""
+    stacked = list(group.transforms)  # the frames combined, in order
+    times = [float(exposures.get(i) or 0.0) for i in stacked]
+    out = []
+    for k, frames in enumerate(group.frames):
+        var = group.variances[k]
+        typical = [calib.robust_median(v) if isinstance(v, np.ndarray) else v for v in var]
+        w = [noise.frame_weight(weights, t, fwhm.get(i)) for i, t in zip(stacked, typical, strict=True)]
+        out.append(noise.combine_weighted(frames, var, w, times, method=method, sigma=sigma,
+                                          memory_budget=memory_budget, threads=threads, typical=typical))
+        if k == 0:
+            group.weights = dict(zip(stacked, out[0].weights, strict=True))
+        frames.clear()
+        var.clear()
+    return out
 
 
 @dataclass
@@ -206,6 +232,9 @@ class _AlignedGroup:
     failed: dict[int, str] = field(default_factory=dict)
     offsets: dict[int, float | tuple[float, ...]] = field(default_factory=dict)
     coverage: np.ndarray | None = None  # uint16: frames covering each pixel
+    #: per plane, each frame's warped variance plane or its sky variance (one number)
+    variances: list[list[np.ndarray | float]] = field(default_factory=list)
+    weights: dict[int, float] = field(default_factory=dict)  # frame id -> weight, set when combined
 
 
 def _align_group(
@@ -220,6 +249,7 @@ def _align_group(
     scratch: ScratchArrays,
     planes: Callable[[np.ndarray], np.ndarray] | None = None,
     interpolation: str = "bicubic",
+    variance: Callable[[int], np.ndarray | None] | None = None,
 ) -> _AlignedGroup:
     """Load, align, mask (and split into ``planes``) and warp the frames one at a time, the
     reference first (its grid and sky levels are those of the stack), and keep the warped frames
@@ -232,11 +262,13 @@ def _align_group(
         if t is None:
             continue
         frame = _masked_frame(load, i, masks)
+        var = variance(i) if variance is not None else None
         cube = [frame] if planes is None else list(planes(frame))
         del frame
         if output_shape is None:
             output_shape = (int(cube[0].shape[0]), int(cube[0].shape[1]))
             group.frames = [[] for _ in cube]
+            group.variances = [[] for _ in cube]
         offsets = []
         for k, plane in enumerate(cube):
             # sky level measured before resampling: interpolation smooths the noise and shifts
@@ -253,7 +285,11 @@ def _align_group(
                 offsets.append(_remove_sky_offset(warped, level, ref_sky[k]))
             group.frames[k].append(scratch.keep(warped))
             del warped
-        del cube
+            if var is not None and planes is None:  # bilinear whatever the frame's warp: never negative
+                group.variances[k].append(scratch.keep(warp(var, t, output_shape=output_shape, order=1)))
+            else:
+                group.variances[k].append(calib.robust_stats(plane[::2, ::2])[1] ** 2)
+        del cube, var
         if match_background:
             group.offsets[i] = offsets[0] if planes is None else tuple(offsets)
         group.transforms[i] = t

@@ -26,6 +26,7 @@ from ccdwatch.config import load_config
 from ccdwatch.daemon.watch import Watcher
 from ccdwatch.fitsio import read_product, sha256_file
 from ccdwatch.jobs import memory, tasks
+from ccdwatch.jobs.uncertainty import NoiseSpec
 from ccdwatch.models import Calibrated, Event, Frame, FrameState, Master
 from ccdwatch.pipeline import Pipeline
 from ccdwatch.products import to_fits_header
@@ -154,7 +155,7 @@ def test_estimates_within_a_factor_of_the_measured_peaks(tmp_path):
     spec = tasks.CalibrateSpec(
         frame_id=1, raw_paths=(str(light),), raw_sha256=sha256_file(light), bias_path=str(bias), dark_path=str(dark),
         dark_scale=200.0 / 300.0, flat_path=str(flat), out_path=str(tmp_path / "light.fits"), header={},
-        saturation=None, detect_sigma=5.0, **common)
+        saturation=None, detect_sigma=5.0, noise=NoiseSpec(1.5, "test", 12.0, "test"), **common)
     ratios["calibration"] = memory.need(spec) / measured_peak(tmp_path, "calibrate_light", spec)
     assert all(1.0 <= r <= 1.5 for r in ratios.values()), ratios
 
@@ -321,6 +322,7 @@ def test_a_light_with_nan_and_inf_pixels_is_calibrated_with_them_masked(tmp_path
     expected = calib.calibrate(np.where(bad, 0.0, raw), bias=read_product(masters["bias"])[1],
                                dark=read_product(masters["dark"])[1], dark_scale=dark_scale,
                                flat=read_product(masters["flat"])[1])
-    assert np.array_equal(data[~bad], expected[~bad])
+    expected *= np.float32(head["GAIN"])  # in electrons (the header's EGAIN)
+    assert head["BUNIT"] == "electron" and np.array_equal(data[~bad], expected[~bad])
     assert fwhm == pytest.approx(truth.fwhm, rel=0.15)
     cat.close()

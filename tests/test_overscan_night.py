@@ -34,15 +34,19 @@ def reduce_night(tmp, **overscan):
 
 
 def sky_levels(cat):
-    """Per light (observing order): the median of the calibrated product, and its shape."""
+    """Per light (observing order): the median of the calibrated product in ADU (products are in
+    electrons when the gain is known: divided by their GAIN), and its shape."""
     with cat.reader() as s:
         lights = s.scalars(select(Frame).where(Frame.imagetyp == "light").order_by(Frame.date_obs)).all()
         products = [s.scalar(select(Calibrated).where(Calibrated.frame_id == f.id, Calibrated.current))
                     for f in lights]
         assert all(p is not None for p in products)
-        images = [read_product(p.path)[1] for p in products]
+        read = [read_product(p.path) for p in products]
+    adu = [h["GAIN"] if h.get("BUNIT") == "electron" else 1.0 for h, _ in read]
+    images = [i for _, i in read]
     # the data region (an untrimmed frame's overscan columns are NaN: divided by a flat of ~0)
-    return np.array([float(np.nanmedian(i[:, :CAMERA.shape[1]])) for i in images]), {i.shape for i in images}
+    return (np.array([float(np.nanmedian(i[:, :CAMERA.shape[1]])) / g for i, g in zip(images, adu, strict=True)]),
+            {i.shape for i in images})
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ Ground truth comes from :mod:`ccdwatch.synth`; the real night is in test_real_ni
 
 from __future__ import annotations
 
+import math
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from astropy.io import fits
 from sqlalchemy import func, select
 
-from ccdwatch import synth
+from ccdwatch import calib, noise, synth
 from ccdwatch.catalog import Catalog
 from ccdwatch.daemon.watch import Watcher
 from ccdwatch.fitsio import read_product
@@ -88,13 +89,22 @@ def test_lights_calibrated_with_scaled_dark_and_flat(night):
             assert c.dark_scale == pytest.approx(200.0 / 300.0)
             flat = s.get(Master, c.flat_id)
             assert flat.filter == f.filter
-            data = read_product(c.path)[1]
-            # Sky level = 2 ADU/s x 200 s, flat across the field (vignetting removed).
+            header, data = read_product(c.path)
+            # Sky level = 2 ADU/s x 200 s, flat across the field (vignetting removed), in electrons:
+            # the header's EGAIN (the camera's gain) times the ADU
+            assert header["BUNIT"] == "electron" and header["GAIN"] == CAMERA.gain
+            assert "EGAIN" in header.comments["GAIN"]
             ny, nx = data.shape
             blocks = data[: ny // 32 * 32, : nx // 32 * 32].reshape(ny // 32, 32, nx // 32, 32)
-            block_medians = np.median(blocks, axis=(1, 3))
+            block_medians = np.median(blocks, axis=(1, 3)) / CAMERA.gain
             assert np.median(block_medians) == pytest.approx(400.0, abs=5.0)
             assert np.percentile(block_medians, 95) - np.percentile(block_medians, 5) < 12.0
+            # the uncertainty plane: sqrt(sky e- + read noise^2 ...) on the sky, in electrons too
+            sigma = fits.getdata(c.path, "UNCERT")
+            sky_e = 400.0 * CAMERA.gain + (200.0 * CAMERA.dark_current) * CAMERA.gain
+            floor = math.sqrt(sky_e + (CAMERA.read_noise * CAMERA.gain) ** 2)
+            assert np.nanmedian(sigma) == pytest.approx(floor, rel=0.05)
+            assert header["RDNOISE"] == pytest.approx(CAMERA.read_noise * CAMERA.gain, rel=0.05)
             assert f.n_stars >= 10 and 2.0 < f.fwhm < 4.5
 
 
@@ -116,6 +126,31 @@ def test_one_stack_per_filter(night):
             assert hdul[0].header["REFFILE"] == Path(reference.path).name
             ref = members["RAWSHA"] == reference.sha256
             assert np.allclose(members["MATRIX"][ref][0], np.eye(3).ravel())
+            # inverse-variance weights (relative to the largest), uncertainty and exposure map, in electrons
+            assert hdul[0].header["WEIGHTS"] == "ivar" and hdul[0].header["BUNIT"] == "electron"
+            assert np.all((members["WEIGHT"] > 0.5) & (members["WEIGHT"] <= 1.0)) and members["WEIGHT"].max() == 1.0
+            assert hdul["EXPMAP"].data.max() == 800.0 and hdul["EXPMAP"].header["BUNIT"] == "s"
+            full = hdul["NFRAMES"].data == 4
+            sigma = hdul["UNCERT"].data[full]
+            # the predicted sigma of 4 frames of about equal depth: one frame's / 2 and one frame's
+            # (the reference's, not warped) is its measured sky noise
+            product = s.scalar(select(Calibrated).where(Calibrated.frame_id == reference.id, Calibrated.current))
+            one = fits.getdata(product.path, "UNCERT")
+            # (times the 3-sigma clipping's own cost for 4 values, `noise.clip_excess`: ~1.1 in variance)
+            excess = noise.clip_excess([1.0] * 4, [1.0] * 4, sigma=3.0)
+            assert 1.03 < excess < 1.2
+            assert np.median(sigma) == pytest.approx(np.nanmedian(one) / 2 * math.sqrt(excess), rel=0.03)
+            index = [p.name for p in truth.files["light"]].index(Path(reference.path).name)
+            starlight = synth.render_stars(CAMERA.shape, truth.light_stars(index), fwhm=truth.fwhm, exptime=200.0)
+            sky = (starlight < 0.01) & ~synth.hot_pixels(CAMERA)  # truly star-free pixels
+            ref_noise = np.std(fits.getdata(product.path)[sky])
+            assert ref_noise == pytest.approx(np.sqrt(np.mean(np.square(one[sky]))), rel=0.03)
+            # the stack's measured noise is lower: interpolation at random sub-pixel shifts averages
+            # neighbours (the default bicubic keeps ~0.87 of a frame's noise, bilinear ~0.68:
+            # benchmarks/warp.py); the warped variance is conservative per pixel and right for sums
+            # over a few pixels
+            measured = calib.robust_stats(hdul[0].data[full])[1]
+            assert 0.8 < measured / np.median(sigma) < 1.0, (measured, np.median(sigma))
 
 
 def test_products_are_named_and_labelled_by_content_not_ids(night):

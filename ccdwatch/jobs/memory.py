@@ -127,21 +127,24 @@ def _loads(size: FrameSize, masters: list[bool]) -> tuple[int, int]:
     return peak, held
 
 
-def calibration(size: FrameSize, *, bias: bool, dark: bool, flat: bool, overscan: bool = False) -> int:
+def calibration(size: FrameSize, *, bias: bool, dark: bool, flat: bool, overscan: bool = False,
+                uncertainty: bool = False) -> int:
     """Peak bytes of `tasks.calibrate_light` for one light with the masters named.
 
     Phases: reading the masters (dark, bias, flat; each read holds three times its image for a
-    moment), then the raw frame; calibrating (raw + masters + the float32 result); measuring (the
-    result, the bad-pixel mask, the hot-pixel map and `qa.measure`'s arrays; the masters only when
-    they stay cached, the raw frame no more). With ``overscan`` the raw frame's trimmed float32
-    copy is held beside it while calibrating (sizes are the raw frame's: the trimmed ones are less).
+    moment), then the raw frame; calibrating (raw + masters + the float32 result, and its
+    float32 uncertainty when the gain is known); measuring (the result, the uncertainty, the
+    bad-pixel mask, the hot-pixel map and `qa.measure`'s arrays; the masters only when they stay
+    cached, the raw frame no more). With ``overscan`` the raw frame's trimmed float32 copy is held
+    beside it while calibrating (sizes are the raw frame's: the trimmed ones are less).
     """
     p = size.pixels
     load, held = _loads(size, [True] * dark + [False] * bias + [False] * flat)
     cached = held <= MASTER_CACHE_BYTES
     read = held + read_raw_peak(size)
-    calibrate = held + size.raw + size.f32 * (2 if overscan else 1)
-    measure = size.f32 + p + (held if cached else (p if dark else 0)) + QA_PER_PIXEL * p
+    sigma = size.f32 if uncertainty else 0
+    calibrate = held + size.raw + size.f32 * (2 if overscan else 1) + sigma
+    measure = size.f32 + sigma + p + (held if cached else (p if dark else 0)) + QA_PER_PIXEL * p
     return max(load, read, calibrate, measure) + SLACK
 
 
@@ -173,21 +176,23 @@ def master(size: FrameSize, *, kind: str, n: int, threads: int, budget: int, bia
 def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "sigma_clip") -> int:
     """Peak bytes of `tasks.stack_group` aligning and combining ``n`` calibrated frames.
 
-    Phases: reading each product (image and bad-pixel map) for its sources, keeping the images
-    when all fit an eighth of ``budget``; aligning one frame at a time (the frame read, then
-    warped, beside the coverage map; the warped frames in RAM when all fit a quarter of
-    ``budget``, else memory-mapped); combining (the stack, its counts and their copies); writing
-    (astropy's big-endian copy) and the preview.
+    Phases: reading each product (image, uncertainty and bad-pixel map) for its sources, keeping
+    the images and variances when all fit an eighth of ``budget``; aligning one frame at a time
+    (the frame and its variance read, then warped, beside the coverage map; the warped frames and
+    variances in RAM when all fit a quarter of ``budget``, else memory-mapped); combining (the
+    stack, its uncertainty, exposure map and counts); writing (astropy's big-endian copies) and the
+    preview.
     """
     p = size.pixels
-    images = n * size.f32 if n * size.f32 <= budget // 8 else 0
-    warped = n * size.f32 if n * size.f32 <= budget // 4 else 0
+    images = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 8 else 0
+    warped = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 4 else 0
     held = images + warped + 2 * p
-    read = held + read_product_peak(size, mask=True)
-    align = held + size.f32 + WARP_PER_PIXEL * p
-    strips = combine_peak(size, n, method=method, threads=threads, budget=budget)
-    combine = warped + 2 * p + 2 * (size.f32 + 2 * p) + strips
-    write = 2 * size.f32 + 4 * p + max(size.f32, 7 * p)
+    read = held + read_product_peak(size, mask=True) + size.f32  # two planes read, then converted
+    align = held + 2 * size.f32 + WARP_PER_PIXEL * p
+    strips = combine_peak(size, 2 * n, method=method, threads=threads, budget=budget)  # frames and variances
+    combine = warped + 2 * p + 3 * size.f32 + 2 * p + strips
+    # written (image, UNCERT, EXPMAP, a big-endian copy), then the preview once UNCERT and EXPMAP are let go
+    write = max(4 * size.f32 + 4 * p, 2 * size.f32 + 4 * p + 7 * p)
     return max(read, align, combine, write) + SLACK
 
 
@@ -207,8 +212,10 @@ def need(spec: Any) -> int | None:
     if size is None:
         return None
     if isinstance(spec, tasks.CalibrateSpec):
+        plane = bool(spec.noise and spec.noise.gain and spec.noise.plane)
         return calibration(size, bias=spec.bias_path is not None, dark=spec.dark_path is not None,
-                           flat=spec.flat_path is not None, overscan=spec.overscan is not None)
+                           flat=spec.flat_path is not None, overscan=spec.overscan is not None,
+                           uncertainty=plane)
     if isinstance(spec, tasks.MasterSpec):
         return master(size, kind=spec.kind, n=len(spec.frames), threads=spec.threads, budget=spec.memory_budget,
                       bias=spec.bias_path is not None, dark=spec.dark_path is not None, method=spec.method,

@@ -14,7 +14,7 @@ import logging
 import os
 import resource
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +39,12 @@ from ccdwatch.headers import (
     header_to_jsonable,
     normalise,
 )
-from ccdwatch.jobs import memory
+from ccdwatch.jobs import memory, uncertainty
 from ccdwatch.jobs.raws import RawGone as RawGone  # re-exported: where the pipeline has always found them
 from ccdwatch.jobs.raws import load_raw as load_raw
 from ccdwatch.jobs.raws import overscan_cards
 from ccdwatch.jobs.raws import prepare as prepare_raw
+from ccdwatch.jobs.stackcards import stack_cards, width
 from ccdwatch.overscan import OverscanPlan
 from ccdwatch.products import to_fits_header
 from ccdwatch.scratch import ScratchArrays
@@ -173,6 +174,7 @@ def load_master(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     hdus = read_product_hdus(path)
     data = np.asarray(hdus[0].data, dtype=np.float32)
     hot = np.asarray(hdus["HOTPIX"].data).astype(bool) if "HOTPIX" in hdus else None
+    uncertainty.remember(path, hdus[0].header)
     del hdus
     _MASTERS[path] = (data, hot)
     return data, hot
@@ -181,6 +183,7 @@ def load_master(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 def use_masters(*paths: str | None) -> None:
     """A job starts that needs these masters: forget every other one the worker holds."""
     wanted = {p for p in paths if p}
+    uncertainty.forget(list(wanted))
     for path in [p for p in _MASTERS if p not in wanted]:
         del _MASTERS[path]
 
@@ -275,6 +278,7 @@ def build_master(spec: MasterSpec) -> MasterResult:
         arrays = [a for a, _ in prepared]
         scales = [k for _, k in prepared] if spec.kind == "flat" and not spec.bayer_pattern else []
         del prepared, first
+        noise_cards = uncertainty.master_cards(spec.kind, arrays, scales, spec.method)
         masters.clear()
         release_masters()  # large masters are not held through the combination
         combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
@@ -282,16 +286,17 @@ def build_master(spec: MasterSpec) -> MasterResult:
         del arrays
     if spec.kind == "flat":
         combined = colour.normalise_flat(combined, spec.bayer_pattern)
-    return _write_master(spec, combined, tuple(levels) if spec.overscan is not None else ())
+    return _write_master(spec, combined, noise_cards, tuple(levels) if spec.overscan is not None else ())
 
 
-def _write_master(spec: MasterSpec, combined: np.ndarray, levels: tuple[float | None, ...] = ()) -> MasterResult:
+def _write_master(spec: MasterSpec, combined: np.ndarray, cards: dict[str, Any],
+                  levels: tuple[float | None, ...] = ()) -> MasterResult:
     """The master's FITS file (image, INPUTS table, hot-pixel map of a dark) and preview."""
     hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
     pattern = spec.bayer_pattern
     level, noise = colour.mosaic_stats(combined, pattern) if pattern else calib.robust_stats(combined)
     extra = {"HOTPIX": (int(hot.sum()), "hot pixels in the HOTPIX extension")} if hot is not None else {}
-    header = to_fits_header({**spec.header, **extra})
+    header = to_fits_header({**spec.header, **extra, **cards})
     for ch, (med, sig) in (colour.channel_stats(combined, pattern) if pattern else {}).items():
         header[f"LEVEL_{ch}"] = (med, f"median of the {ch} pixels")
         header[f"NOISE_{ch}"] = (sig, f"robust sigma of the {ch} pixels")
@@ -299,7 +304,7 @@ def _write_master(spec: MasterSpec, combined: np.ndarray, levels: tuple[float | 
     overscan_cards(header, spec.overscan, float(np.mean(known)) if known else None, combined.shape,
                    what=" (inputs' mean)")
     table = fits.BinTableHDU.from_columns(  # content, not catalogue ids: the same bytes in any order
-        [fits.Column(name="FILE", format=f"{_width(n for n, _ in spec.inputs_table)}A",
+        [fits.Column(name="FILE", format=f"{width(n for n, _ in spec.inputs_table)}A",
                      array=np.array([n for n, _ in spec.inputs_table])),
          fits.Column(name="SHA256", format="64A", array=np.array([h for _, h in spec.inputs_table]))],
         name="INPUTS")
@@ -311,11 +316,6 @@ def _write_master(spec: MasterSpec, combined: np.ndarray, levels: tuple[float | 
     if spec.preview_path:
         preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern)
     return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview, levels)
-
-
-def _width(texts: Iterable[str]) -> int:
-    """Width of a FITS text column that holds every one of ``texts`` (at least 1)."""
-    return max([1, *(len(t.encode("utf-8", "replace")) for t in texts)])
 
 
 def _safe_preview(kind: str, data: np.ndarray, path: str, title: str, pattern: str | None = None) -> str | None:
@@ -353,10 +353,10 @@ class CalibrateSpec:
     shape: tuple[int, int, int] | None = None
     """(ny, nx, BITPIX) of the light, from the catalogue (`ccdwatch.jobs.memory`)."""
     cosmic_rays: str = "fast"  # `ccdwatch.cosmics.METHODS`
-    gain: float | None = None  # e-/ADU when known (the cosmic-ray noise model), else from the sky
     overscan: OverscanPlan | None = None
     """The light's overscan plan (its masters were made with the same: the camera key holds it)."""
     compression: Compression | None = None  # [products] compress
+    noise: uncertainty.NoiseSpec | None = None  # gain and read noise: units, the UNCERT plane, cosmic rays
 
 
 @dataclass(frozen=True)
@@ -425,12 +425,17 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
                    allow_compressed=spec.allow_compressed)
     image, raw, level = prepare_raw(raw, spec.overscan)  # the overscan first; raw: its data section
     data = calib.calibrate(image, bias=bias, dark=dark, dark_scale=spec.dark_scale, flat=flat)
+    # the Poisson term counts what the pixel collected: the overscan-subtracted, trimmed frame
+    unc = uncertainty.light_noise(spec.noise, image, data, masters={"bias": bias, "dark": dark, "flat": flat},
+                                  paths={"bias": spec.bias_path, "dark": spec.dark_path, "flat": spec.flat_path},
+                                  dark_scale=spec.dark_scale)
     del bias, dark, flat, image
     release_masters()
     saturation = saturation_level(raw, spec.saturation)
     mask, saturated_fraction, nonfinite = _pixel_masks(raw, data, saturation, hot)
     del raw
-    rays = None if spec.bayer_pattern else cosmics.find(data, spec.cosmic_rays, mask=mask, gain=spec.gain)
+    rays = None if spec.bayer_pattern else cosmics.find(data, spec.cosmic_rays, mask=mask,
+                                                            gain=spec.noise.gain if spec.noise else None)
     if rays is not None:  # kept out of the sources and the quality, like hot pixels
         mask |= rays.mask
     if spec.bayer_pattern:
@@ -439,18 +444,20 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     else:
         quality, sources = qa.measure(data, saturation=None, detect_sigma=spec.detect_sigma, mask=mask)
     del mask
-    extra = {"SATLEVEL": (float(saturation), "raw saturation level used, ADU")}
+    columns = {n: np.array(getattr(sources, n), dtype=np.float32) for n in ("x", "y", "flux", "fwhm", "elongation")}
+    cards, planes = unc.finish(data, columns["flux"])  # quality (catalogue) in ADU, the product in BUNIT
+    extra = {**cards, "SATLEVEL": (float(saturation), "raw saturation level used, ADU")}
     if rays is not None:
         extra["NCOSMIC"] = (rays.hits, f"cosmic-ray hits masked (BADPIX bit {cosmics.BAD_COSMIC}), {spec.cosmic_rays}")
     header = to_fits_header({**spec.header, **extra})
     overscan_cards(header, spec.overscan, level, data.shape)
     table = fits.BinTableHDU.from_columns(
-        [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
-         for n in ("x", "y", "flux", "fwhm", "elongation")], name="SOURCES")
+        [fits.Column(name=n.upper(), format="E", array=a) for n, a in columns.items()], name="SOURCES")
     hdus = fits.HDUList([fits.PrimaryHDU(data, header=header), table])
     badpix = cosmics.bad_pixel_plane(hot, rays.mask if rays is not None else None)
     if badpix is not None:
         hdus.append(fits.ImageHDU(badpix, name="BADPIX"))
+    hdus.extend(planes)
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
     if spec.preview_path:
         _safe_preview("light", data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
@@ -483,6 +490,8 @@ class StackSpec:
     """(ny, nx, BITPIX) of the lights, from the catalogue (`ccdwatch.jobs.memory`)."""
     interpolation: str = "bicubic"  # the warp (`ccdwatch.align.warp`'s method)
     compression: Compression | None = None  # [products] compress
+    weights: str = "ivar"  # stack.weights (`ccdwatch.noise.frame_weight`), with each frame's FWHM:
+    fwhm: dict[int, float] = field(default_factory=dict)
 
 
 def _masked_image(hdus: fits.HDUList) -> np.ndarray:
@@ -509,6 +518,8 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     use_masters()
     sources: dict[int, qa.Sources] = {}
     images: dict[int, np.ndarray] = {}
+    variances: dict[int, np.ndarray | None] = {}  # UNCERT^2 of each frame, from when it is read to its warp
+    units: dict[int, str] = {}
     keep_images: bool | None = None  # the images read for the source lists, kept if they fit
     for fid, path in spec.products.items():
         hdus = read_product_hdus(path)
@@ -518,14 +529,21 @@ def stack_group(spec: StackSpec) -> StackJobResult:
                                   elongation=np.asarray(tab["ELONGATION"], float))
         if keep_images is None:  # an eighth of the budget: the warped copies may take a quarter
             size = hdus[0].data.size if hdus[0].data is not None else None
-            keep_images = size is not None and size * 4 * len(spec.products) <= spec.memory_budget // 8
+            keep_images = size is not None and size * 8 * len(spec.products) <= spec.memory_budget // 8
+        units[fid] = str(hdus[0].header.get("BUNIT", "adu"))
         if keep_images:
             images[fid] = _masked_image(hdus)
+            variances[fid] = uncertainty.input_variance(hdus, images[fid])
         del hdus, tab
 
     def load(fid: int) -> np.ndarray:  # each image read once when the group is small enough
         # bad pixels (hot) are NaN already: no frame's mask is held while the others align
-        return images.pop(fid) if fid in images else _masked_image(read_product_hdus(spec.products[fid]))
+        if fid in images:
+            return images.pop(fid)
+        hdus = read_product_hdus(spec.products[fid])
+        image = _masked_image(hdus)
+        variances[fid] = uncertainty.input_variance(hdus, image)
+        return image
 
     Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
@@ -533,11 +551,17 @@ def stack_group(spec: StackSpec) -> StackJobResult:
                                        sources, spec.reference, masks=None, method=spec.method, sigma=spec.sigma,
                                        memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads,
                                        planes=_demosaicer(spec.bayer_pattern, spec.demosaic),
-                                       interpolation=spec.interpolation)
-    header, table = _stack_cards(spec, result)
+                                       interpolation=spec.interpolation,
+                                       variance=lambda fid: variances.pop(fid, None), weights=spec.weights,
+                                       exposures={fid: t for fid, _, t in spec.members}, fwhm=spec.fwhm)
+    header, table = stack_cards(spec, result)
+    header["BUNIT"] = (units.get(result.reference, "adu"), "unit of the image and of UNCERT")
     hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),
-                         fits.ImageHDU(result.count, name="NFRAMES"), table])
+                         fits.ImageHDU(result.count, name="NFRAMES"), table,
+                         *uncertainty.stack_planes(result.sigma, result.expmap, header["BUNIT"])])
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
+    del hdus
+    result.sigma = result.expmap = None  # not held through the preview (`memory.stack`)
     preview = _safe_preview("stack", result.image, spec.preview_path, spec.preview_title) if spec.preview_path else None
     return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},
                           dict(result.failed), preview)
@@ -548,42 +572,3 @@ def _demosaicer(pattern: str | None, method: str) -> Callable[[np.ndarray], np.n
     if not pattern:
         return None
     return functools.partial(colour.demosaic, pattern=pattern, method=method)
-
-
-def _stack_cards(spec: StackSpec, result: stack.StackResult) -> tuple[fits.Header, fits.BinTableHDU]:
-    """The stack's header and MEMBERS table: every member, used or rejected, by raw sha256 and
-    file name (never by catalogue id), with its calibrated product's sha256 and its transform."""
-    def raw_sha(fid: int) -> str:
-        return spec.labels.get(fid, ("", ""))[0]
-
-    def name(fid: int) -> str:
-        return spec.labels.get(fid, ("", str(fid)))[1]
-
-    header = to_fits_header(spec.header)
-    header["REFSHA"] = raw_sha(result.reference)  # 64 hex digits: no room left for a comment
-    header["REFFILE"] = name(result.reference)
-    reasons = dict(spec.rejected)
-    reasons.update({fid: f"alignment failed: {why}" for fid, why in result.failed.items()})
-    used = [fid for fid, *_ in spec.members if fid not in reasons]
-    header["NCOMBINE"] = (len(used), "frames combined")
-    header["NREJECT"] = (len(reasons), "frames rejected (see the MEMBERS table)")
-    header["TOTEXP"] = (float(sum(t for fid, _, t in spec.members if fid in used)), "total exposure combined, s")
-    for fid, *_ in spec.members:
-        if fid in reasons:
-            header.add_history(f"rejected {name(fid)}: {reasons[fid]}"[:70])
-    ids = [m[0] for m in spec.members]
-    matrices = {fid: t.array.ravel() for fid, t in result.transforms.items()}
-    table = fits.BinTableHDU.from_columns([
-        fits.Column(name="FILE", format=f"{_width(name(i) for i in ids)}A", array=np.array([name(i) for i in ids])),
-        fits.Column(name="RAWSHA", format="64A", array=np.array([raw_sha(i) for i in ids])),
-        fits.Column(name="SHA256", format="64A", array=np.array([m[1] for m in spec.members])),
-        fits.Column(name="EXPTIME", format="D", array=np.array([m[2] for m in spec.members])),
-        fits.Column(name="USED", format="L", array=np.array([i in used for i in ids])),
-        fits.Column(name="REASON", format="80A", array=np.array([reasons.get(i, "")[:80] for i in ids])),
-        fits.Column(name="MATRIX", format="9D", array=np.array([matrices.get(i, np.full(9, np.nan)) for i in ids])),
-        fits.Column(name="N_MATCH", format="J",
-                    array=np.array([result.transforms[i].n_matches if i in result.transforms else -1 for i in ids])),
-        fits.Column(name="RMS_PX", format="E",
-                    array=np.array([result.transforms[i].rms if i in result.transforms else np.nan for i in ids])),
-    ], name="MEMBERS")
-    return header, table

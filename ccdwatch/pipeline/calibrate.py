@@ -23,9 +23,11 @@ from ccdwatch.catalog.queries import (
     waiting_light_ids,
     waiting_signature,
 )
+from ccdwatch.detector import detector_values
 from ccdwatch.fitsio.names import fits_stem
 from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.jobs import memory, tasks
+from ccdwatch.jobs.uncertainty import NoiseSpec
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.overscan import OverscanPlan
 from ccdwatch.pipeline.context import Context
@@ -195,9 +197,11 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         preview_path=str(preview_path(out)) if ctx.cfg.report.light_previews else None,
         min_free_bytes=ctx.min_free, bayer_pattern=frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
         shape=memory.raw_shape(frame.naxis1, frame.naxis2, (frame.header or {}).get("BITPIX")),
-        cosmic_rays=ctx.cfg.calibration.cosmic_rays, gain=frame.egain if frame.egain and frame.egain > 0 else None,
+        cosmic_rays=ctx.cfg.calibration.cosmic_rays,
         overscan=OverscanPlan.from_json(frame.overscan),
         compression=ctx.compression,
+        noise=NoiseSpec(**vars(detector_values(frame.header or {}, frame.instrument, ctx.cfg.detector)),
+                        plane=cal.uncertainty),
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,

@@ -209,7 +209,7 @@ def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: 
         BIASSUB=bias is not None, **master_cards("BIAS", bias),
         DARKSUB=dark is not None, **master_cards("DARK", dark), DARKSCL=dark_scale,
         DATE_BEG=min(dates).isoformat() if dates else None, DATE_END=max(dates).isoformat() if dates else None,
-        CALIBKEY=short_hash(str(key), 16),
+        CALIBKEY=short_hash(str(key), 16), BUNIT="adu" if kind != "flat" else None,
         # a mosaic master: its pattern as stored (the key holds it too: only frames of this pattern)
         BAYERPAT=sample.bayer_pattern, XBAYROFF=0 if sample.bayer_pattern else None,
         YBAYROFF=0 if sample.bayer_pattern else None, ROWORDER="TOP-DOWN" if sample.bayer_pattern else None,

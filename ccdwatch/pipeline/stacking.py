@@ -172,7 +172,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
                 None, IMAGETYP="Stack", OBJECT=target, FILTER=ref_frame.filter, EXPTIME=ref_frame.exptime,
                 INSTRUME=ref_frame.instrument, TELESCOP=ref_frame.telescope, NIGHT=night,
                 COMBMETH=st.method, CLIPSIG=st.sigma if st.method == "sigma_clip" else None, INTERP=st.interpolation,
-                STACKV=version, BUNIT="adu",
+                STACKV=version, WEIGHTS=(st.weights, "frame weights (stack.weights)"),
             ),
             members=tuple((f.id, products[f.id].sha256, f.exptime or 0.0) for f in frames),
             labels={f.id: (content_hash(f), raw_name(f)) for f in frames},
@@ -181,6 +181,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
             preview_title=(f"{target} {ref_frame.filter or ''} - {len(usable)} x {ref_frame.exptime or 0:g} s"
                            f" - night {night}"),
             min_free_bytes=ctx.min_free, bayer_pattern=ref_frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
+            weights=st.weights, fwhm={f.id: f.fwhm for f in frames if f.fwhm},
             shape=memory.raw_shape(ref_frame.naxis1, ref_frame.naxis2, (ref_frame.header or {}).get("BITPIX")),
             interpolation=st.interpolation,
             compression=ctx.compression,
