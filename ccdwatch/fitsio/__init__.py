@@ -25,7 +25,7 @@ from __future__ import annotations
 from ccdwatch.fitsio.atomic import DiskFull, sweep_temp_files, write_bytes_atomic, write_product
 from ccdwatch.fitsio.layout import BLOCK_SIZE
 from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
-from ccdwatch.fitsio.product import read_product, read_product_hdus, sha256_file
+from ccdwatch.fitsio.product import read_product, read_product_hdus, read_product_table, sha256_file
 from ccdwatch.fitsio.raw import RawFrame, read_raw
 from ccdwatch.fitsio.rejected import RejectedFile
 
@@ -39,6 +39,7 @@ __all__ = [
     "is_temp_name",
     "read_product",
     "read_product_hdus",
+    "read_product_table",
     "read_raw",
     "safe_component",
     "safe_product_path",

@@ -27,6 +27,7 @@ from ccdwatch import calib, colour, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
     RejectedFile,
     read_product_hdus,
+    read_product_table,
     read_raw,
     write_product,
 )
@@ -506,17 +507,15 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     images: dict[int, np.ndarray] = {}
     keep_images: bool | None = None  # the images read for the source lists, kept if they fit
     for fid, path in spec.products.items():
-        hdus = read_product_hdus(path)
-        tab = hdus["SOURCES"].data
+        tab, size = read_product_table(path, "SOURCES")  # headers and the table only
         sources[fid] = qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
                                   flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
                                   elongation=np.asarray(tab["ELONGATION"], float))
         if keep_images is None:  # an eighth of the budget: the warped copies may take a quarter
-            size = hdus[0].data.size if hdus[0].data is not None else None
-            keep_images = size is not None and size * 4 * len(spec.products) <= spec.memory_budget // 8
+            keep_images = size > 0 and size * 4 * len(spec.products) <= spec.memory_budget // 8
         if keep_images:
-            images[fid] = _masked_image(hdus)
-        del hdus, tab
+            images[fid] = _masked_image(read_product_hdus(path))
+        del tab
 
     def load(fid: int) -> np.ndarray:  # each image read once when the group is small enough
         # bad pixels (hot) are NaN already: no frame's mask is held while the others align
