@@ -563,7 +563,9 @@ def calibrate(
         block = np.array(raw[rows], dtype=np.float64)
         if bias is not None:
             block -= bias[rows]
-        if dark is not None:
+        if dark is not None and dark_scale == 1.0:  # a matched dark: the same values, no product
+            block -= dark[rows]
+        elif dark is not None:
             block -= dark[rows].astype(np.float64) * dark_scale
         if flat is not None:
             f = flat[rows].astype(np.float64)
