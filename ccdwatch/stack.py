@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -144,7 +146,8 @@ def align_and_stack(
         Subtract from each frame the difference between its sky level and the reference's
         (additive offset) before combining, so that a changing sky does not bias the clipping.
     threads : int
-        Threads for the combination (`ccdwatch.calib.combine`); the result does not depend on it.
+        Threads for reading and warping the frames (when that many in flight fit the budget) and
+        for the combination (`ccdwatch.calib.combine`); the result does not depend on it.
     planes : callable, optional
         ``planes(frame)`` splits a loaded (and masked) frame into planes of its shape, e.g.
         `ccdwatch.colour.demosaic` for a colour mosaic (R, G, B): each plane is warped with the
@@ -168,7 +171,8 @@ def align_and_stack(
     n_planes = 1 if planes is None else 3
     with ScratchArrays(workdir, count=len(ids) * n_planes, budget=memory_budget // 4, prefix="stack-") as scratch:
         group = _align_group(ids, load, sources, reference, masks=masks, order=order,
-                             match_background=match_background, scratch=scratch, planes=planes)
+                             match_background=match_background, scratch=scratch, planes=planes,
+                             threads=threads, memory_budget=memory_budget)
         if not group.frames or not group.frames[0] or group.coverage is None:  # pragma: no cover
             raise ValueError(f"nothing to stack: {group.failed}")  # the reference always stacks
         logger.info("stacking %d of %d frames onto %s (%s)", len(group.frames[0]), len(ids), reference, method)
@@ -203,6 +207,16 @@ class _AlignedGroup:
     coverage: np.ndarray | None = None  # uint16: frames covering each pixel
 
 
+@dataclass
+class _Warped:
+    """One frame ready to join the stack: its transform, planes' sky levels and warped planes."""
+
+    index: int
+    transform: Transform
+    levels: list[float]
+    planes: list[np.ndarray]
+
+
 def _align_group(
     ids: Sequence[int],
     load: Callable[[int], np.ndarray],
@@ -214,44 +228,86 @@ def _align_group(
     match_background: bool,
     scratch: ScratchArrays,
     planes: Callable[[np.ndarray], np.ndarray] | None = None,
+    threads: int = 1,
+    memory_budget: int = 1 << 30,
 ) -> _AlignedGroup:
-    """Load, align, mask (and split into ``planes``) and warp the frames one at a time, the
-    reference first (its grid and sky levels are those of the stack), and keep the warped frames
-    in ``scratch``."""
+    """Load, align, mask (and split into ``planes``) and warp the frames, the reference first (its
+    grid and sky levels are those of the stack), and keep the warped frames in ``scratch``.
+
+    The transforms are found first, in order; then with ``threads`` > 1, and when that many frames
+    in flight fit a quarter of ``memory_budget`` (~16 bytes a pixel each), the next frames are
+    read and warped by worker threads (reading, OpenCV's warp and numpy release the GIL) while
+    this one keeps the last: the same frames, in the same order, as one at a time.
+    """
     group = _AlignedGroup()
-    output_shape: tuple[int, int] | None = None
-    ref_sky: list[float] = []
-    for i in [reference] + [i for i in ids if i != reference]:
-        t = _frame_transform(i, reference, sources, group.failed)
-        if t is None:
-            continue
-        frame = _masked_frame(load, i, masks)
-        cube = [frame] if planes is None else list(planes(frame))
-        del frame
-        if output_shape is None:
-            output_shape = (int(cube[0].shape[0]), int(cube[0].shape[1]))
-            group.frames = [[] for _ in cube]
-        offsets = []
-        for k, plane in enumerate(cube):
-            # sky level measured before resampling: interpolation smooths the noise and shifts
-            # the median of a star field by ~0.01 sigma, which would bias the offsets
-            level = _sky_level(plane) if match_background else math.nan
-            warped = warp(plane, t, output_shape=output_shape, order=order)
-            if k == 0:  # a missing pixel is missing in every plane (`ccdwatch.colour.demosaic`)
-                if group.coverage is None:
-                    group.coverage = np.zeros(output_shape, dtype=np.uint16)
-                group.coverage += np.isfinite(warped)
-            if match_background:
-                if i == reference:
-                    ref_sky.append(level)
-                offsets.append(_remove_sky_offset(warped, level, ref_sky[k]))
-            group.frames[k].append(scratch.keep(warped))
-            del warped
-        del cube
-        if match_background:
-            group.offsets[i] = offsets[0] if planes is None else tuple(offsets)
-        group.transforms[i] = t
+    order_ids = [reference] + [i for i in ids if i != reference]
+    transforms = {i: t for i in order_ids if (t := _frame_transform(i, reference, sources, group.failed)) is not None}
+    first = _prepare(reference, transforms[reference], load, masks, planes, order, match_background, None)
+    output_shape = (int(first.planes[0].shape[0]), int(first.planes[0].shape[1]))
+    group.frames = [[] for _ in first.planes]
+    ref_sky = first.levels
+    _keep_warped(group, first, ref_sky, scratch, match_background)
+    del first
+    rest = [i for i in order_ids[1:] if i in transforms]
+    per_frame = 16 * output_shape[0] * output_shape[1] * len(group.frames)
+    workers = max(1, min(int(threads), len(rest)))
+    if workers > 1 and (workers + 1) * per_frame > memory_budget // 4:
+        workers = 1
+
+    def prepare(i: int) -> _Warped:
+        return _prepare(i, transforms[i], load, masks, planes, order, match_background, output_shape)
+
+    if workers == 1:
+        for i in rest:
+            _keep_warped(group, prepare(i), ref_sky, scratch, match_background)
+        return group
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[_Warped]] = deque(pool.submit(prepare, i) for i in rest[:workers])
+        queued = iter(rest[workers:])
+        while pending:
+            done = pending.popleft().result()
+            if (nxt := next(queued, None)) is not None:
+                pending.append(pool.submit(prepare, nxt))
+            _keep_warped(group, done, ref_sky, scratch, match_background)
+            del done
     return group
+
+
+def _prepare(
+    i: int, t: Transform, load: Callable[[int], np.ndarray], masks: Mapping[int, np.ndarray | None] | None,
+    planes: Callable[[np.ndarray], np.ndarray] | None, order: int, match_background: bool,
+    output_shape: tuple[int, int] | None,
+) -> _Warped:
+    """Frame ``i`` loaded, masked, split into planes, each plane's sky level and its warp."""
+    frame = _masked_frame(load, i, masks)
+    cube = [frame] if planes is None else list(planes(frame))
+    del frame
+    shape = output_shape or (int(cube[0].shape[0]), int(cube[0].shape[1]))
+    # sky level measured before resampling: interpolation smooths the noise and shifts the
+    # median of a star field by ~0.01 sigma, which would bias the offsets
+    levels = [_sky_level(plane) if match_background else math.nan for plane in cube]
+    warped = []
+    while cube:
+        warped.append(warp(cube.pop(0), t, output_shape=shape, order=order))
+    return _Warped(i, t, levels, warped)
+
+
+def _keep_warped(group: _AlignedGroup, done: _Warped, ref_sky: list[float], scratch: ScratchArrays,
+                 match_background: bool) -> None:
+    """Add one warped frame to the group: coverage, sky offset removed, kept in ``scratch``."""
+    offsets = []
+    for k, warped in enumerate(done.planes):
+        if k == 0:  # a missing pixel is missing in every plane (`ccdwatch.colour.demosaic`)
+            if group.coverage is None:
+                group.coverage = np.zeros(warped.shape, dtype=np.uint16)
+            group.coverage += np.isfinite(warped)
+        if match_background:
+            offsets.append(_remove_sky_offset(warped, done.levels[k], ref_sky[k]))
+        group.frames[k].append(scratch.keep(warped))
+    done.planes.clear()
+    if match_background:
+        group.offsets[done.index] = offsets[0] if len(offsets) == 1 else tuple(offsets)
+    group.transforms[done.index] = done.transform
 
 
 def _frame_transform(

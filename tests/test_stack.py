@@ -649,3 +649,15 @@ def test_lanczos_blanks_output_near_missing_pixels():
     image[20, 20] = np.nan
     out = align.warp(image, align.Transform.identity(), output_shape=image.shape, method="lanczos")
     assert np.isnan(out[17:24, 17:24]).all() and np.isfinite(out[5, 5]) and np.isfinite(out[20, 30])
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 1 << 16])  # frames warped side by side; too little room: one at a time
+def test_frames_read_and_warped_by_threads_give_the_same_stack(night: Night, clipped: stack.StackResult,
+                                                                tmp_path_factory: pytest.TempPathFactory,
+                                                                budget: int) -> None:
+    threaded = run_stack(night, tmp_path_factory, method="sigma_clip", threads=2, memory_budget=budget)
+    assert np.array_equal(threaded.image, clipped.image, equal_nan=True)
+    assert np.array_equal(threaded.count, clipped.count) and np.array_equal(threaded.used, clipped.used)
+    assert threaded.offsets == clipped.offsets and threaded.failed == clipped.failed
+    assert list(threaded.transforms) == list(clipped.transforms)
+    assert all(np.array_equal(threaded.transforms[i].matrix, t.matrix) for i, t in clipped.transforms.items())
