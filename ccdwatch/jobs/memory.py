@@ -172,17 +172,22 @@ def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "
     """Peak bytes of `tasks.stack_group` aligning and combining ``n`` calibrated frames.
 
     Phases: reading each product (image and bad-pixel map) for its sources, keeping the images
-    when all fit an eighth of ``budget``; aligning one frame at a time (the frame read, then
-    warped, beside the coverage map; the warped frames in RAM when all fit a quarter of
-    ``budget``, else memory-mapped); combining (the stack, its counts and their copies); writing
-    (astropy's big-endian copy) and the preview.
+    when all fit an eighth of ``budget``; aligning one frame at a time, or several side by side
+    when they fit (the frame read, then warped, beside the coverage map; the warped frames in RAM
+    when all fit a quarter of ``budget``, else memory-mapped); combining (the stack, its counts
+    and their copies); writing (astropy's big-endian copy) and the preview.
     """
     p = size.pixels
     images = n * size.f32 if n * size.f32 <= budget // 8 else 0
     warped = n * size.f32 if n * size.f32 <= budget // 4 else 0
     held = images + warped + 2 * p
     read = held + read_product_peak(size, mask=True)
-    align = held + size.f32 + WARP_PER_PIXEL * p
+    # `stack._align_group` reads and warps up to ``threads`` frames side by side when that many
+    # and the one being kept take at most a quarter of the budget at ~16 bytes a pixel each
+    in_flight = min(threads, max(1, n - 1))
+    if in_flight > 1 and (in_flight + 1) * 16 * p > budget // 4:
+        in_flight = 1
+    align = held + (in_flight + (in_flight > 1)) * (size.f32 + WARP_PER_PIXEL * p)
     strips = combine_peak(size, n, method=method, threads=threads, budget=budget)
     combine = warped + 2 * p + 2 * (size.f32 + 2 * p) + strips
     write = 2 * size.f32 + 4 * p + max(size.f32, 7 * p)
