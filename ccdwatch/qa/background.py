@@ -94,26 +94,6 @@ def _median3x3(a: np.ndarray) -> np.ndarray:
     return np.median([padded[dy:dy + ny, dx:dx + nx] for dy in range(3) for dx in range(3)], axis=0)
 
 
-def _subtract_map(img: np.ndarray, level: np.ndarray, mesh_y: int, mesh_x: int) -> None:
-    """Subtract from ``img`` the bilinear map between mesh centres (at ``i * mesh + (mesh - 1) / 2``),
-    constant beyond the outer centres, one band of rows at a time (no frame-sized map is held)."""
-    ny, nx = img.shape
-    my, mx = level.shape
-    width = mx * mesh_x
-    for y0 in range(0, ny, mesh_y):
-        y = np.arange(y0, min(ny, y0 + mesh_y))
-        t = np.clip((y + 0.5) / mesh_y - 0.5, 0.0, my - 1.0)
-        i0 = np.floor(t).astype(np.intp)
-        i1 = np.minimum(i0 + 1, my - 1)
-        w = (t - i0).astype(np.float32)[:, None]
-        band = level[i0] * (np.float32(1.0) - w) + level[i1] * w  # (rows, mx): interpolated in y
-        # in x by OpenCV (same half-pixel convention, the rows' count unchanged: no interpolation in y)
-        back = cv2.resize(band, (width, band.shape[0]), interpolation=cv2.INTER_LINEAR)
-        img[y0:y0 + band.shape[0], :width] -= back
-        if nx > width:  # the strip past the last whole mesh continues the edge
-            img[y0:y0 + band.shape[0], width:] -= back[:, -1:]
-
-
 def subtract_background(img: np.ndarray, ignore: np.ndarray) -> Background:
     """Subtract the background map from the float32 ``img`` in place; ``ignore`` marks the
     pixels (bad, saturated) that must not set it. Returns the global level and rms."""
@@ -122,7 +102,7 @@ def subtract_background(img: np.ndarray, ignore: np.ndarray) -> Background:
     rows, per_y = _sample_rows(ny, mesh_y, max(1, min(STEP, mesh_y // 8)))
     cols, per_x = _sample_rows(nx, mesh_x, max(1, min(STEP, mesh_x // 8)))
     grid = np.ix_(rows, cols)
-    samples = img[grid]  # a float32 copy: a ninth of the frame
+    samples = img[grid].astype(np.float64)
     samples[ignore[grid]] = np.nan
     my, mx = rows.size // per_y, cols.size // per_x
     samples = samples.reshape(my, per_y, mx, per_x).transpose(0, 2, 1, 3).reshape(my, mx, per_y * per_x)
@@ -137,5 +117,10 @@ def subtract_background(img: np.ndarray, ignore: np.ndarray) -> Background:
     rms = np.where(valid, rms, fill_rms)
     if my >= 3 or mx >= 3:
         level = _median3x3(level)
-    _subtract_map(img, level.astype(np.float32), mesh_y, mesh_x)
+    # bilinear between mesh centres (OpenCV's half-pixel convention puts them at i*mesh + (mesh-1)/2),
+    # constant beyond the outer centres; the strip past the last whole mesh continues the edge
+    back = cv2.resize(level.astype(np.float32), (mx * mesh_x, my * mesh_y), interpolation=cv2.INTER_LINEAR)
+    if back.shape != img.shape:
+        back = np.pad(back, ((0, ny - back.shape[0]), (0, nx - back.shape[1])), mode="edge")
+    img -= back
     return Background(globalback=float(np.median(level)), globalrms=float(np.median(rms)))
