@@ -3,8 +3,7 @@
 Pure numerics: arrays in, new values out; the input image is never modified.
 
 Source detection uses `sep` (the SExtractor library, already a dependency of astroalign) on a
-float32 copy of the frame, less a background map from a subsample of its pixels
-(`ccdwatch.qa.background`). The per-star FWHM is twice the half-light radius
+float32 copy of the frame. The per-star FWHM is twice the half-light radius
 (``sep.flux_radius`` with ``frac=0.5``), which for a Gaussian PSF equals its FWHM and, unlike the
 isophotal second moments, does not shrink for faint stars. The elongation is ``a/b`` of the
 isophotal second moments.
@@ -21,7 +20,6 @@ import numpy as np
 import sep
 
 from ccdwatch import calib
-from ccdwatch.qa.background import Background, subtract_background
 
 # The logger keeps the name it had when quality control was one module.
 logger = logging.getLogger("ccdwatch.qa")
@@ -259,17 +257,18 @@ def _saturated_pixels(
 
 def _subtract_background(
     img: np.ndarray, bad: np.ndarray, saturated: np.ndarray
-) -> tuple[Background, tuple[slice, slice], np.ndarray]:
-    """Subtract the background map from ``img`` in place (bad pixels stay 0).
+) -> tuple[sep.Background, tuple[slice, slice], np.ndarray]:
+    """Subtract sep's background map from ``img`` in place (bad pixels stay 0).
 
-    Returns the background's global level and rms, the regular subgrid of about ``_SKY_SAMPLES``
-    pixels the sky is measured on, and ``img`` on that subgrid before the subtraction.
+    Returns sep's background, the regular subgrid of about ``_SKY_SAMPLES`` pixels the sky is
+    measured on, and ``img`` on that subgrid before the subtraction.
     """
+    # Background map (64 px meshes) with saturated pixels kept out of the estimate.
+    bkg = sep.Background(img, mask=bad | saturated)
     step = max(1, math.isqrt(img.size // _SKY_SAMPLES))
     grid = (slice(step // 2, None, step), slice(step // 2, None, step))
     img_on_grid = img[grid].copy()  # for the sky level: img becomes the subtracted image next
-    # background map (64 px meshes, from a subsample) with saturated pixels kept out of the estimate
-    bkg = subtract_background(img, bad | saturated)
+    bkg.subfrom(img)  # in place: no background map and no second frame-sized array
     img[bad] = 0.0
     return bkg, grid, img_on_grid
 
@@ -281,7 +280,7 @@ def _sky_level(
     segmap: np.ndarray,
     bad: np.ndarray,
     saturated: np.ndarray,
-    bkg: Background,
+    bkg: sep.Background,
 ) -> tuple[float, float]:
     """Sky level (of the frame before subtraction) and sky noise, image units.
 
@@ -460,9 +459,9 @@ def measure(
     bkg, grid, img_on_grid = _subtract_background(img, bad, saturated)
     sub = img  # background-subtracted from here on
     # Detection against the global background rms: a calibrated frame's noise is nearly uniform,
-    # and the per-pixel rms map doubled sep's time. (With sep's global rms, the mean over meshes,
-    # meshes on a bright galaxy raised it a little: on the real M51 frames ~70 instead of ~130 of
-    # the faintest sources passed; the median over meshes is used now.)
+    # and the per-pixel rms map doubled sep's time. sep's global rms is the mean over meshes, so
+    # meshes on a bright galaxy raise it a little: on the real M51 frames ~70 instead of ~130 of
+    # the faintest sources pass, FWHM agrees to 1 %, and all 18 frames still align.
     objects, segmap = _run_sep_extract(sub, detect_sigma, err=float(bkg.globalrms), mask=bad)
     sky, sky_noise = _sky_level(sub, img_on_grid, grid, segmap, bad, saturated, bkg)
     if objects.size == 0:
