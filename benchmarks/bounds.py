@@ -1,11 +1,22 @@
 """Stage bounds: what bare numpy + astropy need for the same work, with nothing else around it.
 
-Run as ``python -m benchmarks.bounds MANIFEST OUT_DIR``; prints one JSON line with the timings:
+Run as ``python -m benchmarks.bounds MANIFEST OUT_DIR [TEMPLATE]``; prints one JSON line with the
+timings:
 
 ``read_per_frame``
     ``astropy.io.fits.getdata`` of every raw frame (uint16 with BZERO), s per frame.
 ``calibrate_per_light``
-    per light: read, ``(raw - bias - dark * t/t_dark) / flat`` in float32, write float32 FITS, s.
+    per light: read, ``(raw - bias - dark * t/t_dark) / flat`` in float32, and write the same
+    planes as the daemon's calibrated product, s (median).
+
+The planes written are those of ``TEMPLATE``, a calibrated product the daemon wrote for this night
+(its primary image, then every extension in order), so that the bound does the same product work
+as the daemon's job whatever planes the product gains: the image is the calibrated light; a
+``BADPIX`` plane is the master dark's hot pixels; any other image plane is computed from the
+calibrated light with one numpy operation of its dtype (a float plane: ``|data| + 25``, the cost of
+a Poisson + read-noise variance; an integer one: a comparison); a table is written with the
+template's rows (its content comes from the quality measurement, which the bound does not do).
+Without a template: the image and a BADPIX plane. The bound neither checksums nor syncs to disk.
 """
 
 from __future__ import annotations
@@ -19,7 +30,31 @@ import numpy as np
 from astropy.io import fits
 
 
-def main(manifest_path: str, out: str) -> None:
+def _plane_makers(template: str | None):
+    """For each extension of the template, ``(name, make(data, hot) -> HDU)``."""
+    if not template:
+        return [("BADPIX", lambda data, hot: fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))]
+    makers = []
+    with fits.open(template) as hdus:
+        for hdu in hdus[1:]:
+            name = hdu.name
+            if isinstance(hdu, fits.BinTableHDU):
+                rows = hdu.data.copy()
+                makers.append((name, lambda data, hot, rows=rows, name=name: fits.BinTableHDU(rows, name=name)))
+            elif name == "BADPIX":
+                makers.append((name, lambda data, hot: fits.ImageHDU(hot.astype(np.uint8), name="BADPIX")))
+            elif hdu.data is not None and hdu.data.dtype.kind == "f":
+                dt = hdu.data.dtype.newbyteorder("=")
+                makers.append((name, lambda data, hot, dt=dt, name=name: fits.ImageHDU(
+                    (np.abs(data) + np.float32(25.0)).astype(dt, copy=False), name=name)))
+            elif hdu.data is not None:
+                dt = hdu.data.dtype.newbyteorder("=")
+                makers.append((name, lambda data, hot, dt=dt, name=name: fits.ImageHDU(
+                    (data > np.float32(1e4)).astype(dt), name=name)))
+    return makers
+
+
+def main(manifest_path: str, out: str, template: str | None = None) -> None:
     m = json.loads(Path(manifest_path).read_text())
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,6 +68,7 @@ def main(manifest_path: str, out: str) -> None:
     # masters made the plainest way (untimed: the bound is per light)
     bias = np.mean([fits.getdata(p).astype(np.float32) for p in files["bias"]], axis=0, dtype=np.float32)
     dark = np.median([fits.getdata(p).astype(np.float32) - bias for p in files["dark"]], axis=0)
+    hot = dark > np.median(dark) + 10 * np.std(dark)
     flats = {}
     for filt in sorted(set(m["flat_filters"])):
         fl = np.median([(fits.getdata(p).astype(np.float32) - bias)
@@ -40,17 +76,20 @@ def main(manifest_path: str, out: str) -> None:
         flats[filt] = (fl / np.median(fl)).astype(np.float32)
     scale = np.float32(m["exptimes"]["light"] / m["exptimes"]["dark"])
     offset = bias + dark * scale
+    makers = _plane_makers(template)
 
     times = []
     for light in m["lights"]:
         t0 = time.perf_counter()
         raw = fits.getdata(light["path"])
-        data = (raw - offset) / flats[light["filter"]]
-        fits.PrimaryHDU(data.astype(np.float32, copy=False)).writeto(out_dir / Path(light["path"]).name, overwrite=True)
+        data = ((raw - offset) / flats[light["filter"]]).astype(np.float32, copy=False)
+        hdus = fits.HDUList([fits.PrimaryHDU(data)] + [make(data, hot) for _, make in makers])
+        hdus.writeto(out_dir / Path(light["path"]).name, overwrite=True)
         times.append(time.perf_counter() - t0)
     print(json.dumps({"read_per_frame": read, "calibrate_per_light": float(np.median(times)),
-                      "calibrate_per_light_all": times, "n_frames": len(everything)}))
+                      "calibrate_per_light_all": times, "n_frames": len(everything),
+                      "planes": ["PRIMARY"] + [name for name, _ in makers]}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)

@@ -20,7 +20,9 @@ def prepare(manifest: dict, workdir: Path) -> Path:
     dark can be scaled to the lights' exposure with ``-opt``), calibrate and stack the flats of
     each filter (multiplicative normalisation), calibrate the lights with bias, dark (optimised
     scaling) and flat (``preprocess``; Siril 1.0 has no ``calibrate`` yet), register (global star alignment),
-    stack with sigma-clip rejection and additive+scale normalisation.
+    stack with sigma-clip rejection and additive+scale normalisation. When the darks match the
+    lights' exposure (the "matched" and "small" nights) the dark is subtracted as it is, without
+    ``-opt``: the common case, where Siril has no dark scaling to search for.
     """
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -35,6 +37,8 @@ def prepare(manifest: dict, workdir: Path) -> Path:
         for p in paths:
             os.symlink(p, workdir / name / Path(p).name)
     (workdir / "masters").mkdir()
+    matched = manifest["exptimes"]["dark"] == manifest["exptimes"]["light"]
+    opt = "" if matched else " -opt"
     lines = [
         "requires 1.0.0",
         "cd biases", "convert bias -out=../process", "cd ../process",
@@ -49,7 +53,7 @@ def prepare(manifest: dict, workdir: Path) -> Path:
             f"preprocess flat_{filt} -bias=../masters/bias_stacked",
             f"stack pp_flat_{filt} rej 3 3 -norm=mul -out=../masters/flat_{filt}_stacked", "cd ..",
             f"cd lights_{filt}", f"convert light_{filt} -out=../process", "cd ../process",
-            f"preprocess light_{filt} -bias=../masters/bias_stacked -dark=../masters/dark_stacked -opt "
+            f"preprocess light_{filt} -bias=../masters/bias_stacked -dark=../masters/dark_stacked{opt} "
             f"-flat=../masters/flat_{filt}_stacked",
             f"register pp_light_{filt}",
             f"stack r_pp_light_{filt} rej 3 3 -norm=addscale -output_norm -out=../result_{filt}", "cd ..",

@@ -565,8 +565,8 @@ def calibrate(
         block = np.array(raw[rows], dtype=np.float64)
         if bias is not None:
             block -= bias[rows]
-        if dark is not None:
-            block -= dark[rows].astype(np.float64) * dark_scale
+        if dark is not None:  # a matched dark (scale 1): the same values without the float64 product
+            block -= dark[rows] if dark_scale == 1.0 else dark[rows].astype(np.float64) * dark_scale
         if flat is not None:
             f = flat[rows].astype(np.float64)
             good = np.isfinite(f) & (f > 0)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -143,15 +145,13 @@ def align_and_stack(
         become NaN before warping, so they never reach the stack.
     method, sigma, memory_budget
         Combination method, clipping threshold (``sigma_clip``) and bytes for `ccdwatch.calib.combine`.
-    workdir : path
-        Directory for the scratch files (should be on the same disk as the products).
-    order : int
-        Spline order of a ``"bilinear"`` warp (1 = bilinear; see `warp`).
+    workdir, order
+        Directory for the scratch files (on the products' disk); spline order of a bilinear `warp`.
     match_background : bool
         Subtract from each frame the difference between its sky level and the reference's
         (additive offset) before combining, so that a changing sky does not bias the clipping.
     threads : int
-        Threads for the combination (`ccdwatch.calib.combine`); the result does not depend on it.
+        Threads reading and warping frames (when they fit the budget) and combining; same result.
     planes : callable, optional
         ``planes(frame)`` splits a loaded (and masked) frame into planes of its shape, e.g.
         `ccdwatch.colour.demosaic` for a colour mosaic (R, G, B): each plane is warped with the
@@ -182,7 +182,8 @@ def align_and_stack(
     with ScratchArrays(workdir, count=n_arrays, budget=memory_budget // 4, prefix="stack-") as scratch:
         group = _align_group(ids, load, sources, reference, masks=masks, order=order,
                              match_background=match_background, scratch=scratch, planes=planes,
-                             interpolation=interpolation, variance=variance)
+                             interpolation=interpolation, variance=variance, threads=threads,
+                             memory_budget=memory_budget)
         if not group.frames or not group.frames[0] or group.coverage is None:  # pragma: no cover
             raise ValueError(f"nothing to stack: {group.failed}")  # the reference always stacks
         logger.info("stacking %d of %d frames onto %s (%s)", len(group.frames[0]), len(ids), reference, method)
@@ -237,6 +238,30 @@ class _AlignedGroup:
     weights: dict[int, float] = field(default_factory=dict)  # frame id -> weight, set when combined
 
 
+@dataclass
+class _Warped:
+    """One frame ready to join the stack: its transform, planes' sky levels and warped planes."""
+
+    index: int
+    transform: Transform
+    levels: list[float]
+    planes: list[np.ndarray]
+    variances: list[np.ndarray | float]  # per plane: the warped variance, or the sky's variance
+
+
+@dataclass(frozen=True)
+class _How:
+    """How each frame is loaded, masked, split and warped (`_prepare`)."""
+
+    load: Callable[[int], np.ndarray]
+    masks: Mapping[int, np.ndarray | None] | None
+    planes: Callable[[np.ndarray], np.ndarray] | None
+    order: int
+    match_background: bool
+    interpolation: str
+    variance: Callable[[int], np.ndarray | None] | None
+
+
 def _align_group(
     ids: Sequence[int],
     load: Callable[[int], np.ndarray],
@@ -250,50 +275,97 @@ def _align_group(
     planes: Callable[[np.ndarray], np.ndarray] | None = None,
     interpolation: str = "bicubic",
     variance: Callable[[int], np.ndarray | None] | None = None,
+    threads: int = 1,
+    memory_budget: int = 1 << 30,
 ) -> _AlignedGroup:
-    """Load, align, mask (and split into ``planes``) and warp the frames one at a time, the
-    reference first (its grid and sky levels are those of the stack), and keep the warped frames
-    in ``scratch``."""
+    """Load, align, mask (and split into ``planes``) and warp the frames, the reference first (its
+    grid and sky levels are those of the stack), and keep the warped frames in ``scratch``.
+
+    The transforms are found first, in order; then with ``threads`` > 1, and when that many frames
+    in flight fit a quarter of ``memory_budget`` (~16 bytes a pixel each), the next frames are
+    read and warped by worker threads (reading, OpenCV's warp and numpy release the GIL) while
+    this one keeps the last: the same frames, in the same order, as one at a time.
+    """
     group = _AlignedGroup()
-    output_shape: tuple[int, int] | None = None
-    ref_sky: list[float] = []
-    for i in [reference] + [i for i in ids if i != reference]:
-        t = _frame_transform(i, reference, sources, group.failed)
-        if t is None:
-            continue
-        frame = _masked_frame(load, i, masks)
-        var = variance(i) if variance is not None else None
-        cube = [frame] if planes is None else list(planes(frame))
-        del frame
-        if output_shape is None:
-            output_shape = (int(cube[0].shape[0]), int(cube[0].shape[1]))
-            group.frames = [[] for _ in cube]
-            group.variances = [[] for _ in cube]
-        offsets = []
-        for k, plane in enumerate(cube):
-            # sky level measured before resampling: interpolation smooths the noise and shifts
-            # the median of a star field by ~0.01 sigma, which would bias the offsets
-            level = _sky_level(plane) if match_background else math.nan
-            warped = warp(plane, t, output_shape=output_shape, order=order, method=interpolation)
-            if k == 0:  # a missing pixel is missing in every plane (`ccdwatch.colour.demosaic`)
-                if group.coverage is None:
-                    group.coverage = np.zeros(output_shape, dtype=np.uint16)
-                group.coverage += np.isfinite(warped)
-            if match_background:
-                if i == reference:
-                    ref_sky.append(level)
-                offsets.append(_remove_sky_offset(warped, level, ref_sky[k]))
-            group.frames[k].append(scratch.keep(warped))
-            del warped
-            if var is not None and planes is None:  # bilinear whatever the frame's warp: never negative
-                group.variances[k].append(scratch.keep(warp(var, t, output_shape=output_shape, order=1)))
-            else:
-                group.variances[k].append(calib.robust_stats(plane[::2, ::2])[1] ** 2)
-        del cube, var
-        if match_background:
-            group.offsets[i] = offsets[0] if planes is None else tuple(offsets)
-        group.transforms[i] = t
+    order_ids = [reference] + [i for i in ids if i != reference]
+    transforms = {i: t for i in order_ids if (t := _frame_transform(i, reference, sources, group.failed)) is not None}
+    how = _How(load, masks, planes, order, match_background, interpolation, variance)
+    first = _prepare(reference, transforms[reference], how, None)
+    output_shape = (int(first.planes[0].shape[0]), int(first.planes[0].shape[1]))
+    group.frames = [[] for _ in first.planes]
+    group.variances = [[] for _ in first.planes]
+    ref_sky = first.levels
+    _keep_warped(group, first, ref_sky, scratch, match_background)
+    del first
+    rest = [i for i in order_ids[1:] if i in transforms]
+    # ~16 bytes a pixel per plane in flight (read, masked, warped), and as much for a variance
+    per_frame = 16 * output_shape[0] * output_shape[1] * (len(group.frames) + (variance is not None))
+    workers = max(1, min(int(threads), len(rest)))
+    if workers > 1 and (workers + 1) * per_frame > memory_budget // 4:
+        workers = 1
+
+    def prepare(i: int) -> _Warped:
+        return _prepare(i, transforms[i], how, output_shape)
+
+    if workers == 1:
+        for i in rest:
+            _keep_warped(group, prepare(i), ref_sky, scratch, match_background)
+        return group
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[_Warped]] = deque(pool.submit(prepare, i) for i in rest[:workers])
+        queued = iter(rest[workers:])
+        while pending:
+            done = pending.popleft().result()
+            if (nxt := next(queued, None)) is not None:
+                pending.append(pool.submit(prepare, nxt))
+            _keep_warped(group, done, ref_sky, scratch, match_background)
+            del done
     return group
+
+
+def _prepare(i: int, t: Transform, how: _How, output_shape: tuple[int, int] | None) -> _Warped:
+    """Frame ``i`` loaded, masked, split into planes, each plane's sky level, its warp and its
+    variance (the frame's UNCERT squared warped bilinearly whatever the frame's kernel, so never
+    negative; else the plane's robust sky variance)."""
+    frame = _masked_frame(how.load, i, how.masks)
+    var = how.variance(i) if how.variance is not None else None
+    cube = [frame] if how.planes is None else list(how.planes(frame))
+    del frame
+    shape = output_shape or (int(cube[0].shape[0]), int(cube[0].shape[1]))
+    # sky level measured before resampling: interpolation smooths the noise and shifts the
+    # median of a star field by ~0.01 sigma, which would bias the offsets
+    levels = [_sky_level(plane) if how.match_background else math.nan for plane in cube]
+    variances: list[np.ndarray | float] = []
+    if var is not None and how.planes is None:
+        variances.append(warp(var, t, output_shape=shape, order=1))
+    else:
+        variances.extend(calib.robust_stats(plane[::2, ::2])[1] ** 2 for plane in cube)
+    del var
+    warped = []
+    while cube:
+        warped.append(warp(cube.pop(0), t, output_shape=shape, order=how.order, method=how.interpolation))
+    return _Warped(i, t, levels, warped, variances)
+
+
+def _keep_warped(group: _AlignedGroup, done: _Warped, ref_sky: list[float], scratch: ScratchArrays,
+                 match_background: bool) -> None:
+    """Add one warped frame to the group: coverage, sky offset removed, kept in ``scratch``."""
+    offsets = []
+    for k, warped in enumerate(done.planes):
+        if k == 0:  # a missing pixel is missing in every plane (`ccdwatch.colour.demosaic`)
+            if group.coverage is None:
+                group.coverage = np.zeros(warped.shape, dtype=np.uint16)
+            group.coverage += np.isfinite(warped)
+        if match_background:
+            offsets.append(_remove_sky_offset(warped, done.levels[k], ref_sky[k]))
+        group.frames[k].append(scratch.keep(warped))
+        v = done.variances[k]
+        group.variances[k].append(scratch.keep(v) if isinstance(v, np.ndarray) else v)
+    done.planes.clear()
+    done.variances.clear()
+    if match_background:
+        group.offsets[done.index] = offsets[0] if len(offsets) == 1 else tuple(offsets)
+    group.transforms[done.index] = done.transform
 
 
 def _frame_transform(

@@ -270,3 +270,20 @@ def test_pixel_statistics_of_tiny_frames_never_fail(shape):
 
     ev = evidence.measure(np.random.default_rng(0).integers(100, 200, shape).astype(np.uint16))
     assert ev.n_sources == 0 and ev.full_scale == 65535.0
+
+
+def test_start_up_with_unchanged_rules_loads_no_frame(night, tmp_path):
+    # the start-up reclassification asks the database for the frames classified under other
+    # rules: with the same rules none is loaded; after a rule change, every read frame is
+    from ccdwatch.catalog.queries import frames_to_reclassify
+    from ccdwatch.headers import fingerprint
+
+    staging = night.files["bias"][0].parent
+    cfg = make_config(tmp_path, incoming=staging, workers={"processes": 0}, report={"refresh": False})
+    run_once(cfg)
+    changed = (ClassificationRule(glob="flat_*", imagetyp=ImageType.DARK),)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        everything = frames_to_reclassify(s)
+        assert len(everything) == sum(len(v) for v in night.files.values())
+        assert frames_to_reclassify(s, unless_fingerprint=fingerprint(cfg.classify)) == []
+        assert len(frames_to_reclassify(s, unless_fingerprint=fingerprint(changed))) == len(everything)

@@ -710,3 +710,15 @@ def test_stack_keeps_stars_as_sharp_as_the_truth(
     print(f"stack FWHM / truth: bicubic {sharp / truth:.3f}, bilinear {soft / truth:.3f}")
     assert 0.9 < sharp / truth < 1.1
     assert sharp < soft
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 1 << 16])  # frames warped side by side; too little room: one at a time
+def test_frames_read_and_warped_by_threads_give_the_same_stack(night: Night, clipped: stack.StackResult,
+                                                                tmp_path_factory: pytest.TempPathFactory,
+                                                                budget: int) -> None:
+    threaded = run_stack(night, tmp_path_factory, method="sigma_clip", threads=2, memory_budget=budget)
+    assert np.array_equal(threaded.image, clipped.image, equal_nan=True)
+    assert np.array_equal(threaded.count, clipped.count) and np.array_equal(threaded.used, clipped.used)
+    assert threaded.offsets == clipped.offsets and threaded.failed == clipped.failed
+    assert list(threaded.transforms) == list(clipped.transforms)
+    assert all(np.array_equal(threaded.transforms[i].matrix, t.matrix) for i, t in clipped.transforms.items())

@@ -348,9 +348,14 @@ def frames_to_retry(s: Session, state: FrameState, night: str | None = None, *,
 
 
 # ---------------------------------------------------------------------------------- reclassification
-def frames_to_reclassify(s: Session, night: str | None = None, *, site: str | None = None) -> Sequence[Frame]:
-    """Every frame that was read (has content), of a night (and site) or all."""
+def frames_to_reclassify(s: Session, night: str | None = None, *, site: str | None = None,
+                         unless_fingerprint: str | None = None) -> Sequence[Frame]:
+    """Every frame that was read (has content), of a night (and site) or all; with
+    ``unless_fingerprint``, only those whose classification record holds another rules
+    fingerprint (or none), selected by the database: a start-up with unchanged rules loads no frame."""
     stmt = of_site(select(Frame).where(Frame.sha256.is_not(None)), Frame.site, site)
+    if unless_fingerprint is not None:
+        stmt = stmt.where(Frame.classification["fingerprint"].as_string().is_distinct_from(unless_fingerprint))
     if night:
         stmt = stmt.where(Frame.night == night)
     return s.scalars(stmt.order_by(Frame.id)).all()

@@ -57,7 +57,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from ccdwatch.catalog import publish_snapshot
+from ccdwatch.catalog import publish_snapshot, utcnow
 from ccdwatch.config import Config, ConfigError
 from ccdwatch.daemon.inbox import Inbox
 from ccdwatch.daemon.notify import Notifier
@@ -451,6 +451,9 @@ class Watcher:
         if now >= due["tick"]:
             self.pipeline.tick()
             due["tick"] = now + self.cfg.watch.tick_interval
+            closes = self.pipeline.next_group_close
+            if closes is not None:  # a group closes before the next tick: stack it then
+                due["tick"] = min(due["tick"], now + max(0.0, (closes - utcnow()).total_seconds()) + 0.05)
         if now >= due["rescan"]:
             self.scan()
             due["rescan"] = now + self.cfg.watch.rescan_interval

@@ -28,7 +28,7 @@ from ccdwatch.fitsio.atomic import DiskFull, sweep_temp_files, write_bytes_atomi
 from ccdwatch.fitsio.compress import Compression
 from ccdwatch.fitsio.layout import BLOCK_SIZE
 from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
-from ccdwatch.fitsio.product import read_product, read_product_hdus, sha256_file
+from ccdwatch.fitsio.product import read_product, read_product_hdus, read_product_table, sha256_file
 from ccdwatch.fitsio.raw import RawFrame, read_raw
 from ccdwatch.fitsio.rejected import RejectedFile
 
@@ -43,6 +43,7 @@ __all__ = [
     "is_temp_name",
     "read_product",
     "read_product_hdus",
+    "read_product_table",
     "read_raw",
     "safe_component",
     "safe_product_path",

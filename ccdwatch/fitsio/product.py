@@ -15,7 +15,7 @@ from astropy.io import fits
 from ccdwatch.fitsio.compress import expand
 from ccdwatch.fitsio.descriptor import _CHUNK, _kind, _pread_fd
 
-__all__ = ["read_product", "read_product_hdus", "sha256_file"]
+__all__ = ["read_product", "read_product_hdus", "read_product_table", "sha256_file"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -89,3 +89,27 @@ def read_product_hdus(path: str | os.PathLike) -> fits.HDUList:
     hdul.close()
     return hdul
 
+
+
+def read_product_table(path: str | os.PathLike, name: str) -> tuple[fits.FITS_rec, int, fits.Header]:
+    """The table HDU ``name`` of one of our products, the pixel count of its image and the image's
+    header, reading only the headers and that table (the image is skipped, not read: a stack's
+    source lists from 40 calibrated 2k lights without reading their 640 MB of pixels). A
+    tile-compressed product's image is its first extension.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read or parsed, or has no such table.
+    """
+    try:
+        with fits.open(os.fspath(path), mode="readonly", memmap=False, lazy_load_hdus=True) as hdul:
+            image = hdul[0]
+            if not image.header.get("NAXIS", 0) and len(hdul) > 1 and isinstance(hdul[1], fits.CompImageHDU):
+                image = hdul[1]
+            head = image.header
+            pixels = int(np.prod([head.get(f"NAXIS{i + 1}", 0) for i in range(head.get("NAXIS", 0))])) \
+                if head.get("NAXIS", 0) else 0
+            return hdul[name].data.copy(), pixels, head.copy()
+    except (Exception, Warning) as exc:  # noqa: BLE001
+        raise OSError(errno.EIO, f"cannot read product ({type(exc).__name__}: {exc})", os.fspath(path)) from None

@@ -28,6 +28,7 @@ from ccdwatch.fitsio import (
     Compression,
     RejectedFile,
     read_product_hdus,
+    read_product_table,
     read_raw,
     write_product,
 )
@@ -522,19 +523,19 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     units: dict[int, str] = {}
     keep_images: bool | None = None  # the images read for the source lists, kept if they fit
     for fid, path in spec.products.items():
-        hdus = read_product_hdus(path)
-        tab = hdus["SOURCES"].data
+        tab, size, head = read_product_table(path, "SOURCES")  # headers and the table only
         sources[fid] = qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
                                   flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
                                   elongation=np.asarray(tab["ELONGATION"], float))
         if keep_images is None:  # an eighth of the budget: the warped copies may take a quarter
-            size = hdus[0].data.size if hdus[0].data is not None else None
-            keep_images = size is not None and size * 8 * len(spec.products) <= spec.memory_budget // 8
-        units[fid] = str(hdus[0].header.get("BUNIT", "adu"))
-        if keep_images:
+            keep_images = size > 0 and size * 8 * len(spec.products) <= spec.memory_budget // 8
+        units[fid] = str(head.get("BUNIT", "adu"))
+        if keep_images:  # the image and its variance (UNCERT squared)
+            hdus = read_product_hdus(path)
             images[fid] = _masked_image(hdus)
             variances[fid] = uncertainty.input_variance(hdus, images[fid])
-        del hdus, tab
+            del hdus
+        del tab
 
     def load(fid: int) -> np.ndarray:  # each image read once when the group is small enough
         # bad pixels (hot) are NaN already: no frame's mask is held while the others align

@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 
 from ccdwatch.catalog import Catalog, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
@@ -55,6 +56,8 @@ class Pipeline:
         self.runner = Runner(self.ctx)
         self.ingester = Ingester(self.ctx, self.runner)
         self.waiting = calibrate.WaitingLights(self.ctx)
+        #: when the next open stack group closes (catalogue time, UTC), as of the last `tick`
+        self.next_group_close: datetime | None = None
 
     @property
     def workers(self) -> pool.JobRunner:
@@ -153,7 +156,8 @@ class Pipeline:
                 if (full or lights) and self.paused is None:
                     self.waiting.settled()
             if self.paused is None:
-                self.stack(stacking.due_groups(self.ctx, final=final))
+                due, self.next_group_close = stacking.due_and_next_close(self.ctx, final=final)
+                self.stack(due)
 
     @contextmanager
     def _pause_on_full_catalogue(self) -> Iterator[None]:

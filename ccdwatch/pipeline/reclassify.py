@@ -47,7 +47,7 @@ def reclassify(ctx: Context, *, night: str | None = None, force: bool = False) -
     current = fingerprint(ctx.cfg.classify)
     out = Reclassified()
     with ctx.catalog.session() as s:
-        for frame in q.frames_to_reclassify(s, night, site=ctx.site):
+        for frame in q.frames_to_reclassify(s, night, site=ctx.site, unless_fingerprint=None if force else current):
             record = frame.classification or {}
             if not force and record.get("fingerprint") == current:
                 continue

@@ -95,7 +95,15 @@ def assign_groups(ctx: Context, s: Session, night: str | None) -> dict[int, Grou
 
 def due_groups(ctx: Context, *, final: bool = False) -> list[GroupKey]:
     """Groups that are complete: quiet for long enough, or ``final``."""
+    return due_and_next_close(ctx, final=final)[0]
+
+
+def due_and_next_close(ctx: Context, *, final: bool = False) -> tuple[list[GroupKey], datetime | None]:
+    """Groups that are complete (quiet for long enough, or ``final``), and when the next of the
+    others with nothing waiting closes (catalogue time, UTC; None when none will by itself), so
+    that the daemon can stack it then rather than at its next periodic tick."""
     due: list[GroupKey] = []
+    next_close: datetime | None = None
     quiet = timedelta(minutes=ctx.cfg.stack.quiet_minutes)
     with ctx.catalog.session() as s:
         for night in nights_with_calibrated_lights(s, site=ctx.site):
@@ -107,10 +115,12 @@ def due_groups(ctx: Context, *, final: bool = False) -> list[GroupKey]:
                 if not any(f.state == FrameState.CALIBRATED for f in frames):
                     continue
                 waiting = [f for f in frames if f.state == FrameState.WAITING and not timed_out(ctx, f)]
-                newest = max(f.created_at for f in frames)
-                if final or (not waiting and utcnow() - newest >= quiet):
+                closes = max(f.created_at for f in frames) + quiet
+                if final or (not waiting and utcnow() >= closes):
                     due.append(key)
-    return due
+                elif not waiting and (next_close is None or closes < next_close):
+                    next_close = closes
+    return due, next_close
 
 
 def plan_many(ctx: Context, groups: Sequence[GroupKey], *, redo_before: datetime | None = None) -> list[StackPlan]:
