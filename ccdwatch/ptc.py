@@ -7,7 +7,7 @@ cancels once the second is scaled to the first's level. In each of many small bo
 
     var(a - k b) = S/g + rn^2 + k^2 (S/(k g) + rn^2)  ~  2 (S/g + rn^2)   =>   g = S / (var/2 - rn^2)
 
-with ``var`` the 5-sigma clipped variance (`ccdwatch.noise.clipped_std`: stars of twilight flats,
+with ``var`` the 5-sigma clipped variance (as `ccdwatch.noise.clipped_std`: stars of twilight flats,
 cosmic rays and hot pixels drop out). The gain of a pair is the median over its boxes, the gain the
 median over consecutive pairs (0-1, 1-2, ...). The boxes are a regular grid of at most
 ``max_boxes`` boxes of ``box`` x ``box`` pixels: a few hundred thousand pixels per pair whatever
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ccdwatch.noise import clipped_std
+from ccdwatch.calib import MAD_TO_SIGMA
 
 __all__ = ["GainMeasurement", "pair_gains", "photon_transfer_gain"]
 
@@ -61,27 +61,33 @@ def _grid(n: int, box: int, count: int) -> list[int]:
 
 
 def pair_gains(a: np.ndarray, b: np.ndarray, *, read_noise: float = 0.0, box: int = 48,
-               max_boxes: int = 100) -> np.ndarray:
-    """The gain (e-/ADU) of every usable box of the pair ``a``, ``b`` (bias-subtracted ADU)."""
+               max_boxes: int = 100, nsigma: float = 5.0) -> np.ndarray:
+    """The gain (e-/ADU) of every usable box of the pair ``a``, ``b`` (bias-subtracted ADU): all
+    boxes at once (medians, the MAD and the ``nsigma`` clip of `ccdwatch.noise.clipped_std` along
+    each box's pixels); a box with a NaN is left out."""
     ny, nx = a.shape
     side = max(1, int(math.sqrt(max_boxes)))
     size = min(box, ny, nx)
     if size * size < MIN_BOX_PIXELS:
         return np.empty(0)
-    gains = []
-    rn2 = float(read_noise) ** 2 if math.isfinite(read_noise) else 0.0
-    for y in _grid(ny, size, side):
-        for x in _grid(nx, size, side):
-            pa = np.asarray(a[y:y + size, x:x + size], dtype=np.float64)
-            pb = np.asarray(b[y:y + size, x:x + size], dtype=np.float64)
-            ma, mb = np.nanmedian(pa), np.nanmedian(pb)
-            if not (math.isfinite(ma) and math.isfinite(mb) and ma > 0 and mb > 0 and max(ma, mb) < MAX_LEVEL):
-                continue
-            sd = clipped_std(pa - (ma / mb) * pb)
-            excess = sd * sd / 2.0 - rn2
-            if math.isfinite(excess) and excess > 0:
-                gains.append(ma / excess)
-    return np.asarray(gains, dtype=np.float64)
+    corners = [(y, x) for y in _grid(ny, size, side) for x in _grid(nx, size, side)]
+    pa = np.stack([np.asarray(a[y:y + size, x:x + size], dtype=np.float64).ravel() for y, x in corners])
+    pb = np.stack([np.asarray(b[y:y + size, x:x + size], dtype=np.float64).ravel() for y, x in corners])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ma, mb = np.median(pa, axis=1), np.median(pb, axis=1)
+        d = pa - (ma / mb)[:, None] * pb
+        md = np.median(d, axis=1)
+        spread = MAD_TO_SIGMA * np.median(np.abs(d - md[:, None]), axis=1)
+        keep = np.abs(d - md[:, None]) <= nsigma * spread[:, None]
+        n = keep.sum(axis=1)
+        mean = np.where(keep, d, 0.0).sum(axis=1) / n
+        var = np.where(keep, (d - mean[:, None]) ** 2, 0.0).sum(axis=1) / (n - 1)
+        rn2 = float(read_noise) ** 2 if math.isfinite(read_noise) else 0.0
+        excess = var / 2.0 - rn2
+        gains = ma / excess
+    good = (ma > 0) & (mb > 0) & (np.maximum(ma, mb) < MAX_LEVEL) & (n >= MIN_BOX_PIXELS // 2) & (excess > 0) & (
+        spread > 0) & np.isfinite(gains)
+    return gains[good]
 
 
 def photon_transfer_gain(frames: Sequence[np.ndarray], *, read_noise: float | None = None, box: int = 48,
