@@ -23,12 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GAIN_CARDS", "CameraDetector", "DetectorConfig", "DetectorValues", "detector_values",
-           "parse_detector"]
+__all__ = ["GAIN_CARDS", "GAIN_FROM_FLATS", "CameraDetector", "DetectorConfig", "DetectorValues", "detector_values",
+           "gain_check", "parse_detector"]
 
 #: How a raw GAIN card is read: "auto" (plausible values only), "electrons" (always e-/ADU),
 #: "setting" (never: a camera setting).
 GAIN_CARDS = ("auto", "electrons", "setting")
+#: What the gain measured from the flats does (`ccdwatch.ptc`): "warn" when it disagrees with the
+#: gain used, "use" it for lights with no configured gain (and warn), "off" (not measured).
+GAIN_FROM_FLATS = ("warn", "use", "off")
 #: GAIN values "auto" accepts as e-/ADU: not a whole number, within these bounds.
 PLAUSIBLE_GAIN = (0.05, 20.0)
 _EGAIN_KEYS = ("EGAIN", "E-GAIN")
@@ -53,6 +56,10 @@ class DetectorConfig:
     """How a raw GAIN card is read: "auto", "electrons" or "setting" (see `ccdwatch.detector`)."""
     cameras: Mapping[str, CameraDetector] = field(default_factory=lambda: types.MappingProxyType({}))
     """INSTRUME (case-insensitive) -> its values."""
+    gain_from_flats: str = "warn"
+    """What the gain measured from each master flat's inputs does (`GAIN_FROM_FLATS`)."""
+    gain_tolerance: float = 0.2
+    """Relative difference between the measured gain and the one used above which a warning is given."""
 
     def camera(self, instrument: str | None) -> CameraDetector:
         return self.cameras.get((instrument or "").strip().lower(), CameraDetector())
@@ -117,6 +124,29 @@ def detector_values(header: Mapping[str, Any], instrument: str | None, cfg: Dete
     return DetectorValues(gain, gsrc, None, "unknown", setting)
 
 
+def gain_check(measured: float, scatter: float, used: DetectorValues, instrument: str | None,
+               cfg: DetectorConfig) -> tuple[str, str] | None:
+    """(level, message) when the gain measured from a master flat's inputs (e-/ADU, `ccdwatch.ptc`)
+    disagrees with the gain its lights would use by more than ``cfg.gain_tolerance`` ("warning"),
+    or when they would use none ("note"); None when they agree. The message names both values, the
+    camera and the configuration lines that settle it."""
+    camera = (instrument or "").strip() or "?"
+    fix = f'[detector.cameras."{camera}"] gain = {measured:.3g}'
+    use = cfg.gain_from_flats == "use" and cfg.camera(instrument).gain is None
+    then = "; the lights calibrated with this flat use the measured gain (detector.gain_from_flats = \"use\")" \
+        if use else ""
+    what = f"gain measured from the flats of camera {camera!r}: {measured:.3g} +- {scatter:.2g} e-/ADU"
+    if used.gain is None:
+        return "note", (f"{what}; no gain is known for its lights (products in ADU, no UNCERT plane){then}. "
+                        f"If right, set it in the configuration: {fix}")
+    if abs(measured - used.gain) <= cfg.gain_tolerance * used.gain:
+        return None
+    return "warning", (f"{what}, but its lights use {used.gain:.3g} e-/ADU from {used.gain_source} "
+                       f"({abs(measured / used.gain - 1):.0%} off, more than detector.gain_tolerance = "
+                       f"{cfg.gain_tolerance:g}): their uncertainties are off by up to the square root of the "
+                       f"ratio{then}. If the measurement is right, set in the configuration: {fix}")
+
+
 # ------------------------------------------------------------------------------ settings
 class DetectorConfigError(ValueError):
     """A ``[detector]`` value ccdwatch cannot use (`ccdwatch.config` makes it a ConfigError)."""
@@ -148,10 +178,20 @@ def parse_detector(table: Any) -> DetectorConfig:
     """``[detector]`` from parsed TOML; a bad key raises DetectorConfigError naming it and the fix."""
     if not isinstance(table, dict):
         raise DetectorConfigError(f"config key 'detector' must be a table ([detector]), got {table!r}")
-    gain_card, cameras = "auto", {}
+    gain_card, cameras, extra = "auto", {}, dict[str, Any]()
     for key, value in table.items():
         if key == "gain_card":
             gain_card = _gain_card("detector.gain_card", value)
+        elif key == "gain_from_flats":
+            if value not in GAIN_FROM_FLATS:
+                raise DetectorConfigError(f"config key 'detector.gain_from_flats' must be one of "
+                                          f"{', '.join(map(repr, GAIN_FROM_FLATS))}, got {value!r}")
+            extra[key] = str(value)
+        elif key == "gain_tolerance":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10:
+                raise DetectorConfigError("config key 'detector.gain_tolerance' must be a number > 0 (a relative "
+                                          f"difference: 0.2 is 20 %), got {value!r}")
+            extra[key] = float(value)
         elif key == "cameras":
             if not isinstance(value, dict):
                 raise DetectorConfigError("config key 'detector.cameras' must hold tables like "
@@ -159,8 +199,8 @@ def parse_detector(table: Any) -> DetectorConfig:
             for name, entry in value.items():
                 cameras[str(name).strip().lower()] = _camera(f"detector.cameras.{name}", entry)
         else:
-            raise _unknown(f"detector.{key}", ("gain_card", "cameras"))
-    return DetectorConfig(gain_card=gain_card, cameras=types.MappingProxyType(cameras))
+            raise _unknown(f"detector.{key}", ("gain_card", "cameras", "gain_from_flats", "gain_tolerance"))
+    return DetectorConfig(gain_card=gain_card, cameras=types.MappingProxyType(cameras), **extra)
 
 
 def _camera(key: str, entry: Any) -> CameraDetector:

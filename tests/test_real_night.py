@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from sqlalchemy import select
 
 from ccdwatch.catalog import Catalog
@@ -85,3 +86,23 @@ def test_one_m51_stack_with_preview(reduced):
         assert Path(st.preview_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         frames = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
         assert all(f.n_stars and f.fwhm for f in frames)
+
+
+def test_gain_measured_from_the_twilight_flats_contradicts_egain(reduced, capsys):
+    """The QSI 532's header says EGAIN = 2.4; photon transfer on its three twilight flats says ~1.3
+    (the lights' sky noise agrees with the latter): the master flat records it and the night's
+    report warns."""
+    from ccdwatch.report.checks import night_warnings
+    from ccdwatch.report.collect import collect
+
+    cfg, args = reduced
+    capsys.readouterr()
+    assert main([*args, "masters", "--format", "json"]) == 0
+    flat = next(m for m in json.loads(capsys.readouterr().out) if m["kind"] == "flat")
+    assert 1.2 < flat["params"]["gain_measured"] < 1.4
+    assert flat["params"]["gain_used"] == pytest.approx(2.4) and flat["params"]["gain_check"]["level"] == "warning"
+    header = fits.getheader(flat["path"])
+    assert header["GAINMEAS"] == flat["params"]["gain_measured"] and header["GAINPAIR"] == 2
+    with Catalog(cfg.paths.database, writer=False) as cat, cat.reader() as s:
+        warnings, _ = night_warnings(collect(s, flat["night"]))
+    assert [w for w in warnings if '[detector.cameras."QSI 532"] gain = 1.' in w]

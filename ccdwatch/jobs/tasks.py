@@ -225,6 +225,7 @@ class MasterSpec:
     overscan: OverscanPlan | None = None
     """The inputs' overscan plan (one: it is part of their calibration key)."""
     compression: Compression | None = None  # [products] compress
+    measure_gain: bool = True  # a flat: its gain by photon transfer (detector.gain_from_flats != "off")
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ class MasterResult:
     preview_path: str | None
     overscan_levels: tuple[float | None, ...] = ()
     """The overscan level subtracted from each input, in ``frames`` order (empty without a plan)."""
+    gain: tuple[float, float] | None = None  # a flat's measured gain and its standard error, e-/ADU
 
 
 @_explained
@@ -279,7 +281,8 @@ def build_master(spec: MasterSpec) -> MasterResult:
         arrays = [a for a, _ in prepared]
         scales = [k for _, k in prepared] if spec.kind == "flat" and not spec.bayer_pattern else []
         del prepared, first
-        noise_cards = uncertainty.master_cards(spec.kind, arrays, scales, spec.method)
+        noise_cards = uncertainty.master_cards(spec.kind, arrays, scales, spec.method, bias_path=spec.bias_path,
+                                               measure_gain=spec.measure_gain)
         masters.clear()
         release_masters()  # large masters are not held through the combination
         combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
@@ -316,7 +319,8 @@ def _write_master(spec: MasterSpec, combined: np.ndarray, cards: dict[str, Any],
     preview = None
     if spec.preview_path:
         preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern)
-    return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview, levels)
+    gain = (cards["GAINMEAS"][0], cards["GAINMERR"][0]) if "GAINMEAS" in cards else None
+    return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview, levels, gain)
 
 
 def _safe_preview(kind: str, data: np.ndarray, path: str, title: str, pattern: str | None = None) -> str | None:

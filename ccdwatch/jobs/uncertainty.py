@@ -4,7 +4,9 @@ uncertainty plane, and the uncertainty of a stack's inputs (numerics in `ccdwatc
 Cards written (README, "Units and uncertainty"):
 
 * masters: ``PIXNOISE``, the per-pixel noise of the master from its combination (ADU rms; a flat's
-  relative), and on a bias ``RDNOIADU``, the read noise measured from its input frames (ADU rms);
+  relative), on a bias ``RDNOIADU``, the read noise measured from its input frames (ADU rms), and on
+  a monochrome flat ``GAINMEAS`` / ``GAINMERR`` / ``GAINPAIR``, the gain measured from its inputs by
+  photon transfer (e-/ADU, its standard error, pairs used: `ccdwatch.ptc`);
 * calibrated lights: ``BUNIT`` ('electron' when the gain is known, else 'adu'), ``GAIN`` (e-/ADU) and
   ``RDNOISE`` (in BUNIT) with where they came from, ``GAINSET`` (a raw GAIN card that was a camera
   setting), and the ``UNCERT`` image extension: 1-sigma uncertainty in BUNIT (astropy's
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ccdwatch import noise
+from ccdwatch import noise, ptc
 
 __all__ = ["LightNoise", "NoiseSpec", "forget", "input_variance", "light_noise", "master_cards", "remember",
            "stack_planes"]
@@ -66,8 +68,10 @@ def _card(path: str | None, key: str) -> float:
 
 
 def master_cards(kind: str, arrays: Sequence[np.ndarray], scales: Sequence[float] | None,
-                 method: str) -> dict[str, Any]:
-    """``PIXNOISE`` (and a bias's ``RDNOIADU``) measured from a master's prepared inputs."""
+                 method: str, *, bias_path: str | None = None, measure_gain: bool = True) -> dict[str, Any]:
+    """``PIXNOISE`` (and a bias's ``RDNOIADU``) measured from a master's prepared inputs; a
+    monochrome flat's (``scales`` given: inputs still in ADU) gain when ``measure_gain``, the read
+    noise taken from the master bias at ``bias_path`` (neglected when unknown, `ccdwatch.ptc`)."""
     one = noise.pair_noise(arrays, scales or None)
     if not math.isfinite(one):
         return {}
@@ -76,6 +80,13 @@ def master_cards(kind: str, arrays: Sequence[np.ndarray], scales: Sequence[float
                                           f"per-pixel noise of this master, {unit}")}
     if kind == "bias":
         cards["RDNOIADU"] = (one, "read noise measured from the biases, ADU rms")
+    if kind == "flat" and scales and measure_gain:
+        rn = _card(bias_path, "RDNOIADU")
+        m = ptc.photon_transfer_gain(arrays, read_noise=rn if math.isfinite(rn) else None)
+        if m is not None:
+            cards["GAINMEAS"] = (round(m.gain, 4), "e-/ADU from the flats by photon transfer")
+            cards["GAINMERR"] = (round(m.scatter, 4), "e-/ADU, standard error of GAINMEAS")
+            cards["GAINPAIR"] = (m.pairs, "pairs of flats GAINMEAS was measured from")
     return cards
 
 
@@ -101,7 +112,9 @@ class LightNoise:
         if gain:
             data *= np.float32(gain)
             flux *= gain
-            cards["GAIN"] = (gain, f"e-/ADU used, from {spec.gain_source}"[:47] if spec else "")
+            source = spec.gain_source if spec else ""
+            cards["GAIN"] = (gain, (f"e-/ADU used, {source}" if source.startswith("measured")
+                                    else f"e-/ADU used, from {source}")[:47])
         if self.read_noise_adu is not None and math.isfinite(self.read_noise_adu):
             cards["RDNOISE"] = (self.read_noise_adu * (gain or 1.0),
                                 f"{unit} rms, {self.read_noise_source}"[:47])

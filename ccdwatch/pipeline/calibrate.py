@@ -6,6 +6,7 @@ policy allows; it is recalibrated, as a new product version, when a better maste
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ccdwatch.catalog.queries import (
     waiting_light_ids,
     waiting_signature,
 )
-from ccdwatch.detector import detector_values
+from ccdwatch.detector import DetectorValues, detector_values
 from ccdwatch.fitsio.names import fits_stem
 from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.jobs import memory, tasks
@@ -200,14 +201,24 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         cosmic_rays=ctx.cfg.calibration.cosmic_rays,
         overscan=OverscanPlan.from_json(frame.overscan),
         compression=ctx.compression,
-        noise=NoiseSpec(**vars(detector_values(frame.header or {}, frame.instrument, ctx.cfg.detector)),
-                        plane=cal.uncertainty),
+        noise=NoiseSpec(**vars(_detector(ctx, frame, sel.flat)), plane=cal.uncertainty),
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,
                            dark_scale=sel.dark_scale if sel.dark else None, partial=partial,
                            missing="; ".join(f"{k}: {v}" for k, v in sel.missing.items()) or None,
                            version=version, explain=sel.explain())
+
+
+def _detector(ctx: Context, frame: Frame, flat: Master | None) -> DetectorValues:
+    """The light's gain and read noise (`ccdwatch.detector`); with ``detector.gain_from_flats =
+    "use"`` and no gain configured for its camera, the gain measured from its master flat's inputs."""
+    values = detector_values(frame.header or {}, frame.instrument, ctx.cfg.detector)
+    measured = (flat.params or {}).get("gain_measured") if flat is not None else None
+    if ctx.cfg.detector.gain_from_flats == "use" and ctx.cfg.detector.camera(frame.instrument).gain is None and (
+            isinstance(measured, int | float) and measured > 0):
+        return dataclasses.replace(values, gain=float(measured), gain_source="measured from the flats")
+    return values
 
 
 def saturation(ctx: Context, frame: Frame) -> float | None:

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -27,6 +28,7 @@ from ccdwatch.catalog.queries import (
     lights_waiting_for,
 )
 from ccdwatch.catalog.sites import claim, holder, release
+from ccdwatch.detector import DetectorValues, detector_values, gain_check
 from ccdwatch.jobs import memory, tasks
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
@@ -59,6 +61,9 @@ class MasterPlan:
     temp: float | None
     exptime: float | None
     filter: str | None
+    instrument: str | None = None
+    detector: DetectorValues | None = None
+    """A flat's: the gain its lights would use, checked against the one measured from its inputs."""
 
     @property
     def kind(self) -> str:
@@ -183,7 +188,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             min_free_bytes=ctx.min_free, bayer_pattern=sample.bayer_pattern,
             shape=memory.raw_shape(sample.naxis1, sample.naxis2, (sample.header or {}).get("BITPIX")),
             overscan=OverscanPlan.from_json(sample.overscan),
-            compression=ctx.compression,
+            compression=ctx.compression, measure_gain=ctx.cfg.detector.gain_from_flats != "off",
         )
         return MasterPlan(
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
@@ -191,6 +196,9 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             dark_id=dark.id if dark else None, camera=sample.camera_key,
             temp=temperature_ref(sample) if kind == "dark" else None,
             exptime=sample.exptime if kind != "bias" else None, filter=sample.filter if kind == "flat" else None,
+            instrument=sample.instrument,
+            detector=detector_values(sample.header or {}, sample.instrument, ctx.cfg.detector) if kind == "flat"
+            else None,
         )
 
 
@@ -219,13 +227,14 @@ def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: 
 def commit(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> int:
     """Record a new master version and mark its inputs used."""
     m = ctx.cfg.masters
+    gain = _gain_params(ctx, plan, result)
     with ctx.catalog.session() as s:
         master = Master(
             kind=plan.kind, calib_key=str(plan.key), camera_key=plan.camera, exptime=plan.exptime,
             filter=plan.filter, ccd_temp=plan.temp, night=plan.night, version=plan.version, path=str(plan.out),
             sha256=result.sha256, preview_path=result.preview_path, n_frames=len(plan.inputs), method=plan.method,
             params={"sigma": m.sigma, "memory_budget_mb": m.memory_budget_mb, "dark_scale": plan.dark_scale,
-                    "hot_pixel_sigma": m.hot_pixel_sigma},
+                    "hot_pixel_sigma": m.hot_pixel_sigma, **gain},
             bias_subtracted=plan.bias_id is not None, dark_subtracted=plan.dark_id is not None,
             bias_id=plan.bias_id, dark_id=plan.dark_id,
             date_start=min(plan.dates) if plan.dates else None, date_end=max(plan.dates) if plan.dates else None,
@@ -246,4 +255,22 @@ def commit(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> int:
         master_id = master.id
     logger.info("built master %s #%d (night %s, v%d, %d frames)", plan.kind, master_id, plan.night, plan.version,
                 len(plan.inputs))
+    check = gain.get("gain_check")
+    if isinstance(check, dict):  # once per master: it is built once
+        logger.log(logging.WARNING if check["level"] == "warning" else logging.INFO, "master flat #%d: %s",
+                   master_id, check["message"])
     return master_id
+
+
+def _gain_params(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> dict[str, Any]:
+    """A flat's measured gain (e-/ADU) for its record, with the gain its lights use and, when they
+    disagree, the message (`ccdwatch.detector.gain_check`)."""
+    if result.gain is None or plan.detector is None:
+        return {}
+    gain, error = result.gain
+    params: dict[str, Any] = {"gain_measured": gain, "gain_error": error, "gain_used": plan.detector.gain,
+                                 "gain_used_source": plan.detector.gain_source}
+    verdict = gain_check(gain, error, plan.detector, plan.instrument, ctx.cfg.detector)
+    if verdict is not None:
+        params["gain_check"] = {"level": verdict[0], "message": verdict[1]}
+    return params

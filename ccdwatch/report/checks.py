@@ -138,6 +138,13 @@ def _rejecting_stacks(data: NightData) -> list[str]:
     return warnings
 
 
+def _flat_gains(data: NightData, level: str) -> list[str]:
+    """Master flats whose gain, measured from their inputs, disagrees with their lights' (or the
+    lights have none): the uncertainties are off (`ccdwatch.detector.gain_check`)."""
+    return [f"master flat #{m.id} ({m.filter or 'no filter'}, night {m.night}): {m.gain_check[1]}"
+            for m in data.masters if m.kind == "flat" and m.latest and m.gain_check and m.gain_check[0] == level]
+
+
 # ---------------------------------------------------------------------------- notes
 def _raw_flats(data: NightData) -> list[str]:
     """Master flats made with nothing subtracted: their normalisation carries the bias offset."""
@@ -209,12 +216,14 @@ def night_warnings(data: NightData, *, temperature_tolerance: float = 2.0) -> tu
         *_off_set_point(lights),
         *_rejecting_stacks(data),
         *_raw_flats(data),
+        *_flat_gains(data, "warning"),
     ]
     notes = [
         *_scaled_darks(data),
         *_rejected_lights(lights),
         *_unstacked_lights(lights),
         *_header_oddities(data),
+        *_flat_gains(data, "note"),
         *_no_lights(lights),
     ]
     return warnings, notes

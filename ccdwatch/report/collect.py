@@ -94,6 +94,8 @@ class MasterRow:
     preview_path: str | None
     inputs: list[str]
     used_by: int = 0
+    gain_check: tuple[str, str] | None = None
+    """A flat's: (level, message) when its measured gain disagrees with its lights' (`ccdwatch.detector.gain_check`)."""
 
 
 @dataclass
@@ -220,7 +222,14 @@ def _master_row(m: Master, *, latest: bool, names: dict[int, str], used_by: int)
         bias_subtracted=bool(m.bias_subtracted), dark_subtracted=bool(m.dark_subtracted), path=m.path,
         preview_path=m.preview_path,
         inputs=sorted(Path(names.get(i.frame_id, f"frame {i.frame_id}")).name for i in m.inputs),
-        used_by=used_by)
+        used_by=used_by, gain_check=_gain_check(m.params))
+
+
+def _gain_check(params: dict | None) -> tuple[str, str] | None:
+    check = (params or {}).get("gain_check")
+    if isinstance(check, dict) and isinstance(check.get("message"), str):
+        return str(check.get("level", "warning")), check["message"]
+    return None
 
 
 def _masters(session: Session, night: str, calibrated: Iterable[CalibratedRow], *,

@@ -90,6 +90,8 @@ class Camera:
     seed: int = 1234
     bayer_pattern: str | None = None
     channel_response: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    header_gain: float | None = None
+    """The gain (e-/ADU) its EGAIN card says, when it lies (None: ``gain``, the truth)."""
     overscan: int = 0
     """Columns of overscan read out to the right of the ``shape`` pixels (0: none). The frame
     written is then ``ny x (nx + overscan)``, with BIASSEC/TRIMSEC/DATASEC cards."""

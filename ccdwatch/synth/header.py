@@ -89,10 +89,10 @@ def frame_header(
     if style == "nina":
         header["GAIN"] = 100
         header["OFFSET"] = 50
-        header["EGAIN"] = camera.gain
+        header["EGAIN"] = camera.gain if camera.header_gain is None else camera.header_gain
         header["SWCREATE"] = "N.I.N.A. 3.1.2.9001"
     elif style == "maxim":
-        header["EGAIN"] = camera.gain
+        header["EGAIN"] = camera.gain if camera.header_gain is None else camera.header_gain
         header["SWCREATE"] = "MaxIm DL Version 6.50"
     else:
         header["PROGRAM"] = "KStars"
