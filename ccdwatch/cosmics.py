@@ -18,9 +18,17 @@
    background (a track lies along one pair at most). A pixel is a ray only where its Laplacian
    (the pixel minus the mean of its 4 direct neighbours) exceeds ``objlim * max(F, noise)``:
    about 1 for a star core of any brightness at FWHM >= 2 px.
-4. *Grow*, twice: the 8 neighbours of a ray pixel are rays too when they pass both tests at
-   ``sigfrac`` times the thresholds, the ray pixels counting as their local median (the faint
-   ends of tracks and charge shared with the next pixel, not the wings of a star beside a ray).
+   That pairs test also takes a compact hit (a pair, an L, a 2x2 square: what a binned camera
+   with a compact PSF shows) for a star: such a hit is a ray too where it is the maximum of its
+   3x3 box and the 8 pixels around its brightest 2x2 square stay at the background, where a
+   star of FWHM >= 2 px puts at least a fifth of its core's level (`_compact`).
+4. *Grow* along the 8 neighbours until none passes (at most ``grow`` steps): a ray's
+   neighbour is a ray too when it passes both tests at ``sigfrac`` times the thresholds, judged
+   by its surroundings without the ray: the ray's pixels (and known bad pixels) count as the
+   local median in the 5x5 box and are left out of the 3x3 median, the pairs and the Laplacian.
+   A track is masked whole (its faint ends, the charge shared with the next pixel, the parts
+   between seeds, past a hot pixel), while a star beside a ray keeps its brighter pixels in
+   view and stays out.
 
 On a 2k frame this costs two 3x3 filters over the frame and a few medians per candidate
 (tens of ms), against seconds for astroscrappy's full-frame median filters. `detect_lacosmic`
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -52,6 +61,12 @@ METHODS = ("fast", "lacosmic", "off")
 #: Any non-zero value keeps the pixel out of stacks.
 BAD_HOT = 1
 BAD_COSMIC = 8
+
+#: Fraction of a 2x2 core's level a star spreads at least into the 8 pixels around it (0.27 at FWHM 2
+#: px, less a margin; see `_compact`).
+RING_MIN = 0.2
+#: A compact hit's ring stands this many of its noises below a star's (see `_compact`).
+COMPACT_Z = 2.5
 
 _NEIGHBOURS_8 = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=np.float32) / 8.0
 
@@ -162,6 +177,7 @@ def detect(
     sigfrac: float = 0.5,
     objlim: float = 5.0,
     prefilter: float = 3.0,
+    grow: int = 10,
 ) -> np.ndarray:
     """Cosmic-ray pixels of a calibrated frame (the fast single pass described in the module).
 
@@ -184,6 +200,8 @@ def detect(
     prefilter : float
         Candidates stand this many sky sigmas above the mean of their 8 neighbours (a ray of
         ``sigclip`` sigma does: keep ``prefilter <= sigclip * 0.6``).
+    grow : int
+        At most this many steps of growth into the 8 neighbours (a track's pixels between seeds).
 
     Returns
     -------
@@ -200,32 +218,36 @@ def detect(
     g = gain if gain and gain > 0 else max(sky, sigma**2) / sigma**2
     seeds = _candidates(work, sky, sigma, g, prefilter, usable if (mask is not None or missing.any()) else None)
     out = np.zeros(work.shape, dtype=bool)
-    significance, shape = _tests(work, seeds, sky, sigma, g)
-    found = seeds[_clear(usable, seeds) & (significance > sigclip) & (shape > objlim)]
-    # grow twice: a track's faint pixels (more would creep into the wings of a star beside a ray)
-    for _ in range(2):
+    significance, shape, box, noise = _tests(work, seeds, sky, sigma, g)
+    strong = _clear(usable, seeds) & (significance > sigclip)
+    compact = strong & (shape <= objlim)  # a star, or a hit of 2-4 pixels (`_compact` tells them apart)
+    compact[compact] = _compact(box[compact], noise[compact]) > COMPACT_Z
+    found = seeds[strong & ((shape > objlim) | compact)]
+    del box, noise
+    # grow along 8-connected neighbours until none passes (a track's faint and its unseeded
+    # pixels); a known bad pixel beside one counts as a ray there, not as a reason to stop
+    flagged = ~usable  # the rays found so far and the known bad pixels
+    for _ in range(grow):
         out.ravel()[found] = True
+        flagged.ravel()[found] = True
         near = _neighbours(found, work.shape)
-        near = near[~out.ravel()[near]]
-        near = near[_clear(usable, near)]
+        near = near[~out.ravel()[near] & usable.ravel()[near]]
         if near.size == 0:
             break
-        significance, shape = _tests(work, near, sky, sigma, g, flagged=out)
+        significance, shape = _grow_tests(work, near, sky, sigma, g, flagged)
         found = near[(significance > sigfrac * sigclip) & (shape > sigfrac * objlim)]
     out.ravel()[found] = True
     return out
 
 
-def _tests(work: np.ndarray, flat: np.ndarray, sky: float, sigma: float, gain: float,
-           flagged: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _tests(work: np.ndarray, flat: np.ndarray, sky: float, sigma: float,
+           gain: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """At each pixel (flat index): its significance above the 5x5 median, and its Laplacian
-    over the fine structure (see the module); ``flagged`` pixels (rays found) count as the
-    median there, so that a ray's neighbour is judged against its other surroundings."""
+    over the fine structure (see the module). Also returns the 5x5 boxes (n, 5, 5) and each
+    pixel's noise, for `_compact`."""
     y, x = np.divmod(flat, work.shape[1])
     box = _box(work, y, x, 2)
     med5 = _median(box)
-    if flagged is not None:
-        box = np.where(_box(flagged, y, x, 2), med5[:, None], box)
     box = box.reshape(-1, 5, 5)
     med3 = _median(box[:, 1:4, 1:4].reshape(-1, 9))  # the 3x3 box is the centre of the 5x5 one
     # the discrete Laplacian (/ -4): the pixel above the mean of its 4 direct neighbours
@@ -235,7 +257,63 @@ def _tests(work: np.ndarray, flat: np.ndarray, sky: float, sigma: float, gain: f
     pairs = np.minimum(box[:, 2, 1] + box[:, 2, 3], box[:, 1, 2] + box[:, 3, 2]) / 2
     fine = np.maximum(med3, pairs) - med5
     noise = np.sqrt(sigma**2 + np.maximum(med5 - sky, 0.0) / gain)
-    return (box[:, 2, 2] - med5) / noise, sharp / np.maximum(fine, noise)
+    return (box[:, 2, 2] - med5) / noise, sharp / np.maximum(fine, noise), box, noise
+
+
+def _grow_tests(work: np.ndarray, flat: np.ndarray, sky: float, sigma: float, gain: float,
+                flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_tests` for a ray's neighbours, judged by their unflagged surroundings: ``flagged``
+    pixels (rays found, known bad pixels) count as the median in the 5x5 box and are left out of
+    the 3x3 median, the pairs and the Laplacian. A track's next pixel then stands above the
+    background beside it, while a star's pixel beside a ray keeps the star's brighter pixels in
+    view. (Counting the flagged pixels as the median there too, as a first growth step may,
+    makes each pixel of such a star look sharp in turn: grown until done, it eats the star.)"""
+    y, x = np.divmod(flat, work.shape[1])
+    box = _box(work, y, x, 2)
+    gone = _box(flagged, y, x, 2)
+    filled = np.where(gone, _median(box)[:, None], box)
+    med5 = _median(filled)
+    noise = np.sqrt(sigma**2 + np.maximum(med5 - sky, 0.0) / gain)
+    box = np.where(gone, np.float32(np.nan), box).reshape(-1, 5, 5)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: the median stands in below
+        med3 = np.nanmedian(box[:, 1:4, 1:4].reshape(-1, 9), axis=1)
+        around = np.nanmean(np.stack([box[:, 2, 1], box[:, 2, 3], box[:, 1, 2], box[:, 3, 2]], axis=1), axis=1)
+        pairs = np.fmin(np.nanmean(np.stack([box[:, 2, 1], box[:, 2, 3]], axis=1), axis=1),
+                        np.nanmean(np.stack([box[:, 1, 2], box[:, 3, 2]], axis=1), axis=1))
+    around = np.where(np.isnan(around), med5, around)
+    fine = np.fmax(np.fmax(med3, pairs), med5) - med5
+    return (box[:, 2, 2] - med5) / noise, (box[:, 2, 2] - around) / np.maximum(fine, noise)
+
+
+def _compact(box: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """How far (in its noise) the ring around a local maximum's 2x2 group stays below what a star
+    would put there: ``(RING_MIN * (square - border) - (ring - border)) / noise``, the square
+    being the brightest 2x2 one holding the pixel (its mean), the ring the 8 pixels sharing an
+    edge with it (their mean), the border the median of the 16 pixels around the 3x3 box (the
+    local level, raised less than the 5x5 median by a bright neighbour); -inf where the pixel is
+    not the maximum of its 3x3 box.
+
+    A compact hit (a pair, an L, a 2x2 square) has its whole charge inside the square and leaves
+    the ring at the background, while a star spreads at least 0.27 of its core's level into that
+    ring at FWHM 2 px (near a pixel corner, the worst case; 0.39 at 2.7 px), which the pairs test
+    of `_tests` must take for a star."""
+    best = np.full(len(box), -np.inf, dtype=np.float32)
+    ring = np.zeros(len(box), dtype=np.float32)
+    for a in (1, 2):
+        for b in (1, 2):
+            total = box[:, a, b] + box[:, a, b + 1] + box[:, a + 1, b] + box[:, a + 1, b + 1]
+            around = (box[:, a - 1, b] + box[:, a - 1, b + 1] + box[:, a + 2, b] + box[:, a + 2, b + 1]
+                      + box[:, a, b - 1] + box[:, a + 1, b - 1] + box[:, a, b + 2] + box[:, a + 1, b + 2])
+            better = total > best
+            best = np.where(better, total, best)
+            ring = np.where(better, around, ring)
+    border = np.median(np.concatenate([box[:, 0], box[:, 4], box[:, 1:4, 0], box[:, 1:4, 4]], axis=1), axis=1)
+    peak = box[:, 2, 2] >= box[:, 1:4, 1:4].reshape(-1, 9).max(axis=1)
+    # noise of the difference in pixel noises: ring (8), square (4), border (median of 16, times 1 - RING_MIN)
+    spread = np.float32(math.sqrt(1 / 8 + RING_MIN**2 / 4 + (1 - RING_MIN) ** 2 * 1.57 / 16))
+    z = (RING_MIN * (best / 4 - border) - (ring / 8 - border)) / (spread * noise)
+    return np.where(peak, z, -np.inf)
 
 
 def _clear(usable: np.ndarray, flat: np.ndarray) -> np.ndarray:
