@@ -152,3 +152,20 @@ def test_snapshot_is_consistent_read_only_and_needs_no_write_access(tmp_path):
         con.close()
     finally:
         (tmp_path / "pub").chmod(0o755)
+
+
+def test_start_up_reads_the_head_from_the_scripts_as_alembic_does(tmp_path, monkeypatch) -> None:
+    # the start-up's check at head reads the migration scripts' revision lines instead of importing
+    # alembic: it must name alembic's head, and a catalogue behind head must still be refused
+    from ccdwatch.catalog import db
+
+    assert db._head_from_scripts() == head_revision()
+    with Catalog(f"sqlite:///{tmp_path / 'c.db'}") as cat:
+        assert db._stamped_revision(cat.engine) == head_revision()
+        with cat.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        assert db._stamped_revision(cat.engine) == "0001"
+        with pytest.raises(db.SchemaError, match="db upgrade"):
+            db.check_schema(cat.engine)
+    monkeypatch.setattr(db, "_REVISION_LINE", db.re.compile("nothing matches this"))
+    assert db._head_from_scripts() is None  # then alembic decides
