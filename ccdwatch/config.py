@@ -9,7 +9,6 @@ embedded defaults are relative to the working directory.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import socket
@@ -29,8 +28,9 @@ from ccdwatch.config_data import (
     parse_overscan,
     parse_products,
     parse_rules,
+    unknown_key,
 )
-from ccdwatch.detector import DetectorConfig, DetectorConfigError, parse_detector
+from ccdwatch.detector import DetectorConfig, parse_detector
 from ccdwatch.headers import ClassificationRule, night_label
 from ccdwatch.headers.cfa import MONO_WORDS, PATTERNS, parse_pattern
 
@@ -308,15 +308,6 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def _unknown(key: str, allowed: typing.Iterable[str]) -> ConfigError:
-    allowed = sorted(allowed)
-    leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, allowed, n=1)
-    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}; allowed here: {', '.join(allowed)}")
-
-
 def _convert(key: str, value: Any, hint: Any, base: Path) -> Any:
     """Check and convert one TOML value against a dataclass field's type hint."""
     origin = typing.get_origin(hint)
@@ -360,7 +351,7 @@ def _section(name: str, cls: type, table: Any, base: Path) -> Any:
     for key, value in table.items():
         dotted = f"{name}.{key}"
         if key not in names:
-            raise _unknown(dotted, names)
+            raise unknown_key(dotted, names)
         if cls is MastersConfig and key == "min_frames":
             kwargs[key] = _min_frames(dotted, value)
         elif cls is ColourConfig and key in ("bayer_pattern", "instruments"):
@@ -392,7 +383,7 @@ def _min_frames(key: str, value: Any) -> Mapping[str, int]:
     merged = dict(MastersConfig().min_frames)
     for kind, n in value.items():
         if kind not in merged:
-            raise _unknown(f"{key}.{kind}", merged)
+            raise unknown_key(f"{key}.{kind}", merged)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"config key '{key}.{kind}' must be a whole number >= 1, got {n!r}")
         merged[kind] = n
@@ -525,14 +516,11 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: Path | None = N
         elif name in ("overscan", "products"):
             kwargs[name] = parse_overscan(value) if name == "overscan" else parse_products(value)
         elif name == "detector":
-            try:
-                kwargs[name] = parse_detector(value)
-            except DetectorConfigError as exc:
-                raise ConfigError(str(exc)) from None
+            kwargs[name] = parse_detector(value)
         elif name in _SECTIONS:
             kwargs[name] = _section(name, _SECTIONS[name], value, base)
         else:
-            raise _unknown(name, [*_SECTIONS, "classify", "overscan", "products", "detector"])
+            raise unknown_key(name, [*_SECTIONS, "classify", "overscan", "products", "detector"])
     if "paths" not in kwargs:
         # Defaults are relative to where the daemon runs, not to the file.
         kwargs["paths"] = defaults.paths

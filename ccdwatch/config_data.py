@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,7 +17,8 @@ from ccdwatch.headers import ClassificationRule, ImageType
 from ccdwatch.headers.sections import OverscanRules
 from ccdwatch.overscan import Section
 
-__all__ = ["ConfigError", "OverscanConfig", "ProductsConfig", "parse_overscan", "parse_products", "parse_rules"]
+__all__ = ["ConfigError", "OverscanConfig", "ProductsConfig", "parse_overscan", "parse_products", "parse_rules",
+           "unknown_key"]
 
 
 class ConfigError(ValueError):
@@ -63,9 +64,12 @@ class ProductsConfig:
     added noise is 1/16/sqrt(12) ~ 1.8 % of sigma, i.e. 0.02 % more variance)."""
 
 
-def _unknown(key: str, allowed: tuple[str, ...]) -> ConfigError:
+def unknown_key(key: str, allowed: Iterable[str]) -> ConfigError:
+    """The error for an unknown ``key`` (dotted): what is allowed there, and the closest name."""
+    allowed = sorted(allowed)
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
-    hint = f" (did you mean '{key.rsplit('.', 1)[0]}.{close[0]}'?)" if close else ""
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
     return ConfigError(f"unknown config key {key!r}{hint}; allowed here: {', '.join(allowed)}")
 
 
@@ -88,7 +92,7 @@ def _camera(key: str, value: Any) -> CameraSections:
     out = {}
     for k, text in value.items():
         if k not in ("biassec", "trimsec"):
-            raise _unknown(f"{key}.{k}", ("biassec", "trimsec"))
+            raise unknown_key(f"{key}.{k}", ("biassec", "trimsec"))
         if not isinstance(text, str):
             raise ConfigError(f"config key '{key}.{k}' must be a FITS section string such as "
                               f"\"[1:2048,1:2048]\" (or \"\" for none), got {text!r}")
@@ -122,7 +126,7 @@ def parse_overscan(table: Any) -> OverscanConfig:
             kwargs[key] = types.MappingProxyType({str(name).strip().lower(): _camera(f"{dotted}.{name}", v)
                                                   for name, v in value.items()})
         else:
-            raise _unknown(dotted, ("cameras", "method", "order", "use_header"))
+            raise unknown_key(dotted, ("cameras", "method", "order", "use_header"))
     return OverscanConfig(**kwargs)
 
 
@@ -140,7 +144,7 @@ def parse_products(table: Any) -> ProductsConfig:
                 raise ConfigError(f"config key {dotted!r} must be a number > 0 (16 is a good start), got {value!r}")
             kwargs[key] = float(value)
         else:
-            raise _unknown(dotted, ("compress", "quantize_level"))
+            raise unknown_key(dotted, ("compress", "quantize_level"))
     return ProductsConfig(**kwargs)
 
 
@@ -159,7 +163,7 @@ def parse_rules(value: Any) -> tuple[ClassificationRule, ...]:
             raise ConfigError(f"config key {key!r} must be a table with keys {', '.join(_RULE_KEYS)}")
         for k in table:
             if k not in _RULE_KEYS:
-                raise _unknown(f"{key}.{k}", _RULE_KEYS)
+                raise unknown_key(f"{key}.{k}", _RULE_KEYS)
         header = table.get("header", {})
         if not isinstance(header, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in header.items()

@@ -16,12 +16,13 @@ Pure: a header mapping and the settings in, numbers and where they came from out
 
 from __future__ import annotations
 
-import difflib
 import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ccdwatch.config_data import ConfigError, unknown_key
 
 __all__ = ["GAIN_CARDS", "GAIN_FROM_FLATS", "CameraDetector", "DetectorConfig", "DetectorValues", "detector_values",
            "gain_check", "parse_detector"]
@@ -148,15 +149,8 @@ def gain_check(measured: float, scatter: float, used: DetectorValues, instrument
 
 
 # ------------------------------------------------------------------------------ settings
-class DetectorConfigError(ValueError):
-    """A ``[detector]`` value ccdwatch cannot use (`ccdwatch.config` makes it a ConfigError)."""
-
-
-def _unknown(key: str, allowed: tuple[str, ...]) -> DetectorConfigError:
-    leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, allowed, n=1)
-    hint = f" (did you mean '{key.rsplit('.', 1)[0]}.{close[0]}'?)" if close else ""
-    return DetectorConfigError(f"unknown config key {key!r}{hint}; allowed here: {', '.join(sorted(allowed))}")
+class DetectorConfigError(ConfigError):
+    """A ``[detector]`` value ccdwatch cannot use."""
 
 
 def _gain_card(key: str, value: Any) -> str:
@@ -199,7 +193,7 @@ def parse_detector(table: Any) -> DetectorConfig:
             for name, entry in value.items():
                 cameras[str(name).strip().lower()] = _camera(f"detector.cameras.{name}", entry)
         else:
-            raise _unknown(f"detector.{key}", ("gain_card", "cameras", "gain_from_flats", "gain_tolerance"))
+            raise unknown_key(f"detector.{key}", ("gain_card", "cameras", "gain_from_flats", "gain_tolerance"))
     return DetectorConfig(gain_card=gain_card, cameras=types.MappingProxyType(cameras), **extra)
 
 
@@ -216,5 +210,5 @@ def _camera(key: str, entry: Any) -> CameraDetector:
         elif k == "gain_card":
             values[k] = _gain_card(f"{key}.gain_card", v)
         else:
-            raise _unknown(f"{key}.{k}", ("gain", "read_noise", "gain_card"))
+            raise unknown_key(f"{key}.{k}", ("gain", "read_noise", "gain_card"))
     return CameraDetector(**values)
