@@ -410,6 +410,7 @@ class Watcher:
         except OSError as exc:
             raise ConfigError(f"config key 'paths.incoming': {self.root} does not exist and cannot be "
                               f"created ({exc.strerror}); point it at the camera's output directory") from None
+        self.pipeline.load_jobs()  # while the fork server loads on the other core
         self.pipeline.recover()
         overflow = _OverflowWatch(self.q)
         wd_logger = logging.getLogger("watchdog.observers.inotify")

@@ -20,6 +20,7 @@ a job whose result already exists is not planned again.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -97,6 +98,14 @@ class Pipeline:
     wants = staticmethod(wants)
 
     # ------------------------------------------------------------------ start-up recovery
+    def load_jobs(self) -> None:
+        """Import what planning and running jobs needs (the jobs' module; QA's, which ranks a
+        group's frames) now: the live daemon, which will plan jobs, pays it at start-up instead
+        of in the first file's or the first group's latency. ``watch --once`` does not call it:
+        it imports them with its first job, if it has one."""
+        _tasks()
+        importlib.import_module("ccdwatch.qa")
+
     def recover(self) -> dict[str, int]:
         """Converge after a crash: sweep temp files, forget outputs no row references."""
         products = self.ctx.products
