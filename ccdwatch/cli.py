@@ -66,10 +66,10 @@ def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
 
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
-    if cfg.workers.processes > 0 and not cfg.workers.scheduler:
-        from ccdwatch.jobs import forkserver
+    if not args.once:  # --once: only once its scan has found files (Watcher.run_once)
+        from ccdwatch.jobs import pool
 
-        forkserver.start()  # first: its imports overlap with ours below
+        pool.warm_up(cfg.workers)  # first: its imports overlap with ours below
     from ccdwatch.daemon.watch import Watcher
     from ccdwatch.pipeline import Pipeline
 

@@ -28,6 +28,10 @@ def test_fork_server_preload_is_warm_frozen_and_leaves_the_collector_on():
 
 def test_daemon_process_does_not_load_what_only_workers_use():
     modules = set(_modules_after("import ccdwatch.cli, ccdwatch.pipeline, ccdwatch.daemon.watch")["modules"])
-    assert "ccdwatch.jobs.tasks" in modules  # the job descriptions
+    assert "ccdwatch.pipeline.core" in modules and "numpy" in modules  # the import did run
     assert "scipy.spatial" not in modules  # alignment runs on the workers only
     assert "matplotlib" not in modules
+    # the job descriptions and the jobs' numerics come with the first planned job (issue 17:
+    # `watch --once` with nothing to do never needs them)
+    for name in ("ccdwatch.jobs.tasks", "ccdwatch.qa", "sep", "cv2"):
+        assert name not in modules, f"the daemon imports {name} before it has a job"

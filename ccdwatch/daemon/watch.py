@@ -61,6 +61,7 @@ from ccdwatch.catalog import publish_snapshot, utcnow
 from ccdwatch.config import Config, ConfigError
 from ccdwatch.daemon.inbox import Inbox
 from ccdwatch.daemon.notify import Notifier
+from ccdwatch.jobs import pool
 from ccdwatch.jobs.pool import Stopping
 from ccdwatch.pipeline import Pipeline
 
@@ -353,6 +354,8 @@ class Watcher:
         """Start-up scan, drain all work as the daemon would, then finish the night and return."""
         self.pipeline.recover()
         self.scan()
+        if self.ready or self.pending:
+            pool.warm_up(self.cfg.workers)
         bar = None
         if self.progress and len(self.ready) > 20:
             from tqdm import tqdm
@@ -407,6 +410,7 @@ class Watcher:
         except OSError as exc:
             raise ConfigError(f"config key 'paths.incoming': {self.root} does not exist and cannot be "
                               f"created ({exc.strerror}); point it at the camera's output directory") from None
+        self.pipeline.load_jobs()  # while the fork server loads on the other core
         self.pipeline.recover()
         overflow = _OverflowWatch(self.q)
         wd_logger = logging.getLogger("watchdog.observers.inotify")

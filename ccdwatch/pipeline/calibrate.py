@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -27,7 +28,7 @@ from ccdwatch.catalog.queries import (
 from ccdwatch.detector import DetectorValues, detector_values
 from ccdwatch.fitsio.names import fits_stem
 from ccdwatch.headers.cfa import bayerpat_card
-from ccdwatch.jobs import memory, tasks
+from ccdwatch.jobs import memory
 from ccdwatch.jobs.uncertainty import NoiseSpec
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.overscan import OverscanPlan
@@ -35,6 +36,9 @@ from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
 from ccdwatch.pipeline.selection import Masters
 from ccdwatch.products import calibrated_path, master_cards, preview_path, product_header
+
+if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
+    from ccdwatch.jobs import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +193,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         BAYERPAT=bayerpat_card(frame.bayer_pattern, frame.header or {}, naxis2=frame.naxis2)
         if frame.bayer_pattern else None,
     )
+    from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there
     spec = tasks.CalibrateSpec(
         frame_id=frame.id, raw_paths=raw_paths(frame), raw_sha256=content_hash(frame),
         bias_path=sel.bias.path if sel.bias else None, dark_path=sel.dark.path if sel.dark else None,

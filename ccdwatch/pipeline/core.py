@@ -20,6 +20,7 @@ a job whose result already exists is not planned again.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -27,12 +28,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from types import ModuleType
 
 from ccdwatch.catalog import Catalog, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
-from ccdwatch.jobs import pool, tasks
+from ccdwatch.jobs import pool
 from ccdwatch.keys import CALIBRATION_KINDS, GroupKey
 from ccdwatch.models import FrameState
 from ccdwatch.pipeline import calibrate, masters, stacking
@@ -43,6 +45,15 @@ from ccdwatch.pipeline.runner import Runner, catalogue_full
 from ccdwatch.products import preview_path
 
 logger = logging.getLogger(__name__)
+
+
+def _tasks() -> ModuleType:
+    """The jobs' module, imported once there is a job to run: it brings the numerics (OpenCV,
+    sep, scipy...), which a daemon process with nothing to do never needs (start-up of ``watch
+    --once``); the workers have it from their fork server's preload."""
+    from ccdwatch.jobs import tasks
+
+    return tasks
 
 
 class Pipeline:
@@ -87,6 +98,14 @@ class Pipeline:
     wants = staticmethod(wants)
 
     # ------------------------------------------------------------------ start-up recovery
+    def load_jobs(self) -> None:
+        """Import what planning and running jobs needs (the jobs' module; QA's, which ranks a
+        group's frames) now: the live daemon, which will plan jobs, pays it at start-up instead
+        of in the first file's or the first group's latency. ``watch --once`` does not call it:
+        it imports them with its first job, if it has one."""
+        _tasks()
+        importlib.import_module("ccdwatch.qa")
+
     def recover(self) -> dict[str, int]:
         """Converge after a crash: sweep temp files, forget outputs no row references."""
         products = self.ctx.products
@@ -193,8 +212,9 @@ class Pipeline:
         built: list[int] = []
         for rank in range(len(CALIBRATION_KINDS)):
             plans = masters.plan_due(self.ctx, [(k, n) for k, n in candidates if k.rank == rank], final=final)
-            built += self.runner.run(tasks.build_master, plans, lambda p, r: masters.commit(self.ctx, p, r),
-                                     fault_point="master-written", share_cores=True)
+            if plans:
+                built += self.runner.run(_tasks().build_master, plans, lambda p, r: masters.commit(self.ctx, p, r),
+                                         fault_point="master-written", share_cores=True)
             if self.paused is not None:
                 break
         return built
@@ -202,14 +222,19 @@ class Pipeline:
     def calibrate(self, frame_ids: Sequence[int], *, final: bool = False) -> int:
         """Calibrate the lights whose masters exist (or policy allows partial); the number written."""
         plans = calibrate.plan_many(self.ctx, frame_ids, final=final)
-        done = self.runner.run(tasks.calibrate_light, plans, lambda p, r: calibrate.commit(self.ctx, p, r),
+        if not plans:
+            return 0
+        done = self.runner.run(_tasks().calibrate_light, plans, lambda p, r: calibrate.commit(self.ctx, p, r),
                                fault_point="calibrated-written")
         self.waiting.planned([p.frame_id for p in plans], done)
         return len(done)
 
     def stack(self, groups: Sequence[GroupKey]) -> list[int]:
         """Stack several groups (combined in parallel on the workers), then refresh their reports."""
-        built = self.runner.run(tasks.stack_group, stacking.plan_many(self.ctx, groups),
+        plans = stacking.plan_many(self.ctx, groups)
+        if not plans:
+            return []
+        built = self.runner.run(_tasks().stack_group, plans,
                                 lambda p, r: stacking.commit(self.ctx, p, r),
                                 fault_point="stack-written", share_cores=True)
         if built:

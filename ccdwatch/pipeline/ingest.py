@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -21,11 +21,14 @@ from ccdwatch.catalog import log_event, utcnow
 from ccdwatch.catalog.queries import frame_by_sha256, source_file
 from ccdwatch.fitsio import RejectedFile, fits_suffix, is_temp_name
 from ccdwatch.headers import FrameInfo, ImageType, camera_key, fingerprint
-from ccdwatch.jobs import pool, tasks
+from ccdwatch.jobs import pool
 from ccdwatch.models import Frame, FrameState, SourceFile
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import dedupe_exposure, path_rewritten, restore
 from ccdwatch.pipeline.runner import Runner
+
+if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
+    from ccdwatch.jobs import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class Ingester:
         todo = self._changed(paths, outcomes)
         cfg = self.ctx.cfg
         now = self.ctx.clock()
+        from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there
         specs = [tasks.IngestSpec(str(path), self.ctx.max_data_bytes, cfg.ingest.allow_compressed, cfg.classify,
                                  cfg.night.timezone, cfg.night.start_hour, relpath=self.relpath(path),
                                  unwritten_grace=cfg.watch.fallback_settle_seconds, now=now,

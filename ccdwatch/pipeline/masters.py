@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,7 @@ from ccdwatch.catalog.queries import (
 )
 from ccdwatch.catalog.sites import claim, holder, release
 from ccdwatch.detector import DetectorValues, detector_values, gain_check
-from ccdwatch.jobs import memory, tasks
+from ccdwatch.jobs import memory
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.overscan import OverscanPlan
@@ -37,6 +37,9 @@ from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_name, raw_paths, raw_present
 from ccdwatch.pipeline.selection import Masters
 from ccdwatch.products import master_cards, master_path, preview_path, product_header, short_hash
+
+if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
+    from ccdwatch.jobs import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +176,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
         dark_scale = (calib.dark_scale(sample.exptime or 0.0, dark.exptime)
                       if dark is not None and dark.exptime else None)
         inputs = tuple((f.id, content_hash(f)) for f in frames)
+        from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there
         spec = tasks.MasterSpec(
             kind=kind, frames=tuple((raw_paths(f), content_hash(f)) for f in frames),
             bias_path=bias.path if bias else None, dark_path=dark.path if dark else None,

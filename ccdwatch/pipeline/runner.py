@@ -22,7 +22,8 @@ from ccdwatch import faults
 from ccdwatch.catalog import log_event, sqlite_path, utcnow
 from ccdwatch.catalog.queries import frame_by_sha256, frames_by_id
 from ccdwatch.fitsio import DiskFull
-from ccdwatch.jobs import memory, pool, tasks
+from ccdwatch.jobs import memory, pool
+from ccdwatch.jobs.raws import RawGone
 from ccdwatch.models import FrameState
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import mark_missing
@@ -86,7 +87,7 @@ class Runner:
                 self.pause(exc)
                 self.note(plan.charged, f"paused: disk full ({exc})")
                 continue
-            except tasks.RawGone as exc:  # no fault of the job's other inputs: nobody is charged
+            except RawGone as exc:  # no fault of the job's other inputs: nobody is charged
                 self.missing(exc.sha256, f"{plan.subject}: {exc.detail}")
                 continue
             except Exception as exc:

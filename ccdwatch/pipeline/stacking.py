@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from ccdwatch import __version__, qa
+from ccdwatch import __version__
 from ccdwatch.catalog import log_event, utcnow
 from ccdwatch.catalog.queries import (
     current_calibrated,
@@ -27,13 +28,16 @@ from ccdwatch.catalog.queries import (
     nights_with_calibrated_lights,
 )
 from ccdwatch.catalog.sites import claim, holder, release
-from ccdwatch.jobs import memory, tasks
+from ccdwatch.jobs import memory
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import Calibrated, Frame, FrameState, Stack, StackMember
 from ccdwatch.pipeline.calibrate import timed_out
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name
 from ccdwatch.products import preview_path, product_header, stack_path
+
+if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
+    from ccdwatch.jobs import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +160,8 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
         if not claim(s, what, owner=ctx.owner, site=ctx.site, ttl=ctx.claim_ttl):
             logger.info("group %s is being stacked by %s", group, holder(s, what))
             return None
+        from ccdwatch import qa  # here: its package brings sep and OpenCV, for the frames' own QA
+
         quality = {f.id: qa.FrameQuality(
             n_stars=f.n_stars or 0, fwhm=_nan(f.fwhm), elongation=_nan(f.elongation), sky=_nan(f.sky),
             sky_noise=_nan(f.sky_noise), saturated_fraction=f.saturated_fraction or 0.0) for f in frames}
@@ -175,6 +181,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
         night = ref_frame.night or "nonight"
         out = stack_path(ctx.products, night=night, target=target, filter=ref_frame.filter,
                          exptime=ref_frame.exptime, group_key=str(group), version=version)
+        from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there
         spec = tasks.StackSpec(
             products={fid: products[fid].path for fid in usable}, reference=reference, method=st.method,
             sigma=st.sigma, memory_budget=ctx.memory_budget, workdir=str(ctx.workdir), out_path=str(out),
