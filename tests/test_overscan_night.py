@@ -97,6 +97,27 @@ def test_overscan_level_in_the_catalogue_and_the_headers(corrected):
     assert abs(float(np.median(master))) < 1.0
 
 
+def test_the_uncertainty_counts_what_the_pixels_collected_not_the_bias_offset(corrected):
+    """With the overscan subtracted, a light's UNCERT predicts the measured sky noise: its Poisson
+    term is the signal above the overscan (an UNCERT from the raw data section, with its ~1000 ADU
+    offset, would predict sqrt((1000 + 400) / 400) ~ 1.9x the noise)."""
+    _, truth, cat = corrected
+    with cat.reader() as s:
+        paths = [c.path for c in s.scalars(select(Calibrated).where(Calibrated.current))]
+    assert paths
+    starlight = synth.render_stars(CAMERA.shape, truth.light_stars(0), fwhm=truth.fwhm, exptime=200.0)
+    sky = (starlight < 0.01) & ~synth.hot_pixels(CAMERA)  # star-free pixels (the dithers are small)
+    sky[:8], sky[-8:], sky[:, :8], sky[:, -8:] = False, False, False, False
+    for path in paths:
+        with fits.open(path) as hdul:
+            assert hdul[0].header["BUNIT"] == "electron" and "OVERSCAN" in hdul[0].header
+            data, sigma = hdul[0].data, hdul["UNCERT"].data
+            bad = hdul["BADPIX"].data.astype(bool) if "BADPIX" in hdul else np.zeros(data.shape, bool)
+        use = sky & ~bad & np.isfinite(data)
+        measured = 1.4826 * np.median(np.abs(data[use] - np.median(data[use])))
+        assert measured == pytest.approx(float(np.median(sigma[use])), rel=0.05), path
+
+
 def test_bad_sections_are_a_warning_and_the_frame_is_used_whole(tmp_path):
     from ccdwatch.headers import OverscanRules, camera_key, normalise
 
