@@ -26,7 +26,6 @@ from ccdwatch.config_data import (
     OverscanConfig,
     ProductsConfig,
     parse_overscan,
-    parse_products,
     parse_rules,
     unknown_key,
 )
@@ -305,6 +304,7 @@ _SECTIONS: dict[str, type] = {
     "workers": WorkersConfig,
     "colour": ColourConfig,
     "site": SiteConfig,
+    "products": ProductsConfig,
 }
 
 
@@ -452,6 +452,7 @@ _POSITIVE = {
     "ingest": ("max_data_mb", "max_tries"),
     "workers": ("memory_limit_mb", "ingest_timeout", "job_timeout", "scheduler_retry"),
     "site": ("heartbeat_seconds",),
+    "products": ("quantize_level",),
     "masters": ("sigma", "memory_budget_mb", "hot_pixel_sigma"),
     "stack": ("sigma", "quiet_minutes", "detect_sigma", "fwhm_mad", "sky_mad", "elongation_max"),
 }
@@ -513,14 +514,14 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: Path | None = N
     for name, value in data.items():
         if name == "classify":
             kwargs[name] = parse_rules(value)
-        elif name in ("overscan", "products"):
-            kwargs[name] = parse_overscan(value) if name == "overscan" else parse_products(value)
+        elif name == "overscan":
+            kwargs[name] = parse_overscan(value)
         elif name == "detector":
             kwargs[name] = parse_detector(value)
         elif name in _SECTIONS:
             kwargs[name] = _section(name, _SECTIONS[name], value, base)
         else:
-            raise unknown_key(name, [*_SECTIONS, "classify", "overscan", "products", "detector"])
+            raise unknown_key(name, [*_SECTIONS, "classify", "overscan", "detector"])
     if "paths" not in kwargs:
         # Defaults are relative to where the daemon runs, not to the file.
         kwargs["paths"] = defaults.paths

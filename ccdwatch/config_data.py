@@ -1,6 +1,6 @@
 """Settings about the data itself: the detector's overscan (``[overscan]``), the format of the
-product files (``[products]``) and the ``[[classify]]`` rules; and :class:`ConfigError`, shared
-with :mod:`ccdwatch.config`.
+product files (``[products]``: a flat section, checked by :mod:`ccdwatch.config`'s generic
+parser) and the ``[[classify]]`` rules; and :class:`ConfigError`, shared with :mod:`ccdwatch.config`.
 
 Each section's table is checked here, key by key, with messages that name the key and the fix.
 """
@@ -17,7 +17,7 @@ from ccdwatch.headers import ClassificationRule, ImageType
 from ccdwatch.headers.sections import OverscanRules
 from ccdwatch.overscan import Section
 
-__all__ = ["ConfigError", "OverscanConfig", "ProductsConfig", "parse_overscan", "parse_products", "parse_rules",
+__all__ = ["ConfigError", "OverscanConfig", "ProductsConfig", "parse_overscan", "parse_rules",
            "unknown_key"]
 
 
@@ -128,24 +128,6 @@ def parse_overscan(table: Any) -> OverscanConfig:
         else:
             raise unknown_key(dotted, ("cameras", "method", "order", "use_header"))
     return OverscanConfig(**kwargs)
-
-
-def parse_products(table: Any) -> ProductsConfig:
-    """``[products]``."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"config key 'products' must be a table ([products]), got {table!r}")
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        dotted = f"products.{key}"
-        if key == "compress":
-            kwargs[key] = _choice(dotted, value, ("none", "gzip", "rice"))
-        elif key == "quantize_level":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"config key {dotted!r} must be a number > 0 (16 is a good start), got {value!r}")
-            kwargs[key] = float(value)
-        else:
-            raise unknown_key(dotted, ("compress", "quantize_level"))
-    return ProductsConfig(**kwargs)
 
 
 _RULE_KEYS = ("glob", "path", "header", "imagetyp", "filter", "object")
