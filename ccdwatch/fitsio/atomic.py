@@ -18,15 +18,17 @@ import stat
 import time
 import warnings
 from pathlib import Path
-
-import numpy as np
-from astropy.io import fits
+from typing import TYPE_CHECKING
 
 from ccdwatch import faults
-from ccdwatch.fitsio.compress import Compression, compress
-from ccdwatch.fitsio.layout import BLOCK_SIZE
+from ccdwatch.fitsio.descriptor import BLOCK_SIZE
 from ccdwatch.fitsio.names import TEMP_PREFIX, is_temp_name
-from ccdwatch.fitsio.product import sha256_file
+
+if TYPE_CHECKING:  # astropy and numpy load with the first product written, not with the daemon
+    import numpy as np
+    from astropy.io import fits
+
+    from ccdwatch.fitsio.compress import Compression
 
 __all__ = ["DiskFull", "sweep_temp_files", "write_bytes_atomic", "write_product"]
 
@@ -121,6 +123,12 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
         No temp and no partial final file is left; an existing file at ``path`` is untouched.
     """
     final = Path(path)
+    import numpy as np
+    from astropy.io import fits
+
+    from ccdwatch.fitsio.compress import compress
+    from ccdwatch.fitsio.product import sha256_file
+
     if isinstance(hdus, np.ndarray):
         hdul = fits.HDUList([fits.PrimaryHDU(data=hdus, header=header)])
     elif isinstance(hdus, fits.HDUList):
