@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from ccdwatch import __version__
+from ccdwatch import __version__, records
 from ccdwatch.advice import unmatched_rules, unused_frames
 from ccdwatch.catalog import (
     Catalog,
@@ -119,8 +119,6 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         return 0
 
 
-FRAME_COLUMNS = ("id", "night", "date_obs", "imagetyp", "exptime", "filter", "object", "state", "n_stars",
-                 "fwhm", "sky", "name")
 
 
 def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
@@ -131,7 +129,7 @@ def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
         frames = query_frames(s, night=args.night, imagetyp=args.type, filter=args.filter, object=args.object,
                               state=args.state, since=since, limit=args.limit, site=args.site)
         rows = [frame_record(f) for f in frames]
-    emit_named(rows, args.format, FRAME_COLUMNS)
+    emit_named(rows, args.format, records.FRAME_COLUMNS)
     return 0
 
 
@@ -235,9 +233,7 @@ def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
         masters = query_masters(s, kind=args.type, night=args.night, filter=args.filter, exptime=args.exptime,
                                 site=args.site)
         rows = [master_record(m) for m in masters]
-    emit_named(rows, args.format, ("id", "kind", "night", "version", "exptime", "ccd_temp", "filter", "n_frames",
-                                   "method",
-                             "mean", "noise", "hot_pixels", "name"))
+    emit_named(rows, args.format, records.MASTER_COLUMNS)
     return 0
 
 
@@ -246,8 +242,7 @@ def cmd_stacks(cfg: Config, args: argparse.Namespace) -> int:
         stacks = query_stacks(s, night=args.night, target=args.target, filter=args.filter, all_versions=args.all,
                               site=args.site)
         rows = [stack_record(x) for x in stacks]
-    emit_named(rows, args.format, ("id", "night", "target", "filter", "exptime", "version", "n_used", "n_rejected",
-                             "total_exposure", "name"))
+    emit_named(rows, args.format, records.STACK_COLUMNS)
     return 0
 
 

@@ -240,6 +240,12 @@ def test_listings_and_the_report_filter_by_site_and_json_carries_it(tmp_path, ca
             assert len(data.frames) == n_bias and len(data.masters) == 1
     assert main(["--db", db, "frames", "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 7
+    # a table of several sites says which row is whose (both have a bias_001.fits); one site's does not
+    assert main(["--db", db, "frames", "--type", "bias"]) == 0
+    header, _, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:2] == ["id", "site"] and sorted(r.split()[1] for r in rows) == ["t1"] * 3 + ["t2"] * 4
+    assert main(["--db", db, "--site", "t2", "masters"]) == 0
+    assert "site" not in capsys.readouterr().out.splitlines()[0].split()
     assert main(["--db", db, "--site", "t3", "frames", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
 
