@@ -59,6 +59,7 @@ logger = logging.getLogger("ccdwatch")
 
 EXIT_OWNED = 5  # another live daemon owns this site, incoming directory or products root
 EXIT_UNREACHABLE = 6  # the catalogue's server does not answer
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
 
 # ---------------------------------------------------------------------- commands
 def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
@@ -308,8 +309,12 @@ def cmd_reprocess(cfg: Config, args: argparse.Namespace) -> int:
 
     selection = Selection(night=args.night, since=args.since, every=args.all)
     catalog, pipe = _pipeline(cfg)
-    with catalog, pipe:
-        done = reprocess(pipe, selection, progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    try:
+        with catalog, pipe:
+            done = reprocess(pipe, selection, progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    except KeyboardInterrupt:
+        print(f"ccdwatch: reprocessing {selection} interrupted; the same command continues it", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"reprocessed {selection} (site {pipe.ctx.site}): {done.masters} masters, {done.calibrated} "
           f"calibrated lights, {done.stacks} stacks in {done.seconds:.1f} s"
           + (f"; {done.skipped} already done by an earlier run" if done.skipped else ""))

@@ -212,6 +212,54 @@ def test_reprocess_makes_new_versions_and_an_interrupted_campaign_continues(tmp_
     assert "3 masters, 3 calibrated lights, 1 stacks" in capsys.readouterr().out
 
 
+def test_ctrl_c_while_jobs_run_on_the_cluster_stops_and_cancels_them(tmp_path, local_cluster):
+    """A KeyboardInterrupt while the daemon waits for cluster jobs (Ctrl-C on `reprocess`) is not
+    taken for a job's error: it goes up at once, and the job no longer runs on the cluster."""
+    import _thread
+    import threading
+
+    workers = jobs_cluster.ClusterWorkers(local_cluster.scheduler_address, local=Workers(processes=0),
+                                          incoming=tmp_path, products=tmp_path / "products", retry=60)
+    try:
+        threading.Timer(1.5, _thread.interrupt_main).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            workers.map(time.sleep, [120], timeout=600)
+        assert time.monotonic() - t0 < 30
+        with distributed.Client(local_cluster.scheduler_address, set_as_default=False) as client:
+            deadline = time.monotonic() + 30
+            while any(client.processing().values()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not any(client.processing().values())
+    finally:
+        workers.close()
+
+
+def test_reprocess_interrupted_by_ctrl_c_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    from ccdwatch import faults
+    from ccdwatch.cli import EXIT_INTERRUPTED, main
+
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False}, site={"name": "t1"})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=9, **NIGHT)
+    _run_once(cfg)
+    args = ["--db", cfg.paths.database, "--incoming", str(cfg.paths.incoming), "--products", str(cfg.paths.products),
+            "--site", "t1", "reprocess", "--night", "2024-03-10", "--no-progress"]
+    point = faults.point
+
+    def ctrl_c(name: str, subject: object = "") -> None:
+        if name == "calibrated-written":
+            raise KeyboardInterrupt
+        point(name, subject)
+
+    monkeypatch.setattr(faults, "point", ctrl_c)
+    capsys.readouterr()
+    assert main(args) == EXIT_INTERRUPTED == 130
+    assert "interrupted; the same command continues it" in capsys.readouterr().err
+    monkeypatch.setattr(faults, "point", point)
+    assert main(args) == 0
+    assert "0 masters, 3 calibrated lights, 1 stacks" in capsys.readouterr().out  # the 3 masters were kept
+
+
 def test_listings_and_the_report_filter_by_site_and_json_carries_it(tmp_path, capsys):
     """Two telescopes' nights in one catalogue (one after the other: SQLite has one writer)."""
     from ccdwatch.cli import main
