@@ -94,15 +94,16 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         if not args.once:
             return watcher.run()
         stats = watcher.run_once()
+        site = site_name(cfg)  # the summary is this daemon's: others may share the catalogue
         with catalog.reader() as s:  # read everything inside: the session expires its objects at the end
-            counts = state_counts(s)
-            n = product_counts(s)
-            waiting = frames_in_state(s, FrameState.WAITING)
-            quarantined = frames_in_state(s, FrameState.QUARANTINED)
-            classified = frames_with_classification(s, site=site_name(cfg))
+            counts = state_counts(s, site=site)
+            n = product_counts(s, site=site)
+            waiting = frames_in_state(s, FrameState.WAITING, site=site)
+            quarantined = frames_in_state(s, FrameState.QUARANTINED, site=site)
+            classified = frames_with_classification(s, site=site)
             advice = [line for a in unused_frames(classified) for line in a.lines()]
             advice += unmatched_rules(cfg.classify, classified)
-        print(f"ccdwatch {__version__}: scanned {incoming} (site {site_name(cfg)})")
+        print(f"ccdwatch {__version__}: scanned {incoming} (site {site})")
         print(f"  this run: {stats.ingested} ingested, {stats.duplicate} duplicates, "
               f"{stats.unchanged} unchanged, {stats.quarantined} quarantined")
         print(f"  catalogue: {sum(counts.values())} frames (" +
@@ -206,9 +207,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from ccdwatch.catalog.sites import daemons
 
     with _catalog(cfg) as cat, cat.reader() as s:
-        counts = state_counts(s)
-        last = last_ingest(s)
-        n = product_counts(s)
+        site = args.site  # None: the whole catalogue
+        counts, last, n = state_counts(s, site=site), last_ingest(s, site=site), product_counts(s, site=site)
         running = [(d.site, d.host, d.pid, d.incoming, (utcnow() - d.heartbeat_at).total_seconds())
                    for d in daemons(s)]
     status_file = Path(cfg.paths.products) / "status.json"
@@ -224,8 +224,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     print(f"last ingest: {iso(last) or 'never'}")
     if daemon:
         print(f"daemon: {daemon.get('status')} (queue {daemon.get('queue')}, updated {daemon.get('updated')})")
-    for site, host, pid, incoming, age in running:
-        print(f"site {site}: daemon pid {pid} on {host}, watching {incoming}, heartbeat {age:.0f} s ago")
+    for name, host, pid, incoming, age in running:
+        print(f"site {name}: daemon pid {pid} on {host}, watching {incoming}, heartbeat {age:.0f} s ago")
     return 0
 
 

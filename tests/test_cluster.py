@@ -296,6 +296,9 @@ def test_listings_and_the_report_filter_by_site_and_json_carries_it(tmp_path, ca
     assert "site" not in capsys.readouterr().out.splitlines()[0].split()
     assert main(["--db", db, "--site", "t3", "frames", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+    for site, n in ((None, 7), ("t1", 3), ("t2", 4)):  # status counts the site's frames, or all
+        assert main(["--db", db, *(("--site", site) if site else ()), "status"]) == 0
+        assert f"frames: {n}  used={n}" in capsys.readouterr().out
 
 
 def test_masters_are_shared_between_sites_only_when_configured(tmp_path):
