@@ -301,6 +301,42 @@ def test_listings_and_the_report_filter_by_site_and_json_carries_it(tmp_path, ca
         assert f"frames: {n}  used={n}" in capsys.readouterr().out
 
 
+def test_the_report_of_several_sites_keeps_their_groups_and_masters_apart(tmp_path):
+    """Two telescopes of one camera model (same group and calibration keys) in one catalogue: the
+    report of both shows a group and a stack per site; a newer master version of one site does not
+    mark the other's as superseded; each page says whose frames it shows."""
+    from ccdwatch.catalog.night import current_stacks
+    from ccdwatch.pipeline.reprocess import Selection, reprocess
+    from ccdwatch.report import build_report
+    from ccdwatch.report.collect import collect
+    from ccdwatch.report.text import group_label
+
+    db = str(tmp_path / "shared.db")
+    cfgs = {}
+    for i, site in enumerate(("t1", "t2")):
+        cfgs[site] = make_config(tmp_path / site, workers={"processes": 0}, report={"refresh": False},
+                                 site={"name": site}, paths={"database": db})
+        synth.make_night(cfgs[site].paths.incoming, camera=CAMERA, seed=60 + i, **NIGHT)
+        _run_once(cfgs[site])
+    with Catalog(db) as cat, Pipeline(cfgs["t1"], cat) as pipe:
+        reprocess(pipe, Selection(night="2024-03-10"))  # t1's masters and stack: version 2
+    with Catalog(db) as cat:
+        with cat.reader() as s:
+            both = collect(s, "2024-03-10")
+            assert both.sites == ["t1", "t2"] and len(current_stacks(s, "2024-03-10")) == 2
+            assert sorted((g.site, len(g.frame_ids), g.stack.site) for g in both.groups) == [("t1", 3, "t1"),
+                                                                                             ("t2", 3, "t2")]
+            assert {group_label(g).split(" · ")[0] for g in both.groups} == {"t1", "t2"}
+            t2 = collect(s, "2024-03-10", site="t2")
+            assert t2.sites == ["t2"] and [g.site for g in t2.groups] == [None]  # one site: labels as before
+            assert sorted((m.kind, m.version, m.latest) for m in t2.masters) == [
+                ("bias", 1, True), ("dark", 1, True), ("flat", 1, True)]
+        page = build_report(cfgs["t2"], cat, "2024-03-10", tmp_path / "both").read_text()
+        assert "sites t1, t2 · M51" in page and "<h3>t1 · M51 · V" in page and "<h3>t2 · M51 · V" in page
+        page = build_report(cfgs["t2"], cat, "2024-03-10", tmp_path / "t2", site="t2").read_text()
+        assert "site t2 · M51" in page
+
+
 def test_masters_are_shared_between_sites_only_when_configured(tmp_path):
     """A camera moved from t1's PC to t2's: t2's lights wait for masters of their own, until t2 is
     configured to use t1's (same camera set-up), and are then calibrated with them."""
