@@ -26,9 +26,9 @@ from ccdwatch.jobs.pool import Workers, make_workers
 from ccdwatch.models import Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
-from .conftest import make_config
+from .conftest import make_config, need
 
-distributed = pytest.importorskip("distributed", reason="the Dask tests need distributed: pip install -e '.[test]'")
+distributed = need("distributed")
 
 CAMERA = synth.Camera(shape=(96, 128))
 NIGHT = {"n_bias": 3, "n_dark": 3, "n_flat": 3, "filters": ("V",), "n_light": 3, "n_stars": 40}

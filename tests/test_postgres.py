@@ -30,7 +30,7 @@ from ccdwatch.fitsio import read_product
 from ccdwatch.models import Base, Calibrated, Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
-from .conftest import make_config, terminate_backends
+from .conftest import make_config, need, terminate_backends
 
 CAMERA = synth.Camera(shape=(96, 128))
 NIGHT = {"n_bias": 3, "n_dark": 3, "n_flat": 3, "filters": ("V",), "n_light": 3, "n_stars": 40}
@@ -249,7 +249,7 @@ def test_two_daemons_one_catalogue_each_plans_only_its_camera(tmp_path, pg_url):
     reduced at the same time by two daemons into one catalogue, their jobs on one Dask cluster:
     each frame once, masters and stacks per telescope, pixels equal to each telescope's
     single-machine SQLite run."""
-    distributed = pytest.importorskip("distributed")
+    distributed = need("distributed")
     cams = {"t1": synth.Camera(shape=(96, 128), seed=11), "t2": synth.Camera(shape=(96, 128), seed=22)}
     for i, (site, cam) in enumerate(cams.items()):
         _write_night(tmp_path / site / "incoming", cam, seed=30 + i)
