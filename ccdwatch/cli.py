@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from ccdwatch import __version__
+from ccdwatch import __version__, records
 from ccdwatch.advice import unmatched_rules, unused_frames
 from ccdwatch.catalog import (
     Catalog,
@@ -59,6 +59,7 @@ logger = logging.getLogger("ccdwatch")
 
 EXIT_OWNED = 5  # another live daemon owns this site, incoming directory or products root
 EXIT_UNREACHABLE = 6  # the catalogue's server does not answer
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
 
 # ---------------------------------------------------------------------- commands
 def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
@@ -93,15 +94,16 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         if not args.once:
             return watcher.run()
         stats = watcher.run_once()
+        site = site_name(cfg)  # the summary is this daemon's: others may share the catalogue
         with catalog.reader() as s:  # read everything inside: the session expires its objects at the end
-            counts = state_counts(s)
-            n = product_counts(s)
-            waiting = frames_in_state(s, FrameState.WAITING)
-            quarantined = frames_in_state(s, FrameState.QUARANTINED)
-            classified = frames_with_classification(s, site=site_name(cfg))
+            counts = state_counts(s, site=site)
+            n = product_counts(s, site=site)
+            waiting = frames_in_state(s, FrameState.WAITING, site=site)
+            quarantined = frames_in_state(s, FrameState.QUARANTINED, site=site)
+            classified = frames_with_classification(s, site=site)
             advice = [line for a in unused_frames(classified) for line in a.lines()]
             advice += unmatched_rules(cfg.classify, classified)
-        print(f"ccdwatch {__version__}: scanned {incoming} (site {site_name(cfg)})")
+        print(f"ccdwatch {__version__}: scanned {incoming} (site {site})")
         print(f"  this run: {stats.ingested} ingested, {stats.duplicate} duplicates, "
               f"{stats.unchanged} unchanged, {stats.quarantined} quarantined")
         print(f"  catalogue: {sum(counts.values())} frames (" +
@@ -119,8 +121,6 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         return 0
 
 
-FRAME_COLUMNS = ("id", "night", "date_obs", "imagetyp", "exptime", "filter", "object", "state", "n_stars",
-                 "fwhm", "sky", "name")
 
 
 def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
@@ -131,7 +131,7 @@ def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
         frames = query_frames(s, night=args.night, imagetyp=args.type, filter=args.filter, object=args.object,
                               state=args.state, since=since, limit=args.limit, site=args.site)
         rows = [frame_record(f) for f in frames]
-    emit_named(rows, args.format, FRAME_COLUMNS)
+    emit_named(rows, args.format, records.FRAME_COLUMNS)
     return 0
 
 
@@ -207,9 +207,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from ccdwatch.catalog.sites import daemons
 
     with _catalog(cfg) as cat, cat.reader() as s:
-        counts = state_counts(s)
-        last = last_ingest(s)
-        n = product_counts(s)
+        site = args.site  # None: the whole catalogue
+        counts, last, n = state_counts(s, site=site), last_ingest(s, site=site), product_counts(s, site=site)
         running = [(d.site, d.host, d.pid, d.incoming, (utcnow() - d.heartbeat_at).total_seconds())
                    for d in daemons(s)]
     status_file = Path(cfg.paths.products) / "status.json"
@@ -225,8 +224,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     print(f"last ingest: {iso(last) or 'never'}")
     if daemon:
         print(f"daemon: {daemon.get('status')} (queue {daemon.get('queue')}, updated {daemon.get('updated')})")
-    for site, host, pid, incoming, age in running:
-        print(f"site {site}: daemon pid {pid} on {host}, watching {incoming}, heartbeat {age:.0f} s ago")
+    for name, host, pid, incoming, age in running:
+        print(f"site {name}: daemon pid {pid} on {host}, watching {incoming}, heartbeat {age:.0f} s ago")
     return 0
 
 
@@ -235,9 +234,7 @@ def cmd_masters(cfg: Config, args: argparse.Namespace) -> int:
         masters = query_masters(s, kind=args.type, night=args.night, filter=args.filter, exptime=args.exptime,
                                 site=args.site)
         rows = [master_record(m) for m in masters]
-    emit_named(rows, args.format, ("id", "kind", "night", "version", "exptime", "ccd_temp", "filter", "n_frames",
-                                   "method",
-                             "mean", "noise", "hot_pixels", "name"))
+    emit_named(rows, args.format, records.MASTER_COLUMNS)
     return 0
 
 
@@ -246,8 +243,7 @@ def cmd_stacks(cfg: Config, args: argparse.Namespace) -> int:
         stacks = query_stacks(s, night=args.night, target=args.target, filter=args.filter, all_versions=args.all,
                               site=args.site)
         rows = [stack_record(x) for x in stacks]
-    emit_named(rows, args.format, ("id", "night", "target", "filter", "exptime", "version", "n_used", "n_rejected",
-                             "total_exposure", "name"))
+    emit_named(rows, args.format, records.STACK_COLUMNS)
     return 0
 
 
@@ -313,8 +309,12 @@ def cmd_reprocess(cfg: Config, args: argparse.Namespace) -> int:
 
     selection = Selection(night=args.night, since=args.since, every=args.all)
     catalog, pipe = _pipeline(cfg)
-    with catalog, pipe:
-        done = reprocess(pipe, selection, progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    try:
+        with catalog, pipe:
+            done = reprocess(pipe, selection, progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    except KeyboardInterrupt:
+        print(f"ccdwatch: reprocessing {selection} interrupted; the same command continues it", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"reprocessed {selection} (site {pipe.ctx.site}): {done.masters} masters, {done.calibrated} "
           f"calibrated lights, {done.stacks} stacks in {done.seconds:.1f} s"
           + (f"; {done.skipped} already done by an earlier run" if done.skipped else ""))

@@ -146,9 +146,23 @@ def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str], out: IO[s
         out.write(line.rstrip() + "\n")
 
 
+#: The table columns of ``frames``, ``masters`` and ``stacks`` (CSV and JSON carry every field).
+FRAME_COLUMNS = ("id", "night", "date_obs", "imagetyp", "exptime", "filter", "object", "state", "n_stars",
+                 "fwhm", "sky", "name")
+MASTER_COLUMNS = ("id", "kind", "night", "version", "exptime", "ccd_temp", "filter", "n_frames", "method",
+                  "mean", "noise", "hot_pixels", "name")
+STACK_COLUMNS = ("id", "night", "target", "filter", "exptime", "version", "n_used", "n_rejected",
+                 "total_exposure", "name")
+
+
 def emit_named(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
-    """Like :func:`emit`; tables and CSV get a short ``name`` (file name), JSON keeps ``path`` only."""
+    """Like :func:`emit`; tables and CSV get a short ``name`` (file name), JSON keeps ``path`` only.
+
+    Rows of several sites (telescopes sharing a catalogue, listed without ``--site``) get a
+    ``site`` column after the first, or two telescopes' frames of the same name look alike."""
     if fmt != "json":
         for r in rows:
             r["name"] = Path(r["path"]).name
+    if len({r.get("site") for r in rows}) > 1 and "site" not in columns:
+        columns = (columns[0], "site", *columns[1:])
     emit(rows, fmt, columns)

@@ -26,9 +26,9 @@ from ccdwatch.jobs.pool import Workers, make_workers
 from ccdwatch.models import Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
-from .conftest import make_config
+from .conftest import make_config, need
 
-distributed = pytest.importorskip("distributed", reason="the Dask tests need distributed: pip install -e '.[test]'")
+distributed = need("distributed")
 
 CAMERA = synth.Camera(shape=(96, 128))
 NIGHT = {"n_bias": 3, "n_dark": 3, "n_flat": 3, "filters": ("V",), "n_light": 3, "n_stars": 40}
@@ -212,6 +212,56 @@ def test_reprocess_makes_new_versions_and_an_interrupted_campaign_continues(tmp_
     assert "3 masters, 3 calibrated lights, 1 stacks" in capsys.readouterr().out
 
 
+def test_ctrl_c_while_jobs_run_on_the_cluster_stops_and_cancels_them(tmp_path):
+    """A KeyboardInterrupt while the daemon waits for cluster jobs (Ctrl-C on `reprocess`) is not
+    taken for a job's error: it goes up at once, and the scheduler drops the job. (Its own cluster:
+    a task already running keeps its worker's thread until it returns, which Dask cannot cut.)"""
+    import _thread
+    import threading
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+        workers = jobs_cluster.ClusterWorkers(c.scheduler_address, local=Workers(processes=0), incoming=tmp_path,
+                                              products=tmp_path / "products", retry=60)
+        try:
+            threading.Timer(1.5, _thread.interrupt_main).start()
+            t0 = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                workers.map(time.sleep, [120], timeout=600)
+            assert time.monotonic() - t0 < 30
+            with distributed.Client(c.scheduler_address, set_as_default=False) as client:
+                deadline = time.monotonic() + 30
+                while any(client.processing().values()) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert not any(client.processing().values())
+        finally:
+            workers.close()
+
+
+def test_reprocess_interrupted_by_ctrl_c_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    from ccdwatch import faults
+    from ccdwatch.cli import EXIT_INTERRUPTED, main
+
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False}, site={"name": "t1"})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=9, **NIGHT)
+    _run_once(cfg)
+    args = ["--db", cfg.paths.database, "--incoming", str(cfg.paths.incoming), "--products", str(cfg.paths.products),
+            "--site", "t1", "reprocess", "--night", "2024-03-10", "--no-progress"]
+    point = faults.point
+
+    def ctrl_c(name: str, subject: object = "") -> None:
+        if name == "calibrated-written":
+            raise KeyboardInterrupt
+        point(name, subject)
+
+    monkeypatch.setattr(faults, "point", ctrl_c)
+    capsys.readouterr()
+    assert main(args) == EXIT_INTERRUPTED == 130
+    assert "interrupted; the same command continues it" in capsys.readouterr().err
+    monkeypatch.setattr(faults, "point", point)
+    assert main(args) == 0
+    assert "0 masters, 3 calibrated lights, 1 stacks" in capsys.readouterr().out  # the 3 masters were kept
+
+
 def test_listings_and_the_report_filter_by_site_and_json_carries_it(tmp_path, capsys):
     """Two telescopes' nights in one catalogue (one after the other: SQLite has one writer)."""
     from ccdwatch.cli import main
@@ -240,8 +290,53 @@ def test_listings_and_the_report_filter_by_site_and_json_carries_it(tmp_path, ca
             assert len(data.frames) == n_bias and len(data.masters) == 1
     assert main(["--db", db, "frames", "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 7
+    # a table of several sites says which row is whose (both have a bias_001.fits); one site's does not
+    assert main(["--db", db, "frames", "--type", "bias"]) == 0
+    header, _, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:2] == ["id", "site"] and sorted(r.split()[1] for r in rows) == ["t1"] * 3 + ["t2"] * 4
+    assert main(["--db", db, "--site", "t2", "masters"]) == 0
+    assert "site" not in capsys.readouterr().out.splitlines()[0].split()
     assert main(["--db", db, "--site", "t3", "frames", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+    for site, n in ((None, 7), ("t1", 3), ("t2", 4)):  # status counts the site's frames, or all
+        assert main(["--db", db, *(("--site", site) if site else ()), "status"]) == 0
+        assert f"frames: {n}  used={n}" in capsys.readouterr().out
+
+
+def test_the_report_of_several_sites_keeps_their_groups_and_masters_apart(tmp_path):
+    """Two telescopes of one camera model (same group and calibration keys) in one catalogue: the
+    report of both shows a group and a stack per site; a newer master version of one site does not
+    mark the other's as superseded; each page says whose frames it shows."""
+    from ccdwatch.catalog.night import current_stacks
+    from ccdwatch.pipeline.reprocess import Selection, reprocess
+    from ccdwatch.report import build_report
+    from ccdwatch.report.collect import collect
+    from ccdwatch.report.text import group_label
+
+    db = str(tmp_path / "shared.db")
+    cfgs = {}
+    for i, site in enumerate(("t1", "t2")):
+        cfgs[site] = make_config(tmp_path / site, workers={"processes": 0}, report={"refresh": False},
+                                 site={"name": site}, paths={"database": db})
+        synth.make_night(cfgs[site].paths.incoming, camera=CAMERA, seed=60 + i, **NIGHT)
+        _run_once(cfgs[site])
+    with Catalog(db) as cat, Pipeline(cfgs["t1"], cat) as pipe:
+        reprocess(pipe, Selection(night="2024-03-10"))  # t1's masters and stack: version 2
+    with Catalog(db) as cat:
+        with cat.reader() as s:
+            both = collect(s, "2024-03-10")
+            assert both.sites == ["t1", "t2"] and len(current_stacks(s, "2024-03-10")) == 2
+            assert sorted((g.site, len(g.frame_ids), g.stack.site) for g in both.groups) == [("t1", 3, "t1"),
+                                                                                             ("t2", 3, "t2")]
+            assert {group_label(g).split(" · ")[0] for g in both.groups} == {"t1", "t2"}
+            t2 = collect(s, "2024-03-10", site="t2")
+            assert t2.sites == ["t2"] and [g.site for g in t2.groups] == [None]  # one site: labels as before
+            assert sorted((m.kind, m.version, m.latest) for m in t2.masters) == [
+                ("bias", 1, True), ("dark", 1, True), ("flat", 1, True)]
+        page = build_report(cfgs["t2"], cat, "2024-03-10", tmp_path / "both").read_text()
+        assert "sites t1, t2 · M51" in page and "<h3>t1 · M51 · V" in page and "<h3>t2 · M51 · V" in page
+        page = build_report(cfgs["t2"], cat, "2024-03-10", tmp_path / "t2", site="t2").read_text()
+        assert "site t2 · M51" in page
 
 
 def test_masters_are_shared_between_sites_only_when_configured(tmp_path):

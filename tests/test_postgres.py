@@ -6,6 +6,7 @@ starts it) in a throwaway database, and is skipped with the reason only when no 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from ccdwatch.fitsio import read_product
 from ccdwatch.models import Base, Calibrated, Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
-from .conftest import make_config, terminate_backends
+from .conftest import make_config, need, terminate_backends
 
 CAMERA = synth.Camera(shape=(96, 128))
 NIGHT = {"n_bias": 3, "n_dark": 3, "n_flat": 3, "filters": ("V",), "n_light": 3, "n_stars": 40}
@@ -78,6 +79,12 @@ def _products(cat: Catalog) -> dict[tuple, np.ndarray]:
         for st in s.scalars(select(Stack)):
             out[("stack", st.target, st.filter, st.version)] = read_product(st.path)[1]
     return out
+
+
+def _file_hashes(products: Path) -> dict[str, str]:
+    """sha256 of every file under a products root but the reports, by path below it."""
+    return {str(p.relative_to(products)): hashlib.sha256(p.read_bytes()).hexdigest() for p in products.rglob("*")
+            if p.is_file() and "reports" not in p.parts and p.name != "status.json"}
 
 
 def _run_once(cfg) -> None:
@@ -242,7 +249,7 @@ def test_two_daemons_one_catalogue_each_plans_only_its_camera(tmp_path, pg_url):
     reduced at the same time by two daemons into one catalogue, their jobs on one Dask cluster:
     each frame once, masters and stacks per telescope, pixels equal to each telescope's
     single-machine SQLite run."""
-    distributed = pytest.importorskip("distributed")
+    distributed = need("distributed")
     cams = {"t1": synth.Camera(shape=(96, 128), seed=11), "t2": synth.Camera(shape=(96, 128), seed=22)}
     for i, (site, cam) in enumerate(cams.items()):
         _write_night(tmp_path / site / "incoming", cam, seed=30 + i)
@@ -256,12 +263,17 @@ def test_two_daemons_one_catalogue_each_plans_only_its_camera(tmp_path, pg_url):
             out, err = p.communicate(timeout=180)
             assert p.returncode == 0, err
             assert f"site {site}" in out and "jobs run on the Dask cluster" in err
+            # its summary is of its own site: the other camera's frames are not its, nor waiting
+            assert "catalogue: 12 frames (stacked 3, used 9)" in out and "WAITING" not in out, out
     refs = {}
     for site in cams:  # the single-machine reference: SQLite, one camera
-        cfg = make_config(tmp_path / "ref" / site, incoming=tmp_path / site / "incoming", workers={"processes": 0})
+        cfg = make_config(tmp_path / "ref" / site, incoming=tmp_path / site / "incoming", workers={"processes": 0},
+                          report={"refresh": False, "previews": False})  # as _daemon_config
         _run_once(cfg)
         with Catalog(cfg.paths.database) as cat:
             refs[site] = _products(cat)
+        # not only the pixels: every file the two runs wrote (products, previews) has the same bytes
+        assert _file_hashes(tmp_path / site / "products") == _file_hashes(tmp_path / "ref" / site / "products")
     with Catalog(pg_url) as cat:
         with cat.reader() as s:
             rows = s.execute(select(Frame.site, Frame.imagetyp, func.count()).group_by(Frame.site, Frame.imagetyp))

@@ -179,6 +179,22 @@ def test_unit_passes_systemd_analyze_verify(tmp_path, unit):
     assert not ours, "\n".join(ours)
 
 
+@pytest.mark.parametrize("name", ["dask-scheduler.service", "dask-worker.service"])
+def test_dask_units_pass_systemd_analyze_verify(tmp_path, name):
+    """The observatory set-up's scheduler and worker units (systemd/README.md) are valid units."""
+    exe = need_systemd_analyze()
+    dask = Path(sys.executable).parent / "dask"  # `distributed` installs the `dask scheduler|worker` commands
+    if not dask.exists():
+        pytest.skip("the dask command is not installed: pip install -e '.[test]'")
+    text = (ROOT / "systemd" / name).read_text()
+    assert "ExecStart=/opt/ccdwatch/venv/bin/dask " in text, "systemd/README.md assumes this path"
+    copy = tmp_path / name
+    copy.write_text(text.replace("/opt/ccdwatch/venv/bin/dask", str(dask)))
+    res = subprocess.run([exe, "verify", str(copy)], check=False, capture_output=True, text=True, timeout=60)
+    output = res.stdout + res.stderr
+    assert res.returncode == 0 and name not in output, output
+
+
 def test_unit_security_exposure_is_at_most_2(tmp_path, unit):
     exe = need_systemd_analyze()
     res = subprocess.run([exe, "security", "--offline=yes", "--no-pager", str(UNIT)], check=False,

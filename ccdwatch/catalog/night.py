@@ -75,12 +75,14 @@ def masters_by_id(session: Session, ids: Collection[int]) -> Sequence[Master]:
     return session.scalars(select(Master).where(Master.id.in_(ids))).all()
 
 
-def latest_master_versions(session: Session, calib_keys: Collection[str]) -> dict[tuple[str, str], int]:
-    """The highest version of each (calibration key, night) among the masters of ``calib_keys``."""
-    return {(key, n): v for key, n, v in session.execute(
-        select(Master.calib_key, Master.night, func.max(Master.version))
+def latest_master_versions(session: Session,
+                           calib_keys: Collection[str]) -> dict[tuple[str | None, str, str], int]:
+    """The highest version of each (site, calibration key, night) among the masters of ``calib_keys``
+    (versions count per site: two telescopes of one camera model share calibration keys)."""
+    return {(site, key, n): v for site, key, n, v in session.execute(
+        select(Master.site, Master.calib_key, Master.night, func.max(Master.version))
         .where(Master.calib_key.in_(calib_keys))
-        .group_by(Master.calib_key, Master.night))}
+        .group_by(Master.site, Master.calib_key, Master.night))}
 
 
 def frame_paths(session: Session, ids: Collection[int]) -> dict[int, str]:

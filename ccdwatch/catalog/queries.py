@@ -39,13 +39,13 @@ def of_site(stmt: S, column: Any, site: str | None) -> S:
     return stmt if site is None else stmt.where(column == site)
 
 
-def state_counts(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Frame.state, func.count()).group_by(Frame.state)).all()
+def state_counts(session: Session, *, site: str | None = None) -> dict[str, int]:
+    rows = session.execute(of_site(select(Frame.state, func.count()), Frame.site, site).group_by(Frame.state)).all()
     return {state: n for state, n in rows}
 
 
-def last_ingest(session: Session) -> datetime | None:
-    return session.scalar(select(func.max(Frame.created_at)))
+def last_ingest(session: Session, *, site: str | None = None) -> datetime | None:
+    return session.scalar(of_site(select(func.max(Frame.created_at)), Frame.site, site))
 
 
 def frame_by_path_or_id(session: Session, ref: str) -> Frame | None:
@@ -269,19 +269,24 @@ def latest_stack(s: Session, group_key: str, *, site: str | None) -> Stack | Non
 
 
 # ---------------------------------------------------------------------------------- morning reads (CLI)
-def product_counts(s: Session) -> dict[str, int]:
-    """How many masters (all versions), current calibrated lights, and stacks (current, all)."""
+def product_counts(s: Session, *, site: str | None = None) -> dict[str, int]:
+    """How many masters (all versions), current calibrated lights, and stacks (current, all) (of ``site``)."""
+    calibrated = select(func.count()).select_from(Calibrated).where(Calibrated.current)
+    if site is not None:
+        calibrated = calibrated.join(Frame, Frame.id == Calibrated.frame_id).where(Frame.site == site)
+    stacks = of_site(select(func.count()).select_from(Stack), Stack.site, site)
     return {
-        "masters": s.scalar(select(func.count()).select_from(Master)) or 0,
-        "calibrated": s.scalar(select(func.count()).select_from(Calibrated).where(Calibrated.current)) or 0,
-        "stacks": s.scalar(select(func.count()).select_from(Stack).where(Stack.current)) or 0,
-        "stacks_all": s.scalar(select(func.count()).select_from(Stack)) or 0,
+        "masters": s.scalar(of_site(select(func.count()).select_from(Master), Master.site, site)) or 0,
+        "calibrated": s.scalar(calibrated) or 0,
+        "stacks": s.scalar(stacks.where(Stack.current)) or 0,
+        "stacks_all": s.scalar(stacks) or 0,
     }
 
 
-def frames_in_state(s: Session, state: FrameState) -> list[tuple[int, str, str | None]]:
-    """(id, path, reason) of every frame in a state."""
-    rows = s.execute(select(Frame.id, Frame.path, Frame.state_reason).where(Frame.state == state)).all()
+def frames_in_state(s: Session, state: FrameState, *, site: str | None = None) -> list[tuple[int, str, str | None]]:
+    """(id, path, reason) of every frame in a state (of ``site``)."""
+    rows = s.execute(of_site(select(Frame.id, Frame.path, Frame.state_reason).where(Frame.state == state),
+                             Frame.site, site)).all()
     return [(fid, path, reason) for fid, path, reason in rows]
 
 

@@ -186,7 +186,10 @@ class ClusterWorkers:
         while pending:
             try:  # (distributed.wait would need a default client; this one is not)
                 pending[0].result(timeout=1.0)
-            except BaseException:  # noqa: BLE001 - a time-out, or the job's own error: see _outcome
+            except KeyboardInterrupt:  # Ctrl-C (`reprocess` on a terminal): the cluster drops the jobs too
+                client.cancel(pending)
+                raise
+            except BaseException:  # noqa: BLE001 - a time-out, a cancellation, or the job's own error: see _outcome
                 pass
             pending = [f for f in pending if not f.done()]
             if self.should_stop is not None and self.should_stop():

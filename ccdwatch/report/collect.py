@@ -68,6 +68,7 @@ class FrameRow:
     header_warnings: list[str]
     created_at: datetime | None
     cosmic_rays: int | None = None  # hits masked in the current calibrated product
+    site: str | None = None
 
 
 @dataclass
@@ -133,11 +134,15 @@ class StackRow:
     path: str
     preview_path: str | None
     members: list[MemberRow]
+    site: str | None = None
 
 
 @dataclass
 class Group:
-    """The lights of one stack group (target, filter, exposure, camera) and its current stack."""
+    """The lights of one stack group (target, filter, exposure, camera) and its current stack.
+
+    ``key`` is the group key, prefixed with the site (``site|group key``) in a report of
+    several sites: two telescopes with one camera model have the same group keys."""
 
     key: str
     target: str
@@ -145,6 +150,7 @@ class Group:
     exptime: float | None
     frame_ids: list[int]
     stack: StackRow | None = None
+    site: str | None = None  # set in a report of several sites
 
 
 @dataclass
@@ -160,6 +166,8 @@ class NightData:
     groups: list[Group]
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the sites whose frames the report shows (one when filtered by site)
+    sites: list[str] = field(default_factory=list)
 
     def of_type(self, imagetyp: str) -> list[FrameRow]:
         return [f for f in self.frames.values() if f.imagetyp == imagetyp]
@@ -180,7 +188,7 @@ def _frame_row(f: Frame) -> FrameRow:
         group_key=f.group_key, ccd_temp=f.ccd_temp, set_temp=f.set_temp, n_stars=f.n_stars, fwhm=f.fwhm,
         elongation=f.elongation, sky=f.sky, sky_noise=f.sky_noise, saturated_fraction=f.saturated_fraction,
         instrument=f.instrument, telescope=f.telescope, header_warnings=[str(w) for w in (f.header_warnings or [])],
-        created_at=f.created_at, cosmic_rays=f.cosmic_rays,
+        created_at=f.created_at, cosmic_rays=f.cosmic_rays, site=f.site,
     )
 
 
@@ -236,10 +244,10 @@ def _masters(session: Session, night: str, calibrated: Iterable[CalibratedRow], 
              site: str | None = None) -> list[MasterRow]:
     """The newest version of each master built from the night, and every master its lights used."""
     used = Counter(mid for c in calibrated for mid in (c.bias_id, c.dark_id, c.flat_id) if mid is not None)
-    newest: dict[str, Master] = {}
+    newest: dict[tuple[str | None, str], Master] = {}
     for m in queries.masters_of_night(session, night, site=site):
-        if m.calib_key not in newest or m.version > newest[m.calib_key].version:
-            newest[m.calib_key] = m
+        if (m.site, m.calib_key) not in newest or m.version > newest[(m.site, m.calib_key)].version:
+            newest[(m.site, m.calib_key)] = m
     wanted = {m.id for m in newest.values()} | set(used)
     if not wanted:
         return []
@@ -248,8 +256,8 @@ def _masters(session: Session, night: str, calibrated: Iterable[CalibratedRow], 
     input_ids = {i.frame_id for m in found for i in m.inputs}
     names = queries.frame_paths(session, input_ids) if input_ids else {}
     order = {"bias": 0, "dark": 1, "flat": 2}
-    return [_master_row(m, latest=latest_version.get((m.calib_key, m.night), m.version) == m.version, names=names,
-                        used_by=used.get(m.id, 0))
+    return [_master_row(m, latest=latest_version.get((m.site, m.calib_key, m.night), m.version) == m.version,
+                        names=names, used_by=used.get(m.id, 0))
             for m in sorted(found, key=lambda m: (order.get(m.kind, 9), m.night, m.filter or "", m.id))]
 
 
@@ -259,11 +267,12 @@ def _stack_row(s: Stack) -> StackRow:
         n_used=s.n_used, n_rejected=s.n_rejected, total_exposure=s.total_exposure,
         reference_frame_id=s.reference_frame_id, method=s.method, path=s.path, preview_path=s.preview_path,
         members=[MemberRow(frame_id=m.frame_id, used=bool(m.used), reason=m.reason)
-                 for m in sorted(s.members, key=lambda m: m.frame_id)])
+                 for m in sorted(s.members, key=lambda m: m.frame_id)], site=s.site)
 
 
-def _groups(night: str, rows: dict[int, FrameRow], stack_rows: dict[str, StackRow]) -> list[Group]:
-    """The night's stack groups: those of its usable lights (by time), then stacks without such lights."""
+def _groups(night: str, rows: dict[int, FrameRow], stack_rows: dict[str, StackRow], *, by_site: bool) -> list[Group]:
+    """The night's stack groups: those of its usable lights (by time), then stacks without such lights;
+    with ``by_site`` (a report of several sites) one per site and group key."""
     groups: dict[str, Group] = {}
     for r in sorted(rows.values(), key=lambda r: (r.date_obs is None, r.date_obs or datetime.min, r.id)):
         if r.imagetyp != "light" or r.state in PROBLEM_STATES:
@@ -273,11 +282,14 @@ def _groups(night: str, rows: dict[int, FrameRow], stack_rows: dict[str, StackRo
             target = GroupKey.parse(key).target
         except ValueError:
             target = r.object or "?"
-        g = groups.setdefault(key, Group(key=key, target=target, filter=r.filter, exptime=r.exptime, frame_ids=[]))
+        key = f"{r.site}|{key}" if by_site else key
+        g = groups.setdefault(key, Group(key=key, target=target, filter=r.filter, exptime=r.exptime, frame_ids=[],
+                                         site=r.site if by_site else None))
         g.frame_ids.append(r.id)
     for key, st in stack_rows.items():
         g = groups.setdefault(key, Group(key=key, target=st.target, filter=st.filter, exptime=st.exptime,
-                                         frame_ids=[m.frame_id for m in st.members]))
+                                         frame_ids=[m.frame_id for m in st.members],
+                                         site=st.site if by_site else None))
         g.stack = st
     return list(groups.values())
 
@@ -296,6 +308,9 @@ def collect(session: Session, night: str, *, site: str | None = None) -> NightDa
     problems = _problems(session, frames, rows, site=site)
     calibrated = _calibrated(session, [r.id for r in rows.values() if r.imagetyp == "light"])
     masters = _masters(session, night, calibrated.values(), site=site)
-    stack_rows = {s.group_key: _stack_row(s) for s in queries.current_stacks(session, night, site=site)}
+    sites = sorted({r.site for r in rows.values() if r.site is not None} | ({site} if site else set()))
+    by_site = len(sites) > 1
+    stack_rows = {f"{s.site}|{s.group_key}" if by_site else s.group_key: _stack_row(s)
+                  for s in queries.current_stacks(session, night, site=site)}
     return NightData(night=night, generated=utcnow(), frames=rows, problems=problems, masters=masters,
-                     calibrated=calibrated, groups=_groups(night, rows, stack_rows))
+                     calibrated=calibrated, groups=_groups(night, rows, stack_rows, by_site=by_site), sites=sites)

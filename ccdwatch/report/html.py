@@ -72,6 +72,13 @@ FRAME_HEADERS = ("id", "file", "type", "time (UTC)", "exp [s]", "filter", "objec
                  "FWHM [px]", "sky [ADU]", "state", "notes")
 
 
+def _sites(data: NightData) -> str:
+    """Whose frames the report shows: ``site t1 · `` (or ``sites t1, t2 · ``)."""
+    if not data.sites:
+        return ""
+    return ("site " if len(data.sites) == 1 else "sites ") + ", ".join(data.sites) + " · "
+
+
 def _summary(data: NightData) -> str:
     lights = data.lights
     counts = Counter(f.imagetyp for f in data.frames.values())
@@ -316,7 +323,8 @@ def render_html(data: NightData, images: Images) -> str:
         "<link rel=\"icon\" href=\"data:,\">"
         f"<title>{esc(title)}</title><style>\n{CSS}</style></head>\n<body>"
         f'<header class="top"><h1>Night {esc(data.night)}</h1>'
-        f'<div class="sub">{esc(targets)} · report generated {esc(fmt_time(data.generated, date=True))} UTC '
+        f'<div class="sub">{esc(_sites(data) + targets)} · '
+        f'report generated {esc(fmt_time(data.generated, date=True))} UTC '
         f"by ccdwatch {esc(__version__)}</div></header>"
         f"<nav>{nav}</nav><main>{body}</main>"
         f"<footer>ccdwatch {esc(__version__)} · the page and its img/ folder can be copied anywhere</footer>"

@@ -49,5 +49,6 @@ def mpl_text(text: str) -> str:
 
 
 def group_label(g: Group) -> str:
+    """``target · filter · exposure``, after the site in a report of several sites."""
     exp = f"{g.exptime:g} s" if g.exptime is not None else "? s"
-    return f"{g.target} · {g.filter or 'no filter'} · {exp}"
+    return (f"{g.site} · " if g.site else "") + f"{g.target} · {g.filter or 'no filter'} · {exp}"
