@@ -68,9 +68,35 @@ def night(tmp_path_factory) -> synth.NightTruth:
     ("flat_test_01.fits", ImageType.UNKNOWN),
     ("M51_I_001.fit", None),
     ("M51/R/frame_001.fits", None),
+    # what other camera programs write
+    ("AutoFlat/AutoFlat-PA123.4-Red-Bin1-001.fts", ImageType.FLAT),  # ACP
+    ("calib/BiasFrames/001.fit", ImageType.BIAS),
+    ("dark300s_1.fits", ImageType.DARK),  # a word run into its exposure
+    ("APT_Images/DarkFlats/DF_0001_1s.fit", ImageType.DARK),
+    ("M42_Gain100_Offset30_001.fit", None),
+    ("AutoFocus/FocusImage-001.fts", ImageType.UNKNOWN),  # ACP's focus runs
+    ("Focus/M51_001.fit", ImageType.UNKNOWN),
+    ("Dark/MasterDark_300s.fit", ImageType.UNKNOWN),  # a master kept in the library
+    ("M51/Stack_16bits_10frames_300s.fits", ImageType.UNKNOWN),  # SharpCap's live stack
 ])
 def test_path_words_name_the_type(relpath, kind):
     assert path_type(relpath)[0] is kind
+
+
+@pytest.mark.parametrize("value", ["Flat_Dome", "FLAT-SKY", "flat sky", "AutoFlat", "Flat Frames"])
+def test_flat_spellings_with_the_source_after_the_word(value):
+    from ccdwatch.headers import parse_image_type
+
+    assert parse_image_type(value) is ImageType.FLAT
+
+
+def test_a_master_or_a_live_stack_named_so_is_never_a_raw_frame_whatever_its_header():
+    for name, imagetyp in (("MasterDark_300s.fit", "Dark Frame"), ("master_flat_V.fits", "Flat Field"),
+                           ("Stack_16bits_10frames_300s.fits", "Light")):
+        info = normalise({"IMAGETYP": imagetyp, "EXPTIME": 300}, filename=name)
+        assert info.imagetyp is ImageType.UNKNOWN and "not a raw exposure" in info.type_source, name
+    # a focus or test exposure typed as a calibration frame keeps its header's type
+    assert normalise({"IMAGETYP": "Flat Field"}, filename="flat_test_01.fits").imagetyp is ImageType.FLAT
 
 
 def test_pixels_decide_when_header_and_name_disagree(night):
@@ -287,3 +313,26 @@ def test_start_up_with_unchanged_rules_loads_no_frame(night, tmp_path):
         assert len(everything) == sum(len(v) for v in night.files.values())
         assert frames_to_reclassify(s, unless_fingerprint=fingerprint(cfg.classify)) == []
         assert len(frames_to_reclassify(s, unless_fingerprint=fingerprint(changed))) == len(everything)
+
+
+
+def test_masters_and_live_stacks_among_the_raw_files_are_not_used(night, tmp_path):
+    """A master dark left in the darks' folder (typed 'Dark Frame', as tools keep their inputs'
+    cards) and a live stack typed Light: neither goes into a master or a stack."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for paths in night.files.values():
+        for src in paths:
+            shutil.copy2(src, cfg.paths.incoming / src.name)
+    with fits.open(night.files["dark"][0]) as hdus:
+        header = hdus[0].header.copy()
+        header["DATE-OBS"] = "2024-03-10T21:00:00"
+        fits.PrimaryHDU(hdus[0].data.astype(np.float32), header).writeto(cfg.paths.incoming / "MasterDark_200s.fits")
+    shutil.copy2(night.files["light"][0], cfg.paths.incoming / "Stack_16bits_4frames_800s.fits")
+    set_card(cfg.paths.incoming / "Stack_16bits_4frames_800s.fits", "DATE-OBS", "'2024-03-11T01:00:00'")
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        by_name = {Path(f.path).name: f for f in s.scalars(select(Frame))}
+        for name in ("MasterDark_200s.fits", "Stack_16bits_4frames_800s.fits"):
+            assert by_name[name].state == FrameState.UNCLASSIFIED and "not a raw exposure" in by_name[name].state_reason
+        assert s.scalar(select(Master).where(Master.kind == "dark")).n_frames == 3
+        assert [st.n_used for st in s.scalars(select(Stack))] == [4]

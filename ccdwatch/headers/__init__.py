@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from ccdwatch.headers.classify import (
     CLASSIFIER_VERSION,
+    PRODUCT_REASON,
     ClassificationRule,
     ImageType,
     fingerprint,
@@ -59,6 +60,7 @@ __all__ = [
     "FrameInfo",
     "ImageType",
     "OverscanRules",
+    "PRODUCT_REASON",
     "PixelEvidence",
     "camera_key",
     "fingerprint",
