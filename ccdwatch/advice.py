@@ -9,12 +9,13 @@ agree, else a placeholder the user chooses.
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ccdwatch.headers import ClassificationRule, PixelEvidence, pixel_verdict
+from ccdwatch.headers import DESCRIPTION, PRODUCT_REASON, ClassificationRule, PixelEvidence, pixel_verdict
 from ccdwatch.models import Frame, FrameState
 
 
@@ -56,17 +57,26 @@ def _suggested_rule(frames: Sequence[Frame]) -> str:
     return f"[[classify]]\n{condition}\n{typ}"
 
 
+def group_reason(reason: str) -> str:
+    """A frame's reason without what is particular to it (its file name, its pixels' level), so
+    that the frames unused for the same reason make one group: twenty autofocus frames are one
+    line, not twenty."""
+    return DESCRIPTION.sub("", re.sub(r"file name '(?:[^'\\]|\\.)*'", "file name", reason))
+
+
 def unused_frames(frames: Iterable[Frame]) -> list[Advice]:
-    """Unclassified and ignored frames grouped by folder and reason, largest group first."""
+    """Unclassified and ignored frames grouped by folder and reason, largest group first. Masters
+    and products found among the raw files get no rule: they are not to be used as raw frames."""
     groups: dict[tuple[str, str, str], list[Frame]] = defaultdict(list)
     for f in frames:
         if f.state not in (FrameState.UNCLASSIFIED, FrameState.IGNORED):
             continue
         folder = str(PurePosixPath(_where(f)).parent)
-        groups[(f.state, folder, f.state_reason or f.type_source or "no reason recorded")].append(f)
+        groups[(f.state, folder, group_reason(f.state_reason or f.type_source or "no reason recorded"))].append(f)
     advice = []
     for (state, _, reason), members in groups.items():
-        rule = _suggested_rule(members) if state == FrameState.UNCLASSIFIED else None
+        usable = state == FrameState.UNCLASSIFIED and PRODUCT_REASON not in reason
+        rule = _suggested_rule(members) if usable else None
         names = tuple(os.path.basename(f.path) for f in members[:3]) + (("...",) if len(members) > 3 else ())
         advice.append(Advice(state, reason, len(members), names, rule))
     return sorted(advice, key=lambda a: (-a.count, a.state, a.reason))

@@ -336,3 +336,30 @@ def test_masters_and_live_stacks_among_the_raw_files_are_not_used(night, tmp_pat
             assert by_name[name].state == FrameState.UNCLASSIFIED and "not a raw exposure" in by_name[name].state_reason
         assert s.scalar(select(Master).where(Master.kind == "dark")).n_frames == 3
         assert [st.n_used for st in s.scalars(select(Stack))] == [4]
+
+
+def test_unused_frames_are_grouped_by_reason_not_one_line_per_file():
+    """Twenty autofocus frames are one group with one rule; darks without a type whose pixel levels
+    differ are one group; a master among the raw files gets no rule that would use it."""
+    from ccdwatch.advice import unused_frames
+
+    def frame(relpath: str, reason: str) -> Frame:
+        return Frame(path=f"/in/{relpath}", relpath=relpath, state=FrameState.UNCLASSIFIED, state_reason=reason,
+                     classification={})
+
+    focus = [frame(f"focus_{i:04d}.fits", f"file name 'focus_{i:04d}.fits' says focus: not data "
+                   "(IMAGETYP='Light Frame')") for i in range(1, 21)]
+    darks = [frame(f"misc/x_{i}.fits", "no image-type keyword (IMAGETYP, FRAME); no folder or file name names "
+                   f"a type; pixels are not conclusive (level {1000 + 7 * i} ADU (2% of full scale), {i % 2} "
+                   "star-like sources)") for i in range(5)]
+    master = [frame("Dark/MasterDark_300s.fit", "file name 'MasterDark_300s.fit' says master: not a raw "
+                    "exposure (IMAGETYP='Dark Frame')")]
+    advice = unused_frames(focus + darks + master)
+    assert [(a.count, a.reason) for a in advice] == [
+        (20, "file name says focus: not data (IMAGETYP='Light Frame')"),
+        (5, "no image-type keyword (IMAGETYP, FRAME); no folder or file name names a type; pixels are not conclusive"),
+        (1, "file name says master: not a raw exposure (IMAGETYP='Dark Frame')"),
+    ]
+    assert advice[0].rule is not None and 'glob = "focus*"' in advice[0].rule
+    assert advice[1].rule is not None and 'path = "misc/**"' in advice[1].rule
+    assert advice[2].rule is None
