@@ -363,3 +363,29 @@ def test_unused_frames_are_grouped_by_reason_not_one_line_per_file():
     assert advice[0].rule is not None and 'glob = "focus*"' in advice[0].rule
     assert advice[1].rule is not None and 'path = "misc/**"' in advice[1].rule
     assert advice[2].rule is None
+
+
+def test_waiting_lights_say_what_darks_exist(night, tmp_path):
+    """Darks at another temperature: the lights' reason names the masters' temperature; with the
+    darks typed otherwise by mistake, it says none has arrived."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for kind, paths in night.files.items():
+        for src in paths:
+            shutil.copy2(src, cfg.paths.incoming / src.name)
+            if kind == "dark":
+                set_card(cfg.paths.incoming / src.name, "SET-TEMP", "-5.0")
+                set_card(cfg.paths.incoming / src.name, "CCD-TEMP", "-5.0")
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        lights = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
+        assert {f.state for f in lights} == {FrameState.WAITING}
+        assert all("within 2 degC of -20 degC: the master darks are at -5 degC" in f.state_reason for f in lights)
+    cfg = make_config(tmp_path / "b", workers={"processes": 0}, report={"refresh": False})
+    for paths in night.files.values():
+        for src in paths:
+            shutil.copy2(src, cfg.paths.incoming / src.name)
+    cfg = type(cfg)(**{**cfg.__dict__, "classify": (ClassificationRule(glob="dark_*", imagetyp="bias"),)})
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        light = s.scalars(select(Frame).where(Frame.imagetyp == "light")).first()
+        assert "no darks have arrived (3 needed)" in light.state_reason
