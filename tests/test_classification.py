@@ -389,3 +389,48 @@ def test_waiting_lights_say_what_darks_exist(night, tmp_path):
     with Catalog(cfg.paths.database) as cat, cat.reader() as s:
         light = s.scalars(select(Frame).where(Frame.imagetyp == "light")).first()
         assert "no darks have arrived (3 needed)" in light.state_reason
+
+
+def test_an_error_the_same_bytes_raise_again_is_not_retried(night, tmp_path, monkeypatch):
+    from ccdwatch.jobs import tasks
+
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    shutil.copy2(night.files["bias"][0], cfg.paths.incoming / "bias_001.fits")
+    calls = []
+
+    def broken(spec):
+        calls.append(spec.path)
+        raise ValueError("a value this file always has")
+
+    monkeypatch.setattr(tasks, "ingest", broken)
+    run_once(cfg)
+    run_once(cfg)
+    assert len(calls) == 1
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        frame = s.scalars(select(Frame)).one()
+        assert frame.state == FrameState.QUARANTINED and frame.tries == 0
+        assert frame.state_reason == "ingest-error: ValueError: a value this file always has"
+
+
+def test_flats_calibrated_with_the_dark_flats_of_their_exposure(tmp_path):
+    """Dark-flats of the flats' 3 s beside 200 s darks: the master flat subtracts the dark-flat
+    (its hot pixels, 300-900 ADU on 20000, would otherwise be 1.5-4.5 % too bright) and matches
+    the camera's true response there."""
+    camera = synth.Camera(shape=(96, 128), hot_pixel_fraction=0.01, hot_pixel_rate=200.0)
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    synth.make_night(cfg.paths.incoming, camera=camera, seed=3, n_bias=3, n_dark=3, dark_exptime=200.0, n_flat=3,
+                     flat_exptime=3.0, filters=("V",), n_light=3, n_stars=30)
+    synth.make_night(cfg.paths.incoming / "DarkFlat", camera=camera, seed=4, n_bias=0, n_dark=3, dark_exptime=3.0,
+                     filters=(), n_light=0)
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        flat = s.scalar(select(Master).where(Master.kind == "flat"))
+        dark_flat = s.get(Master, flat.dark_id)
+        assert dark_flat is not None and dark_flat.exptime == 3.0 and flat.dark_subtracted
+        lights = s.scalars(select(Calibrated)).all()
+        assert {s.get(Master, c.dark_id).exptime for c in lights} == {200.0}
+        path = flat.path
+    measured, truth = fits.getdata(path).astype(float), synth.flat_response(camera)
+    hot = synth.hot_pixels(camera)
+    ratio = measured / truth
+    assert abs(np.nanmedian(ratio[hot]) / np.nanmedian(ratio[~hot]) - 1) < 0.004
