@@ -434,3 +434,29 @@ def test_flats_calibrated_with_the_dark_flats_of_their_exposure(tmp_path):
     hot = synth.hot_pixels(camera)
     ratio = measured / truth
     assert abs(np.nanmedian(ratio[hot]) / np.nanmedian(ratio[~hot]) - 1) < 0.004
+
+
+def test_night_report_lists_unused_frames_by_reason_with_the_rule(night, tmp_path):
+    """Three autofocus frames typed Light and a frame ignored by a rule: the night report groups them
+    by reason and gives the rule that would use the focus frames, as the --once summary does."""
+    import html
+
+    from ccdwatch.report import build_report
+
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for paths in night.files.values():
+        for src in paths:
+            shutil.copy2(src, cfg.paths.incoming / src.name)
+    for i in range(3):
+        name = f"focus_{i + 1:04d}.fits"
+        shutil.copy2(night.files["light"][i], cfg.paths.incoming / name)
+        set_card(cfg.paths.incoming / name, "DATE-OBS", f"'2024-03-10T23:5{i}:00'")
+    shutil.copy2(night.files["bias"][0], cfg.paths.incoming / "junk_001.fits")
+    set_card(cfg.paths.incoming / "junk_001.fits", "DATE-OBS", "'2024-03-10T21:00:00'")
+    cfg = type(cfg)(**{**cfg.__dict__, "classify": (ClassificationRule(glob="junk*", imagetyp="ignore"),)})
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat:
+        page = html.unescape(build_report(cfg, cat, "2024-03-10").read_text())
+    assert "unclassified 3 frame(s) (focus_0001.fits, focus_0002.fits, focus_0003.fits): file name says focus" in page
+    assert 'glob = "focus*"' in page
+    assert "ignored 1 frame(s) (junk_001.fits): rule 1 (glob 'junk*')" in page
