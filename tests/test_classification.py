@@ -363,6 +363,15 @@ def test_unused_frames_are_grouped_by_reason_not_one_line_per_file():
     assert advice[0].rule is not None and 'glob = "focus*"' in advice[0].rule
     assert advice[1].rule is not None and 'path = "misc/**"' in advice[1].rule
     assert advice[2].rule is None
+    # names with no common start: the word they share
+    mixed = [frame("M51_V_focus.fits", "file name 'M51_V_focus.fits' says focus: not data"),
+             frame("focus_0001.fits", "file name 'focus_0001.fits' says focus: not data")]
+    rule = unused_frames(mixed)[0].rule
+    assert rule is not None and 'glob = "*focus*"' in rule
+    apart = [frame("a1.fits", "file name 'a1.fits' says test: not data"),
+             frame("b2.fits", "file name 'b2.fits' says test: not data")]
+    rule = unused_frames(apart)[0].rule
+    assert rule is not None and 'glob = "a1.fits"   # one such rule for each of these files' in rule
 
 
 def test_waiting_lights_say_what_darks_exist(night, tmp_path):
