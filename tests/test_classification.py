@@ -419,6 +419,9 @@ def test_an_error_the_same_bytes_raise_again_is_not_retried(night, tmp_path, mon
         frame = s.scalars(select(Frame)).one()
         assert frame.state == FrameState.QUARANTINED and frame.tries == 0
         assert frame.state_reason == "ingest-error: ValueError: a value this file always has"
+        from ccdwatch.catalog.queries import night_type_counts
+
+        assert night_type_counts(s) == []  # `nights` shows no blank night for it
 
 
 def test_flats_calibrated_with_the_dark_flats_of_their_exposure(tmp_path):
