@@ -68,9 +68,35 @@ def night(tmp_path_factory) -> synth.NightTruth:
     ("flat_test_01.fits", ImageType.UNKNOWN),
     ("M51_I_001.fit", None),
     ("M51/R/frame_001.fits", None),
+    # what other camera programs write
+    ("AutoFlat/AutoFlat-PA123.4-Red-Bin1-001.fts", ImageType.FLAT),  # ACP
+    ("calib/BiasFrames/001.fit", ImageType.BIAS),
+    ("dark300s_1.fits", ImageType.DARK),  # a word run into its exposure
+    ("APT_Images/DarkFlats/DF_0001_1s.fit", ImageType.DARK),
+    ("M42_Gain100_Offset30_001.fit", None),
+    ("AutoFocus/FocusImage-001.fts", ImageType.UNKNOWN),  # ACP's focus runs
+    ("Focus/M51_001.fit", ImageType.UNKNOWN),
+    ("Dark/MasterDark_300s.fit", ImageType.UNKNOWN),  # a master kept in the library
+    ("M51/Stack_16bits_10frames_300s.fits", ImageType.UNKNOWN),  # SharpCap's live stack
 ])
 def test_path_words_name_the_type(relpath, kind):
     assert path_type(relpath)[0] is kind
+
+
+@pytest.mark.parametrize("value", ["Flat_Dome", "FLAT-SKY", "flat sky", "AutoFlat", "Flat Frames"])
+def test_flat_spellings_with_the_source_after_the_word(value):
+    from ccdwatch.headers import parse_image_type
+
+    assert parse_image_type(value) is ImageType.FLAT
+
+
+def test_a_master_or_a_live_stack_named_so_is_never_a_raw_frame_whatever_its_header():
+    for name, imagetyp in (("MasterDark_300s.fit", "Dark Frame"), ("master_flat_V.fits", "Flat Field"),
+                           ("Stack_16bits_10frames_300s.fits", "Light")):
+        info = normalise({"IMAGETYP": imagetyp, "EXPTIME": 300}, filename=name)
+        assert info.imagetyp is ImageType.UNKNOWN and "not a raw exposure" in info.type_source, name
+    # a focus or test exposure typed as a calibration frame keeps its header's type
+    assert normalise({"IMAGETYP": "Flat Field"}, filename="flat_test_01.fits").imagetyp is ImageType.FLAT
 
 
 def test_pixels_decide_when_header_and_name_disagree(night):
@@ -287,3 +313,162 @@ def test_start_up_with_unchanged_rules_loads_no_frame(night, tmp_path):
         assert len(everything) == sum(len(v) for v in night.files.values())
         assert frames_to_reclassify(s, unless_fingerprint=fingerprint(cfg.classify)) == []
         assert len(frames_to_reclassify(s, unless_fingerprint=fingerprint(changed))) == len(everything)
+
+
+
+def test_masters_and_live_stacks_among_the_raw_files_are_not_used(night, tmp_path):
+    """A master dark left in the darks' folder (typed 'Dark Frame', as tools keep their inputs'
+    cards) and a live stack typed Light: neither goes into a master or a stack."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for paths in night.files.values():
+        for src in paths:
+            shutil.copy2(src, cfg.paths.incoming / src.name)
+    with fits.open(night.files["dark"][0]) as hdus:
+        header = hdus[0].header.copy()
+        header["DATE-OBS"] = "2024-03-10T21:00:00"
+        fits.PrimaryHDU(hdus[0].data.astype(np.float32), header).writeto(cfg.paths.incoming / "MasterDark_200s.fits")
+    shutil.copy2(night.files["light"][0], cfg.paths.incoming / "Stack_16bits_4frames_800s.fits")
+    set_card(cfg.paths.incoming / "Stack_16bits_4frames_800s.fits", "DATE-OBS", "'2024-03-11T01:00:00'")
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        by_name = {Path(f.path).name: f for f in s.scalars(select(Frame))}
+        for name in ("MasterDark_200s.fits", "Stack_16bits_4frames_800s.fits"):
+            assert by_name[name].state == FrameState.UNCLASSIFIED and "not a raw exposure" in by_name[name].state_reason
+        assert s.scalar(select(Master).where(Master.kind == "dark")).n_frames == 3
+        assert [st.n_used for st in s.scalars(select(Stack))] == [4]
+
+
+def test_unused_frames_are_grouped_by_reason_not_one_line_per_file():
+    """Twenty autofocus frames are one group with one rule; darks without a type whose pixel levels
+    differ are one group; a master among the raw files gets no rule that would use it."""
+    from ccdwatch.advice import unused_frames
+
+    def frame(relpath: str, reason: str) -> Frame:
+        return Frame(path=f"/in/{relpath}", relpath=relpath, state=FrameState.UNCLASSIFIED, state_reason=reason,
+                     classification={})
+
+    focus = [frame(f"focus_{i:04d}.fits", f"file name 'focus_{i:04d}.fits' says focus: not data "
+                   "(IMAGETYP='Light Frame')") for i in range(1, 21)]
+    darks = [frame(f"misc/x_{i}.fits", "no image-type keyword (IMAGETYP, FRAME); no folder or file name names "
+                   f"a type; pixels are not conclusive (level {1000 + 7 * i} ADU (2% of full scale), {i % 2} "
+                   "star-like sources)") for i in range(5)]
+    master = [frame("Dark/MasterDark_300s.fit", "file name 'MasterDark_300s.fit' says master: not a raw "
+                    "exposure (IMAGETYP='Dark Frame')")]
+    advice = unused_frames(focus + darks + master)
+    assert [(a.count, a.reason) for a in advice] == [
+        (20, "file name says focus: not data (IMAGETYP='Light Frame')"),
+        (5, "no image-type keyword (IMAGETYP, FRAME); no folder or file name names a type; pixels are not conclusive"),
+        (1, "file name says master: not a raw exposure (IMAGETYP='Dark Frame')"),
+    ]
+    assert advice[0].rule is not None and 'glob = "focus*"' in advice[0].rule
+    assert advice[1].rule is not None and 'path = "misc/**"' in advice[1].rule
+    assert advice[2].rule is None
+    # names with no common start: the word they share
+    mixed = [frame("M51_V_focus.fits", "file name 'M51_V_focus.fits' says focus: not data"),
+             frame("focus_0001.fits", "file name 'focus_0001.fits' says focus: not data")]
+    rule = unused_frames(mixed)[0].rule
+    assert rule is not None and 'glob = "*focus*"' in rule
+    apart = [frame("a1.fits", "file name 'a1.fits' says test: not data"),
+             frame("b2.fits", "file name 'b2.fits' says test: not data")]
+    rule = unused_frames(apart)[0].rule
+    assert rule is not None and 'glob = "a1.fits"   # one such rule for each of these files' in rule
+
+
+def test_waiting_lights_say_what_darks_exist(night, tmp_path):
+    """Darks at another temperature: the lights' reason names the masters' temperature; with the
+    darks typed otherwise by mistake, it says none has arrived."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for kind, paths in night.files.items():
+        for src in paths:
+            shutil.copy2(src, cfg.paths.incoming / src.name)
+            if kind == "dark":
+                set_card(cfg.paths.incoming / src.name, "SET-TEMP", "-5.0")
+                set_card(cfg.paths.incoming / src.name, "CCD-TEMP", "-5.0")
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        lights = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
+        assert {f.state for f in lights} == {FrameState.WAITING}
+        assert all("within 2 degC of -20 degC: the master darks are at -5 degC" in f.state_reason for f in lights)
+    cfg = make_config(tmp_path / "b", workers={"processes": 0}, report={"refresh": False})
+    for paths in night.files.values():
+        for src in paths:
+            shutil.copy2(src, cfg.paths.incoming / src.name)
+    cfg = type(cfg)(**{**cfg.__dict__, "classify": (ClassificationRule(glob="dark_*", imagetyp="bias"),)})
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        light = s.scalars(select(Frame).where(Frame.imagetyp == "light")).first()
+        assert "no darks have arrived (3 needed)" in light.state_reason
+
+
+def test_an_error_the_same_bytes_raise_again_is_not_retried(night, tmp_path, monkeypatch):
+    from ccdwatch.jobs import tasks
+
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    shutil.copy2(night.files["bias"][0], cfg.paths.incoming / "bias_001.fits")
+    calls = []
+
+    def broken(spec):
+        calls.append(spec.path)
+        raise ValueError("a value this file always has")
+
+    monkeypatch.setattr(tasks, "ingest", broken)
+    run_once(cfg)
+    run_once(cfg)
+    assert len(calls) == 1
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        frame = s.scalars(select(Frame)).one()
+        assert frame.state == FrameState.QUARANTINED and frame.tries == 0
+        assert frame.state_reason == "ingest-error: ValueError: a value this file always has"
+        from ccdwatch.catalog.queries import night_type_counts
+
+        assert night_type_counts(s) == []  # `nights` shows no blank night for it
+
+
+def test_flats_calibrated_with_the_dark_flats_of_their_exposure(tmp_path):
+    """Dark-flats of the flats' 3 s beside 200 s darks: the master flat subtracts the dark-flat
+    (its hot pixels, 300-900 ADU on 20000, would otherwise be 1.5-4.5 % too bright) and matches
+    the camera's true response there."""
+    camera = synth.Camera(shape=(96, 128), hot_pixel_fraction=0.01, hot_pixel_rate=200.0)
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    synth.make_night(cfg.paths.incoming, camera=camera, seed=3, n_bias=3, n_dark=3, dark_exptime=200.0, n_flat=3,
+                     flat_exptime=3.0, filters=("V",), n_light=3, n_stars=30)
+    synth.make_night(cfg.paths.incoming / "DarkFlat", camera=camera, seed=4, n_bias=0, n_dark=3, dark_exptime=3.0,
+                     filters=(), n_light=0)
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+        flat = s.scalar(select(Master).where(Master.kind == "flat"))
+        dark_flat = s.get(Master, flat.dark_id)
+        assert dark_flat is not None and dark_flat.exptime == 3.0 and flat.dark_subtracted
+        lights = s.scalars(select(Calibrated)).all()
+        assert {s.get(Master, c.dark_id).exptime for c in lights} == {200.0}
+        path = flat.path
+    measured, truth = fits.getdata(path).astype(float), synth.flat_response(camera)
+    hot = synth.hot_pixels(camera)
+    ratio = measured / truth
+    assert abs(np.nanmedian(ratio[hot]) / np.nanmedian(ratio[~hot]) - 1) < 0.004
+
+
+def test_night_report_lists_unused_frames_by_reason_with_the_rule(night, tmp_path):
+    """Three autofocus frames typed Light and a frame ignored by a rule: the night report groups them
+    by reason and gives the rule that would use the focus frames, as the --once summary does."""
+    import html
+
+    from ccdwatch.report import build_report
+
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for paths in night.files.values():
+        for src in paths:
+            shutil.copy2(src, cfg.paths.incoming / src.name)
+    for i in range(3):
+        name = f"focus_{i + 1:04d}.fits"
+        shutil.copy2(night.files["light"][i], cfg.paths.incoming / name)
+        set_card(cfg.paths.incoming / name, "DATE-OBS", f"'2024-03-10T23:5{i}:00'")
+    shutil.copy2(night.files["bias"][0], cfg.paths.incoming / "junk_001.fits")
+    set_card(cfg.paths.incoming / "junk_001.fits", "DATE-OBS", "'2024-03-10T21:00:00'")
+    cfg = type(cfg)(**{**cfg.__dict__, "classify": (ClassificationRule(glob="junk*", imagetyp="ignore"),)})
+    run_once(cfg)
+    with Catalog(cfg.paths.database) as cat:
+        page = html.unescape(build_report(cfg, cat, "2024-03-10").read_text())
+    assert "unclassified 3 frame(s) (focus_0001.fits, focus_0002.fits, focus_0003.fits): file name says focus" in page
+    assert 'glob = "focus*"' in page
+    assert "ignored 1 frame(s) (junk_001.fits): rule 1 (glob 'junk*')" in page

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from ccdwatch.headers.classify import (
     CLASSIFIER_VERSION,
+    PRODUCT_REASON,
     ClassificationRule,
     ImageType,
     fingerprint,
@@ -47,18 +48,20 @@ from ccdwatch.headers.classify import (
 from ccdwatch.headers.frame import FrameInfo, camera_key, normalise
 from ccdwatch.headers.jsonable import header_to_jsonable
 from ccdwatch.headers.night import night_label
-from ccdwatch.headers.pixels import PixelEvidence, pixel_verdict
+from ccdwatch.headers.pixels import DESCRIPTION, PixelEvidence, pixel_verdict
 from ccdwatch.headers.sections import OverscanRules
 from ccdwatch.headers.values import MAX_JSON_STRING, MAX_STRING
 
 __all__ = [
     "CLASSIFIER_VERSION",
+    "DESCRIPTION",
     "MAX_JSON_STRING",
     "MAX_STRING",
     "ClassificationRule",
     "FrameInfo",
     "ImageType",
     "OverscanRules",
+    "PRODUCT_REASON",
     "PixelEvidence",
     "camera_key",
     "fingerprint",

@@ -52,11 +52,10 @@ _TYPE_WORDS: dict[str, ImageType] = {
     "expose": ImageType.LIGHT,
     "standard": ImageType.LIGHT,
 }
-# 'Flat Field', 'skyflat', 'domeflat', 'twilight flat', IRAF 'DFLAT'/'SFLAT'/'TFLAT', LCO 'LAMPFLAT'
-_FLAT = re.compile(
-    r"(?:sky|dome|twilight|twi|lamp|screen|panel|dawn|dusk|evening|morning|led|el|d|s|t)?"
-    r"flat(?:field)?s?"
-)
+# 'Flat Field', 'skyflat', 'domeflat', 'twilight flat', IRAF 'DFLAT'/'SFLAT'/'TFLAT', LCO 'LAMPFLAT',
+# ACP 'AutoFlat', and the light source after the word: 'Flat_Dome', 'FLAT-SKY'
+_FLAT_SOURCES = "sky|dome|twilight|twi|lamp|screen|panel|dawn|dusk|evening|morning|led|el"
+_FLAT = re.compile(rf"(?:{_FLAT_SOURCES}|auto|d|s|t)?flat(?:field)?s?(?:{_FLAT_SOURCES})?")
 _MASTER = re.compile(r"master|^mstr|^super|^mbias$|^mdark$|^mflat$")
 _NOT_RAW: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"focus|fwhm"), "a focus exposure, not data"),
@@ -76,13 +75,19 @@ def _compact(text: str) -> str:
 
 
 def _type_word(word: str) -> ImageType | None:
-    """The type a compacted word names (a plural too), ``None`` when it names none."""
-    if word in _TYPE_WORDS:
-        return _TYPE_WORDS[word]
-    if word.endswith("s") and word[:-1] in _TYPE_WORDS:
-        return _TYPE_WORDS[word[:-1]]
-    if _FLAT.fullmatch(word):
-        return ImageType.FLAT
+    """The type a compacted word names (a plural too, and with 'Frame(s)'/'Image(s)' after it:
+    'BiasFrames'), ``None`` when it names none."""
+    candidates = [word]
+    for suffix in ("frames", "frame", "images", "image", "exposures", "exposure"):
+        if word.endswith(suffix) and len(word) > len(suffix):
+            candidates.append(word[: -len(suffix)])
+    for w in candidates:
+        if w in _TYPE_WORDS:
+            return _TYPE_WORDS[w]
+        if w.endswith("s") and w[:-1] in _TYPE_WORDS:
+            return _TYPE_WORDS[w[:-1]]
+        if _FLAT.fullmatch(w):
+            return ImageType.FLAT
     return None
 
 
@@ -93,14 +98,9 @@ def _classify(text: str) -> tuple[ImageType | None, str]:
         return None, "blank"
     if _MASTER.search(compact):
         return ImageType.UNKNOWN, "a master (already combined) frame, not a raw exposure"
-    candidates = [compact]
-    for suffix in ("frames", "frame", "images", "image", "exposure"):
-        if compact.endswith(suffix) and len(compact) > len(suffix):
-            candidates.append(compact[: -len(suffix)])
-    for word in candidates:
-        kind = _type_word(word)
-        if kind is not None:
-            return kind, ""
+    kind = _type_word(compact)
+    if kind is not None:
+        return kind, ""
     for pattern, reason in _NOT_RAW:
         if pattern.search(compact):
             return ImageType.UNKNOWN, reason
@@ -136,14 +136,36 @@ def parse_image_type(value: str | None) -> ImageType | None:
 #: Words that name a type only where they lead a folder or file name ('Offset_001.fit' is a bias,
 #: 'M42_Gain100_Offset30_001.fit' is not).
 _LEADING_ONLY = {"offset", "offsets", "zero", "zeros", "object", "obj", "sci", "expose", "standard"}
-#: File-name words that mark an exposure that is not data, whatever its header says.
+#: File-name words that mark an exposure that is not data, when its header says light or nothing.
 _NOT_DATA_WORDS = {"focus", "autofocus", "test", "snapshot", "preview"}
+#: Folders whose files are not data, likewise ('AutoFocus/', 'Snapshots/').
+_NOT_DATA_FOLDERS = {"focus", "autofocus", "focusing", "test", "tests", "snapshot", "snapshots", "preview",
+                     "previews"}
+#: File-name words of products that are never raw exposures, whatever the header says: a master
+#: kept in the library's folder ('MasterDark_300s.fit') or a live stack ('Stack_16bits_10frames').
+_PRODUCT_WORDS = {"mbias": "master", "mdark": "master", "mflat": "master", "stack": "stack",
+                  "stacked": "stack", "integration": "integration", "calibrated": "calibrated",
+                  "registered": "registered"}
 
 
 def _tokens(component: str) -> list[str]:
-    """Lower-case words of one path component, digits stripped from their ends ('bias1' -> 'bias')."""
-    words = [w.strip("0123456789") for w in re.split(r"[^0-9a-z]+", component.lower())]
-    return [w for w in words if w]
+    """Lower-case words of one path component, split from digits ('bias1' -> 'bias',
+    'dark300s' -> 'dark', 's')."""
+    return re.findall(r"[a-z]+", component.lower())
+
+
+#: The end of the reason of a frame whose file name says it is a master or a product.
+PRODUCT_REASON = "not a raw exposure"
+
+
+def _not_raw(stem_words: Sequence[str]) -> str | None:
+    """What a file name says it is when it is a master or a processed product, else None."""
+    for word in stem_words:
+        if word.startswith("master"):
+            return "master"
+        if word in _PRODUCT_WORDS:
+            return _PRODUCT_WORDS[word]
+    return None
 
 
 def _component_type(component: str) -> ImageType | None:
@@ -168,24 +190,39 @@ def path_type(relpath: str) -> tuple[ImageType | None, str]:
     Returns
     -------
     (type, why)
-        ``ImageType.UNKNOWN`` for a file named as a focus/test exposure; None when no folder or
-        file name names a type.
+        ``ImageType.UNKNOWN`` for a file named or filed as a focus/test exposure, or named as a
+        master or a processed product; None when no folder or file name names a type.
     """
+    kind, why, _ = _path_evidence(relpath)
+    return kind, why
+
+
+def _path_evidence(relpath: str) -> tuple[ImageType | None, str, bool]:
+    """`path_type`'s (type, why), and whether the path says the file is never a raw exposure (a
+    master or a processed product), which no header overrules."""
     parts = [p for p in str(relpath).replace("\\", "/").split("/") if p]
     if not parts:
-        return None, ""
+        return None, "", False
     stem = re.sub(r"\.(fits?|fts)(\.(fz|gz))?$", "", parts[-1], flags=re.IGNORECASE)
-    not_data = sorted(_NOT_DATA_WORDS & set(_tokens(stem)))
+    words = _tokens(stem)
+    product = _not_raw(words)
+    if product is not None:
+        return ImageType.UNKNOWN, f"file name {parts[-1]!r} says {product}: {PRODUCT_REASON}", True
+    not_data = sorted({"focus" if w.startswith(("focus", "autofocus")) else w for w in words
+                       if w in _NOT_DATA_WORDS or w.startswith(("focus", "autofocus"))})
     if not_data:
-        return ImageType.UNKNOWN, f"file name {parts[-1]!r} says {not_data[0]}: not data"
+        return ImageType.UNKNOWN, f"file name {parts[-1]!r} says {not_data[0]}: not data", False
+    for folder in reversed(parts[:-1]):
+        if _compact(folder) in _NOT_DATA_FOLDERS:
+            return ImageType.UNKNOWN, f"folder {folder + '/'!r}: not data", False
     kind = _component_type(stem)
     if kind is not None:
-        return kind, f"file name {parts[-1]!r}"
+        return kind, f"file name {parts[-1]!r}", False
     for folder in reversed(parts[:-1]):
         kind = _component_type(folder)
         if kind is not None:
-            return kind, f"folder {folder + '/'!r}"
-    return None, ""
+            return kind, f"folder {folder + '/'!r}", False
+    return None, "", False
 
 
 # -------------------------------------------------------------------------------------- rules
@@ -309,7 +346,7 @@ def _rule_image_type(value: Any) -> ImageType:
 
 #: Bumped whenever the classification of the same evidence can come out differently: the
 #: daemon then reclassifies the catalogue at start-up.
-CLASSIFIER_VERSION = 2
+CLASSIFIER_VERSION = 3
 
 
 def fingerprint(rules: Sequence[ClassificationRule]) -> str:
@@ -379,15 +416,17 @@ def _image_type(cards: _Cards) -> tuple[ImageType | None, str]:
 
 
 def _weigh(header: tuple[ImageType | None, str], path: tuple[ImageType | None, str],
-           pixels: PixelEvidence | None, exptime: float | None) -> tuple[ImageType, str, str]:
+           pixels: PixelEvidence | None, exptime: float | None, *,
+           never_raw: bool = False) -> tuple[ImageType, str, str]:
     """(type, why, by) from the header, the path and the pixels, in that order of trust.
 
     The header decides when the path agrees or says nothing; where they disagree (header
     'Light', file name 'domeflat'), the pixels decide between the two; with neither, the path,
-    then the pixels' positive evidence.
+    then the pixels' positive evidence. A path that names a master or a product
+    (``never_raw``) overrules any header: a master dark keeps its darks' 'Dark Frame'.
     """
     (h_kind, h_why), (p_kind, p_why) = header, path
-    if p_kind is ImageType.UNKNOWN and h_kind in (None, ImageType.LIGHT):  # 'focus_001' typed Light
+    if p_kind is ImageType.UNKNOWN and (never_raw or h_kind in (None, ImageType.LIGHT)):  # 'focus_001' typed Light
         return ImageType.UNKNOWN, p_why + (f" ({h_why})" if h_kind else ""), "path"
     if h_kind is not None and (p_kind is None or p_kind is h_kind or h_kind is ImageType.UNKNOWN
                                or p_kind is ImageType.UNKNOWN):
@@ -444,6 +483,7 @@ def _identify(cards: _Cards, relpath: str, rules: Sequence[ClassificationRule],
 
     The one place a frame's classification is made.
     """
-    kind, why, by = _weigh(_image_type(cards), path_type(relpath), pixels, exptime)
+    p_kind, p_why, never_raw = _path_evidence(relpath)
+    kind, why, by = _weigh(_image_type(cards), (p_kind, p_why), pixels, exptime, never_raw=never_raw)
     found = _Identity(kind, why, _filter(cards), cards.first_text(_OBJECT_KEYS, null_words=True), by=by)
     return _apply_rules(rules, relpath, cards, found)

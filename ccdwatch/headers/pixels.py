@@ -14,6 +14,7 @@ A dark cannot be told from a light through thick cloud by its pixels, so pixels 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,8 +59,14 @@ class PixelEvidence:
             return None
 
     def describe(self) -> str:
+        """The statistics for a reason (`DESCRIPTION` finds them in one)."""
         return (f"level {self.level:.0f} ADU ({100 * self.level / max(self.full_scale, 1.0):.0f}% of full scale), "
                 f"{self.n_sources} star-like sources")
+
+
+#: `PixelEvidence.describe`'s text in parentheses, as a reason holds it: what is particular to
+#: one frame, which the advice leaves out to group frames by reason.
+DESCRIPTION = re.compile(r" ?\(level -?\d+ ADU \(-?\d+% of full scale\), \d+ star-like sources\)")
 
 
 def pixel_verdict(ev: PixelEvidence | None, exptime: float | None) -> tuple[str | None, str]:

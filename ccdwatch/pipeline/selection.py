@@ -120,8 +120,7 @@ class Masters:
         max_age = self.rules.dark_max_age_days
         darks = [d for d in self.current("dark", frame.camera_key) if self._temp_ok(d, frame)]
         if not darks:
-            return None, None, (f"no master dark for camera set-up {frame.camera_key} within "
-                                f"{self.rules.temperature_tolerance:g} degC")
+            return None, None, self._no_dark(frame)
         t = frame.exptime or 0.0
         same = [d for d in darks if d.exptime is not None and abs(d.exptime - t) < EXPTIME_TOLERANCE]
         best = nearest(same, when, max_age)
@@ -133,6 +132,17 @@ class Masters:
         if exact_only:
             return None, None, f"no master dark of {t:g} s"
         return _scaled_dark(darks, t, when, bias, max_age)
+
+    def _no_dark(self, frame: Frame) -> str:
+        """Why no master dark fits ``frame``, with what exists: masters at other temperatures,
+        or the darks arrived towards one."""
+        others = sorted({d.ccd_temp for d in self.current("dark", frame.camera_key) if d.ccd_temp is not None})
+        if others:
+            temp = temperature_ref(frame)
+            return (f"no master dark for camera set-up {frame.camera_key} within "
+                    f"{self.rules.temperature_tolerance:g} degC of {temp:g} degC: the master darks are at "
+                    f"{', '.join(f'{t:g}' for t in others)} degC")
+        return f"no master dark for camera set-up {frame.camera_key}: {self.progress('dark', frame.camera_key)}"
 
     def for_light(self, frame: Frame) -> Selection:
         """Choose bias, dark (with its scale) and flat for a light; explain what is missing."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from ccdwatch.advice import Advice, unused_frames
 from ccdwatch.catalog import night as queries
 from ccdwatch.catalog import utcnow
 from ccdwatch.keys import GroupKey
@@ -168,6 +169,8 @@ class NightData:
     notes: list[str] = field(default_factory=list)
     #: the sites whose frames the report shows (one when filtered by site)
     sites: list[str] = field(default_factory=list)
+    unused: list[Advice] = field(default_factory=list)
+    """The night's unclassified and ignored frames grouped by reason, with the rule that would use them."""
 
     def of_type(self, imagetyp: str) -> list[FrameRow]:
         return [f for f in self.frames.values() if f.imagetyp == imagetyp]
@@ -313,4 +316,5 @@ def collect(session: Session, night: str, *, site: str | None = None) -> NightDa
     stack_rows = {f"{s.site}|{s.group_key}" if by_site else s.group_key: _stack_row(s)
                   for s in queries.current_stacks(session, night, site=site)}
     return NightData(night=night, generated=utcnow(), frames=rows, problems=problems, masters=masters,
-                     calibrated=calibrated, groups=_groups(night, rows, stack_rows, by_site=by_site), sites=sites)
+                     calibrated=calibrated, groups=_groups(night, rows, stack_rows, by_site=by_site), sites=sites,
+                     unused=unused_frames(frames))

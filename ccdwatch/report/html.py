@@ -290,8 +290,20 @@ def _frames(data: NightData) -> str:
             + _table(FRAME_HEADERS, rows, numeric=(0, 4, 7, 8, 9, 10)) + "</details></section>")
 
 
+def _unused(data: NightData) -> str:
+    """The unclassified and ignored frames by reason, each group with the rule that would use it."""
+    if not data.unused:
+        return ""
+    items = []
+    for a in data.unused:
+        names = ", ".join(a.examples)
+        rule = (f"<br>to use them, add to the configuration:<pre>{esc(a.rule)}</pre>" if a.rule else "")
+        items.append(f"<li>{esc(a.state)} {a.count} frame(s) ({esc(names)}): {esc(a.reason)}{rule}</li>")
+    return f'<div class="box note"><p>Frames not used, by reason:</p><ul>{"".join(items)}</ul></div>'
+
+
 def _problems(data: NightData) -> str:
-    parts = ['<section id="problems"><h2>Problem files</h2>']
+    parts = ['<section id="problems"><h2>Problem files</h2>', _unused(data)]
     if not data.problems:
         parts.append('<div class="box good">No file was quarantined, failed or left unclassified.</div></section>')
         return "".join(parts)
