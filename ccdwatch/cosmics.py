@@ -39,6 +39,7 @@ Pure numerics: arrays in, a new boolean mask out; the input is never modified.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -90,8 +91,8 @@ class CosmicRayResult:
         """Number of ray pixels."""
         return int(np.count_nonzero(self.mask))
 
-    @property
-    def hits(self) -> int:
+    @functools.cached_property
+    def hits(self) -> int:  # once: a labelling of the whole frame (the job asks twice)
         if not self.mask.any():
             return 0
         n, _ = cv2.connectedComponents(self.mask.view(np.uint8), connectivity=8)

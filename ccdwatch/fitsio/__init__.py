@@ -24,7 +24,7 @@ Modules, one job each:
 
 from __future__ import annotations
 
-from ccdwatch.fitsio.atomic import DiskFull, sweep_temp_files, write_bytes_atomic, write_product
+from ccdwatch.fitsio.atomic import DiskFull, big_endian, sweep_temp_files, write_bytes_atomic, write_product
 from ccdwatch.fitsio.compress import Compression
 from ccdwatch.fitsio.layout import BLOCK_SIZE
 from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
@@ -39,6 +39,7 @@ __all__ = [
     "DiskFull",
     "RawFrame",
     "RejectedFile",
+    "big_endian",
     "fits_suffix",
     "is_temp_name",
     "read_product",
