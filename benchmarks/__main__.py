@@ -75,7 +75,9 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
     runs["numpy bound"] = measure.run("numpy bound", [PY, "-m", "benchmarks.bounds", mpath, run_dir / "bounds"]
                                       + ([template] if template else []))
     print(f"[{name}] ccdwatch stages in-process ...", flush=True)
-    stages_run = measure.run("stages", [PY, "-m", "benchmarks.stages", mpath, run_dir / "stages"])
+    # one thread per library, as the pool's workers run (`ccdwatch.jobs.pool`; cv2's in stages.main)
+    stages_run = measure.run("stages", [PY, "-m", "benchmarks.stages", mpath, run_dir / "stages"],
+                             env={var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     result = {"size": size, "night": shape, "shape": m["shape"], "n_files": sum(len(v) for v in m["files"].values()),
               "n_lights": len(m["lights"]), "runs": {k: r.to_json() for k, r in runs.items()},
               "timeline": stages_seen, "bounds": _json_tail(runs["numpy bound"]), "stages": _json_tail(stages_run)}

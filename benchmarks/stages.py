@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import astroalign as aa
+import cv2
 import numpy as np
 from astropy.io import fits
 
@@ -58,6 +59,7 @@ def _rms(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def main(manifest_path: str, workdir: str) -> None:
+    cv2.setNumThreads(1)  # as the pool's workers (`ccdwatch.jobs.pool`): the parallelism is the pool's
     m = json.loads(Path(manifest_path).read_text())
     cfg = Config()
     budget = int(cfg.masters.memory_budget_mb * 2**20)
