@@ -571,9 +571,7 @@ def calibrate(
             f = flat[rows]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 block /= f
-            unusable = ~(f > 0)
-            unusable |= ~np.isfinite(f)
-            block[unusable] = np.nan
+            block[~((f > 0) & np.isfinite(f))] = np.nan
         out[rows] = block
     return out
 
