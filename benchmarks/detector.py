@@ -27,7 +27,7 @@ from astropy.io import fits
 
 from ccdwatch import calib, synth
 from ccdwatch.fitsio import Compression, read_product, read_product_hdus, write_product
-from ccdwatch.overscan import OverscanPlan
+from ccdwatch.headers.sections import OverscanPlan
 
 OVERSCAN = 32
 

@@ -21,9 +21,9 @@ import numpy as np
 from astropy.io import fits
 
 from ccdwatch import calib, noise, synth
+from ccdwatch.detector import NoiseSpec
 from ccdwatch.fitsio import sha256_file
 from ccdwatch.jobs import tasks
-from ccdwatch.jobs.uncertainty import NoiseSpec
 
 
 def _masters(camera: synth.Camera, rng: np.random.Generator, root: Path) -> dict[str, str]:

@@ -546,16 +546,16 @@ def calibrate(
         raise ValueError(f"raw frame must be 2-D, got shape {raw.shape}")
 
     def _check(name: str, master: ArrayLike | None) -> np.ndarray | None:
-        if master is None:
-            return None
-        m = np.asarray(master)
-        if m.shape != raw.shape:
+        m = None if master is None else np.asarray(master)
+        if m is not None and m.shape != raw.shape:
             raise ValueError(f"{name} has shape {m.shape}, raw frame has {raw.shape}")
         return m
 
     bias, dark, flat = _check("bias", bias), _check("dark", dark), _check("flat", flat)
     if dark is not None and not math.isfinite(dark_scale):
         raise ValueError(f"dark_scale must be finite, got {dark_scale}")
+    if bias is None and dark is None and flat is None and (raw.dtype.kind == "f" or raw.dtype.itemsize <= 4):
+        return raw.astype(np.float32)  # nothing to subtract (a bias): rounded once, as through float64
     out = np.empty(raw.shape, dtype=np.float32)  # a new array: the inputs are never modified
     # float64 arithmetic in row blocks of ~4 MB: the same values as whole-frame float64, without
     # whole-frame float64 temporaries (faster, and far less memory on large frames).

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ccdwatch.headers import ClassificationRule, ImageType
-from ccdwatch.headers.sections import OverscanRules
-from ccdwatch.overscan import Section
+from ccdwatch.headers.sections import OverscanRules, Section
 
 __all__ = ["ConfigError", "OverscanConfig", "ProductsConfig", "parse_overscan", "parse_rules",
            "unknown_key"]

@@ -24,8 +24,8 @@ from typing import Any
 
 from ccdwatch.config_data import ConfigError, unknown_key
 
-__all__ = ["GAIN_CARDS", "GAIN_FROM_FLATS", "CameraDetector", "DetectorConfig", "DetectorValues", "detector_values",
-           "gain_check", "parse_detector"]
+__all__ = ["GAIN_CARDS", "GAIN_FROM_FLATS", "CameraDetector", "DetectorConfig", "DetectorValues", "NoiseSpec",
+           "detector_values", "gain_check", "parse_detector"]
 
 #: How a raw GAIN card is read: "auto" (plausible values only), "electrons" (always e-/ADU),
 #: "setting" (never: a camera setting).
@@ -212,3 +212,19 @@ def _camera(key: str, entry: Any) -> CameraDetector:
         else:
             raise unknown_key(f"{key}.{k}", ("gain", "read_noise", "gain_card"))
     return CameraDetector(**values)
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """A light's detector values (:func:`detector_values`), planned in the daemon for its job
+    (`ccdwatch.jobs.uncertainty`)."""
+
+    gain: float | None
+    gain_source: str
+    read_noise: float | None
+    """Electrons rms from the configuration or the header; the master bias's measurement is used
+    when this is None or only from the header (config > measured > header)."""
+    read_noise_source: str
+    gain_setting: float | None = None
+    plane: bool = True
+    """Write the UNCERT plane (``calibration.uncertainty``)."""

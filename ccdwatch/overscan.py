@@ -14,48 +14,9 @@ functions against them.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import numpy as np
 
-_SECTION = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
-
-
-@dataclass(frozen=True)
-class Section:
-    """A FITS section as numpy slices (0-based, end-exclusive, possibly reversed in FITS)."""
-
-    rows: slice
-    cols: slice
-
-    @classmethod
-    def parse(cls, text: str, shape: tuple[int, int] | None = None) -> Section:
-        """Read ``"[x1:x2,y1:y2]"``; with ``shape`` (ny, nx), check that it lies inside the frame.
-
-        Raises
-        ------
-        ValueError
-            For text that is not a section, or a section outside ``shape``.
-        """
-        m = _SECTION.match(str(text))
-        if m is None:
-            raise ValueError(f"{text!r} is not a FITS section like '[1:2048,1:2048]'")
-        x1, x2, y1, y2 = (int(v) for v in m.groups())
-        x1, x2 = sorted((x1, x2))
-        y1, y2 = sorted((y1, y2))
-        if min(x1, y1) < 1:
-            raise ValueError(f"section {text!r}: FITS sections start at 1")
-        if shape is not None and (y2 > shape[0] or x2 > shape[1]):
-            raise ValueError(f"section {text!r} lies outside the {shape[1]}x{shape[0]} frame")
-        return cls(rows=slice(y1 - 1, y2), cols=slice(x1 - 1, x2))
-
-    def of(self, data: np.ndarray) -> np.ndarray:
-        return data[self.rows, self.cols]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.rows.stop - self.rows.start, self.cols.stop - self.cols.start)
+from ccdwatch.headers.sections import Section
 
 
 def _trimmed_mean(lines: np.ndarray, cut: float = 0.1) -> np.ndarray:
@@ -140,47 +101,3 @@ def subtract_overscan_and_trim(data: np.ndarray, *, biassec: str | None, trimsec
             out -= full[keep.cols].astype(np.float32)[None, :]
         level_mean = float(np.mean(level))
     return np.ascontiguousarray(out), level_mean
-
-
-@dataclass(frozen=True)
-class OverscanPlan:
-    """How one frame's overscan is handled: decided at ingest (`ccdwatch.headers.sections`), kept
-    with the frame, applied by the jobs to every raw frame before anything else.
-
-    ``method`` is ``"median"`` or ``"fit"`` (see :func:`overscan_level`; ``order`` for a fit), or
-    ``"none"`` for a frame that is only trimmed (no BIASSEC).
-    """
-
-    biassec: str | None
-    trimsec: str | None
-    method: str = "median"
-    order: int = 1
-
-    @property
-    def key(self) -> str:
-        """The plan as a camera-key piece: only frames with equal pieces share masters."""
-        how = {"median": "median", "fit": f"fit{self.order}"}.get(self.method, "none")
-        pieces = [f"os={how}{self.biassec or ''}"] if self.biassec else []
-        return "|".join([*pieces, *([f"trim={self.trimsec}"] if self.trimsec else [])])
-
-    def to_json(self) -> dict[str, object]:
-        return {"biassec": self.biassec, "trimsec": self.trimsec, "method": self.method, "order": self.order}
-
-    @classmethod
-    def from_json(cls, value: object) -> OverscanPlan | None:
-        """The plan stored with a frame (None: the frame has none)."""
-        if not isinstance(value, dict) or not (value.get("biassec") or value.get("trimsec")):
-            return None
-        return cls(biassec=value.get("biassec") or None, trimsec=value.get("trimsec") or None,
-                   method=str(value.get("method") or "median"), order=int(value.get("order") or 1))
-
-    def apply(self, data: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """Overscan subtracted (per row or column), then trimmed: float32, and the mean level."""
-        return subtract_overscan_and_trim(data, biassec=self.biassec if self.method != "none" else None,
-                                          trimsec=self.trimsec, method=self.method, order=self.order)
-
-    def trim(self, data: np.ndarray) -> np.ndarray:
-        """The data region of a raw frame, as it is (a view: for the raw saturation mask)."""
-        if not self.trimsec:
-            return data
-        return Section.parse(self.trimsec, (int(data.shape[0]), int(data.shape[1]))).of(data)

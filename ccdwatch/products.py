@@ -15,13 +15,13 @@ import hashlib
 import numbers
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
-from astropy.io import fits
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ccdwatch import __version__
 from ccdwatch.fitsio import safe_component, safe_product_path
+
+if TYPE_CHECKING:  # astropy loads with the jobs that write products, not with the planner
+    from astropy.io import fits
 
 #: Raw header keywords that describe the raw file's layout and must not be copied to products.
 STRUCTURAL = {
@@ -145,6 +145,8 @@ def to_fits_header(cards: Mapping[str, Any]) -> fits.Header:
     (lists, dicts, over-long strings from a foreign header) are left out rather than failing,
     and so are NaN and infinite numbers (FITS has no such values), each with a COMMENT saying so.
     """
+    from astropy.io import fits
+
     header = fits.Header()
     for key, card in cards.items():
         value = card[0] if isinstance(card, tuple) and len(card) == 2 else card
@@ -161,8 +163,9 @@ def to_fits_header(cards: Mapping[str, Any]) -> fits.Header:
 
 
 def _finite(value: Any) -> bool:
-    """False for a NaN or infinite real or complex number, True for anything else."""
-    if isinstance(value, (bool, np.bool_, str, bytes)):
+    """False for a NaN or infinite real or complex number, True for anything else (numpy's bool
+    is not a `numbers.Real`)."""
+    if isinstance(value, (bool, str, bytes)):
         return True
     if isinstance(value, (numbers.Real, numbers.Complex)):
         return cmath.isfinite(complex(value))

@@ -24,9 +24,9 @@ from ccdwatch import calib, synth
 from ccdwatch.catalog import Catalog
 from ccdwatch.config import load_config
 from ccdwatch.daemon.watch import Watcher
+from ccdwatch.detector import NoiseSpec
 from ccdwatch.fitsio import read_product, sha256_file
 from ccdwatch.jobs import memory, tasks
-from ccdwatch.jobs.uncertainty import NoiseSpec
 from ccdwatch.models import Calibrated, Event, Frame, FrameState, Master
 from ccdwatch.pipeline import Pipeline
 from ccdwatch.products import to_fits_header

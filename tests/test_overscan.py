@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from astropy.nddata import CCDData
 
-from ccdwatch.overscan import Section, overscan_level, subtract_overscan_and_trim
+from ccdwatch.headers.sections import Section
+from ccdwatch.overscan import overscan_level, subtract_overscan_and_trim
 
 NY, NX, NOVER = 64, 80, 16  # data 80 columns, then a 16-column overscan strip
 BIASSEC, TRIMSEC = f"[{NX + 3}:{NX + NOVER},1:{NY}]", f"[1:{NX},1:{NY}]"

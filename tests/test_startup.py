@@ -28,10 +28,24 @@ def test_fork_server_preload_is_warm_frozen_and_leaves_the_collector_on():
 
 def test_daemon_process_does_not_load_what_only_workers_use():
     modules = set(_modules_after("import ccdwatch.cli, ccdwatch.pipeline, ccdwatch.daemon.watch")["modules"])
-    assert "ccdwatch.pipeline.core" in modules and "numpy" in modules  # the import did run
+    assert "ccdwatch.pipeline.core" in modules  # the import did run
     assert "scipy.spatial" not in modules  # alignment runs on the workers only
     assert "matplotlib" not in modules
     # the job descriptions and the jobs' numerics come with the first planned job (issue 17:
     # `watch --once` with nothing to do never needs them)
-    for name in ("ccdwatch.jobs.tasks", "ccdwatch.qa", "sep", "cv2"):
+    for name in ("ccdwatch.jobs.tasks", "ccdwatch.qa", "sep", "cv2", "numpy", "astropy", "ccdwatch.calib"):
         assert name not in modules, f"the daemon imports {name} before it has a job"
+
+
+def test_watch_once_with_nothing_to_do_needs_neither_numpy_nor_astropy(tmp_path):
+    """The timer-driven ``watch --once`` that finds nothing new (issue 17's start-up target): the
+    catalogue, the configuration and the scan only; FITS and the numerics load with the first file."""
+    (tmp_path / "incoming").mkdir()
+    argv = ["watch", "--once", "-q", "--incoming", str(tmp_path / "incoming"),
+            "--products", str(tmp_path / "products"), "--db", str(tmp_path / "catalogue.db")]
+    run = f"import ccdwatch.cli\ntry:\n    ccdwatch.cli.main({argv!r})\nexcept SystemExit:\n    pass"
+    _modules_after(run)  # the first run creates the catalogue
+    modules = set(_modules_after(run)["modules"])
+    assert "ccdwatch.pipeline.core" in modules and "sqlalchemy" in modules  # the run did happen
+    for name in ("numpy", "astropy", "ccdwatch.calib", "ccdwatch.fitsio.raw", "ccdwatch.jobs.tasks"):
+        assert name not in modules, f"watch --once with nothing to do imports {name}"

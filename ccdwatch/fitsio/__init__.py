@@ -24,32 +24,43 @@ Modules, one job each:
 
 from __future__ import annotations
 
-from ccdwatch.fitsio.atomic import DiskFull, big_endian, sweep_temp_files, write_bytes_atomic, write_product
-from ccdwatch.fitsio.compress import Compression
-from ccdwatch.fitsio.layout import BLOCK_SIZE
-from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
-from ccdwatch.fitsio.product import read_product, read_product_hdus, read_product_table, sha256_file
-from ccdwatch.fitsio.raw import RawFrame, read_raw
-from ccdwatch.fitsio.rejected import RejectedFile
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ccdwatch.fitsio.atomic import DiskFull, big_endian, sweep_temp_files, write_bytes_atomic, write_product
+    from ccdwatch.fitsio.compress import Compression
+    from ccdwatch.fitsio.descriptor import BLOCK_SIZE
+    from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
+    from ccdwatch.fitsio.product import read_product, read_product_hdus, read_product_table, sha256_file
+    from ccdwatch.fitsio.raw import RawFrame, read_raw
+    from ccdwatch.fitsio.rejected import RejectedFile
+
+#: Where each public name lives. Loaded on first use (PEP 562), so code that only names files or
+#: sweeps temp files (the daemon's start-up) never imports astropy or numpy.
+_HOME = {
+    "DiskFull": "atomic", "big_endian": "atomic", "sweep_temp_files": "atomic", "write_bytes_atomic": "atomic",
+    "write_product": "atomic",
+    "Compression": "compress", "BLOCK_SIZE": "descriptor",
+    "TEMP_PREFIX": "names", "fits_suffix": "names", "is_temp_name": "names", "safe_component": "names",
+    "safe_product_path": "names",
+    "read_product": "product", "read_product_hdus": "product", "read_product_table": "product",
+    "sha256_file": "product",
+    "RawFrame": "raw", "read_raw": "raw", "RejectedFile": "rejected",
+}
 
 __all__ = [
-    "BLOCK_SIZE",
-    "Compression",
-    "TEMP_PREFIX",
-    "DiskFull",
-    "RawFrame",
-    "RejectedFile",
-    "big_endian",
-    "fits_suffix",
+    "BLOCK_SIZE", "TEMP_PREFIX", "Compression", "DiskFull", "RawFrame", "RejectedFile", "big_endian", "fits_suffix",
     "is_temp_name",
-    "read_product",
-    "read_product_hdus",
-    "read_product_table",
-    "read_raw",
-    "safe_component",
-    "safe_product_path",
-    "sha256_file",
-    "sweep_temp_files",
-    "write_bytes_atomic",
-    "write_product",
+    "read_product", "read_product_hdus", "read_product_table", "read_raw", "safe_component", "safe_product_path",
+    "sha256_file", "sweep_temp_files", "write_bytes_atomic", "write_product",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

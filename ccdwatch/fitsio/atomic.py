@@ -21,14 +21,17 @@ import sys
 import time
 import warnings
 from pathlib import Path
-
-import numpy as np
-from astropy.io import fits
+from typing import TYPE_CHECKING
 
 from ccdwatch import faults
-from ccdwatch.fitsio.compress import Compression, compress
-from ccdwatch.fitsio.layout import BLOCK_SIZE
+from ccdwatch.fitsio.descriptor import BLOCK_SIZE
 from ccdwatch.fitsio.names import TEMP_PREFIX, is_temp_name
+
+if TYPE_CHECKING:  # astropy and numpy load with the first product written, not with the daemon
+    import numpy as np
+    from astropy.io import fits
+
+    from ccdwatch.fitsio.compress import Compression
 
 __all__ = ["DiskFull", "big_endian", "sweep_temp_files", "write_bytes_atomic", "write_product"]
 
@@ -166,6 +169,11 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
         No temp and no partial final file is left; an existing file at ``path`` is untouched.
     """
     final = Path(path)
+    import numpy as np
+    from astropy.io import fits
+
+    from ccdwatch.fitsio.compress import compress
+
     if isinstance(hdus, np.ndarray):
         hdul = fits.HDUList([fits.PrimaryHDU(data=hdus, header=header)])
     elif isinstance(hdus, fits.HDUList):

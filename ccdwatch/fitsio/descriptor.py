@@ -7,6 +7,9 @@ import os
 import stat
 from collections.abc import Callable
 
+#: Size of a FITS logical record (bytes); headers and data are padded to a multiple of it.
+BLOCK_SIZE = 2880
+
 #: Chunk (bytes) of the streamed reads (hashing, decompression).
 _CHUNK = 1 << 20
 

@@ -16,6 +16,7 @@ import numpy as np
 from astropy.io import fits
 
 from ccdwatch.fitsio.cards import repair_header
+from ccdwatch.fitsio.descriptor import BLOCK_SIZE
 from ccdwatch.fitsio.rejected import RejectedFile
 
 __all__ = ["BLOCK_SIZE", "MAX_HDUS", "MAX_HEADER_BLOCKS", "MAX_HEADER_BYTES"]
@@ -23,8 +24,6 @@ __all__ = ["BLOCK_SIZE", "MAX_HDUS", "MAX_HEADER_BLOCKS", "MAX_HEADER_BYTES"]
 # the package's logger, as when this was one module: log lines keep their "ccdwatch.fitsio" name
 logger = logging.getLogger("ccdwatch.fitsio")
 
-#: Size of a FITS logical record (bytes); headers and data are padded to a multiple of it.
-BLOCK_SIZE = 2880
 _CARD = 80
 #: Most header blocks a raw file may hold in total (all HDUs), 1000 blocks = 2.9 MB.
 MAX_HEADER_BLOCKS = 1000

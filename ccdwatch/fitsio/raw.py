@@ -46,6 +46,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ccdwatch.fitsio.descriptor import _CHUNK, _kind, _pread_bytes, _pread_fd
 from ccdwatch.fitsio.layout import _HDU, MAX_HEADER_BYTES, _choose, _Layout, _merge_inherit, _walk
+from ccdwatch.fitsio.plain import plain_image
 from ccdwatch.fitsio.rejected import RejectedFile
 from ccdwatch.fitsio.tiles import check_tiles
 from ccdwatch.fitsio.unwritten import check_written
@@ -371,7 +372,9 @@ def _finish(buf: bytes, sha: str, name: str, stamp: dict[str, int], *, max_data_
         payload = payload + b"\0" * layout.missing_padding
     if chosen.compressed and not header_only:
         _checked_tiles(payload, chosen, name)
-    header, data = _astropy_image(payload, layout, chosen, name, want_data=not header_only)
+    data = None if header_only else plain_image(payload, chosen)
+    if data is None:
+        header, data = _astropy_image(payload, layout, chosen, name, want_data=not header_only)
     del payload, buf
     if not chosen.compressed:
         header = chosen.header.copy()  # the header as in the file (astropy edits BZERO on scaling)

@@ -1,8 +1,9 @@
-"""Why a raw file is refused: :class:`RejectedFile` and its stable reason codes."""
+"""Why a raw file is refused: :class:`RejectedFile` and its stable reason codes; :class:`RawGone`,
+a catalogued raw frame no longer on disk as it was catalogued."""
 
 from __future__ import annotations
 
-__all__ = ["RejectedFile"]
+__all__ = ["RawGone", "RejectedFile"]
 
 
 class RejectedFile(Exception):
@@ -38,3 +39,15 @@ class RejectedFile(Exception):
     def __repr__(self) -> str:
         return f"RejectedFile({self.reason!r}, {self.message!r})"
 
+
+class RawGone(FileNotFoundError):
+    """A catalogued raw frame is on disk under none of its paths with its catalogued content
+    (deleted, or rewritten since it was catalogued). No fault of the job's other inputs."""
+
+    def __init__(self, sha256: str, detail: str) -> None:
+        super().__init__(f"raw data no longer available: {detail}")
+        self.sha256 = sha256
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[RawGone], tuple[str, str]]:
+        return (RawGone, (self.sha256, self.detail))

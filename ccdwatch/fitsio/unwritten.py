@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Callable
 
-from ccdwatch.fitsio.layout import BLOCK_SIZE
+from ccdwatch.fitsio.descriptor import BLOCK_SIZE
 from ccdwatch.fitsio.rejected import RejectedFile
 
 __all__ = ["INCOMPLETE_TAIL", "check_written", "zero_tail"]

@@ -27,9 +27,8 @@ from ccdwatch.headers.keywords import (
 from ccdwatch.headers.night import _check_start_hour, _night, _resolve_zone
 from ccdwatch.headers.pixels import PixelEvidence
 from ccdwatch.headers.quantities import _CELSIUS, _binning, _coordinates, _exposure, _longitude, _shape
-from ccdwatch.headers.sections import OverscanRules, frame_overscan
+from ccdwatch.headers.sections import OverscanPlan, OverscanRules, frame_overscan
 from ccdwatch.headers.values import _range
-from ccdwatch.overscan import OverscanPlan
 
 # The package's logger, as before the split (the log format shows the logger name).
 logger = logging.getLogger("ccdwatch.headers")

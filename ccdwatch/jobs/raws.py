@@ -9,22 +9,10 @@ import numpy as np
 from astropy.io import fits
 
 from ccdwatch.fitsio import RejectedFile, read_raw
-from ccdwatch.overscan import OverscanPlan
+from ccdwatch.fitsio.rejected import RawGone
+from ccdwatch.headers.sections import OverscanPlan
 
 __all__ = ["RawGone", "load_raw", "overscan_cards", "prepare"]
-
-
-class RawGone(FileNotFoundError):
-    """A catalogued raw frame is on disk under none of its paths with its catalogued content
-    (deleted, or rewritten since it was catalogued). No fault of the job's other inputs."""
-
-    def __init__(self, sha256: str, detail: str) -> None:
-        super().__init__(f"raw data no longer available: {detail}")
-        self.sha256 = sha256
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[type[RawGone], tuple[str, str]]:
-        return (RawGone, (self.sha256, self.detail))
 
 
 def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_compressed: bool) -> np.ndarray:

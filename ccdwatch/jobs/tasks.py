@@ -41,13 +41,13 @@ from ccdwatch.headers import (
     header_to_jsonable,
     normalise,
 )
+from ccdwatch.headers.sections import OverscanPlan
 from ccdwatch.jobs import memory, uncertainty
 from ccdwatch.jobs.raws import RawGone as RawGone  # re-exported: where the pipeline has always found them
 from ccdwatch.jobs.raws import load_raw as load_raw
 from ccdwatch.jobs.raws import overscan_cards
 from ccdwatch.jobs.raws import prepare as prepare_raw
 from ccdwatch.jobs.stackcards import stack_cards, width
-from ccdwatch.overscan import OverscanPlan
 from ccdwatch.products import to_fits_header
 from ccdwatch.scratch import ScratchArrays
 

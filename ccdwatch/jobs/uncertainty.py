@@ -24,6 +24,7 @@ import numpy as np
 from astropy.io import fits
 
 from ccdwatch import noise, ptc
+from ccdwatch.detector import NoiseSpec
 
 __all__ = ["LightNoise", "NoiseSpec", "forget", "input_variance", "light_noise", "master_cards", "remember",
            "stack_planes"]
@@ -31,21 +32,6 @@ __all__ = ["LightNoise", "NoiseSpec", "forget", "input_variance", "light_noise",
 #: Master header cards the noise model reads, per master path (the worker's cache beside its pixels).
 _CARDS: dict[str, dict[str, float]] = {}
 _READ = ("PIXNOISE", "RDNOIADU")
-
-
-@dataclass(frozen=True)
-class NoiseSpec:
-    """A light's detector values (`ccdwatch.detector.detector_values`), planned in the daemon."""
-
-    gain: float | None
-    gain_source: str
-    read_noise: float | None
-    """Electrons rms from the configuration or the header; the master bias's measurement is used
-    when this is None or only from the header (config > measured > header)."""
-    read_noise_source: str
-    gain_setting: float | None = None
-    plane: bool = True
-    """Write the UNCERT plane (``calibration.uncertainty``)."""
 
 
 def remember(path: str, header: fits.Header) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from ccdwatch import __version__
@@ -25,13 +25,12 @@ from ccdwatch.catalog.queries import (
     waiting_light_ids,
     waiting_signature,
 )
-from ccdwatch.detector import DetectorValues, detector_values
+from ccdwatch.detector import DetectorValues, NoiseSpec, detector_values
 from ccdwatch.fitsio.names import fits_stem
 from ccdwatch.headers.cfa import bayerpat_card
+from ccdwatch.headers.sections import OverscanPlan
 from ccdwatch.jobs import memory
-from ccdwatch.jobs.uncertainty import NoiseSpec
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
-from ccdwatch.overscan import OverscanPlan
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
 from ccdwatch.pipeline.selection import Masters
@@ -283,4 +282,4 @@ def nonfinite_note(n: int) -> str:
 
 def finite(x: float | None) -> float | None:
     """A catalogue value: None for a missing, NaN or infinite measurement."""
-    return None if x is None or not np.isfinite(x) else float(x)
+    return None if x is None or not math.isfinite(x) else float(x)

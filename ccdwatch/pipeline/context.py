@@ -7,11 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ccdwatch.catalog import Catalog
 from ccdwatch.catalog.sites import this_owner
 from ccdwatch.config import Config, site_name
-from ccdwatch.fitsio import Compression
+
+if TYPE_CHECKING:
+    from ccdwatch.fitsio.compress import Compression
 
 
 @dataclass(frozen=True)
@@ -74,4 +77,6 @@ class Context:
     def compression(self) -> Compression | None:
         """How products are written (``[products] compress``); None: plain FITS."""
         p = self.cfg.products
+        from ccdwatch.fitsio.compress import Compression
+
         return Compression(p.compress, p.quantize_level) if p.compress != "none" else None

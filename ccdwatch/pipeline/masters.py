@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from ccdwatch import __version__, calib
+from ccdwatch import __version__
 from ccdwatch.catalog import log_event, utcnow
 from ccdwatch.catalog.queries import (
     calibration_frames,
@@ -29,13 +29,13 @@ from ccdwatch.catalog.queries import (
 )
 from ccdwatch.catalog.sites import claim, holder, release
 from ccdwatch.detector import DetectorValues, detector_values, gain_check
+from ccdwatch.headers.sections import OverscanPlan
 from ccdwatch.jobs import memory
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
-from ccdwatch.overscan import OverscanPlan
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_name, raw_paths, raw_present
-from ccdwatch.pipeline.selection import Masters
+from ccdwatch.pipeline.selection import Masters, dark_factor
 from ccdwatch.products import master_cards, master_path, preview_path, product_header, short_hash
 
 if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
@@ -173,7 +173,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
         method = {"bias": m.bias_method, "dark": m.dark_method, "flat": m.flat_method}[kind]
         out = master_path(ctx.products, kind=kind, night=night, calib_key=str(key), instrument=sample.instrument,
                           exptime=sample.exptime, filter=sample.filter, version=version)
-        dark_scale = (calib.dark_scale(sample.exptime or 0.0, dark.exptime)
+        dark_scale = (dark_factor(sample.exptime or 0.0, dark.exptime)
                       if dark is not None and dark.exptime else None)
         inputs = tuple((f.id, content_hash(f)) for f in frames)
         from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there

@@ -22,8 +22,8 @@ from ccdwatch import faults
 from ccdwatch.catalog import log_event, sqlite_path, utcnow
 from ccdwatch.catalog.queries import frame_by_sha256, frames_by_id
 from ccdwatch.fitsio import DiskFull
+from ccdwatch.fitsio.rejected import RawGone
 from ccdwatch.jobs import memory, pool
-from ccdwatch.jobs.raws import RawGone
 from ccdwatch.models import FrameState
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import mark_missing

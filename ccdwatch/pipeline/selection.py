@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from ccdwatch import calib
 from ccdwatch.catalog.queries import calibration_frames_waiting, current_masters
 from ccdwatch.config import MastersConfig
 from ccdwatch.keys import temperature_ref
@@ -171,7 +170,7 @@ def _scaled_dark(darks: list[Master], t: float, when: datetime | None, bias: Mas
     epoch = datetime.min
     best = min(in_time, key=lambda d: (abs((d.exptime or 0.0) - t),
                                        abs((d.date_mid or when or epoch) - (when or epoch)), -d.id))
-    return best, calib.dark_scale(t, best.exptime or 0.0), ""
+    return best, dark_factor(t, best.exptime or 0.0), ""
 
 
 def nearest(masters: Iterable[Master], when: datetime | None, max_age_days: float) -> Master | None:
@@ -188,3 +187,11 @@ def nearest(masters: Iterable[Master], when: datetime | None, max_age_days: floa
         if best_rank is None or rank < best_rank:
             best, best_rank = m, rank
     return best
+
+
+def dark_factor(light_exptime: float, dark_exptime: float) -> float:
+    """`ccdwatch.calib.dark_scale`, imported when first planned: the numerics (numpy) are not
+    needed by a daemon start-up with nothing to do."""
+    from ccdwatch import calib
+
+    return calib.dark_scale(light_exptime, dark_exptime)

@@ -8,13 +8,13 @@ waits and none has arrived for ``stack.quiet_minutes`` (or at once at the end of
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from ccdwatch import __version__
@@ -263,9 +263,9 @@ def _nan(x: float | None) -> float:
 
 
 def _sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    r1, d1, r2, d2 = map(np.radians, (ra1, dec1, ra2, dec2))
-    c = np.sin(d1) * np.sin(d2) + np.cos(d1) * np.cos(d2) * np.cos(r1 - r2)
-    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    c = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(r1 - r2)
+    return math.degrees(math.acos(min(1.0, max(-1.0, c))))
 
 
 #: (id, object, ra, dec, date_obs, filter, exptime, camera_key) of one light
