@@ -30,7 +30,7 @@ import numpy as np
 from astropy.io import fits
 
 
-def _plane_makers(template: str | None):
+def plane_makers(template: str | None):
     """For each extension of the template, ``(name, make(data, hot) -> HDU)``."""
     if not template:
         return [("BADPIX", lambda data, hot: fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"))]
@@ -52,6 +52,15 @@ def _plane_makers(template: str | None):
                 makers.append((name, lambda data, hot, dt=dt, name=name: fits.ImageHDU(
                     (data > np.float32(1e4)).astype(dt), name=name)))
     return makers
+
+
+def light_bound(raw_path: str, offset: np.ndarray, flat: np.ndarray, hot: np.ndarray, makers: list,
+                out_path: Path) -> None:
+    """The bound's work for one light: read, calibrate in float32, write the planes of ``makers``."""
+    raw = fits.getdata(raw_path)
+    data = ((raw - offset) / flat).astype(np.float32, copy=False)
+    hdus = fits.HDUList([fits.PrimaryHDU(data)] + [make(data, hot) for _, make in makers])
+    hdus.writeto(out_path, overwrite=True)
 
 
 def main(manifest_path: str, out: str, template: str | None = None) -> None:
@@ -76,15 +85,12 @@ def main(manifest_path: str, out: str, template: str | None = None) -> None:
         flats[filt] = (fl / np.median(fl)).astype(np.float32)
     scale = np.float32(m["exptimes"]["light"] / m["exptimes"]["dark"])
     offset = bias + dark * scale
-    makers = _plane_makers(template)
+    makers = plane_makers(template)
 
     times = []
     for light in m["lights"]:
         t0 = time.perf_counter()
-        raw = fits.getdata(light["path"])
-        data = ((raw - offset) / flats[light["filter"]]).astype(np.float32, copy=False)
-        hdus = fits.HDUList([fits.PrimaryHDU(data)] + [make(data, hot) for _, make in makers])
-        hdus.writeto(out_dir / Path(light["path"]).name, overwrite=True)
+        light_bound(light["path"], offset, flats[light["filter"]], hot, makers, out_dir / Path(light["path"]).name)
         times.append(time.perf_counter() - t0)
     print(json.dumps({"read_per_frame": read, "calibrate_per_light": float(np.median(times)),
                       "calibrate_per_light_all": times, "n_frames": len(everything),

@@ -1,7 +1,8 @@
 """Per-stage timings of ccdwatch's own library functions on a benchmark night, in one process.
 
 Run as ``python -m benchmarks.stages MANIFEST WORKDIR``; prints one JSON line. The per-light figure
-is the daemon's own job, `ccdwatch.jobs.tasks.calibrate_light`, timed on every light twice; next to it,
+is the daemon's own job, `ccdwatch.jobs.tasks.calibrate_light`, timed on every light twice, each time
+followed by the numpy bound of `benchmarks.bounds` on the same light (the same planes); next to it,
 its steps one by one (read and check the raw file, calibrate, measure, write the product with
 ``write_product``), so that the slowest is visible; masters are prepared to float32 ``.npy`` memory maps
 and combined in strips with the configured method and memory budget. Alignment is timed next to
@@ -19,14 +20,18 @@ import time
 from pathlib import Path
 
 import astroalign as aa
+import cv2
 import numpy as np
 from astropy.io import fits
 
+from benchmarks import bounds
 from ccdwatch import calib, qa, stack
 from ccdwatch.config import Config
+from ccdwatch.detector import detector_values
 from ccdwatch.fitsio import read_raw, sha256_file, write_product
 from ccdwatch.headers import normalise
 from ccdwatch.jobs import tasks as jobs
+from ccdwatch.jobs.uncertainty import NoiseSpec
 
 #: Lights timed per night (the first ones): a 40-light night costs no more than issue 7's 16.
 MAX_LIGHTS = 16
@@ -54,6 +59,7 @@ def _rms(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def main(manifest_path: str, workdir: str) -> None:
+    cv2.setNumThreads(1)  # as the pool's workers (`ccdwatch.jobs.pool`): the parallelism is the pool's
     m = json.loads(Path(manifest_path).read_text())
     cfg = Config()
     budget = int(cfg.masters.memory_budget_mb * 2**20)
@@ -108,19 +114,34 @@ def main(manifest_path: str, workdir: str) -> None:
         clk.t.setdefault("master flat (each)", []).append(clk.t.pop(f"master flat {filt}")[0])
     scale = calib.dark_scale(m["exptimes"]["light"], m["exptimes"]["dark"])
 
-    # the daemon's own job, as the workers run it (masters from their files, cached per process)
+    # the daemon's own job, as the workers run it (masters from their files, cached per process), with
+    # the light's gain and read noise as the daemon plans them (the UNCERT plane, electrons); each
+    # followed by the numpy bound on the same light writing the same planes as the job's product
+    # (`benchmarks.bounds`), so that their ratio is taken light by light in one process
     lights = m["lights"][:MAX_LIGHTS]
+    offset = bias + dark * np.float32(scale)
+    makers = None
     for _ in range(2):  # two rounds: medians over 2 x 16 lights on a noisy machine
         for i, light in enumerate(lights):
+            raw_header = read_raw(light["path"]).header
+            noise = NoiseSpec(**vars(detector_values(raw_header, raw_header.get("INSTRUME"), cfg.detector)),
+                              plane=cfg.calibration.uncertainty)
             spec = jobs.CalibrateSpec(
                 frame_id=i, raw_paths=(light["path"],), raw_sha256=sha256_file(light["path"]),
                 bias_path=str(work / "master_bias.fits"), dark_path=str(work / "master_dark.fits"),
                 dark_scale=scale, flat_path=str(work / f"master_flat {light['filter']}.fits"),
                 out_path=str(work / f"job_{i}.fits"), header={}, saturation=None,
                 detect_sigma=cfg.stack.detect_sigma, max_data_bytes=int(cfg.ingest.max_data_mb * 2**20),
-                allow_compressed=cfg.ingest.allow_compressed)
+                allow_compressed=cfg.ingest.allow_compressed, cosmic_rays=cfg.calibration.cosmic_rays, noise=noise)
+            # new files, as the daemon writes (replacing one would time the old file's removal)
+            Path(spec.out_path).unlink(missing_ok=True)
+            bound_out = work / f"bound_{i}.fits"
+            bound_out.unlink(missing_ok=True)
             with clk("light: calibrate_light job (read+calibrate+QA+write)"):
                 jobs.calibrate_light(spec)
+            makers = makers or bounds.plane_makers(spec.out_path)
+            with clk("light: numpy bound (same planes), interleaved"):
+                bounds.light_bound(light["path"], offset, flats[light["filter"]], hot, makers, bound_out)
 
     calibrated: dict[int, tuple[np.ndarray, qa.Sources]] = {}
     for i, light in enumerate(lights):

@@ -567,12 +567,11 @@ def calibrate(
             block -= bias[rows]
         if dark is not None:  # a matched dark (scale 1): the same values without the float64 product
             block -= dark[rows] if dark_scale == 1.0 else dark[rows].astype(np.float64) * dark_scale
-        if flat is not None:
-            f = flat[rows].astype(np.float64)
-            good = np.isfinite(f) & (f > 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                block /= np.where(good, f, 1.0)
-            block[~good] = np.nan
+        if flat is not None:  # divided in float64 as it is read (the same quotients as a float64 copy)
+            f = flat[rows]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                block /= f
+            block[~((f > 0) & np.isfinite(f))] = np.nan
         out[rows] = block
     return out
 

@@ -114,7 +114,8 @@ def light_sigma(raw: np.ndarray, calibrated: np.ndarray, *, gain: float, read_no
     step = max(1, (1 << 18) // max(1, nx))  # row blocks of ~1 MB: the temporaries stay in the cache
     for y0 in range(0, ny, step):
         rows = slice(y0, y0 + step)
-        var = np.array(raw[rows], dtype=np.float32)
+        var = out[rows]  # computed in place in the output's rows (the same float32 steps)
+        np.copyto(var, raw[rows], casting="unsafe")
         if bias is not None:
             var -= bias[rows]
         elif dark is not None:
@@ -132,7 +133,6 @@ def light_sigma(raw: np.ndarray, calibrated: np.ndarray, *, gain: float, read_no
         if scale != 1.0:
             var *= np.float32(scale)
         var[np.isnan(calibrated[rows])] = np.nan
-        out[rows] = var
     return out
 
 

@@ -4,6 +4,7 @@ read on the defaults, without decompression bombs; products optionally written t
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import time
 import tracemalloc
@@ -180,6 +181,7 @@ def test_compressed_products_read_back_and_are_deterministic(tmp_path, method, m
 
     how = Compression(method, 16.0)
     sha = write_product(tmp_path / "a.fits", hdus(), compression=how)
+    assert sha == hashlib.sha256((tmp_path / "a.fits").read_bytes()).hexdigest()  # hashed as written
     later = time.time() + 3600.0  # an hour later (gzip streams carry the time they were made)
     monkeypatch.setattr(time, "time", lambda: later)
     assert write_product(tmp_path / "b.fits", hdus(), compression=how) == sha  # same bytes every time

@@ -25,6 +25,7 @@ from ccdwatch.fitsio import (
     DiskFull,
     RawFrame,
     RejectedFile,
+    big_endian,
     fits_suffix,
     is_temp_name,
     read_product,
@@ -697,3 +698,20 @@ def test_size_estimate_of_a_product_matches_what_is_written(tmp_path: Path, n_ke
     estimate = _estimate_bytes(hdul)
     write_product(tmp_path / "p.fits", hdul)
     assert estimate == (tmp_path / "p.fits").stat().st_size
+
+
+def test_big_endian_planes_write_the_same_bytes(tmp_path):
+    # the calibration job hands astropy its planes already in FITS byte order (swapped once, in
+    # place): the same file, the same SHA-256, the same values read back
+    data = sky_like(21)
+    sigma = np.sqrt(np.abs(data)) + np.float32(3.0)
+    native = fits.HDUList([fits.PrimaryHDU(data.copy()), fits.ImageHDU(sigma.copy(), name="UNCERT")])
+    sha = write_product(tmp_path / "native.fits", native)
+    swapped_data, swapped_sigma = big_endian(data.copy()), big_endian(sigma.copy())
+    assert swapped_data.dtype.byteorder == ">" and swapped_sigma.dtype == np.dtype(">f4")
+    np.testing.assert_array_equal(swapped_data, data)
+    hdus = fits.HDUList([fits.PrimaryHDU(swapped_data), fits.ImageHDU(swapped_sigma, name="UNCERT")])
+    assert write_product(tmp_path / "swapped.fits", hdus) == sha == sha256_file(tmp_path / "swapped.fits")
+    assert (tmp_path / "swapped.fits").read_bytes() == (tmp_path / "native.fits").read_bytes()
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    assert big_endian(mask) is mask  # one byte per value: nothing to swap

@@ -430,3 +430,26 @@ def test_subsampled_background_keeps_fwhm_and_sky_in_good_and_bad_seeing(fwhm: f
     quality_sep, sources_sep = qa.measure(image)
     assert quality.fwhm == pytest.approx(quality_sep.fwhm, rel=0.01)
     assert abs(len(sources) - len(sources_sep)) <= 0.05 * len(sources_sep)
+
+
+@pytest.mark.parametrize("fwhm", [2.0, 7.0])
+def test_measure_a_2k_frame_against_the_truth(fwhm: float) -> None:
+    # the benchmark's frame size (2048 x 2048, ~60 stars per Mpix, a sky of 400 ADU): the catalogue's
+    # FWHM, sky and sky noise within 2 % of the truth in good and bad seeing, and the star count
+    # between the findable stars and all of them
+    shape = (2048, 2048)
+    sky, noise = 400.0, 18.0
+    field = synth.star_field(shape, 250, rng=np.random.default_rng(21), flux_range=(300.0, 60000.0))
+    image = (synth.render_stars(shape, field, fwhm=fwhm, exptime=1.0) + sky
+             + np.random.default_rng(22).normal(0.0, noise, shape)).astype(np.float32)
+    quality, sources = qa.measure(image)
+    pixelised = math.sqrt(fwhm**2 + FWHM_PER_SIGMA**2 / 12.0)
+    assert quality.fwhm == pytest.approx(pixelised, rel=0.02)
+    assert quality.sky == pytest.approx(sky, rel=0.02)
+    assert quality.sky_noise == pytest.approx(noise, rel=0.02)
+    assert 1.0 <= quality.elongation < 1.1
+    findable = (peak_snr(field, fwhm=fwhm, noise=noise) >= 20) & isolated(field, distance=4 * fwhm)
+    assert findable.sum() >= 30
+    assert findable.sum() <= quality.n_stars <= 250
+    d_found, _ = cKDTree(sources.xy).query(np.column_stack([field.x, field.y])[findable])
+    assert np.all(d_found < 0.5)

@@ -10,11 +10,14 @@ would leave less than the required free space raises :class:`DiskFull` before an
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import logging
 import os
 import secrets
 import shutil
 import stat
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,7 +33,7 @@ if TYPE_CHECKING:  # astropy and numpy load with the first product written, not 
 
     from ccdwatch.fitsio.compress import Compression
 
-__all__ = ["DiskFull", "sweep_temp_files", "write_bytes_atomic", "write_product"]
+__all__ = ["DiskFull", "big_endian", "sweep_temp_files", "write_bytes_atomic", "write_product"]
 
 # the package's logger, as when this was one module: log lines keep their "ccdwatch.fitsio" name
 logger = logging.getLogger("ccdwatch.fitsio")
@@ -94,6 +97,49 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes, *, mode: int = 0
     return final
 
 
+def big_endian(array: np.ndarray) -> np.ndarray:
+    """``array``'s own memory in FITS (big-endian) byte order, byte-swapped in place, as a view of
+    the same values: astropy then writes it as it is, where it swaps a native array in place and
+    back again. The caller must use only the returned view from then on (``array`` itself holds
+    the swapped bytes)."""
+    order = array.dtype.byteorder
+    if array.dtype.itemsize == 1 or order == ">" or (order == "=" and sys.byteorder == "big"):
+        return array
+    if not (array.flags.writeable and array.flags.c_contiguous):
+        return array.astype(array.dtype.newbyteorder(">"))
+    array.byteswap(inplace=True)
+    return array.view(array.dtype.newbyteorder(">"))
+
+
+class _HashingWriter:
+    """A write-only stream for astropy (no seek: its output-stream mode) that passes every byte to
+    ``fh`` and to a SHA-256 as it goes: the product's digest without reading the file back."""
+
+    def __init__(self, fh: io.BufferedWriter) -> None:
+        self._fh = fh
+        self._sha = hashlib.sha256()
+        self._pos = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        if not view.contiguous:  # pragma: no cover - astropy hands over contiguous buffers
+            view = memoryview(view.tobytes())
+        view = view.cast("B")  # bytes, whatever the array's item type or byte order
+        self._sha.update(view)
+        self._fh.write(view)
+        self._pos += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
 def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
                   header: fits.Header | None = None, min_free_bytes: int = 0,
                   compression: Compression | None = None) -> str:
@@ -127,7 +173,6 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
     from astropy.io import fits
 
     from ccdwatch.fitsio.compress import compress
-    from ccdwatch.fitsio.product import sha256_file
 
     if isinstance(hdus, np.ndarray):
         hdul = fits.HDUList([fits.PrimaryHDU(data=hdus, header=header)])
@@ -152,14 +197,15 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
         faults.point("product-write", final)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         with os.fdopen(fd, "wb") as fh:
+            out = _HashingWriter(fh)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                hdul.writeto(fh, output_verify="fix")
+                hdul.writeto(out, output_verify="fix")
             for w in caught:
                 logger.warning("%s: %s", final.name, w.message)
             fh.flush()
             os.fsync(fh.fileno())
-        sha = sha256_file(tmp)
+        sha = out.hexdigest()
         os.replace(tmp, final)
     except BaseException as exc:
         try:

@@ -69,19 +69,27 @@ def _mesh_levels(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     last = np.maximum(n - 1, 0)
     med = 0.5 * (_pick(srt, last // 2) + _pick(srt, (last + 1) // 2))
     sigma = 0.5 * (_pick(srt, (_P84 * last).astype(np.intp)) - _pick(srt, (_P16 * last).astype(np.intp)))
-    idx = np.arange(k)
+    # what is kept is a run [lo, hi) of the sorted samples: its sum and sum of squares from running
+    # sums (about the first median, for precision), not from a masked copy per pass
+    base = np.nan_to_num(med)
+    dev = srt - base[..., None].astype(np.float64)
+    sums = np.zeros(srt.shape[:-1] + (k + 1,))
+    squares = np.zeros_like(sums)
+    np.cumsum(dev, axis=-1, out=sums[..., 1:])
+    np.cumsum(dev * dev, axis=-1, out=squares[..., 1:])
     mean = med
     for _ in range(3):
         with np.errstate(invalid="ignore"):
             lo = np.count_nonzero(srt < (med - CLIP * sigma)[..., None], axis=-1)
             hi = np.count_nonzero(srt <= (med + CLIP * sigma)[..., None], axis=-1)
-        hi = np.maximum(hi, lo + 1)
+        hi = np.minimum(np.maximum(hi, lo + 1), k)
         med = 0.5 * (_pick(srt, np.minimum(lo + (hi - lo - 1) // 2, k - 1))
                      + _pick(srt, np.minimum(lo + (hi - lo) // 2, k - 1)))
-        kept = (idx >= lo[..., None]) & (idx < hi[..., None])
         m = np.maximum(hi - lo, 1)
-        mean = np.where(kept, srt, 0.0).sum(axis=-1) / m
-        sigma = np.sqrt((np.where(kept, srt - mean[..., None], 0.0) ** 2).sum(axis=-1) / np.maximum(m - 1, 1))
+        total = _pick(sums, hi) - _pick(sums, lo)
+        mean = base + total / m
+        spread = np.maximum(_pick(squares, hi) - _pick(squares, lo) - total * total / m, 0.0)
+        sigma = np.sqrt(spread / np.maximum(m - 1, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         skewed = np.abs(mean - med) > 0.3 * sigma
     level = np.where(skewed, med, 2.5 * med - 1.5 * mean)
