@@ -411,6 +411,15 @@ def test_background_from_a_subsample_follows_a_sky_gradient(stars: synth.Stars) 
     assert quality.sky_noise == pytest.approx(NOISE, rel=0.02)
 
 
+def _star_frame(shape: tuple[int, int], n: int, fwhm: float, sky: float, noise: float, *,
+                seeds: tuple[int, int], flux_range: tuple[float, float]) -> tuple[synth.Stars, np.ndarray]:
+    """A star field of known positions and fluxes on a flat sky with Gaussian noise (float32)."""
+    field = synth.star_field(shape, n, rng=np.random.default_rng(seeds[0]), flux_range=flux_range)
+    image = (synth.render_stars(shape, field, fwhm=fwhm, exptime=1.0) + sky
+             + np.random.default_rng(seeds[1]).normal(0.0, noise, shape)).astype(np.float32)
+    return field, image
+
+
 @pytest.mark.parametrize("fwhm", [2.0, 7.0])
 def test_subsampled_background_keeps_fwhm_and_sky_in_good_and_bad_seeing(fwhm: float, monkeypatch) -> None:
     # a frame just large enough for the subsampled map (8 meshes a side) in good and bad seeing:
@@ -418,9 +427,7 @@ def test_subsampled_background_keeps_fwhm_and_sky_in_good_and_bad_seeing(fwhm: f
     from ccdwatch.qa import frame as qa_frame
 
     shape = (qa_frame._SUBSAMPLE_MIN_MESHES * 64, 640)
-    field = synth.star_field(shape, 120, rng=np.random.default_rng(11), flux_range=(500.0, 40000.0))
-    image = (synth.render_stars(shape, field, fwhm=fwhm, exptime=1.0) + SKY
-             + np.random.default_rng(12).normal(0.0, NOISE, shape)).astype(np.float32)
+    _, image = _star_frame(shape, 120, fwhm, SKY, NOISE, seeds=(11, 12), flux_range=(500.0, 40000.0))
     quality, sources = qa.measure(image)
     pixelised = math.sqrt(fwhm**2 + FWHM_PER_SIGMA**2 / 12.0)
     assert quality.fwhm == pytest.approx(pixelised, rel=0.02)
@@ -439,9 +446,7 @@ def test_measure_a_2k_frame_against_the_truth(fwhm: float) -> None:
     # between the findable stars and all of them
     shape = (2048, 2048)
     sky, noise = 400.0, 18.0
-    field = synth.star_field(shape, 250, rng=np.random.default_rng(21), flux_range=(300.0, 60000.0))
-    image = (synth.render_stars(shape, field, fwhm=fwhm, exptime=1.0) + sky
-             + np.random.default_rng(22).normal(0.0, noise, shape)).astype(np.float32)
+    field, image = _star_frame(shape, 250, fwhm, sky, noise, seeds=(21, 22), flux_range=(300.0, 60000.0))
     quality, sources = qa.measure(image)
     pixelised = math.sqrt(fwhm**2 + FWHM_PER_SIGMA**2 / 12.0)
     assert quality.fwhm == pytest.approx(pixelised, rel=0.02)
