@@ -179,20 +179,20 @@ def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "
     Phases: reading each product (image, uncertainty and bad-pixel map) for its sources, keeping
     the images and variances when all fit an eighth of ``budget``; aligning one frame at a time, or
     several side by side when they fit (the frame and its variance read, then warped, beside the
-    coverage map; the warped frames and variances in RAM when all fit a quarter of ``budget``, else
+    coverage map; the warped frames and variances in RAM when all fit half of ``budget``, else
     memory-mapped); combining (the stack, its uncertainty, exposure map and counts); writing
     (astropy's big-endian copies) and the preview.
     """
     p = size.pixels
     images = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 8 else 0
-    warped = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 4 else 0
+    warped = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 2 else 0
     held = images + warped + 2 * p
     read = held + read_product_peak(size, mask=True) + size.f32  # two planes read, then converted
     # `stack._align_group` reads and warps up to ``threads`` frames side by side when that many
-    # and the one being kept take at most a quarter of the budget at ~32 bytes a pixel each
+    # and the one being kept take at most half the budget at ~32 bytes a pixel each
     # (image and variance)
     in_flight = min(threads, max(1, n - 1))
-    if in_flight > 1 and (in_flight + 1) * 32 * p > budget // 4:
+    if in_flight > 1 and (in_flight + 1) * 32 * p > budget // 2:
         in_flight = 1
     align = held + (in_flight + (in_flight > 1)) * (2 * size.f32 + WARP_PER_PIXEL * p)
     strips = combine_peak(size, 2 * n, method=method, threads=threads, budget=budget)  # frames and variances
