@@ -98,8 +98,10 @@ def read_raw_peak(size: FrameSize) -> int:
 
 
 def read_product_peak(size: FrameSize, *, mask: bool) -> int:
-    """`fitsio.read_product_hdus`'s peak for a float32 image (and a one-byte mask): the file's
-    bytes, astropy's read and its parsed copy of the image, and the mask."""
+    """`fitsio.read_product_hdus`'s peak for a float32 image (and a one-byte mask): every HDU read
+    from the file into its own array (the image, its UNCERT, the mask), and a frame of slack for
+    astropy's temporaries (the file is no longer copied into memory first: an over-estimate by
+    one float32 frame at most)."""
     return 3 * size.f32 + (size.pixels if mask else 0)
 
 
