@@ -3,7 +3,7 @@
 ``RUN`` holds the ``products`` and ``catalogue.db`` of a ``watch --once`` run (e.g. the matched
 night's ``runs/2k-matched/ccdwatch`` under the benchmark's work directory). The first group of
 the run's first night is planned again (``stacking.plan_many`` with ``redo_before`` in the
-future: the catalogue is not changed) and `tasks.stack_group` runs in this process with
+future, on a copy of the catalogue) and `tasks.stack_group` runs in this process with
 ``--threads`` threads (the runner gives a lone stack both cores), without its preview, into a
 temporary file. Prints one JSON line: wall and CPU seconds, peak RSS and the product's sha256
 (the same in every tree that stacks the same bytes). ``--profile`` prints cProfile's top entries
@@ -18,6 +18,8 @@ import dataclasses
 import json
 import pstats
 import resource
+import shutil
+import sqlite3
 import tempfile
 import time
 from datetime import datetime
@@ -28,14 +30,20 @@ if TYPE_CHECKING:
     from ccdwatch.jobs.tasks import StackSpec
 
 
-def plan(run: Path) -> StackSpec:
+def plan(run: Path, scratch: Path) -> StackSpec:
+    """The stack spec of the run's first group, planned on a copy of its catalogue in ``scratch``
+    (planning claims the group: the run's own catalogue is left as it is; the copy's claims are
+    dropped first)."""
     from ccdwatch.catalog import Catalog
     from ccdwatch.config import load_config
     from ccdwatch.pipeline import stacking
     from ccdwatch.pipeline.context import Context
 
+    shutil.copyfile(run / "catalogue.db", scratch / "catalogue.db")
+    with sqlite3.connect(scratch / "catalogue.db") as db:  # claims left by earlier runs of this script
+        db.execute("DELETE FROM claims")
     cfg = load_config(None).with_overrides(incoming=None, products=str(run / "products"),
-                                           database=str(run / "catalogue.db"), scheduler=None, site=None)
+                                           database=str(scratch / "catalogue.db"), scheduler=None, site=None)
     ctx = Context(cfg, Catalog(cfg.paths.database, writer=True))
     with ctx.catalog.session() as s:
         night = _first_night(s)
@@ -65,8 +73,8 @@ def main() -> None:
     args = p.parse_args()
     from ccdwatch.jobs import tasks
 
-    spec = plan(args.run.absolute())
     with tempfile.TemporaryDirectory() as tmp:
+        spec = plan(args.run.absolute(), Path(tmp))
         spec = dataclasses.replace(spec, threads=args.threads, out_path=str(Path(tmp) / "stack.fits"),
                                    preview_path=None, workdir=str(Path(tmp) / "work"))
         t0, c0 = time.perf_counter(), time.process_time()
