@@ -260,14 +260,19 @@ def _strip(arrays: Sequence[np.ndarray], variances: Sequence[np.ndarray | float]
     var = np.zeros(shape, np.float64)
     expo = np.zeros(shape, np.float64)
     used = np.zeros(shape, np.int64)
+    vi = np.empty(shape, np.float64)  # one frame's weighted variance, reused (no temporaries per frame)
     for i, (plane, k) in enumerate(zip(work, keep, strict=True)):
         wi = float(w[i])
         np.add(acc, plane if wi == 1.0 else plane * wi, out=acc, where=k)
-        total += k * wi
+        np.add(total, wi, out=total, where=k)
         v = variances[i]
-        vi = np.asarray(v[rows], dtype=np.float64) if isinstance(v, np.ndarray) else float(v)
-        np.add(var, np.nan_to_num(vi * (wi * wi), nan=0.0), out=var, where=k)
-        expo += k * float(exposures[i])
+        if isinstance(v, np.ndarray):
+            np.multiply(v[rows], wi * wi, out=vi, dtype=np.float64)
+            np.nan_to_num(vi, copy=False, nan=0.0)
+            np.add(var, vi, out=var, where=k)
+        else:
+            np.add(var, np.nan_to_num(float(v) * (wi * wi), nan=0.0), out=var, where=k)
+        np.add(expo, float(exposures[i]), out=expo, where=k)
         used += k
     with np.errstate(invalid="ignore", divide="ignore"):
         value = acc / total if method != "median" else calib._median_valid(work, used)

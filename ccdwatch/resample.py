@@ -157,10 +157,31 @@ def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, in
         flags=_CV_METHODS[method] | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
-    lo, hi = _footprint_bounds(inv, ny, src.shape)
-    cols = np.arange(nx, dtype=np.float64)
-    out[(cols[None, :] < lo[:, None]) | (cols[None, :] > hi[:, None])] = np.nan
+    _blank_outside(out, *_footprint_bounds(inv, ny, src.shape))
     return out
+
+
+def _blank_outside(out: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Set to NaN the columns of each row ``r`` of ``out`` below ``lo[r]`` or above ``hi[r]``
+    (integral or infinite bounds; ``lo > hi``: the whole row), looking only at the two bands of
+    columns where some row is blanked (a few pixels wide for a dithered frame), not every pixel."""
+    nx = out.shape[1]
+    empty = lo > hi
+    out[empty] = np.nan
+    if empty.all():
+        return
+    first = np.clip(lo, 0, nx)[~empty].astype(np.int64)  # each row's first kept column
+    stop = np.clip(hi + 1, 0, nx)[~empty].astype(np.int64)  # and one past its last
+    rows = out[~empty] if empty.any() else out
+    left, right = int(first.max()), int(stop.min())
+    if left > 0:
+        band = rows[:, :left]
+        band[np.arange(left)[None, :] < first[:, None]] = np.nan
+    if right < nx:
+        band = rows[:, right:]
+        band[np.arange(right, nx)[None, :] >= stop[:, None]] = np.nan
+    if empty.any():
+        out[~empty] = rows
 
 
 def _blank_missing(out: np.ndarray, missing: np.ndarray, n_missing: int, m: np.ndarray, a: np.ndarray,

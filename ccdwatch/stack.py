@@ -3,7 +3,7 @@
 `align_and_stack` aligns each frame onto the reference (`ccdwatch.align`), removes its sky offset
 and combines the warped frames with `ccdwatch.calib.combine`, keeping the exposure map and the
 number of values that survived the rejection. Pure numerics apart from the scratch ``.npy`` files
-it writes into a caller-given work directory when a group's warped frames do not fit a quarter of
+it writes into a caller-given work directory when a group's warped frames do not fit half of
 its memory budget (`ccdwatch.scratch`).
 
 `AlignmentError`, `Transform`, `find_transform` and `warp` live in `ccdwatch.align` and
@@ -126,7 +126,7 @@ def align_and_stack(
 
     Frames are loaded one at a time, aligned with `find_transform` (from the precomputed
     source lists), masked pixels set to NaN and warped with `warp`. The warped frames are kept
-    in memory when all of them take at most a quarter of ``memory_budget``; otherwise they are
+    in memory when all of them take at most half of ``memory_budget``; otherwise they are
     written as float32 ``.npy`` files into a private temporary directory under ``workdir`` and
     combined through read-only memory maps, then deleted.
 
@@ -177,9 +177,10 @@ def align_and_stack(
         raise ValueError(f"reference {reference} is not among the frames to stack")
     if reference not in sources:
         raise ValueError(f"no source list for the reference frame {reference}")
-    # all warped frames (and variances) in RAM when they take <= 1/4 of the budget, else memory-mapped files
+    # all warped frames (and variances) in RAM when they take <= 1/2 of the budget, else memory-mapped
+    # files; the frames in flight (`_align_group`) and the combination's strips take the other half
     n_arrays = len(ids) * (3 if planes is not None else 2 if variance is not None else 1)
-    with ScratchArrays(workdir, count=n_arrays, budget=memory_budget // 4, prefix="stack-") as scratch:
+    with ScratchArrays(workdir, count=n_arrays, budget=memory_budget // 2, prefix="stack-") as scratch:
         group = _align_group(ids, load, sources, reference, masks=masks, order=order,
                              match_background=match_background, scratch=scratch, planes=planes,
                              interpolation=interpolation, variance=variance, threads=threads,
@@ -212,7 +213,7 @@ def _combine_group(group: _AlignedGroup, *, method: str, sigma: float, memory_bu
     out = []
     for k, frames in enumerate(group.frames):
         var = group.variances[k]
-        typical = [calib.robust_median(v) if isinstance(v, np.ndarray) else v for v in var]
+        typical = group.typical[k]
         w = [noise.frame_weight(weights, t, fwhm.get(i)) for i, t in zip(stacked, typical, strict=True)]
         out.append(noise.combine_weighted(frames, var, w, times, method=method, sigma=sigma,
                                           memory_budget=memory_budget, threads=threads, typical=typical))
@@ -235,6 +236,9 @@ class _AlignedGroup:
     coverage: np.ndarray | None = None  # uint16: frames covering each pixel
     #: per plane, each frame's warped variance plane or its sky variance (one number)
     variances: list[list[np.ndarray | float]] = field(default_factory=list)
+    #: per plane, each frame's typical variance: the robust median of its warped variance plane
+    #: (measured by the thread that warped it, before the plane may go to a scratch file)
+    typical: list[list[float]] = field(default_factory=list)
     weights: dict[int, float] = field(default_factory=dict)  # frame id -> weight, set when combined
 
 
@@ -247,6 +251,7 @@ class _Warped:
     levels: list[float]
     planes: list[np.ndarray]
     variances: list[np.ndarray | float]  # per plane: the warped variance, or the sky's variance
+    typical: list[float]  # per plane: the robust median of the warped variance, or the sky's variance
 
 
 @dataclass(frozen=True)
@@ -282,9 +287,11 @@ def _align_group(
     grid and sky levels are those of the stack), and keep the warped frames in ``scratch``.
 
     The transforms are found first, in order; then with ``threads`` > 1, and when that many frames
-    in flight fit a quarter of ``memory_budget`` (~16 bytes a pixel each), the next frames are
-    read and warped by worker threads (reading, OpenCV's warp and numpy release the GIL) while
-    this one keeps the last: the same frames, in the same order, as one at a time.
+    in flight and the one being kept fit half of ``memory_budget`` (~16 bytes a pixel each, as
+    much again for a variance), the next frames are read and warped by worker threads (reading,
+    OpenCV's warp and numpy release the GIL) while this one keeps the last: the same frames, in
+    the same order, as one at a time. Half: the warped frames kept in RAM take the other half
+    at most, and when they do not fit it they go to scratch files and take none.
     """
     group = _AlignedGroup()
     order_ids = [reference] + [i for i in ids if i != reference]
@@ -294,6 +301,7 @@ def _align_group(
     output_shape = (int(first.planes[0].shape[0]), int(first.planes[0].shape[1]))
     group.frames = [[] for _ in first.planes]
     group.variances = [[] for _ in first.planes]
+    group.typical = [[] for _ in first.planes]
     ref_sky = first.levels
     _keep_warped(group, first, ref_sky, scratch, match_background)
     del first
@@ -301,7 +309,7 @@ def _align_group(
     # ~16 bytes a pixel per plane in flight (read, masked, warped), and as much for a variance
     per_frame = 16 * output_shape[0] * output_shape[1] * (len(group.frames) + (variance is not None))
     workers = max(1, min(int(threads), len(rest)))
-    if workers > 1 and (workers + 1) * per_frame > memory_budget // 4:
+    if workers > 1 and (workers + 1) * per_frame > memory_budget // 2:
         workers = 1
 
     def prepare(i: int) -> _Warped:
@@ -341,10 +349,11 @@ def _prepare(i: int, t: Transform, how: _How, output_shape: tuple[int, int] | No
     else:
         variances.extend(calib.robust_stats(plane[::2, ::2])[1] ** 2 for plane in cube)
     del var
+    typical = [calib.robust_median(v) if isinstance(v, np.ndarray) else v for v in variances]
     warped = []
     while cube:
         warped.append(warp(cube.pop(0), t, output_shape=shape, order=how.order, method=how.interpolation))
-    return _Warped(i, t, levels, warped, variances)
+    return _Warped(i, t, levels, warped, variances, typical)
 
 
 def _keep_warped(group: _AlignedGroup, done: _Warped, ref_sky: list[float], scratch: ScratchArrays,
@@ -361,6 +370,7 @@ def _keep_warped(group: _AlignedGroup, done: _Warped, ref_sky: list[float], scra
         group.frames[k].append(scratch.keep(warped))
         v = done.variances[k]
         group.variances[k].append(scratch.keep(v) if isinstance(v, np.ndarray) else v)
+        group.typical[k].append(done.typical[k])
     done.planes.clear()
     done.variances.clear()
     if match_background:

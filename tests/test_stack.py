@@ -610,7 +610,7 @@ def test_real_night_quality_and_alignment(tmp_path: Path) -> None:
 def test_stack_identical_in_memory_and_through_scratch_files(
     night: Night, clipped: stack.StackResult, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Warped frames stay in RAM when they fit a quarter of the budget; with a tiny budget they go
+    """Warped frames stay in RAM when they fit half of the budget; with a tiny budget they go
     through .npy scratch files (removed afterwards). The stack is the same either way."""
     scratch = run_stack(night, tmp_path_factory, method="sigma_clip", memory_budget=1 << 16)
     np.testing.assert_array_equal(scratch.image, clipped.image)

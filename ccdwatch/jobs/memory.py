@@ -98,8 +98,10 @@ def read_raw_peak(size: FrameSize) -> int:
 
 
 def read_product_peak(size: FrameSize, *, mask: bool) -> int:
-    """`fitsio.read_product_hdus`'s peak for a float32 image (and a one-byte mask): the file's
-    bytes, astropy's read and its parsed copy of the image, and the mask."""
+    """`fitsio.read_product_hdus`'s peak for a float32 image (and a one-byte mask): every HDU read
+    from the file into its own array (the image, its UNCERT, the mask), and a frame of slack for
+    astropy's temporaries (the file is no longer copied into memory first: an over-estimate by
+    one float32 frame at most)."""
     return 3 * size.f32 + (size.pixels if mask else 0)
 
 
@@ -179,20 +181,20 @@ def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "
     Phases: reading each product (image, uncertainty and bad-pixel map) for its sources, keeping
     the images and variances when all fit an eighth of ``budget``; aligning one frame at a time, or
     several side by side when they fit (the frame and its variance read, then warped, beside the
-    coverage map; the warped frames and variances in RAM when all fit a quarter of ``budget``, else
+    coverage map; the warped frames and variances in RAM when all fit half of ``budget``, else
     memory-mapped); combining (the stack, its uncertainty, exposure map and counts); writing
     (astropy's big-endian copies) and the preview.
     """
     p = size.pixels
     images = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 8 else 0
-    warped = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 4 else 0
+    warped = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 2 else 0
     held = images + warped + 2 * p
     read = held + read_product_peak(size, mask=True) + size.f32  # two planes read, then converted
     # `stack._align_group` reads and warps up to ``threads`` frames side by side when that many
-    # and the one being kept take at most a quarter of the budget at ~32 bytes a pixel each
+    # and the one being kept take at most half the budget at ~32 bytes a pixel each
     # (image and variance)
     in_flight = min(threads, max(1, n - 1))
-    if in_flight > 1 and (in_flight + 1) * 32 * p > budget // 4:
+    if in_flight > 1 and (in_flight + 1) * 32 * p > budget // 2:
         in_flight = 1
     align = held + (in_flight + (in_flight > 1)) * (2 * size.f32 + WARP_PER_PIXEL * p)
     strips = combine_peak(size, 2 * n, method=method, threads=threads, budget=budget)  # frames and variances

@@ -537,7 +537,7 @@ def stack_group(spec: StackSpec) -> StackJobResult:
         sources[fid] = qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
                                   flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
                                   elongation=np.asarray(tab["ELONGATION"], float))
-        if keep_images is None:  # an eighth of the budget: the warped copies may take a quarter
+        if keep_images is None:  # an eighth of the budget: the warped copies may take half
             keep_images = size > 0 and size * 8 * len(spec.products) <= spec.memory_budget // 8
         units[fid] = str(head.get("BUNIT", "adu"))
         if keep_images:  # the image and its variance (UNCERT squared)
