@@ -9,11 +9,14 @@ fake NOTIFY_SOCKET); its products are checked against ``watch --once`` on the sa
 from __future__ import annotations
 
 import errno
+import os
 import random
 import shutil
 import signal
 import statistics
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -144,6 +147,61 @@ def test_sigterm_at_random_moments_never_hangs(tmp_path, staging, daemons):
     night_done(d)
     assert sigterm(d)[1] == 0
     assert "Traceback" not in log_text(d)
+
+
+SLOW_SERVER = textwrap.dedent(
+    """
+    import os, signal, threading
+    from ccdwatch.jobs import forkserver, pool
+    forkserver.PRELOAD = ["slow_import"]  # a fork server still importing, as on a loaded machine
+    stop = threading.Event()
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # what the daemon's handler does
+    workers = pool.Workers(processes=1, memory_limit=0, should_stop=stop.is_set)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    try:
+        workers.map(abs, [-1], timeout=120)
+        print("ran")
+    except pool.Stopping:
+        print("stopped")
+    """
+)
+
+
+def test_sigterm_while_the_fork_server_still_imports_is_not_held(tmp_path):
+    """Starting the first worker waits for the fork server's imports (seconds on a loaded machine,
+    and the live daemon's first job comes right after start-up): a stop request meanwhile ends
+    the wait at once instead of when the server answers. Here the server would answer after 60 s."""
+    (tmp_path / "slow_import.py").write_text(
+        "import os, time\n"
+        "parent, end = os.getppid(), time.monotonic() + 60\n"
+        "while os.getppid() == parent and time.monotonic() < end:  # until the test's process is gone\n"
+        "    time.sleep(0.05)\n")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]))  # the server's path too
+    done = subprocess.run([sys.executable, "-c", SLOW_SERVER], capture_output=True, text=True, timeout=40, cwd=root,
+                          env=env)
+    assert done.stdout.split() == ["stopped"], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr  # no request was left for the server: no stray worker
+
+
+READY = textwrap.dedent(
+    """
+    import os
+    from ccdwatch.jobs import forkserver, pool
+    workers = pool.Workers(processes=1, memory_limit=0)
+    print(workers.run(abs, -3, timeout=120), forkserver.ready(), os.path.exists(forkserver._ready_file))
+    workers.close()
+    """
+)
+
+
+def test_the_fork_server_says_when_its_imports_are_done(tmp_path):
+    """The real preload marks the server ready (else every first job would wait out the limit)."""
+    env = {k: v for k, v in os.environ.items() if k != "CCDWATCH_FORKSERVER_READY"}
+    done = subprocess.run([sys.executable, "-c", READY], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1], env=env)
+    assert done.stdout.split() == ["3", "True", "True"], done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")

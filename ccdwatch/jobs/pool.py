@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: How long a first job waits for the fork server's imports before it is handed over regardless, s.
+SERVER_START_LIMIT = 120.0
 
 
 class JobRunner(Protocol):
@@ -185,6 +187,7 @@ class Workers:
         while queue:
             batch = queue[:1] if isolate else queue
             queue = queue[len(batch):]
+            self._wait_for_server()
             futs = {i: self._executor().submit(fn, specs[i]) for i in batch}
             for i in batch:
                 try:
@@ -216,6 +219,28 @@ class Workers:
                 break
         return [r for r in results if r is not None]
 
+    def _wait_for_server(self) -> None:
+        """Wait until the fork server has done its imports (`forkserver.ready`), looking at a
+        stop request every 50 ms and feeding the watchdog every second; after
+        `SERVER_START_LIMIT` s go on regardless (a server that died is started again by the pool)."""
+        self._executor()  # names the server's ready file (`forkserver.context`)
+        if forkserver.ready():
+            return
+        forkserver.start()
+        t0 = last = time.monotonic()
+        while not forkserver.ready() and time.monotonic() - t0 < SERVER_START_LIMIT:
+            self._stop_if_asked()
+            if self.heartbeat is not None and time.monotonic() - last >= 1.0:
+                self.heartbeat()
+                last = time.monotonic()
+            time.sleep(0.05)
+
+    def _stop_if_asked(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            logger.info("stopping: abandoning the jobs in progress (they will be redone at start-up)")
+            self._reset()
+            raise Stopping()
+
     def _wait(self, fut: Future, timeout: float | None) -> None:
         """Wait for a job in short slices, calling ``heartbeat`` while it is within its limit:
         the daemon stays 'healthy' for systemd's watchdog while a worker makes progress.
@@ -225,10 +250,7 @@ class Workers:
         SIGTERM until the whole batch is done."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self.should_stop is not None and self.should_stop():
-                logger.info("stopping: abandoning the jobs in progress (they will be redone at start-up)")
-                self._reset()
-                raise Stopping()
+            self._stop_if_asked()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise FutureTimeout()
