@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -90,11 +92,8 @@ class Stopping(BaseException):
 
 
 def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG).
-
-    Workers are forked by the fork server, which exits when the daemon does (its pipe from the
-    daemon closes): so a daemon killed outside systemd leaves no workers behind.
-    """
+    """Ask Linux to SIGKILL this process when its parent, the fork server, exits (prctl
+    PR_SET_PDEATHSIG)."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -105,11 +104,40 @@ def die_with_parent() -> None:
         if os.getppid() == 1:  # the parent already went before the call took effect
             os._exit(1)
     except (OSError, AttributeError) as exc:
-        logger.warning("cannot tie the worker's life to the daemon's: %s", exc)
+        logger.warning("cannot tie the worker's life to the fork server's: %s", exc)
 
 
-def _worker_init(memory_limit: int, nice: int) -> None:
+def die_with_daemon(daemon: int) -> None:
+    """End this worker when the daemon (process ``daemon``) exits, whoever its parent is.
+
+    A worker's parent is the fork server, not the daemon, and every worker holds the write end
+    of the server's "alive" pipe and of the pool's call queue: a daemon killed outside systemd
+    (no control group to clean up) left the server and the workers, warm with a night's numerics
+    (~400 MB), waiting on each other for ever. A thread here waits on a pidfd of the daemon and
+    exits the worker when it fires; the server, its last client gone, then exits by itself."""
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(daemon)
+        except ProcessLookupError:
+            os._exit(1)
+        except (OSError, AttributeError):  # no pidfds (old kernel, other OS): look every second
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(daemon, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+                except OSError:
+                    pass
+        select.select([fd], [], [])  # readable once the process has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ccdwatch-die-with-daemon", daemon=True).start()
+
+
+def _worker_init(memory_limit: int, nice: int, daemon: int) -> None:
     die_with_parent()
+    die_with_daemon(daemon)
     # Only the daemon's own loop speaks to systemd.
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(var, None)
@@ -153,7 +181,8 @@ class Workers:
         if self._pool is None:
             ctx = forkserver.context()
             self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=ctx,
-                                             initializer=_worker_init, initargs=(self.memory_limit, self.nice))
+                                             initializer=_worker_init,
+                                             initargs=(self.memory_limit, self.nice, os.getpid()))
         return self._pool
 
     def _reset(self) -> None:
