@@ -298,7 +298,8 @@ def test_catalogue_disk_full_mid_night_pauses_then_resumes(tmp_path, staging, sm
 def test_vanished_bias_and_overwritten_dark_while_running(tmp_path, staging, daemons):
     """A bias deleted before its master is built is ``missing`` (never charged to the others) and
     returns by itself; a dark rewritten in place supersedes its old frame, the master dark gets a
-    new version without it, and the lights are recalibrated and restacked on that version."""
+    new version without it, and the lights are recalibrated and restacked on that version; a
+    light whose header a plate solver edits in place is restacked as the same exposure."""
     d = Daemon(tmp_path, extra=FAST.replace("settle_seconds = 0", "settle_seconds = 4"))
     daemons.append(d)
     d.start()
@@ -331,6 +332,86 @@ def test_vanished_bias_and_overwritten_dark_while_running(tmp_path, staging, dae
     assert len(superseded) == 1
     inputs = d.query(f"SELECT frame_id FROM master_inputs WHERE master_id = {dark_v2}")
     assert superseded[0] not in inputs and len(inputs) == 3
+
+    light = sorted(d.incoming.glob("M51_V_*.fits"))[1]
+    with fits.open(light, mode="update") as hdul:  # a plate solver writes WCS into the raw light
+        hdul[0].header["CTYPE1"] = "RA---TAN"
+        hdul[0].header["CTYPE2"] = "DEC--TAN"
+    d.wait_for("SELECT version, n_used FROM stacks ORDER BY version", [(1, 3), (2, 3), (3, 3)], timeout=60)
+    (exptime,) = d.query(f"SELECT DISTINCT exptime FROM frames WHERE path = '{light}'")[0]
+    assert d.query("SELECT total_exposure FROM stacks WHERE current") == [(3 * exptime,)]  # 3 exposures, not 4
+    assert d.query("SELECT imagetyp, count(*) FROM frames WHERE state = 'superseded' GROUP BY imagetyp "
+                   "ORDER BY imagetyp") == [("dark", 1), ("light", 1)]
     assert d.query("SELECT count(*) FROM frames WHERE state IN ('failed', 'quarantined')") == [(0,)]
     assert sigterm(d)[1] == 0
     assert "Traceback" not in log_text(d)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(kids - found)
+            found |= kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="process tree from /proc: Linux")
+def test_workers_die_with_a_daemon_killed_outside_systemd(tmp_path, staging, daemons):
+    """SIGKILL of the daemon alone (no control group to clean up after it): its fork server and
+    its workers, warm with a night's numerics (~400 MB), do not outlive it."""
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    d.start()
+    for p in sorted(staging.glob("*.fits")):
+        shutil.copy(p, d.incoming / p.name)
+    night_done(d)
+    tree = descendants(d.proc.pid)
+    assert len(tree) >= 3, tree  # the fork server and the two workers at least
+    sigkill(d)
+    end = time.monotonic() + 20
+    while any(alive(p) for p in tree) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not [p for p in tree if alive(p)], "processes outlived the daemon"
+
+
+def test_a_light_with_nan_and_inf_pixels_in_the_live_daemon(tmp_path, staging, daemons):
+    """A float light with a NaN block and infinite pixels, arriving at a running daemon: calibrated
+    and stacked with those pixels masked, said at WARNING in the log, no traceback."""
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    d.start()
+    victim = sorted(staging.glob("M51_V_*.fits"))[1]
+    for p in sorted(staging.glob("*.fits")):
+        if p != victim:
+            shutil.copy(p, d.incoming / p.name)
+    with fits.open(victim) as hdul:
+        header, raw = hdul[0].header.copy(), hdul[0].data.astype("float32")
+    raw[10:20, 30:50] = float("nan")
+    raw[50, 60], raw[70, 20] = float("inf"), float("-inf")
+    for key in ("BZERO", "BSCALE"):
+        header.remove(key, ignore_missing=True)
+    fits.PrimaryHDU(raw, header=header).writeto(tmp_path / victim.name)
+    shutil.move(tmp_path / victim.name, d.incoming / victim.name)  # moved into place, as a camera does
+    night_done(d)
+    assert d.query("SELECT n_used FROM stacks WHERE current") == [(3,)]
+    assert d.query("SELECT e.detail FROM events e JOIN frames f ON f.id = e.frame_id "
+                   f"WHERE e.kind = 'masked' AND f.path LIKE '%{victim.name}'") == [
+        (f"{200 + 2} raw pixel(s) were NaN or infinite: masked (NaN in the calibrated frame, left out of its "
+         "quality measurement and of stacks)",)]
+    assert sigterm(d)[1] == 0
+    log = log_text(d)
+    assert "WARNING" in log and "were NaN or infinite" in log and "Traceback" not in log

@@ -153,6 +153,32 @@ def test_light_header_edited_after_calibration_is_stacked_once(pipe):
         assert stack.total_exposure <= 4 * lights[0].exptime
 
 
+def test_plate_solved_copy_elsewhere_is_stacked_once(pipe):
+    """A program writes a plate-solved copy of a light into another folder after the night was
+    stacked: other bytes at another path, the same camera, DATE-OBS and exposure time. The copy
+    supersedes the original (history kept) and the stack still counts 4 exposures, not 5."""
+    pipe, incoming = pipe
+    ingest(pipe, incoming)
+    pipe.tick(final=True)
+    original = sorted(incoming.glob("M51_V_*.fits"))[2]
+    solved = incoming / "solved" / original.name
+    solved.parent.mkdir()
+    shutil.copy2(original, solved)
+    with fits.open(solved, mode="update") as hdul:
+        hdul[0].header["CTYPE1"] = "RA---TAN"
+    assert pipe.handle(solved).status == "ingested"
+    pipe.tick(final=True)
+    with pipe.catalog.reader() as s:
+        old = s.scalar(select(Frame).where(Frame.path == str(original)))
+        new = s.scalar(select(Frame).where(Frame.path == str(solved)))
+        assert old.state == FrameState.SUPERSEDED and f"superseded by frame {new.id}" in old.state_reason
+        assert new.state == FrameState.STACKED
+        stack = s.scalar(select(Stack).where(Stack.current))
+        members = s.scalars(select(StackMember).where(StackMember.stack_id == stack.id)).all()
+        assert stack.version == 2 and len(members) == 4 and old.id not in {m.frame_id for m in members}
+        assert stack.total_exposure == pytest.approx(4 * old.exptime)
+
+
 def test_light_whose_raw_is_gone_waits_as_missing_not_failed(pipe):
     pipe, incoming = pipe
     ingest(pipe, incoming)
