@@ -201,3 +201,28 @@ def test_retry_resets_failed_frames(pipe):
         f = s.get(Frame, fid)
         assert (f.state, f.tries, f.last_error) == (FrameState.INGESTED, 0, None)
         assert f.events[-1].kind == "retry"
+
+
+def test_retry_command_resets_only_the_night_and_state_asked_for(pipe, capsys):
+    """`ccdwatch retry --night N` resets that night's failed frames; another night's failed frame
+    and the night's missing frame keep their state until asked for with --state missing."""
+    from ccdwatch.cli import main
+
+    pipe, incoming = pipe
+    ingest(pipe, incoming, "bias_*.fits")
+    with pipe.catalog.session() as s:
+        frames = s.scalars(select(Frame).order_by(Frame.id)).all()
+        night = frames[0].night
+        for f, (state, f_night) in zip(frames, [(FrameState.FAILED, night), (FrameState.FAILED, night),
+                                                (FrameState.FAILED, "2001-01-01"), (FrameState.MISSING, night)]):
+            f.state, f.tries, f.night = state, 3, f_night
+    cfg = pipe.ctx.cfg
+    args = ["-q", "--incoming", str(incoming), "--products", str(cfg.paths.products), "--db", str(cfg.paths.database)]
+    assert main([*args, "retry", "--night", night]) == 0
+    assert capsys.readouterr().out.startswith(f"reset 2 failed frame(s) of night {night}")
+    with pipe.catalog.reader() as s:
+        states = [f.state for f in s.scalars(select(Frame).order_by(Frame.id))]
+    assert states[:4] == [FrameState.INGESTED, FrameState.INGESTED, FrameState.FAILED, FrameState.MISSING]
+    assert main([*args, "retry", "--state", "missing"]) == 0
+    with pipe.catalog.reader() as s:
+        assert s.scalars(select(Frame.state).order_by(Frame.id)).all()[3] == FrameState.INGESTED
