@@ -213,8 +213,8 @@ def test_retry_command_resets_only_the_night_and_state_asked_for(pipe, capsys):
     with pipe.catalog.session() as s:
         frames = s.scalars(select(Frame).order_by(Frame.id)).all()
         night = frames[0].night
-        for f, (state, f_night) in zip(frames, [(FrameState.FAILED, night), (FrameState.FAILED, night),
-                                                (FrameState.FAILED, "2001-01-01"), (FrameState.MISSING, night)]):
+        for f, (state, f_night) in zip(frames[:4], [(FrameState.FAILED, night), (FrameState.FAILED, night),
+                                                (FrameState.FAILED, "2001-01-01"), (FrameState.MISSING, night)], strict=True):
             f.state, f.tries, f.night = state, 3, f_night
     cfg = pipe.ctx.cfg
     args = ["-q", "--incoming", str(incoming), "--products", str(cfg.paths.products), "--db", str(cfg.paths.database)]
