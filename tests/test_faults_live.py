@@ -295,6 +295,36 @@ def test_catalogue_disk_full_mid_night_pauses_then_resumes(tmp_path, staging, sm
     assert "Traceback" not in log and "pausing: catalogue" in log and "resuming after the pause" in log
 
 
+def test_a_daemon_started_on_a_full_catalogue_disk_exits_in_words_and_starts_once_space_returns(
+        tmp_path, staging, small_state_disk, daemons):
+    """Restarted while the catalogue's disk is still full (SQLite cannot even open it in WAL mode:
+    'disk I/O error'): exit 7 with the reason in words, no traceback - the unit starts it again
+    every RestartSec= without ever reaching its start limit - and once space returns it starts and
+    finishes the night."""
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    d.start()
+    for p in sorted(staging.glob("bias_*.fits")):
+        shutil.copy(p, d.incoming / p.name)
+    d.wait_for("SELECT count(*) FROM frames", [(3,)])
+    assert sigterm(d)[1] == 0
+    filler = small_state_disk / "filler"
+    assert fill(filler) > 0
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    done = subprocess.run([sys.executable, "-m", "ccdwatch.cli", "--config", str(d.cfg), "watch"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 7, done.stderr[-3000:]
+    assert "ccdwatch: the catalogue's disk is full" in done.stderr and "Traceback" not in done.stderr
+    filler.unlink()
+    for p in sorted(staging.glob("*.fits")):
+        if not p.name.startswith("bias"):
+            shutil.copy(p, d.incoming / p.name)
+    d.messages.clear()
+    d.start()
+    night_done(d)
+    assert sigterm(d)[1] == 0
+
+
 def test_vanished_bias_and_overwritten_dark_while_running(tmp_path, staging, daemons):
     """A bias deleted before its master is built is ``missing`` (never charged to the others) and
     returns by itself; a dark rewritten in place supersedes its old frame, the master dark gets a
