@@ -149,6 +149,30 @@ def test_sigterm_at_random_moments_never_hangs(tmp_path, staging, daemons):
     assert "Traceback" not in log_text(d)
 
 
+def test_a_signal_ends_the_loops_wait_at_once():
+    """The loop's wait (select on the inbox's self-pipe) ends when a signal handler wakes it,
+    however long the wait was meant to be: the stop is never held until a timeout that a signal
+    run past its deadline could make endless (the old SimpleQueue.get(timeout=...))."""
+    from ccdwatch.daemon.inbox import Inbox
+
+    inbox = Inbox()
+    woken = threading.Event()
+    old = signal.signal(signal.SIGUSR1, lambda *_: (woken.set(), inbox.wake()))
+    try:
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.start()
+        t0 = time.monotonic()
+        inbox.wait(120)
+        assert woken.is_set() and time.monotonic() - t0 < 60
+        timer.join()
+        inbox.put(("created", "/x.fits"))
+        inbox.wait(120)  # an item already queued: no wait at all
+        assert list(inbox.take()) == [("created", "/x.fits")] and inbox.empty()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        inbox.close()
+
+
 SLOW_SERVER = textwrap.dedent(
     """
     import os, signal, threading
