@@ -103,7 +103,7 @@ def events(d: Daemon) -> int:
         return 0
 
 
-def kill_mid_work(d: Daemon, rng: random.Random, timeout: float = 60.0) -> float:
+def kill_mid_work(d: Daemon, rng: random.Random, timeout: float = 30.0) -> float:
     """SIGKILL ``d`` at a random moment once this start has committed something (or ``timeout``):
     a fixed delay after READY lands before the first job on a loaded machine (the fork server's
     imports), where a kill proves nothing. Returns the seconds since READY."""
