@@ -309,7 +309,7 @@ def live(size: str, quiet_minutes: float, timeout: float) -> dict[str, Any]:
             peak["tree"] = max(peak["tree"], tree_sample(proc.pid))
             if cg is not None:
                 st = _cgroup_stat(cg)
-                peak["anon"] = max(peak["anon"], st["rss"] + st.get("rss_huge", 0))
+                peak["anon"] = max(peak["anon"], st["rss"])  # v1: rss includes rss_huge
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
