@@ -9,6 +9,14 @@ shipped service configuration reduces such a night within the unit's memory limi
     ``ccdwatch watch --once`` with ``systemd/ccdwatch.toml`` (only the paths overridden), the peak
     resident set of the whole process tree (daemon, fork server, workers) sampled at 10 Hz,
     against the unit's ``MemoryMax=``.
+``python -m benchmarks.bigframes live [--size 9576x6388] [--quiet-minutes 0.25]``
+    The live daemon (``ccdwatch watch``) with ``systemd/ccdwatch.toml`` (the paths overridden, and
+    ``stack.quiet_minutes`` so that the group is stacked within the run), the night's files copied
+    into its camera directory one after the other once it is READY; run as root on Linux with a
+    cgroup-v1 memory controller, the daemon's tree is put in a memory cgroup limited to the unit's
+    ``MemoryMax=`` (a real limit: the kernel's OOM killer acts above it). Until the group is
+    stacked: the tree's peak RSS (10 Hz), the cgroup's peak anonymous memory and page-cache-
+    inclusive peak, its limit hits and OOM kills, then the exit time of a SIGTERM.
 
 The night (5 bias, 3 darks, 5 flats, 3 lights; the shipped ``masters.min_frames``) is generated
 once with `ccdwatch.synth` and cached under ``benchmarks/results/nights/big-<size>``.
@@ -226,6 +234,130 @@ def once(size: str) -> dict[str, Any]:
     return result
 
 
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def memory_cgroup(limit: int) -> Path | None:
+    """A fresh cgroup-v1 memory group limited to ``limit`` bytes (None where that cannot be made)."""
+    if not (CGROUP_V1 / "cgroup.procs").exists():
+        return None
+    cg = CGROUP_V1 / f"ccdwatch-bench-{os.getpid()}"
+    try:
+        cg.mkdir()
+        (cg / "memory.limit_in_bytes").write_text(str(limit))
+    except OSError as exc:
+        print(f"no memory cgroup ({exc}): measuring the tree's RSS only", flush=True)
+        return None
+    return cg
+
+
+def _cgroup_stat(cg: Path) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in (cg / "memory.stat").read_text().splitlines())}
+
+
+def _live_config(work: Path, quiet_minutes: float) -> Path:
+    text = (ROOT / "systemd" / "ccdwatch.toml").read_text()
+    for key, value in (("incoming", work / "incoming"), ("products", work / "products"),
+                       ("database", work / "catalogue.db")):
+        text, n = re.subn(rf"^{key} = .*$", f'{key} = "{value}"', text, count=1, flags=re.M)
+        assert n == 1, key
+    assert "\n[stack]" not in text
+    cfg = work / "ccdwatch.toml"
+    cfg.write_text(text + f"\n[stack]\nquiet_minutes = {quiet_minutes}\n")
+    return cfg
+
+
+def _lights_stacked(db: Path) -> tuple[int, list[tuple[str, int]]]:
+    import sqlite3
+
+    if not db.exists():
+        return 0, []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return (con.execute("SELECT count(*) FROM stacks").fetchone()[0],
+                con.execute("SELECT state, count(*) FROM frames GROUP BY state ORDER BY state").fetchall())
+    except sqlite3.Error:
+        return 0, []
+    finally:
+        con.close()
+
+
+def live(size: str, quiet_minutes: float, timeout: float) -> dict[str, Any]:
+    import signal
+    import threading
+
+    from benchmarks.measure import tree_sample
+
+    source = night(size)
+    files = [p for pattern in ("bias_*", "dark_*", "flat_*", "M51_*") for p in sorted(source.glob(pattern + ".fits"))]
+    work = RESULTS / "runs" / f"big-live-{size}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "incoming").mkdir(parents=True)
+    cfg = _live_config(work, quiet_minutes)
+    limit = unit_memory_max()
+    cg = memory_cgroup(limit)
+    join = (lambda: (cg / "cgroup.procs").write_text(str(os.getpid()))) if cg else None  # noqa: E731
+    os.sync()
+    log = open(work / "daemon.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([PY, "-m", "ccdwatch.cli", "--config", str(cfg), "watch"], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, preexec_fn=join)
+    peak = {"tree": 0, "anon": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            peak["tree"] = max(peak["tree"], tree_sample(proc.pid))
+            if cg is not None:
+                st = _cgroup_stat(cg)
+                peak["anon"] = max(peak["anon"], st["rss"])  # v1: rss includes rss_huge
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    while b"watching " not in (work / "daemon.log").read_bytes():
+        assert proc.poll() is None, (work / "daemon.log").read_text()
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    for p in files:  # arriving one after the other, each closed after writing
+        shutil.copy(p, work / "incoming" / p.name)
+    print(f"{len(files)} files copied in {time.monotonic() - t0:.0f} s", flush=True)
+    stacks, states = 0, []
+    while not stacks and time.monotonic() - t0 < timeout and proc.poll() is None:
+        time.sleep(2.0)
+        stacks, states = _lights_stacked(work / "catalogue.db")
+        if any(state == "failed" for state, _ in states):  # failed for good: no stack will come
+            break
+    wall = time.monotonic() - t0
+    t_stop = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(180)
+    exit_s = time.monotonic() - t_stop
+    done.set()
+    sampler.join()
+    log.close()
+    result: dict[str, Any] = {
+        "size": size, "files": len(files), "stacked": bool(stacks), "states": states,
+        "first_file_to_stack_s": round(wall, 1), "sigterm_exit_s": round(exit_s, 2), "exit_code": code,
+        "tree_rss_peak_mib": round(peak["tree"] / 2**20), "memory_max_mib": limit / 2**20,
+        "log_warnings_errors": [line for line in (work / "daemon.log").read_text(errors="replace").splitlines()
+                                if " WARNING " in line or " ERROR " in line or "Traceback" in line]}
+    if cg is not None:
+        result.update({
+            "cgroup_anon_peak_mib": round(peak["anon"] / 2**20),
+            "cgroup_peak_with_page_cache_mib": round(int((cg / "memory.max_usage_in_bytes").read_text()) / 2**20),
+            "cgroup_limit_hits": int((cg / "memory.failcnt").read_text()),
+            "cgroup_oom_kills": dict(line.split() for line in (cg / "memory.oom_control").read_text().splitlines())
+            .get("oom_kill", "n/a")})
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:  # the last processes are still leaving it
+                time.sleep(0.2)
+    print(json.dumps(result, indent=1), flush=True)
+    shutil.rmtree(work / "products", ignore_errors=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bigframes")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -234,13 +366,20 @@ def main(argv: list[str] | None = None) -> None:
     j.add_argument("--threads", type=int, default=2, help="threads of a lone master or stack (processes=2: 2)")
     o = sub.add_parser("once")
     o.add_argument("--size", default="9576x6388")
+    lv = sub.add_parser("live")
+    lv.add_argument("--size", default="9576x6388")
+    lv.add_argument("--quiet-minutes", type=float, default=0.25, help="stack.quiet_minutes for the run")
+    lv.add_argument("--timeout", type=float, default=3600.0, help="s from the first file to give up waiting")
     s = sub.add_parser("_job")
     s.add_argument("spec_file")
     args = p.parse_args(argv)
     if args.cmd == "_job":
         run_job(args.spec_file)
         return
-    out = jobs(args.size, args.threads) if args.cmd == "jobs" else once(args.size)
+    if args.cmd == "live":
+        out: Any = live(args.size, args.quiet_minutes, args.timeout)
+    else:
+        out = jobs(args.size, args.threads) if args.cmd == "jobs" else once(args.size)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"bigframes-{args.cmd}.json").write_text(json.dumps(out, indent=1))
 

@@ -23,7 +23,6 @@ from ccdwatch.catalog import (
     Catalog,
     SchemaError,
     backup_sqlite,
-    connection_lost,
     current_revision,
     frame_by_path_or_id,
     head_revision,
@@ -33,6 +32,7 @@ from ccdwatch.catalog import (
     publish_snapshot,
     query_frames,
     sqlite_path,
+    start_refusal,
     state_counts,
     upgrade,
     utcnow,
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ccdwatch")
 
 EXIT_OWNED = 5  # another live daemon owns this site, incoming directory or products root
-EXIT_UNREACHABLE = 6  # the catalogue's server does not answer
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
 
 # ---------------------------------------------------------------------- commands
@@ -572,11 +571,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OwnershipError as exc:
         print(f"ccdwatch: refusing to start: {exc}", file=sys.stderr)
         return EXIT_OWNED
-    except OperationalError as exc:
-        if not connection_lost(exc):
+    except OperationalError as exc:  # the catalogue's server gone or its disk full: systemd starts it again
+        refusal = start_refusal(exc, cfg.paths.database, int(cfg.watch.min_free_mb * 2**20))
+        if refusal is None:
             raise
-        print(f"ccdwatch: the catalogue does not answer: {str(exc.orig).splitlines()[0]}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        print(f"ccdwatch: {refusal[1]}", file=sys.stderr)
+        return refusal[0]
     except SchemaError as exc:
         print(f"ccdwatch: {exc}", file=sys.stderr)
         return 4

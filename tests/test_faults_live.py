@@ -9,11 +9,14 @@ fake NOTIFY_SOCKET); its products are checked against ``watch --once`` on the sa
 from __future__ import annotations
 
 import errno
+import os
 import random
 import shutil
 import signal
 import statistics
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -93,6 +96,25 @@ def sigkill(d: Daemon) -> None:
     d.log.close()
 
 
+def events(d: Daemon) -> int:
+    try:
+        return int(d.query("SELECT count(*) FROM events")[0][0])
+    except Exception:  # noqa: BLE001 - no catalogue (or no table) yet
+        return 0
+
+
+def kill_mid_work(d: Daemon, rng: random.Random, timeout: float = 30.0) -> float:
+    """SIGKILL ``d`` at a random moment once this start has committed something (or ``timeout``):
+    a fixed delay after READY lands before the first job on a loaded machine (the fork server's
+    imports), where a kill proves nothing. Returns the seconds since READY."""
+    t0, seen = time.monotonic(), events(d)
+    while events(d) == seen and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 1.5))
+    sigkill(d)
+    return time.monotonic() - t0
+
+
 def copier(files: list[Path], incoming: Path, stop: threading.Event, pause: float = 0.4) -> threading.Thread:
     """Files arriving one by one, as a camera writes them, until all are in or ``stop``."""
     def run() -> None:
@@ -146,6 +168,85 @@ def test_sigterm_at_random_moments_never_hangs(tmp_path, staging, daemons):
     assert "Traceback" not in log_text(d)
 
 
+def test_a_signal_ends_the_loops_wait_at_once():
+    """The loop's wait (select on the inbox's self-pipe) ends when a signal handler wakes it,
+    however long the wait was meant to be: the stop is never held until a timeout that a signal
+    run past its deadline could make endless (the old SimpleQueue.get(timeout=...))."""
+    from ccdwatch.daemon.inbox import Inbox
+
+    inbox = Inbox()
+    woken = threading.Event()
+    old = signal.signal(signal.SIGUSR1, lambda *_: (woken.set(), inbox.wake()))
+    try:
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.start()
+        t0 = time.monotonic()
+        inbox.wait(120)
+        assert woken.is_set() and time.monotonic() - t0 < 60
+        timer.join()
+        inbox.put(("created", "/x.fits"))
+        inbox.wait(120)  # an item already queued: no wait at all
+        assert list(inbox.take()) == [("created", "/x.fits")] and inbox.empty()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        inbox.close()
+
+
+SLOW_SERVER = textwrap.dedent(
+    """
+    import os, signal, threading
+    from ccdwatch.jobs import forkserver, pool
+    forkserver.PRELOAD = ["slow_import"]  # a fork server still importing, as on a loaded machine
+    stop = threading.Event()
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # what the daemon's handler does
+    workers = pool.Workers(processes=1, memory_limit=0, should_stop=stop.is_set)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    try:
+        workers.map(abs, [-1], timeout=120)
+        print("ran")
+    except pool.Stopping:
+        print("stopped")
+    """
+)
+
+
+def test_sigterm_while_the_fork_server_still_imports_is_not_held(tmp_path):
+    """Starting the first worker waits for the fork server's imports (seconds on a loaded machine,
+    and the live daemon's first job comes right after start-up): a stop request meanwhile ends
+    the wait at once instead of when the server answers. Here the server would answer after 60 s."""
+    (tmp_path / "slow_import.py").write_text(
+        "import os, time\n"
+        "parent, end = os.getppid(), time.monotonic() + 60\n"
+        "while os.getppid() == parent and time.monotonic() < end:  # until the test's process is gone\n"
+        "    time.sleep(0.05)\n")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]))  # the server's path too
+    done = subprocess.run([sys.executable, "-c", SLOW_SERVER], capture_output=True, text=True, timeout=40, cwd=root,
+                          env=env)
+    assert done.stdout.split() == ["stopped"], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr  # no request was left for the server: no stray worker
+
+
+READY = textwrap.dedent(
+    """
+    import os
+    from ccdwatch.jobs import forkserver, pool
+    workers = pool.Workers(processes=1, memory_limit=0)
+    print(workers.run(abs, -3, timeout=120), forkserver.ready(), os.path.exists(forkserver._ready_file))
+    workers.close()
+    """
+)
+
+
+def test_the_fork_server_says_when_its_imports_are_done(tmp_path):
+    """The real preload marks the server ready (else every first job would wait out the limit)."""
+    env = {k: v for k, v in os.environ.items() if k != "CCDWATCH_FORKSERVER_READY"}
+    done = subprocess.run([sys.executable, "-c", READY], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1], env=env)
+    assert done.stdout.split() == ["3", "True", "True"], done.stdout + done.stderr
+
+
 @pytest.fixture(scope="module")
 def reference(staging, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("live-reference")
@@ -155,9 +256,9 @@ def reference(staging, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_converges_byte_for_byte(tmp_path, staging, reference, daemons):
-    """A power cut at random moments (6 of them) while the daemon catches up on a night: the
-    restarted daemon ends with the products of an uninterrupted ``watch --once``, name for name
-    and byte for byte."""
+    """A power cut at random moments (6 of them) while the daemon catches up on a night, each once
+    that start has committed some work: the restarted daemon ends with the products of an
+    uninterrupted ``watch --once``, name for name and byte for byte."""
     rng = random.Random(11)
     d = Daemon(tmp_path, extra=FAST)
     daemons.append(d)
@@ -166,8 +267,7 @@ def test_sigkill_at_random_moments_converges_byte_for_byte(tmp_path, staging, re
     for _ in range(6):
         d.messages.clear()
         d.start()
-        time.sleep(rng.uniform(0.2, 3.0))
-        sigkill(d)
+        kill_mid_work(d, rng)
     d.messages.clear()
     d.start()
     night_done(d)
@@ -237,10 +337,41 @@ def test_catalogue_disk_full_mid_night_pauses_then_resumes(tmp_path, staging, sm
     assert "Traceback" not in log and "pausing: catalogue" in log and "resuming after the pause" in log
 
 
+def test_a_daemon_started_on_a_full_catalogue_disk_exits_in_words_and_starts_once_space_returns(
+        tmp_path, staging, small_state_disk, daemons):
+    """Restarted while the catalogue's disk is still full (SQLite cannot even open it in WAL mode:
+    'disk I/O error'): exit 7 with the reason in words, no traceback - the unit starts it again
+    every RestartSec= without ever reaching its start limit - and once space returns it starts and
+    finishes the night."""
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    d.start()
+    for p in sorted(staging.glob("bias_*.fits")):
+        shutil.copy(p, d.incoming / p.name)
+    d.wait_for("SELECT count(*) FROM frames", [(3,)])
+    assert sigterm(d)[1] == 0
+    filler = small_state_disk / "filler"
+    assert fill(filler) > 0
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    done = subprocess.run([sys.executable, "-m", "ccdwatch.cli", "--config", str(d.cfg), "watch"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 7, done.stderr[-3000:]
+    assert "ccdwatch: the catalogue's disk is full" in done.stderr and "Traceback" not in done.stderr
+    filler.unlink()
+    for p in sorted(staging.glob("*.fits")):
+        if not p.name.startswith("bias"):
+            shutil.copy(p, d.incoming / p.name)
+    d.messages.clear()
+    d.start()
+    night_done(d)
+    assert sigterm(d)[1] == 0
+
+
 def test_vanished_bias_and_overwritten_dark_while_running(tmp_path, staging, daemons):
     """A bias deleted before its master is built is ``missing`` (never charged to the others) and
     returns by itself; a dark rewritten in place supersedes its old frame, the master dark gets a
-    new version without it, and the lights are recalibrated and restacked on that version."""
+    new version without it, and the lights are recalibrated and restacked on that version; a
+    light whose header a plate solver edits in place is restacked as the same exposure."""
     d = Daemon(tmp_path, extra=FAST.replace("settle_seconds = 0", "settle_seconds = 4"))
     daemons.append(d)
     d.start()
@@ -273,6 +404,86 @@ def test_vanished_bias_and_overwritten_dark_while_running(tmp_path, staging, dae
     assert len(superseded) == 1
     inputs = d.query(f"SELECT frame_id FROM master_inputs WHERE master_id = {dark_v2}")
     assert superseded[0] not in inputs and len(inputs) == 3
+
+    light = sorted(d.incoming.glob("M51_V_*.fits"))[1]
+    with fits.open(light, mode="update") as hdul:  # a plate solver writes WCS into the raw light
+        hdul[0].header["CTYPE1"] = "RA---TAN"
+        hdul[0].header["CTYPE2"] = "DEC--TAN"
+    d.wait_for("SELECT version, n_used FROM stacks ORDER BY version", [(1, 3), (2, 3), (3, 3)], timeout=60)
+    (exptime,) = d.query(f"SELECT DISTINCT exptime FROM frames WHERE path = '{light}'")[0]
+    assert d.query("SELECT total_exposure FROM stacks WHERE current") == [(3 * exptime,)]  # 3 exposures, not 4
+    assert d.query("SELECT imagetyp, count(*) FROM frames WHERE state = 'superseded' GROUP BY imagetyp "
+                   "ORDER BY imagetyp") == [("dark", 1), ("light", 1)]
     assert d.query("SELECT count(*) FROM frames WHERE state IN ('failed', 'quarantined')") == [(0,)]
     assert sigterm(d)[1] == 0
     assert "Traceback" not in log_text(d)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(kids - found)
+            found |= kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="process tree from /proc: Linux")
+def test_workers_die_with_a_daemon_killed_outside_systemd(tmp_path, staging, daemons):
+    """SIGKILL of the daemon alone (no control group to clean up after it): its fork server and
+    its workers, warm with a night's numerics (~400 MB), do not outlive it."""
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    d.start()
+    for p in sorted(staging.glob("*.fits")):
+        shutil.copy(p, d.incoming / p.name)
+    night_done(d)
+    tree = descendants(d.proc.pid)
+    assert len(tree) >= 3, tree  # the fork server and the two workers at least
+    sigkill(d)
+    end = time.monotonic() + 20
+    while any(alive(p) for p in tree) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not [p for p in tree if alive(p)], "processes outlived the daemon"
+
+
+def test_a_light_with_nan_and_inf_pixels_in_the_live_daemon(tmp_path, staging, daemons):
+    """A float light with a NaN block and infinite pixels, arriving at a running daemon: calibrated
+    and stacked with those pixels masked, said at WARNING in the log, no traceback."""
+    d = Daemon(tmp_path, extra=FAST)
+    daemons.append(d)
+    d.start()
+    victim = sorted(staging.glob("M51_V_*.fits"))[1]
+    for p in sorted(staging.glob("*.fits")):
+        if p != victim:
+            shutil.copy(p, d.incoming / p.name)
+    with fits.open(victim) as hdul:
+        header, raw = hdul[0].header.copy(), hdul[0].data.astype("float32")
+    raw[10:20, 30:50] = float("nan")
+    raw[50, 60], raw[70, 20] = float("inf"), float("-inf")
+    for key in ("BZERO", "BSCALE"):
+        header.remove(key, ignore_missing=True)
+    fits.PrimaryHDU(raw, header=header).writeto(tmp_path / victim.name)
+    shutil.move(tmp_path / victim.name, d.incoming / victim.name)  # moved into place, as a camera does
+    night_done(d)
+    assert d.query("SELECT n_used FROM stacks WHERE current") == [(3,)]
+    assert d.query("SELECT e.detail FROM events e JOIN frames f ON f.id = e.frame_id "
+                   f"WHERE e.kind = 'masked' AND f.path LIKE '%{victim.name}'") == [
+        (f"{200 + 2} raw pixel(s) were NaN or infinite: masked (NaN in the calibrated frame, left out of its "
+         "quality measurement and of stacks)",)]
+    assert sigterm(d)[1] == 0
+    log = log_text(d)
+    assert "WARNING" in log and "were NaN or infinite" in log and "Traceback" not in log

@@ -153,6 +153,32 @@ def test_light_header_edited_after_calibration_is_stacked_once(pipe):
         assert stack.total_exposure <= 4 * lights[0].exptime
 
 
+def test_plate_solved_copy_elsewhere_is_stacked_once(pipe):
+    """A program writes a plate-solved copy of a light into another folder after the night was
+    stacked: other bytes at another path, the same camera, DATE-OBS and exposure time. The copy
+    supersedes the original (history kept) and the stack still counts 4 exposures, not 5."""
+    pipe, incoming = pipe
+    ingest(pipe, incoming)
+    pipe.tick(final=True)
+    original = sorted(incoming.glob("M51_V_*.fits"))[2]
+    solved = incoming / "solved" / original.name
+    solved.parent.mkdir()
+    shutil.copy2(original, solved)
+    with fits.open(solved, mode="update") as hdul:
+        hdul[0].header["CTYPE1"] = "RA---TAN"
+    assert pipe.handle(solved).status == "ingested"
+    pipe.tick(final=True)
+    with pipe.catalog.reader() as s:
+        old = s.scalar(select(Frame).where(Frame.path == str(original)))
+        new = s.scalar(select(Frame).where(Frame.path == str(solved)))
+        assert old.state == FrameState.SUPERSEDED and f"superseded by frame {new.id}" in old.state_reason
+        assert new.state == FrameState.STACKED
+        stack = s.scalar(select(Stack).where(Stack.current))
+        members = s.scalars(select(StackMember).where(StackMember.stack_id == stack.id)).all()
+        assert stack.version == 2 and len(members) == 4 and old.id not in {m.frame_id for m in members}
+        assert stack.total_exposure == pytest.approx(4 * old.exptime)
+
+
 def test_light_whose_raw_is_gone_waits_as_missing_not_failed(pipe):
     pipe, incoming = pipe
     ingest(pipe, incoming)
@@ -175,3 +201,28 @@ def test_retry_resets_failed_frames(pipe):
         f = s.get(Frame, fid)
         assert (f.state, f.tries, f.last_error) == (FrameState.INGESTED, 0, None)
         assert f.events[-1].kind == "retry"
+
+
+def test_retry_command_resets_only_the_night_and_state_asked_for(pipe, capsys):
+    """`ccdwatch retry --night N` resets that night's failed frames; another night's failed frame
+    and the night's missing frame keep their state until asked for with --state missing."""
+    from ccdwatch.cli import main
+
+    pipe, incoming = pipe
+    ingest(pipe, incoming, "bias_*.fits")
+    with pipe.catalog.session() as s:
+        frames = s.scalars(select(Frame).order_by(Frame.id)).all()
+        night = frames[0].night
+        for f, (state, f_night) in zip(frames[:4], [(FrameState.FAILED, night), (FrameState.FAILED, night),
+                                                (FrameState.FAILED, "2001-01-01"), (FrameState.MISSING, night)], strict=True):
+            f.state, f.tries, f.night = state, 3, f_night
+    cfg = pipe.ctx.cfg
+    args = ["-q", "--incoming", str(incoming), "--products", str(cfg.paths.products), "--db", str(cfg.paths.database)]
+    assert main([*args, "retry", "--night", night]) == 0
+    assert capsys.readouterr().out.startswith(f"reset 2 failed frame(s) of night {night}")
+    with pipe.catalog.reader() as s:
+        states = [f.state for f in s.scalars(select(Frame).order_by(Frame.id))]
+    assert states[:4] == [FrameState.INGESTED, FrameState.INGESTED, FrameState.FAILED, FrameState.MISSING]
+    assert main([*args, "retry", "--state", "missing"]) == 0
+    with pipe.catalog.reader() as s:
+        assert s.scalars(select(Frame.state).order_by(Frame.id)).all()[3] == FrameState.INGESTED

@@ -247,6 +247,29 @@ def test_example_config_loads_and_agrees_with_the_unit(unit):
         assert inside(Path(env[var]), rw), f"{var}={env[var]} is not writable under the unit"
 
 
+def seconds(value: str) -> float:
+    """A systemd time span of the simple forms the unit uses (``15s``, ``10min``, ``60``)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?", value.strip())
+    assert m, f"not a simple time span: {value!r}"
+    return float(m.group(1)) * {"ms": 1e-3, "min": 60, "m": 60, "h": 3600}.get(m.group(2) or "s", 1.0)
+
+
+def test_restart_policy_never_ends_in_a_permanent_stop_after_a_transient_fault(unit):
+    """A fault that persists for a while (a full disk, a catalogue server down) makes the daemon
+    exit and be restarted every RestartSec=: the start limit must never be reached that way (the
+    issue's unit had RestartSec=15s with 10 starts in 10 min: dead for good within minutes), while
+    faults a restart cannot fix stop it at once (RestartPreventExitStatus=)."""
+    assert last(unit, "Restart") in ("on-failure", "always")
+    restart = seconds(last(unit, "RestartSec") or "0.1")
+    interval = seconds(last(unit, "StartLimitIntervalSec", "Unit") or "10")
+    burst = int(last(unit, "StartLimitBurst", "Unit") or 5)
+    # systemd refuses a start once more than StartLimitBurst= fell in one interval; restarts come
+    # RestartSec= apart at the least, so at most interval // RestartSec + 1 fall in one
+    assert interval == 0 or interval // restart + 1 <= burst, (restart, interval, burst)
+    prevent = set((last(unit, "RestartPreventExitStatus") or "").split())
+    assert prevent >= {"2", "4", "5"} and not prevent & {"6", "7"}  # 6, 7: catalogue unreachable or full: transient
+
+
 def test_installer_is_valid_bash_and_its_dry_run_changes_nothing(tmp_path):
     if not INSTALLER.exists():
         pytest.skip("no systemd/install.sh")

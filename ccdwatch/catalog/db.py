@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -282,6 +283,44 @@ def connection_lost(exc: BaseException) -> bool:
     text = str(exc.orig).lower()
     return any(t in text for t in ("server closed the connection", "connection refused", "terminating connection",
                                    "connection is closed", "could not connect", "the connection is lost"))
+
+
+def catalogue_full(exc: BaseException) -> bool:
+    """Is this the catalogue refusing a write for lack of space (SQLite: 'database or disk is
+    full' at commit; PostgreSQL: SQLSTATE 53100 disk_full)?"""
+    from sqlalchemy.exc import OperationalError
+
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc.orig).lower()
+    return ("database or disk is full" in text or "no space left" in text
+            or getattr(exc.orig, "sqlstate", None) == "53100")
+
+
+#: Exit codes of a catalogue that cannot be used at start-up, for now: systemd starts the daemon
+#: again (neither is in the unit's RestartPreventExitStatus=).
+EXIT_UNREACHABLE = 6  # the catalogue's server does not answer
+EXIT_DISK_FULL = 7  # the catalogue's disk is full
+
+
+def start_refusal(exc: BaseException, database: str, min_free: int) -> tuple[int, str] | None:
+    """(exit code, reason in words) when ``exc`` says that the catalogue cannot be used for now:
+    its server gone, or its disk full - also where SQLite says only 'disk I/O error' (opening a
+    catalogue in WAL mode on a full disk), judged by the free space beside the file. None for any
+    other error."""
+    first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if connection_lost(exc):
+        return EXIT_UNREACHABLE, f"the catalogue does not answer: {first}"
+    path = sqlite_path(engine_url(database))
+    try:
+        free = shutil.disk_usage(path.parent).free if path is not None else None
+    except OSError:
+        free = None
+    if catalogue_full(exc) or (free is not None and free < min_free):
+        where = f" ({free / 2**20:.1f} MiB free in {path.parent})" if path is not None and free is not None else ""
+        return EXIT_DISK_FULL, (f"the catalogue's disk is full{where}: {first}; nothing is lost - free some space "
+                                "(watch.min_free_mb), the service starts it again by itself")
+    return None
 
 
 def backup_sqlite(source: Path, dest: Path) -> Path:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+M_MMAP_THRESHOLD = -3  # <malloc.h>
+#: How long a first job waits for the fork server's imports before it is handed over regardless, s.
+SERVER_START_LIMIT = 120.0
 
 
 class JobRunner(Protocol):
@@ -88,11 +93,8 @@ class Stopping(BaseException):
 
 
 def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG).
-
-    Workers are forked by the fork server, which exits when the daemon does (its pipe from the
-    daemon closes): so a daemon killed outside systemd leaves no workers behind.
-    """
+    """Ask Linux to SIGKILL this process when its parent, the fork server, exits (prctl
+    PR_SET_PDEATHSIG)."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -103,11 +105,60 @@ def die_with_parent() -> None:
         if os.getppid() == 1:  # the parent already went before the call took effect
             os._exit(1)
     except (OSError, AttributeError) as exc:
-        logger.warning("cannot tie the worker's life to the daemon's: %s", exc)
+        logger.warning("cannot tie the worker's life to the fork server's: %s", exc)
 
 
-def _worker_init(memory_limit: int, nice: int) -> None:
+def die_with_daemon(daemon: int) -> None:
+    """End this worker when the daemon (process ``daemon``) exits, whoever its parent is.
+
+    A worker's parent is the fork server, not the daemon, and every worker holds the write end
+    of the server's "alive" pipe and of the pool's call queue: a daemon killed outside systemd
+    (no control group to clean up) left the server and the workers, warm with a night's numerics
+    (~400 MB), waiting on each other for ever. A thread here waits on a pidfd of the daemon and
+    exits the worker when it fires; the server, its last client gone, then exits by itself."""
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(daemon)
+        except ProcessLookupError:
+            os._exit(1)
+        except (OSError, AttributeError):  # no pidfds (old kernel, other OS): look every second
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(daemon, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+                except OSError:
+                    pass
+        select.select([fd], [], [])  # readable once the process has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ccdwatch-die-with-daemon", daemon=True).start()
+
+
+def give_back_freed_memory() -> None:
+    """Have glibc return every block of 1 MiB or more to the system when it is freed.
+
+    By default its mmap threshold rises to the size of each large block freed (up to 32 MiB), and
+    from then on freed strips and temporaries stay in the heap and the threads' arenas, counted by
+    RLIMIT_DATA: after a 61 Mpix master bias with 2 threads a worker kept ~180 MiB more than
+    before it (400 -> 578 MiB VmData; with this, 461), so the next calibration, estimated to fit
+    `memory.WORKER_BASE` + its need within workers.memory_limit_mb, ran out of memory on every try
+    in the live daemon. Setting the threshold turns the rise off."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def _worker_init(memory_limit: int, nice: int, daemon: int) -> None:
     die_with_parent()
+    die_with_daemon(daemon)
+    give_back_freed_memory()
     # Only the daemon's own loop speaks to systemd.
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(var, None)
@@ -151,7 +202,8 @@ class Workers:
         if self._pool is None:
             ctx = forkserver.context()
             self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=ctx,
-                                             initializer=_worker_init, initargs=(self.memory_limit, self.nice))
+                                             initializer=_worker_init,
+                                             initargs=(self.memory_limit, self.nice, os.getpid()))
         return self._pool
 
     def _reset(self) -> None:
@@ -185,6 +237,7 @@ class Workers:
         while queue:
             batch = queue[:1] if isolate else queue
             queue = queue[len(batch):]
+            self._wait_for_server()
             futs = {i: self._executor().submit(fn, specs[i]) for i in batch}
             for i in batch:
                 try:
@@ -216,6 +269,28 @@ class Workers:
                 break
         return [r for r in results if r is not None]
 
+    def _wait_for_server(self) -> None:
+        """Wait until the fork server has done its imports (`forkserver.ready`), looking at a
+        stop request every 50 ms and feeding the watchdog every second; after
+        `SERVER_START_LIMIT` s go on regardless (a server that died is started again by the pool)."""
+        self._executor()  # names the server's ready file (`forkserver.context`)
+        if forkserver.ready():
+            return
+        forkserver.start()
+        t0 = last = time.monotonic()
+        while not forkserver.ready() and time.monotonic() - t0 < SERVER_START_LIMIT:
+            self._stop_if_asked()
+            if self.heartbeat is not None and time.monotonic() - last >= 1.0:
+                self.heartbeat()
+                last = time.monotonic()
+            time.sleep(0.05)
+
+    def _stop_if_asked(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            logger.info("stopping: abandoning the jobs in progress (they will be redone at start-up)")
+            self._reset()
+            raise Stopping()
+
     def _wait(self, fut: Future, timeout: float | None) -> None:
         """Wait for a job in short slices, calling ``heartbeat`` while it is within its limit:
         the daemon stays 'healthy' for systemd's watchdog while a worker makes progress.
@@ -225,10 +300,7 @@ class Workers:
         SIGTERM until the whole batch is done."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self.should_stop is not None and self.should_stop():
-                logger.info("stopping: abandoning the jobs in progress (they will be redone at start-up)")
-                self._reset()
-                raise Stopping()
+            self._stop_if_asked()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise FutureTimeout()

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from types import ModuleType
 
-from ccdwatch.catalog import Catalog, connection_lost
+from ccdwatch.catalog import Catalog, catalogue_full, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
@@ -41,7 +41,7 @@ from ccdwatch.pipeline import calibrate, masters, stacking
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
 from ccdwatch.pipeline.reclassify import Reclassified, reclassify
-from ccdwatch.pipeline.runner import Runner, catalogue_full
+from ccdwatch.pipeline.runner import Runner
 from ccdwatch.products import preview_path
 
 logger = logging.getLogger(__name__)

@@ -220,18 +220,6 @@ class Runner:
         self.workers.close()
 
 
-def catalogue_full(exc: BaseException) -> bool:
-    """Is this the catalogue refusing a write for lack of space (SQLite: 'database or disk is
-    full' at commit; PostgreSQL: SQLSTATE 53100 disk_full)?"""
-    from sqlalchemy.exc import OperationalError
-
-    if not isinstance(exc, OperationalError):
-        return False
-    text = str(exc.orig).lower()
-    return ("database or disk is full" in text or "no space left" in text
-            or getattr(exc.orig, "sqlstate", None) == "53100")
-
-
 def _reason(exc: BaseException) -> str:
     """An exception as words: its type and its text (or that it gave none)."""
     text = str(exc).strip()
