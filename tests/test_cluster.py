@@ -216,14 +216,21 @@ def test_ctrl_c_while_jobs_run_on_the_cluster_stops_and_cancels_them(tmp_path):
     """A KeyboardInterrupt while the daemon waits for cluster jobs (Ctrl-C on `reprocess`) is not
     taken for a job's error: it goes up at once, and the scheduler drops the job. (Its own cluster:
     a task already running keeps its worker's thread until it returns, which Dask cannot cut.)"""
-    import _thread
+    import ctypes
     import threading
+
+    # Ctrl-C, delivered to this test's thread: under pytest-xdist the test need not run in the
+    # process's main thread, where _thread.interrupt_main (a real SIGINT) would land
+    me = threading.get_ident()
+
+    def ctrl_c() -> None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(me), ctypes.py_object(KeyboardInterrupt))
 
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         workers = jobs_cluster.ClusterWorkers(c.scheduler_address, local=Workers(processes=0), incoming=tmp_path,
                                               products=tmp_path / "products", retry=60)
         try:
-            threading.Timer(1.5, _thread.interrupt_main).start()
+            threading.Timer(1.5, ctrl_c).start()
             t0 = time.monotonic()
             with pytest.raises(KeyboardInterrupt):
                 workers.map(time.sleep, [120], timeout=600)
