@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -326,3 +327,47 @@ def test_a_light_with_nan_and_inf_pixels_is_calibrated_with_them_masked(tmp_path
     assert head["BUNIT"] == "electron" and np.array_equal(data[~bad], expected[~bad])
     assert fwhm == pytest.approx(truth.fwhm, rel=0.15)
     cat.close()
+
+
+def _full_the_first_time(marker: str) -> int:
+    """A job that finds its (first) worker too full, as `memory.room_for` would say."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        raise memory.WorkerFull("the worker holds 1.6 GiB from earlier jobs")
+    return os.getpid()
+
+
+def _always_full(_: str) -> int:
+    raise memory.WorkerFull("the worker holds 1.6 GiB from earlier jobs")
+
+
+def test_a_job_its_worker_has_no_room_for_runs_again_on_a_fresh_worker(tmp_path):
+    from ccdwatch.jobs.pool import Workers
+
+    workers = Workers(processes=1, memory_limit=0)
+    try:
+        marker = tmp_path / "first"
+        [done] = workers.map(_full_the_first_time, [str(marker)], timeout=120)
+        assert done.result() != int(marker.read_text())  # another worker ran it: a fresh one
+        # once only: a job that finds even a fresh worker too full says so as its own error
+        [again] = workers.map(_always_full, ["x"], timeout=120)
+        assert isinstance(again.exception(), memory.WorkerFull)
+    finally:
+        workers.close()
+
+
+def test_room_for_a_job_frees_the_caches_first_then_asks_for_a_fresh_worker(monkeypatch):
+    spec = object()
+    monkeypatch.setattr(memory, "need", lambda s: 1200 * memory.MiB)
+    monkeypatch.setattr(memory, "_data_limit", lambda: 1792 * memory.MiB)
+    held = {"data": 1641 * memory.MiB}
+    monkeypatch.setattr(memory, "headroom", lambda: memory._data_limit() - held["data"])
+    released = []
+    memory.room_for(spec, lambda: released.append(1) or held.update(data=450 * memory.MiB))
+    assert released == [1]  # the caches were enough: the job runs here
+    held["data"] = 1641 * memory.MiB
+    with pytest.raises(memory.WorkerFull, match="1.6 GiB from earlier jobs"):
+        memory.room_for(spec, lambda: None)  # nothing to free: fresh workers (400 MiB base) would fit
+    monkeypatch.setattr(memory, "need", lambda s: 1500 * memory.MiB)
+    memory.room_for(spec, lambda: None)  # more than even a fresh worker has: the job runs and says so itself

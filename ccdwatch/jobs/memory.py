@@ -15,7 +15,9 @@ Every count here is pure arithmetic on sizes: no file is opened and nothing is a
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,6 +274,46 @@ def refusal(subject: str, estimate: int, *, limit_mb: float, processes: int, the
 class OutOfMemory(MemoryError):
     """A job that ran out of memory, said in words: what it was doing, the sizes involved and
     the setting that limits it."""
+
+
+class WorkerFull(MemoryError):
+    """A job that would fit a fresh worker found its worker holding too much from earlier jobs
+    (freed memory that the heap and the threads' arenas keep): the pool runs it again on fresh
+    workers, without counting a try."""
+
+
+def room_for(spec: Any, release: Callable[[], None]) -> None:
+    """Before a job: raise :class:`WorkerFull` when this worker has less room under its data limit
+    than the job needs, even after ``release`` (its caches) and trimming the heap, while a fresh
+    worker (`WORKER_BASE`) would have enough."""
+    estimate = need(spec)
+    room = headroom()
+    if estimate is None or room is None or room >= estimate:
+        return
+    release()
+    gc.collect()
+    _malloc_trim()
+    room = headroom()
+    fresh = _data_limit() - WORKER_BASE
+    if room is not None and room < estimate <= fresh:
+        raise WorkerFull(f"the worker holds {gib(_data_limit() - room)} from earlier jobs; the job needs "
+                         f"{gib(estimate)} more, a fresh worker has {gib(fresh)}")
+
+
+def _data_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_DATA)[0]
+
+
+def _malloc_trim() -> None:
+    """Give the heap's free pages back to the system (glibc); nothing elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def explain(exc: BaseException, subject: str, spec: Any) -> OutOfMemory:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ccdwatch.jobs import forkserver
+from ccdwatch.jobs import forkserver, memory
 
 if TYPE_CHECKING:
     from ccdwatch.config import WorkersConfig
@@ -234,11 +234,13 @@ class Workers:
         results: list[Future | None] = [None] * len(specs)
         queue = list(range(len(specs)))
         isolate = False
+        refreshed: set[int] = set()  # jobs already run again on fresh workers (memory.WorkerFull)
         while queue:
             batch = queue[:1] if isolate else queue
             queue = queue[len(batch):]
             self._wait_for_server()
             futs = {i: self._executor().submit(fn, specs[i]) for i in batch}
+            full: list[int] = []
             for i in batch:
                 try:
                     self._wait(futs[i], timeout)
@@ -256,6 +258,12 @@ class Workers:
                         logger.error("the worker died during %s on %s", fn.__name__, _subject(specs[i]))
                         results[i] = _failed(WorkerFailure(
                             f"the worker died (crash, or over its memory limit) during {fn.__name__}"))
+                except memory.WorkerFull:
+                    if i in refreshed:  # even fresh workers were too full: the job's own error
+                        results[i] = futs[i]
+                    else:
+                        full.append(i)
+                    continue
                 except Exception:  # noqa: BLE001 - the job's own error, delivered through the future
                     results[i] = futs[i]
                     continue
@@ -267,6 +275,13 @@ class Workers:
                 self._reset()
                 queue = [j for j in batch if results[j] is None] + queue
                 break
+            else:
+                if full:  # freed memory kept by the workers' heaps: fresh workers, no try counted
+                    logger.info("%d %s job(s) need more memory than their worker has left after earlier jobs: "
+                                "starting fresh workers (%s)", len(full), fn.__name__, futs[full[0]].exception())
+                    refreshed.update(full)
+                    self._reset()
+                    queue = full + queue
         return [r for r in results if r is not None]
 
     def _wait_for_server(self) -> None:

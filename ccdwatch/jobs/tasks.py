@@ -62,6 +62,7 @@ def _explained(job: Callable[[Any], R]) -> Callable[[Any], R]:
 
     @functools.wraps(job)
     def run(spec: Any) -> R:
+        memory.room_for(spec, _MASTERS.clear)  # WorkerFull: the pool runs it again on fresh workers
         try:
             return job(spec)
         except memory.OutOfMemory:
