@@ -309,13 +309,19 @@ def small_state_disk(tmp_path):
         subprocess.run(["umount", "-l", str(state)], capture_output=True)
 
 
-def test_catalogue_disk_full_mid_night_pauses_then_resumes(tmp_path, staging, small_state_disk, daemons):
+def _started_with_its_biases(tmp_path, staging, daemons) -> Daemon:
+    """A live daemon (fast settings) that has catalogued the night's 3 biases."""
     d = Daemon(tmp_path, extra=FAST)
     daemons.append(d)
     d.start()
     for p in sorted(staging.glob("bias_*.fits")):
         shutil.copy(p, d.incoming / p.name)
     d.wait_for("SELECT count(*) FROM frames", [(3,)])
+    return d
+
+
+def test_catalogue_disk_full_mid_night_pauses_then_resumes(tmp_path, staging, small_state_disk, daemons):
+    d = _started_with_its_biases(tmp_path, staging, daemons)
     filler = small_state_disk / "filler"
     assert fill(filler) > 0
     for p in sorted(staging.glob("*.fits")):
@@ -343,12 +349,7 @@ def test_a_daemon_started_on_a_full_catalogue_disk_exits_in_words_and_starts_onc
     'disk I/O error'): exit 7 with the reason in words, no traceback - the unit starts it again
     every RestartSec= without ever reaching its start limit - and once space returns it starts and
     finishes the night."""
-    d = Daemon(tmp_path, extra=FAST)
-    daemons.append(d)
-    d.start()
-    for p in sorted(staging.glob("bias_*.fits")):
-        shutil.copy(p, d.incoming / p.name)
-    d.wait_for("SELECT count(*) FROM frames", [(3,)])
+    d = _started_with_its_biases(tmp_path, staging, daemons)
     assert sigterm(d)[1] == 0
     filler = small_state_disk / "filler"
     assert fill(filler) > 0

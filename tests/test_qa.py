@@ -411,6 +411,14 @@ def test_background_from_a_subsample_follows_a_sky_gradient(stars: synth.Stars) 
     assert quality.sky_noise == pytest.approx(NOISE, rel=0.02)
 
 
+def _assert_truth(quality: qa.FrameQuality, *, fwhm: float, sky: float, noise: float) -> None:
+    """The catalogue's FWHM (of the pixelised profile), sky and sky noise within 2 % of the truth."""
+    pixelised = math.sqrt(fwhm**2 + FWHM_PER_SIGMA**2 / 12.0)
+    assert quality.fwhm == pytest.approx(pixelised, rel=0.02)
+    assert quality.sky == pytest.approx(sky, rel=0.02)
+    assert quality.sky_noise == pytest.approx(noise, rel=0.02)
+
+
 def _star_frame(shape: tuple[int, int], n: int, fwhm: float, sky: float, noise: float, *,
                 seeds: tuple[int, int], flux_range: tuple[float, float]) -> tuple[synth.Stars, np.ndarray]:
     """A star field of known positions and fluxes on a flat sky with Gaussian noise (float32)."""
@@ -429,10 +437,7 @@ def test_subsampled_background_keeps_fwhm_and_sky_in_good_and_bad_seeing(fwhm: f
     shape = (qa_frame._SUBSAMPLE_MIN_MESHES * 64, 640)
     _, image = _star_frame(shape, 120, fwhm, SKY, NOISE, seeds=(11, 12), flux_range=(500.0, 40000.0))
     quality, sources = qa.measure(image)
-    pixelised = math.sqrt(fwhm**2 + FWHM_PER_SIGMA**2 / 12.0)
-    assert quality.fwhm == pytest.approx(pixelised, rel=0.02)
-    assert quality.sky == pytest.approx(SKY, rel=0.02)
-    assert quality.sky_noise == pytest.approx(NOISE, rel=0.02)
+    _assert_truth(quality, fwhm=fwhm, sky=SKY, noise=NOISE)
     monkeypatch.setattr(qa_frame, "_SUBSAMPLE_MIN_MESHES", 10**6)  # sep's map on every pixel
     quality_sep, sources_sep = qa.measure(image)
     assert quality.fwhm == pytest.approx(quality_sep.fwhm, rel=0.01)
@@ -448,10 +453,7 @@ def test_measure_a_2k_frame_against_the_truth(fwhm: float) -> None:
     sky, noise = 400.0, 18.0
     field, image = _star_frame(shape, 250, fwhm, sky, noise, seeds=(21, 22), flux_range=(300.0, 60000.0))
     quality, sources = qa.measure(image)
-    pixelised = math.sqrt(fwhm**2 + FWHM_PER_SIGMA**2 / 12.0)
-    assert quality.fwhm == pytest.approx(pixelised, rel=0.02)
-    assert quality.sky == pytest.approx(sky, rel=0.02)
-    assert quality.sky_noise == pytest.approx(noise, rel=0.02)
+    _assert_truth(quality, fwhm=fwhm, sky=sky, noise=noise)
     assert 1.0 <= quality.elongation < 1.1
     findable = (peak_snr(field, fwhm=fwhm, noise=noise) >= 20) & isolated(field, distance=4 * fwhm)
     assert findable.sum() >= 30
