@@ -42,7 +42,7 @@ from ccdwatch.headers import (
     normalise,
 )
 from ccdwatch.headers.sections import OverscanPlan
-from ccdwatch.jobs import memory, uncertainty
+from ccdwatch.jobs import memory, pool, uncertainty
 from ccdwatch.jobs.raws import RawGone as RawGone  # re-exported: where the pipeline has always found them
 from ccdwatch.jobs.raws import load_raw as load_raw
 from ccdwatch.jobs.raws import overscan_cards
@@ -62,6 +62,7 @@ def _explained(job: Callable[[Any], R]) -> Callable[[Any], R]:
 
     @functools.wraps(job)
     def run(spec: Any) -> R:
+        pool.heap_for(job.__name__, spec)
         memory.room_for(spec, _MASTERS.clear)  # WorkerFull: the pool runs it again on fresh workers
         try:
             return job(spec)
