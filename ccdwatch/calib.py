@@ -53,8 +53,9 @@ ROBUST_STATS_MAX_SAMPLES = 1_000_000
 
 
 def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
-    """Frames as 2-D arrays of one shape, without copying ndarrays or memmaps."""
-    arrays = [f if isinstance(f, np.ndarray) else np.asarray(f) for f in frames]
+    """Frames as 2-D arrays of one shape, without copying ndarrays, memmaps or `WarpedRows`."""
+    arrays: list[np.ndarray] = [f if isinstance(f, np.ndarray) or getattr(f, "lazy_rows", False)  # type: ignore[misc]
+                                else np.asarray(f) for f in frames]
     if not arrays:
         raise ValueError("combine needs at least one frame")
     if len(shape := arrays[0].shape) != 2:
