@@ -112,23 +112,19 @@ METHODS = tuple(_CV_METHODS)
 
 def _filled(src: np.ndarray, missing: np.ndarray, n_missing: int, *, local: bool,
             where: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """``src`` with its missing pixels filled: by the frame's (subsampled) median, which reaches
-    only output pixels that are blanked anyway (bilinear), or (``local``: kernels wider than the
-    blanked footprint) by the mean of the valid pixels in the 5x5 box around each."""
-    sample = src[::4, ::4]
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        sample = src[np.isfinite(src)]
-    fill = np.float32(np.median(sample)) if sample.size else np.float32(0.0)
-    out = np.where(missing, fill, src)
+    """``src`` with its missing pixels filled: by zero, which reaches only output pixels that are
+    blanked anyway (bilinear: OpenCV's weights are multiples of 1/1024, so a pixel they give any
+    weight to is one `_touched_by_missing` finds), or (``local``: kernels wider than the blanked
+    footprint) by the mean of the valid pixels in the 5x5 box around each (the frame's subsampled
+    median where the box has none)."""
+    out = np.where(missing, np.float32(0.0), src)
     if not local:
         return out
     if n_missing > missing.size // 64:  # many: two box filters over the frame
-        total = cv2.boxFilter(np.where(missing, np.float32(0.0), src), -1, (5, 5), normalize=False,
-                              borderType=cv2.BORDER_CONSTANT)
+        total = cv2.boxFilter(out, -1, (5, 5), normalize=False, borderType=cv2.BORDER_CONSTANT)
         count = cv2.boxFilter((~missing).astype(np.float32), -1, (5, 5), normalize=False,
                               borderType=cv2.BORDER_CONSTANT)
-        local_mean = np.where(count > 0, total / np.maximum(count, 1.0), fill)
+        local_mean = np.where(count > 0, total / np.maximum(count, 1.0), _median_fill(src) if (count == 0).any() else 0)
         return np.where(missing, local_mean, out).astype(np.float32)
     ny, nx = src.shape
     rows, cols = where if where is not None else np.nonzero(missing)
@@ -138,8 +134,18 @@ def _filled(src: np.ndarray, missing: np.ndarray, n_missing: int, *, local: bool
     weight = ~missing[yy, xx].reshape(len(rows), -1)
     total = (out[yy, xx].reshape(len(rows), -1) * weight).sum(axis=1)
     count = weight.sum(axis=1)
-    out[rows, cols] = np.where(count > 0, total / np.maximum(count, 1.0), fill)
+    none = count == 0
+    out[rows, cols] = np.where(none, _median_fill(src) if none.any() else 0, total / np.maximum(count, 1.0))
     return out
+
+
+def _median_fill(src: np.ndarray) -> np.float32:
+    """The frame's median (of every 4th pixel each way, the finite ones; 0 if none is finite)."""
+    sample = src[::4, ::4]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        sample = src[np.isfinite(src)]
+    return np.float32(np.median(sample)) if sample.size else np.float32(0.0)
 
 
 def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, int],
