@@ -14,7 +14,6 @@ The pipeline builds masters as::
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -23,6 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ccdwatch.orderstats import median_and_mad
+from ccdwatch.orderstats import median_of_sorted as _median_of_sorted
+from ccdwatch.orderstats import median_valid as _median_valid
 from ccdwatch.scratch import release_pages
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,6 @@ _WORKING_COPIES = {"mean": 2, "median": 3, "sigma_clip": 7}
 #: of the whole budget through memory. Results do not depend on it.
 _STRIP_CACHE_BYTES = 8 << 20
 
-#: Above this many frames the sorting network grows large; ``np.sort`` along the frames is used.
-_NETWORK_MAX_FRAMES = 48
 
 #: Above this many finite pixels, robust_stats works on a regular subsample of this size.
 ROBUST_STATS_MAX_SAMPLES = 1_000_000
@@ -64,86 +64,6 @@ def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
         if a.shape != shape:
             raise ValueError(f"frame {i} has shape {a.shape}, frame 0 has {shape}")
     return arrays
-
-
-def _median_of_sorted(srt: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Median along axis 0 of an array sorted along axis 0 with NaNs last; ``n`` valid per pixel."""
-    lo = np.maximum((n - 1) // 2, 0)[None]
-    hi = np.maximum(n // 2, 0)[None]
-    a = np.take_along_axis(srt, lo, axis=0)[0]
-    b = np.take_along_axis(srt, hi, axis=0)[0]
-    med = (a + b) * srt.dtype.type(0.5)
-    med[n == 0] = np.nan
-    return med
-
-
-@functools.lru_cache(maxsize=64)
-def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
-    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort for ``n`` inputs.
-
-    Built for the next power of two and pruned of every comparator that touches an index >= n
-    (those inputs are +inf padding, which such a comparator never moves).
-    """
-    size = 1
-    while size < n:
-        size *= 2
-    pairs: list[tuple[int, int]] = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    a, b = i + j, i + j + k
-                    if a // (2 * p) == b // (2 * p) and b < n:
-                        pairs.append((a, b))
-            k //= 2
-        p *= 2
-    return tuple(pairs)
-
-
-def _sorted_planes(stack: np.ndarray) -> list[np.ndarray]:
-    """The planes of a (nframes, ...) float32 stack sorted along axis 0, NaN last (as +inf).
-
-    Elementwise min/max over whole planes (a sorting network) instead of ``np.sort`` along the
-    strided frame axis: the same order statistics, many times faster for a handful of frames.
-    A NaN sorts as +inf; callers select only among the first ``n`` valid values per pixel, so
-    the result equals that of ``np.sort`` (NaNs last).
-    """
-    planes = [np.array(p, dtype=np.float32, copy=True) for p in stack]
-    for p in planes:
-        np.copyto(p, np.float32(np.inf), where=np.isnan(p))
-    tmp = np.empty_like(planes[0])
-    for i, j in _sorting_network(len(planes)):
-        a, b = planes[i], planes[j]
-        np.minimum(a, b, out=tmp)
-        np.maximum(a, b, out=b)
-        planes[i], tmp = tmp, a
-    return planes
-
-
-def _median_valid(stack: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """NaN-ignoring median along axis 0 with ``n`` valid values per pixel (NaN where n == 0).
-
-    Equal to ``_median_of_sorted(np.sort(stack, axis=0), n)``.
-    """
-    nframes = stack.shape[0]
-    if nframes > _NETWORK_MAX_FRAMES:
-        return _median_of_sorted(np.sort(stack, axis=0), n)
-    planes = _sorted_planes(stack)
-    if np.all(n == nframes):
-        med = (planes[(nframes - 1) // 2] + planes[nframes // 2]) * np.float32(0.5)
-        return med
-    lo_i = np.maximum((n - 1) // 2, 0)
-    hi_i = np.maximum(n // 2, 0)
-    a = planes[0].copy()
-    b = planes[0].copy()
-    for k in range(1, nframes // 2 + 1):
-        np.copyto(a, planes[k], where=lo_i == k)
-        np.copyto(b, planes[k], where=hi_i == k)
-    med = (a + b) * np.float32(0.5)
-    med[n == 0] = np.nan
-    return med
 
 
 def _count_valid(stack: np.ndarray) -> np.ndarray:
@@ -260,9 +180,9 @@ def clip_keep(original: np.ndarray, sigma: float, maxiters: int, floor: float) -
             n = np.zeros(original.shape[1:], dtype=np.int64)
             for v in valid:
                 n += v
-            centre = _median_valid(original, n)
+            centre, mad = median_and_mad(original, n)
             deviation = np.abs(original - centre)
-            spread = MAD_TO_SIGMA * _median_valid(deviation, n)
+            spread = MAD_TO_SIGMA * mad
             # Per-pixel spreads from a handful of values scatter widely (+-25 % at N=9); a pixel
             # whose estimate came out low would lose good values. Floor it at the frames' typical
             # spread: background pixels share one noise level, brighter pixels keep their own.
