@@ -20,6 +20,7 @@ Pure numerics.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -130,6 +131,8 @@ class WarpedRows:
         self.order = 1 if variance else order
         self.offset = np.float32(offset) if math.isfinite(offset) and offset != 0.0 else None
         self.variance = variance
+        self._whole: np.ndarray | None = None  # the frame read once, when strips need most of it
+        self._lock = threading.Lock()
 
     def __getitem__(self, key: slice | int) -> np.ndarray:
         if isinstance(key, slice):
@@ -148,17 +151,31 @@ class WarpedRows:
         ny_in = self.frame.shape[0]
         return max(0, math.floor(min(ys)) - MARGIN), min(ny_in, math.ceil(max(ys)) + MARGIN + 1)
 
+    def _read(self, r0: int, r1: int) -> np.ndarray:
+        """Input rows ``r0:r1`` as float32: the image (NaN on bad pixels) or its variance."""
+        block = self.frame.rows(r0, r1)
+        if not self.variance:
+            return block
+        var = self.frame.variance_rows(r0, r1, block)
+        if var is None:
+            raise ValueError("the frame has no UNCERT plane to warp")
+        return var
+
+    def _read_whole(self) -> np.ndarray:
+        """The whole frame as `_read` gives it, read on first use and kept: a frame turned by a
+        large angle against the reference samples most of its rows for every strip."""
+        with self._lock:
+            if self._whole is None:
+                self._whole = self._read(0, self.frame.shape[0])
+            return self._whole
+
     def _strip(self, y0: int, y1: int) -> np.ndarray:
         out_shape = (y1 - y0, self.shape[1])
         r0, r1 = self._input_rows(y0, y1)
         if y1 <= y0 or r1 - r0 < 2:  # the strip lies outside the frame
             return np.full(out_shape, np.nan, dtype=np.float32)
-        block = self.frame.rows(r0, r1)
-        if self.variance:
-            var = self.frame.variance_rows(r0, r1, block)
-            if var is None:
-                raise ValueError("the frame has no UNCERT plane to warp")
-            block = var
+        turned = r1 - r0 > 2 * (y1 - y0) + 4 * MARGIN  # against the reference: read the frame once
+        block = self._read_whole()[r0:r1] if turned else self._read(r0, r1)
         # the same warp on the block: output row y - y0 samples block row (frame row - r0)
         shift_out = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
         shift_in = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])

@@ -47,7 +47,9 @@ def test_strips_are_the_whole_frames_warp(method: str, height: int) -> None:
     frame = _frame()
     t = _similarity(0.6, 3.3, -7.6)
     whole = warp(frame.rows(0, SHAPE[0]), t, output_shape=SHAPE, method=method)
-    strips = _in_strips(stripwarp.WarpedRows(frame, t, SHAPE, method=method), height)
+    rows = stripwarp.WarpedRows(frame, t, SHAPE, method=method)
+    strips = _in_strips(rows, height)
+    assert rows._whole is None  # a dithered frame: each strip reads only the rows it samples
     assert np.array_equal(np.isnan(strips), np.isnan(whole))
     assert np.isnan(whole).sum() > 250  # bad pixels (their footprints) and the dither's edge
     assert np.nanmax(np.abs(strips - whole)) < 1e-3 * NOISE
@@ -118,3 +120,17 @@ def test_product_planes_mapped_as_stored(tmp_path: Path) -> None:
     packed = tmp_path / "packed.fits"
     write_product(packed, hdus, compression=Compression("gzip"))
     assert map_product_planes(packed, ("BADPIX", "UNCERT")) is None
+
+
+def test_a_frame_turned_against_the_reference_is_read_once() -> None:
+    """A frame turned by 90 degrees samples most of its rows for every strip: it is read once
+    and kept, and its strips are still the whole frame's warp."""
+    frame = _frame(6)
+    square = (SHAPE[1], SHAPE[1])  # 260 x 260: the turned frame covers the grid
+    t = _similarity(90.0, SHAPE[1] - 1.0, 0.0)
+    whole = warp(frame.rows(0, SHAPE[0]), t, output_shape=square, method="bicubic")
+    rows = stripwarp.WarpedRows(frame, t, square)
+    strips = np.concatenate([rows[y : y + 20] for y in range(0, square[0], 20)])
+    assert rows._whole is not None  # read once, kept
+    assert np.array_equal(np.isnan(strips), np.isnan(whole))
+    assert np.nanmax(np.abs(strips - whole)) < 1e-3 * NOISE
