@@ -4,6 +4,7 @@ Helpers that tests import live in :mod:`tests.helpers`."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import secrets
@@ -21,6 +22,26 @@ def real_night() -> Path:
     if not (REAL_NIGHT.is_dir() and any(REAL_NIGHT.glob("*.fit"))):
         pytest.skip("the real PHY241 night (../shared/data/phy241_m51) is not present")
     return REAL_NIGHT
+
+
+@pytest.fixture(scope="session")
+def real_night_reduced(tmp_path_factory):
+    """The real night reduced by one ``watch --once`` for all the tests that read its products
+    (mark them ``xdist_group("real-night")``); yields (config, the CLI's path arguments). Its raw
+    files are checked unmodified at the end."""
+    from ccdwatch.cli import main
+
+    if not REAL_NIGHT.is_dir():
+        pytest.skip("the real PHY241 night (../shared/data/phy241_m51) is not present")
+    before = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+              for p in REAL_NIGHT.iterdir()}
+    cfg = make_config(tmp_path_factory.mktemp("phy241"), incoming=REAL_NIGHT)
+    args = ["--incoming", str(REAL_NIGHT), "--products", str(cfg.paths.products), "--db", cfg.paths.database]
+    assert main([*args, "-q", "watch", "--once"]) == 0
+    yield cfg, args
+    after = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+             for p in REAL_NIGHT.iterdir()}
+    assert after == before, "a raw file of the real night was modified"
 
 
 @pytest.fixture

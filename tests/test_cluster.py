@@ -407,9 +407,9 @@ def test_jobs_in_flight_when_the_scheduler_goes_run_again_locally(tmp_path, capl
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         workers = jobs_cluster.ClusterWorkers(c.scheduler_address, local=Workers(processes=0), incoming=tmp_path,
                                               products=tmp_path / "products", retry=600)
-        threading.Timer(1.0, c.close).start()  # the scheduler host goes down mid-batch
+        threading.Timer(1.0, c.close).start()  # the scheduler host goes down mid-batch (the first job's 3 s)
         with caplog.at_level(logging.WARNING, logger="ccdwatch.jobs.cluster"):
-            futures = workers.map(time.sleep, [5, 5], timeout=60)
+            futures = workers.map(time.sleep, [3, 3], timeout=60)
     try:
         assert [f.result() for f in futures] == [None, None]
         assert "was lost with 2 sleep job(s) in flight: running them locally" in caplog.text

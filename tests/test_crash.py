@@ -108,10 +108,16 @@ def shuffled_copy(staging: Path, dest: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(staging, tmp_path_factory):
+def reference_run(staging, tmp_path_factory) -> Path:
+    """An uninterrupted ``watch --once`` of the night in the scan order: its root."""
     root = tmp_path_factory.mktemp("reference")
     assert run_once(root, staging) == 0
-    return signature(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return signature(reference_run)
 
 
 @pytest.mark.parametrize("point", [
@@ -141,10 +147,8 @@ def test_reprocessing_gives_identical_products(staging, reference, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def reference_ids(staging, tmp_path_factory) -> dict[str, int]:
-    root = tmp_path_factory.mktemp("reference-ids")
-    assert run_once(root, staging) == 0
-    return frame_ids(root)
+def reference_ids(reference_run) -> dict[str, int]:
+    return frame_ids(reference_run)
 
 
 @pytest.mark.slow

@@ -106,12 +106,14 @@ MEASURE = textwrap.dedent(
     """
 )
 
+#: Three biases (the master whose estimate is checked), one dark and one flat: their masters only
+#: feed the calibration, whose inputs have the same planes whatever the number of frames behind them.
 NIGHT = textwrap.dedent(
     """
     import sys
     from ccdwatch import synth
     synth.make_night(sys.argv[1], camera=synth.Camera(shape=(int(sys.argv[2]), int(sys.argv[3]))), n_bias=3,
-                     n_dark=3, n_flat=3, filters=("V",), n_light=1, n_stars=40, seed=11)
+                     n_dark=1, n_flat=1, filters=("V",), n_light=1, n_stars=40, seed=11)
     """
 )
 

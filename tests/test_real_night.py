@@ -1,8 +1,9 @@
-"""The real PHY241 night (MaxIm DL, QSI 532): skipped when ../shared is absent."""
+"""The real PHY241 night (MaxIm DL, QSI 532): skipped when ../shared is absent.
+
+Reduced once, by :func:`tests.conftest.real_night_reduced`, which the night report's test shares."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,25 +17,12 @@ from ccdwatch.cli import main
 from ccdwatch.fitsio import read_product
 from ccdwatch.models import Calibrated, Frame, Master, Stack
 
-from .helpers import make_config
+pytestmark = pytest.mark.xdist_group("real-night")  # one reduction of the night per worker
 
 
-@pytest.fixture(scope="module")
-def reduced(tmp_path_factory):
-    from .helpers import REAL_NIGHT
-
-    if not REAL_NIGHT.is_dir():
-        pytest.skip("the real PHY241 night (../shared/data/phy241_m51) is not present")
-    before = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-              for p in REAL_NIGHT.iterdir()}
-    tmp = tmp_path_factory.mktemp("phy241")
-    cfg = make_config(tmp, incoming=REAL_NIGHT)
-    args = ["--incoming", str(REAL_NIGHT), "--products", str(cfg.paths.products), "--db", cfg.paths.database]
-    assert main([*args, "-q", "watch", "--once"]) == 0
-    yield cfg, args
-    after = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-             for p in REAL_NIGHT.iterdir()}
-    assert after == before, "a raw file of the real night was modified"
+@pytest.fixture
+def reduced(real_night_reduced):
+    return real_night_reduced
 
 
 def test_27_frames_with_types_exposures_filters(reduced, capsys):

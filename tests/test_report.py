@@ -21,7 +21,7 @@ from ccdwatch.models import Frame, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
 from . import browser
-from .helpers import REAL_NIGHT, make_config
+from .helpers import make_config
 
 CAMERA = synth.Camera(shape=(128, 192))
 HOSTILE_OBJECT = "<script>alert(1)</script>"
@@ -375,20 +375,18 @@ def test_browser_check_catches_a_broken_page(tmp_path):
 
 # ------------------------------------------------------------------ the real PHY241 night
 @pytest.mark.realdata
-def test_real_night_report(tmp_path):
-    if not REAL_NIGHT.is_dir():
-        pytest.skip("the real PHY241 night (../shared/data/phy241_m51) is not present")
-    args = ["--incoming", str(REAL_NIGHT), "--products", str(tmp_path / "products"), "--db", str(tmp_path / "c.db")]
-    assert main([*args, "-q", "watch", "--once"]) == 0
+@pytest.mark.xdist_group("real-night")
+def test_real_night_report(real_night_reduced, tmp_path):
+    cfg, args = real_night_reduced  # the night as `watch --once` left it (shared with test_real_night)
     assert main([*args, "report", "--night", "2012-02-18"]) == 0
-    page = tmp_path / "products" / "reports" / "2012-02-18" / "index.html"
+    page = cfg.paths.products / "reports" / "2012-02-18" / "index.html"
     text = page.read_text(encoding="utf-8")
     masters = text[text.index('id="masters"'):text.index('id="calibration"')]
     for title in ("master bias", "master dark 300 s", "master flat I"):
         assert f"<h3>{title}" in masters
     assert "from night 2012-02-24" in masters  # the flats were taken six days later ...
     assert "master flat #" in text and "days from the lights it calibrated" in text  # ... and that is a warning
-    with Catalog(str(tmp_path / "c.db"), writer=False) as cat, cat.reader() as s:
+    with Catalog(cfg.paths.database, writer=False) as cat, cat.reader() as s:
         st = s.scalar(select(Stack).where(Stack.current))
         st_target, st_id, n_used, n_rej = st.target, st.id, st.n_used, st.n_rejected
     stacks = text[text.index('id="stacks"'):text.index('id="masters"')]
