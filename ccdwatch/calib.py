@@ -14,7 +14,6 @@ The pipeline builds masters as::
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -23,15 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ccdwatch.rejection import MAD_TO_SIGMA, sigma_clip
+from ccdwatch.rejection import clip_keep as clip_keep  # re-exported: where noise.py finds them
+from ccdwatch.rejection import count_valid as _count_valid
+from ccdwatch.rejection import mean_valid as _mean_valid
+from ccdwatch.rejection import median_of_sorted as _median_of_sorted
+from ccdwatch.rejection import median_valid as _median_valid
 from ccdwatch.scratch import release_pages
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["COMBINE_METHODS", "MAD_TO_SIGMA", "calibrate", "combine", "dark_scale", "hot_pixel_mask",
            "normalise_flat", "robust_median", "robust_stats"]
-
-#: Ratio of the standard deviation to the median absolute deviation of a normal distribution.
-MAD_TO_SIGMA = 1.482602218505602
 
 #: Accepted ``combine`` methods ("average" is an alias of "mean").
 COMBINE_METHODS = ("mean", "average", "median", "sigma_clip")
@@ -44,9 +46,6 @@ _WORKING_COPIES = {"mean": 2, "median": 3, "sigma_clip": 7}
 #: work then runs on planes that stay in the CPU cache (L2/L3), several times faster than streaming strips
 #: of the whole budget through memory. Results do not depend on it.
 _STRIP_CACHE_BYTES = 8 << 20
-
-#: Above this many frames the sorting network grows large; ``np.sort`` along the frames is used.
-_NETWORK_MAX_FRAMES = 48
 
 #: Above this many finite pixels, robust_stats works on a regular subsample of this size.
 ROBUST_STATS_MAX_SAMPLES = 1_000_000
@@ -63,104 +62,6 @@ def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
         if a.shape != shape:
             raise ValueError(f"frame {i} has shape {a.shape}, frame 0 has {shape}")
     return arrays
-
-
-def _median_of_sorted(srt: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Median along axis 0 of an array sorted along axis 0 with NaNs last; ``n`` valid per pixel."""
-    lo = np.maximum((n - 1) // 2, 0)[None]
-    hi = np.maximum(n // 2, 0)[None]
-    a = np.take_along_axis(srt, lo, axis=0)[0]
-    b = np.take_along_axis(srt, hi, axis=0)[0]
-    med = (a + b) * srt.dtype.type(0.5)
-    med[n == 0] = np.nan
-    return med
-
-
-@functools.lru_cache(maxsize=64)
-def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
-    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort for ``n`` inputs.
-
-    Built for the next power of two and pruned of every comparator that touches an index >= n
-    (those inputs are +inf padding, which such a comparator never moves).
-    """
-    size = 1
-    while size < n:
-        size *= 2
-    pairs: list[tuple[int, int]] = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    a, b = i + j, i + j + k
-                    if a // (2 * p) == b // (2 * p) and b < n:
-                        pairs.append((a, b))
-            k //= 2
-        p *= 2
-    return tuple(pairs)
-
-
-def _sorted_planes(stack: np.ndarray) -> list[np.ndarray]:
-    """The planes of a (nframes, ...) float32 stack sorted along axis 0, NaN last (as +inf).
-
-    Elementwise min/max over whole planes (a sorting network) instead of ``np.sort`` along the
-    strided frame axis: the same order statistics, many times faster for a handful of frames.
-    A NaN sorts as +inf; callers select only among the first ``n`` valid values per pixel, so
-    the result equals that of ``np.sort`` (NaNs last).
-    """
-    planes = [np.array(p, dtype=np.float32, copy=True) for p in stack]
-    for p in planes:
-        np.copyto(p, np.float32(np.inf), where=np.isnan(p))
-    tmp = np.empty_like(planes[0])
-    for i, j in _sorting_network(len(planes)):
-        a, b = planes[i], planes[j]
-        np.minimum(a, b, out=tmp)
-        np.maximum(a, b, out=b)
-        planes[i], tmp = tmp, a
-    return planes
-
-
-def _median_valid(stack: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """NaN-ignoring median along axis 0 with ``n`` valid values per pixel (NaN where n == 0).
-
-    Equal to ``_median_of_sorted(np.sort(stack, axis=0), n)``.
-    """
-    nframes = stack.shape[0]
-    if nframes > _NETWORK_MAX_FRAMES:
-        return _median_of_sorted(np.sort(stack, axis=0), n)
-    planes = _sorted_planes(stack)
-    if np.all(n == nframes):
-        med = (planes[(nframes - 1) // 2] + planes[nframes // 2]) * np.float32(0.5)
-        return med
-    lo_i = np.maximum((n - 1) // 2, 0)
-    hi_i = np.maximum(n // 2, 0)
-    a = planes[0].copy()
-    b = planes[0].copy()
-    for k in range(1, nframes // 2 + 1):
-        np.copyto(a, planes[k], where=lo_i == k)
-        np.copyto(b, planes[k], where=hi_i == k)
-    med = (a + b) * np.float32(0.5)
-    med[n == 0] = np.nan
-    return med
-
-
-def _count_valid(stack: np.ndarray) -> np.ndarray:
-    n = np.zeros(stack.shape[1:], dtype=np.int64)
-    for plane in stack:
-        n += ~np.isnan(plane)
-    return n
-
-
-def _mean_valid(stack: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """NaN-ignoring mean along axis 0, accumulated frame by frame in float64 (order fixed)."""
-    acc = np.zeros(stack.shape[1:], dtype=np.float64)
-    for plane in stack:
-        acc += np.where(np.isnan(plane), 0.0, plane)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = acc / n
-    out[n == 0] = np.nan
-    return out
 
 
 def _spread_floor(arrays: Sequence[np.ndarray], factors: np.ndarray | None, *, rows: int = 32) -> float:
@@ -194,102 +95,8 @@ def _combine_strip(stack: np.ndarray, method: str, sigma: float, maxiters: int,
         n = _count_valid(stack)
         return _median_valid(stack, n), n
     shape = stack.shape[1:]
-    values, n = _sigma_clip(stack.reshape(stack.shape[0], -1), sigma, maxiters, floor)
+    values, n = sigma_clip(stack.reshape(stack.shape[0], -1), sigma, maxiters, floor)
     return values.reshape(shape), n.reshape(shape)
-
-
-def _kept_mean(original: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean along axis 0 of the kept values of (nframes, npix) ``original`` (float64, NaN where
-    none is kept; summed frame by frame in a fixed order) and the number kept."""
-    n = np.zeros(original.shape[1:], dtype=np.int64)
-    acc = np.zeros(original.shape[1:], dtype=np.float64)
-    for plane, k in zip(original, keep, strict=True):
-        n += k
-        np.add(acc, plane, out=acc, where=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = acc / n
-    mean[n == 0] = np.nan
-    return mean, n
-
-
-def _clip_about_mean(original: np.ndarray, keep: np.ndarray, sigma: float,
-                     floor: float) -> np.ndarray:
-    """One later pass of the sigma clipping on (nframes, npix) values: the values to keep."""
-    centre, n = _kept_mean(original, keep)
-    acc = np.zeros(original.shape[1:], dtype=np.float64)
-    diff = np.empty(original.shape[1:], dtype=np.float64)
-    for plane, k in zip(original, keep, strict=True):
-        np.subtract(plane, centre, out=diff)
-        np.multiply(diff, diff, out=diff)
-        np.add(acc, diff, out=acc, where=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spread = np.sqrt(acc / (n - 1)).astype(np.float32)
-    centre = centre.astype(np.float32)
-    if floor > 0:
-        spread = np.maximum(spread, np.float32(floor))
-    limit = np.float32(sigma) * spread
-    with np.errstate(invalid="ignore"):
-        return ~np.isnan(original) & ~(np.abs(original - centre) > limit)
-
-
-def _sigma_clip(original: np.ndarray, sigma: float, maxiters: int,
-                floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clipped mean along axis 0 of a (nframes, npix) float32 array (not modified)."""
-    return _kept_mean(original, clip_keep(original, sigma, maxiters, floor))
-
-
-def clip_keep(original: np.ndarray, sigma: float, maxiters: int, floor: float) -> np.ndarray:
-    """The values the sigma clipping keeps, (nframes, npix) bool, of a float32 array (not modified).
-
-    The first pass clips about the median with a spread from the MAD, robust to a cosmic ray
-    among a handful of frames; later passes clip about the mean of the values kept with their
-    standard deviation, and every pass judges all the original values again (a value clipped
-    by the first, noisy MAD estimate can come back). With the MAD alone the clipping of N=9
-    Gaussian values throws away good data (efficiency ~0.80). Stops when a pass changes nothing.
-
-    Each pixel's passes depend only on its own values, so from the third pass on only the
-    pixels whose kept set changed in the previous pass are recomputed (a pixel whose set did
-    not change would repeat the same mean/std pass forever); the result is that of running
-    every pass over every pixel.
-    """
-    valid = ~np.isnan(original)
-    keep = valid
-    for iteration in range(maxiters):
-        if iteration == 0:
-            n = np.zeros(original.shape[1:], dtype=np.int64)
-            for v in valid:
-                n += v
-            centre = _median_valid(original, n)
-            deviation = np.abs(original - centre)
-            spread = MAD_TO_SIGMA * _median_valid(deviation, n)
-            # Per-pixel spreads from a handful of values scatter widely (+-25 % at N=9); a pixel
-            # whose estimate came out low would lose good values. Floor it at the frames' typical
-            # spread: background pixels share one noise level, brighter pixels keep their own.
-            if floor > 0:
-                spread = np.maximum(spread, np.float32(floor))
-            with np.errstate(invalid="ignore"):
-                new = valid & ~(deviation > np.float32(sigma) * spread)
-            del deviation
-            if np.array_equal(new, keep):
-                break
-            keep = new
-            active = None
-        elif active is None:  # the second pass, over every pixel
-            new = _clip_about_mean(original, keep, sigma, floor)
-            changed = np.flatnonzero(np.any(new != keep, axis=0))
-            keep = new
-            if changed.size == 0:
-                break
-            active = changed
-        else:  # later passes: only the pixels whose kept set just changed
-            sub_keep = keep[:, active]
-            new = _clip_about_mean(original[:, active], sub_keep, sigma, floor)
-            changed = np.any(new != sub_keep, axis=0)
-            keep[:, active] = new
-            active = active[changed]
-            if active.size == 0:
-                break
-    return keep
 
 
 def _checked_method(method: str, sigma: float, maxiters: int) -> str:
