@@ -262,6 +262,25 @@ def test_sigma_clip_matches_astropy_on_its_first_iteration():
     assert np.allclose(ours, ref.mean(axis=0).filled(np.nan), atol=1e-5)
 
 
+@pytest.mark.parametrize("maxiters", [1, 2, 3, 5, 10])
+def test_sigma_clip_mean_is_the_mean_of_the_values_kept(maxiters):
+    """The clipped mean, reused from the passes wherever a pixel's last pass changed nothing, is
+    bit for bit the float64 mean of the values the clipping keeps (NaN where none is kept)."""
+    from ccdwatch import rejection
+
+    rng = np.random.default_rng(maxiters)
+    values = rng.normal(100.0, 5.0, size=(9, 20000)).astype(np.float32)
+    values[rng.random(values.shape) < 0.05] = np.nan
+    values[rng.random(values.shape) < 0.05] += 60.0  # outliers: passes that change kept sets
+    values[:, :50] = np.nan  # pixels with no value
+    mean, count = rejection.sigma_clip(values, 1.5, maxiters, 2.0)
+    keep = rejection.clip_keep(values, 1.5, maxiters, 2.0)
+    ref_mean, ref_count = rejection.kept_mean(values, keep)
+    assert np.array_equal(count, ref_count) and np.array_equal(count, keep.sum(axis=0))
+    assert np.array_equal(mean, ref_mean, equal_nan=True) and mean.dtype == np.float64
+    assert np.isnan(mean[:50]).all() and not np.isnan(mean[50:]).any()
+
+
 @pytest.mark.parametrize("method", ["mean", "median", "sigma_clip"])
 def test_combine_in_strips_equals_combine_at_once(method):
     frames = _numbered_frames(n=9, shape=(61, 37), seed=4)
