@@ -383,7 +383,8 @@ def calibrate(
     return out
 
 
-def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0) -> np.ndarray:
+def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0,
+                   stats: tuple[float, float] | None = None) -> np.ndarray:
     """Pixels whose dark signal lies more than ``nsigma`` robust sigmas above the median.
 
     Parameters
@@ -392,6 +393,8 @@ def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0) -> np.ndarray
         Bias-subtracted master dark, ADU.
     nsigma : float
         Threshold in units of 1.4826 x MAD of the master dark.
+    stats : (median, sigma), optional
+        ``robust_stats(master_dark)`` when the caller has it already.
 
     Returns
     -------
@@ -399,7 +402,7 @@ def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0) -> np.ndarray
         bool, True for hot pixels. NaN pixels are not flagged.
     """
     data = np.asarray(master_dark)
-    median, spread = robust_stats(data)
+    median, spread = robust_stats(data) if stats is None else stats
     if not math.isfinite(median):
         return np.zeros(data.shape, dtype=bool)
     with np.errstate(invalid="ignore"):

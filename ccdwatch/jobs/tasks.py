@@ -8,6 +8,7 @@ write. A file that crashes or hangs the parser can therefore kill a worker but n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -283,12 +284,17 @@ def build_master(spec: MasterSpec) -> MasterResult:
         arrays = [a for a, _ in prepared]
         scales = [k for _, k in prepared] if spec.kind == "flat" and not spec.bayer_pattern else []
         del prepared, first
-        noise_cards = uncertainty.master_cards(spec.kind, arrays, scales, spec.method, bias_path=spec.bias_path,
-                                               measure_gain=spec.measure_gain)
         masters.clear()
         release_masters()  # large masters are not held through the combination
-        combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
-                                            memory_budget=spec.memory_budget, threads=spec.threads))
+        cards = functools.partial(uncertainty.master_cards, spec.kind, arrays, scales, spec.method,
+                                  bias_path=spec.bias_path, measure_gain=spec.measure_gain)
+        # the noise cards (subsamples of <= ~1 M pixels: bounded memory) read the inputs beside the
+        # combination, in one more thread when the job has cores to share; the same values either way
+        with ThreadPoolExecutor(max_workers=1) if spec.threads > 1 else contextlib.nullcontext() as side:
+            pending = side.submit(cards) if side is not None else None
+            combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
+                                                memory_budget=spec.memory_budget, threads=spec.threads))
+            noise_cards = pending.result() if pending is not None else cards()
         del arrays
     if spec.kind == "flat":
         combined = colour.normalise_flat(combined, spec.bayer_pattern)
@@ -298,9 +304,11 @@ def build_master(spec: MasterSpec) -> MasterResult:
 def _write_master(spec: MasterSpec, combined: np.ndarray, cards: dict[str, Any],
                   levels: tuple[float | None, ...] = ()) -> MasterResult:
     """The master's FITS file (image, INPUTS table, hot-pixel map of a dark) and preview."""
-    hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
     pattern = spec.bayer_pattern
     level, noise = colour.mosaic_stats(combined, pattern) if pattern else calib.robust_stats(combined)
+    hot = None
+    if spec.kind == "dark":  # a monochrome dark's statistics are the hot-pixel threshold's: measured once
+        hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma, stats=None if pattern else (level, noise))
     extra = {"HOTPIX": (int(hot.sum()), "hot pixels in the HOTPIX extension")} if hot is not None else {}
     header = to_fits_header({**spec.header, **extra, **cards})
     for ch, (med, sig) in (colour.channel_stats(combined, pattern) if pattern else {}).items():
