@@ -180,6 +180,26 @@ def test_calibrate_equals_the_reference_formula(night):
     assert np.max(np.abs(out - ref)) < 1e-3
 
 
+@pytest.mark.parametrize("raw_dtype", [">u2", "<i2", "u1", ">f4"])
+@pytest.mark.parametrize("master", ["bias", "dark"])
+def test_calibrate_on_one_master_is_the_float64_difference_rounded_once(raw_dtype, master):
+    """A dark's or a flat's input on the bias alone (one subtraction, computed in float32) has the
+    bytes of the float64 difference rounded to float32, out to overflow, subnormals and NaN."""
+    rng = np.random.default_rng(11)
+    if raw_dtype.endswith("f4"):
+        raw = (rng.normal(0.0, 1.0, (64, 80)) * 10.0 ** rng.integers(-40, 38, (64, 80))).astype(raw_dtype)
+        raw[0, :3] = [np.nan, np.inf, 3.4e38]
+    else:
+        info = np.iinfo(np.dtype(raw_dtype))
+        raw = rng.integers(info.min, info.max, (64, 80), endpoint=True).astype(raw_dtype)
+    values = (rng.normal(0.0, 1.0, (64, 80)) * 10.0 ** rng.integers(-44, 38, (64, 80))).astype(np.float32)
+    values[1, :5] = [np.nan, -np.inf, -0.0, 1e-45, -3.4e38]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = calibrate(raw, **{master: values})
+        ref = (raw.astype(np.float64) - values.astype(np.float64)).astype(np.float32)
+    assert out.dtype == np.float32 and np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
 def test_calibrate_agrees_with_ccdproc(night):
     ccdproc = pytest.importorskip("ccdproc")
     import astropy.units as u
