@@ -282,6 +282,22 @@ def test_sigma_clip_matches_astropy_on_its_first_iteration():
     assert np.allclose(ours, ref.mean(axis=0).filled(np.nan), atol=1e-5)
 
 
+def test_network_median_equals_the_median_of_sorted_values():
+    """The pruned sorting network (only the comparators the middle values depend on) gives the
+    bytes of sorting, for every frame count it serves, with and without missing values."""
+    from ccdwatch import rejection
+
+    rng = np.random.default_rng(8)
+    for nframes in range(1, 49):
+        stack = np.round(rng.normal(0.0, 4.0, size=(nframes, 300))).astype(np.float32)
+        for holes in (0.0, 0.3):
+            values = stack.copy()
+            values[rng.random(values.shape) < holes] = np.nan
+            n = rejection.count_valid(values)
+            ref = rejection.median_of_sorted(np.sort(values, axis=0), n)
+            assert np.array_equal(rejection.median_valid(values, n), ref, equal_nan=True), (nframes, holes)
+
+
 @pytest.mark.parametrize("maxiters", [1, 2, 3, 5, 10])
 def test_sigma_clip_mean_is_the_mean_of_the_values_kept(maxiters):
     """The clipped mean, reused from the passes wherever a pixel's last pass changed nothing, is
