@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ccdwatch.orderstats import median_of_sorted as _median_of_sorted
+from ccdwatch.orderstats import median_valid as _median_valid
 from ccdwatch.rejection import MAD_TO_SIGMA, sigma_clip
-from ccdwatch.rejection import clip_keep as clip_keep  # re-exported: where noise.py finds them
+from ccdwatch.rejection import clip_keep as clip_keep  # re-exported: where noise.py finds it
 from ccdwatch.rejection import count_valid as _count_valid
 from ccdwatch.rejection import mean_valid as _mean_valid
-from ccdwatch.rejection import median_of_sorted as _median_of_sorted
-from ccdwatch.rejection import median_valid as _median_valid
 from ccdwatch.scratch import release_pages
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,9 @@ ROBUST_STATS_MAX_SAMPLES = 1_000_000
 
 
 def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
-    """Frames as 2-D arrays of one shape, without copying ndarrays or memmaps."""
-    arrays = [f if isinstance(f, np.ndarray) else np.asarray(f) for f in frames]
+    """Frames as 2-D arrays of one shape, without copying ndarrays, memmaps or `WarpedRows`."""
+    arrays: list[np.ndarray] = [f if isinstance(f, np.ndarray) or getattr(f, "lazy_rows", False)  # type: ignore[misc]
+                                else np.asarray(f) for f in frames]
     if not arrays:
         raise ValueError("combine needs at least one frame")
     if len(shape := arrays[0].shape) != 2:

@@ -166,12 +166,15 @@ class Weighted:
     expmap: np.ndarray
     weights: tuple[float, ...] = ()
     """The frames' weights as used (a missing one replaced by the median)."""
+    covered: np.ndarray | None = None
+    """uint16: the frames with a value at each pixel, before any rejection (``coverage=True``)."""
 
 
 def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarray | float],
                      weights: Sequence[float], exposures: Sequence[float], *, method: str = "sigma_clip",
                      sigma: float = 3.0, maxiters: int = 5, memory_budget: int = 1 << 30,
-                     threads: int = 1, typical: Sequence[float] | None = None) -> Weighted:
+                     threads: int = 1, typical: Sequence[float] | None = None, rows: int | None = None,
+                     coverage: bool = False) -> Weighted:
     """Combine aligned frames with per-frame weights, propagating their variances.
 
     The rejection is `calib.combine`'s (sigma clipping about the median, then the mean; NaN
@@ -182,7 +185,10 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
     the frames' noise taken as independent (frames calibrated with the same masters share the
     masters' noise: a small underestimate). ``variances[i]`` is a per-pixel variance plane of
     frame ``i`` or one number for all its pixels (``typical``: each frame's median variance, if
-    known). Non-finite weights become the median weight.
+    known). Non-finite weights become the median weight. ``rows``: rows combined at once (by
+    default from the budget); fixed by the caller for frames warped as their rows are read
+    (`ccdwatch.stripwarp`), whose strips must not depend on the threads. ``coverage``: also
+    count the frames with a value at each pixel (``covered``).
     """
     method = calib._checked_method(method, sigma, maxiters)
     arrays = calib._as_frames(frames)
@@ -193,7 +199,8 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
     if method == "median":
         w = np.ones(n)
     ny, nx = arrays[0].shape
-    rows = calib._strip_rows(2 * n, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
+    if rows is None:
+        rows = calib._strip_rows(2 * n, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
     floor = calib._spread_floor(arrays, None) if method == "sigma_clip" else 0.0
     excess = 1.0
     if method == "sigma_clip":
@@ -201,7 +208,8 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
             typical = [calib.robust_median(v) if isinstance(v, np.ndarray) else float(v) for v in variances]
         excess = clip_excess(typical, w, sigma=sigma, maxiters=maxiters)
     out = Weighted(np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
-                   np.empty((ny, nx), np.uint16), np.empty((ny, nx), np.float32), tuple(float(x) for x in w))
+                   np.empty((ny, nx), np.uint16), np.empty((ny, nx), np.float32), tuple(float(x) for x in w),
+                   np.empty((ny, nx), np.uint16) if coverage else None)
     starts = list(range(0, ny, rows))
     threads = max(1, min(int(threads), len(starts)))
 
@@ -266,8 +274,8 @@ def _strip(arrays: Sequence[np.ndarray], variances: Sequence[np.ndarray | float]
         np.add(acc, plane if wi == 1.0 else plane * wi, out=acc, where=k)
         np.add(total, wi, out=total, where=k)
         v = variances[i]
-        if isinstance(v, np.ndarray):
-            np.multiply(v[rows], wi * wi, out=vi, dtype=np.float64)
+        if np.ndim(v):  # a plane (or its rows, warped when read)
+            np.multiply(v[rows], wi * wi, out=vi, dtype=np.float64)  # type: ignore[index]
             np.nan_to_num(vi, copy=False, nan=0.0)
             np.add(var, vi, out=var, where=k)
         else:
@@ -289,3 +297,5 @@ def _strip(arrays: Sequence[np.ndarray], variances: Sequence[np.ndarray | float]
     out.sigma[rows] = np.sqrt(var)
     out.used[rows] = used
     out.expmap[rows] = expo
+    if out.covered is not None:
+        out.covered[rows] = np.count_nonzero(~np.isnan(work), axis=0)

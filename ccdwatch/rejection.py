@@ -1,124 +1,21 @@
-"""Order statistics and sigma clipping along the frames of a stack, pixel by pixel.
+"""Sigma clipping along the frames of a stack, pixel by pixel.
 
 The numerics under `ccdwatch.calib.combine` (masters) and `ccdwatch.noise.combine_weighted`
-(stacks): NaN-ignoring medians by a sorting network over whole planes, means accumulated frame
-by frame in float64 (a fixed order: the same bytes whatever the strip size or thread count), and
-the clipping's kept sets. Pure functions; no input is modified.
+(stacks): counts and means accumulated frame by frame in float64 (a fixed order: the same bytes
+whatever the strip size or thread count), and the clipping's kept sets (the medians are
+`ccdwatch.orderstats`'). Pure functions; no input is modified.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-__all__ = ["MAD_TO_SIGMA", "clip_keep", "count_valid", "kept_mean", "mean_valid", "median_of_sorted", "median_valid",
-           "sigma_clip"]
+from ccdwatch.orderstats import median_and_mad
+
+__all__ = ["MAD_TO_SIGMA", "clip_keep", "count_valid", "kept_mean", "mean_valid", "sigma_clip"]
 
 #: Ratio of the standard deviation to the median absolute deviation of a normal distribution.
 MAD_TO_SIGMA = 1.482602218505602
-
-#: Above this many frames the sorting network grows large; ``np.sort`` along the frames is used.
-_NETWORK_MAX_FRAMES = 48
-
-
-def median_of_sorted(srt: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Median along axis 0 of an array sorted along axis 0 with NaNs last; ``n`` valid per pixel."""
-    lo = np.maximum((n - 1) // 2, 0)[None]
-    hi = np.maximum(n // 2, 0)[None]
-    a = np.take_along_axis(srt, lo, axis=0)[0]
-    b = np.take_along_axis(srt, hi, axis=0)[0]
-    med = (a + b) * srt.dtype.type(0.5)
-    med[n == 0] = np.nan
-    return med
-
-
-@functools.lru_cache(maxsize=64)
-def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
-    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort for ``n`` inputs.
-
-    Built for the next power of two and pruned of every comparator that touches an index >= n
-    (those inputs are +inf padding, which such a comparator never moves).
-    """
-    size = 1
-    while size < n:
-        size *= 2
-    pairs: list[tuple[int, int]] = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    a, b = i + j, i + j + k
-                    if a // (2 * p) == b // (2 * p) and b < n:
-                        pairs.append((a, b))
-            k //= 2
-        p *= 2
-    return tuple(pairs)
-
-
-@functools.lru_cache(maxsize=256)
-def _selection_network(n: int, outputs: tuple[int, ...]) -> tuple[tuple[int, int, bool, bool], ...]:
-    """The comparators of `_sorting_network` that the sorted values at ``outputs`` depend on, each
-    ``(i, j, min needed, max needed)``: the others compute values nothing reads (the median of 10
-    frames needs 50 of the network's 64 minima and maxima)."""
-    live, kept = set(outputs), []
-    for i, j in reversed(_sorting_network(n)):
-        if i in live or j in live:
-            kept.append((i, j, i in live, j in live))
-            live |= {i, j}
-    return tuple(reversed(kept))
-
-
-def _sorted_planes(stack: np.ndarray, outputs: tuple[int, ...], *, nan: bool = True) -> list[np.ndarray]:
-    """The planes of a (nframes, ...) float32 stack sorted along axis 0, NaN last (as +inf): those
-    at the positions ``outputs`` (the others are left partly sorted). ``nan=False``: none is NaN.
-
-    Elementwise min/max over whole planes (a sorting network) instead of ``np.sort`` along the
-    strided frame axis: the same order statistics, many times faster for a handful of frames.
-    A NaN sorts as +inf; callers select only among the first ``n`` valid values per pixel, so
-    the result equals that of ``np.sort`` (NaNs last).
-    """
-    planes = [np.array(p, dtype=np.float32, copy=True) for p in stack]
-    for p in planes if nan else ():
-        np.copyto(p, np.float32(np.inf), where=np.isnan(p))
-    tmp = np.empty_like(planes[0])
-    for i, j, low, high in _selection_network(len(planes), outputs):
-        a, b = planes[i], planes[j]
-        if low and high:
-            np.minimum(a, b, out=tmp)
-            np.maximum(a, b, out=b)
-            planes[i], tmp = tmp, a
-        elif low:
-            np.minimum(a, b, out=a)
-        else:
-            np.maximum(a, b, out=b)
-    return planes
-
-
-def median_valid(stack: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """NaN-ignoring median along axis 0 with ``n`` valid values per pixel (NaN where n == 0).
-
-    Equal to ``median_of_sorted(np.sort(stack, axis=0), n)``.
-    """
-    nframes = stack.shape[0]
-    if nframes > _NETWORK_MAX_FRAMES:
-        return median_of_sorted(np.sort(stack, axis=0), n)
-    if np.all(n == nframes):  # no NaN: the middle two only
-        planes = _sorted_planes(stack, ((nframes - 1) // 2, nframes // 2), nan=False)
-        return (planes[(nframes - 1) // 2] + planes[nframes // 2]) * np.float32(0.5)
-    planes = _sorted_planes(stack, tuple(range(nframes // 2 + 1)))
-    lo_i = np.maximum((n - 1) // 2, 0)
-    hi_i = np.maximum(n // 2, 0)
-    a = planes[0].copy()
-    b = planes[0].copy()
-    for k in range(1, nframes // 2 + 1):
-        np.copyto(a, planes[k], where=lo_i == k)
-        np.copyto(b, planes[k], where=hi_i == k)
-    med = (a + b) * np.float32(0.5)
-    med[n == 0] = np.nan
-    return med
 
 
 def _count(mask: np.ndarray) -> np.ndarray:
@@ -227,9 +124,9 @@ def _clip(original: np.ndarray, sigma: float, maxiters: int,
     for iteration in range(maxiters):
         if iteration == 0:
             n = _count(valid)
-            centre = median_valid(original, n)
+            centre, mad = median_and_mad(original, n)
             deviation = np.abs(original - centre)
-            spread = MAD_TO_SIGMA * median_valid(deviation, n)
+            spread = MAD_TO_SIGMA * mad
             # Per-pixel spreads from a handful of values scatter widely (+-25 % at N=9); a pixel
             # whose estimate came out low would lose good values. Floor it at the frames' typical
             # spread: background pixels share one noise level, brighter pixels keep their own.

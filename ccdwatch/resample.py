@@ -27,17 +27,19 @@ def _touched_by_missing(
     a: np.ndarray,
     offset: np.ndarray,
     output_shape: tuple[int, int],
+    where: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Output pixels (rows, cols) whose bilinear interpolation gives a missing input pixel a
     weight above 1e-6: the same pixels as bilinearly warping the missing mask and thresholding
     it at 1e-6, found from the (few) missing pixels instead of resampling a whole mask frame.
 
     ``m`` maps frame (x, y) to reference (x, y); ``a`` and ``offset`` map output (row, col) to
-    input (row, col) as for `scipy.ndimage.affine_transform`.
+    input (row, col) as for `scipy.ndimage.affine_transform`; ``where``: the missing pixels' (rows,
+    cols), if already found.
     """
     ny_in, nx_in = missing.shape
     ny_out, nx_out = output_shape
-    rows, cols = np.nonzero(missing)
+    rows, cols = where if where is not None else np.nonzero(missing)
     # an output pixel uses input pixels less than 1 px away along each axis: after a similarity
     # of scale ~1 it lies within 2 px of the forward-mapped missing pixel
     xo = m[0, 0] * cols + m[0, 1] * rows + m[0, 2]
@@ -68,6 +70,11 @@ def _touched_by_missing(
             weight += np.where(missing[ty, tx], wy * wx, 0.0)
     hit = weight > 1e-6
     return r_out[hit], c_out[hit]
+
+
+def _few(missing: np.ndarray) -> int:
+    """Up to this many missing pixels are handled one by one (hot pixels), more with whole-frame filters."""
+    return max(4096, missing.size // 64)
 
 
 def _footprint_bounds(inv: np.ndarray, ny_out: int, shape_in: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,35 +110,42 @@ _CV_METHODS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "lanczo
 METHODS = tuple(_CV_METHODS)
 
 
-def _filled(src: np.ndarray, missing: np.ndarray, n_missing: int, *, local: bool) -> np.ndarray:
-    """``src`` with its missing pixels filled: by the frame's (subsampled) median, which reaches
-    only output pixels that are blanked anyway (bilinear), or (``local``: kernels wider than the
-    blanked footprint) by the mean of the valid pixels in the 5x5 box around each."""
-    sample = src[::4, ::4]
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        sample = src[np.isfinite(src)]
-    fill = np.float32(np.median(sample)) if sample.size else np.float32(0.0)
-    out = np.where(missing, fill, src)
+def _filled(src: np.ndarray, missing: np.ndarray, n_missing: int, *, local: bool,
+            where: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``src`` with its missing pixels filled: by zero, which reaches only output pixels that are
+    blanked anyway (bilinear: OpenCV's weights are multiples of 1/1024, so a pixel they give any
+    weight to is one `_touched_by_missing` finds), or (``local``: kernels wider than the blanked
+    footprint) by the mean of the valid pixels in the 5x5 box around each (the frame's subsampled
+    median where the box has none)."""
+    out = np.where(missing, np.float32(0.0), src)
     if not local:
         return out
     if n_missing > missing.size // 64:  # many: two box filters over the frame
-        total = cv2.boxFilter(np.where(missing, np.float32(0.0), src), -1, (5, 5), normalize=False,
-                              borderType=cv2.BORDER_CONSTANT)
+        total = cv2.boxFilter(out, -1, (5, 5), normalize=False, borderType=cv2.BORDER_CONSTANT)
         count = cv2.boxFilter((~missing).astype(np.float32), -1, (5, 5), normalize=False,
                               borderType=cv2.BORDER_CONSTANT)
-        local_mean = np.where(count > 0, total / np.maximum(count, 1.0), fill)
+        local_mean = np.where(count > 0, total / np.maximum(count, 1.0), _median_fill(src) if (count == 0).any() else 0)
         return np.where(missing, local_mean, out).astype(np.float32)
     ny, nx = src.shape
-    rows, cols = np.nonzero(missing)
+    rows, cols = where if where is not None else np.nonzero(missing)
     d = np.arange(-2, 3)
     yy = np.clip(rows[:, None, None] + d[None, :, None], 0, ny - 1)
     xx = np.clip(cols[:, None, None] + d[None, None, :], 0, nx - 1)
     weight = ~missing[yy, xx].reshape(len(rows), -1)
     total = (out[yy, xx].reshape(len(rows), -1) * weight).sum(axis=1)
     count = weight.sum(axis=1)
-    out[rows, cols] = np.where(count > 0, total / np.maximum(count, 1.0), fill)
+    none = count == 0
+    out[rows, cols] = np.where(none, _median_fill(src) if none.any() else 0, total / np.maximum(count, 1.0))
     return out
+
+
+def _median_fill(src: np.ndarray) -> np.float32:
+    """The frame's median (of every 4th pixel each way, the finite ones; 0 if none is finite)."""
+    sample = src[::4, ::4]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        sample = src[np.isfinite(src)]
+    return np.float32(np.median(sample)) if sample.size else np.float32(0.0)
 
 
 def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, int],
@@ -185,11 +199,12 @@ def _blank_outside(out: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
 
 
 def _blank_missing(out: np.ndarray, missing: np.ndarray, n_missing: int, m: np.ndarray, a: np.ndarray,
-                   offset: np.ndarray, shape: tuple[int, int], *, direct: bool) -> None:
+                   offset: np.ndarray, shape: tuple[int, int], *, direct: bool,
+                   where: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Set to NaN every output pixel whose interpolation touches a missing input pixel."""
-    if direct and n_missing <= max(4096, missing.size // 64):
+    if direct and n_missing <= _few(missing):
         # few missing pixels (hot pixels): find the output pixels they reach directly
-        out[_touched_by_missing(missing, m, a, offset, shape)] = np.nan
+        out[_touched_by_missing(missing, m, a, offset, shape, where)] = np.nan
         return
     from scipy import ndimage
 
@@ -248,8 +263,10 @@ def warp(
     n_missing = int(np.count_nonzero(missing))
     if method not in _CV_METHODS:
         raise ValueError(f"unknown warp method {method!r}; use one of {', '.join(_CV_METHODS)}")
+    # few missing pixels (hot pixels): found once, for the fill and the blanking
+    where = np.divmod(np.flatnonzero(missing), src.shape[1]) if 0 < n_missing <= _few(missing) else None
     if n_missing:
-        src = _filled(src, missing, n_missing, local=method != "bilinear")
+        src = _filled(src, missing, n_missing, local=method != "bilinear", where=where)
     if method != "bilinear":
         # only the output pixels whose bilinear footprint covers a missing pixel are blanked (as
         # for bilinear: holes no larger than the kernel's core); the rest of the kernel's support
@@ -272,7 +289,8 @@ def warp(
             prefilter=True,
         )
     if n_missing:
-        _blank_missing(out, missing, n_missing, m, a, offset, shape, direct=order == 1 or method != "bilinear")
+        _blank_missing(out, missing, n_missing, m, a, offset, shape, direct=order == 1 or method != "bilinear",
+                       where=where)
     area = abs(float(np.linalg.det(m[:2, :2])))
     if abs(area - 1.0) > 1e-9:
         out /= np.float32(area)

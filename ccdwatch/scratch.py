@@ -110,8 +110,9 @@ def _mmap_of(array: np.ndarray) -> mmap.mmap | None:
     return base if isinstance(base, mmap.mmap) and hasattr(base, "madvise") else None
 
 
-def release_pages(array: np.ndarray) -> None:
-    """Drop the resident pages of ``array`` when it is a read-only memmap.
+def release_pages(array: np.ndarray, rows: tuple[int, int] | None = None) -> None:
+    """Drop the resident pages of ``array`` (of its ``rows`` only: the whole pages within them)
+    when it is a read-only memmap (as made by ``np.memmap``, not a view of one).
 
     File pages touched through a memory map count towards the process's resident set (and the
     kernel may map whole large folios around each fault). Dropping the mapping's pages after each
@@ -123,6 +124,15 @@ def release_pages(array: np.ndarray) -> None:
     if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
     try:
-        mm.madvise(mmap.MADV_DONTNEED)
+        if rows is None:
+            mm.madvise(mmap.MADV_DONTNEED)
+            return
+        # np.memmap maps from its offset rounded down to the allocation granularity
+        skip = int(getattr(array, "offset", 0)) % mmap.ALLOCATIONGRANULARITY
+        start = skip + rows[0] * array.strides[0]
+        start -= start % mmap.PAGESIZE
+        stop = min(len(mm), skip + rows[1] * array.strides[0])
+        if stop > start:
+            mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
     except (ValueError, OSError) as exc:  # best effort only
         logger.debug("could not release memmap pages: %s", exc)

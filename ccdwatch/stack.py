@@ -27,6 +27,7 @@ from ccdwatch import calib, noise
 from ccdwatch.align import AlignmentError, Transform, find_transform, warp
 from ccdwatch.qa import Sources
 from ccdwatch.scratch import ScratchArrays
+from ccdwatch.stripwarp import MappedFrame, WarpedRows, frame_levels, strip_rows
 
 if TYPE_CHECKING:  # at run time through `__getattr__`
     from ccdwatch.previews import preview_stretch
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AlignmentError",
+    "MappedFrame",
     "StackResult",
     "Transform",
     "align_and_stack",
@@ -121,62 +123,59 @@ def align_and_stack(
     weights: str = "none",
     exposures: Mapping[int, float] | None = None,
     fwhm: Mapping[int, float] | None = None,
+    mapped: Mapping[int, MappedFrame] | None = None,
 ) -> StackResult:
     """Align frames onto a reference and combine them.
 
-    Frames are loaded one at a time, aligned with `find_transform` (from the precomputed
-    source lists), masked pixels set to NaN and warped with `warp`. The warped frames are kept
-    in memory when all of them take at most half of ``memory_budget``; otherwise they are
-    written as float32 ``.npy`` files into a private temporary directory under ``workdir`` and
-    combined through read-only memory maps, then deleted.
+    Frames are aligned with `find_transform` (from the precomputed source lists), masked pixels
+    set to NaN and warped with `warp`: with ``mapped``, each strip as the combination reads it
+    (`ccdwatch.stripwarp`: nothing warped ahead, no scratch file); else loaded one at a time and
+    warped whole, kept in memory when all take at most half of ``memory_budget``, otherwise in
+    float32 ``.npy`` scratch files under ``workdir``, combined through read-only memory maps.
 
     Parameters
     ----------
-    ids : sequence of int
-        Frames to stack; must contain ``reference``.
+    ids, reference : sequence of int, int
+        Frames to stack; the one whose pixel grid the stack uses (among ``ids``).
     load : callable
         ``load(id)`` returns the calibrated frame as a 2-D array (not modified).
     sources : mapping
         Frame id -> `Sources` from `ccdwatch.qa.measure`; must contain ``reference``.
-    reference : int
-        Id of the frame whose pixel grid the stack uses.
     masks : mapping, optional
-        Frame id -> boolean mask (True = bad pixel, e.g. hot pixels) or None. Masked pixels
-        become NaN before warping, so they never reach the stack.
-    method, sigma, memory_budget
-        Combination method, clipping threshold (``sigma_clip``) and bytes for `ccdwatch.calib.combine`.
-    workdir, order
-        Directory for the scratch files (on the products' disk); spline order of a bilinear `warp`.
-    match_background : bool
-        Subtract from each frame the difference between its sky level and the reference's
-        (additive offset) before combining, so that a changing sky does not bias the clipping.
-    threads : int
-        Threads reading and warping frames (when they fit the budget) and combining; same result.
+        Frame id -> boolean mask (True = bad pixel, e.g. hot pixels) or None: NaN before warping.
+    method, sigma, memory_budget, workdir, order
+        Combination method, clipping threshold (``sigma_clip``), bytes for `ccdwatch.calib.combine`,
+        directory for the scratch files (the products' disk), spline order of a bilinear `warp`.
+    match_background, threads
+        Subtract each frame's sky level less the reference's before combining (a changing sky
+        must not bias the clipping); threads reading, warping and combining (same result).
     planes : callable, optional
         ``planes(frame)`` splits a loaded (and masked) frame into planes of its shape, e.g.
         `ccdwatch.colour.demosaic` for a colour mosaic (R, G, B): each plane is warped with the
         frame's transform, has its own sky offset removed and is combined on its own.
     interpolation : {"bicubic", "lanczos", "bilinear"}
-        `warp`'s kernel (``stack.interpolation``; bicubic: Lanczos's sharpness at bilinear's cost).
+        `warp`'s kernel (``stack.interpolation``).
     variance, weights, exposures, fwhm
         ``variance(id)`` (after ``load(id)``): the frame's per-pixel variance, warped like it, or None
         (then, and for planes, its robust sky variance); weights "ivar", "quality" or "none"
         (`ccdwatch.noise.frame_weight`, ``fwhm``: id -> px); ``exposures``: id -> s (exposure map).
+    mapped : mapping, optional
+        Frame id -> `ccdwatch.stripwarp.MappedFrame` (image, bad pixels, UNCERT; memory maps of
+        the products) of every frame; unused with ``planes``, else ``load``, ``masks`` and ``variance`` are.
 
-    Returns
-    -------
-    StackResult
-
-    Raises
-    ------
-    ValueError
-        If ``reference`` is not among ``ids`` or has no source list, or nothing can be stacked.
+    Returns a `StackResult`; raises ValueError if ``reference`` is not among ``ids`` or has no
+    source list, or nothing can be stacked.
     """
     ids = list(dict.fromkeys(ids))
     if reference not in ids:
         raise ValueError(f"reference {reference} is not among the frames to stack")
     if reference not in sources:
         raise ValueError(f"no source list for the reference frame {reference}")
+    if mapped is not None and planes is None:
+        return _stack_in_strips(ids, mapped, sources, reference, method=method, sigma=sigma,
+                                memory_budget=memory_budget, order=order, match_background=match_background,
+                                threads=threads, interpolation=interpolation, weights=weights,
+                                exposures=exposures or {}, fwhm=fwhm or {})
     # all warped frames (and variances) in RAM when they take <= 1/2 of the budget, else memory-mapped
     # files; the frames in flight (`_align_group`) and the combination's strips take the other half
     n_arrays = len(ids) * (3 if planes is not None else 2 if variance is not None else 1)
@@ -204,10 +203,31 @@ def align_and_stack(
     )
 
 
+def _stack_in_strips(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sources: Mapping[int, Sources],
+                     reference: int, *, method: str, sigma: float, memory_budget: int, order: int,
+                     match_background: bool, threads: int, interpolation: str, weights: str,
+                     exposures: Mapping[int, float], fwhm: Mapping[int, float]) -> StackResult:
+    """`align_and_stack` of frames mapped where they lie, each strip warped as it is combined."""
+    group = _strip_group(ids, mapped, sources, reference, interpolation=interpolation, order=order,
+                         match_background=match_background, threads=threads)
+    logger.info("stacking %d of %d frames onto %s (%s, warped strip by strip)", len(group.frames[0]), len(ids),
+                reference, method)
+    ny, nx = mapped[reference].shape
+    combined = _combine_group(group, method=method, sigma=sigma, memory_budget=memory_budget, threads=threads,
+                              weights=weights, exposures=exposures, fwhm=fwhm,
+                              rows=strip_rows(len(group.transforms), nx, ny))[0]
+    assert combined.covered is not None  # counted for strips (``rows``)
+    return StackResult(image=combined.image, count=combined.covered, used=combined.used, transforms=group.transforms,
+                       failed=group.failed, reference=reference, offsets=group.offsets, sigma=combined.sigma,
+                       expmap=combined.expmap, weights=group.weights)
+
+
 def _combine_group(group: _AlignedGroup, *, method: str, sigma: float, memory_budget: int, threads: int,
-                   weights: str, exposures: Mapping[int, float], fwhm: Mapping[int, float]) -> list[noise.Weighted]:
+                   weights: str, exposures: Mapping[int, float], fwhm: Mapping[int, float],
+                   rows: int | None = None) -> list[noise.Weighted]:
     """Combine each plane of the aligned ``group`` with the frames' weights (recorded in
-    ``group.weights``, of the first plane); the warped frames are let go as each plane is done."""
+    ``group.weights``, of the first plane); the warped frames are let go as each plane is done.
+    ``rows``: fixed strips, for frames warped as they are read (their coverage is then counted)."""
     stacked = list(group.transforms)  # the frames combined, in order
     times = [float(exposures.get(i) or 0.0) for i in stacked]
     out = []
@@ -216,7 +236,8 @@ def _combine_group(group: _AlignedGroup, *, method: str, sigma: float, memory_bu
         typical = group.typical[k]
         w = [noise.frame_weight(weights, t, fwhm.get(i)) for i, t in zip(stacked, typical, strict=True)]
         out.append(noise.combine_weighted(frames, var, w, times, method=method, sigma=sigma,
-                                          memory_budget=memory_budget, threads=threads, typical=typical))
+                                          memory_budget=memory_budget, threads=threads, typical=typical,
+                                          rows=rows, coverage=rows is not None))
         if k == 0:
             group.weights = dict(zip(stacked, out[0].weights, strict=True))
         frames.clear()
@@ -331,6 +352,41 @@ def _align_group(
     return group
 
 
+def _strip_group(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sources: Mapping[int, Sources],
+                 reference: int, *, interpolation: str, order: int, match_background: bool,
+                 threads: int) -> _AlignedGroup:
+    """The group as frames warped strip by strip when read (`ccdwatch.stripwarp`): transforms
+    found in order, the reference first; each frame's sky level and typical variance measured
+    on its unwarped pixels (in ``threads``), so nothing is warped before the combination."""
+    group = _AlignedGroup()
+    order_ids = [reference] + [i for i in ids if i != reference]
+    transforms = {i: t for i in order_ids if (t := _frame_transform(i, reference, sources, group.failed)) is not None}
+    kept = [i for i in order_ids if i in transforms]
+    levels = frame_levels([mapped[i] for i in kept], threads=threads)
+    shape = mapped[reference].shape
+    ref_sky = levels[0][0]
+    frames: list[np.ndarray] = []
+    variances: list[np.ndarray | float] = []
+    for i, (level, typical) in zip(kept, levels, strict=True):
+        offset = _sky_offset(level, ref_sky) if match_background else 0.0
+        if match_background:
+            group.offsets[i] = offset
+        frame = mapped[i]
+        frames.append(WarpedRows(frame, transforms[i], shape, method=interpolation, order=order,  # type: ignore[arg-type]
+                                 offset=offset))
+        variances.append(WarpedRows(frame, transforms[i], shape, variance=True)  # type: ignore[arg-type]
+                         if frame.uncert is not None else typical)
+        group.transforms[i] = transforms[i]
+    group.frames, group.variances, group.typical = [frames], [variances], [[t for _, t in levels]]
+    return group
+
+
+def _sky_offset(level: float, ref_sky: float) -> float:
+    """A frame's additive sky offset from the reference's (0 when either level is not finite)."""
+    offset = level - ref_sky
+    return offset if math.isfinite(offset) else 0.0
+
+
 def _prepare(i: int, t: Transform, how: _How, output_shape: tuple[int, int] | None) -> _Warped:
     """Frame ``i`` loaded, masked, split into planes, each plane's sky level, its warp and its
     variance (the frame's UNCERT squared warped bilinearly whatever the frame's kernel, so never
@@ -412,7 +468,7 @@ def _masked_frame(
 def _remove_sky_offset(warped: np.ndarray, level: float, ref_sky: float) -> float:
     """Subtract in place the frame's sky ``level`` minus the reference's from ``warped``; returns
     that additive offset (0 when either level is not finite, and nothing is then subtracted)."""
-    offset = level - ref_sky
-    if math.isfinite(offset) and offset != 0.0:
+    offset = _sky_offset(level, ref_sky)
+    if offset != 0.0:
         warped -= np.float32(offset)
-    return offset if math.isfinite(offset) else 0.0
+    return offset

@@ -285,7 +285,7 @@ def test_sigma_clip_matches_astropy_on_its_first_iteration():
 def test_network_median_equals_the_median_of_sorted_values():
     """The pruned sorting network (only the comparators the middle values depend on) gives the
     bytes of sorting, for every frame count it serves, with and without missing values."""
-    from ccdwatch import rejection
+    from ccdwatch import orderstats, rejection
 
     rng = np.random.default_rng(8)
     for nframes in range(1, 49):
@@ -294,8 +294,8 @@ def test_network_median_equals_the_median_of_sorted_values():
             values = stack.copy()
             values[rng.random(values.shape) < holes] = np.nan
             n = rejection.count_valid(values)
-            ref = rejection.median_of_sorted(np.sort(values, axis=0), n)
-            assert np.array_equal(rejection.median_valid(values, n), ref, equal_nan=True), (nframes, holes)
+            ref = orderstats.median_of_sorted(np.sort(values, axis=0), n)
+            assert np.array_equal(orderstats.median_valid(values, n), ref, equal_nan=True), (nframes, holes)
 
 
 @pytest.mark.parametrize("maxiters", [1, 2, 3, 5, 10])
@@ -499,3 +499,26 @@ def test_combine_stays_within_its_memory_budget(tmp_path):
         assert report["growth"] < allowed, (method, report["growth"] / 2**20)
         expected = float(np.median(row[::50])) + (n - 1) / 2.0
         assert report["median"] == pytest.approx(expected, abs=1.0)
+
+
+@pytest.mark.parametrize("nframes", [3, 4, 5, 9, 10, 16, 40, 47, 60])
+def test_median_and_mad_equal_two_medians(nframes: int) -> None:
+    """The first pass of the sigma clipping takes the median and the MAD from one sort (the MAD
+    as an order statistic of the two sorted lists of deviations): the same values, bit for bit,
+    as two NaN-ignoring medians, with missing values, ties and pixels with no value at all."""
+    from ccdwatch import orderstats
+
+    rng = np.random.default_rng(nframes)
+    x = rng.normal(100.0, 5.0, (nframes, 4000)).astype(np.float32)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    x[:, :3] = np.nan
+    x[:, 5] = 7.0
+    x[: nframes // 2, 6] = np.inf  # saturated stand-ins: still ordered
+    n = (~np.isnan(x)).sum(axis=0)
+    centre, mad = orderstats.median_and_mad(x, n)
+    expected = orderstats.median_valid(x, n)
+    with np.errstate(invalid="ignore"):
+        expected_mad = orderstats.median_valid(np.abs(x - expected), n)
+    assert np.array_equal(centre, expected, equal_nan=True)
+    assert np.array_equal(mad, expected_mad, equal_nan=True)
+    assert np.isnan(centre[:3]).all() and centre[5] == 7.0 and mad[5] == 0.0

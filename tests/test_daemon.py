@@ -370,3 +370,27 @@ def test_sigterm_abandons_a_long_job_promptly(tmp_path):
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
+
+
+def test_the_loop_waits_for_events_no_longer_than_the_next_tick(tmp_path, monkeypatch):
+    """The loop waits for filesystem events up to half the settle time, but never past a due
+    tick: a stack group that closes in 0.1 s is stacked then, not at the end of the wait."""
+    from ccdwatch.catalog import Catalog
+    from ccdwatch.daemon.watch import Watcher
+    from ccdwatch.pipeline import Pipeline
+
+    from .helpers import make_config
+
+    cfg = make_config(tmp_path, workers={"processes": 0}, watch={"settle_seconds": 2.0})
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        watcher = Watcher(cfg, pipe, progress=False)
+        waits: list[float] = []
+        monkeypatch.setattr(watcher, "drain_events", waits.append)
+        monkeypatch.setattr(pipe, "tick", lambda: None)
+        far = time.monotonic() + 3600.0
+        due = {"tick": time.monotonic() + 0.1, "status": far, "snapshot": far, "rescan": far}
+        watcher._iteration(due)
+        due["tick"] = far
+        watcher._iteration(due)
+    assert 0.0 <= waits[0] <= 0.1  # the tick is due in 0.1 s
+    assert waits[1] == 0.5  # nothing due soon: half the settle time, at most 0.5 s

@@ -448,7 +448,8 @@ class Watcher:
     def _iteration(self, due: dict[str, float]) -> None:
         """One pass of the worker loop: events, ingest, periodic work, health signals."""
         wait = 0.0 if self.ready else min(0.5, self.cfg.watch.settle_seconds / 2 or 0.5)
-        self.drain_events(wait)
+        # not past a due tick: a group closing in 0.1 s is stacked then, not after the whole wait
+        self.drain_events(min(wait, max(0.0, due["tick"] - time.monotonic())))
         self.promote_settled()
         self.process_ready(limit=50)
         now = time.monotonic()

@@ -32,7 +32,13 @@ if TYPE_CHECKING:
     from ccdwatch.fitsio.compress import Compression
     from ccdwatch.fitsio.descriptor import BLOCK_SIZE
     from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
-    from ccdwatch.fitsio.product import read_product, read_product_hdus, read_product_table, sha256_file
+    from ccdwatch.fitsio.product import (
+        map_product_planes,
+        read_product,
+        read_product_hdus,
+        read_product_table,
+        sha256_file,
+    )
     from ccdwatch.fitsio.raw import RawFrame, read_raw
     from ccdwatch.fitsio.rejected import RejectedFile
 
@@ -44,14 +50,15 @@ _HOME = {
     "Compression": "compress", "BLOCK_SIZE": "descriptor",
     "TEMP_PREFIX": "names", "fits_suffix": "names", "is_temp_name": "names", "safe_component": "names",
     "safe_product_path": "names",
-    "read_product": "product", "read_product_hdus": "product", "read_product_table": "product",
+    "map_product_planes": "product", "read_product": "product", "read_product_hdus": "product",
+    "read_product_table": "product",
     "sha256_file": "product",
     "RawFrame": "raw", "read_raw": "raw", "RejectedFile": "rejected",
 }
 
 __all__ = [
     "BLOCK_SIZE", "TEMP_PREFIX", "Compression", "DiskFull", "RawFrame", "RejectedFile", "big_endian", "fits_suffix",
-    "is_temp_name",
+    "is_temp_name", "map_product_planes",
     "read_product", "read_product_hdus", "read_product_table", "read_raw", "safe_component", "safe_product_path",
     "sha256_file", "sweep_temp_files", "write_bytes_atomic", "write_product",
 ]

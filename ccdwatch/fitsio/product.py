@@ -14,7 +14,7 @@ from astropy.io import fits
 from ccdwatch.fitsio.compress import expand
 from ccdwatch.fitsio.descriptor import _CHUNK, _kind
 
-__all__ = ["read_product", "read_product_hdus", "read_product_table", "sha256_file"]
+__all__ = ["map_product_planes", "read_product", "read_product_hdus", "read_product_table", "sha256_file"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -89,6 +89,40 @@ def read_product_hdus(path: str | os.PathLike) -> fits.HDUList:
     hdul.close()
     return hdul
 
+
+
+#: numpy types of the FITS image types a product's planes may be mapped with (big-endian, as stored).
+_MAPPABLE = {8: "u1", 16: ">i2", 32: ">i4", -32: ">f4", -64: ">f8"}
+
+
+def map_product_planes(path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Read-only memory maps of a product's primary image (key ``"PRIMARY"``) and of its image
+    extensions ``names`` that exist, as stored (big-endian); nothing is read but the headers.
+    None when the primary image cannot be mapped as it lies (tile-compressed, scaled, not 2-D):
+    read it with `read_product_hdus` instead. The maps stay valid when the file is replaced.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read or parsed.
+    """
+    try:
+        with fits.open(os.fspath(path), mode="readonly", memmap=False, lazy_load_hdus=True) as hdul:
+            where = {"PRIMARY": 0, **{n: i for i, h in enumerate(hdul) if (n := h.name) in names}}
+            found = {}
+            for name, i in where.items():
+                head = hdul[i].header
+                dtype = _MAPPABLE.get(head.get("BITPIX", 0))
+                if (not isinstance(hdul[i], (fits.PrimaryHDU, fits.ImageHDU)) or head.get("NAXIS") != 2
+                        or dtype is None or head.get("BSCALE", 1) != 1 or head.get("BZERO", 0) != 0):
+                    if name == "PRIMARY":
+                        return None
+                    continue
+                found[name] = (dtype, (int(head["NAXIS2"]), int(head["NAXIS1"])), hdul.fileinfo(i)["datLoc"])
+    except (Exception, Warning) as exc:  # noqa: BLE001
+        raise OSError(errno.EIO, f"cannot read product ({type(exc).__name__}: {exc})", os.fspath(path)) from None
+    return {name: np.memmap(os.fspath(path), dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+            for name, (dtype, shape, offset) in found.items()}
 
 
 def read_product_table(path: str | os.PathLike, name: str) -> tuple[fits.FITS_rec, int, fits.Header]:

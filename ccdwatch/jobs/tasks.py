@@ -30,7 +30,6 @@ from ccdwatch.fitsio import (
     RejectedFile,
     big_endian,
     read_product_hdus,
-    read_product_table,
     read_raw,
     write_product,
 )
@@ -43,7 +42,7 @@ from ccdwatch.headers import (
     normalise,
 )
 from ccdwatch.headers.sections import OverscanPlan
-from ccdwatch.jobs import memory, uncertainty
+from ccdwatch.jobs import memory, pool, stackinputs, uncertainty
 from ccdwatch.jobs.raws import RawGone as RawGone  # re-exported: where the pipeline has always found them
 from ccdwatch.jobs.raws import load_raw as load_raw
 from ccdwatch.jobs.raws import overscan_cards
@@ -63,6 +62,7 @@ def _explained(job: Callable[[Any], R]) -> Callable[[Any], R]:
 
     @functools.wraps(job)
     def run(spec: Any) -> R:
+        pool.heap_for(job.__name__, spec)
         memory.room_for(spec, _MASTERS.clear)  # WorkerFull: the pool runs it again on fresh workers
         try:
             return job(spec)
@@ -520,14 +520,6 @@ class StackSpec:
     fwhm: dict[int, float] = field(default_factory=dict)
 
 
-def _masked_image(hdus: fits.HDUList) -> np.ndarray:
-    """A calibrated product's image as a new float32 array, NaN on its bad pixels (BADPIX)."""
-    image = np.array(hdus[0].data, dtype=np.float32, copy=True)
-    if "BADPIX" in hdus:
-        image[np.asarray(hdus["BADPIX"].data).astype(bool)] = np.nan
-    return image
-
-
 @dataclass(frozen=True)
 class StackJobResult:
     sha256: str
@@ -542,44 +534,21 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     """Align the calibrated frames on the reference (sources detected at calibration) and combine."""
     faults.point("stack", spec.out_path)
     use_masters()
-    sources: dict[int, qa.Sources] = {}
-    images: dict[int, np.ndarray] = {}
-    variances: dict[int, np.ndarray | None] = {}  # UNCERT^2 of each frame, from when it is read to its warp
-    units: dict[int, str] = {}
-    keep_images: bool | None = None  # the images read for the source lists, kept if they fit
-    for fid, path in spec.products.items():
-        tab, size, head = read_product_table(path, "SOURCES")  # headers and the table only
-        sources[fid] = qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
-                                  flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
-                                  elongation=np.asarray(tab["ELONGATION"], float))
-        if keep_images is None:  # an eighth of the budget: the warped copies may take half
-            keep_images = size > 0 and size * 8 * len(spec.products) <= spec.memory_budget // 8
-        units[fid] = str(head.get("BUNIT", "adu"))
-        if keep_images:  # the image and its variance (UNCERT squared)
-            hdus = read_product_hdus(path)
-            images[fid] = _masked_image(hdus)
-            variances[fid] = uncertainty.input_variance(hdus, images[fid])
-            del hdus
-        del tab
-
-    def load(fid: int) -> np.ndarray:  # each image read once when the group is small enough
-        # bad pixels (hot) are NaN already: no frame's mask is held while the others align
-        if fid in images:
-            return images.pop(fid)
-        hdus = read_product_hdus(spec.products[fid])
-        image = _masked_image(hdus)
-        variances[fid] = uncertainty.input_variance(hdus, image)
-        return image
-
+    sources, units = stackinputs.source_lists(spec.products)
     Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
-        result = stack.align_and_stack(list(spec.products), load,
-                                       sources, spec.reference, masks=None, method=spec.method, sigma=spec.sigma,
-                                       memory_budget=spec.memory_budget, workdir=tmp, threads=spec.threads,
-                                       planes=_demosaicer(spec.bayer_pattern, spec.demosaic),
-                                       interpolation=spec.interpolation,
-                                       variance=lambda fid: variances.pop(fid, None), weights=spec.weights,
-                                       exposures={fid: t for fid, _, t in spec.members}, fwhm=spec.fwhm)
+        if spec.bayer_pattern:  # mosaics demosaiced and warped whole
+            whole = stackinputs.WholeFrames(spec.products)
+            load, variance, mapped = whole.load, whole.variance, None
+        else:  # warped strip by strip from the products' planes as the combination reads them
+            mapped = stackinputs.mapped_products(spec.products, Path(tmp))
+            load, variance = (lambda fid: mapped[fid].rows(0, mapped[fid].shape[0])), None
+        result = stack.align_and_stack(list(spec.products), load, sources, spec.reference, method=spec.method,
+                                       sigma=spec.sigma, memory_budget=spec.memory_budget, workdir=tmp,
+                                       threads=spec.threads, planes=_demosaicer(spec.bayer_pattern, spec.demosaic),
+                                       interpolation=spec.interpolation, variance=variance, weights=spec.weights,
+                                       exposures={fid: t for fid, _, t in spec.members}, fwhm=spec.fwhm,
+                                       mapped=mapped)
     header, table = stack_cards(spec, result)
     header["BUNIT"] = (units.get(result.reference, "adu"), "unit of the image and of UNCERT")
     hdus = fits.HDUList([fits.PrimaryHDU(result.image, header=header),

@@ -1,0 +1,87 @@
+"""What a stack job reads of its calibrated lights: their images (NaN on bad pixels) read whole,
+or their planes mapped where they lie, for `ccdwatch.stack` to warp strip by strip."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ccdwatch import qa
+from ccdwatch.fitsio import map_product_planes, read_product_hdus, read_product_table
+from ccdwatch.jobs.uncertainty import input_variance
+from ccdwatch.stripwarp import MappedFrame
+
+__all__ = ["WholeFrames", "mapped_products", "masked_image", "source_lists"]
+
+
+def masked_image(hdus: fits.HDUList) -> np.ndarray:
+    """A calibrated product's image as a new float32 array, NaN on its bad pixels (BADPIX)."""
+    image = np.array(hdus[0].data, dtype=np.float32, copy=True)
+    if "BADPIX" in hdus:
+        image[np.asarray(hdus["BADPIX"].data).astype(bool)] = np.nan
+    return image
+
+
+def source_lists(products: Mapping[int, str]) -> tuple[dict[int, qa.Sources], dict[int, str]]:
+    """Each product's SOURCES table (read without its image) and its image's unit (BUNIT)."""
+    sources: dict[int, qa.Sources] = {}
+    units: dict[int, str] = {}
+    for fid, path in products.items():
+        tab, _, head = read_product_table(path, "SOURCES")  # headers and the table only
+        sources[fid] = qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
+                                  flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
+                                  elongation=np.asarray(tab["ELONGATION"], float))
+        units[fid] = str(head.get("BUNIT", "adu"))
+    return sources, units
+
+
+def mapped_products(products: Mapping[int, str], scratch: Path) -> dict[int, MappedFrame]:
+    """Every product's image, bad pixels and UNCERT as read-only memory maps, for
+    `stack.align_and_stack` to warp each strip as the combination reads it: plain products where
+    they lie; tile-compressed ones read once and their planes written to ``.npy`` files in
+    ``scratch`` (the same values: a compressed night stacks to the same bytes as a plain one)."""
+    mapped = {}
+    for fid, path in products.items():
+        planes = map_product_planes(path, _PLANES)
+        if planes is None:
+            hdus = read_product_hdus(path)
+            planes = {"PRIMARY": _spilled(hdus[0].data, scratch / f"{fid}-image.npy")}
+            for name in _PLANES:
+                if name in hdus and hdus[name].data is not None:
+                    planes[name] = _spilled(hdus[name].data, scratch / f"{fid}-{name.lower()}.npy")
+            del hdus
+        image = planes["PRIMARY"]
+        bad, uncert = (p if p is not None and p.shape == image.shape else None
+                       for p in (planes.get("BADPIX"), planes.get("UNCERT")))
+        mapped[fid] = MappedFrame(image, bad, uncert)
+    return mapped
+
+
+#: The planes of a calibrated light a stack reads besides its image.
+_PLANES = ("BADPIX", "UNCERT")
+
+
+def _spilled(data: np.ndarray, path: Path) -> np.ndarray:
+    np.save(path, np.asarray(data))
+    return np.load(path, mmap_mode="r")
+
+
+class WholeFrames:
+    """A colour group's frames read whole (to be demosaiced), each once: ``load(id)`` the image
+    (NaN on bad pixels), then ``variance(id)`` its UNCERT squared (or None)."""
+
+    def __init__(self, products: Mapping[int, str]) -> None:
+        self.products = products
+        self.variances: dict[int, np.ndarray | None] = {}
+
+    def load(self, fid: int) -> np.ndarray:
+        hdus = read_product_hdus(self.products[fid])
+        image = masked_image(hdus)
+        self.variances[fid] = input_variance(hdus, image)
+        return image
+
+    def variance(self, fid: int) -> np.ndarray | None:
+        return self.variances.pop(fid, None)

@@ -1,0 +1,186 @@
+"""Frames warped onto the reference grid strip by strip, when the combination asks for the rows.
+
+A stack used to warp every frame (and its variance plane) whole before combining: 40 lights of
+2k with their variances are 1.3 GB of warped planes, more than half of a stack's memory budget,
+so they went to scratch files, written and read back, and the warps ran one frame at a time
+ahead of the combination. Here a frame stays where it is (a read-only memory map of its
+calibrated product) and `WarpedRows` warps the rows of one output strip when
+`ccdwatch.noise.combine_weighted` asks for them: the warped strips of all frames live only as
+long as their strip, nothing goes to disk, and the combination's threads warp and combine
+different strips at once.
+
+Each strip is warped from the input rows its samples reach plus a margin wider than every
+kernel (Lanczos: 4 px) and the missing-pixel fill around them (`ccdwatch.resample`), so a strip
+is the same as the rows of the whole frame's warp, up to the rounding of the shifted matrix
+(OpenCV quantises sample positions to 1/32 px). The strip height depends only on the group's
+geometry (`strip_rows`), never on threads or budget: the same group stacks to the same bytes.
+Pure numerics.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ccdwatch import calib
+from ccdwatch.align import Transform
+from ccdwatch.resample import warp
+from ccdwatch.scratch import release_pages
+
+__all__ = ["MARGIN", "MappedFrame", "WarpedRows", "frame_levels", "strip_rows"]
+
+#: Input rows read beyond those a strip's samples fall on: Lanczos reaches 4 px, and a missing
+#: pixel's fill (`ccdwatch.resample._filled`) averages its 5x5 neighbours.
+MARGIN = 8
+#: A strip stack of all frames (float32) is about this large, between 16 and 128 rows.
+_STRIP_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class MappedFrame:
+    """A calibrated frame where it lies (memory maps of its product, any float type and byte
+    order): the image, its bad-pixel map (nonzero = bad) and its 1-sigma uncertainty, if any."""
+
+    image: np.ndarray
+    bad: np.ndarray | None = None
+    uncert: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    def rows(self, r0: int, r1: int, step: int = 1) -> np.ndarray:
+        """Image rows ``r0:r1`` (every ``step``-th row and column) as a new float32 array,
+        NaN on bad pixels."""
+        block = np.array(self.image[r0:r1:step, ::step], dtype=np.float32)
+        if self.bad is not None:
+            block[np.asarray(self.bad[r0:r1:step, ::step]) != 0] = np.nan
+        self.release(r0, r1, self.image, self.bad)
+        return block
+
+    @staticmethod
+    def release(r0: int, r1: int, *planes: np.ndarray | None) -> None:
+        """Let the pages of rows ``r0:r1`` of memory-mapped planes go once copied: file pages
+        mapped stay in the process's resident set otherwise (40 products of 2k: 1.3 GB)."""
+        for plane in planes:
+            if plane is not None:
+                release_pages(plane, (r0, r1))
+
+    def variance_rows(self, r0: int, r1: int, image: np.ndarray, step: int = 1) -> np.ndarray | None:
+        """UNCERT squared over the same rows as ``image`` (`rows`), NaN where it is; None without UNCERT."""
+        if self.uncert is None:
+            return None
+        var = np.square(np.asarray(self.uncert[r0:r1:step, ::step], dtype=np.float32))
+        var[np.isnan(image)] = np.nan
+        self.release(r0, r1, self.uncert)
+        return var
+
+
+def strip_rows(n_frames: int, nx: int, ny: int) -> int:
+    """Output rows warped and combined at once: ~`_STRIP_BYTES` of float32 for all frames,
+    between 16 and 128 rows (margins stay a small part of what is warped)."""
+    rows = _STRIP_BYTES // max(1, 4 * n_frames * nx)
+    return max(1, min(ny, max(16, min(128, rows))))
+
+
+def frame_levels(frames: Sequence[MappedFrame], *, threads: int = 1) -> list[tuple[float, float]]:
+    """Each frame's sky level (robust median of a 2x2-strided subsample, as `ccdwatch.stack`
+    measures it) and typical variance (robust median of its variance over the same pixels, or
+    its sky's robust variance when it has no UNCERT), read through the maps in ``threads``."""
+
+    def one(frame: MappedFrame) -> tuple[float, float]:
+        ny = frame.shape[0]
+        image = frame.rows(0, ny, 2)
+        var = frame.variance_rows(0, ny, image, 2)
+        if var is None:
+            level, spread = calib.robust_stats(image)
+            return level, spread**2
+        return calib.robust_median(image), calib.robust_median(var)
+
+    if threads <= 1 or len(frames) < 2:
+        return [one(f) for f in frames]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(one, frames))
+
+
+class WarpedRows:
+    """One frame (or its variance) on the reference grid, warped a strip at a time when indexed.
+
+    ``rows[y0:y1]`` (or ``rows[y]``) returns the warp of those output rows as a new float32 array
+    (NaN outside the frame's footprint and where a missing pixel reaches), less ``offset`` (the
+    frame's sky offset; the image only). ``variance=True``: the frame's UNCERT squared, warped
+    bilinearly (never negative). Safe to index from several threads at once.
+    """
+
+    lazy_rows = True  # `ccdwatch.calib._as_frames` passes such frames through unread
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, frame: MappedFrame, transform: Transform, shape: tuple[int, int], *,
+                 method: str = "bicubic", order: int = 1, offset: float = 0.0, variance: bool = False) -> None:
+        self.frame = frame
+        self.matrix = transform.array
+        self.inverse = np.linalg.inv(self.matrix)  # reference (x, y) -> frame (x, y)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.method = "bilinear" if variance else method
+        self.order = 1 if variance else order
+        self.offset = np.float32(offset) if math.isfinite(offset) and offset != 0.0 else None
+        self.variance = variance
+        self._whole: np.ndarray | None = None  # the frame read once, when strips need most of it
+        self._lock = threading.Lock()
+
+    def __getitem__(self, key: slice | int) -> np.ndarray:
+        if isinstance(key, slice):
+            y0, y1, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("warped rows are taken in contiguous strips")
+            return self._strip(y0, max(y0, y1))
+        y = int(key) + (self.shape[0] if int(key) < 0 else 0)
+        return self._strip(y, y + 1)[0]
+
+    def _input_rows(self, y0: int, y1: int) -> tuple[int, int]:
+        """The input rows (with `MARGIN`) that output rows ``y0:y1`` sample, clipped to the frame."""
+        nx = self.shape[1]
+        inv = self.inverse
+        ys = [inv[1, 0] * x + inv[1, 1] * y + inv[1, 2] for x in (0.0, nx - 1.0) for y in (float(y0), y1 - 1.0)]
+        ny_in = self.frame.shape[0]
+        return max(0, math.floor(min(ys)) - MARGIN), min(ny_in, math.ceil(max(ys)) + MARGIN + 1)
+
+    def _read(self, r0: int, r1: int) -> np.ndarray:
+        """Input rows ``r0:r1`` as float32: the image (NaN on bad pixels) or its variance."""
+        block = self.frame.rows(r0, r1)
+        if not self.variance:
+            return block
+        var = self.frame.variance_rows(r0, r1, block)
+        if var is None:
+            raise ValueError("the frame has no UNCERT plane to warp")
+        return var
+
+    def _read_whole(self) -> np.ndarray:
+        """The whole frame as `_read` gives it, read on first use and kept: a frame turned by a
+        large angle against the reference samples most of its rows for every strip."""
+        with self._lock:
+            if self._whole is None:
+                self._whole = self._read(0, self.frame.shape[0])
+            return self._whole
+
+    def _strip(self, y0: int, y1: int) -> np.ndarray:
+        out_shape = (y1 - y0, self.shape[1])
+        r0, r1 = self._input_rows(y0, y1)
+        if y1 <= y0 or r1 - r0 < 2:  # the strip lies outside the frame
+            return np.full(out_shape, np.nan, dtype=np.float32)
+        turned = r1 - r0 > 2 * (y1 - y0) + 4 * MARGIN  # against the reference: read the frame once
+        block = self._read_whole()[r0:r1] if turned else self._read(r0, r1)
+        # the same warp on the block: output row y - y0 samples block row (frame row - r0)
+        shift_out = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+        shift_in = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])
+        local = Transform.from_array(shift_out @ self.matrix @ shift_in, n_matches=0, rms=0.0)
+        out = warp(block, local, output_shape=out_shape, order=self.order, method=self.method)
+        if self.offset is not None:
+            out -= self.offset
+        return out

@@ -1,0 +1,136 @@
+"""Frames warped strip by strip (`ccdwatch.stripwarp`) against the whole frame's warp, and the
+products' planes mapped where they lie (`ccdwatch.fitsio.map_product_planes`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from ccdwatch import stripwarp
+from ccdwatch.align import Transform
+from ccdwatch.fitsio import Compression, map_product_planes, read_product_hdus, write_product
+from ccdwatch.resample import warp
+
+SHAPE = (300, 260)
+NOISE = 5.0
+
+
+def _frame(seed: int = 1) -> stripwarp.MappedFrame:
+    """Big-endian planes as a product stores them: noise about 100, 250 bad pixels, UNCERT ~ 5-6."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100.0, NOISE, SHAPE).astype(">f4")
+    bad = np.zeros(SHAPE, np.uint8)
+    bad[rng.integers(0, SHAPE[0], 250), rng.integers(0, SHAPE[1], 250)] = 1
+    uncert = (NOISE + rng.random(SHAPE)).astype(">f4")
+    return stripwarp.MappedFrame(image, bad, uncert)
+
+
+def _similarity(rotation_deg: float, dx: float, dy: float) -> Transform:
+    c, s = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
+    return Transform.from_array(np.array([[c, -s, dx], [s, c, dy], [0.0, 0.0, 1.0]]), n_matches=10, rms=0.05)
+
+
+def _in_strips(rows: stripwarp.WarpedRows, height: int) -> np.ndarray:
+    return np.concatenate([rows[y : y + height] for y in range(0, SHAPE[0], height)])
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("height", [16, 37, 128])
+def test_strips_are_the_whole_frames_warp(method: str, height: int) -> None:
+    """Each strip is warped from the input rows it samples plus a margin: the same missing
+    pixels and footprint as the whole frame's warp, values equal up to OpenCV's 1/32 px
+    quantisation of the shifted matrix (measured <= 0.002 ADU on noise of 5 ADU)."""
+    frame = _frame()
+    t = _similarity(0.6, 3.3, -7.6)
+    whole = warp(frame.rows(0, SHAPE[0]), t, output_shape=SHAPE, method=method)
+    rows = stripwarp.WarpedRows(frame, t, SHAPE, method=method)
+    strips = _in_strips(rows, height)
+    assert rows._whole is None  # a dithered frame: each strip reads only the rows it samples
+    assert np.array_equal(np.isnan(strips), np.isnan(whole))
+    assert np.isnan(whole).sum() > 250  # bad pixels (their footprints) and the dither's edge
+    assert np.nanmax(np.abs(strips - whole)) < 1e-3 * NOISE
+
+
+def test_variance_strips_and_offset() -> None:
+    """The variance is UNCERT squared, NaN where the image is, warped bilinearly; the image's
+    strips have the frame's sky offset removed; a row index gives one row."""
+    frame = _frame(2)
+    t = _similarity(-0.3, -2.2, 4.9)
+    image = frame.rows(0, SHAPE[0])
+    var = frame.variance_rows(0, SHAPE[0], image)
+    assert var is not None and np.array_equal(np.isnan(var), np.isnan(image))
+    whole = warp(var, t, output_shape=SHAPE, order=1)
+    strips = _in_strips(stripwarp.WarpedRows(frame, t, SHAPE, variance=True), 50)
+    assert np.array_equal(np.isnan(strips), np.isnan(whole))
+    assert np.nanmax(np.abs(strips - whole)) < 1e-4 * np.nanmax(whole)
+    shifted = stripwarp.WarpedRows(frame, t, SHAPE, offset=12.5)
+    plain = stripwarp.WarpedRows(frame, t, SHAPE)
+    np.testing.assert_allclose(shifted[100:140], plain[100:140] - np.float32(12.5), rtol=0, atol=1e-5)
+    assert np.array_equal(plain[120], plain[120:121][0], equal_nan=True)
+
+
+def test_strip_outside_the_frame_is_missing() -> None:
+    frame = _frame(3)
+    far = _similarity(0.0, 0.0, 250.0)  # the frame covers only the last 50 rows of the grid
+    rows = stripwarp.WarpedRows(frame, far, SHAPE)
+    assert np.isnan(rows[0:100]).all()
+    assert np.isfinite(rows[260:290]).mean() > 0.9
+
+
+def test_levels_and_typical_variance() -> None:
+    """Sky level and typical variance from the unwarped 2x2-strided pixels; the sky's variance
+    when the frame has no UNCERT."""
+    frame = _frame(4)
+    (level, typical), = stripwarp.frame_levels([frame])
+    assert level == pytest.approx(100.0, abs=0.3)
+    assert typical == pytest.approx(np.median(np.square(np.asarray(frame.uncert, np.float64))), rel=0.01)
+    bare = stripwarp.MappedFrame(frame.image, frame.bad, None)
+    (level2, sky_var), = stripwarp.frame_levels([bare], threads=2)
+    assert level2 == level
+    assert math.sqrt(sky_var) == pytest.approx(NOISE, rel=0.03)
+
+
+def test_strip_rows_depend_on_the_group_only() -> None:
+    assert stripwarp.strip_rows(40, 2048, 2048) == 102
+    assert stripwarp.strip_rows(3, 2048, 2048) == 128  # few frames: at most 128 rows
+    assert stripwarp.strip_rows(40, 9576, 6388) == 21
+    assert stripwarp.strip_rows(400, 9576, 6388) == 16  # many: at least 16 rows
+    assert stripwarp.strip_rows(10, 100, 8) == 8  # never more rows than the frame has
+
+
+def test_product_planes_mapped_as_stored(tmp_path: Path) -> None:
+    """A product's image, BADPIX and UNCERT as memory maps equal what reading it gives; a
+    tile-compressed product is not mapped (None: the caller reads it)."""
+    frame = _frame(5)
+    hdus = fits.HDUList([fits.PrimaryHDU(np.asarray(frame.image, np.float32)),
+                         fits.ImageHDU(np.asarray(frame.bad), name="BADPIX"),
+                         fits.ImageHDU(np.asarray(frame.uncert, np.float32), name="UNCERT")])
+    plain = tmp_path / "plain.fits"
+    write_product(plain, hdus)
+    planes = map_product_planes(plain, ("BADPIX", "UNCERT", "NOSUCH"))
+    assert planes is not None and set(planes) == {"PRIMARY", "BADPIX", "UNCERT"}
+    read = read_product_hdus(plain)
+    for name, hdu in (("PRIMARY", read[0]), ("BADPIX", read["BADPIX"]), ("UNCERT", read["UNCERT"])):
+        assert isinstance(planes[name], np.memmap)
+        np.testing.assert_array_equal(np.asarray(planes[name]), hdu.data)
+    packed = tmp_path / "packed.fits"
+    write_product(packed, hdus, compression=Compression("gzip"))
+    assert map_product_planes(packed, ("BADPIX", "UNCERT")) is None
+
+
+def test_a_frame_turned_against_the_reference_is_read_once() -> None:
+    """A frame turned by 90 degrees samples most of its rows for every strip: it is read once
+    and kept, and its strips are still the whole frame's warp."""
+    frame = _frame(6)
+    square = (SHAPE[1], SHAPE[1])  # 260 x 260: the turned frame covers the grid
+    t = _similarity(90.0, SHAPE[1] - 1.0, 0.0)
+    whole = warp(frame.rows(0, SHAPE[0]), t, output_shape=square, method="bicubic")
+    rows = stripwarp.WarpedRows(frame, t, square)
+    strips = np.concatenate([rows[y : y + 20] for y in range(0, square[0], 20)])
+    assert rows._whole is not None  # read once, kept
+    assert np.array_equal(np.isnan(strips), np.isnan(whole))
+    assert np.nanmax(np.abs(strips - whole)) < 1e-3 * NOISE
