@@ -22,18 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ccdwatch.orderstats import median_and_mad
 from ccdwatch.orderstats import median_of_sorted as _median_of_sorted
 from ccdwatch.orderstats import median_valid as _median_valid
+from ccdwatch.rejection import MAD_TO_SIGMA, sigma_clip
+from ccdwatch.rejection import clip_keep as clip_keep  # re-exported: where noise.py finds it
+from ccdwatch.rejection import count_valid as _count_valid
+from ccdwatch.rejection import mean_valid as _mean_valid
 from ccdwatch.scratch import release_pages
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["COMBINE_METHODS", "MAD_TO_SIGMA", "calibrate", "combine", "dark_scale", "hot_pixel_mask",
            "normalise_flat", "robust_median", "robust_stats"]
-
-#: Ratio of the standard deviation to the median absolute deviation of a normal distribution.
-MAD_TO_SIGMA = 1.482602218505602
 
 #: Accepted ``combine`` methods ("average" is an alias of "mean").
 COMBINE_METHODS = ("mean", "average", "median", "sigma_clip")
@@ -46,7 +46,6 @@ _WORKING_COPIES = {"mean": 2, "median": 3, "sigma_clip": 7}
 #: work then runs on planes that stay in the CPU cache (L2/L3), several times faster than streaming strips
 #: of the whole budget through memory. Results do not depend on it.
 _STRIP_CACHE_BYTES = 8 << 20
-
 
 #: Above this many finite pixels, robust_stats works on a regular subsample of this size.
 ROBUST_STATS_MAX_SAMPLES = 1_000_000
@@ -64,24 +63,6 @@ def _as_frames(frames: Sequence[ArrayLike]) -> list[np.ndarray]:
         if a.shape != shape:
             raise ValueError(f"frame {i} has shape {a.shape}, frame 0 has {shape}")
     return arrays
-
-
-def _count_valid(stack: np.ndarray) -> np.ndarray:
-    n = np.zeros(stack.shape[1:], dtype=np.int64)
-    for plane in stack:
-        n += ~np.isnan(plane)
-    return n
-
-
-def _mean_valid(stack: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """NaN-ignoring mean along axis 0, accumulated frame by frame in float64 (order fixed)."""
-    acc = np.zeros(stack.shape[1:], dtype=np.float64)
-    for plane in stack:
-        acc += np.where(np.isnan(plane), 0.0, plane)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = acc / n
-    out[n == 0] = np.nan
-    return out
 
 
 def _spread_floor(arrays: Sequence[np.ndarray], factors: np.ndarray | None, *, rows: int = 32) -> float:
@@ -115,102 +96,8 @@ def _combine_strip(stack: np.ndarray, method: str, sigma: float, maxiters: int,
         n = _count_valid(stack)
         return _median_valid(stack, n), n
     shape = stack.shape[1:]
-    values, n = _sigma_clip(stack.reshape(stack.shape[0], -1), sigma, maxiters, floor)
+    values, n = sigma_clip(stack.reshape(stack.shape[0], -1), sigma, maxiters, floor)
     return values.reshape(shape), n.reshape(shape)
-
-
-def _kept_mean(original: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean along axis 0 of the kept values of (nframes, npix) ``original`` (float64, NaN where
-    none is kept; summed frame by frame in a fixed order) and the number kept."""
-    n = np.zeros(original.shape[1:], dtype=np.int64)
-    acc = np.zeros(original.shape[1:], dtype=np.float64)
-    for plane, k in zip(original, keep, strict=True):
-        n += k
-        np.add(acc, plane, out=acc, where=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = acc / n
-    mean[n == 0] = np.nan
-    return mean, n
-
-
-def _clip_about_mean(original: np.ndarray, keep: np.ndarray, sigma: float,
-                     floor: float) -> np.ndarray:
-    """One later pass of the sigma clipping on (nframes, npix) values: the values to keep."""
-    centre, n = _kept_mean(original, keep)
-    acc = np.zeros(original.shape[1:], dtype=np.float64)
-    diff = np.empty(original.shape[1:], dtype=np.float64)
-    for plane, k in zip(original, keep, strict=True):
-        np.subtract(plane, centre, out=diff)
-        np.multiply(diff, diff, out=diff)
-        np.add(acc, diff, out=acc, where=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spread = np.sqrt(acc / (n - 1)).astype(np.float32)
-    centre = centre.astype(np.float32)
-    if floor > 0:
-        spread = np.maximum(spread, np.float32(floor))
-    limit = np.float32(sigma) * spread
-    with np.errstate(invalid="ignore"):
-        return ~np.isnan(original) & ~(np.abs(original - centre) > limit)
-
-
-def _sigma_clip(original: np.ndarray, sigma: float, maxiters: int,
-                floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clipped mean along axis 0 of a (nframes, npix) float32 array (not modified)."""
-    return _kept_mean(original, clip_keep(original, sigma, maxiters, floor))
-
-
-def clip_keep(original: np.ndarray, sigma: float, maxiters: int, floor: float) -> np.ndarray:
-    """The values the sigma clipping keeps, (nframes, npix) bool, of a float32 array (not modified).
-
-    The first pass clips about the median with a spread from the MAD, robust to a cosmic ray
-    among a handful of frames; later passes clip about the mean of the values kept with their
-    standard deviation, and every pass judges all the original values again (a value clipped
-    by the first, noisy MAD estimate can come back). With the MAD alone the clipping of N=9
-    Gaussian values throws away good data (efficiency ~0.80). Stops when a pass changes nothing.
-
-    Each pixel's passes depend only on its own values, so from the third pass on only the
-    pixels whose kept set changed in the previous pass are recomputed (a pixel whose set did
-    not change would repeat the same mean/std pass forever); the result is that of running
-    every pass over every pixel.
-    """
-    valid = ~np.isnan(original)
-    keep = valid
-    for iteration in range(maxiters):
-        if iteration == 0:
-            n = np.zeros(original.shape[1:], dtype=np.int64)
-            for v in valid:
-                n += v
-            centre, mad = median_and_mad(original, n)
-            deviation = np.abs(original - centre)
-            spread = MAD_TO_SIGMA * mad
-            # Per-pixel spreads from a handful of values scatter widely (+-25 % at N=9); a pixel
-            # whose estimate came out low would lose good values. Floor it at the frames' typical
-            # spread: background pixels share one noise level, brighter pixels keep their own.
-            if floor > 0:
-                spread = np.maximum(spread, np.float32(floor))
-            with np.errstate(invalid="ignore"):
-                new = valid & ~(deviation > np.float32(sigma) * spread)
-            del deviation
-            if np.array_equal(new, keep):
-                break
-            keep = new
-            active = None
-        elif active is None:  # the second pass, over every pixel
-            new = _clip_about_mean(original, keep, sigma, floor)
-            changed = np.flatnonzero(np.any(new != keep, axis=0))
-            keep = new
-            if changed.size == 0:
-                break
-            active = changed
-        else:  # later passes: only the pixels whose kept set just changed
-            sub_keep = keep[:, active]
-            new = _clip_about_mean(original[:, active], sub_keep, sigma, floor)
-            changed = np.any(new != sub_keep, axis=0)
-            keep[:, active] = new
-            active = active[changed]
-            if active.size == 0:
-                break
-    return keep
 
 
 def _checked_method(method: str, sigma: float, maxiters: int) -> str:
@@ -350,8 +237,9 @@ def combine(
 
 
 def _finite_sample(a: ArrayLike) -> np.ndarray | None:
-    """float64 copy of a regular (deterministic) subsample of about ``ROBUST_STATS_MAX_SAMPLES``
-    of the finite values of ``a``; None when none is finite."""
+    """A regular (deterministic) subsample of about ``ROBUST_STATS_MAX_SAMPLES`` of the finite
+    values of ``a``, in their own type (integers and floats; others as float64); None when none is
+    finite."""
     data = np.asarray(a)
     if data.dtype.kind not in "fiu":
         data = data.astype(np.float64)
@@ -361,16 +249,26 @@ def _finite_sample(a: ArrayLike) -> np.ndarray | None:
     if n_finite == 0:
         return None
     step = math.ceil(n_finite / ROBUST_STATS_MAX_SAMPLES) if n_finite > ROBUST_STATS_MAX_SAMPLES else 1
-    # the same regular subsample of the finite values, gathered before converting to float64
-    values = data[::step] if n_finite == data.size else data[np.flatnonzero(finite)[::step]]
-    return values.astype(np.float64)
+    return data[::step] if n_finite == data.size else data[np.flatnonzero(finite)[::step]]
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median(values.astype(np.float64))``, partitioned in the values' own type (half the bytes
+    of float32 data to move): conversion to float64 keeps the order, so the middle values are the
+    same, averaged in float64 as numpy does."""
+    n = values.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(values, k)[k])
+    part = np.partition(values, [k - 1, k])
+    return float((np.float64(part[k - 1]) + np.float64(part[k])) / 2.0)
 
 
 def robust_median(a: ArrayLike) -> float:
     """Median of the finite values (of a regular subsample above ``ROBUST_STATS_MAX_SAMPLES``);
     NaN when none is finite."""
     values = _finite_sample(a)
-    return math.nan if values is None else float(np.median(values))
+    return math.nan if values is None else _median(values)
 
 
 def robust_stats(a: ArrayLike) -> tuple[float, float]:
@@ -387,8 +285,8 @@ def robust_stats(a: ArrayLike) -> tuple[float, float]:
     values = _finite_sample(a)
     if values is None:
         return math.nan, math.nan
-    median = float(np.median(values))
-    return median, MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
+    median = _median(values)
+    return median, MAD_TO_SIGMA * float(np.median(np.abs(values.astype(np.float64) - median)))
 
 
 def dark_scale(light_exptime: float, dark_exptime: float) -> float:
@@ -477,6 +375,14 @@ def calibrate(
         raise ValueError(f"dark_scale must be finite, got {dark_scale}")
     if bias is None and dark is None and flat is None and (raw.dtype.kind == "f" or raw.dtype.itemsize <= 4):
         return raw.astype(np.float32)  # nothing to subtract (a bias): rounded once, as through float64
+    one = bias if dark is None else dark if bias is None and dark_scale == 1.0 else None
+    if flat is None and one is not None and _exact_in_float32(raw) and one.dtype == np.float32:
+        # one float32 subtraction (a dark's or a flat's inputs on the bias): IEEE rounds the exact
+        # difference once, and float64 (53 >= 2 x 24 + 2 bits) then float32 rounds it to the same
+        # value, so these are the bytes of the float64 path below, several times faster
+        out = raw.astype(np.float32)
+        out -= one
+        return out
     out = np.empty(raw.shape, dtype=np.float32)  # a new array: the inputs are never modified
     # float64 arithmetic in row blocks of ~4 MB: the same values as whole-frame float64, without
     # whole-frame float64 temporaries (faster, and far less memory on large frames).
@@ -497,7 +403,13 @@ def calibrate(
     return out
 
 
-def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0) -> np.ndarray:
+def _exact_in_float32(a: np.ndarray) -> bool:
+    """Every value of ``a``'s type is a float32 exactly (float32, or integers of <= 16 bits)."""
+    return a.dtype == np.float32 or (a.dtype.kind in "ui" and a.dtype.itemsize <= 2)
+
+
+def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0,
+                   stats: tuple[float, float] | None = None) -> np.ndarray:
     """Pixels whose dark signal lies more than ``nsigma`` robust sigmas above the median.
 
     Parameters
@@ -506,6 +418,8 @@ def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0) -> np.ndarray
         Bias-subtracted master dark, ADU.
     nsigma : float
         Threshold in units of 1.4826 x MAD of the master dark.
+    stats : (median, sigma), optional
+        ``robust_stats(master_dark)`` when the caller has it already.
 
     Returns
     -------
@@ -513,7 +427,7 @@ def hot_pixel_mask(master_dark: ArrayLike, *, nsigma: float = 5.0) -> np.ndarray
         bool, True for hot pixels. NaN pixels are not flagged.
     """
     data = np.asarray(master_dark)
-    median, spread = robust_stats(data)
+    median, spread = robust_stats(data) if stats is None else stats
     if not math.isfinite(median):
         return np.zeros(data.shape, dtype=bool)
     with np.errstate(invalid="ignore"):

@@ -53,8 +53,23 @@ def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def sorted_planes(stack: np.ndarray) -> list[np.ndarray]:
-    """The planes of a (nframes, ...) float32 stack sorted along axis 0, NaN last (as +inf).
+@functools.lru_cache(maxsize=256)
+def _selection_network(n: int, outputs: tuple[int, ...]) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The comparators of `sorting_network` that the sorted values at ``outputs`` depend on, each
+    ``(i, j, min needed, max needed)``: the others compute values nothing reads (the median of 10
+    frames needs 50 of the network's 64 minima and maxima)."""
+    live, kept = set(outputs), []
+    for i, j in reversed(sorting_network(n)):
+        if i in live or j in live:
+            kept.append((i, j, i in live, j in live))
+            live |= {i, j}
+    return tuple(reversed(kept))
+
+
+def sorted_planes(stack: np.ndarray, outputs: tuple[int, ...] | None = None, *, nan: bool = True) -> list[np.ndarray]:
+    """The planes of a (nframes, ...) float32 stack sorted along axis 0, NaN last (as +inf); with
+    ``outputs``, only those positions are sorted values (the others are left partly sorted).
+    ``nan=False``: the caller knows no value is NaN.
 
     Elementwise min/max over whole planes (a sorting network) instead of ``np.sort`` along the
     strided frame axis: the same order statistics, many times faster for a handful of frames.
@@ -62,14 +77,20 @@ def sorted_planes(stack: np.ndarray) -> list[np.ndarray]:
     the result equals that of ``np.sort`` (NaNs last).
     """
     planes = [np.array(p, dtype=np.float32, copy=True) for p in stack]
-    for p in planes:
+    for p in planes if nan else ():
         np.copyto(p, np.float32(np.inf), where=np.isnan(p))
     tmp = np.empty_like(planes[0])
-    for i, j in sorting_network(len(planes)):
+    every = tuple(range(len(planes))) if outputs is None else outputs
+    for i, j, low, high in _selection_network(len(planes), every):
         a, b = planes[i], planes[j]
-        np.minimum(a, b, out=tmp)
-        np.maximum(a, b, out=b)
-        planes[i], tmp = tmp, a
+        if low and high:
+            np.minimum(a, b, out=tmp)
+            np.maximum(a, b, out=b)
+            planes[i], tmp = tmp, a
+        elif low:
+            np.minimum(a, b, out=a)
+        else:
+            np.maximum(a, b, out=b)
     return planes
 
 
@@ -81,10 +102,10 @@ def median_valid(stack: np.ndarray, n: np.ndarray) -> np.ndarray:
     nframes = stack.shape[0]
     if nframes > NETWORK_MAX_FRAMES:
         return median_of_sorted(np.sort(stack, axis=0), n)
-    planes = sorted_planes(stack)
-    if np.all(n == nframes):
-        med = (planes[(nframes - 1) // 2] + planes[nframes // 2]) * np.float32(0.5)
-        return med
+    if np.all(n == nframes):  # no NaN: the middle two only
+        planes = sorted_planes(stack, ((nframes - 1) // 2, nframes // 2), nan=False)
+        return (planes[(nframes - 1) // 2] + planes[nframes // 2]) * np.float32(0.5)
+    planes = sorted_planes(stack, tuple(range(nframes // 2 + 1)))
     lo_i = np.maximum((n - 1) // 2, 0)
     hi_i = np.maximum(n // 2, 0)
     a = planes[0].copy()

@@ -18,8 +18,10 @@ colour (:func:`colour_stretch`).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import matplotlib
@@ -30,15 +32,22 @@ import numpy as np  # noqa: E402
 
 from ccdwatch.fitsio import write_bytes_atomic  # noqa: E402
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "colour_stretch",
     "display_image",
     "image_preview",
+    "draw_master",
+    "figure_png",
+    "master_image",
     "master_preview",
+    "master_preview_beside",
     "preview_stretch",
     "save_figure",
     "side_by_side",
     "stack_preview",
+    "write_png",
 ]
 
 #: zlib level of the PNGs: 1 deflates several times faster than matplotlib's default 6 on noisy frames.
@@ -48,12 +57,17 @@ _DPI = 100
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Render to PNG in memory, then write atomically like every other product."""
+    return write_bytes_atomic(path, figure_png(fig))
+
+
+def figure_png(fig: plt.Figure) -> bytes:
+    """The figure rendered to PNG bytes (and closed)."""
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=_DPI, pil_kwargs={"compress_level": _PNG_COMPRESS_LEVEL})
     finally:
         plt.close(fig)
-    return write_bytes_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def display_image(data: np.ndarray, max_px: int = 1024, *, even: bool = False) -> np.ndarray:
@@ -185,12 +199,58 @@ def _image_axes(fig: plt.Figure, *, top: float, right: float = 0.0, bottom: floa
 def master_preview(data: np.ndarray, path: str | os.PathLike, *, title: str, pattern: str | None = None) -> Path:
     """A master with a linear stretch between robust limits and a colour bar in ADU; a mosaic
     master (``pattern`` given) with each 2x2 cell binned (the mean response of its colours)."""
+    return write_bytes_atomic(Path(path), draw_master(*master_image(data, pattern), title=title))
+
+
+def master_image(data: np.ndarray, pattern: str | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """What `master_preview` draws of ``data``: the image reduced to about display size (an array of
+    its own: ``data`` may change once this returns) and the extent it covers, pixels."""
     extent = (0, data.shape[1], 0, data.shape[0])
+    binned = data
     if pattern is not None:
         from ccdwatch.colour import bin_cells
 
-        data = bin_cells(data)
-    shown = display_image(data)
+        binned = bin_cells(data)
+    shown = display_image(binned)
+    return (shown.copy() if np.may_share_memory(shown, data) else shown), extent
+
+
+def master_preview_beside(pool: Executor, data: np.ndarray, *, title: str,
+                          pattern: str | None = None) -> Future[bytes | None]:
+    """`master_preview`'s PNG, its matplotlib part (most of its time, little of it numpy) drawn in
+    ``pool`` while the caller goes on (and writes it with `write_png` when its product is written):
+    the image it draws is taken here, so ``data`` may change (be byte-swapped by a FITS write) once
+    this returns. A failure is logged and gives None: a preview must never cost a product."""
+    def draw(shown: np.ndarray, extent: tuple[int, int, int, int]) -> bytes | None:
+        try:
+            return draw_master(shown, extent, title=title)
+        except Exception:
+            logger.exception("preview %r failed", title)
+            return None
+
+    try:
+        shown, extent = master_image(data, pattern)
+    except Exception:
+        logger.exception("preview %r failed", title)
+        done: Future[bytes | None] = Future()
+        done.set_result(None)
+        return done
+    return pool.submit(draw, shown, extent)
+
+
+def write_png(path: str | os.PathLike, png: bytes | None) -> str | None:
+    """Write a preview's PNG atomically; its path, or None (nothing drawn, or the write failed: logged)."""
+    if png is None:
+        return None
+    try:
+        return str(write_bytes_atomic(Path(path), png))
+    except Exception:  # a preview must never cost a product
+        logger.exception("preview %s failed", path)
+        return None
+
+
+def draw_master(shown: np.ndarray, extent: tuple[int, int, int, int], *, title: str) -> bytes:
+    """`master_preview`'s PNG of the image `master_image` made (matplotlib's part: most of the time)."""
     lo, hi = _robust_limits(shown, 0.5, 99.5)
     width = 8.0
     left, right, bottom, top = 0.8, 1.3, 0.6, 0.4  # inches: tick labels, colour bar, title
@@ -204,7 +264,7 @@ def master_preview(data: np.ndarray, path: str | os.PathLike, *, title: str, pat
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("x [px]")
     ax.set_ylabel("y [px]")
-    return save_figure(fig, Path(path))
+    return figure_png(fig)
 
 
 def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str, pattern: str | None = None) -> Path:

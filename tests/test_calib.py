@@ -180,6 +180,26 @@ def test_calibrate_equals_the_reference_formula(night):
     assert np.max(np.abs(out - ref)) < 1e-3
 
 
+@pytest.mark.parametrize("raw_dtype", [">u2", "<i2", "u1", ">f4"])
+@pytest.mark.parametrize("master", ["bias", "dark"])
+def test_calibrate_on_one_master_is_the_float64_difference_rounded_once(raw_dtype, master):
+    """A dark's or a flat's input on the bias alone (one subtraction, computed in float32) has the
+    bytes of the float64 difference rounded to float32, out to overflow, subnormals and NaN."""
+    rng = np.random.default_rng(11)
+    if raw_dtype.endswith("f4"):
+        raw = (rng.normal(0.0, 1.0, (64, 80)) * 10.0 ** rng.integers(-40, 38, (64, 80))).astype(raw_dtype)
+        raw[0, :3] = [np.nan, np.inf, 3.4e38]
+    else:
+        info = np.iinfo(np.dtype(raw_dtype))
+        raw = rng.integers(info.min, info.max, (64, 80), endpoint=True).astype(raw_dtype)
+    values = (rng.normal(0.0, 1.0, (64, 80)) * 10.0 ** rng.integers(-44, 38, (64, 80))).astype(np.float32)
+    values[1, :5] = [np.nan, -np.inf, -0.0, 1e-45, -3.4e38]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = calibrate(raw, **{master: values})
+        ref = (raw.astype(np.float64) - values.astype(np.float64)).astype(np.float32)
+    assert out.dtype == np.float32 and np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
 def test_calibrate_agrees_with_ccdproc(night):
     ccdproc = pytest.importorskip("ccdproc")
     import astropy.units as u
@@ -260,6 +280,41 @@ def test_sigma_clip_matches_astropy_on_its_first_iteration():
                      stdfunc=lambda d, axis: np.maximum(mad_std(d, axis=axis), floor))
     assert np.array_equal(count, (~ref.mask).sum(axis=0))
     assert np.allclose(ours, ref.mean(axis=0).filled(np.nan), atol=1e-5)
+
+
+def test_network_median_equals_the_median_of_sorted_values():
+    """The pruned sorting network (only the comparators the middle values depend on) gives the
+    bytes of sorting, for every frame count it serves, with and without missing values."""
+    from ccdwatch import orderstats, rejection
+
+    rng = np.random.default_rng(8)
+    for nframes in range(1, 49):
+        stack = np.round(rng.normal(0.0, 4.0, size=(nframes, 300))).astype(np.float32)
+        for holes in (0.0, 0.3):
+            values = stack.copy()
+            values[rng.random(values.shape) < holes] = np.nan
+            n = rejection.count_valid(values)
+            ref = orderstats.median_of_sorted(np.sort(values, axis=0), n)
+            assert np.array_equal(orderstats.median_valid(values, n), ref, equal_nan=True), (nframes, holes)
+
+
+@pytest.mark.parametrize("maxiters", [1, 2, 3, 5, 10])
+def test_sigma_clip_mean_is_the_mean_of_the_values_kept(maxiters):
+    """The clipped mean, reused from the passes wherever a pixel's last pass changed nothing, is
+    bit for bit the float64 mean of the values the clipping keeps (NaN where none is kept)."""
+    from ccdwatch import rejection
+
+    rng = np.random.default_rng(maxiters)
+    values = rng.normal(100.0, 5.0, size=(9, 20000)).astype(np.float32)
+    values[rng.random(values.shape) < 0.05] = np.nan
+    values[rng.random(values.shape) < 0.05] += 60.0  # outliers: passes that change kept sets
+    values[:, :50] = np.nan  # pixels with no value
+    mean, count = rejection.sigma_clip(values, 1.5, maxiters, 2.0)
+    keep = rejection.clip_keep(values, 1.5, maxiters, 2.0)
+    ref_mean, ref_count = rejection.kept_mean(values, keep)
+    assert np.array_equal(count, ref_count) and np.array_equal(count, keep.sum(axis=0))
+    assert np.array_equal(mean, ref_mean, equal_nan=True) and mean.dtype == np.float64
+    assert np.isnan(mean[:50]).all() and not np.isnan(mean[50:]).any()
 
 
 @pytest.mark.parametrize("method", ["mean", "median", "sigma_clip"])

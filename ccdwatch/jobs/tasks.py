@@ -8,6 +8,7 @@ write. A file that crashes or hangs the parser can therefore kill a worker but n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -271,36 +272,48 @@ def build_master(spec: MasterSpec) -> MasterResult:
             scale = 1.0 / med
         return scratch.keep(data), scale
 
-    with ScratchArrays(spec.workdir, count=len(spec.frames), budget=spec.memory_budget // 4,
-                       prefix="master-") as scratch:
-        first = prepare(0)  # the first input decides: all in RAM, or all in scratch files
-        rest = range(1, len(spec.frames))
-        if spec.threads > 1:  # reading, checksums and calibration release the GIL for the most part
-            with ThreadPoolExecutor(max_workers=spec.threads) as pool:
-                prepared = [first, *pool.map(prepare, rest)]
-        else:
-            prepared = [first, *map(prepare, rest)]
-        arrays = [a for a, _ in prepared]
-        scales = [k for _, k in prepared] if spec.kind == "flat" and not spec.bayer_pattern else []
-        del prepared, first
-        noise_cards = uncertainty.master_cards(spec.kind, arrays, scales, spec.method, bias_path=spec.bias_path,
-                                               measure_gain=spec.measure_gain)
-        masters.clear()
-        release_masters()  # large masters are not held through the combination
-        combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
-                                            memory_budget=spec.memory_budget, threads=spec.threads))
-        del arrays
-    if spec.kind == "flat":
-        combined = colour.normalise_flat(combined, spec.bayer_pattern)
-    return _write_master(spec, combined, noise_cards, tuple(levels) if spec.overscan is not None else ())
+    # one more thread when the job has cores to share: the noise cards (float64 subsamples, <= ~50 MB) read
+    # the inputs beside the combination (else before it), the preview is drawn beside the statistics and the write
+    with ThreadPoolExecutor(max_workers=1) if spec.threads > 1 else contextlib.nullcontext() as side:
+        with ScratchArrays(spec.workdir, count=len(spec.frames), budget=spec.memory_budget // 4,
+                           prefix="master-") as scratch:
+            first = prepare(0)  # the first input decides: all in RAM, or all in scratch files
+            rest = range(1, len(spec.frames))
+            if spec.threads > 1:  # reading, checksums and calibration release the GIL for the most part
+                with ThreadPoolExecutor(max_workers=spec.threads) as pool:
+                    prepared = [first, *pool.map(prepare, rest)]
+            else:
+                prepared = [first, *map(prepare, rest)]
+            arrays = [a for a, _ in prepared]
+            scales = [k for _, k in prepared] if spec.kind == "flat" and not spec.bayer_pattern else []
+            del prepared, first
+            masters.clear()
+            release_masters()  # large masters are not held through the combination
+            cards = functools.partial(uncertainty.master_cards, spec.kind, arrays, scales, spec.method,
+                                      bias_path=spec.bias_path, measure_gain=spec.measure_gain)
+            pending = side.submit(cards) if side is not None else None
+            noise_cards = cards() if pending is None else {}
+            combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
+                                                memory_budget=spec.memory_budget, threads=spec.threads))
+            noise_cards = pending.result() if pending is not None else noise_cards
+            del arrays, cards, pending  # the inputs: `cards` holds them too
+        if spec.kind == "flat":
+            combined = colour.normalise_flat(combined, spec.bayer_pattern)
+        return _write_master(spec, combined, noise_cards, tuple(levels) if spec.overscan is not None else (), side)
 
 
 def _write_master(spec: MasterSpec, combined: np.ndarray, cards: dict[str, Any],
-                  levels: tuple[float | None, ...] = ()) -> MasterResult:
-    """The master's FITS file (image, INPUTS table, hot-pixel map of a dark) and preview."""
-    hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma) if spec.kind == "dark" else None
+                  levels: tuple[float | None, ...] = (), side: ThreadPoolExecutor | None = None) -> MasterResult:
+    """The master's FITS file (image, INPUTS table, hot-pixel map of a dark) and preview (drawn in
+    ``side`` while this goes on, when given)."""
     pattern = spec.bayer_pattern
+    if spec.preview_path:
+        from ccdwatch import previews  # matplotlib: only where previews are drawn
+    drawing = previews.master_preview_beside(side, combined, title=spec.preview_title, pattern=pattern) \
+        if side is not None and spec.preview_path else None
     level, noise = colour.mosaic_stats(combined, pattern) if pattern else calib.robust_stats(combined)
+    hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma, stats=None if pattern else (level, noise)) \
+        if spec.kind == "dark" else None  # a monochrome dark's statistics are the threshold's: measured once
     extra = {"HOTPIX": (int(hot.sum()), "hot pixels in the HOTPIX extension")} if hot is not None else {}
     header = to_fits_header({**spec.header, **extra, **cards})
     for ch, (med, sig) in (colour.channel_stats(combined, pattern) if pattern else {}).items():
@@ -318,9 +331,10 @@ def _write_master(spec: MasterSpec, combined: np.ndarray, cards: dict[str, Any],
     if hot is not None:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
-    preview = None
-    if spec.preview_path:
-        preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern)
+    preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern) \
+        if spec.preview_path and drawing is None else None
+    if drawing is not None and spec.preview_path:  # written once the master is
+        preview = previews.write_png(spec.preview_path, drawing.result())
     gain = (cards["GAINMEAS"][0], cards["GAINMERR"][0]) if "GAINMEAS" in cards else None
     return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview, levels, gain)
 
