@@ -66,9 +66,10 @@ def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
 
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
-    if not args.once:  # --once: only once its scan has found files (Watcher.run_once)
-        from ccdwatch.jobs import pool
+    from ccdwatch.fitsio.names import any_fits_name  # no numpy, no astropy: an idle --once stays light
 
+    if not args.once or any_fits_name(cfg.paths.incoming):  # --once: else once its scan finds files
+        from ccdwatch.jobs import pool
         pool.warm_up(cfg.workers)  # first: its imports overlap with ours below
     from ccdwatch.daemon.watch import Watcher
     from ccdwatch.pipeline import Pipeline
@@ -76,10 +77,8 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
     incoming = Path(cfg.paths.incoming).absolute()
     products = Path(cfg.paths.products).absolute()
     if products == incoming or incoming in products.parents:
-        raise ConfigError(
-            f"config key 'paths.products' ({products}) lies inside 'paths.incoming' ({incoming}); "
-            "ccdwatch never writes into the camera's directory - choose a products directory outside it"
-        )
+        raise ConfigError(f"config key 'paths.products' ({products}) lies inside 'paths.incoming' ({incoming}); "
+                          "ccdwatch never writes into the camera's directory - choose a products directory outside it")
     if args.once and not incoming.is_dir():
         raise ConfigError(f"config key 'paths.incoming': {incoming} is not a directory")
     from ccdwatch.catalog.sites import held

@@ -715,3 +715,19 @@ def test_big_endian_planes_write_the_same_bytes(tmp_path):
     assert (tmp_path / "swapped.fits").read_bytes() == (tmp_path / "native.fits").read_bytes()
     mask = np.zeros(SHAPE, dtype=np.uint8)
     assert big_endian(mask) is mask  # one byte per value: nothing to swap
+
+
+def test_any_fits_name_looks_at_the_top_level_only(tmp_path):
+    """`watch --once` starts the workers' server at once when the incoming folder holds a FITS
+    name (temp names and other files do not count), else only once its scan finds files."""
+    from ccdwatch.fitsio.names import any_fits_name
+
+    assert not any_fits_name(tmp_path / "absent")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".ccdwatch-tmp-1-a.fits").write_bytes(b"")
+    (tmp_path / "b.fits.part").write_bytes(b"")
+    (tmp_path / "night").mkdir()
+    (tmp_path / "night" / "c.fits").write_bytes(b"")
+    assert not any_fits_name(tmp_path)
+    (tmp_path / "d.FIT").write_bytes(b"")
+    assert any_fits_name(tmp_path)

@@ -35,6 +35,17 @@ def is_temp_name(name: str) -> bool:
     return base.startswith(".") or base.lower().endswith(_TEMP_SUFFIXES)
 
 
+def any_fits_name(directory: str | os.PathLike[str]) -> bool:
+    """Does ``directory`` hold, at its top level, an entry with a FITS name that is not a temp
+    name? False when it cannot be listed. A cheap look before a scan (its subfolders are not
+    walked)."""
+    try:
+        with os.scandir(directory) as entries:
+            return any(fits_suffix(e.name) is not None and not is_temp_name(e.name) for e in entries)
+    except OSError:
+        return False
+
+
 def fits_suffix(name: str) -> str | None:
     """The FITS kind of a file name.
 
