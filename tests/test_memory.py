@@ -373,3 +373,50 @@ def test_room_for_a_job_frees_the_caches_first_then_asks_for_a_fresh_worker(monk
         memory.room_for(spec, lambda: None)  # nothing to free: fresh workers (400 MiB base) would fit
     monkeypatch.setattr(memory, "need", lambda s: 1500 * memory.MiB)
     memory.room_for(spec, lambda: None)  # more than even a fresh worker has: the job runs and says so itself
+
+
+_MALLINFO_PROBE = r'''
+import ctypes
+import numpy as np
+from ccdwatch.jobs import pool
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+
+def mmapped_by_a_frame():
+    before = libc.mallinfo2().hblks
+    frame = np.ones(4 << 20, np.float32)  # a 2k frame: 16 MiB
+    n = libc.mallinfo2().hblks - before
+    del frame
+    return n
+
+class Spec:
+    def __init__(self, shape):
+        self.shape = shape
+
+pool.give_back_freed_memory()  # as a worker starts
+seen = [mmapped_by_a_frame()]
+for job, shape in (("calibrate_light", (2048, 2048, 16)), ("stack_group", (6388, 9576, 16)),
+                   ("stack_group", (2048, 2048, 16)), ("calibrate_light", (6388, 9576, 16))):
+    pool.heap_for(job, Spec(shape))
+    seen.append(mmapped_by_a_frame())
+print(seen)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_jobs_take_frame_sized_temporaries_from_the_heap():
+    """A worker starts with a 1 MiB mmap threshold (a 61 Mpix night's freed strips go back to the
+    system); a job on 2k frames then takes a frame-sized block from the heap (a fresh mmap costs
+    page faults and zeroing at every allocation: a light's job ~1.6x), a stack of 61 Mpix frames
+    does not, and a light job does whatever its frames (glibc's own count of mmapped blocks)."""
+    import ctypes
+
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("not glibc >= 2.33")
+    out = subprocess.run([sys.executable, "-c", _MALLINFO_PROBE], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[1, 0, 1, 0, 0]"
