@@ -420,3 +420,18 @@ def test_jobs_take_frame_sized_temporaries_from_the_heap():
         pytest.skip("not glibc >= 2.33")
     out = subprocess.run([sys.executable, "-c", _MALLINFO_PROBE], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[1, 0, 1, 0, 0]"
+
+
+def test_every_job_sets_the_allocator_for_itself(monkeypatch):
+    """The jobs' wrapper sets the allocator for the job before it runs (`pool.heap_for`)."""
+    from ccdwatch.jobs import pool, tasks
+
+    calls = []
+    monkeypatch.setattr(pool, "heap_for", lambda job, spec: calls.append((job, spec)))
+
+    def calibrate_light(spec):
+        return spec
+
+    spec = object()
+    assert tasks._explained(calibrate_light)(spec) is spec
+    assert calls == [("calibrate_light", spec)]
