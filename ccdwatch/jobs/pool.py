@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 M_MMAP_THRESHOLD = -3  # <malloc.h>
+M_TRIM_THRESHOLD = -1  # <malloc.h>
+#: glibc's default M_TRIM_THRESHOLD: free memory above it at the heap's top goes back at once.
+DEFAULT_TRIM = 128 << 10
 #: How long a first job waits for the fork server's imports before it is handed over regardless, s.
 SERVER_START_LIMIT = 120.0
 
@@ -143,9 +146,11 @@ REUSE_THRESHOLD = 64 << 20
 SMALL_FRAME = 64 << 20
 #: Jobs run many times a night, each on one frame: they reuse the heap whatever the frame size.
 REUSING_JOBS = frozenset({"ingest", "calibrate_light"})
+#: Their trim threshold: free memory at the heap's top is kept up to this for the next job.
+REUSE_TRIM = 256 << 20
 
 
-def give_back_freed_memory(threshold: int = 1 << 20) -> None:
+def give_back_freed_memory(threshold: int = 1 << 20, trim: int = DEFAULT_TRIM) -> None:
     """Have glibc return every block of ``threshold`` bytes or more to the system when it is freed.
 
     By default its mmap threshold rises to the size of each large block freed (up to 32 MiB), and
@@ -159,7 +164,9 @@ def give_back_freed_memory(threshold: int = 1 << 20) -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
+        libc.mallopt(M_TRIM_THRESHOLD, trim)  # glibc's default stays fixed once the above is set
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 
@@ -172,13 +179,19 @@ def heap_for(job: str, spec: Any) -> None:
     with the heap, and a light's calibration and QA (~30 frame-sized temporaries) ~1.6x
     (benchmarks.stages under MALLOC_MMAP_THRESHOLD_ 1 MiB vs 64 MiB: 384/287 vs 208/181 ms a
     light). So the jobs take blocks below `REUSE_THRESHOLD` from the heap, which keeps them for
-    the next job: what stays is one job's working set of smaller blocks. Masters and stacks of
+    the next job: what stays is one job's working set of smaller blocks. The light and ingest
+    jobs also keep up to `REUSE_TRIM` free at the heap's top (with glibc's 128 KiB it went back
+    to the system after each job and was faulted in again: OpenCV's 3x3 filter of a light 16 vs
+    1.8 ms, the job in the daemon 231 vs 218 ms, medians of 40 inline, two pairs of runs); not
+    the masters and stacks, whose peak would grow past their estimates. Masters and stacks of
     frames above `SMALL_FRAME` keep the 1 MiB threshold (their strips and temporaries are what a
     61 Mpix night's workers kept, see `give_back_freed_memory`); a worker that holds too much
     before a job is replaced all the same (`memory.room_for`)."""
     size = memory.FrameSize.of(getattr(spec, "shape", None))
     small = size is None or size.f32 <= SMALL_FRAME
-    give_back_freed_memory(REUSE_THRESHOLD if small or job in REUSING_JOBS else 1 << 20)
+    reusing = job in REUSING_JOBS
+    give_back_freed_memory(REUSE_THRESHOLD if small or reusing else 1 << 20,
+                           trim=REUSE_TRIM if reusing else DEFAULT_TRIM)
 
 
 def _worker_init(memory_limit: int, nice: int, daemon: int) -> None:
