@@ -1,5 +1,6 @@
-"""What a stack job reads of its calibrated lights: their images (NaN on bad pixels) read whole,
-or their planes mapped where they lie, for `ccdwatch.stack` to warp strip by strip."""
+"""What a stack job reads of its calibrated lights: their planes mapped where they lie, for
+`ccdwatch.stack` to warp strip by strip, or (colour mosaics) read whole; either way through
+`ccdwatch.stripwarp.MappedFrame` (the image NaN on bad pixels, UNCERT squared NaN where it is)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from ccdwatch import qa
 from ccdwatch.fitsio import map_product_planes, read_product_hdus, read_product_table
-from ccdwatch.jobs.uncertainty import input_variance
 from ccdwatch.stripwarp import MappedFrame
 
-__all__ = ["WholeFrames", "mapped_products", "masked_image", "source_lists"]
-
-
-def masked_image(hdus: fits.HDUList) -> np.ndarray:
-    """A calibrated product's image as a new float32 array, NaN on its bad pixels (BADPIX)."""
-    image = np.array(hdus[0].data, dtype=np.float32, copy=True)
-    if "BADPIX" in hdus:
-        image[np.asarray(hdus["BADPIX"].data).astype(bool)] = np.nan
-    return image
+__all__ = ["WholeFrames", "mapped_products", "source_lists"]
 
 
 def source_lists(products: Mapping[int, str]) -> tuple[dict[int, qa.Sources], dict[int, str]]:
@@ -53,11 +44,17 @@ def mapped_products(products: Mapping[int, str], scratch: Path) -> dict[int, Map
                 if name in hdus and hdus[name].data is not None:
                     planes[name] = _spilled(hdus[name].data, scratch / f"{fid}-{name.lower()}.npy")
             del hdus
-        image = planes["PRIMARY"]
-        bad, uncert = (p if p is not None and p.shape == image.shape else None
-                       for p in (planes.get("BADPIX"), planes.get("UNCERT")))
-        mapped[fid] = MappedFrame(image, bad, uncert)
+        mapped[fid] = _frame(planes)
     return mapped
+
+
+def _frame(planes: Mapping[str, np.ndarray | None]) -> MappedFrame:
+    """The image (``"PRIMARY"``) with its BADPIX and UNCERT planes, those of its shape only."""
+    image = planes["PRIMARY"]
+    assert image is not None
+    bad, uncert = (p if p is not None and p.shape == image.shape else None
+                   for p in (planes.get("BADPIX"), planes.get("UNCERT")))
+    return MappedFrame(image, bad, uncert)
 
 
 #: The planes of a calibrated light a stack reads besides its image.
@@ -79,8 +76,9 @@ class WholeFrames:
 
     def load(self, fid: int) -> np.ndarray:
         hdus = read_product_hdus(self.products[fid])
-        image = masked_image(hdus)
-        self.variances[fid] = input_variance(hdus, image)
+        frame = _frame({name: hdus[name].data if name in hdus else None for name in ("PRIMARY", *_PLANES)})
+        image = frame.rows(0, frame.shape[0])
+        self.variances[fid] = frame.variance_rows(0, frame.shape[0], image)
         return image
 
     def variance(self, fid: int) -> np.ndarray | None:

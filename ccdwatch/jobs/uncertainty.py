@@ -26,7 +26,7 @@ from astropy.io import fits
 from ccdwatch import noise, ptc
 from ccdwatch.detector import NoiseSpec
 
-__all__ = ["LightNoise", "NoiseSpec", "forget", "input_variance", "light_noise", "master_cards", "remember",
+__all__ = ["LightNoise", "NoiseSpec", "forget", "light_noise", "master_cards", "remember",
            "stack_planes"]
 
 #: Master header cards the noise model reads, per master path (the worker's cache beside its pixels).
@@ -135,16 +135,6 @@ def light_noise(spec: NoiseSpec | None, raw: np.ndarray, data: np.ndarray, *, ma
         dark_noise=_card(paths.get("dark"), "PIXNOISE"), flat_noise=_card(paths.get("flat"), "PIXNOISE"),
         scale=spec.gain)
     return LightNoise(spec, sigma, rn_adu, source)
-
-
-def input_variance(hdus: fits.HDUList, image: np.ndarray) -> np.ndarray | None:
-    """A calibrated product's per-pixel variance (UNCERT squared, NaN where ``image`` is), or
-    None when it has no UNCERT (the stack then measures the frame's noise on its sky)."""
-    if "UNCERT" not in hdus or hdus["UNCERT"].data is None or hdus["UNCERT"].data.shape != image.shape:
-        return None
-    var = np.square(np.asarray(hdus["UNCERT"].data, dtype=np.float32))
-    var[np.isnan(image)] = np.nan
-    return var
 
 
 def stack_planes(sigma: np.ndarray | None, expmap: np.ndarray | None, unit: str) -> list[fits.ImageHDU]:
