@@ -522,3 +522,33 @@ def test_median_and_mad_equal_two_medians(nframes: int) -> None:
     assert np.array_equal(centre, expected, equal_nan=True)
     assert np.array_equal(mad, expected_mad, equal_nan=True)
     assert np.isnan(centre[:3]).all() and centre[5] == 7.0 and mad[5] == 0.0
+
+
+def test_spread_floor_reads_a_few_bands_and_measures_the_noise():
+    """The clipping's floor samples ~32 rows in 4 bands spread over the frame: a frame warped when
+    read (`ccdwatch.stripwarp.WarpedRows`) is read 4 times, not once per row, and the floor is
+    the frames' per-pixel noise whatever the frames are held in."""
+    from ccdwatch.calib import _sample_bands, _spread_floor
+
+    class Counted:
+        """A frame that counts how often its rows are read."""
+
+        def __init__(self, a: np.ndarray) -> None:
+            self.a, self.shape, self.reads = a, a.shape, 0
+
+        def __getitem__(self, key: slice) -> np.ndarray:
+            self.reads += 1
+            return self.a[key]
+
+    bands = _sample_bands(2048)
+    assert len(bands) == 4 and sum(b - a for a, b in bands) == 32
+    assert bands[0][0] == 0 and bands[-1][1] == 2048  # top and bottom both sampled
+    assert _sample_bands(20) == [(0, 20)]
+    rng = np.random.default_rng(5)
+    frames = [rng.normal(100.0, 3.0, size=(300, 64)).astype(np.float32) for _ in range(9)]
+    counted = [Counted(f) for f in frames]
+    floor = _spread_floor(counted, None)
+    assert all(c.reads == 4 for c in counted)
+    assert floor == _spread_floor(frames, None)
+    # the noise, 3.0: a MAD of 9 values is biased low (its median over pixels ~0.87 sigma)
+    assert 0.8 * 3.0 < floor < 1.05 * 3.0
