@@ -55,7 +55,7 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
     runs: dict[str, measure.Run] = {}
     print(f"[{name}] ccdwatch watch --once ...", flush=True)
     started = time.time()
-    runs["ccdwatch"] = measure.run("ccdwatch", [PY, "-m", "ccdwatch.cli", "watch", "--once", "--incoming", incoming,
+    runs["ccdwatch"] = measure.run("ccdwatch", [PY, "-m", "ccdwatch", "watch", "--once", "--incoming", incoming,
                                                 "--products", run_dir / "ccdwatch" / "products",
                                                 "--db", run_dir / "ccdwatch" / "catalogue.db"])
     stages_seen = timeline.timeline(run_dir / "ccdwatch" / "catalogue.db", started, runs["ccdwatch"].wall)
@@ -97,7 +97,7 @@ def startup(work: Path, repeat: int = 3) -> dict:
     (what a timer-driven ``--once`` pays when nothing arrived), best of ``repeat``."""
     shutil.rmtree(work, ignore_errors=True)
     (work / "incoming").mkdir(parents=True)
-    cmd = [PY, "-m", "ccdwatch.cli", "watch", "--once", "--incoming", work / "incoming",
+    cmd = [PY, "-m", "ccdwatch", "watch", "--once", "--incoming", work / "incoming",
            "--products", work / "products", "--db", work / "catalogue.db"]
     measure.run("startup-create", cmd)  # creates the catalogue
     walls = [round(measure.run("startup", cmd).wall, 3) for _ in range(repeat)]

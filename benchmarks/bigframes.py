@@ -221,7 +221,7 @@ def once(size: str) -> dict[str, Any]:
     work = RESULTS / "runs" / f"big-once-{size}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    run = measure.run("ccdwatch", [PY, "-m", "ccdwatch.cli", "--config", ROOT / "systemd" / "ccdwatch.toml",
+    run = measure.run("ccdwatch", [PY, "-m", "ccdwatch", "--config", ROOT / "systemd" / "ccdwatch.toml",
                                    "--incoming", incoming, "--products", work / "products", "--db",
                                    work / "catalogue.db", "watch", "--once"], tail=40)
     limit = unit_memory_max()
@@ -299,7 +299,7 @@ def live(size: str, quiet_minutes: float, timeout: float) -> dict[str, Any]:
     join = (lambda: (cg / "cgroup.procs").write_text(str(os.getpid()))) if cg else None  # noqa: E731
     os.sync()
     log = open(work / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([PY, "-m", "ccdwatch.cli", "--config", str(cfg), "watch"], cwd=ROOT, stdout=log,
+    proc = subprocess.Popen([PY, "-m", "ccdwatch", "--config", str(cfg), "watch"], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, preexec_fn=join)
     peak = {"tree": 0, "anon": 0}
     done = threading.Event()

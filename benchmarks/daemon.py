@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-CCDWATCH = [sys.executable, "-m", "ccdwatch.cli"]
+CCDWATCH = [sys.executable, "-m", "ccdwatch"]
 
 
 def _config(work: Path, incoming: Path, stack: dict[str, float] | None = None, **watch: float) -> Path:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg.write_text(f'[paths]\nincoming = "{incoming}"\nproducts = "{root / "products"}"\ndatabase = "{db}"\n'
                    "[watch]\nsettle_seconds = 0.5\n")
     with open(root / "daemon.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ccdwatch.cli", "--config", str(cfg), "watch"],
+        proc = subprocess.Popen([sys.executable, "-m", "ccdwatch", "--config", str(cfg), "watch"],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             t0 = time.time()

@@ -102,7 +102,7 @@ def main() -> None:
     manifest = work / "nights" / name / "manifest.json"
     run = work / "perlight" / name
     if not any(run.glob("products/calibrated/*/*/*/*.fits")):
-        subprocess.run([sys.executable, "-m", "ccdwatch.cli", "watch", "--once", "--incoming",
+        subprocess.run([sys.executable, "-m", "ccdwatch", "watch", "--once", "--incoming",
                         json.loads(manifest.read_text())["incoming"], "--products", run / "products", "--db",
                         run / "catalogue.db"], env={**os.environ, "PYTHONPATH": str(args.a.absolute())}, check=True,
                        stdout=subprocess.DEVNULL)

@@ -49,3 +49,38 @@ def test_watch_once_with_nothing_to_do_needs_neither_numpy_nor_astropy(tmp_path)
     assert "ccdwatch.pipeline.core" in modules and "sqlalchemy" in modules  # the run did happen
     for name in ("numpy", "astropy", "ccdwatch.calib", "ccdwatch.fitsio.raw", "ccdwatch.jobs.tasks"):
         assert name not in modules, f"watch --once with nothing to do imports {name}"
+
+
+def test_the_console_script_starts_the_fork_server_before_the_command_line_loads(tmp_path, monkeypatch):
+    """`ccdwatch.__main__` starts the workers' fork server for a `watch` that will run local jobs,
+    from the arguments and the configuration alone, before `ccdwatch.cli` imports SQLAlchemy;
+    anything else starts nothing (the command line then decides, and reports what is wrong)."""
+    from ccdwatch import __main__ as script
+    from ccdwatch.jobs import forkserver
+
+    started = []
+    monkeypatch.setattr(forkserver, "start", lambda: started.append(True))
+    empty, night = tmp_path / "empty", tmp_path / "night"
+    empty.mkdir()
+    night.mkdir()
+    (night / "bias_001.fits").write_bytes(b"")
+    local = tmp_path / "local.toml"
+    local.write_text("[workers]\nprocesses = 0\n")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[workers]\nprocesses = 'many'\n")
+    cases = {
+        ("watch", "--once", "--incoming", str(night)): True,
+        ("--db", str(tmp_path / "c.db"), "watch", "--once", "--incoming", str(night), "-v"): True,
+        ("watch", "--incoming", str(empty)): True,  # the live daemon: its jobs are coming
+        ("watch", "--once", "--incoming", str(empty)): False,  # an idle --once stays light
+        ("watch", "--once", "--incoming", str(night), "--scheduler", "tcp://127.0.0.1:1"): False,
+        ("--config", str(local), "watch", "--once", "--incoming", str(night)): False,  # inline jobs
+        ("--config", str(bad), "watch", "--once", "--incoming", str(night)): False,  # cli reports it
+        ("watch", "--help"): False,
+        ("watch", "--once", "--incoming"): False,  # does not parse
+        ("frames", "--incoming", str(night)): False,
+    }
+    for argv, expected in cases.items():
+        started.clear()
+        assert script.start_workers_early(list(argv)) is expected, argv
+        assert started == ([True] if expected else []), argv
