@@ -23,7 +23,7 @@ import math
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +49,8 @@ class MappedFrame:
     image: np.ndarray
     bad: np.ndarray | None = None
     uncert: np.ndarray | None = None
+    #: per thread, where the image rows it read last are NaN: ``(r0, r1, step, map)`` (`missing_rows`)
+    _missing: dict[int, tuple[int, int, int, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -61,7 +63,17 @@ class MappedFrame:
         if self.bad is not None:
             block[np.asarray(self.bad[r0:r1:step, ::step]) != 0] = np.nan
         self.release(r0, r1, self.image, self.bad)
+        if self.uncert is not None:  # the variance of these rows comes next: spare it a second read
+            self._missing[threading.get_ident()] = (r0, r1, step, np.isnan(block))
         return block
+
+    def missing_rows(self, r0: int, r1: int, step: int = 1) -> np.ndarray:
+        """Where image rows ``r0:r1`` (every ``step``-th) are NaN, as `rows` gives them: remembered
+        from this thread's last `rows` when it read the same rows, else read."""
+        last = self._missing.pop(threading.get_ident(), None)
+        if last is not None and last[:3] == (r0, r1, step):
+            return last[3]
+        return np.isnan(self.rows(r0, r1, step))
 
     @staticmethod
     def release(r0: int, r1: int, *planes: np.ndarray | None) -> None:
@@ -71,12 +83,13 @@ class MappedFrame:
             if plane is not None:
                 release_pages(plane, (r0, r1))
 
-    def variance_rows(self, r0: int, r1: int, image: np.ndarray, step: int = 1) -> np.ndarray | None:
-        """UNCERT squared over the same rows as ``image`` (`rows`), NaN where it is; None without UNCERT."""
+    def variance_rows(self, r0: int, r1: int, step: int = 1) -> np.ndarray | None:
+        """UNCERT squared over image rows ``r0:r1`` (every ``step``-th row and column), NaN where
+        the image is (`missing_rows`); None without UNCERT."""
         if self.uncert is None:
             return None
         var = np.square(np.asarray(self.uncert[r0:r1:step, ::step], dtype=np.float32))
-        var[np.isnan(image)] = np.nan
+        var[self.missing_rows(r0, r1, step)] = np.nan
         self.release(r0, r1, self.uncert)
         return var
 
@@ -96,7 +109,7 @@ def frame_levels(frames: Sequence[MappedFrame], *, threads: int = 1) -> list[tup
     def one(frame: MappedFrame) -> tuple[float, float]:
         ny = frame.shape[0]
         image = frame.rows(0, ny, 2)
-        var = frame.variance_rows(0, ny, image, 2)
+        var = frame.variance_rows(0, ny, 2)
         if var is None:
             level, spread = calib.robust_stats(image)
             return level, spread**2
@@ -153,10 +166,9 @@ class WarpedRows:
 
     def _read(self, r0: int, r1: int) -> np.ndarray:
         """Input rows ``r0:r1`` as float32: the image (NaN on bad pixels) or its variance."""
-        block = self.frame.rows(r0, r1)
         if not self.variance:
-            return block
-        var = self.frame.variance_rows(r0, r1, block)
+            return self.frame.rows(r0, r1)
+        var = self.frame.variance_rows(r0, r1)  # after this thread read the image's rows, as a rule
         if var is None:
             raise ValueError("the frame has no UNCERT plane to warp")
         return var

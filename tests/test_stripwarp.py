@@ -61,7 +61,7 @@ def test_variance_strips_and_offset() -> None:
     frame = _frame(2)
     t = _similarity(-0.3, -2.2, 4.9)
     image = frame.rows(0, SHAPE[0])
-    var = frame.variance_rows(0, SHAPE[0], image)
+    var = frame.variance_rows(0, SHAPE[0])
     assert var is not None and np.array_equal(np.isnan(var), np.isnan(image))
     whole = warp(var, t, output_shape=SHAPE, order=1)
     strips = _in_strips(stripwarp.WarpedRows(frame, t, SHAPE, variance=True), 50)
@@ -134,3 +134,24 @@ def test_a_frame_turned_against_the_reference_is_read_once() -> None:
     assert rows._whole is not None  # read once, kept
     assert np.array_equal(np.isnan(strips), np.isnan(whole))
     assert np.nanmax(np.abs(strips - whole)) < 1e-3 * NOISE
+
+
+def test_variance_rows_reuse_the_image_rows_just_read_and_only_those() -> None:
+    """A variance strip needs to know where the image is NaN: it takes that from the same
+    thread's read of the same image rows (spared a second read and conversion), and reads the
+    image itself for any other rows; the values are the same either way."""
+    frame = _frame(3)
+    frame.image[5, 7] = np.nan  # a NaN of the image itself, besides the bad pixels
+    fresh = frame.variance_rows(0, 40)  # nothing remembered: reads the image's rows
+    assert fresh is not None and np.isnan(fresh[5, 7]) and np.isnan(fresh).sum() > 20
+    image = frame.rows(0, 40)
+    assert len(frame._missing) == 1  # remembered for this thread
+    remembered = frame.variance_rows(0, 40)
+    assert frame._missing == {}  # used once
+    assert remembered is not None and np.array_equal(np.isnan(remembered), np.isnan(image))
+    assert np.array_equal(remembered, fresh, equal_nan=True)
+    frame.rows(0, 40)
+    other = frame.variance_rows(10, 50)  # other rows: the memo does not fit, the image is read
+    reference = np.square(np.asarray(frame.uncert[10:50], np.float32))
+    reference[np.isnan(frame.rows(10, 50))] = np.nan
+    assert np.array_equal(other, reference, equal_nan=True)

@@ -78,7 +78,7 @@ class WholeFrames:
         hdus = read_product_hdus(self.products[fid])
         frame = _frame({name: hdus[name].data if name in hdus else None for name in ("PRIMARY", *_PLANES)})
         image = frame.rows(0, frame.shape[0])
-        self.variances[fid] = frame.variance_rows(0, frame.shape[0], image)
+        self.variances[fid] = frame.variance_rows(0, frame.shape[0])
         return image
 
     def variance(self, fid: int) -> np.ndarray | None:
