@@ -27,7 +27,7 @@ from ccdwatch import calib, noise
 from ccdwatch.align import AlignmentError, Transform, find_transform, warp
 from ccdwatch.qa import Sources
 from ccdwatch.scratch import ScratchArrays
-from ccdwatch.stripwarp import MappedFrame, WarpedRows, frame_levels, strip_rows
+from ccdwatch.stripwarp import LEVEL_STEP, MappedFrame, WarpedRows, frame_levels, strip_rows
 
 if TYPE_CHECKING:  # at run time through `__getattr__`
     from ccdwatch.previews import preview_stretch
@@ -98,9 +98,9 @@ class StackResult:
 
 
 def _sky_level(image: np.ndarray) -> float:
-    """Robust sky level of a frame: median of the finite pixels of a 2x2-strided subsample
-    (NaN when none is finite)."""
-    return calib.robust_median(image[::2, ::2])
+    """Robust sky level of a frame: median of the finite pixels of a `LEVEL_STEP`-strided
+    subsample (NaN when none is finite)."""
+    return calib.robust_median(image[::LEVEL_STEP, ::LEVEL_STEP])
 
 
 def align_and_stack(

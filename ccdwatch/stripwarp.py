@@ -32,13 +32,17 @@ from ccdwatch.align import Transform
 from ccdwatch.resample import warp
 from ccdwatch.scratch import release_pages
 
-__all__ = ["MARGIN", "MappedFrame", "WarpedRows", "frame_levels", "strip_rows"]
+__all__ = ["LEVEL_STEP", "MARGIN", "MappedFrame", "WarpedRows", "frame_levels", "strip_rows"]
 
 #: Input rows read beyond those a strip's samples fall on: Lanczos reaches 4 px, and a missing
 #: pixel's fill (`ccdwatch.resample._filled`) averages its 5x5 neighbours.
 MARGIN = 8
 #: A strip stack of all frames (float32) is about this large, between 16 and 128 rows.
 _STRIP_BYTES = 32 << 20
+#: A frame's sky level and typical variance are measured on every ``LEVEL_STEP``-th pixel of every
+#: ``LEVEL_STEP``-th row: 262,144 pixels of a 2k frame set a median to ~0.003 sigma, and a stack
+#: reads (and faults in) only a quarter of each product's pages for them.
+LEVEL_STEP = 4
 
 
 @dataclass(frozen=True)
@@ -102,14 +106,15 @@ def strip_rows(n_frames: int, nx: int, ny: int) -> int:
 
 
 def frame_levels(frames: Sequence[MappedFrame], *, threads: int = 1) -> list[tuple[float, float]]:
-    """Each frame's sky level (robust median of a 2x2-strided subsample, as `ccdwatch.stack`
-    measures it) and typical variance (robust median of its variance over the same pixels, or
-    its sky's robust variance when it has no UNCERT), read through the maps in ``threads``."""
+    """Each frame's sky level (robust median of a `LEVEL_STEP`-strided subsample, as
+    `ccdwatch.stack` measures it) and typical variance (robust median of its variance over the
+    same pixels, or its sky's robust variance when it has no UNCERT), read through the maps in
+    ``threads``."""
 
     def one(frame: MappedFrame) -> tuple[float, float]:
         ny = frame.shape[0]
-        image = frame.rows(0, ny, 2)
-        var = frame.variance_rows(0, ny, 2)
+        image = frame.rows(0, ny, LEVEL_STEP)
+        var = frame.variance_rows(0, ny, LEVEL_STEP)
         if var is None:
             level, spread = calib.robust_stats(image)
             return level, spread**2
