@@ -148,6 +148,12 @@ SMALL_FRAME = 64 << 20
 REUSING_JOBS = frozenset({"ingest", "calibrate_light"})
 #: Their trim threshold: free memory at the heap's top is kept up to this for the next job.
 REUSE_TRIM = 256 << 20
+#: Jobs that keep `REUSE_TRIM` on frames up to `SMALL_FRAME` too: a stack frees and takes again a
+#: strip's working set (~100 MiB at 2k for 40 frames) per strip and thread, which glibc's 128 KiB
+#: trim gave back to the system every time (2k-matched stack job: 517k vs 225-278k page faults,
+#: 13.1-13.6 vs 11.2-12.2 s of CPU, peak RSS 585-595 vs 644-668 MiB; within `memory.stack`, which
+#: still counts the whole frames the stack no longer holds).
+KEEPING_STACKS = frozenset({"stack_group"})
 
 
 def give_back_freed_memory(threshold: int = 1 << 20, trim: int = DEFAULT_TRIM) -> None:
@@ -182,16 +188,18 @@ def heap_for(job: str, spec: Any) -> None:
     the next job: what stays is one job's working set of smaller blocks. The light and ingest
     jobs also keep up to `REUSE_TRIM` free at the heap's top (with glibc's 128 KiB it went back
     to the system after each job and was faulted in again: OpenCV's 3x3 filter of a light 16 vs
-    1.8 ms, the job in the daemon 231 vs 218 ms, medians of 40 inline, two pairs of runs); not
-    the masters and stacks, whose peak would grow past their estimates. Masters and stacks of
-    frames above `SMALL_FRAME` keep the 1 MiB threshold (their strips and temporaries are what a
-    61 Mpix night's workers kept, see `give_back_freed_memory`); a worker that holds too much
-    before a job is replaced all the same (`memory.room_for`)."""
+    1.8 ms, the job in the daemon 231 vs 218 ms, medians of 40 inline, two pairs of runs), and
+    so do stacks of small frames (`KEEPING_STACKS`); not the masters, whose peak would grow past
+    their estimates. Masters and stacks of frames above `SMALL_FRAME` keep the 1 MiB threshold
+    (their strips and temporaries are what a 61 Mpix night's workers kept, see
+    `give_back_freed_memory`); a worker that holds too much before a job is replaced all the
+    same (`memory.room_for`)."""
     size = memory.FrameSize.of(getattr(spec, "shape", None))
     small = size is None or size.f32 <= SMALL_FRAME
     reusing = job in REUSING_JOBS
+    keep = reusing or (small and job in KEEPING_STACKS)
     give_back_freed_memory(REUSE_THRESHOLD if small or reusing else 1 << 20,
-                           trim=REUSE_TRIM if reusing else DEFAULT_TRIM)
+                           trim=REUSE_TRIM if keep else DEFAULT_TRIM)
 
 
 def _worker_init(memory_limit: int, nice: int, daemon: int) -> None:
