@@ -20,14 +20,15 @@ def _binned(data: np.ndarray) -> np.ndarray:
 
     The four pixels of each kept cell are gathered by strided views of the raw array: only the
     kept pixels are converted (a 2k frame's 4 M pixels used to be converted to float32 first).
-    Integers of at most 16 bits add up exactly in float32 in any order: their two kept rows are
-    added whole first (a third less time than four strided gathers); other data is summed
-    in the order it always was, for the same rounding."""
+    Integers of at most 16 bits add up exactly in float32 in any order: on frames up to ~2k a
+    side, where at least a quarter of each kept row is kept, their two kept rows are added whole
+    first (0.5 ms at 2k where the four strided gathers take 0.7; on a 61 Mpix frame 1.7 against
+    0.7). Other data is summed in the order it always was, for the same rounding."""
     ny, nx = data.shape
     step = 2 * max(1, int(np.ceil(max(ny, nx) / (2 * _MAX_SIDE))))
     ys = (ny // step) * step
     xs = (nx // step) * step
-    if np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
+    if step <= 4 and np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
         rows = data[0:ys:step, :xs].astype(np.float32)
         rows += data[1:ys:step, :xs]
         out = rows[:, 0::step] + rows[:, 1::step]
