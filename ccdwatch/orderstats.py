@@ -17,9 +17,10 @@ __all__ = ["NETWORK_MAX_FRAMES", "median_1d", "median_and_mad", "median_of_sorte
 #: Above this many frames the sorting network grows large; ``np.sort`` along the frames is used.
 NETWORK_MAX_FRAMES = 48
 
-#: `median_1d`: values sampled to bracket the middle, and the fewest values worth bracketing.
+#: `median_1d`: values sampled to bracket the middle (at most; at least every 8th value otherwise),
+#: and the fewest values worth bracketing.
 _BRACKET_SAMPLE = 16384
-_BRACKET_MIN_SIZE = 4 * _BRACKET_SAMPLE
+_BRACKET_MIN_SIZE = 8192
 
 
 def _middle_values(a: np.ndarray, ks: list[int]) -> np.ndarray | None:
@@ -33,7 +34,7 @@ def _middle_values(a: np.ndarray, ks: list[int]) -> np.ndarray | None:
     tie, the middle value of the subsample is first tried as the answer (two passes, nothing
     gathered)."""
     n = a.size
-    sample = np.sort(a[:: n // _BRACKET_SAMPLE])
+    sample = np.sort(a[:: max(8, n // _BRACKET_SAMPLE)])
     m = sample.size
     guess = sample[ks[0] * m // n]
     not_above = np.count_nonzero(a <= guess)

@@ -135,19 +135,23 @@ def test_same_source_count_where_diagonal_pixels_touch():
     assert _count_sources_ref(img, 0.0, 1.0) > 100
 
 
-@pytest.mark.parametrize("n", [65536, 65537, 262144, 100001])
+@pytest.mark.parametrize("n", [8191, 8192, 50232, 65537, 100001, 262144])
 def test_median_1d_is_numpys_median(n):
     rng = np.random.default_rng(n)
     quantised = (np.rint(rng.normal(1000.0, 4.0, n) * 4) / 4).astype(np.float32)  # thousands of ties
     smooth = rng.standard_cauchy(n).astype(np.float32)
     aliased = rng.normal(0.0, 1.0, n).astype(np.float32)
-    aliased[:: n // orderstats._BRACKET_SAMPLE] += 1000.0  # the subsample sees only these: bounds miss
+    aliased[:: max(8, n // orderstats._BRACKET_SAMPLE)] += 1000.0  # the subsample sees only these: bounds miss
+    if n >= orderstats._BRACKET_MIN_SIZE:  # each way is taken: the tie, the bracket, everything partitioned
+        assert orderstats._middle_values(quantised, [n // 2]) is not None
+        assert orderstats._middle_values(smooth, [(n - 1) // 2, n // 2]) is not None
+        assert orderstats._middle_values(aliased, [n // 2]) is None
     for a in (quantised, smooth, aliased, np.sort(smooth), np.zeros(n, np.float32), smooth.astype(np.float64)):
         got, want = orderstats.median_1d(a), np.median(a)
         assert type(got) is type(want) and repr(got) == repr(want)
     for bad in (np.nan, np.inf, -np.inf):
         a = quantised.copy()
-        a[12345] = bad
+        a[n // 3] = bad
         got, want = orderstats.median_1d(a), np.median(a)
         assert repr(got) == repr(want)
 
