@@ -65,6 +65,7 @@ def median_1d(a: np.ndarray) -> np.floating:
     if n < _BRACKET_MIN_SIZE:
         return np.median(a)
     middle = _middle_values(a, [(n - 1) // 2, n // 2] if n % 2 == 0 else [n // 2])
+    # np.mean makes 0.0 of -0.0: which of tied zeros sits at the rank does not show
     return np.median(a) if middle is None else np.mean(middle)
 
 

@@ -146,7 +146,8 @@ def test_median_1d_is_numpys_median(n):
         assert orderstats._middle_values(quantised, [n // 2]) is not None
         assert orderstats._middle_values(smooth, [(n - 1) // 2, n // 2]) is not None
         assert orderstats._middle_values(aliased, [n // 2]) is None
-    for a in (quantised, smooth, aliased, np.sort(smooth), np.zeros(n, np.float32), smooth.astype(np.float64)):
+    zeros = np.where(rng.random(n) < 0.5, np.float32(-0.0), smooth)  # a median of 0.0 or -0.0
+    for a in (quantised, smooth, aliased, np.sort(smooth), zeros, smooth.astype(np.float64)):
         got, want = orderstats.median_1d(a), np.median(a)
         assert type(got) is type(want) and repr(got) == repr(want)
     for bad in (np.nan, np.inf, -np.inf):
