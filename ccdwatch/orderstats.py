@@ -1,7 +1,8 @@
 """Order statistics along the frame axis of a stack of planes: sorting networks over whole
 planes, the NaN-ignoring median, and the median with the median absolute deviation about it.
 
-Pure numerics, used by the combinations of `ccdwatch.calib` and `ccdwatch.noise`.
+Pure numerics, used by the combinations of `ccdwatch.calib` and `ccdwatch.noise`; `median_1d`, the
+median of one long 1-D array, by `ccdwatch.evidence`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,62 @@ import functools
 
 import numpy as np
 
-__all__ = ["NETWORK_MAX_FRAMES", "median_and_mad", "median_of_sorted", "median_valid", "sorted_planes",
+__all__ = ["NETWORK_MAX_FRAMES", "median_1d", "median_and_mad", "median_of_sorted", "median_valid", "sorted_planes",
            "sorting_network"]
 
 #: Above this many frames the sorting network grows large; ``np.sort`` along the frames is used.
 NETWORK_MAX_FRAMES = 48
+
+#: `median_1d`: values sampled to bracket the middle (at most; at least every 8th value otherwise),
+#: and the fewest values worth bracketing.
+_BRACKET_SAMPLE = 16384
+_BRACKET_MIN_SIZE = 8192
+
+
+def _middle_values(a: np.ndarray, ks: list[int]) -> np.ndarray | None:
+    """``np.partition(a, ks)[ks]`` of a long 1-D array (the order statistics themselves, so the same
+    values), partitioning only the ~3 % of values between two bounds read off a sorted regular
+    subsample; None when the bounds miss a rank (then the caller partitions everything) or when a
+    value is NaN (which is in none of the three ranges).
+
+    Each pass over ``a`` costs ~0.04 ms at 262k float32, the gathering of the values between the
+    bounds ~25 ns a value: on quantised data (integer ADU binned 2x2), where thousands of values
+    tie, the middle value of the subsample is first tried as the answer (two passes, nothing
+    gathered)."""
+    n = a.size
+    sample = np.sort(a[:: max(8, n // _BRACKET_SAMPLE)])
+    m = sample.size
+    guess = sample[ks[0] * m // n]
+    not_above = np.count_nonzero(a <= guess)
+    if (np.count_nonzero(a < guess) <= ks[0] and ks[-1] < not_above
+            and not_above + np.count_nonzero(a > guess) == n):  # and no NaN
+        return np.full(len(ks), guess, dtype=a.dtype)
+    margin = 2 * int(np.sqrt(m))  # ~4 standard deviations of a random sample's rank
+    i0, i1 = ks[0] * m // n - margin, ks[-1] * m // n + margin + 1
+    if i0 < 0 or i1 >= m:
+        return None
+    lo, hi = sample[i0], sample[i1]
+    below = np.count_nonzero(a < lo)
+    above = np.count_nonzero(a > hi)
+    if not below <= ks[0] <= ks[-1] < n - above:
+        return None
+    inside = a[(a >= lo) & (a <= hi)]
+    if below + inside.size + above != n:  # NaN
+        return None
+    ranks = [k - below for k in ks]
+    return np.partition(inside, ranks)[ranks]
+
+
+def median_1d(a: np.ndarray) -> np.floating:
+    """``np.median(a)`` of a 1-D array: the same value and type (the middle one or two order
+    statistics, averaged by ``np.mean`` as numpy does), several times cheaper on long arrays
+    (`_middle_values`; ``np.partition`` of 262k float32 takes 2 ms, ``np.sort`` 0.8 ms)."""
+    n = a.size
+    if n < _BRACKET_MIN_SIZE:
+        return np.median(a)
+    middle = _middle_values(a, [(n - 1) // 2, n // 2] if n % 2 == 0 else [n // 2])
+    # np.mean makes 0.0 of -0.0: which of tied zeros sits at the rank does not show
+    return np.median(a) if middle is None else np.mean(middle)
 
 
 def median_of_sorted(srt: np.ndarray, n: np.ndarray) -> np.ndarray:
