@@ -13,57 +13,41 @@ comes from a FITS header or a file name is escaped with :func:`html.escape` befo
 the page. The page and every image are written atomically (temp name, fsync, rename), so a
 browser reloading during a refresh never sees half a file.
 
-Modules: :mod:`.collect` (the records and reading them), :mod:`.checks` (warnings and notes),
+Modules: :mod:`.rows` (the records), :mod:`.collect` (reading them), :mod:`.checks` (warnings and notes),
 :mod:`.figures` (the pictures), :mod:`.html` (the page), :mod:`.text` (escaping and formatting);
-this one holds the entry points.
+:mod:`.build` the entry points; this one names them all, each loaded on first use.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ccdwatch.catalog import Catalog
-from ccdwatch.catalog.night import frame_count
-from ccdwatch.config import Config, site_name
-from ccdwatch.fitsio import write_bytes_atomic
-from ccdwatch.report.checks import (
-    DARK_TEMP_WARN,
-    DARK_WARN_DAYS,
-    FLAT_WARN_DAYS,
-    REJECT_WARN_FRACTION,
-    TEMP_DRIFT_WARN,
-    night_warnings,
-)
-from ccdwatch.report.collect import (
-    PROBLEM_WINDOW,
-    CalibratedRow,
-    FrameRow,
-    Group,
-    MasterRow,
-    MemberRow,
-    NightData,
-    StackRow,
-    collect,
-    latest_night,
-)
-from ccdwatch.report.figures import (
-    IMG_DIR,
-    PNG_SIGNATURE,
-    Images,
-    Picture,
-    PictureRunner,
-    draw_picture,
-    make_images,
-    quality_figure,
-    quality_plot,
-)
-from ccdwatch.report.html import CSS, FRAME_HEADERS, IMAGE_CHECK_JS, render_html
-from ccdwatch.report.text import esc
-
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ccdwatch.report.build import build_report, cmd_report, default_report_dir, refresh
+    from ccdwatch.report.checks import (
+        DARK_TEMP_WARN,
+        DARK_WARN_DAYS,
+        FLAT_WARN_DAYS,
+        REJECT_WARN_FRACTION,
+        TEMP_DRIFT_WARN,
+        night_warnings,
+    )
+    from ccdwatch.report.collect import PROBLEM_WINDOW, collect, latest_night
+    from ccdwatch.report.figures import (
+        IMG_DIR,
+        PNG_SIGNATURE,
+        Images,
+        Picture,
+        PictureRunner,
+        draw_picture,
+        make_images,
+        quality_figure,
+        quality_plot,
+    )
+    from ccdwatch.report.html import CSS, FRAME_HEADERS, IMAGE_CHECK_JS, render_html
+    from ccdwatch.report.rows import CalibratedRow, FrameRow, Group, MasterRow, MemberRow, NightData, StackRow
+    from ccdwatch.report.text import esc
 
 __all__ = [
     "CSS",
@@ -102,76 +86,26 @@ __all__ = [
     "render_html",
 ]
 
-
-def default_report_dir(cfg: Config, night: str) -> Path:
-    """``<products>/reports/<night>`` with the night label made safe as a path component."""
-    from ccdwatch.fitsio import safe_product_path
-
-    return safe_product_path(Path(cfg.paths.products).absolute(), "reports", night)
-
-
-def build_report(cfg: Config, catalog: Catalog, night: str, out_dir: str | os.PathLike | None = None, *,
-                 run: PictureRunner | None = None, site: str | None = None) -> Path:
-    """Write the report of ``night`` and return the path of its ``index.html``.
-
-    Parameters
-    ----------
-    cfg : Config
-        Settings (products root, ingest limits for re-reading raw frames, dark tolerance).
-    catalog : Catalog
-        The catalogue (a reader is enough).
-    night : str
-        Night label, ``YYYY-MM-DD``.
-    out_dir : path-like, optional
-        Directory for ``index.html`` and ``img/``; default ``<products>/reports/<night>``.
-    run : PictureRunner, optional
-        Draws the pictures (e.g. on the daemon's workers); default: one after another here.
-    site : str, optional
-        Only this telescope's frames, masters and stacks (default: every site in the catalogue).
-    """
-    with catalog.reader() as session:
-        data = collect(session, night, site=site)
-    data.warnings, data.notes = night_warnings(data, temperature_tolerance=cfg.masters.temperature_tolerance)
-    out = Path(out_dir).absolute() if out_dir is not None else default_report_dir(cfg, night)
-    img_dir = out / IMG_DIR
-    images = make_images(data, img_dir, cfg, run=run)
-    page = write_bytes_atomic(out / "index.html", render_html(data, images).encode("utf-8"))
-    keep = {images.quality, *images.masters.values(), *images.stacks.values(), *(p for p, _ in images.panels.values())}
-    for old in img_dir.glob("*.png"):  # pictures of superseded stacks and masters
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
-    logger.info("night report for %s written to %s", night, page)
-    return page
+#: Where each name lives: loaded on first use, so that a worker drawing a picture
+#: (`ccdwatch.report.figures`) never loads the catalogue (SQLAlchemy) that `.collect` reads.
+_HOME = {
+    **dict.fromkeys(("build_report", "cmd_report", "default_report_dir", "refresh"), "build"),
+    **dict.fromkeys(("DARK_TEMP_WARN", "DARK_WARN_DAYS", "FLAT_WARN_DAYS", "REJECT_WARN_FRACTION",
+                     "TEMP_DRIFT_WARN", "night_warnings"), "checks"),
+    **dict.fromkeys(("PROBLEM_WINDOW", "collect", "latest_night"), "collect"),
+    **dict.fromkeys(("IMG_DIR", "PNG_SIGNATURE", "Images", "Picture", "PictureRunner", "draw_picture",
+                     "make_images", "quality_figure", "quality_plot"), "figures"),
+    **dict.fromkeys(("CSS", "FRAME_HEADERS", "IMAGE_CHECK_JS", "render_html"), "html"),
+    **dict.fromkeys(("CalibratedRow", "FrameRow", "Group", "MasterRow", "MemberRow", "NightData", "StackRow"),
+                    "rows"),
+    "esc": "text",
+}
 
 
-def refresh(cfg: Config, catalog: Catalog, night: str | None, *, run: PictureRunner | None = None) -> Path | None:
-    """Rebuild the report of ``night`` (this daemon's site only) when ``report.refresh`` is on; never raises."""
-    if not night or not cfg.report.refresh:
-        return None
-    try:
-        return build_report(cfg, catalog, night, run=run, site=site_name(cfg))
-    except Exception:
-        logger.exception("refreshing the night report of %s failed", night)
-        return None
-
-
-def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
-    """`ccdwatch report`: write the report of --night (default: the latest night) and print its path."""
-    import sys
-
-    with Catalog(cfg.paths.database, writer=False, create=False) as catalog:
-        night, site = args.night, getattr(args, "site", None)
-        if night is None:
-            with catalog.reader() as s:
-                night = latest_night(s, site=site)
-            if night is None:
-                print("ccdwatch: the catalogue holds no frames yet, so there is no night to report", file=sys.stderr)
-                return 1
-        with catalog.reader() as s:
-            n = frame_count(s, night, site=site)
-        if n == 0:
-            print(f"ccdwatch: no frames for night {night!r}; `ccdwatch nights` lists the nights", file=sys.stderr)
-            return 1
-        page = build_report(cfg, catalog, night, args.out, site=site)
-    print(page)
-    return 0
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

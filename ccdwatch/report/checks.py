@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from ccdwatch.report.collect import FrameRow, MasterRow, NightData
+from ccdwatch.report.rows import FrameRow, MasterRow, NightData
 from ccdwatch.report.text import fmt_num
 
 __all__ = [

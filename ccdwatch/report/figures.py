@@ -22,7 +22,7 @@ import numpy as np
 
 from ccdwatch.config import Config
 from ccdwatch.fitsio import write_bytes_atomic
-from ccdwatch.report.collect import FrameRow, Group, MasterRow, NightData, StackRow
+from ccdwatch.report.rows import FrameRow, Group, MasterRow, NightData, StackRow
 from ccdwatch.report.text import group_label, mpl_text
 
 # the package's logger (its records keep the name they had before the report became a package)

@@ -17,8 +17,8 @@ import numpy as np
 
 from ccdwatch import __version__
 from ccdwatch.models import FrameState
-from ccdwatch.report.collect import FrameRow, NightData
 from ccdwatch.report.figures import IMG_DIR, Images
+from ccdwatch.report.rows import FrameRow, NightData
 from ccdwatch.report.text import esc, fmt_duration, fmt_num, fmt_time, group_label
 
 __all__ = ["CSS", "FRAME_HEADERS", "IMAGE_CHECK_JS", "render_html"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ccdwatch.report.collect import Group
+from ccdwatch.report.rows import Group
 
 __all__ = ["esc", "fmt_duration", "fmt_num", "fmt_time", "group_label", "mpl_text"]
 
