@@ -421,3 +421,30 @@ def test_daemon_report_pictures_drawn_by_the_workers(night):
     html = pages[0].read_text()
     assert "quality.png" in html and all(p.name in html for p in panels)
     assert "comparison panel failed" not in html
+
+
+@pytest.mark.parametrize("dark_exptime", [300.0, 3.0])
+def test_flats_combine_beside_the_darks_unless_a_dark_of_theirs_is_coming(tmp_path, dark_exptime):
+    """A flat uses only a dark of its own exposure: with darks of the lights' 300 s and flats of
+    3 s the flats' masters are built in the darks' round (side by side on the workers), with
+    dark-flats of 3 s they wait for them and use the new master dark."""
+    from ccdwatch.pipeline import masters
+
+    cfg = make_config(tmp_path)
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=6, n_bias=3, n_dark=3, n_flat=3, filters=("V", "R"),
+                     n_light=0, dark_exptime=dark_exptime, flat_exptime=3.0)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        for p in sorted(Path(cfg.paths.incoming).glob("*.fits")):
+            pipe.handle(p)
+        ranks = masters.build_ranks(pipe.ctx, masters.candidates(pipe.ctx))
+        kinds = [sorted(k.kind for k, _ in rank) for rank in ranks]
+        if dark_exptime == 300.0:
+            assert kinds == [["bias"], ["dark", "flat", "flat"], []]
+        else:
+            assert kinds == [["bias"], ["dark"], ["flat", "flat"]]
+        pipe.tick(final=True)
+        with cat.reader() as s:
+            dark = s.scalars(select(Master).where(Master.kind == "dark")).one()
+            flats = s.scalars(select(Master).where(Master.kind == "flat")).all()
+            assert len(flats) == 2
+            assert all(f.dark_id == (dark.id if dark_exptime == 3.0 else None) for f in flats)

@@ -35,7 +35,7 @@ from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
 from ccdwatch.jobs import pool
-from ccdwatch.keys import CALIBRATION_KINDS, GroupKey
+from ccdwatch.keys import GroupKey
 from ccdwatch.models import FrameState
 from ccdwatch.pipeline import calibrate, masters, stacking
 from ccdwatch.pipeline.context import Context
@@ -207,11 +207,11 @@ class Pipeline:
     # ------------------------------------------------------------------ one stage each
     def build_masters(self, *, final: bool = False) -> list[int]:
         """Build (or rebuild as a new version) every master whose frames have settled: bias
-        first, then darks (on the bias), then flats (on both); one rank's masters in parallel."""
-        candidates = masters.candidates(self.ctx)
+        first, then darks (on the bias), then flats (on both; beside the darks when they need
+        none of them, `masters.build_ranks`); one rank's masters in parallel."""
         built: list[int] = []
-        for rank in range(len(CALIBRATION_KINDS)):
-            plans = masters.plan_due(self.ctx, [(k, n) for k, n in candidates if k.rank == rank], final=final)
+        for groups in masters.build_ranks(self.ctx, masters.candidates(self.ctx)):
+            plans = masters.plan_due(self.ctx, groups, final=final)
             if plans:
                 built += self.runner.run(_tasks().build_master, plans, lambda p, r: masters.commit(self.ctx, p, r),
                                          fault_point="master-written", share_cores=True)

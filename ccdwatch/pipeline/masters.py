@@ -35,7 +35,7 @@ from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_name, raw_paths, raw_present
-from ccdwatch.pipeline.selection import Masters, dark_factor
+from ccdwatch.pipeline.selection import EXPTIME_TOLERANCE, Masters, dark_factor
 from ccdwatch.products import master_cards, master_path, preview_path, product_header, short_hash
 
 if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
@@ -91,6 +91,31 @@ def candidates(ctx: Context) -> list[tuple[CalibKey, str]]:
     with ctx.catalog.session() as s:
         fresh = fresh_calibration_frames(s, site=ctx.site)
         return sorted({(CalibKey.of(f), f.night or "nonight") for f in fresh})
+
+
+def build_ranks(ctx: Context, groups: list[tuple[CalibKey, str]]) -> list[list[tuple[CalibKey, str]]]:
+    """``groups`` (candidates) in the order their masters can be built: biases, then darks (on the
+    bias), then flats (on both); a flat that no dark of ``groups`` could serve (none of its
+    camera set-up at one of its exposures: a flat uses only a dark of its own exposure, see
+    `plan_master`) goes with the darks, so that the two combine side by side rather than one
+    after the other (the usual night: darks of the lights' exposure, flats of a few seconds)."""
+    ranks: list[list[tuple[CalibKey, str]]] = [[] for _ in range(3)]
+    for key, night in groups:
+        ranks[key.rank].append((key, night))
+    if not ranks[2]:
+        return ranks
+    with ctx.catalog.session() as s:
+        darks = [(f.camera_key, f.exptime or 0.0)
+                 for key, night in ranks[1] for f in frames_of(s, key, night, site=ctx.site)]
+        early = []
+        for key, night in ranks[2]:
+            frames = frames_of(s, key, night, site=ctx.site)
+            if not any(camera == f.camera_key and abs(exptime - (f.exptime or 0.0)) < EXPTIME_TOLERANCE
+                       for f in frames for camera, exptime in darks):
+                early.append((key, night))
+    ranks[1] += early
+    ranks[2] = [g for g in ranks[2] if g not in early]
+    return ranks
 
 
 def frames_of(s: Session, key: CalibKey, night: str, *, site: str | None) -> list[Frame]:
