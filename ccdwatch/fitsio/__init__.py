@@ -24,8 +24,9 @@ Modules, one job each:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ccdwatch.lazy import module_getattr
 
 if TYPE_CHECKING:
     from ccdwatch.fitsio.atomic import DiskFull, big_endian, sweep_temp_files, write_bytes_atomic, write_product
@@ -64,10 +65,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = module_getattr(__name__, _HOME)

@@ -20,8 +20,9 @@ Modules: :mod:`.rows` (the records), :mod:`.collect` (reading them), :mod:`.chec
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ccdwatch.lazy import module_getattr
 
 if TYPE_CHECKING:
     from ccdwatch.report.build import build_report, cmd_report, default_report_dir, refresh
@@ -102,10 +103,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = module_getattr(__name__, _HOME)
