@@ -60,14 +60,16 @@ class MappedFrame:
     def shape(self) -> tuple[int, int]:
         return int(self.image.shape[0]), int(self.image.shape[1])
 
-    def rows(self, r0: int, r1: int, step: int = 1) -> np.ndarray:
+    def rows(self, r0: int, r1: int, step: int = 1, *, remember: bool = False) -> np.ndarray:
         """Image rows ``r0:r1`` (every ``step``-th row and column) as a new float32 array,
-        NaN on bad pixels."""
+        NaN on bad pixels. ``remember``: keep where they are NaN for this thread's next
+        `variance_rows` of the same rows (a strip's: the map of a whole frame read once and kept
+        would stay until the thread reads that frame again, which it may never do)."""
         block = np.array(self.image[r0:r1:step, ::step], dtype=np.float32)
         if self.bad is not None:
             block[np.asarray(self.bad[r0:r1:step, ::step]) != 0] = np.nan
         self.release(r0, r1, self.image, self.bad)
-        if self.uncert is not None:  # the variance of these rows comes next: spare it a second read
+        if remember and self.uncert is not None:  # the variance of these rows comes next
             self._missing[threading.get_ident()] = (r0, r1, step, np.isnan(block))
         return block
 
@@ -113,7 +115,7 @@ def frame_levels(frames: Sequence[MappedFrame], *, threads: int = 1) -> list[tup
 
     def one(frame: MappedFrame) -> tuple[float, float]:
         ny = frame.shape[0]
-        image = frame.rows(0, ny, LEVEL_STEP)
+        image = frame.rows(0, ny, LEVEL_STEP, remember=True)
         var = frame.variance_rows(0, ny, LEVEL_STEP)
         if var is None:
             level, spread = calib.robust_stats(image)
@@ -169,10 +171,11 @@ class WarpedRows:
         ny_in = self.frame.shape[0]
         return max(0, math.floor(min(ys)) - MARGIN), min(ny_in, math.ceil(max(ys)) + MARGIN + 1)
 
-    def _read(self, r0: int, r1: int) -> np.ndarray:
-        """Input rows ``r0:r1`` as float32: the image (NaN on bad pixels) or its variance."""
+    def _read(self, r0: int, r1: int, *, strip: bool = True) -> np.ndarray:
+        """Input rows ``r0:r1`` as float32: the image (NaN on bad pixels) or its variance.
+        ``strip``: rows of one strip (see `MappedFrame.rows`' ``remember``), not the whole frame."""
         if not self.variance:
-            return self.frame.rows(r0, r1)
+            return self.frame.rows(r0, r1, remember=strip)
         var = self.frame.variance_rows(r0, r1)  # after this thread read the image's rows, as a rule
         if var is None:
             raise ValueError("the frame has no UNCERT plane to warp")
@@ -183,7 +186,7 @@ class WarpedRows:
         large angle against the reference samples most of its rows for every strip."""
         with self._lock:
             if self._whole is None:
-                self._whole = self._read(0, self.frame.shape[0])
+                self._whole = self._read(0, self.frame.shape[0], strip=False)
             return self._whole
 
     def _strip(self, y0: int, y1: int) -> np.ndarray:

@@ -144,13 +144,15 @@ def test_variance_rows_reuse_the_image_rows_just_read_and_only_those() -> None:
     frame.image[5, 7] = np.nan  # a NaN of the image itself, besides the bad pixels
     fresh = frame.variance_rows(0, 40)  # nothing remembered: reads the image's rows
     assert fresh is not None and np.isnan(fresh[5, 7]) and np.isnan(fresh).sum() > 20
-    image = frame.rows(0, 40)
+    frame.rows(0, 40)
+    assert frame._missing == {}  # remembered only when asked: a whole frame's map could stay for good
+    image = frame.rows(0, 40, remember=True)
     assert len(frame._missing) == 1  # remembered for this thread
     remembered = frame.variance_rows(0, 40)
     assert frame._missing == {}  # used once
     assert remembered is not None and np.array_equal(np.isnan(remembered), np.isnan(image))
     assert np.array_equal(remembered, fresh, equal_nan=True)
-    frame.rows(0, 40)
+    frame.rows(0, 40, remember=True)
     other = frame.variance_rows(10, 50)  # other rows: the memo does not fit, the image is read
     reference = np.square(np.asarray(frame.uncert[10:50], np.float32))
     reference[np.isnan(frame.rows(10, 50))] = np.nan

@@ -77,7 +77,7 @@ class WholeFrames:
     def load(self, fid: int) -> np.ndarray:
         hdus = read_product_hdus(self.products[fid])
         frame = _frame({name: hdus[name].data if name in hdus else None for name in ("PRIMARY", *_PLANES)})
-        image = frame.rows(0, frame.shape[0])
+        image = frame.rows(0, frame.shape[0], remember=True)  # its variance, next, takes the NaN map
         self.variances[fid] = frame.variance_rows(0, frame.shape[0])
         return image
 
