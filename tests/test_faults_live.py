@@ -507,3 +507,27 @@ def test_a_light_with_nan_and_inf_pixels_in_the_live_daemon(tmp_path, staging, d
     assert sigterm(d)[1] == 0
     log = log_text(d)
     assert "WARNING" in log and "were NaN or infinite" in log and "Traceback" not in log
+
+
+IDLE_DEATH = textwrap.dedent(
+    """
+    import os, signal, time
+    from ccdwatch.jobs import pool
+    workers = pool.Workers(processes=2, memory_limit=0)
+    print(workers.run(abs, -3, timeout=120))
+    for proc in list(workers._executor()._processes.values()):  # killed while idle, as by the OOM killer
+        os.kill(proc.pid, signal.SIGKILL)
+    time.sleep(1.0)  # the executor notices and marks itself broken
+    print([f.result() for f in workers.map(abs, [-4, -5], timeout=120)])
+    workers.close()
+    """
+)
+
+
+def test_a_worker_killed_between_jobs_does_not_take_the_next_jobs_down(tmp_path):
+    """The workers killed while no job runs: the next jobs run on fresh workers (the daemon used
+    to die of the pool's BrokenProcessPool at the next submit, live, between a night's stages)."""
+    done = subprocess.run([sys.executable, "-c", IDLE_DEATH], capture_output=True, text=True, timeout=180,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.split() == ["3", "[4,", "5]"], done.stdout + done.stderr
+    assert "starting fresh workers" in done.stderr

@@ -286,7 +286,7 @@ class Workers:
             batch = queue[:1] if isolate else queue
             queue = queue[len(batch):]
             self._wait_for_server()
-            futs = {i: self._executor().submit(fn, specs[i]) for i in batch}
+            futs = self._submit(fn, specs, batch)
             full: list[int] = []
             for i in batch:
                 try:
@@ -330,6 +330,20 @@ class Workers:
                     self._reset()
                     queue = full + queue
         return [r for r in results if r is not None]
+
+    def _submit(self, fn: Callable[[Any], Any], specs: list[Any], batch: list[int]) -> dict[int, Future]:
+        """Submit the ``batch`` of jobs; on fresh workers if one died while idle.
+
+        A worker killed between jobs (the OOM killer, an operator's kill) breaks the pool with no
+        job in flight, and ``submit`` itself then raises: no job of this batch is to blame, so
+        the pool is replaced and the batch submitted again (not counted as a failure of any job)."""
+        try:
+            return {i: self._executor().submit(fn, specs[i]) for i in batch}
+        except BrokenProcessPool:
+            logger.warning("a worker died between jobs (killed, or over its memory limit): starting fresh workers")
+            self._reset()
+            self._wait_for_server()
+            return {i: self._executor().submit(fn, specs[i]) for i in batch}
 
     def _wait_for_server(self) -> None:
         """Wait until the fork server has done its imports (`forkserver.ready`), looking at a
