@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import dataclasses
 import json
+import os
 import pstats
 import resource
 import shutil
@@ -71,7 +72,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
-    from ccdwatch.jobs import tasks
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    from ccdwatch.jobs import forkserver, pool, tasks
+
+    forkserver.warm_imports()  # as the workers' fork server: imports are not the job's
+    pool._worker_init(0, 0, os.getpid())  # as a worker: OpenCV single-threaded, glibc's heap settings
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = plan(args.run.absolute(), Path(tmp))

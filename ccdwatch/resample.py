@@ -10,6 +10,7 @@ re-exports `warp`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import cv2
@@ -18,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ccdwatch.align import Transform
 
-__all__ = ["METHODS", "warp"]
+__all__ = ["METHODS", "Holes", "warp", "warp_with_holes"]
 
 
 def _touched_by_missing(
@@ -198,19 +199,42 @@ def _blank_outside(out: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
         out[~empty] = rows
 
 
-def _blank_missing(out: np.ndarray, missing: np.ndarray, n_missing: int, m: np.ndarray, a: np.ndarray,
-                   offset: np.ndarray, shape: tuple[int, int], *, direct: bool,
-                   where: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Set to NaN every output pixel whose interpolation touches a missing input pixel."""
+def _missing_blanked(missing: np.ndarray, n_missing: int, m: np.ndarray, a: np.ndarray, offset: np.ndarray,
+                     shape: tuple[int, int], *, direct: bool,
+                     where: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
+    """The output pixels whose interpolation touches a missing input pixel: their (rows, cols), or
+    a boolean map of the output (many missing pixels)."""
     if direct and n_missing <= _few(missing):
         # few missing pixels (hot pixels): find the output pixels they reach directly
-        out[_touched_by_missing(missing, m, a, offset, shape, where)] = np.nan
-        return
+        return _touched_by_missing(missing, m, a, offset, shape, where)
     from scipy import ndimage
 
     touched = ndimage.affine_transform(missing.astype(np.float32), a, offset=offset, output_shape=shape,
                                        output=np.float32, order=1, mode="constant", cval=0.0, prefilter=False)
-    out[touched > 1e-6] = np.nan
+    return (touched > 1e-6,)
+
+
+@dataclass(frozen=True)
+class Holes:
+    """A frame's missing pixels and the output pixels they blank, as `warp_with_holes` found them for
+    one transform and output shape: another frame with the same missing pixels (the variance of
+    the same rows) warped the same way reuses them instead of finding them again."""
+
+    missing: np.ndarray  # bool, the input's shape
+    n_missing: int
+    where: tuple[np.ndarray, np.ndarray] | None  # (rows, cols) of the missing pixels when few
+    blanked: tuple[np.ndarray, ...]  # the output pixels to blank: (rows, cols) or (bool map,)
+    key: tuple[object, ...]  # the transform, output shape and method they were found for
+
+    def fits(self, src: np.ndarray, key: tuple[object, ...]) -> bool:
+        """Are these ``src``'s holes (the same missing pixels, the same warp)?"""
+        if key != self.key or src.shape != self.missing.shape:
+            return False
+        if self.where is not None and np.isfinite(src[self.where]).any():
+            return False
+        missing = ~np.isfinite(src)
+        return int(np.count_nonzero(missing)) == self.n_missing and (
+            self.where is not None or np.array_equal(missing, self.missing))
 
 
 def warp(
@@ -251,6 +275,14 @@ def warp(
     new pixel pitch), cubic (``order=3``) by < 1e-5 even at 3 %. Frames of one camera differ in
     scale by ~1e-4, where either is exact for all purposes.
     """
+    return warp_with_holes(data, transform, output_shape=output_shape, order=order, method=method)[0]
+
+
+def warp_with_holes(data: np.ndarray, transform: Transform, *, output_shape: tuple[int, int], order: int = 1,
+                    method: str = "bilinear", holes: Holes | None = None) -> tuple[np.ndarray, Holes | None]:
+    """`warp`, and the frame's `Holes` (None when no pixel is missing); ``holes``: those of a frame
+    warped the same way before, used when they are this frame's (`Holes.fits`), else found again.
+    The warp is the same either way."""
     if np.ndim(data) != 2:
         raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
     ny, nx = output_shape
@@ -259,14 +291,18 @@ def warp(
     inv = np.linalg.inv(m)  # reference (x, y) -> frame (x, y)
     a, offset = _ndimage_matrix(inv)
     src = np.asarray(data, dtype=np.float32)
-    missing = ~np.isfinite(src)
-    n_missing = int(np.count_nonzero(missing))
     if method not in _CV_METHODS:
         raise ValueError(f"unknown warp method {method!r}; use one of {', '.join(_CV_METHODS)}")
-    # few missing pixels (hot pixels): found once, for the fill and the blanking
-    where = np.divmod(np.flatnonzero(missing), src.shape[1]) if 0 < n_missing <= _few(missing) else None
-    if n_missing:
-        src = _filled(src, missing, n_missing, local=method != "bilinear", where=where)
+    direct = order == 1 or method != "bilinear"
+    key = (m.tobytes(), shape, direct)
+    if holes is None or not holes.fits(src, key):
+        missing = ~np.isfinite(src)
+        n_missing = int(np.count_nonzero(missing))
+        # few missing pixels (hot pixels): found once, for the fill and the blanking
+        where = np.divmod(np.flatnonzero(missing), src.shape[1]) if 0 < n_missing <= _few(missing) else None
+        holes = Holes(missing, n_missing, where, (), key) if n_missing else None
+    if holes is not None:
+        src = _filled(src, holes.missing, holes.n_missing, local=method != "bilinear", where=holes.where)
     if method != "bilinear":
         # only the output pixels whose bilinear footprint covers a missing pixel are blanked (as
         # for bilinear: holes no larger than the kernel's core); the rest of the kernel's support
@@ -288,10 +324,12 @@ def warp(
             cval=np.nan,
             prefilter=True,
         )
-    if n_missing:
-        _blank_missing(out, missing, n_missing, m, a, offset, shape, direct=order == 1 or method != "bilinear",
-                       where=where)
+    if holes is not None:
+        if not holes.blanked:
+            holes = replace(holes, blanked=_missing_blanked(holes.missing, holes.n_missing, m, a, offset, shape,
+                                                            direct=direct, where=holes.where))
+        out[holes.blanked] = np.nan
     area = abs(float(np.linalg.det(m[:2, :2])))
     if abs(area - 1.0) > 1e-9:
         out /= np.float32(area)
-    return out
+    return out, holes

@@ -29,7 +29,7 @@ import numpy as np
 
 from ccdwatch import calib
 from ccdwatch.align import Transform
-from ccdwatch.resample import warp
+from ccdwatch.resample import Holes, warp_with_holes
 from ccdwatch.scratch import release_pages
 
 __all__ = ["LEVEL_STEP", "MARGIN", "MappedFrame", "WarpedRows", "frame_levels", "strip_rows"]
@@ -55,6 +55,8 @@ class MappedFrame:
     uncert: np.ndarray | None = None
     #: per thread, where the image rows it read last are NaN: ``(r0, r1, step, map)`` (`missing_rows`)
     _missing: dict[int, tuple[int, int, int, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
+    #: per thread, the `Holes` of the image strip it warped last, for the variance of the same strip
+    _holes: dict[int, tuple[tuple[int, ...], Holes]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -200,7 +202,14 @@ class WarpedRows:
         shift_out = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
         shift_in = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])
         local = Transform.from_array(shift_out @ self.matrix @ shift_in, n_matches=0, rms=0.0)
-        out = warp(block, local, output_shape=out_shape, order=self.order, method=self.method)
+        # the variance of a strip has the image's missing pixels: it takes the holes the image's
+        # warp found (`Holes.fits` makes sure), which this thread warped just before, as a rule
+        strip, tid = (y0, y1, r0, r1), threading.get_ident()
+        known = self.frame._holes.pop(tid, None) if self.variance else None
+        out, holes = warp_with_holes(block, local, output_shape=out_shape, order=self.order, method=self.method,
+                                     holes=known[1] if known is not None and known[0] == strip else None)
+        if not self.variance and holes is not None and self.frame.uncert is not None:
+            self.frame._holes[tid] = (strip, holes)
         if self.offset is not None:
             out -= self.offset
         return out

@@ -13,7 +13,7 @@ from astropy.io import fits
 from ccdwatch import stripwarp
 from ccdwatch.align import Transform
 from ccdwatch.fitsio import Compression, map_product_planes, read_product_hdus, write_product
-from ccdwatch.resample import warp
+from ccdwatch.resample import warp, warp_with_holes
 
 SHAPE = (300, 260)
 NOISE = 5.0
@@ -71,6 +71,45 @@ def test_variance_strips_and_offset() -> None:
     plain = stripwarp.WarpedRows(frame, t, SHAPE)
     np.testing.assert_allclose(shifted[100:140], plain[100:140] - np.float32(12.5), rtol=0, atol=1e-5)
     assert np.array_equal(plain[120], plain[120:121][0], equal_nan=True)
+
+
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_variance_strip_takes_the_image_strips_holes(method: str) -> None:
+    """A variance strip warped right after its image strip, by the same thread, reuses the holes
+    (missing pixels, blanked outputs) the image's warp found: the same bytes as finding them again."""
+    frame = _frame(4)
+    t = _similarity(0.4, 1.7, -3.1)
+    image = stripwarp.WarpedRows(frame, t, SHAPE, method=method)
+    variance = stripwarp.WarpedRows(frame, t, SHAPE, variance=True)
+    alone = stripwarp.WarpedRows(_frame(4), t, SHAPE, variance=True)  # no image strip before it
+    for y in range(0, SHAPE[0], 40):
+        image[y : y + 40]
+        assert frame._holes  # the image's holes wait for the variance of the same strip
+        shared = variance[y : y + 40]
+        assert not frame._holes  # taken
+        assert np.array_equal(shared, alone[y : y + 40], equal_nan=True)
+    assert np.isnan(shared).any()
+
+
+def test_holes_of_another_frame_are_not_used() -> None:
+    """`warp_with_holes` uses given holes only when they are the frame's: a variance with a pixel
+    missing that the image has is warped as if nothing were given."""
+    rng = np.random.default_rng(5)
+    image = rng.normal(100.0, NOISE, SHAPE).astype(np.float32)
+    image[rng.integers(0, SHAPE[0], 40), rng.integers(0, SHAPE[1], 40)] = np.nan
+    t = _similarity(0.2, 2.4, 1.3)
+    _, holes = warp_with_holes(image, t, output_shape=SHAPE, method="bicubic")
+    assert holes is not None and holes.n_missing > 0
+    var = np.where(np.isnan(image), np.nan, np.float32(25.0)).astype(np.float32)
+    var[150, 130] = np.nan  # one more missing pixel than the image
+    fresh = warp(var, t, output_shape=SHAPE, order=1)
+    given, own = warp_with_holes(var, t, output_shape=SHAPE, order=1, holes=holes)
+    assert own is not holes and own is not None and own.n_missing == holes.n_missing + 1
+    assert np.array_equal(given, fresh, equal_nan=True)
+    same = np.where(np.isnan(image), np.nan, np.float32(25.0)).astype(np.float32)
+    reused, kept = warp_with_holes(same, t, output_shape=SHAPE, order=1, holes=holes)
+    assert kept is holes  # the same missing pixels, the same warp: reused
+    assert np.array_equal(reused, warp(same, t, output_shape=SHAPE, order=1), equal_nan=True)
 
 
 def test_strip_outside_the_frame_is_missing() -> None:
