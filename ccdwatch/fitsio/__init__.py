@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from ccdwatch.fitsio.descriptor import BLOCK_SIZE
     from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
     from ccdwatch.fitsio.product import (
+        MappedProduct,
+        map_product,
         map_product_planes,
         read_product,
         read_product_hdus,
@@ -51,7 +53,8 @@ _HOME = {
     "Compression": "compress", "BLOCK_SIZE": "descriptor",
     "TEMP_PREFIX": "names", "fits_suffix": "names", "is_temp_name": "names", "safe_component": "names",
     "safe_product_path": "names",
-    "map_product_planes": "product", "read_product": "product", "read_product_hdus": "product",
+    "MappedProduct": "product", "map_product": "product", "map_product_planes": "product",
+    "read_product": "product", "read_product_hdus": "product",
     "read_product_table": "product",
     "sha256_file": "product",
     "RawFrame": "raw", "read_raw": "raw", "RejectedFile": "rejected",
@@ -59,7 +62,7 @@ _HOME = {
 
 __all__ = [
     "BLOCK_SIZE", "TEMP_PREFIX", "Compression", "DiskFull", "RawFrame", "RejectedFile", "big_endian", "fits_suffix",
-    "is_temp_name", "map_product_planes",
+    "MappedProduct", "is_temp_name", "map_product", "map_product_planes",
     "read_product", "read_product_hdus", "read_product_table", "read_raw", "safe_component", "safe_product_path",
     "sha256_file", "sweep_temp_files", "write_bytes_atomic", "write_product",
 ]

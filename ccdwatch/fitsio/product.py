@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import stat
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
@@ -14,7 +15,8 @@ from astropy.io import fits
 from ccdwatch.fitsio.compress import expand
 from ccdwatch.fitsio.descriptor import _CHUNK, _kind
 
-__all__ = ["map_product_planes", "read_product", "read_product_hdus", "read_product_table", "sha256_file"]
+__all__ = ["MappedProduct", "map_product", "map_product_planes", "read_product", "read_product_hdus",
+           "read_product_table", "sha256_file"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -106,23 +108,52 @@ def map_product_planes(path: str | os.PathLike, names: tuple[str, ...]) -> dict[
     OSError
         If the file cannot be read or parsed.
     """
+    return map_product(path, names).planes
+
+
+@dataclass(frozen=True)
+class MappedProduct:
+    """What `map_product` found: the planes' memory maps (None: not mappable as they lie), the
+    table asked for (None if absent or not asked for) and the primary header."""
+
+    planes: dict[str, np.ndarray] | None
+    table: fits.FITS_rec | None
+    header: fits.Header
+
+
+def map_product(path: str | os.PathLike, names: tuple[str, ...], table: str | None = None) -> MappedProduct:
+    """`map_product_planes`, and the table HDU ``table`` read and the primary header, in one
+    opening of the file (a stack's inputs: each header parsed once, not once per question).
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read or parsed.
+    """
     try:
         with fits.open(os.fspath(path), mode="readonly", memmap=False, lazy_load_hdus=True) as hdul:
             where = {"PRIMARY": 0, **{n: i for i, h in enumerate(hdul) if (n := h.name) in names}}
-            found = {}
+            found: dict[str, tuple[str, tuple[int, int], int]] = {}
+            mappable = True
             for name, i in where.items():
                 head = hdul[i].header
                 dtype = _MAPPABLE.get(head.get("BITPIX", 0))
                 if (not isinstance(hdul[i], (fits.PrimaryHDU, fits.ImageHDU)) or head.get("NAXIS") != 2
                         or dtype is None or head.get("BSCALE", 1) != 1 or head.get("BZERO", 0) != 0):
                     if name == "PRIMARY":
-                        return None
+                        mappable = False
+                        break
                     continue
                 found[name] = (dtype, (int(head["NAXIS2"]), int(head["NAXIS1"])), hdul.fileinfo(i)["datLoc"])
+            data = hdul[table].data.copy() if table is not None and table in hdul else None
+            header = hdul[0].header.copy()
     except (Exception, Warning) as exc:  # noqa: BLE001
         raise OSError(errno.EIO, f"cannot read product ({type(exc).__name__}: {exc})", os.fspath(path)) from None
-    return {name: np.memmap(os.fspath(path), dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
-            for name, (dtype, shape, offset) in found.items()}
+    planes: dict[str, np.ndarray] | None = None
+    if mappable:
+        planes = {name: np.memmap(os.fspath(path), dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+                  for name, (dtype, shape, offset) in found.items()}
+    return MappedProduct(planes, data, header)
 
 
 def read_product_table(path: str | os.PathLike, name: str) -> tuple[fits.FITS_rec, int, fits.Header]:

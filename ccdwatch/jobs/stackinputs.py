@@ -4,16 +4,18 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ccdwatch import qa
-from ccdwatch.fitsio import map_product_planes, read_product_hdus, read_product_table
+from ccdwatch.fitsio import map_product, read_product_hdus, read_product_table
 from ccdwatch.stripwarp import MappedFrame
 
-__all__ = ["WholeFrames", "mapped_products", "source_lists"]
+__all__ = ["StripInputs", "WholeFrames", "source_lists", "strip_inputs"]
 
 
 def source_lists(products: Mapping[int, str]) -> tuple[dict[int, qa.Sources], dict[int, str]]:
@@ -22,30 +24,52 @@ def source_lists(products: Mapping[int, str]) -> tuple[dict[int, qa.Sources], di
     units: dict[int, str] = {}
     for fid, path in products.items():
         tab, _, head = read_product_table(path, "SOURCES")  # headers and the table only
-        sources[fid] = qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
-                                  flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
-                                  elongation=np.asarray(tab["ELONGATION"], float))
-        units[fid] = str(head.get("BUNIT", "adu"))
+        sources[fid], units[fid] = _sources(tab), str(head.get("BUNIT", "adu"))
     return sources, units
 
 
-def mapped_products(products: Mapping[int, str], scratch: Path) -> dict[int, MappedFrame]:
-    """Every product's image, bad pixels and UNCERT as read-only memory maps, for
-    `stack.align_and_stack` to warp each strip as the combination reads it: plain products where
-    they lie; tile-compressed ones read once and their planes written to ``.npy`` files in
-    ``scratch`` (the same values: a compressed night stacks to the same bytes as a plain one)."""
-    mapped = {}
+def _sources(tab: np.ndarray) -> qa.Sources:
+    return qa.Sources(x=np.asarray(tab["X"], float), y=np.asarray(tab["Y"], float),
+                      flux=np.asarray(tab["FLUX"], float), fwhm=np.asarray(tab["FWHM"], float),
+                      elongation=np.asarray(tab["ELONGATION"], float))
+
+
+@dataclass
+class StripInputs:
+    """What a monochrome stack reads of its products (`strip_inputs`)."""
+
+    sources: dict[int, qa.Sources] = field(default_factory=dict)
+    units: dict[int, str] = field(default_factory=dict)
+    mapped: dict[int, MappedFrame] = field(default_factory=dict)
+
+
+def strip_inputs(products: Mapping[int, str], scratch: Path) -> StripInputs:
+    """Each product's SOURCES table, image unit (BUNIT), and its image, bad pixels and UNCERT as
+    read-only memory maps, for `stack.align_and_stack` to warp each strip as the combination reads
+    it: plain products where they lie; tile-compressed ones read once and their planes written to
+    ``.npy`` files in ``scratch`` (the same values: a compressed night stacks to the same bytes as
+    a plain one). One opening of each product: its headers parsed once, not once for the table and
+    again for the maps (~7 instead of ~15 ms a 2k light: ~0.3 s of a 40-light stack before its
+    threads start)."""
+    out = StripInputs()
     for fid, path in products.items():
-        planes = map_product_planes(path, _PLANES)
-        if planes is None:
-            hdus = read_product_hdus(path)
-            planes = {"PRIMARY": _spilled(hdus[0].data, scratch / f"{fid}-image.npy")}
-            for name in _PLANES:
-                if name in hdus and hdus[name].data is not None:
-                    planes[name] = _spilled(hdus[name].data, scratch / f"{fid}-{name.lower()}.npy")
-            del hdus
-        mapped[fid] = _frame(planes)
-    return mapped
+        product = map_product(path, _PLANES, "SOURCES")
+        if product.table is None:
+            raise OSError(errno.EIO, "cannot read product (no SOURCES table)", path)
+        out.sources[fid], out.units[fid] = _sources(product.table), str(product.header.get("BUNIT", "adu"))
+        out.mapped[fid] = _frame(product.planes if product.planes is not None else _spilled_planes(path, fid, scratch))
+    return out
+
+
+def _spilled_planes(path: str, fid: int, scratch: Path) -> dict[str, np.ndarray]:
+    """A product that cannot be mapped as it lies (tile-compressed): its planes read once and
+    written to ``.npy`` files in ``scratch``, mapped from there."""
+    hdus = read_product_hdus(path)
+    planes = {"PRIMARY": _spilled(hdus[0].data, scratch / f"{fid}-image.npy")}
+    for name in _PLANES:
+        if name in hdus and hdus[name].data is not None:
+            planes[name] = _spilled(hdus[name].data, scratch / f"{fid}-{name.lower()}.npy")
+    return planes
 
 
 def _frame(planes: Mapping[str, np.ndarray | None]) -> MappedFrame:

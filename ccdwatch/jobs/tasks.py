@@ -534,15 +534,16 @@ def stack_group(spec: StackSpec) -> StackJobResult:
     """Align the calibrated frames on the reference (sources detected at calibration) and combine."""
     faults.point("stack", spec.out_path)
     use_masters()
-    sources, units = stackinputs.source_lists(spec.products)
     Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.workdir) as tmp:
         if spec.bayer_pattern:  # mosaics demosaiced and warped whole
+            sources, units = stackinputs.source_lists(spec.products)
             whole = stackinputs.WholeFrames(spec.products)
             load, variance, mapped = whole.load, whole.variance, None
         else:  # warped strip by strip from the products' planes as the combination reads them
-            mapped = stackinputs.mapped_products(spec.products, Path(tmp))
-            load, variance = (lambda fid: mapped[fid].rows(0, mapped[fid].shape[0])), None
+            inputs = stackinputs.strip_inputs(spec.products, Path(tmp))
+            sources, units, mapped = inputs.sources, inputs.units, inputs.mapped
+            load, variance = (lambda fid: inputs.mapped[fid].rows(0, inputs.mapped[fid].shape[0])), None
         result = stack.align_and_stack(list(spec.products), load, sources, spec.reference, method=spec.method,
                                        sigma=spec.sigma, memory_budget=spec.memory_budget, workdir=tmp,
                                        threads=spec.threads, planes=_demosaicer(spec.bayer_pattern, spec.demosaic),
