@@ -21,8 +21,10 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -37,8 +39,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "colour_stretch",
     "display_image",
-    "image_preview",
+    "draw_image",
     "draw_master",
+    "image_preview",
+    "image_preview_beside",
     "figure_png",
     "master_image",
     "master_preview",
@@ -211,8 +215,7 @@ def master_image(data: np.ndarray, pattern: str | None = None) -> tuple[np.ndarr
         from ccdwatch.colour import bin_cells
 
         binned = bin_cells(data)
-    shown = display_image(binned)
-    return (shown.copy() if np.may_share_memory(shown, data) else shown), extent
+    return _own(display_image(binned), data), extent
 
 
 def master_preview_beside(pool: Executor, data: np.ndarray, *, title: str,
@@ -221,21 +224,42 @@ def master_preview_beside(pool: Executor, data: np.ndarray, *, title: str,
     ``pool`` while the caller goes on (and writes it with `write_png` when its product is written):
     the image it draws is taken here, so ``data`` may change (be byte-swapped by a FITS write) once
     this returns. A failure is logged and gives None: a preview must never cost a product."""
-    def draw(shown: np.ndarray, extent: tuple[int, int, int, int]) -> bytes | None:
+    return _beside(pool, lambda: master_image(data, pattern),
+                   lambda shown, extent: draw_master(shown, extent, title=title), title)
+
+
+def image_preview_beside(pool: Executor, data: np.ndarray, *, title: str,
+                         pattern: str | None = None) -> Future[bytes | None]:
+    """`image_preview`'s PNG drawn in ``pool`` while the caller goes on, as `master_preview_beside`
+    (a stack's preview while its product is written)."""
+    return _beside(pool, lambda: (_own(_shown(data, pattern), data),), lambda shown: draw_image(shown, title=title),
+                   title)
+
+
+def _beside(pool: Executor, take: Callable[[], tuple[Any, ...]], draw: Callable[..., bytes],
+            title: str) -> Future[bytes | None]:
+    """``draw(*take())`` in ``pool``: ``take`` here (what is drawn, in arrays of its own), ``draw``
+    there; a failure of either is logged and gives None."""
+    def drawn(*taken: Any) -> bytes | None:
         try:
-            return draw_master(shown, extent, title=title)
+            return draw(*taken)
         except Exception:
             logger.exception("preview %r failed", title)
             return None
 
     try:
-        shown, extent = master_image(data, pattern)
+        taken = take()
     except Exception:
         logger.exception("preview %r failed", title)
         done: Future[bytes | None] = Future()
         done.set_result(None)
         return done
-    return pool.submit(draw, shown, extent)
+    return pool.submit(drawn, *taken)
+
+
+def _own(shown: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """``shown`` in memory of its own, not ``data``'s."""
+    return shown.copy() if np.may_share_memory(shown, data) else shown
 
 
 def write_png(path: str | os.PathLike, png: bytes | None) -> str | None:
@@ -270,14 +294,18 @@ def draw_master(shown: np.ndarray, extent: tuple[int, int, int, int], *, title: 
 def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str, pattern: str | None = None) -> Path:
     """A light or stack with a percentile + asinh stretch: in colour for R, G, B planes (3, ny, nx)
     and for a mosaic with its ``pattern``."""
-    shown = _shown(data, pattern)
+    return write_bytes_atomic(Path(path), draw_image(_shown(data, pattern), title=title))
+
+
+def draw_image(shown: np.ndarray, *, title: str) -> bytes:
+    """`image_preview`'s PNG of the stretched image `_shown` made (matplotlib's part)."""
     width, top = 8.0, 0.35
     fig = plt.figure(figsize=(width, width * shown.shape[0] / shown.shape[1] + top))
     ax = _image_axes(fig, top=top)
     ax.imshow(shown, origin="lower", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
-    return save_figure(fig, Path(path))
+    return figure_png(fig)
 
 
 stack_preview = image_preview

@@ -537,6 +537,26 @@ def test_stack_errors(night: Night, tmp_path: pytest.TempPathFactory) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_preview_drawn_beside_is_the_preview(tmp_path: Path) -> None:
+    """A stack's preview drawn in a side thread while its product is written: the same PNG as
+    drawn after it, from a copy taken first (the write may byte-swap the image in place); a failure
+    gives None, never an exception."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ccdwatch import previews
+
+    image = np.random.default_rng(6).normal(100.0, 5.0, (300, 500)).astype(np.float32)
+    image[100:110, 200:210] += 500.0
+    after = previews.image_preview(image, tmp_path / "after.png", title="stack").read_bytes()
+    with ThreadPoolExecutor(max_workers=1) as side:
+        drawing = previews.image_preview_beside(side, image, title="stack")
+        image.byteswap(inplace=True)  # what a FITS write may do to it meanwhile
+        beside = drawing.result()
+        failed = previews.image_preview_beside(side, np.zeros((2, 3, 4, 5)), title="broken").result()
+    assert beside == after and beside[:8] == b"\x89PNG\r\n\x1a\n"
+    assert failed is None
+
+
 # --------------------------------------------------------------------------------------------
 # preview_stretch
 

@@ -185,7 +185,7 @@ def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "
     several side by side when they fit (the frame and its variance read, then warped, beside the
     coverage map; the warped frames and variances in RAM when all fit half of ``budget``, else
     memory-mapped); combining (the stack, its uncertainty, exposure map and counts); writing
-    (astropy's big-endian copies) and the preview.
+    (astropy's big-endian copies) with the preview drawn beside.
     """
     p = size.pixels
     images = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 8 else 0
@@ -201,9 +201,15 @@ def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "
     align = held + (in_flight + (in_flight > 1)) * (2 * size.f32 + WARP_PER_PIXEL * p)
     strips = combine_peak(size, 2 * n, method=method, threads=threads, budget=budget)  # frames and variances
     combine = warped + 2 * p + 3 * size.f32 + 2 * p + strips
-    # written (image, UNCERT, EXPMAP, a big-endian copy), then the preview once UNCERT and EXPMAP are let go
-    write = max(4 * size.f32 + 4 * p, 2 * size.f32 + 4 * p + 7 * p)
+    # written (image, UNCERT, EXPMAP, a big-endian copy) while the preview is drawn beside it
+    write = 4 * size.f32 + 4 * p + preview_beside(size)
     return max(read, align, combine, write) + SLACK
+
+
+def preview_beside(size: FrameSize) -> int:
+    """Bytes of a preview drawn from a display-sized copy (`previews.image_preview_beside`): at most
+    1024 px a side, its sum, stretch (float64) and output, and the figure's canvas."""
+    return 16 * min(size.pixels, 1 << 20) + (4 << 20)
 
 
 def ingest(data_bytes: int) -> int:
