@@ -124,6 +124,7 @@ def align_and_stack(
     exposures: Mapping[int, float] | None = None,
     fwhm: Mapping[int, float] | None = None,
     mapped: Mapping[int, MappedFrame] | None = None,
+    levels: Mapping[int, tuple[float, float] | None] | None = None,
 ) -> StackResult:
     """Align frames onto a reference and combine them.
 
@@ -162,6 +163,9 @@ def align_and_stack(
     mapped : mapping, optional
         Frame id -> `ccdwatch.stripwarp.MappedFrame` (image, bad pixels, UNCERT; memory maps of
         the products) of every frame; unused with ``planes``, else ``load``, ``masks`` and ``variance`` are.
+    levels : mapping, optional
+        With ``mapped``: frame id -> its `ccdwatch.stripwarp.frame_level` if already known (recorded
+        when the frame was calibrated), else None or absent: measured.
 
     Returns a `StackResult`; raises ValueError if ``reference`` is not among ``ids`` or has no
     source list, or nothing can be stacked.
@@ -175,7 +179,7 @@ def align_and_stack(
         return _stack_in_strips(ids, mapped, sources, reference, method=method, sigma=sigma,
                                 memory_budget=memory_budget, order=order, match_background=match_background,
                                 threads=threads, interpolation=interpolation, weights=weights,
-                                exposures=exposures or {}, fwhm=fwhm or {})
+                                exposures=exposures or {}, fwhm=fwhm or {}, levels=levels or {})
     # all warped frames (and variances) in RAM when they take <= 1/2 of the budget, else memory-mapped
     # files; the frames in flight (`_align_group`) and the combination's strips take the other half
     n_arrays = len(ids) * (3 if planes is not None else 2 if variance is not None else 1)
@@ -206,10 +210,11 @@ def align_and_stack(
 def _stack_in_strips(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sources: Mapping[int, Sources],
                      reference: int, *, method: str, sigma: float, memory_budget: int, order: int,
                      match_background: bool, threads: int, interpolation: str, weights: str,
-                     exposures: Mapping[int, float], fwhm: Mapping[int, float]) -> StackResult:
+                     exposures: Mapping[int, float], fwhm: Mapping[int, float],
+                     levels: Mapping[int, tuple[float, float] | None]) -> StackResult:
     """`align_and_stack` of frames mapped where they lie, each strip warped as it is combined."""
     group = _strip_group(ids, mapped, sources, reference, interpolation=interpolation, order=order,
-                         match_background=match_background, threads=threads)
+                         match_background=match_background, threads=threads, known=levels)
     logger.info("stacking %d of %d frames onto %s (%s, warped strip by strip)", len(group.frames[0]), len(ids),
                 reference, method)
     ny, nx = mapped[reference].shape
@@ -354,15 +359,16 @@ def _align_group(
 
 def _strip_group(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sources: Mapping[int, Sources],
                  reference: int, *, interpolation: str, order: int, match_background: bool,
-                 threads: int) -> _AlignedGroup:
+                 threads: int, known: Mapping[int, tuple[float, float] | None]) -> _AlignedGroup:
     """The group as frames warped strip by strip when read (`ccdwatch.stripwarp`): transforms
     found in order, the reference first; each frame's sky level and typical variance measured
-    on its unwarped pixels (in ``threads``), so nothing is warped before the combination."""
+    on its unwarped pixels (in ``threads``) unless ``known``, so nothing is warped before the
+    combination."""
     group = _AlignedGroup()
     order_ids = [reference] + [i for i in ids if i != reference]
     transforms = {i: t for i in order_ids if (t := _frame_transform(i, reference, sources, group.failed)) is not None}
     kept = [i for i in order_ids if i in transforms]
-    levels = frame_levels([mapped[i] for i in kept], threads=threads)
+    levels = frame_levels([mapped[i] for i in kept], threads=threads, known=[known.get(i) for i in kept])
     shape = mapped[reference].shape
     ref_sky = levels[0][0]
     frames: list[np.ndarray] = []

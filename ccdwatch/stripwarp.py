@@ -32,7 +32,7 @@ from ccdwatch.align import Transform
 from ccdwatch.resample import Holes, warp_with_holes
 from ccdwatch.scratch import release_pages
 
-__all__ = ["LEVEL_STEP", "MARGIN", "MappedFrame", "WarpedRows", "frame_levels", "strip_rows"]
+__all__ = ["LEVEL_STEP", "MARGIN", "MappedFrame", "WarpedRows", "frame_level", "frame_levels", "strip_rows"]
 
 #: Input rows read beyond those a strip's samples fall on: Lanczos reaches 4 px, and a missing
 #: pixel's fill (`ccdwatch.resample._filled`) averages its 5x5 neighbours.
@@ -109,25 +109,32 @@ def strip_rows(n_frames: int, nx: int, ny: int) -> int:
     return max(1, min(ny, max(16, min(128, rows))))
 
 
-def frame_levels(frames: Sequence[MappedFrame], *, threads: int = 1) -> list[tuple[float, float]]:
-    """Each frame's sky level (robust median of a `LEVEL_STEP`-strided subsample, as
-    `ccdwatch.stack` measures it) and typical variance (robust median of its variance over the
-    same pixels, or its sky's robust variance when it has no UNCERT), read through the maps in
-    ``threads``."""
+def frame_level(frame: MappedFrame) -> tuple[float, float]:
+    """A frame's sky level (robust median of a `LEVEL_STEP`-strided subsample, as `ccdwatch.stack`
+    measures it) and typical variance (robust median of its variance over the same pixels, or its
+    sky's robust variance when it has no UNCERT)."""
+    ny = frame.shape[0]
+    image = frame.rows(0, ny, LEVEL_STEP, remember=True)
+    var = frame.variance_rows(0, ny, LEVEL_STEP)
+    if var is None:
+        level, spread = calib.robust_stats(image)
+        return level, spread**2
+    return calib.robust_median(image), calib.robust_median(var)
 
-    def one(frame: MappedFrame) -> tuple[float, float]:
-        ny = frame.shape[0]
-        image = frame.rows(0, ny, LEVEL_STEP, remember=True)
-        var = frame.variance_rows(0, ny, LEVEL_STEP)
-        if var is None:
-            level, spread = calib.robust_stats(image)
-            return level, spread**2
-        return calib.robust_median(image), calib.robust_median(var)
 
-    if threads <= 1 or len(frames) < 2:
-        return [one(f) for f in frames]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(one, frames))
+def frame_levels(frames: Sequence[MappedFrame], *, threads: int = 1,
+                 known: Sequence[tuple[float, float] | None] | None = None) -> list[tuple[float, float]]:
+    """`frame_level` of each frame, read through the maps in ``threads``; ``known``: the levels
+    already measured (None where not), taken as they are."""
+    known = list(known) if known is not None else [None] * len(frames)
+    todo = [f for f, k in zip(frames, known, strict=True) if k is None]
+    if threads <= 1 or len(todo) < 2:
+        measured = [frame_level(f) for f in todo]
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            measured = list(pool.map(frame_level, todo))
+    found = iter(measured)
+    return [k if k is not None else next(found) for k in known]
 
 
 class WarpedRows:

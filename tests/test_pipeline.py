@@ -108,6 +108,30 @@ def test_lights_calibrated_with_scaled_dark_and_flat(night):
             assert f.n_stars >= 10 and 2.0 < f.fwhm < 4.5
 
 
+def test_lights_record_what_their_stack_measures_first(night):
+    """A calibrated light's SKYLEVEL and VARLEVEL cards are the sky level and typical variance its
+    stack would measure on the product (`stripwarp.frame_level`, exactly: the stack takes them
+    instead of reading a quarter of every product); the sky is the synthetic one (400 ADU, in e-)."""
+    from ccdwatch import stripwarp
+    from ccdwatch.fitsio import map_product
+    from ccdwatch.jobs import stackinputs
+
+    cfg, truth, cat = night
+    with cat.reader() as s:
+        paths = s.scalars(select(Calibrated.path).where(Calibrated.current)).all()
+    assert paths
+    for path in paths:
+        product = map_product(path, ("BADPIX", "UNCERT"), "SOURCES")
+        known = stackinputs.known_level(product.header)
+        assert known is not None
+        assert known == stripwarp.frame_level(stackinputs._frame(product.planes))
+        assert known[0] / CAMERA.gain == pytest.approx(400.0, abs=5.0)
+        uncert = fits.getdata(path, "UNCERT")
+        assert known[1] == pytest.approx(float(np.nanmedian(uncert.astype(np.float64) ** 2)), rel=0.02)
+    assert stackinputs.known_level({"SKYLEVEL": 1.0}) is None  # both, or measured again
+    assert stackinputs.known_level({"SKYLEVEL": 1.0, "VARLEVEL": True}) is None
+
+
 def test_one_stack_per_filter(night):
     cfg, truth, cat = night
     with cat.reader() as s:

@@ -5,17 +5,19 @@
 from __future__ import annotations
 
 import errno
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ccdwatch import qa
 from ccdwatch.fitsio import map_product, read_product_hdus, read_product_table
-from ccdwatch.stripwarp import MappedFrame
+from ccdwatch.stripwarp import LEVEL_STEP, MappedFrame, frame_level
 
-__all__ = ["StripInputs", "WholeFrames", "source_lists", "strip_inputs"]
+__all__ = ["LEVEL_CARDS", "StripInputs", "WholeFrames", "known_level", "level_cards", "source_lists", "strip_inputs"]
 
 
 def source_lists(products: Mapping[int, str]) -> tuple[dict[int, qa.Sources], dict[int, str]]:
@@ -34,6 +36,30 @@ def _sources(tab: np.ndarray) -> qa.Sources:
                       elongation=np.asarray(tab["ELONGATION"], float))
 
 
+#: Header cards of a calibrated light: its `stripwarp.frame_level`, measured when it was written.
+LEVEL_CARDS = ("SKYLEVEL", "VARLEVEL")
+
+
+def level_cards(image: np.ndarray, bad: np.ndarray | None, uncert: np.ndarray | None) -> dict[str, tuple[float, str]]:
+    """The cards of `LEVEL_CARDS` for a calibrated light's planes as they are written: what a stack
+    measures of it before combining (`stripwarp.frame_level`, the same values), measured here on the
+    planes in memory so that the stack need not read a quarter of every product for them."""
+    level, typical = frame_level(MappedFrame(image, bad, uncert))
+    if not (math.isfinite(level) and math.isfinite(typical)):  # no valid pixel: the stack measures it
+        return {}
+    return {"SKYLEVEL": (level, f"robust median, every {LEVEL_STEP}th px (stack sky)"),
+            "VARLEVEL": (typical, "robust median variance, same px (stack weights)")}
+
+
+def known_level(header: Any) -> tuple[float, float] | None:
+    """The `LEVEL_CARDS` of a product's header, None unless both are there and finite (a product
+    written before they existed, or of a frame with no valid pixel: measured again)."""
+    values = [header.get(name) for name in LEVEL_CARDS]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return None
+    return float(values[0]), float(values[1])
+
+
 @dataclass
 class StripInputs:
     """What a monochrome stack reads of its products (`strip_inputs`)."""
@@ -41,6 +67,7 @@ class StripInputs:
     sources: dict[int, qa.Sources] = field(default_factory=dict)
     units: dict[int, str] = field(default_factory=dict)
     mapped: dict[int, MappedFrame] = field(default_factory=dict)
+    levels: dict[int, tuple[float, float] | None] = field(default_factory=dict)  # `known_level` of each
 
 
 def strip_inputs(products: Mapping[int, str], scratch: Path) -> StripInputs:
@@ -57,6 +84,7 @@ def strip_inputs(products: Mapping[int, str], scratch: Path) -> StripInputs:
         if product.table is None:
             raise OSError(errno.EIO, "cannot read product (no SOURCES table)", path)
         out.sources[fid], out.units[fid] = _sources(product.table), str(product.header.get("BUNIT", "adu"))
+        out.levels[fid] = known_level(product.header)
         out.mapped[fid] = _frame(product.planes if product.planes is not None else _spilled_planes(path, fid, scratch))
     return out
 

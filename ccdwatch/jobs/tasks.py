@@ -470,6 +470,9 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     if swap and unc.sigma is not None:  # swapped once here, where astropy swaps each there and back
         unc.sigma = big_endian(unc.sigma)
     cards, planes = unc.finish(data, columns["flux"])  # quality (catalogue) in ADU, the product in BUNIT
+    badpix = cosmics.bad_pixel_plane(hot, rays.mask if rays is not None else None)
+    if not spec.bayer_pattern:  # what its stack measures first, measured here on the planes in memory
+        cards.update(stackinputs.level_cards(data, badpix, planes[0].data if planes else None))
     if swap:
         data = big_endian(data)
     extra = {**cards, "SATLEVEL": (float(saturation), "raw saturation level used, ADU")}
@@ -480,7 +483,6 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     table = fits.BinTableHDU.from_columns(
         [fits.Column(name=n.upper(), format="E", array=a) for n, a in columns.items()], name="SOURCES")
     hdus = fits.HDUList([fits.PrimaryHDU(data, header=header), table])
-    badpix = cosmics.bad_pixel_plane(hot, rays.mask if rays is not None else None)
     if badpix is not None:
         hdus.append(fits.ImageHDU(badpix, name="BADPIX"))
     hdus.extend(planes)
@@ -539,17 +541,17 @@ def stack_group(spec: StackSpec) -> StackJobResult:
         if spec.bayer_pattern:  # mosaics demosaiced and warped whole
             sources, units = stackinputs.source_lists(spec.products)
             whole = stackinputs.WholeFrames(spec.products)
-            load, variance, mapped = whole.load, whole.variance, None
+            load, variance, mapped, levels = whole.load, whole.variance, None, None
         else:  # warped strip by strip from the products' planes as the combination reads them
             inputs = stackinputs.strip_inputs(spec.products, Path(tmp))
-            sources, units, mapped = inputs.sources, inputs.units, inputs.mapped
+            sources, units, mapped, levels = inputs.sources, inputs.units, inputs.mapped, inputs.levels
             load, variance = (lambda fid: inputs.mapped[fid].rows(0, inputs.mapped[fid].shape[0])), None
         result = stack.align_and_stack(list(spec.products), load, sources, spec.reference, method=spec.method,
                                        sigma=spec.sigma, memory_budget=spec.memory_budget, workdir=tmp,
                                        threads=spec.threads, planes=_demosaicer(spec.bayer_pattern, spec.demosaic),
                                        interpolation=spec.interpolation, variance=variance, weights=spec.weights,
                                        exposures={fid: t for fid, _, t in spec.members}, fwhm=spec.fwhm,
-                                       mapped=mapped)
+                                       mapped=mapped, levels=levels)
     header, table = stack_cards(spec, result)
     header["BUNIT"] = (units.get(result.reference, "adu"), "unit of the image and of UNCERT")
     with ThreadPoolExecutor(max_workers=1) as side:
