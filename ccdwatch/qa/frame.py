@@ -48,6 +48,9 @@ _BRIGHT_PEAK_SNR = 20.0
 _SUBSAMPLE_MIN_MESHES = 8
 #: The first of the two centroid/FWHM passes measures this many of the brightest star-like detections.
 _FIRST_PASS_STARS = 100
+#: Sub-pixel sampling of the window's edge pixels in ``sep.winpos`` (sep's default is 11: 2.8x the time
+#: for centroids that differ by < 0.002 px, 1/40 of their error on a bright star).
+_WINPOS_SUBPIX = 5
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
@@ -226,7 +229,7 @@ def _windowed_centroids(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``sep.winpos`` centroids; the isophotal ones where it fails or wanders off."""
     sig = np.full(x.size, max(fwhm, 0.5) / _FWHM_PER_SIGMA)
-    xw, yw, flag = sep.winpos(sub, x, y, sig, mask=mask)
+    xw, yw, flag = sep.winpos(sub, x, y, sig, mask=mask, subpix=_WINPOS_SUBPIX)
     converged = (np.asarray(flag) == 0) & np.isfinite(xw) & np.isfinite(yw)
     converged &= np.hypot(xw - x, yw - y) < max(fwhm, 1.0)
     return np.where(converged, xw, x), np.where(converged, yw, y)
