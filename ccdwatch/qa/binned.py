@@ -4,12 +4,13 @@ quality measurement needs of `sep.extract` and its background.
 Pure numerics: arrays in, new values out.
 
 A large frame's sources are found on the mean of each 2 x 2 block (a quarter of the pixels for the
-background and for ``sep.extract``, and for the dilation of its segmentation map); everything the
-catalogue records (centroids, FWHM, fluxes, the sky) is still measured on the full-resolution
-frame (`ccdwatch.qa.frame`). What the detection hands on is put back into full-resolution pixels
-here: the positions, the peaks (the brightest full-resolution pixel near the binned one, for the
-hot-pixel test and the peak S/N), the second moments (less the binning's box), the objects owning
-a saturated pixel and the source mask on the sky's subgrid.
+background and for ``sep.extract``); everything the catalogue records (centroids, FWHM, fluxes, the
+sky) is still measured on the full-resolution frame (`ccdwatch.qa.frame`). What the detection hands
+on is put back into full-resolution pixels here: within each binned footprint, sep's own
+full-resolution isophote (the 3 x 3-smoothed pixels above the threshold) gives the barycentres, the
+second moments and, grown on the sky's subgrid, the sources the sky leaves out; the peaks are the
+brightest full-resolution pixels near the binned ones (for the hot-pixel test and the peak S/N);
+the objects owning a saturated pixel come from the binned map.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["bin2", "block_any", "to_full_resolution"]
+__all__ = ["bin2", "block_any", "grown_on_grid", "owners_of", "to_full_resolution"]
 
 
 def bin2(img: np.ndarray) -> np.ndarray:
@@ -107,10 +108,12 @@ def _footprint_moments(segmap: np.ndarray, sub: np.ndarray, n: int, floor: float
     one, which deblends a hot pixel off a star: the moments leave out spikes and their neighbours
     (3000 hot pixels on a 1.5 Mpix frame made the median a/b 1.58 instead of 1.03). Also returns
     which objects are mostly spikes (a hot pixel, or two in neighbouring blocks): less than half
-    their weight is left. An object with no pixel left gets NaN."""
+    their weight is left; an object with no pixel left gets NaN. Last, the rows and columns of
+    every pixel above ``floor`` (the objects' full-resolution isophotes)."""
     points = cv2.findNonZero((segmap > 0).view(np.uint8))  # (x, y) pairs, row by row
     if points is None:
-        return (*(np.full(n, np.nan),) * 4, np.zeros(n, dtype=bool))
+        empty = np.zeros(0, dtype=np.intp)
+        return (*(np.full(n, np.nan),) * 4, np.zeros(n, dtype=bool), empty, empty)
     points = points.reshape(-1, 2).astype(np.intp)
     xb, yb = points[:, 0], points[:, 1]
     label = np.repeat(segmap[yb, xb].astype(np.intp) - 1, 4)
@@ -119,6 +122,7 @@ def _footprint_moments(segmap: np.ndarray, sub: np.ndarray, n: int, floor: float
     w, spike = _smoothed(sub, ys, xs)
     keep = w > floor
     label, xs, ys, w, spike = label[keep], xs[keep], ys[keep], w[keep], spike[keep]
+    isophote = ys, xs
     spiky = np.zeros(n, dtype=bool)
     if spike.any():
         nx = sub.shape[1]
@@ -128,20 +132,22 @@ def _footprint_moments(segmap: np.ndarray, sub: np.ndarray, n: int, floor: float
         spiky = np.bincount(label[clean], w[clean], n) < 0.5 * np.bincount(label, w, n)
         label, xs, ys, w = label[clean], xs[clean], ys[clean], w[clean]
     x, y, a, b = _moments(label, xs, ys, w, n)
-    return x, y, a, b, spiky
+    return x, y, a, b, spiky, *isophote
 
 
-def to_full_resolution(objects: np.ndarray, segmap: np.ndarray, sub: np.ndarray, floor: float) -> np.ndarray:
+def to_full_resolution(
+    objects: np.ndarray, segmap: np.ndarray, sub: np.ndarray, floor: float
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """A copy of sep's ``objects`` found on the `bin2` of ``sub`` (the background-subtracted frame),
     in full-resolution pixels: barycentres and axes ``a, b`` from the full-resolution pixels above
     ``floor`` (`_footprint_moments`; an object that is mostly spikes is placed on its peak pixel,
     which the windowed centroid then keeps, and one with no pixel left gets the binned values
     scaled: the centre of block ``i`` is pixel ``2 i + 0.5``), the peak pixel and its value in
-    ``sub``, the total flux."""
+    ``sub``, the total flux; and the rows and columns of the objects' full-resolution isophotes."""
     out = objects.copy()
     if out.size == 0:
-        return out
-    x, y, a, b, spiky = _footprint_moments(segmap, sub, objects.size, floor)
+        return out, (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
+    x, y, a, b, spiky, *isophote = _footprint_moments(segmap, sub, objects.size, floor)
     xp, yp = _full_resolution_peaks(sub, objects["xpeak"].astype(np.intp), objects["ypeak"].astype(np.intp))
     found = np.isfinite(x) & np.isfinite(y) & np.isfinite(a) & np.isfinite(b) & ~spiky
     out["x"] = np.where(found, x, np.where(spiky, xp, 2.0 * objects["x"] + 0.5))
@@ -151,7 +157,7 @@ def to_full_resolution(objects: np.ndarray, segmap: np.ndarray, sub: np.ndarray,
     out["xpeak"], out["ypeak"] = xp, yp
     out["peak"] = sub[yp, xp]
     out["flux"] = 4.0 * objects["flux"]
-    return out
+    return out, (isophote[0], isophote[1])
 
 
 def owners_of(segmap: np.ndarray, pixels: np.ndarray, n: int) -> np.ndarray:
@@ -167,9 +173,26 @@ def owners_of(segmap: np.ndarray, pixels: np.ndarray, n: int) -> np.ndarray:
     return owned
 
 
-def on_grid(binned_mask: np.ndarray, grid: tuple[slice, slice], shape: tuple[int, int]) -> np.ndarray:
-    """The full-resolution ``grid`` (a regular subgrid of a frame of ``shape``) of a binned mask: each
-    pixel takes its block's value (a last odd row or column its neighbour's)."""
-    rows = np.minimum(np.arange(shape[0])[grid[0]] // 2, binned_mask.shape[0] - 1)
-    cols = np.minimum(np.arange(shape[1])[grid[1]] // 2, binned_mask.shape[1] - 1)
-    return binned_mask[np.ix_(rows, cols)]
+def grown_on_grid(
+    pixels: tuple[np.ndarray, np.ndarray], grid: tuple[slice, slice], shape: tuple[int, int], radius: int
+) -> np.ndarray:
+    """On the regular subgrid ``grid`` of a frame of ``shape``: True within ``radius`` steps of the
+    4-connected cross (a diamond, as `ccdwatch.qa.frame._grow`) of one of the ``(rows, columns)``
+    ``pixels``, computed from the pixels alone (no frame-sized map to dilate)."""
+    ys, xs = pixels
+    rows, cols = np.arange(shape[0])[grid[0]], np.arange(shape[1])[grid[1]]
+    out = np.zeros((rows.size, cols.size), dtype=bool)
+    if ys.size == 0 or rows.size == 0 or cols.size == 0:
+        return out
+    (y0, sy), (x0, sx) = (int(rows[0]), int(grid[0].step or 1)), (int(cols[0]), int(grid[1].step or 1))
+    k_first = -((y0 - ys + radius) // sy)  # the first grid row at or after ys - radius
+    l_first = -((x0 - xs + radius) // sx)
+    for i in range(2 * radius // sy + 1):
+        k = k_first + i
+        dy = np.abs(y0 + k * sy - ys)
+        for j in range(2 * radius // sx + 1):
+            lc = l_first + j
+            near = (k >= 0) & (k < rows.size) & (lc >= 0) & (lc < cols.size)
+            near &= dy + np.abs(x0 + lc * sx - xs) <= radius
+            out[k[near], lc[near]] = True
+    return out

@@ -328,12 +328,11 @@ def _detect_binned(
         small[small_bad] = 0.0
     objects, segmap = _run_sep_extract(small, detect_sigma, err=float(bkg.globalrms), mask=small_bad,
                                        minarea=_BINNED_MINAREA)
-    grown = _grow((segmap > 0).view(np.uint8), (_SKY_MASK_GROW + 1) // 2)
-    sources = binned.on_grid(grown, grid, img.shape) > 0
     owners = binned.owners_of(segmap, saturated, objects.size)
     rms = 2.0 * bkg.globalrms
     # sep's isophote at full resolution: the 3 x 3-smoothed pixels above the threshold
-    objects = binned.to_full_resolution(objects, segmap, img, detect_sigma * rms)
+    objects, isophote = binned.to_full_resolution(objects, segmap, img, detect_sigma * rms)
+    sources = binned.grown_on_grid(isophote, grid, img.shape, _SKY_MASK_GROW)
     return objects, owners, sources, Background(bkg.globalback, rms)
 
 
