@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Background", "subtract_background"]
+__all__ = ["Background", "background_levels", "subtract_background", "subtract_map"]
 
 #: Mesh size (px), as sep's default.
 MESH = 64
@@ -122,13 +122,16 @@ def _subtract_map(img: np.ndarray, level: np.ndarray, mesh_y: int, mesh_x: int) 
             img[y0:y0 + band.shape[0], width:] -= back[:, -1:]
 
 
-def subtract_background(img: np.ndarray, ignore: np.ndarray) -> Background:
-    """Subtract the background map from the float32 ``img`` in place; ``ignore`` marks the
-    pixels (bad, saturated) that must not set it. Returns the global level and rms."""
+def background_levels(
+    img: np.ndarray, ignore: np.ndarray, *, mesh: int = MESH, step: int = STEP
+) -> tuple[np.ndarray, Background]:
+    """The float32 mesh levels (median-filtered, one per whole ``mesh`` x ``mesh`` mesh) of ``img``
+    from every ``step``-th pixel of every ``step``-th row of each mesh, ``ignore`` marking the pixels
+    (bad, saturated) that must not set them, and the global level and rms. ``img`` is not changed."""
     ny, nx = img.shape
-    mesh_y, mesh_x = min(MESH, ny), min(MESH, nx)
-    rows, per_y = _sample_rows(ny, mesh_y, max(1, min(STEP, mesh_y // 8)))
-    cols, per_x = _sample_rows(nx, mesh_x, max(1, min(STEP, mesh_x // 8)))
+    mesh_y, mesh_x = min(mesh, ny), min(mesh, nx)
+    rows, per_y = _sample_rows(ny, mesh_y, max(1, min(step, mesh_y // 8)))
+    cols, per_x = _sample_rows(nx, mesh_x, max(1, min(step, mesh_x // 8)))
     grid = np.ix_(rows, cols)
     samples = img[grid]  # a float32 copy: a ninth of the frame
     samples[ignore[grid]] = np.nan
@@ -145,5 +148,20 @@ def subtract_background(img: np.ndarray, ignore: np.ndarray) -> Background:
     rms = np.where(valid, rms, fill_rms)
     if my >= 3 or mx >= 3:
         level = _median3x3(level)
-    _subtract_map(img, level.astype(np.float32), mesh_y, mesh_x)
-    return Background(globalback=float(np.median(level)), globalrms=float(np.median(rms)))
+    return level.astype(np.float32), Background(globalback=float(np.median(level)), globalrms=float(np.median(rms)))
+
+
+def subtract_map(img: np.ndarray, level: np.ndarray, mesh: int) -> None:
+    """Subtract from the float32 ``img`` in place the bilinear map of the mesh ``level``s (meshes of
+    ``mesh`` px, or the frame's size where that is smaller): `background_levels` of ``img`` or of
+    ``img`` binned by a factor ``f`` with meshes of ``mesh // f`` px (their centres coincide)."""
+    ny, nx = img.shape
+    _subtract_map(img, level, min(mesh, ny), min(mesh, nx))
+
+
+def subtract_background(img: np.ndarray, ignore: np.ndarray) -> Background:
+    """Subtract the background map from the float32 ``img`` in place; ``ignore`` marks the
+    pixels (bad, saturated) that must not set it. Returns the global level and rms."""
+    level, bkg = background_levels(img, ignore)
+    subtract_map(img, level, MESH)
+    return bkg
