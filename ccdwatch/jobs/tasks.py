@@ -272,9 +272,11 @@ def build_master(spec: MasterSpec) -> MasterResult:
             scale = 1.0 / med
         return scratch.keep(data), scale
 
-    # one more thread when the job has cores to share: the noise cards (float64 subsamples, <= ~50 MB) read
-    # the inputs beside the combination (else before it), the preview is drawn beside the statistics and the write
-    with ThreadPoolExecutor(max_workers=1) if spec.threads > 1 else contextlib.nullcontext() as side:
+    # one more thread: the preview is drawn beside the statistics and the write (whose fsync leaves the core
+    # idle); with cores to share, the noise cards (float64 subsamples, <= ~50 MB) also read the inputs
+    # beside the combination (else before it)
+    with ThreadPoolExecutor(max_workers=1) if spec.threads > 1 or spec.preview_path \
+            else contextlib.nullcontext() as side:
         with ScratchArrays(spec.workdir, count=len(spec.frames), budget=spec.memory_budget // 4,
                            prefix="master-") as scratch:
             first = prepare(0)  # the first input decides: all in RAM, or all in scratch files
@@ -291,7 +293,7 @@ def build_master(spec: MasterSpec) -> MasterResult:
             release_masters()  # large masters are not held through the combination
             cards = functools.partial(uncertainty.master_cards, spec.kind, arrays, scales, spec.method,
                                       bias_path=spec.bias_path, measure_gain=spec.measure_gain)
-            pending = side.submit(cards) if side is not None else None
+            pending = side.submit(cards) if side is not None and spec.threads > 1 else None
             noise_cards = cards() if pending is None else {}
             combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
                                                 memory_budget=spec.memory_budget, threads=spec.threads))
