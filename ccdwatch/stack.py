@@ -160,12 +160,10 @@ def align_and_stack(
         ``variance(id)`` (after ``load(id)``): the frame's per-pixel variance, warped like it, or None
         (then, and for planes, its robust sky variance); weights "ivar", "quality" or "none"
         (`ccdwatch.noise.frame_weight`, ``fwhm``: id -> px); ``exposures``: id -> s (exposure map).
-    mapped : mapping, optional
-        Frame id -> `ccdwatch.stripwarp.MappedFrame` (image, bad pixels, UNCERT; memory maps of
-        the products) of every frame; unused with ``planes``, else ``load``, ``masks`` and ``variance`` are.
-    levels : mapping, optional
-        With ``mapped``: frame id -> its `ccdwatch.stripwarp.frame_level` if already known (recorded
-        when the frame was calibrated), else None or absent: measured.
+    mapped, levels : mappings, optional
+        Frame id -> `ccdwatch.stripwarp.MappedFrame` (image, bad pixels, UNCERT; memory maps of the products)
+        of every frame, unused with ``planes`` (else ``load``, ``masks``, ``variance`` are); frame id -> its
+        `ccdwatch.stripwarp.frame_level` when known (recorded at calibration), else None or absent: measured.
 
     Returns a `StackResult`; raises ValueError if ``reference`` is not among ``ids`` or has no
     source list, or nothing can be stacked.
