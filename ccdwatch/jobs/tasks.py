@@ -474,7 +474,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     cards, planes = unc.finish(data, columns["flux"])  # quality (catalogue) in ADU, the product in BUNIT
     badpix = cosmics.bad_pixel_plane(hot, rays.mask if rays is not None else None)
     if not spec.bayer_pattern:  # what its stack measures first, measured here on the planes in memory
-        cards.update(stackinputs.level_cards(data, badpix, planes[0].data if planes else None))
+        cards.update(stackinputs.level_cards(data, badpix, next((h.data for h in planes if h.name == "UNCERT"), None)))
     if swap:
         data = big_endian(data)
     extra = {**cards, "SATLEVEL": (float(saturation), "raw saturation level used, ADU")}
