@@ -307,12 +307,13 @@ def build_master(spec: MasterSpec) -> MasterResult:
 def _write_master(spec: MasterSpec, combined: np.ndarray, cards: dict[str, Any],
                   levels: tuple[float | None, ...] = (), side: ThreadPoolExecutor | None = None) -> MasterResult:
     """The master's FITS file (image, INPUTS table, hot-pixel map of a dark) and preview (drawn in
-    ``side`` while this goes on, when given)."""
+    ``side``, which `build_master` gives whenever the spec asks for a preview, while this goes on)."""
     pattern = spec.bayer_pattern
-    if spec.preview_path:
+    drawing = None
+    if spec.preview_path and side is not None:
         from ccdwatch import previews  # matplotlib: only where previews are drawn
-    drawing = previews.master_preview_beside(side, combined, title=spec.preview_title, pattern=pattern) \
-        if side is not None and spec.preview_path else None
+
+        drawing = previews.master_preview_beside(side, combined, title=spec.preview_title, pattern=pattern)
     level, noise = colour.mosaic_stats(combined, pattern) if pattern else calib.robust_stats(combined)
     hot = calib.hot_pixel_mask(combined, nsigma=spec.hot_pixel_sigma, stats=None if pattern else (level, noise)) \
         if spec.kind == "dark" else None  # a monochrome dark's statistics are the threshold's: measured once
@@ -333,20 +334,17 @@ def _write_master(spec: MasterSpec, combined: np.ndarray, cards: dict[str, Any],
     if hot is not None:
         hdus.append(fits.ImageHDU(hot.astype(np.uint8), name="HOTPIX"))
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
-    preview = _safe_preview("master", combined, spec.preview_path, spec.preview_title, pattern) \
-        if spec.preview_path and drawing is None else None
-    if drawing is not None and spec.preview_path:  # written once the master is
-        preview = previews.write_png(spec.preview_path, drawing.result())
+    # written once the master is
+    preview = previews.write_png(spec.preview_path, drawing.result()) if drawing and spec.preview_path else None
     gain = (cards["GAINMEAS"][0], cards["GAINMERR"][0]) if "GAINMEAS" in cards else None
     return MasterResult(sha, level, noise, int(hot.sum()) if hot is not None else None, preview, levels, gain)
 
 
-def _safe_preview(kind: str, data: np.ndarray, path: str, title: str, pattern: str | None = None) -> str | None:
+def _light_preview(data: np.ndarray, path: str, title: str, pattern: str | None = None) -> str | None:
+    """A calibrated light's preview (``report.light_previews``); a failure is logged, never raised."""
     from ccdwatch import previews
 
     try:
-        if kind == "master":
-            return str(previews.master_preview(data, path, title=title, pattern=pattern))
         return str(previews.image_preview(data, path, title=title, pattern=pattern))
     except Exception:  # a preview must never cost a product
         logger.exception("preview %s failed", path)
@@ -490,7 +488,7 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     hdus.extend(planes)
     sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
     if spec.preview_path:
-        _safe_preview("light", data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
+        _light_preview(data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
     return CalibrateResult(spec.frame_id, sha, quality, float(saturation), saturated_fraction, nonfinite,
                            rays.hits if rays is not None else None, level)
 
@@ -556,11 +554,11 @@ def stack_group(spec: StackSpec) -> StackJobResult:
                                        mapped=mapped, levels=levels)
     header, table = stack_cards(spec, result)
     header["BUNIT"] = (units.get(result.reference, "adu"), "unit of the image and of UNCERT")
-    with ThreadPoolExecutor(max_workers=1) as side:
+    with ThreadPoolExecutor(max_workers=1) if spec.preview_path else contextlib.nullcontext() as side:
         # the preview is drawn (matplotlib: ~0.3 s at 2k) while the product is written, from a
         # display-sized copy taken first (`previews.image_preview_beside`)
         drawing = None
-        if spec.preview_path:
+        if side is not None:
             from ccdwatch import previews  # matplotlib: only where previews are drawn
 
             drawing = previews.image_preview_beside(side, result.image, title=spec.preview_title)
