@@ -16,6 +16,14 @@ __all__ = ["MAD_TO_SIGMA", "clip_keep", "count_valid", "kept_mean", "mean_valid"
 
 #: Ratio of the standard deviation to the median absolute deviation of a normal distribution.
 MAD_TO_SIGMA = 1.482602218505602
+#: The clipping runs on blocks of pixels whose values (all frames, float32) take about this many
+#: bytes, so that its dozens of elementwise passes (the median's sorting network, the means and
+#: spreads) work in the cache rather than on strips of tens of MB: 1.6-1.9x less CPU on 2k strips
+#: of 10 and 40 frames (`benchmarks.rejection`). Each pixel's clipping depends on its own values
+#: only, so the result does not depend on the blocks.
+_BLOCK_BYTES = 4 << 20
+#: Bounds of a block's pixels: below, numpy's per-call overhead takes over; above, nothing gained.
+_BLOCK_PIXELS = (16384, 65536)
 
 
 def _count(mask: np.ndarray) -> np.ndarray:
@@ -86,14 +94,27 @@ def _clip_about_mean(original: np.ndarray, keep: np.ndarray, sigma: float,
     return np.logical_not(out, out=out), mean, n
 
 
+def _blocks(original: np.ndarray) -> list[slice]:
+    """The pixel blocks (`_BLOCK_BYTES`) of a (nframes, npix) array."""
+    nframes, npix = original.shape
+    size = min(max(_BLOCK_BYTES // (4 * max(1, nframes)), _BLOCK_PIXELS[0]), _BLOCK_PIXELS[1])
+    return [slice(p, min(npix, p + size)) for p in range(0, npix, size)] or [slice(0, 0)]
+
+
 def sigma_clip(original: np.ndarray, sigma: float, maxiters: int,
                floor: float) -> tuple[np.ndarray, np.ndarray]:
     """Clipped mean along axis 0 of a (nframes, npix) float32 array (not modified), and the
     number of values kept."""
-    keep, mean, n = _clip(original, sigma, maxiters, floor)
-    if mean is None or n is None:
-        return kept_mean(original, keep)
-    return mean, n
+    npix = original.shape[1]
+    mean = np.empty(npix, dtype=np.float64)
+    count = np.empty(npix, dtype=np.int64)
+    for block in _blocks(original):
+        part = original[:, block]
+        keep, m, n = _clip(part, sigma, maxiters, floor)
+        if m is None or n is None:
+            m, n = kept_mean(part, keep)
+        mean[block], count[block] = m, n
+    return mean, count
 
 
 def clip_keep(original: np.ndarray, sigma: float, maxiters: int, floor: float) -> np.ndarray:
@@ -108,9 +129,13 @@ def clip_keep(original: np.ndarray, sigma: float, maxiters: int, floor: float) -
     Each pixel's passes depend only on its own values, so from the third pass on only the
     pixels whose kept set changed in the previous pass are recomputed (a pixel whose set did
     not change would repeat the same mean/std pass forever); the result is that of running
-    every pass over every pixel.
+    every pass over every pixel. For the same reason the pixels are clipped in blocks that fit
+    the cache (`_BLOCK_BYTES`), with the same result.
     """
-    return _clip(original, sigma, maxiters, floor)[0]
+    keep = np.empty(original.shape, dtype=bool)
+    for block in _blocks(original):
+        keep[:, block] = _clip(original[:, block], sigma, maxiters, floor)[0]
+    return keep
 
 
 def _clip(original: np.ndarray, sigma: float, maxiters: int,

@@ -1,0 +1,48 @@
+"""The sigma clipping in cache-sized pixel blocks (`ccdwatch.rejection._blocks`) gives what the
+clipping of the whole array at once gives, and still finds the outliers planted in it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ccdwatch import rejection
+
+
+def _values(nframes: int, npix: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(100.0, 5.0, (nframes, npix)).astype(np.float32)
+    planted = np.zeros(values.shape, dtype=bool)
+    planted[rng.integers(0, nframes, npix // 7), rng.integers(0, npix, npix // 7)] = True
+    values[planted] += 500.0  # cosmic rays: 100 sigma
+    values[rng.random(values.shape) < 0.05] = np.nan  # missing values, some of them planted ones
+    values[:, 5] = np.nan  # a pixel no frame covers
+    return values, planted
+
+
+@pytest.mark.parametrize("nframes", [3, 9, 40])
+def test_blocks_give_the_whole_arrays_result(nframes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    values, _ = _values(nframes, 70_001, seed=nframes)  # not a multiple of any block
+    keep = rejection.clip_keep(values, 3.0, 5, 4.0)
+    mean, count = rejection.sigma_clip(values, 3.0, 5, 4.0)
+    assert len(rejection._blocks(values)) > 1
+    monkeypatch.setattr(rejection, "_BLOCK_PIXELS", (values.shape[1], values.shape[1]))
+    assert len(rejection._blocks(values)) == 1
+    np.testing.assert_array_equal(keep, rejection.clip_keep(values, 3.0, 5, 4.0))
+    whole_mean, whole_count = rejection.sigma_clip(values, 3.0, 5, 4.0)
+    np.testing.assert_array_equal(mean, whole_mean)  # NaN where nothing is kept, in both
+    np.testing.assert_array_equal(count, whole_count)
+
+
+def test_blocked_clipping_finds_the_planted_outliers() -> None:
+    values, planted = _values(20, 100_000, seed=3)
+    keep = rejection.clip_keep(values, 3.0, 5, 4.0)
+    present = planted & ~np.isnan(values)
+    assert not keep[present].any()  # every cosmic ray that is there is clipped
+    good = ~planted & ~np.isnan(values)
+    assert keep[good].mean() > 0.99  # and few good values with it (3 sigma: ~0.3 % + the passes)
+    mean, count = rejection.sigma_clip(values, 3.0, 5, 4.0)
+    covered = count > 0
+    assert not covered[5] and np.isnan(mean[5])
+    # the clipped mean of ~19 values of sigma 5 about 100: within 5 standard errors everywhere
+    assert np.all(np.abs(mean[covered] - 100.0) < 5 * 5.0 / np.sqrt(np.maximum(count[covered], 1)) + 0.5)
