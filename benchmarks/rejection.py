@@ -1,11 +1,11 @@
-"""CPU time of the sigma clipping (`ccdwatch.rejection`) in cache-sized pixel blocks, against the
-same clipping of the whole strip at once, measured in the same run.
+"""CPU time of the sigma clipping (`ccdwatch.rejection`) and the median (`ccdwatch.orderstats`) in
+cache-sized pixel blocks, against the same on the whole strip at once, measured in the same run.
 
 ``python -m benchmarks.rejection`` (``--repeat 7``): on seeded normal noise with outliers and
 missing values, for the two shapes that matter (a stack's strip: 40 frames x 102 rows of 2048,
 and a master's strip: 10 frames x 400 rows of 2048), the median process CPU time
-(``time.process_time``) of `clip_keep` and `sigma_clip` as they run (blocks of
-`rejection._BLOCK_BYTES`) and with one block the size of the strip (the reference). Prints one JSON
+(``time.process_time``) of `clip_keep`, `sigma_clip` and `median_valid` as they run (blocks of
+`orderstats.BLOCK_BYTES`) and with one block the size of the strip (the reference). Prints one JSON
 line per shape: ms per call, the ratio blocks / whole and whether the results are identical.
 Run it with one thread per library (OMP_NUM_THREADS=1), as the workers.
 """
@@ -22,7 +22,7 @@ from unittest import mock
 
 import numpy as np
 
-from ccdwatch import rejection
+from ccdwatch import orderstats, rejection
 
 
 def strip(nframes: int, npix: int, seed: int = 1) -> np.ndarray:
@@ -49,14 +49,16 @@ def main() -> None:
     args = p.parse_args()
     for label, nframes, rows in (("stack strip", 40, 102), ("master strip", 10, 400)):
         values = strip(nframes, rows * 2048)
-        whole = mock.patch.object(rejection, "_BLOCK_PIXELS", (values.shape[1], values.shape[1]))
-        keep = functools.partial(rejection.clip_keep, values, 3.0, 5, 4.0)
-        mean = functools.partial(rejection.sigma_clip, values, 3.0, 5, 4.0)
-        blocked = {"clip_keep": cpu_ms(keep, args.repeat), "sigma_clip": cpu_ms(mean, args.repeat)}
-        results = keep(), *mean()
+        whole = mock.patch.object(orderstats, "BLOCK_PIXELS", (values.shape[1], values.shape[1]))
+        calls = {"clip_keep": functools.partial(rejection.clip_keep, values, 3.0, 5, 4.0),
+                 "sigma_clip": functools.partial(rejection.sigma_clip, values, 3.0, 5, 4.0),
+                 "median_valid": functools.partial(orderstats.median_valid, values, rejection.count_valid(values))}
+        blocked = {k: cpu_ms(fn, args.repeat) for k, fn in calls.items()}
+        results = [fn() for fn in calls.values()]
         with whole:
-            reference = {"clip_keep": cpu_ms(keep, args.repeat), "sigma_clip": cpu_ms(mean, args.repeat)}
-            same = [np.array_equal(a, b, equal_nan=True) for a, b in zip(results, (keep(), *mean()), strict=True)]
+            reference = {k: cpu_ms(fn, args.repeat) for k, fn in calls.items()}
+            same = [np.array_equal(a, b, equal_nan=True) for a, b in zip(results, [fn() for fn in calls.values()],
+                                                                          strict=True)]
         print(json.dumps({"shape": label, "frames": nframes, "pixels": values.shape[1],
                           "ms": {k: round(v, 1) for k, v in blocked.items()},
                           "whole_ms": {k: round(v, 1) for k, v in reference.items()},

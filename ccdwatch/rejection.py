@@ -10,21 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ccdwatch.orderstats import median_and_mad
+from ccdwatch.orderstats import median_and_mad, pixel_blocks
 
 __all__ = ["MAD_TO_SIGMA", "clip_keep", "count_valid", "kept_mean", "mean_valid", "sigma_clip"]
 
 #: Ratio of the standard deviation to the median absolute deviation of a normal distribution.
 MAD_TO_SIGMA = 1.482602218505602
-#: The clipping runs on blocks of pixels whose values (all frames, float32) take about this many
-#: bytes, so that its dozens of elementwise passes (the median's sorting network, the means and
-#: spreads) work in the cache rather than on strips of tens of MB: 1.6-1.9x less CPU on 2k strips
-#: of 10 and 40 frames (`benchmarks.rejection`). Each pixel's clipping depends on its own values
-#: only, so the result does not depend on the blocks.
-_BLOCK_BYTES = 4 << 20
-#: Bounds of a block's pixels: below, numpy's per-call overhead takes over; above, nothing gained.
-_BLOCK_PIXELS = (16384, 65536)
-
 
 def _count(mask: np.ndarray) -> np.ndarray:
     """How many values along axis 0 of a bool array are True, as int64 (counted in the smallest
@@ -94,13 +85,6 @@ def _clip_about_mean(original: np.ndarray, keep: np.ndarray, sigma: float,
     return np.logical_not(out, out=out), mean, n
 
 
-def _blocks(original: np.ndarray) -> list[slice]:
-    """The pixel blocks (`_BLOCK_BYTES`) of a (nframes, npix) array."""
-    nframes, npix = original.shape
-    size = min(max(_BLOCK_BYTES // (4 * max(1, nframes)), _BLOCK_PIXELS[0]), _BLOCK_PIXELS[1])
-    return [slice(p, min(npix, p + size)) for p in range(0, npix, size)] or [slice(0, 0)]
-
-
 def sigma_clip(original: np.ndarray, sigma: float, maxiters: int,
                floor: float) -> tuple[np.ndarray, np.ndarray]:
     """Clipped mean along axis 0 of a (nframes, npix) float32 array (not modified), and the
@@ -108,7 +92,7 @@ def sigma_clip(original: np.ndarray, sigma: float, maxiters: int,
     npix = original.shape[1]
     mean = np.empty(npix, dtype=np.float64)
     count = np.empty(npix, dtype=np.int64)
-    for block in _blocks(original):
+    for block in pixel_blocks(*original.shape):
         part = original[:, block]
         keep, m, n = _clip(part, sigma, maxiters, floor)
         if m is None or n is None:
@@ -130,10 +114,10 @@ def clip_keep(original: np.ndarray, sigma: float, maxiters: int, floor: float) -
     pixels whose kept set changed in the previous pass are recomputed (a pixel whose set did
     not change would repeat the same mean/std pass forever); the result is that of running
     every pass over every pixel. For the same reason the pixels are clipped in blocks that fit
-    the cache (`_BLOCK_BYTES`), with the same result.
+    the cache (`ccdwatch.orderstats.pixel_blocks`), with the same result.
     """
     keep = np.empty(original.shape, dtype=bool)
-    for block in _blocks(original):
+    for block in pixel_blocks(*original.shape):
         keep[:, block] = _clip(original[:, block], sigma, maxiters, floor)[0]
     return keep
 

@@ -1,12 +1,12 @@
-"""The sigma clipping in cache-sized pixel blocks (`ccdwatch.rejection._blocks`) gives what the
-clipping of the whole array at once gives, and still finds the outliers planted in it."""
+"""The sigma clipping and the median in cache-sized pixel blocks (`ccdwatch.orderstats.pixel_blocks`)
+give what they give on the whole array at once, and the clipping still finds the outliers planted."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ccdwatch import rejection
+from ccdwatch import orderstats, rejection
 
 
 def _values(nframes: int, npix: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,11 +23,16 @@ def _values(nframes: int, npix: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 @pytest.mark.parametrize("nframes", [3, 9, 40])
 def test_blocks_give_the_whole_arrays_result(nframes: int, monkeypatch: pytest.MonkeyPatch) -> None:
     values, _ = _values(nframes, 70_001, seed=nframes)  # not a multiple of any block
+    valid = rejection.count_valid(values)
     keep = rejection.clip_keep(values, 3.0, 5, 4.0)
     mean, count = rejection.sigma_clip(values, 3.0, 5, 4.0)
-    assert len(rejection._blocks(values)) > 1
-    monkeypatch.setattr(rejection, "_BLOCK_PIXELS", (values.shape[1], values.shape[1]))
-    assert len(rejection._blocks(values)) == 1
+    cube = values.reshape(nframes, 1, -1)  # as the combinations pass it: (frames, rows, columns)
+    median = orderstats.median_valid(cube, valid.reshape(1, -1))
+    assert len(orderstats.pixel_blocks(*values.shape)) > 1
+    monkeypatch.setattr(orderstats, "BLOCK_PIXELS", (values.shape[1], values.shape[1]))
+    assert len(orderstats.pixel_blocks(*values.shape)) == 1
+    np.testing.assert_array_equal(median, orderstats.median_valid(cube, valid.reshape(1, -1)))
+    assert median.shape == (1, values.shape[1]) and np.isnan(median[0, 5])
     np.testing.assert_array_equal(keep, rejection.clip_keep(values, 3.0, 5, 4.0))
     whole_mean, whole_count = rejection.sigma_clip(values, 3.0, 5, 4.0)
     np.testing.assert_array_equal(mean, whole_mean)  # NaN where nothing is kept, in both
