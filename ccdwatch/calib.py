@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ccdwatch.orderstats import median_of_sorted as _median_of_sorted
+from ccdwatch.orderstats import median_and_mad
 from ccdwatch.orderstats import median_valid as _median_valid
 from ccdwatch.rejection import MAD_TO_SIGMA, sigma_clip
 from ccdwatch.rejection import clip_keep as clip_keep  # re-exported: where noise.py finds it
@@ -97,8 +97,7 @@ def _spread_floor(arrays: Sequence[np.ndarray], factors: np.ndarray | None, *, r
             stack[i] *= factors[i]
         release_pages(frame)
     n = _count_valid(stack)
-    centre = _median_of_sorted(np.sort(stack, axis=0), n)
-    spread = MAD_TO_SIGMA * _median_of_sorted(np.sort(np.abs(stack - centre), axis=0), n)
+    spread = MAD_TO_SIGMA * median_and_mad(stack, n)[1]  # the values of two sorts, 2-3x faster
     finite = spread[np.isfinite(spread)]
     return float(np.median(finite)) if finite.size else 0.0
 
