@@ -20,7 +20,8 @@ NETWORK_MAX_FRAMES = 48
 #: Per-pixel work along the frames (medians, the clipping of `ccdwatch.rejection`) runs on blocks of
 #: pixels whose values (all frames, float32) take about this many bytes, so that its dozens of
 #: elementwise passes (a sorting network, means and spreads) work in the cache rather than on
-#: strips of tens of MB: 1.6-2.4x less CPU on 2k strips of 10 and 40 frames (`benchmarks.rejection`).
+#: strips of tens of MB: on a stack's strip of 40 2k frames (33 MB) 0.63-0.69x the CPU, on a master's
+#: strip of 10 (8 MB, `calib._STRIP_CACHE_BYTES`) 0.80-0.90x (`benchmarks.rejection`).
 #: A pixel's result depends on its own values only, so it does not depend on the blocks.
 BLOCK_BYTES = 4 << 20
 #: Bounds of a block's pixels: below, numpy's per-call overhead takes over; above, nothing is gained.
