@@ -112,20 +112,27 @@ METHODS = tuple(_CV_METHODS)
 
 
 def _filled(src: np.ndarray, missing: np.ndarray, n_missing: int, *, local: bool,
-            where: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+            where: tuple[np.ndarray, np.ndarray] | None = None, in_place: bool = False) -> np.ndarray:
     """``src`` with its missing pixels filled: by zero, which reaches only output pixels that are
     blanked anyway (bilinear: OpenCV's weights are multiples of 1/1024, so a pixel they give any
     weight to is one `_touched_by_missing` finds), or (``local``: kernels wider than the blanked
     footprint) by the mean of the valid pixels in the 5x5 box around each (the frame's subsampled
-    median where the box has none)."""
-    out = np.where(missing, np.float32(0.0), src)
+    median where the box has none). ``in_place``: ``src`` is the caller's to overwrite, and a few
+    missing pixels (``where``) are filled in it instead of in a copy of the whole frame."""
+    few = n_missing <= missing.size // 64
+    if in_place and where is not None and (few or not local):
+        src[where] = np.float32(0.0)
+        out = src
+    else:
+        out = np.where(missing, np.float32(0.0), src)
     if not local:
         return out
-    if n_missing > missing.size // 64:  # many: two box filters over the frame
+    if not few:  # many: two box filters over the frame
         total = cv2.boxFilter(out, -1, (5, 5), normalize=False, borderType=cv2.BORDER_CONSTANT)
         count = cv2.boxFilter((~missing).astype(np.float32), -1, (5, 5), normalize=False,
                               borderType=cv2.BORDER_CONSTANT)
-        local_mean = np.where(count > 0, total / np.maximum(count, 1.0), _median_fill(src) if (count == 0).any() else 0)
+        local_mean = np.where(count > 0, total / np.maximum(count, 1.0),
+                              _median_fill(src, missing) if (count == 0).any() else 0)
         return np.where(missing, local_mean, out).astype(np.float32)
     ny, nx = src.shape
     rows, cols = where if where is not None else np.nonzero(missing)
@@ -136,16 +143,15 @@ def _filled(src: np.ndarray, missing: np.ndarray, n_missing: int, *, local: bool
     total = (out[yy, xx].reshape(len(rows), -1) * weight).sum(axis=1)
     count = weight.sum(axis=1)
     none = count == 0
-    out[rows, cols] = np.where(none, _median_fill(src) if none.any() else 0, total / np.maximum(count, 1.0))
+    out[rows, cols] = np.where(none, _median_fill(src, missing) if none.any() else 0, total / np.maximum(count, 1.0))
     return out
 
 
-def _median_fill(src: np.ndarray) -> np.float32:
-    """The frame's median (of every 4th pixel each way, the finite ones; 0 if none is finite)."""
-    sample = src[::4, ::4]
-    sample = sample[np.isfinite(sample)]
+def _median_fill(src: np.ndarray, missing: np.ndarray) -> np.float32:
+    """The frame's median (of every 4th pixel each way, the valid ones; 0 if none is valid)."""
+    sample = src[::4, ::4][~missing[::4, ::4]]
     if sample.size == 0:
-        sample = src[np.isfinite(src)]
+        sample = src[~missing]
     return np.float32(np.median(sample)) if sample.size else np.float32(0.0)
 
 
@@ -226,15 +232,29 @@ class Holes:
     blanked: tuple[np.ndarray, ...]  # the output pixels to blank: (rows, cols) or (bool map,)
     key: tuple[object, ...]  # the transform, output shape and method they were found for
 
-    def fits(self, src: np.ndarray, key: tuple[object, ...]) -> bool:
-        """Are these ``src``'s holes (the same missing pixels, the same warp)?"""
+    def fits(self, src: np.ndarray, key: tuple[object, ...], missing: np.ndarray | None = None) -> bool:
+        """Are these ``src``'s holes (the same missing pixels, the same warp)? ``missing``: where
+        ``src`` is missing, when known (`warp_with_holes`)."""
         if key != self.key or src.shape != self.missing.shape:
             return False
+        if missing is not None:
+            return missing is self.missing or np.array_equal(missing, self.missing)
         if self.where is not None and np.isfinite(src[self.where]).any():
             return False
         missing = ~np.isfinite(src)
         return int(np.count_nonzero(missing)) == self.n_missing and (
             self.where is not None or np.array_equal(missing, self.missing))
+
+
+def _found_holes(missing: np.ndarray, key: tuple[object, ...]) -> Holes | None:
+    """The `Holes` of a frame missing the pixels ``missing`` (None when none is), their output
+    pixels not yet found."""
+    n_missing = int(np.count_nonzero(missing))
+    if not n_missing:
+        return None
+    # few missing pixels (hot pixels): found once, for the fill and the blanking
+    where = np.divmod(np.flatnonzero(missing), missing.shape[1]) if n_missing <= _few(missing) else None
+    return Holes(missing, n_missing, where, (), key)
 
 
 def warp(
@@ -279,10 +299,14 @@ def warp(
 
 
 def warp_with_holes(data: np.ndarray, transform: Transform, *, output_shape: tuple[int, int], order: int = 1,
-                    method: str = "bilinear", holes: Holes | None = None) -> tuple[np.ndarray, Holes | None]:
+                    method: str = "bilinear", holes: Holes | None = None, missing: np.ndarray | None = None,
+                    overwrite: bool = False) -> tuple[np.ndarray, Holes | None]:
     """`warp`, and the frame's `Holes` (None when no pixel is missing); ``holes``: those of a frame
     warped the same way before, used when they are this frame's (`Holes.fits`), else found again.
-    The warp is the same either way."""
+    The warp is the same either way. ``missing``: where ``data`` is missing, when the caller knows
+    (bool, ``data``'s shape; every non-finite pixel and any other to ignore): the warp is that of
+    ``data`` with NaN there, without looking for them. ``overwrite``: ``data`` (float32) is the
+    caller's scratch, its missing pixels may be filled in place."""
     if np.ndim(data) != 2:
         raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
     ny, nx = output_shape
@@ -295,14 +319,11 @@ def warp_with_holes(data: np.ndarray, transform: Transform, *, output_shape: tup
         raise ValueError(f"unknown warp method {method!r}; use one of {', '.join(_CV_METHODS)}")
     direct = order == 1 or method != "bilinear"
     key = (m.tobytes(), shape, direct)
-    if holes is None or not holes.fits(src, key):
-        missing = ~np.isfinite(src)
-        n_missing = int(np.count_nonzero(missing))
-        # few missing pixels (hot pixels): found once, for the fill and the blanking
-        where = np.divmod(np.flatnonzero(missing), src.shape[1]) if 0 < n_missing <= _few(missing) else None
-        holes = Holes(missing, n_missing, where, (), key) if n_missing else None
+    if holes is None or not holes.fits(src, key, missing):
+        holes = _found_holes(~np.isfinite(src) if missing is None else missing, key)
     if holes is not None:
-        src = _filled(src, holes.missing, holes.n_missing, local=method != "bilinear", where=holes.where)
+        src = _filled(src, holes.missing, holes.n_missing, local=method != "bilinear", where=holes.where,
+                      in_place=overwrite and src is data)
     if method != "bilinear":
         # only the output pixels whose bilinear footprint covers a missing pixel are blanked (as
         # for bilinear: holes no larger than the kernel's core); the rest of the kernel's support

@@ -83,6 +83,23 @@ class MappedFrame:
             return last[3]
         return np.isnan(self.rows(r0, r1, step))
 
+    def strip_rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """`rows` ``r0:r1`` (remembered as for a strip) for a warp told where they are missing:
+        the rows as a new float32 array with their bad pixels as they are, and where those are
+        (bool); or, when a value in the rows is not finite, `rows`' block (NaN on bad pixels) and
+        None (the warp finds them). Saves setting NaN on bad pixels for the warp to find again."""
+        block = np.array(self.image[r0:r1], dtype=np.float32)
+        if not np.isfinite(block).all():
+            if self.bad is not None:
+                block[np.asarray(self.bad[r0:r1]) != 0] = np.nan
+            missing = None
+        else:
+            missing = (np.asarray(self.bad[r0:r1]) != 0) if self.bad is not None else np.zeros(block.shape, bool)
+        self.release(r0, r1, self.image, self.bad)
+        if self.uncert is not None:  # `rows`' NaN map: the bad pixels when every value is finite
+            self._missing[threading.get_ident()] = (r0, r1, 1, np.isnan(block) if missing is None else missing)
+        return block, missing
+
     @staticmethod
     def release(r0: int, r1: int, *planes: np.ndarray | None) -> None:
         """Let the pages of rows ``r0:r1`` of memory-mapped planes go once copied: file pages
@@ -94,10 +111,31 @@ class MappedFrame:
     def variance_rows(self, r0: int, r1: int, step: int = 1) -> np.ndarray | None:
         """UNCERT squared over image rows ``r0:r1`` (every ``step``-th row and column), NaN where
         the image is (`missing_rows`); None without UNCERT."""
+        var = self._squared(r0, r1, step)
+        if var is not None:
+            var[self.missing_rows(r0, r1, step)] = np.nan
+        return var
+
+    def strip_variance(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """`variance_rows` ``r0:r1`` for a warp told where they are missing, as `strip_rows`: UNCERT
+        squared and where the image is missing (`missing_rows`), or, when a value of it is not
+        finite, `variance_rows`' plane and None; None without UNCERT."""
+        var = self._squared(r0, r1, 1)
+        if var is None:
+            return None
+        missing = self.missing_rows(r0, r1)
+        if np.isfinite(var).all():
+            return var, missing
+        var[missing] = np.nan
+        return var, None
+
+    def _squared(self, r0: int, r1: int, step: int) -> np.ndarray | None:
+        """UNCERT squared over rows ``r0:r1`` (every ``step``-th row and column) as a new float32
+        array (its pages let go); None without UNCERT."""
         if self.uncert is None:
             return None
-        var = np.square(np.asarray(self.uncert[r0:r1:step, ::step], dtype=np.float32))
-        var[self.missing_rows(r0, r1, step)] = np.nan
+        var = np.array(self.uncert[r0:r1:step, ::step], dtype=np.float32)
+        np.square(var, out=var)
         self.release(r0, r1, self.uncert)
         return var
 
@@ -180,22 +218,30 @@ class WarpedRows:
         ny_in = self.frame.shape[0]
         return max(0, math.floor(min(ys)) - MARGIN), min(ny_in, math.ceil(max(ys)) + MARGIN + 1)
 
-    def _read(self, r0: int, r1: int, *, strip: bool = True) -> np.ndarray:
-        """Input rows ``r0:r1`` as float32: the image (NaN on bad pixels) or its variance.
-        ``strip``: rows of one strip (see `MappedFrame.rows`' ``remember``), not the whole frame."""
-        if not self.variance:
-            return self.frame.rows(r0, r1, remember=strip)
-        var = self.frame.variance_rows(r0, r1)  # after this thread read the image's rows, as a rule
+    def _read(self, r0: int, r1: int) -> np.ndarray:
+        """Input rows ``r0:r1`` of the whole frame as float32: the image (NaN on bad pixels) or its variance."""
+        var = self.frame.rows(r0, r1) if not self.variance else self.frame.variance_rows(r0, r1)
         if var is None:
             raise ValueError("the frame has no UNCERT plane to warp")
         return var
+
+    def _read_strip(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Input rows ``r0:r1`` of one strip as a new float32 array, and where they are missing
+        (`MappedFrame.strip_rows`, `MappedFrame.strip_variance`; after this thread read the
+        image's rows, as a rule, for the variance)."""
+        if not self.variance:
+            return self.frame.strip_rows(r0, r1)
+        read = self.frame.strip_variance(r0, r1)
+        if read is None:
+            raise ValueError("the frame has no UNCERT plane to warp")
+        return read
 
     def _read_whole(self) -> np.ndarray:
         """The whole frame as `_read` gives it, read on first use and kept: a frame turned by a
         large angle against the reference samples most of its rows for every strip."""
         with self._lock:
             if self._whole is None:
-                self._whole = self._read(0, self.frame.shape[0], strip=False)
+                self._whole = self._read(0, self.frame.shape[0])
             return self._whole
 
     def _strip(self, y0: int, y1: int) -> np.ndarray:
@@ -204,7 +250,7 @@ class WarpedRows:
         if y1 <= y0 or r1 - r0 < 2:  # the strip lies outside the frame
             return np.full(out_shape, np.nan, dtype=np.float32)
         turned = r1 - r0 > 2 * (y1 - y0) + 4 * MARGIN  # against the reference: read the frame once
-        block = self._read_whole()[r0:r1] if turned else self._read(r0, r1)
+        block, missing = (self._read_whole()[r0:r1], None) if turned else self._read_strip(r0, r1)
         # the same warp on the block: output row y - y0 samples block row (frame row - r0)
         shift_out = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
         shift_in = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])
@@ -214,7 +260,8 @@ class WarpedRows:
         strip, tid = (y0, y1, r0, r1), threading.get_ident()
         known = self.frame._holes.pop(tid, None) if self.variance else None
         out, holes = warp_with_holes(block, local, output_shape=out_shape, order=self.order, method=self.method,
-                                     holes=known[1] if known is not None and known[0] == strip else None)
+                                     holes=known[1] if known is not None and known[0] == strip else None,
+                                     missing=missing, overwrite=not turned)
         if not self.variance and holes is not None and self.frame.uncert is not None:
             self.frame._holes[tid] = (strip, holes)
         if self.offset is not None:

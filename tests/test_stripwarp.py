@@ -196,3 +196,64 @@ def test_variance_rows_reuse_the_image_rows_just_read_and_only_those() -> None:
     reference = np.square(np.asarray(frame.uncert[10:50], np.float32))
     reference[np.isnan(frame.rows(10, 50))] = np.nan
     assert np.array_equal(other, reference, equal_nan=True)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic", "lanczos"])
+def test_strips_told_their_bad_pixels_are_the_strips_that_find_them(method: str) -> None:
+    """A strip's rows go to the warp with their bad pixels as they are and a map of where those
+    are (`MappedFrame.strip_rows`), filled in place: the same bytes as the warp of the rows with
+    NaN set on them, which finds them itself; so are strips whose image has NaN or inf of its own
+    or whose UNCERT has a NaN (those find them), and a cluster of bad pixels whose 5x5 boxes have
+    no valid pixel (filled with the frame's median)."""
+    told = _frame(7)
+    assert told.bad is not None and told.uncert is not None
+    told.bad[200:207, 100:107] = 1  # a cluster: the middle pixels' boxes are all bad
+    told.image[30, 40] = np.nan  # of the image itself: that strip finds its missing pixels
+    told.image[140, 12] = np.inf
+    told.uncert[250, 70] = np.nan  # and of its UNCERT, besides the image's
+    baked = np.asarray(told.image, dtype=np.float32).copy()
+    baked[np.asarray(told.bad) != 0] = np.nan
+    found = stripwarp.MappedFrame(baked, None, np.asarray(told.uncert, dtype=np.float32))  # NaN: found by the warp
+    t = _similarity(0.5, 2.4, -4.3)
+    image = [stripwarp.WarpedRows(f, t, SHAPE, method=method, offset=3.0) for f in (told, found)]
+    variance = [stripwarp.WarpedRows(f, t, SHAPE, variance=True) for f in (told, found)]
+    for y in range(0, SHAPE[0], 32):
+        strips = [image[k][y : y + 32] for k in (0, 1)]
+        assert np.array_equal(strips[0], strips[1], equal_nan=True)
+        variances = [variance[k][y : y + 32] for k in (0, 1)]
+        assert np.array_equal(variances[0], variances[1], equal_nan=True)
+    whole = warp(told.rows(0, SHAPE[0]), t, output_shape=SHAPE, method=method)
+    assert np.isnan(whole[195:212, 95:112]).sum() > 40  # the cluster blanks its footprint
+    assert np.isfinite(whole).sum() > 0.9 * whole.size
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("n_bad", [300, 2000])
+def test_warp_told_where_pixels_are_missing(method: str, n_bad: int) -> None:
+    """`warp_with_holes` told where the missing pixels are (values left as they are there) and
+    allowed to fill them in its input: the same bytes as the warp of a copy with NaN set on them,
+    with a cluster whose 5x5 boxes have no valid pixel (filled with the frame's median), a few
+    (filled one by one) or many missing pixels (box filters over the frame)."""
+    rng = np.random.default_rng(8)
+    data = rng.normal(100.0, NOISE, SHAPE).astype(np.float32)
+    missing = np.zeros(SHAPE, bool)
+    missing[rng.integers(0, SHAPE[0], n_bad), rng.integers(0, SHAPE[1], n_bad)] = True
+    missing[120:127, 60:67] = True
+    data[140, 12] = np.inf  # a non-finite value is always among the missing ones
+    missing[140, 12] = True
+    with_nan = np.where(missing, np.float32(np.nan), data)
+    t = _similarity(-0.7, 1.9, 2.6)
+    expected, holes = warp_with_holes(with_nan, t, output_shape=SHAPE, method=method)
+    told, told_holes = warp_with_holes(data, t, output_shape=SHAPE, method=method,
+                                       missing=missing, overwrite=True)
+    assert np.array_equal(told, expected, equal_nan=True)
+    assert holes is not None and told_holes is not None and told_holes.n_missing == holes.n_missing
+    # the variance of the same pixels, told the image's holes and map: they are taken as they are
+    var = np.full(SHAPE, 25.0, np.float32)
+    shared, _ = warp_with_holes(var, t, output_shape=SHAPE, order=1, holes=told_holes, missing=told_holes.missing,
+                                overwrite=True)
+    alone = warp(np.where(missing, np.float32(np.nan), np.float32(25.0)), t, output_shape=SHAPE, order=1)
+    assert np.array_equal(shared, alone, equal_nan=True)
+    # physics: a flat frame stays flat where its warp is defined, and holes blank their footprint
+    assert np.nanmax(np.abs(shared - 25.0)) < 1e-3
+    assert np.isnan(told[115:135, 55:75]).sum() >= 49
