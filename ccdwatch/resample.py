@@ -41,14 +41,15 @@ def _touched_by_missing(
     ny_in, nx_in = missing.shape
     ny_out, nx_out = output_shape
     rows, cols = where if where is not None else np.nonzero(missing)
-    # an output pixel uses input pixels less than 1 px away along each axis: after a similarity
-    # of scale ~1 it lies within 2 px of the forward-mapped missing pixel
+    # an output pixel uses input pixels less than 1 px away along each axis, so it lies less than
+    # |m[1, 0]| + |m[1, 1]| rows (and |m[0, 0]| + |m[0, 1]| columns) from the forward-mapped
+    # missing pixel (1e-6 more for rounding): after a similarity of scale ~1, 4 rows and 4 columns
     xo = m[0, 0] * cols + m[0, 1] * rows + m[0, 2]
     yo = m[1, 0] * cols + m[1, 1] * rows + m[1, 2]
-    reach = math.ceil(math.sqrt(2.0) * math.sqrt(abs(float(np.linalg.det(m[:2, :2]))))) + 1
-    steps = np.arange(-reach, reach + 1)
-    cand_r = (np.floor(yo)[:, None, None] + steps[None, :, None]).astype(np.int64)
-    cand_c = (np.floor(xo)[:, None, None] + steps[None, None, :]).astype(np.int64)
+    steps_r, steps_c = (np.arange(math.floor(-reach) + 1, math.ceil(reach) + 1)
+                        for reach in (abs(m[1, 0]) + abs(m[1, 1]) + 1e-6, abs(m[0, 0]) + abs(m[0, 1]) + 1e-6))
+    cand_r = (np.floor(yo)[:, None, None] + steps_r[None, :, None]).astype(np.int64)
+    cand_c = (np.floor(xo)[:, None, None] + steps_c[None, None, :]).astype(np.int64)
     cand_r, cand_c = np.broadcast_arrays(cand_r, cand_c)
     inside = (cand_r >= 0) & (cand_r < ny_out) & (cand_c >= 0) & (cand_c < nx_out)
     flat = np.sort(cand_r[inside] * nx_out + cand_c[inside])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from ccdwatch import stripwarp
+from ccdwatch import resample, stripwarp
 from ccdwatch.align import Transform
 from ccdwatch.fitsio import Compression, map_product_planes, read_product_hdus, write_product
 from ccdwatch.resample import warp, warp_with_holes
@@ -257,3 +257,25 @@ def test_warp_told_where_pixels_are_missing(method: str, n_bad: int) -> None:
     # physics: a flat frame stays flat where its warp is defined, and holes blank their footprint
     assert np.nanmax(np.abs(shared - 25.0)) < 1e-3
     assert np.isnan(told[115:135, 55:75]).sum() >= 49
+
+
+@pytest.mark.parametrize(("rotation_deg", "scale", "shear"), [(0.0, 1.0, 0.0), (0.3, 1.0001, 0.0), (37.0, 1.0, 0.0),
+                                                              (-120.0, 1.3, 0.0), (10.0, 0.8, 0.2)])
+def test_pixels_a_missing_pixel_blanks(rotation_deg: float, scale: float, shear: float) -> None:
+    """The output pixels found from the missing pixels one by one (a few rows and columns around
+    each, forward-mapped) are those where the bilinear warp of the missing mask exceeds 1e-6."""
+    rng = np.random.default_rng(9)
+    missing = rng.random(SHAPE) < 0.003
+    missing[150:153, 40:44] = True
+    c, s = math.cos(math.radians(rotation_deg)) * scale, math.sin(math.radians(rotation_deg)) * scale
+    m = np.array([[c, -s + shear, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    centre = np.array([SHAPE[1] / 2, SHAPE[0] / 2])
+    m[:2, 2] = centre + np.array([4.3, -6.7]) - m[:2, :2] @ centre  # about the middle, then shifted
+    a, offset = resample._ndimage_matrix(np.linalg.inv(m))
+    n = int(missing.sum())
+    rows, cols = resample._missing_blanked(missing, n, m, a, offset, SHAPE, direct=True)
+    (mask,) = resample._missing_blanked(missing, n, m, a, offset, SHAPE, direct=False)
+    found = np.zeros(SHAPE, bool)
+    found[rows, cols] = True
+    assert np.array_equal(found, mask)
+    assert mask.sum() > 0.3 * n  # the middle of the frame stays on the grid
