@@ -9,9 +9,10 @@ re-exports `warp`.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -156,14 +157,51 @@ def _median_fill(src: np.ndarray, missing: np.ndarray) -> np.float32:
     return np.float32(np.median(sample)) if sample.size else np.float32(0.0)
 
 
+class _Geometry(NamedTuple):
+    """What a warp derives from its transform for an input and output shape (`_geometry`)."""
+
+    inv: np.ndarray  # reference (x, y) -> frame (x, y)
+    a: np.ndarray  # and as ndimage's matrix and offset (`_ndimage_matrix`)
+    offset: np.ndarray
+    area: float  # the transform's area scale
+    bounds: tuple[np.ndarray, np.ndarray]  # each output row's columns that sample the input (`_footprint_bounds`)
+
+
+#: `_geometry` keeps those of outputs up to this many rows (strips; 16 bytes a row).
+_KEPT_ROWS = 1024
+
+
+def _geometry(matrix: bytes, shape_in: tuple[int, int], shape_out: tuple[int, int]) -> _Geometry:
+    """`_Geometry` of the 3x3 float64 ``matrix`` (its bytes); for a strip, kept for the next warp of
+    the same shapes by the same transform: a stack warps each strip of a frame's variance after
+    the strip of its image, each the same way (`_kept_geometry`)."""
+    return (_kept_geometry if shape_out[0] <= _KEPT_ROWS else _new_geometry)(matrix, shape_in, shape_out)
+
+
+@functools.lru_cache(maxsize=256)  # all the frames of a stack's strip in between; at most ~4 MB
+def _kept_geometry(matrix: bytes, shape_in: tuple[int, int], shape_out: tuple[int, int]) -> _Geometry:
+    geometry = _new_geometry(matrix, shape_in, shape_out)
+    for array in (geometry.inv, geometry.a, geometry.offset, *geometry.bounds):
+        array.flags.writeable = False  # shared by every warp that finds it here
+    return geometry
+
+
+def _new_geometry(matrix: bytes, shape_in: tuple[int, int], shape_out: tuple[int, int]) -> _Geometry:
+    m = np.frombuffer(matrix, dtype=np.float64).reshape(3, 3)
+    inv = np.linalg.inv(m)
+    a, offset = _ndimage_matrix(inv)
+    bounds = _footprint_bounds(inv, shape_out[0], shape_in)
+    return _Geometry(inv, a, offset, abs(float(np.linalg.det(m[:2, :2]))), bounds)
+
+
 def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, int],
-                   method: str = "bilinear") -> np.ndarray:
+                   method: str = "bilinear", bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Bilinear resampling with OpenCV's ``warpAffine`` (the warp Siril uses too), several times
     faster than ``scipy.ndimage.affine_transform``. Sample positions are quantised to 1/32 px
     (OpenCV's INTER_BITS), i.e. at most 1/64 px off, far below the alignment error. As with
     ndimage's "constant" mode, output pixels that sample outside ``[0, n - 1]`` are NaN (OpenCV
     would also blank samples on the last row or column, so the footprint is computed here). The
-    input must be NaN-free (`warp` fills missing pixels)."""
+    input must be NaN-free (`warp` fills missing pixels). ``bounds``: `_footprint_bounds`, if known."""
     ny, nx = output_shape
     if max(ny, nx, *src.shape) >= 32767:  # OpenCV's remap limit (SHRT_MAX)
         from scipy import ndimage
@@ -179,7 +217,7 @@ def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, in
         flags=_CV_METHODS[method] | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
-    _blank_outside(out, *_footprint_bounds(inv, ny, src.shape))
+    _blank_outside(out, *(bounds if bounds is not None else _footprint_bounds(inv, ny, src.shape)))
     return out
 
 
@@ -312,10 +350,9 @@ def warp_with_holes(data: np.ndarray, transform: Transform, *, output_shape: tup
         raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
     ny, nx = output_shape
     shape = (ny, nx)
-    m = transform.array
-    inv = np.linalg.inv(m)  # reference (x, y) -> frame (x, y)
-    a, offset = _ndimage_matrix(inv)
+    m = np.ascontiguousarray(transform.array, dtype=np.float64)
     src = np.asarray(data, dtype=np.float32)
+    inv, a, offset, area, bounds = _geometry(m.tobytes(), (int(src.shape[0]), int(src.shape[1])), shape)
     if method not in _CV_METHODS:
         raise ValueError(f"unknown warp method {method!r}; use one of {', '.join(_CV_METHODS)}")
     direct = order == 1 or method != "bilinear"
@@ -329,9 +366,9 @@ def warp_with_holes(data: np.ndarray, transform: Transform, *, output_shape: tup
         # only the output pixels whose bilinear footprint covers a missing pixel are blanked (as
         # for bilinear: holes no larger than the kernel's core); the rest of the kernel's support
         # sees the missing pixel's local estimate with weights < 0.1
-        out = _warp_bilinear(src, inv, shape, method)
+        out = _warp_bilinear(src, inv, shape, method, bounds)
     elif order == 1:
-        out = _warp_bilinear(src, inv, shape)
+        out = _warp_bilinear(src, inv, shape, bounds=bounds)
     else:
         from scipy import ndimage  # splines: a costly import, only for order > 1
 
@@ -351,7 +388,6 @@ def warp_with_holes(data: np.ndarray, transform: Transform, *, output_shape: tup
             holes = replace(holes, blanked=_missing_blanked(holes.missing, holes.n_missing, m, a, offset, shape,
                                                             direct=direct, where=holes.where))
         out[holes.blanked] = np.nan
-    area = abs(float(np.linalg.det(m[:2, :2])))
     if abs(area - 1.0) > 1e-9:
         out /= np.float32(area)
     return out, holes
