@@ -255,7 +255,14 @@ def _strip(arrays: Sequence[np.ndarray], variances: Sequence[np.ndarray | float]
            exposures: Sequence[float], rows: slice, method: str, sigma: float, maxiters: int, floor: float,
            out: Weighted, excess: float = 1.0) -> None:
     """Combine the rows ``rows`` of every frame into ``out``."""
-    work = np.stack([np.asarray(a[rows], dtype=np.float32) for a in arrays])
+    ny, nx = arrays[0].shape
+    work = np.empty((len(arrays), len(range(*rows.indices(ny))), nx), np.float32)
+    for plane, a in zip(work, arrays, strict=True):  # frames warped as read write their rows in place
+        reader = getattr(a, "read_into", None)
+        if reader is not None:
+            reader(rows, plane)
+        else:
+            plane[...] = a[rows]
     for a in arrays:
         release_pages(a)
     shape = work.shape[1:]

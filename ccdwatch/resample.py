@@ -195,28 +195,37 @@ def _new_geometry(matrix: bytes, shape_in: tuple[int, int], shape_out: tuple[int
 
 
 def _warp_bilinear(src: np.ndarray, inv: np.ndarray, output_shape: tuple[int, int],
-                   method: str = "bilinear", bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                   method: str = "bilinear", bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """Bilinear resampling with OpenCV's ``warpAffine`` (the warp Siril uses too), several times
     faster than ``scipy.ndimage.affine_transform``. Sample positions are quantised to 1/32 px
     (OpenCV's INTER_BITS), i.e. at most 1/64 px off, far below the alignment error. As with
     ndimage's "constant" mode, output pixels that sample outside ``[0, n - 1]`` are NaN (OpenCV
     would also blank samples on the last row or column, so the footprint is computed here). The
-    input must be NaN-free (`warp` fills missing pixels). ``bounds``: `_footprint_bounds`, if known."""
+    input must be NaN-free (`warp` fills missing pixels). ``bounds``: `_footprint_bounds`, if known;
+    ``out``: the array to write (float32, C-contiguous, ``output_shape``), if the caller has one."""
     ny, nx = output_shape
     if max(ny, nx, *src.shape) >= 32767:  # OpenCV's remap limit (SHRT_MAX)
         from scipy import ndimage
 
         a, offset = _ndimage_matrix(inv)
-        return ndimage.affine_transform(src, a, offset=offset, output_shape=output_shape, output=np.float32,
-                                        order=1 if method == "bilinear" else 3, mode="constant", cval=np.nan,
-                                        prefilter=method != "bilinear")
-    out = cv2.warpAffine(
+        warped = ndimage.affine_transform(src, a, offset=offset, output_shape=output_shape,
+                                          output=np.float32 if out is None else out,
+                                          order=1 if method == "bilinear" else 3, mode="constant", cval=np.nan,
+                                          prefilter=method != "bilinear")
+        return warped if out is None else out
+    warped = cv2.warpAffine(
         np.ascontiguousarray(src, dtype=np.float32),
         np.ascontiguousarray(inv[:2], dtype=np.float64),
         (nx, ny),
+        dst=out,
         flags=_CV_METHODS[method] | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
+    if out is None:
+        out = warped
+    elif warped is not out:  # OpenCV wrote elsewhere (it does not for a fitting array)
+        out[...] = warped
     _blank_outside(out, *(bounds if bounds is not None else _footprint_bounds(inv, ny, src.shape)))
     return out
 
@@ -339,13 +348,14 @@ def warp(
 
 def warp_with_holes(data: np.ndarray, transform: Transform, *, output_shape: tuple[int, int], order: int = 1,
                     method: str = "bilinear", holes: Holes | None = None, missing: np.ndarray | None = None,
-                    overwrite: bool = False) -> tuple[np.ndarray, Holes | None]:
+                    overwrite: bool = False, out: np.ndarray | None = None) -> tuple[np.ndarray, Holes | None]:
     """`warp`, and the frame's `Holes` (None when no pixel is missing); ``holes``: those of a frame
     warped the same way before, used when they are this frame's (`Holes.fits`), else found again.
     The warp is the same either way. ``missing``: where ``data`` is missing, when the caller knows
     (bool, ``data``'s shape; every non-finite pixel and any other to ignore): the warp is that of
     ``data`` with NaN there, without looking for them. ``overwrite``: ``data`` (float32) is the
-    caller's scratch, its missing pixels may be filled in place."""
+    caller's scratch, its missing pixels may be filled in place. ``out``: the array to warp into
+    (float32, C-contiguous, ``output_shape``; returned), if the caller has one."""
     if np.ndim(data) != 2:
         raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
     ny, nx = output_shape
@@ -366,23 +376,24 @@ def warp_with_holes(data: np.ndarray, transform: Transform, *, output_shape: tup
         # only the output pixels whose bilinear footprint covers a missing pixel are blanked (as
         # for bilinear: holes no larger than the kernel's core); the rest of the kernel's support
         # sees the missing pixel's local estimate with weights < 0.1
-        out = _warp_bilinear(src, inv, shape, method, bounds)
+        out = _warp_bilinear(src, inv, shape, method, bounds, out)
     elif order == 1:
-        out = _warp_bilinear(src, inv, shape, bounds=bounds)
+        out = _warp_bilinear(src, inv, shape, bounds=bounds, out=out)
     else:
         from scipy import ndimage  # splines: a costly import, only for order > 1
 
-        out = ndimage.affine_transform(
+        warped = ndimage.affine_transform(
             src,
             a,
             offset=offset,
             output_shape=shape,
-            output=np.float32,
+            output=np.float32 if out is None else out,
             order=order,
             mode="constant",
             cval=np.nan,
             prefilter=True,
         )
+        out = warped if out is None else out
     if holes is not None:
         if not holes.blanked:
             holes = replace(holes, blanked=_missing_blanked(holes.missing, holes.n_missing, m, a, offset, shape,

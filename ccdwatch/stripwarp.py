@@ -244,11 +244,23 @@ class WarpedRows:
                 self._whole = self._read(0, self.frame.shape[0])
             return self._whole
 
-    def _strip(self, y0: int, y1: int) -> np.ndarray:
+    def read_into(self, rows: slice, out: np.ndarray) -> np.ndarray:
+        """``self[rows]`` written into ``out`` (float32, C-contiguous, the rows' shape): a
+        combination's stack of strips takes each frame's without a copy."""
+        y0, y1, step = rows.indices(self.shape[0])
+        if step != 1 or out.shape != (max(0, y1 - y0), self.shape[1]) or out.dtype != np.float32 \
+                or not out.flags.c_contiguous:
+            raise ValueError("read_into takes contiguous rows into a float32 array of their shape")
+        return self._strip(y0, max(y0, y1), out)
+
+    def _strip(self, y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
         out_shape = (y1 - y0, self.shape[1])
         r0, r1 = self._input_rows(y0, y1)
         if y1 <= y0 or r1 - r0 < 2:  # the strip lies outside the frame
-            return np.full(out_shape, np.nan, dtype=np.float32)
+            if out is None:
+                return np.full(out_shape, np.nan, dtype=np.float32)
+            out.fill(np.nan)
+            return out
         turned = r1 - r0 > 2 * (y1 - y0) + 4 * MARGIN  # against the reference: read the frame once
         block, missing = (self._read_whole()[r0:r1], None) if turned else self._read_strip(r0, r1)
         # the same warp on the block: output row y - y0 samples block row (frame row - r0)
@@ -261,7 +273,7 @@ class WarpedRows:
         known = self.frame._holes.pop(tid, None) if self.variance else None
         out, holes = warp_with_holes(block, local, output_shape=out_shape, order=self.order, method=self.method,
                                      holes=known[1] if known is not None and known[0] == strip else None,
-                                     missing=missing, overwrite=not turned)
+                                     missing=missing, overwrite=not turned, out=out)
         if not self.variance and holes is not None and self.frame.uncert is not None:
             self.frame._holes[tid] = (strip, holes)
         if self.offset is not None:

@@ -279,3 +279,24 @@ def test_pixels_a_missing_pixel_blanks(rotation_deg: float, scale: float, shear:
     found[rows, cols] = True
     assert np.array_equal(found, mask)
     assert mask.sum() > 0.3 * n  # the middle of the frame stays on the grid
+
+
+@pytest.mark.parametrize("variance", [False, True])
+def test_strips_read_into_a_stack(variance: bool) -> None:
+    """`WarpedRows.read_into` writes the rows `WarpedRows` indexing returns into the caller's
+    array (a combination's stack of strips), NaN off the frame, and takes only arrays that fit."""
+    frame = _frame(10)
+    t = _similarity(0.2, 40.0, 150.0)  # the frame lands on the grid's rows 150 and on
+    rows = stripwarp.WarpedRows(frame, t, SHAPE, variance=variance)
+    stack = np.zeros((2, 40, SHAPE[1]), np.float32)
+    for y in (260, 120, 0):
+        if variance:
+            stripwarp.WarpedRows(frame, t, SHAPE)[y : y + 40]  # the image's strip first, as a stack does
+        written = rows.read_into(slice(y, y + 40), stack[1])
+        assert np.shares_memory(written, stack[1]) and written.shape == stack[1].shape
+        expected = rows[y : y + 40]
+        assert np.array_equal(stack[1], expected, equal_nan=True)
+        assert not stack[0].any()
+        assert np.isfinite(stack[1]).any() == (y >= 120)  # rows 0-39: off the frame, NaN
+    with pytest.raises(ValueError, match="read_into"):
+        rows.read_into(slice(0, 40), np.zeros((40, SHAPE[1]), np.float64))
