@@ -23,6 +23,7 @@ def _values(nframes: int, npix: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 @pytest.mark.parametrize("nframes", [3, 9, 40])
 def test_blocks_give_the_whole_arrays_result(nframes: int, monkeypatch: pytest.MonkeyPatch) -> None:
     values, _ = _values(nframes, 70_001, seed=nframes)  # not a multiple of any block
+    monkeypatch.setattr(orderstats, "BLOCK_PIXELS", (16_384, 16_384))  # the smallest blocks: five here
     valid = rejection.count_valid(values)
     keep = rejection.clip_keep(values, 3.0, 5, 4.0)
     mean, count = rejection.sigma_clip(values, 3.0, 5, 4.0)
@@ -37,6 +38,15 @@ def test_blocks_give_the_whole_arrays_result(nframes: int, monkeypatch: pytest.M
     whole_mean, whole_count = rejection.sigma_clip(values, 3.0, 5, 4.0)
     np.testing.assert_array_equal(mean, whole_mean)  # NaN where nothing is kept, in both
     np.testing.assert_array_equal(count, whole_count)
+
+
+def test_a_stacks_strip_is_cut_into_several_blocks() -> None:
+    from ccdwatch import stripwarp
+
+    npix = stripwarp.strip_rows(40, 2048, 2048) * 2048
+    blocks = orderstats.pixel_blocks(40, npix)
+    assert len(blocks) > 2 and blocks[0].start == 0 and blocks[-1].stop == npix
+    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:], strict=False))
 
 
 def test_blocked_clipping_finds_the_planted_outliers() -> None:
