@@ -731,3 +731,30 @@ def test_any_fits_name_looks_at_the_top_level_only(tmp_path):
     assert not any_fits_name(tmp_path)
     (tmp_path / "d.FIT").write_bytes(b"")
     assert any_fits_name(tmp_path)
+
+
+def test_read_ahead_advises_only_what_read_raw_would_open(tmp_path, monkeypatch):
+    """`read_ahead` (a catch-up's prefetch) asks the kernel to read regular files, at most
+    ``max_bytes`` of each, and skips, without raising or blocking, what `read_raw` refuses."""
+    from ccdwatch.fitsio import read_ahead
+
+    good = write_primary(tmp_path / "good.fits", bias_like())
+    small = write_primary(tmp_path / "small.fits", bias_like(shape=(4, 4)))
+    fifo = tmp_path / "fifo.fits"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.fits"
+    link.symlink_to(good)
+    (tmp_path / "dir.fits").mkdir()
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((os.fstat(fd).st_ino, offset, length))
+        assert advice == os.POSIX_FADV_WILLNEED
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    limit = good.stat().st_size - 2880  # less than the file: the length advised is the limit
+    read_ahead([fifo, link, tmp_path / "dir.fits", tmp_path / "gone.fits", good, small], limit)
+    assert advised == [(good.stat().st_ino, 0, limit), (small.stat().st_ino, 0, small.stat().st_size)]
+    assert read_raw(good).data is not None  # nothing changed for the reader

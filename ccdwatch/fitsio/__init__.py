@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         read_product_table,
         sha256_file,
     )
-    from ccdwatch.fitsio.raw import RawFrame, read_raw
+    from ccdwatch.fitsio.raw import RawFrame, read_ahead, read_raw
     from ccdwatch.fitsio.rejected import RejectedFile
 
 #: Where each public name lives. Loaded on first use (PEP 562), so code that only names files or
@@ -57,13 +57,14 @@ _HOME = {
     "read_product": "product", "read_product_hdus": "product",
     "read_product_table": "product",
     "sha256_file": "product",
-    "RawFrame": "raw", "read_raw": "raw", "RejectedFile": "rejected",
+    "RawFrame": "raw", "read_ahead": "raw", "read_raw": "raw", "RejectedFile": "rejected",
 }
 
 __all__ = [
     "BLOCK_SIZE", "TEMP_PREFIX", "Compression", "DiskFull", "RawFrame", "RejectedFile", "big_endian", "fits_suffix",
     "MappedProduct", "is_temp_name", "map_product", "map_product_planes",
-    "read_product", "read_product_hdus", "read_product_table", "read_raw", "safe_component", "safe_product_path",
+    "read_ahead", "read_product", "read_product_hdus", "read_product_table", "read_raw", "safe_component",
+    "safe_product_path",
     "sha256_file", "sweep_temp_files", "write_bytes_atomic", "write_product",
 ]
 

@@ -36,7 +36,7 @@ import os
 import stat
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,6 +126,29 @@ def _open_raw(path: str | os.PathLike) -> tuple[int, os.stat_result]:
         os.close(fd)
         raise
     return fd, st
+
+
+def read_ahead(paths: Iterable[str | os.PathLike], max_bytes: int) -> None:
+    """Ask the kernel to read these raw files into its cache now (``posix_fadvise`` WILLNEED),
+    so that the workers that parse them next find their bytes there rather than waiting for the
+    disk one file at a time: a catch-up's raws (or a night's, read again minutes later) are
+    often no longer cached. Opened as `read_raw` opens them (no link followed, regular files
+    only); at most ``max_bytes`` of each; anything odd is skipped silently (`read_raw` says
+    what is wrong when the file's turn comes)."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:  # not on this platform
+        return
+    for path in paths:
+        try:
+            fd, st = _open_raw(path)
+        except (OSError, RejectedFile):
+            continue
+        try:
+            advise(fd, 0, min(st.st_size, max_bytes), os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _check_unchanged(fd: int, before: os.stat_result, name: str) -> None:

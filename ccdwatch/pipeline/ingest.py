@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,6 +94,12 @@ class Ingester:
                                  bayer_instruments=tuple(cfg.colour.instruments.items()),
                                  overscan=cfg.overscan.rules())
                  for _, path, _ in todo]
+        if len(specs) > 2:  # a catch-up: the files the workers parse next are read from disk meanwhile
+            from ccdwatch.fitsio.raw import MAX_HEADER_BYTES, read_ahead
+
+            limit = self.ctx.max_data_bytes + MAX_HEADER_BYTES
+            threading.Thread(target=read_ahead, args=([s.path for s in specs], limit), name="read-ahead",
+                             daemon=True).start()
         futures = self.runner.workers.map(tasks.ingest, specs, timeout=cfg.workers.ingest_timeout)
         good: list[tuple[int, Path, tasks.IngestResult]] = []
         for (i, path, st), fut in zip(todo, futures, strict=True):
