@@ -7,7 +7,10 @@ future, on a copy of the catalogue) and `tasks.stack_group` runs in this process
 ``--threads`` threads (the runner gives a lone stack both cores), without its preview, into a
 temporary file. Prints one JSON line: wall and CPU seconds, peak RSS and the product's sha256
 (the same in every tree that stacks the same bytes). ``--profile`` prints cProfile's top entries
-first. Run each tree in its own process, interleaved, to compare.
+first. Run each tree in its own process, interleaved, to compare, from inside that tree
+(``cd TREE && python -m benchmarks.stackjob RUN``): ``python -m`` puts the current directory first
+on ``sys.path``, so from another checkout it would import that checkout's ``ccdwatch`` whatever
+``PYTHONPATH`` says.
 """
 
 from __future__ import annotations
