@@ -17,6 +17,7 @@ __all__ = ["MAD_TO_SIGMA", "clip_keep", "count_valid", "kept_mean", "mean_valid"
 #: Ratio of the standard deviation to the median absolute deviation of a normal distribution.
 MAD_TO_SIGMA = 1.482602218505602
 
+
 def _count(mask: np.ndarray) -> np.ndarray:
     """How many values along axis 0 of a bool array are True, as int64 (counted in the smallest
     integer type that holds the number of frames: several times faster than in int64)."""
