@@ -86,7 +86,7 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
     with Catalog(cfg.paths.database, writer=True) as catalog, \
             held(catalog, site=site_name(cfg), incoming=str(incoming), products=str(products),
                  heartbeat_seconds=cfg.site.heartbeat_seconds, scheduler=cfg.workers.scheduler or None), \
-            Pipeline(cfg, catalog) as pipeline:
+            Pipeline(cfg, catalog, defer_sync=True) as pipeline:
         watcher = Watcher(cfg, pipeline)
         watcher.install_signal_handlers()
         if not args.once:

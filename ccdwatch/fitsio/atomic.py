@@ -150,12 +150,14 @@ class _HashingWriter:
 
 def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
                   header: fits.Header | None = None, min_free_bytes: int = 0,
-                  compression: Compression | None = None) -> str:
+                  compression: Compression | None = None, sync: bool = True) -> str:
     """Write a product atomically and durably; return the SHA-256 of the bytes written.
 
     A temp file (``.ccdwatch-tmp-<random>-<name>``) is written in the same directory, flushed,
     fsynced, checked, renamed over ``path`` with ``os.replace`` and the directory fsynced, so
     readers see either the old file or the complete new one. Parent directories are created.
+    ``sync=False``: a new path is renamed into place without waiting for the disk (the daemon's
+    calibrated lights: `ccdwatch.pipeline.durability`); a path that exists is synced regardless.
 
     Parameters
     ----------
@@ -169,6 +171,8 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
         Free space (bytes) that must remain on the file system after the write.
     compression : Compression, optional
         Write the image HDUs tile-compressed (:mod:`ccdwatch.fitsio.compress`).
+    sync : bool, optional
+        Wait for the disk (fsync of the file and of its directory); see above.
 
     Raises
     ------
@@ -201,6 +205,7 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
         raise DiskFull(errno.ENOSPC, f"only {free} bytes free, need {estimate} for the product plus "
                        f"{min_free_bytes} kept free", str(final))
     tmp = parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name[:128]}"
+    sync = sync or final.exists()  # never a rename over a file whose new bytes may not be on the disk
     try:
         faults.point("product-write", final)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
@@ -212,7 +217,8 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
             for w in caught:
                 logger.warning("%s: %s", final.name, w.message)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         sha = out.hexdigest()
         os.replace(tmp, final)
     except BaseException as exc:
@@ -223,7 +229,8 @@ def write_product(path: str | os.PathLike, hdus: fits.HDUList | np.ndarray, *,
         if _is_enospc(exc) and not isinstance(exc, DiskFull):
             raise DiskFull(errno.ENOSPC, f"no space left writing the product ({exc})", str(final)) from exc
         raise
-    _fsync_dir(parent)
+    if sync:
+        _fsync_dir(parent)
     logger.debug("wrote %s (%s)", final, sha[:12])
     return sha
 

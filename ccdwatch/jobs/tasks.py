@@ -378,6 +378,7 @@ class CalibrateSpec:
     """The light's overscan plan (its masters were made with the same: the camera key holds it)."""
     compression: Compression | None = None  # [products] compress
     noise: uncertainty.NoiseSpec | None = None  # gain and read noise: units, the UNCERT plane, cosmic rays
+    sync: bool = True  # False: the product is not waited on to reach the disk (`ccdwatch.pipeline.durability`)
 
 
 @dataclass(frozen=True)
@@ -486,7 +487,8 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     if badpix is not None:
         hdus.append(fits.ImageHDU(badpix, name="BADPIX"))
     hdus.extend(planes)
-    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression)
+    sha = write_product(spec.out_path, hdus, min_free_bytes=spec.min_free_bytes, compression=spec.compression,
+                        sync=spec.sync)
     if spec.preview_path:
         _light_preview(data, spec.preview_path, f"calibrated {Path(spec.out_path).stem}", spec.bayer_pattern)
     return CalibrateResult(spec.frame_id, sha, quality, float(saturation), saturated_fraction, nonfinite,

@@ -206,6 +206,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         overscan=OverscanPlan.from_json(frame.overscan),
         compression=ctx.compression,
         noise=NoiseSpec(**vars(_detector(ctx, frame, sel.flat)), plane=cal.uncertainty),
+        sync=ctx.unsynced is None,
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,
@@ -242,6 +243,8 @@ def saturation(ctx: Context, frame: Frame) -> float | None:
 def commit(ctx: Context, plan: CalibrationPlan, result: tasks.CalibrateResult) -> int:
     """Record the calibrated product (superseding the current one) and the frame's quality."""
     quality = result.quality
+    if not plan.spec.sync and ctx.unsynced is not None:
+        ctx.unsynced.note()  # before the row: a crash of the machine then has its products checked
     with ctx.catalog.session() as s:
         frame = s.get(Frame, plan.frame_id)
         assert frame is not None, "a frame is never deleted while it is calibrated"

@@ -15,6 +15,7 @@ from ccdwatch.config import Config, site_name
 
 if TYPE_CHECKING:
     from ccdwatch.fitsio.compress import Compression
+    from ccdwatch.pipeline.durability import Unsynced
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class Context:
     cfg: Config
     catalog: Catalog
     clock: Callable[[], float] = field(default=time.time)
+    #: calibrated lights are not waited on to reach the disk (the ``watch`` daemon with local
+    #: workers: `ccdwatch.pipeline.durability`); None: every product is fsynced before its row
+    unsynced: Unsynced | None = None
 
     @cached_property
     def site(self) -> str:

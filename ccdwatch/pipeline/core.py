@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from types import ModuleType
 
 from ccdwatch.catalog import Catalog, catalogue_full, connection_lost
@@ -37,7 +38,7 @@ from ccdwatch.fitsio import sweep_temp_files
 from ccdwatch.jobs import pool
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import FrameState
-from ccdwatch.pipeline import calibrate, masters, stacking
+from ccdwatch.pipeline import calibrate, durability, masters, stacking
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
 from ccdwatch.pipeline.reclassify import Reclassified, reclassify
@@ -56,11 +57,22 @@ def _tasks() -> ModuleType:
     return tasks
 
 
+def _unsynced(config: Config, clock: Callable[[], float]) -> durability.Unsynced | None:
+    boot = durability.boot_id()
+    if boot is None or config.workers.scheduler:
+        return None
+    return durability.Unsynced(Path(config.paths.products).absolute(), boot, clock)
+
+
 class Pipeline:
     """All processing for one incoming tree, one products root and one catalogue."""
 
-    def __init__(self, config: Config, catalog: Catalog, *, clock: Callable[[], float] = time.time) -> None:
-        self.ctx = Context(config, catalog, clock)
+    def __init__(self, config: Config, catalog: Catalog, *, clock: Callable[[], float] = time.time,
+                 defer_sync: bool = False) -> None:
+        """``defer_sync``: calibrated lights are not waited on to reach the disk (the ``watch``
+        daemon: `ccdwatch.pipeline.durability`), where that can be made safe: no Dask cluster,
+        and a boot id to tell a crash of the machine by."""
+        self.ctx = Context(config, catalog, clock, unsynced=_unsynced(config, clock) if defer_sync else None)
         self.cfg = config
         self.catalog = catalog
         self.ctx.products.mkdir(parents=True, exist_ok=True)
@@ -126,8 +138,10 @@ class Pipeline:
                     orphans += 1
         if removed or orphans:
             logger.warning("recovery: removed %d temp files and %d orphan products", len(removed), orphans)
+        lost = self.ctx.unsynced.settle(self.catalog) if self.ctx.unsynced is not None else []
         changed = self.reclassify()  # the rules may have changed since the last run
-        return {"temp_files": len(removed), "orphans": orphans, "reclassified": len(changed.changed)}
+        return {"temp_files": len(removed), "orphans": orphans, "reclassified": len(changed.changed),
+                "lost": len(lost)}
 
     def reclassify(self, night: str | None = None, *, force: bool = False) -> Reclassified:
         """Classify again the frames classified with other rules (or another classifier);
@@ -177,6 +191,8 @@ class Pipeline:
             if self.paused is None:
                 due, self.next_group_close = stacking.due_and_next_close(self.ctx, final=final)
                 self.stack(due)
+            if self.ctx.unsynced is not None and not final:
+                self.ctx.unsynced.maybe_settle(self.catalog)  # the live daemon, between jobs
 
     @contextmanager
     def _pause_on_full_catalogue(self) -> Iterator[None]:
