@@ -223,21 +223,21 @@ def ingest(data_bytes: int) -> int:
 def need(spec: Any) -> int | None:
     """Bytes the job of ``spec`` needs beyond the worker's base; None when the spec does not
     say the frame size (the job then runs unchecked)."""
-    from ccdwatch.jobs import tasks
+    from ccdwatch.jobs import specs
 
     size = FrameSize.of(getattr(spec, "shape", None))
     if size is None:
         return None
-    if isinstance(spec, tasks.CalibrateSpec):
+    if isinstance(spec, specs.CalibrateSpec):
         plane = bool(spec.noise and spec.noise.gain and spec.noise.plane)
         return calibration(size, bias=spec.bias_path is not None, dark=spec.dark_path is not None,
                            flat=spec.flat_path is not None, overscan=spec.overscan is not None,
                            uncertainty=plane)
-    if isinstance(spec, tasks.MasterSpec):
+    if isinstance(spec, specs.MasterSpec):
         return master(size, kind=spec.kind, n=len(spec.frames), threads=spec.threads, budget=spec.memory_budget,
                       bias=spec.bias_path is not None, dark=spec.dark_path is not None, method=spec.method,
                       overscan=spec.overscan is not None)
-    if isinstance(spec, tasks.StackSpec):
+    if isinstance(spec, specs.StackSpec):
         return stack(size, n=len(spec.products), threads=spec.threads, budget=spec.memory_budget,
                      method=spec.method)
     return None

@@ -17,7 +17,6 @@ import resource
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +25,6 @@ from astropy.io import fits
 
 from ccdwatch import calib, colour, cosmics, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
-    Compression,
     RejectedFile,
     big_endian,
     read_product_hdus,
@@ -34,19 +32,25 @@ from ccdwatch.fitsio import (
     write_product,
 )
 from ccdwatch.headers import (
-    ClassificationRule,
-    FrameInfo,
-    OverscanRules,
     PixelEvidence,
     header_to_jsonable,
     normalise,
 )
-from ccdwatch.headers.sections import OverscanPlan
 from ccdwatch.jobs import memory, pool, stackinputs, uncertainty
 from ccdwatch.jobs.raws import RawGone as RawGone  # re-exported: where the pipeline has always found them
 from ccdwatch.jobs.raws import load_raw as load_raw
 from ccdwatch.jobs.raws import overscan_cards
 from ccdwatch.jobs.raws import prepare as prepare_raw
+from ccdwatch.jobs.specs import (
+    CalibrateResult,
+    CalibrateSpec,
+    IngestResult,
+    IngestSpec,
+    MasterResult,
+    MasterSpec,
+    StackJobResult,
+    StackSpec,
+)
 from ccdwatch.jobs.stackcards import stack_cards, width
 from ccdwatch.products import to_fits_header
 from ccdwatch.scratch import ScratchArrays
@@ -88,38 +92,6 @@ def _subject(name: str, spec: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------- ingest
-@dataclass(frozen=True)
-class IngestSpec:
-    path: str
-    max_data_bytes: int
-    allow_compressed: bool
-    rules: tuple[ClassificationRule, ...]
-    timezone: str
-    night_start_hour: float
-    relpath: str = ""
-    """The path below the incoming directory: its folder and file names are type evidence."""
-    unwritten_grace: float = 0.0  # s: see read_raw
-    now: float | None = None  # s since the epoch, the daemon's clock when the job was planned
-    bayer_pattern: str = "auto"
-    bayer_instruments: tuple[tuple[str, str], ...] = ()
-    """Configured Bayer overrides (``colour.bayer_pattern``, ``colour.instruments``)."""
-    overscan: OverscanRules | None = None
-    """``[overscan]``: where a frame's overscan and data sections come from."""
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    sha256: str
-    size: int
-    mtime_ns: int
-    inode: int
-    hdu_index: int
-    info: FrameInfo
-    header: dict[str, Any]
-    pixels: dict[str, Any] | None = None
-    """The pixel statistics classification used (kept: a frame is reclassified without a re-read)."""
-
-
 @_explained
 def ingest(spec: IngestSpec) -> IngestResult:
     """Read and validate one raw file and normalise its header (raises RejectedFile)."""
@@ -198,49 +170,6 @@ def release_masters() -> None:
     held = sum(d.nbytes + (h.nbytes if h is not None else 0) for d, h in _MASTERS.values())
     if held > memory.MASTER_CACHE_BYTES:
         _MASTERS.clear()
-
-
-@dataclass(frozen=True)
-class MasterSpec:
-    kind: str
-    frames: tuple[tuple[tuple[str, ...], str], ...]  # (paths, sha256) per input frame
-    bias_path: str | None
-    dark_path: str | None
-    dark_scale: float | None
-    method: str
-    sigma: float
-    memory_budget: int
-    hot_pixel_sigma: float
-    out_path: str
-    header: dict[str, Any]
-    inputs_table: tuple[tuple[str, str], ...]  # (raw file name, raw sha256) per input, in combination order
-    workdir: str
-    max_data_bytes: int
-    allow_compressed: bool
-    preview_path: str | None
-    preview_title: str
-    min_free_bytes: int = 0
-    threads: int = 1  # threads for the combination (cores the pool would otherwise leave idle)
-    bayer_pattern: str | None = None  # a colour mosaic's pattern: flats normalised colour by colour
-    shape: tuple[int, int, int] | None = None
-    """(ny, nx, BITPIX) of the inputs, from the catalogue: what the job's memory need is estimated
-    from (`ccdwatch.jobs.memory`) before it runs."""
-    overscan: OverscanPlan | None = None
-    """The inputs' overscan plan (one: it is part of their calibration key)."""
-    compression: Compression | None = None  # [products] compress
-    measure_gain: bool = True  # a flat: its gain by photon transfer (detector.gain_from_flats != "off")
-
-
-@dataclass(frozen=True)
-class MasterResult:
-    sha256: str
-    mean: float
-    noise: float
-    hot_pixels: int | None
-    preview_path: str | None
-    overscan_levels: tuple[float | None, ...] = ()
-    """The overscan level subtracted from each input, in ``frames`` order (empty without a plan)."""
-    gain: tuple[float, float] | None = None  # a flat's measured gain and its standard error, e-/ADU
 
 
 @_explained
@@ -352,51 +281,6 @@ def _light_preview(data: np.ndarray, path: str, title: str, pattern: str | None 
 
 
 # ---------------------------------------------------------------------------------- lights
-@dataclass(frozen=True)
-class CalibrateSpec:
-    frame_id: int
-    raw_paths: tuple[str, ...]
-    raw_sha256: str
-    bias_path: str | None
-    dark_path: str | None
-    dark_scale: float
-    flat_path: str | None
-    out_path: str
-    header: dict[str, Any]
-    saturation: float | None
-    detect_sigma: float
-    max_data_bytes: int
-    allow_compressed: bool
-    preview_path: str | None = None
-    min_free_bytes: int = 0
-    bayer_pattern: str | None = None  # a colour mosaic: calibrated as such, measured on its luminance
-    demosaic: str = "malvar"
-    shape: tuple[int, int, int] | None = None
-    """(ny, nx, BITPIX) of the light, from the catalogue (`ccdwatch.jobs.memory`)."""
-    cosmic_rays: str = "fast"  # `ccdwatch.cosmics.METHODS`
-    overscan: OverscanPlan | None = None
-    """The light's overscan plan (its masters were made with the same: the camera key holds it)."""
-    compression: Compression | None = None  # [products] compress
-    noise: uncertainty.NoiseSpec | None = None  # gain and read noise: units, the UNCERT plane, cosmic rays
-    sync: bool = True  # False: the product is not waited on to reach the disk (`ccdwatch.pipeline.durability`)
-
-
-@dataclass(frozen=True)
-class CalibrateResult:
-    frame_id: int
-    sha256: str
-    quality: qa.FrameQuality
-    saturation: float
-    saturated_fraction: float
-    nonfinite: int = 0
-    """Raw pixels that were NaN or infinite: NaN (missing) in the calibrated frame, kept out of
-    the quality measurement and of any stack."""
-    cosmic_rays: int | None = None
-    """Cosmic-ray hits masked (None: not looked for)."""
-    overscan_level: float | None = None
-    """The overscan level subtracted (ADU), None without an overscan strip."""
-
-
 def saturation_level(raw: np.ndarray, configured: float | None) -> float:
     """Raw saturation: header/config value, else a ceiling where pixels pile up, else the type's max.
 
@@ -496,43 +380,6 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
 
 
 # ---------------------------------------------------------------------------------- stacks
-@dataclass(frozen=True)
-class StackSpec:
-    products: dict[int, str]  # frame id -> calibrated product path
-    reference: int
-    method: str
-    sigma: float
-    memory_budget: int
-    workdir: str
-    out_path: str
-    header: dict[str, Any]
-    members: tuple[tuple[int, str, float], ...]  # every member: (frame id, product sha256, exptime)
-    rejected: tuple[tuple[int, str], ...]  # (frame id, reason) rejected before alignment
-    preview_path: str | None
-    preview_title: str
-    min_free_bytes: int = 0
-    threads: int = 1  # threads for the combination (cores the pool would otherwise leave idle)
-    bayer_pattern: str | None = None  # colour mosaics: demosaiced, stacked plane by plane into R, G, B
-    demosaic: str = "malvar"
-    #: frame id -> (raw sha256, raw file name): how the product names its members (never by id)
-    labels: dict[int, tuple[str, str]] = field(default_factory=dict)
-    shape: tuple[int, int, int] | None = None
-    """(ny, nx, BITPIX) of the lights, from the catalogue (`ccdwatch.jobs.memory`)."""
-    interpolation: str = "bicubic"  # the warp (`ccdwatch.align.warp`'s method)
-    compression: Compression | None = None  # [products] compress
-    weights: str = "ivar"  # stack.weights (`ccdwatch.noise.frame_weight`), with each frame's FWHM:
-    fwhm: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StackJobResult:
-    sha256: str
-    reference: int
-    transforms: dict[int, dict[str, Any]]
-    failed: dict[int, str]
-    preview_path: str | None
-
-
 @_explained
 def stack_group(spec: StackSpec) -> StackJobResult:
     """Align the calibrated frames on the reference (sources detected at calibration) and combine."""

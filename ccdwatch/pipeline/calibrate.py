@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -29,15 +28,12 @@ from ccdwatch.detector import DetectorValues, NoiseSpec, detector_values
 from ccdwatch.fitsio.names import fits_stem
 from ccdwatch.headers.cfa import bayerpat_card
 from ccdwatch.headers.sections import OverscanPlan
-from ccdwatch.jobs import memory
+from ccdwatch.jobs import memory, specs
 from ccdwatch.models import EXIT_STATES, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name, raw_paths
 from ccdwatch.pipeline.selection import Masters
 from ccdwatch.products import calibrated_path, master_cards, preview_path, product_header
-
-if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
-    from ccdwatch.jobs import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +42,7 @@ logger = logging.getLogger(__name__)
 class CalibrationPlan:
     """One light's calibration job and what to record when it is done."""
 
-    spec: tasks.CalibrateSpec
+    spec: specs.CalibrateSpec
     bias_id: int | None
     dark_id: int | None
     flat_id: int | None
@@ -192,8 +188,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         BAYERPAT=bayerpat_card(frame.bayer_pattern, frame.header or {}, naxis2=frame.naxis2)
         if frame.bayer_pattern else None,
     )
-    from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there
-    spec = tasks.CalibrateSpec(
+    spec = specs.CalibrateSpec(
         frame_id=frame.id, raw_paths=raw_paths(frame), raw_sha256=content_hash(frame),
         bias_path=sel.bias.path if sel.bias else None, dark_path=sel.dark.path if sel.dark else None,
         dark_scale=sel.dark_scale or 1.0, flat_path=sel.flat.path if sel.flat else None, out_path=str(out),
@@ -240,7 +235,7 @@ def saturation(ctx: Context, frame: Frame) -> float | None:
     return float(65535 - (2**shift - 1)) if 0 < shift <= 8 else None
 
 
-def commit(ctx: Context, plan: CalibrationPlan, result: tasks.CalibrateResult) -> int:
+def commit(ctx: Context, plan: CalibrationPlan, result: specs.CalibrateResult) -> int:
     """Record the calibrated product (superseding the current one) and the frame's quality."""
     quality = result.quality
     if not plan.spec.sync and ctx.unsynced is not None:

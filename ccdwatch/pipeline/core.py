@@ -29,13 +29,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 
 from ccdwatch.catalog import Catalog, catalogue_full, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
-from ccdwatch.jobs import pool
+from ccdwatch.jobs import pool, specs
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import FrameState
 from ccdwatch.pipeline import calibrate, durability, masters, stacking
@@ -46,15 +45,6 @@ from ccdwatch.pipeline.runner import Runner
 from ccdwatch.products import preview_path
 
 logger = logging.getLogger(__name__)
-
-
-def _tasks() -> ModuleType:
-    """The jobs' module, imported once there is a job to run: it brings the numerics (OpenCV,
-    sep, scipy...), which a daemon process with nothing to do never needs (start-up of ``watch
-    --once``); the workers have it from their fork server's preload."""
-    from ccdwatch.jobs import tasks
-
-    return tasks
 
 
 def _unsynced(config: Config, clock: Callable[[], float]) -> durability.Unsynced | None:
@@ -115,7 +105,7 @@ class Pipeline:
         group's frames) now: the live daemon, which will plan jobs, pays it at start-up instead
         of in the first file's or the first group's latency. ``watch --once`` does not call it:
         it imports them with its first job, if it has one."""
-        _tasks()
+        importlib.import_module("ccdwatch.jobs.tasks")
         importlib.import_module("ccdwatch.qa")
 
     def recover(self) -> dict[str, int]:
@@ -229,7 +219,7 @@ class Pipeline:
         for groups in masters.build_ranks(self.ctx, masters.candidates(self.ctx)):
             plans = masters.plan_due(self.ctx, groups, final=final)
             if plans:
-                built += self.runner.run(_tasks().build_master, plans, lambda p, r: masters.commit(self.ctx, p, r),
+                built += self.runner.run(specs.BUILD_MASTER, plans, lambda p, r: masters.commit(self.ctx, p, r),
                                          fault_point="master-written", share_cores=True)
             if self.paused is not None:
                 break
@@ -240,7 +230,7 @@ class Pipeline:
         plans = calibrate.plan_many(self.ctx, frame_ids, final=final)
         if not plans:
             return 0
-        done = self.runner.run(_tasks().calibrate_light, plans, lambda p, r: calibrate.commit(self.ctx, p, r),
+        done = self.runner.run(specs.CALIBRATE_LIGHT, plans, lambda p, r: calibrate.commit(self.ctx, p, r),
                                fault_point="calibrated-written")
         self.waiting.planned([p.frame_id for p in plans], done)
         return len(done)
@@ -250,7 +240,7 @@ class Pipeline:
         plans = stacking.plan_many(self.ctx, groups)
         if not plans:
             return []
-        built = self.runner.run(_tasks().stack_group, plans,
+        built = self.runner.run(specs.STACK_GROUP, plans,
                                 lambda p, r: stacking.commit(self.ctx, p, r),
                                 fault_point="stack-written", share_cores=True)
         if built:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -22,14 +22,11 @@ from ccdwatch.catalog import log_event, utcnow
 from ccdwatch.catalog.queries import frame_by_sha256, source_file
 from ccdwatch.fitsio import RejectedFile, fits_suffix, is_temp_name
 from ccdwatch.headers import FrameInfo, ImageType, camera_key, fingerprint
-from ccdwatch.jobs import pool
+from ccdwatch.jobs import pool, specs
 from ccdwatch.models import Frame, FrameState, SourceFile
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import dedupe_exposure, path_rewritten, restore
 from ccdwatch.pipeline.runner import Runner
-
-if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
-    from ccdwatch.jobs import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -86,22 +83,21 @@ class Ingester:
         todo = self._changed(paths, outcomes)
         cfg = self.ctx.cfg
         now = self.ctx.clock()
-        from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there
-        specs = [tasks.IngestSpec(str(path), self.ctx.max_data_bytes, cfg.ingest.allow_compressed, cfg.classify,
+        planned = [specs.IngestSpec(str(path), self.ctx.max_data_bytes, cfg.ingest.allow_compressed, cfg.classify,
                                  cfg.night.timezone, cfg.night.start_hour, relpath=self.relpath(path),
                                  unwritten_grace=cfg.watch.fallback_settle_seconds, now=now,
                                  bayer_pattern=cfg.colour.bayer_pattern,
                                  bayer_instruments=tuple(cfg.colour.instruments.items()),
                                  overscan=cfg.overscan.rules())
                  for _, path, _ in todo]
-        if len(specs) > 2:  # a catch-up: the files the workers parse next are read from disk meanwhile
+        if len(planned) > 2:  # a catch-up: the files the workers parse next are read from disk meanwhile
             from ccdwatch.fitsio.raw import MAX_HEADER_BYTES, read_ahead
 
             limit = self.ctx.max_data_bytes + MAX_HEADER_BYTES
-            threading.Thread(target=read_ahead, args=([s.path for s in specs], limit), name="read-ahead",
+            threading.Thread(target=read_ahead, args=([s.path for s in planned], limit), name="read-ahead",
                              daemon=True).start()
-        futures = self.runner.workers.map(tasks.ingest, specs, timeout=cfg.workers.ingest_timeout)
-        good: list[tuple[int, Path, tasks.IngestResult]] = []
+        futures = self.runner.workers.map(specs.INGEST, planned, timeout=cfg.workers.ingest_timeout)
+        good: list[tuple[int, Path, specs.IngestResult]] = []
         for (i, path, st), fut in zip(todo, futures, strict=True):
             try:
                 good.append((i, path, fut.result()))
@@ -115,7 +111,7 @@ class Ingester:
         lights = self._record(good, outcomes) if good else []
         return [o if o is not None else Outcome("error") for o in outcomes], lights
 
-    def _record(self, good: list[tuple[int, Path, tasks.IngestResult]], outcomes: list[Outcome | None]) -> list[int]:
+    def _record(self, good: list[tuple[int, Path, specs.IngestResult]], outcomes: list[Outcome | None]) -> list[int]:
         """Catalogue the parsed files in one transaction; the new lights' ids. Another daemon that
         catalogued the same content a moment earlier (a unique sha256) costs one more try, no error."""
         from sqlalchemy.exc import IntegrityError
@@ -229,7 +225,7 @@ def classification_record(info: FrameInfo, pixels: dict[str, Any] | None, finger
             "pixels": pixels, "fingerprint": fingerprint}
 
 
-def new_frame(path: Path, raw: tasks.IngestResult, now: datetime, relpath: str, fingerprint: str, *,
+def new_frame(path: Path, raw: specs.IngestResult, now: datetime, relpath: str, fingerprint: str, *,
               site: str | None = None) -> Frame:
     """The catalogue row of a frame never seen before (catalogued by the daemon of ``site``)."""
     info = raw.info
@@ -250,7 +246,7 @@ def new_frame(path: Path, raw: tasks.IngestResult, now: datetime, relpath: str, 
     )
 
 
-def record(s: Session, path: Path, raw: tasks.IngestResult, relpath: str, fingerprint: str, *,
+def record(s: Session, path: Path, raw: specs.IngestResult, relpath: str, fingerprint: str, *,
            site: str | None = None) -> Outcome:
     """Catalogue one parsed file: a new frame (of ``site``), or another path of a known content."""
     info = raw.info

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -30,16 +30,13 @@ from ccdwatch.catalog.queries import (
 from ccdwatch.catalog.sites import claim, holder, release
 from ccdwatch.detector import DetectorValues, detector_values, gain_check
 from ccdwatch.headers.sections import OverscanPlan
-from ccdwatch.jobs import memory
+from ccdwatch.jobs import memory, specs
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_name, raw_paths, raw_present
 from ccdwatch.pipeline.selection import EXPTIME_TOLERANCE, Masters, dark_factor
 from ccdwatch.products import master_cards, master_path, preview_path, product_header, short_hash
-
-if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
-    from ccdwatch.jobs import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +47,7 @@ class MasterPlan:
 
     key: CalibKey
     night: str
-    spec: tasks.MasterSpec
+    spec: specs.MasterSpec
     inputs: tuple[tuple[int, str], ...]
     out: Path
     version: int
@@ -201,8 +198,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
         dark_scale = (dark_factor(sample.exptime or 0.0, dark.exptime)
                       if dark is not None and dark.exptime else None)
         inputs = tuple((f.id, content_hash(f)) for f in frames)
-        from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there
-        spec = tasks.MasterSpec(
+        spec = specs.MasterSpec(
             kind=kind, frames=tuple((raw_paths(f), content_hash(f)) for f in frames),
             bias_path=bias.path if bias else None, dark_path=dark.path if dark else None,
             dark_scale=dark_scale, method=method, sigma=m.sigma, memory_budget=ctx.memory_budget,
@@ -253,7 +249,7 @@ def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: 
     )
 
 
-def commit(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> int:
+def commit(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> int:
     """Record a new master version and mark its inputs used."""
     m = ctx.cfg.masters
     gain = _gain_params(ctx, plan, result)
@@ -291,7 +287,7 @@ def commit(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> int:
     return master_id
 
 
-def _gain_params(ctx: Context, plan: MasterPlan, result: tasks.MasterResult) -> dict[str, Any]:
+def _gain_params(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> dict[str, Any]:
     """A flat's measured gain (e-/ADU) for its record, with the gain its lights use and, when they
     disagree, the message (`ccdwatch.detector.gain_check`)."""
     if result.gain is None or plan.detector is None:

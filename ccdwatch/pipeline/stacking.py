@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -28,16 +27,13 @@ from ccdwatch.catalog.queries import (
     nights_with_calibrated_lights,
 )
 from ccdwatch.catalog.sites import claim, holder, release
-from ccdwatch.jobs import memory
+from ccdwatch.jobs import memory, specs
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import Calibrated, Frame, FrameState, Stack, StackMember
 from ccdwatch.pipeline.calibrate import timed_out
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, raw_name
 from ccdwatch.products import preview_path, product_header, stack_path
-
-if TYPE_CHECKING:  # the jobs' module brings the numerics: imported once a job is planned
-    from ccdwatch.jobs import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +43,7 @@ class StackPlan:
     """One group's stacking job and what to record when it is done."""
 
     group: GroupKey
-    spec: tasks.StackSpec
+    spec: specs.StackSpec
     rejected: tuple[tuple[int, str], ...]
     #: frame id -> (calibrated product id, its sha256, exposure in s), for every member
     member_info: dict[int, tuple[int, str, float]]
@@ -181,8 +177,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
         night = ref_frame.night or "nonight"
         out = stack_path(ctx.products, night=night, target=target, filter=ref_frame.filter,
                          exptime=ref_frame.exptime, group_key=str(group), version=version)
-        from ccdwatch.jobs import tasks  # not at the top: see TYPE_CHECKING there
-        spec = tasks.StackSpec(
+        spec = specs.StackSpec(
             products={fid: products[fid].path for fid in usable}, reference=reference, method=st.method,
             sigma=st.sigma, memory_budget=ctx.memory_budget, workdir=str(ctx.workdir), out_path=str(out),
             header=product_header(
@@ -216,7 +211,7 @@ def stable_order(frames: Sequence[Frame]) -> list[Frame]:
     return sorted(frames, key=lambda f: (f.date_obs is None, f.date_obs or datetime.min, f.sha256 or ""))
 
 
-def commit(ctx: Context, plan: StackPlan, result: tasks.StackJobResult) -> int:
+def commit(ctx: Context, plan: StackPlan, result: specs.StackJobResult) -> int:
     """Record the new stack version with every member (used or rejected, and why)."""
     st = ctx.cfg.stack
     rejected = dict(plan.rejected)
