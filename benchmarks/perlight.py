@@ -58,7 +58,8 @@ def serve(manifest: str, products: str, out: str) -> None:  # pragma: no cover -
             saturation=None, detect_sigma=cfg.stack.detect_sigma, max_data_bytes=int(cfg.ingest.max_data_mb * 2**20),
             allow_compressed=cfg.ingest.allow_compressed, cosmic_rays=cfg.calibration.cosmic_rays,
             noise=NoiseSpec(**vars(detector_values(raw, raw.get("INSTRUME"), cfg.detector)),
-                            plane=cfg.calibration.uncertainty)))
+                            plane=cfg.calibration.uncertainty),
+            sync=False))  # as the watch daemon writes its lights (`ccdwatch.pipeline.durability`)
     offset = fits.getdata(bias_p).astype(np.float32) + fits.getdata(dark_p, 0).astype(np.float32)
     hot = fits.getdata(dark_p, "HOTPIX").astype(bool)
     flat = fits.getdata(flat_p).astype(np.float32)

@@ -132,7 +132,8 @@ def main(manifest_path: str, workdir: str) -> None:
                 dark_scale=scale, flat_path=str(work / f"master_flat {light['filter']}.fits"),
                 out_path=str(work / f"job_{i}.fits"), header={}, saturation=None,
                 detect_sigma=cfg.stack.detect_sigma, max_data_bytes=int(cfg.ingest.max_data_mb * 2**20),
-                allow_compressed=cfg.ingest.allow_compressed, cosmic_rays=cfg.calibration.cosmic_rays, noise=noise)
+                allow_compressed=cfg.ingest.allow_compressed, cosmic_rays=cfg.calibration.cosmic_rays, noise=noise,
+                sync=False)  # as the watch daemon writes its lights (`ccdwatch.pipeline.durability`)
             # new files, as the daemon writes (replacing one would time the old file's removal)
             Path(spec.out_path).unlink(missing_ok=True)
             bound_out = work / f"bound_{i}.fits"
