@@ -144,11 +144,16 @@ class Unsynced:
 
 
 def _since(marker: dict) -> datetime:
-    """The marker's time, less a margin for clocks (a marker that cannot be read: all time)."""
+    """The marker's time (a marker that cannot be read: the beginning of time)."""
     try:
-        return datetime.fromisoformat(str(marker["since"])) - timedelta(seconds=5)
+        return datetime.fromisoformat(str(marker["since"]))
     except (KeyError, TypeError, ValueError):
         return datetime(1970, 1, 1)
+
+
+#: Rows are looked for from a little before the marker's time: the marker's clock (the pipeline's)
+#: and the rows' (`utcnow`) are read at different moments.
+MARGIN = timedelta(seconds=5)
 
 
 def _fsync(path: Path) -> None:
@@ -171,7 +176,7 @@ def _under(path: str, root: Path) -> bool:
 def _products_since(catalog: Catalog, since: datetime, products: Path) -> list[str]:
     """The calibrated products under ``products`` committed since ``since``."""
     with catalog.reader() as s:
-        paths = s.scalars(select(Calibrated.path).where(Calibrated.created_at >= since))
+        paths = s.scalars(select(Calibrated.path).where(Calibrated.created_at >= since - MARGIN))
         return [p for p in paths if _under(p, products)]
 
 
@@ -185,7 +190,7 @@ def lost_products(catalog: Catalog, since: datetime, *, products: Path) -> list[
     lost: list[int] = []
     with catalog.session() as s:
         rows = s.execute(select(Calibrated, Frame).join(Frame, Frame.id == Calibrated.frame_id)
-                         .where(Calibrated.current, Calibrated.created_at >= since)).all()
+                         .where(Calibrated.current, Calibrated.created_at >= since - MARGIN)).all()
         for cal, frame in rows:
             if not _under(cal.path, products):
                 continue
