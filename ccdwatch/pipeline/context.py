@@ -25,8 +25,8 @@ class Context:
     cfg: Config
     catalog: Catalog
     clock: Callable[[], float] = field(default=time.time)
-    #: calibrated lights are not waited on to reach the disk (the ``watch`` daemon with local
-    #: workers: `ccdwatch.pipeline.durability`); None: every product is fsynced before its row
+    #: calibrated lights are not waited on to reach the disk (the ``watch`` daemon without a Dask
+    #: cluster: `ccdwatch.pipeline.durability`); None: every product is fsynced before its row
     unsynced: Unsynced | None = None
 
     @cached_property

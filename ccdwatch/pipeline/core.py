@@ -20,6 +20,7 @@ a job whose result already exists is not planned again.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -28,7 +29,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 
 from ccdwatch.catalog import Catalog, catalogue_full, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
@@ -47,22 +47,15 @@ from ccdwatch.products import preview_path
 logger = logging.getLogger(__name__)
 
 
-def _unsynced(config: Config, clock: Callable[[], float]) -> durability.Unsynced | None:
-    boot = durability.boot_id()
-    if boot is None or config.workers.scheduler:
-        return None
-    return durability.Unsynced(Path(config.paths.products).absolute(), boot, clock)
-
-
 class Pipeline:
     """All processing for one incoming tree, one products root and one catalogue."""
 
     def __init__(self, config: Config, catalog: Catalog, *, clock: Callable[[], float] = time.time,
                  defer_sync: bool = False) -> None:
         """``defer_sync``: calibrated lights are not waited on to reach the disk (the ``watch``
-        daemon: `ccdwatch.pipeline.durability`), where that can be made safe: no Dask cluster,
-        and a boot id to tell a crash of the machine by."""
-        self.ctx = Context(config, catalog, clock, unsynced=_unsynced(config, clock) if defer_sync else None)
+        daemon), where `ccdwatch.pipeline.durability.for_daemon` says that can be made safe."""
+        ctx = Context(config, catalog, clock)
+        self.ctx = dataclasses.replace(ctx, unsynced=durability.for_daemon(ctx)) if defer_sync else ctx
         self.cfg = config
         self.catalog = catalog
         self.ctx.products.mkdir(parents=True, exist_ok=True)

@@ -36,11 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from ccdwatch.catalog import Catalog, log_event, utcnow
 from ccdwatch.models import Calibrated, Frame, FrameState
+
+if TYPE_CHECKING:
+    from ccdwatch.pipeline.context import Context
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,16 @@ def boot_id() -> str | None:
         return BOOT_ID.read_text().strip() or None
     except OSError:
         return None
+
+
+def for_daemon(ctx: Context) -> Unsynced | None:
+    """The daemon's marker for ``ctx``'s products root, or None where deferring cannot be made
+    safe: no boot id to tell a crash of the machine by, or a Dask cluster (on a network file
+    system only the writer's own fsync flushes its cache)."""
+    boot = boot_id()
+    if boot is None or ctx.cfg.workers.scheduler:
+        return None
+    return Unsynced(ctx.products, boot, ctx.clock)
 
 
 @dataclass
@@ -185,8 +199,6 @@ def lost_products(catalog: Catalog, since: datetime, *, products: Path) -> list[
     since ``since`` whose product is not what its row says (missing, short, other bytes) are no
     longer current, the damaged file is removed and their lights wait to be calibrated again.
     Their frame ids."""
-    from ccdwatch.fitsio import sha256_file
-
     lost: list[int] = []
     with catalog.session() as s:
         rows = s.execute(select(Calibrated, Frame).join(Frame, Frame.id == Calibrated.frame_id)
@@ -194,7 +206,7 @@ def lost_products(catalog: Catalog, since: datetime, *, products: Path) -> list[
         for cal, frame in rows:
             if not _under(cal.path, products):
                 continue
-            why = _damage(Path(cal.path), cal.sha256, sha256_file)
+            why = _damage(Path(cal.path), cal.sha256)
             if why is None:
                 continue
             Path(cal.path).unlink(missing_ok=True)
@@ -211,10 +223,12 @@ def lost_products(catalog: Catalog, since: datetime, *, products: Path) -> list[
     return lost
 
 
-def _damage(path: Path, sha256: str, digest: Callable[[Path], str]) -> str | None:
+def _damage(path: Path, sha256: str) -> str | None:
     """Why the product at ``path`` is not the one its row names, or None."""
+    from ccdwatch.fitsio import sha256_file
+
     try:
-        actual = digest(path)
+        actual = sha256_file(path)
     except FileNotFoundError:
         return "was missing"
     except OSError as exc:
