@@ -299,7 +299,7 @@ def room_for(spec: Any, release: Callable[[], None]) -> None:
         return
     release()
     gc.collect()
-    _malloc_trim()
+    malloc_trim()
     room = headroom()
     fresh = _data_limit() - WORKER_BASE
     if room is not None and room < estimate <= fresh:
@@ -313,7 +313,7 @@ def _data_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_DATA)[0]
 
 
-def _malloc_trim() -> None:
+def malloc_trim() -> None:
     """Give the heap's free pages back to the system (glibc); nothing elsewhere."""
     try:
         import ctypes

@@ -18,10 +18,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -177,6 +178,30 @@ def give_back_freed_memory(threshold: int = 1 << 20, trim: int = DEFAULT_TRIM) -
         pass
 
 
+@contextmanager
+def keeping_freed_memory(spec: Any) -> Iterator[None]:
+    """Within this block, a master job on frames up to `SMALL_FRAME` keeps up to `REUSE_TRIM` of
+    freed memory at the heap's top, as the lights and stacks do all the time; on leaving it, the
+    job's setting (`heap_for`) is back and the freed memory goes back to the system.
+
+    For a master's combination: each strip frees and takes again its temporaries (~60 MiB for 10
+    frames of 2k), which glibc's 128 KiB trim threshold gave back to the system after every strip,
+    to be faulted in and zeroed again (a 2k master bias of 10 frames: 107-122k page faults, 55-61k
+    with this; 0.79-0.86 s -> 0.60-0.70 s). Only the combination: kept over the whole job, the
+    blocks the preparation freed were not reused by the combination, and the peak grew by ~50 MiB,
+    which the job's estimate (`memory.master`) does not count; here it grows by 12-19 MiB."""
+    size = memory.FrameSize.of(getattr(spec, "shape", None))
+    if size is not None and size.f32 > SMALL_FRAME:
+        yield
+        return
+    give_back_freed_memory(REUSE_THRESHOLD, trim=REUSE_TRIM)
+    try:
+        yield
+    finally:
+        give_back_freed_memory(REUSE_THRESHOLD, trim=DEFAULT_TRIM)
+        memory.malloc_trim()
+
+
 def heap_for(job: str, spec: Any) -> None:
     """Set the allocator for the job about to run in this worker.
 
@@ -189,11 +214,11 @@ def heap_for(job: str, spec: Any) -> None:
     jobs also keep up to `REUSE_TRIM` free at the heap's top (with glibc's 128 KiB it went back
     to the system after each job and was faulted in again: OpenCV's 3x3 filter of a light 16 vs
     1.8 ms, the job in the daemon 231 vs 218 ms, medians of 40 inline, two pairs of runs), and
-    so do stacks of small frames (`KEEPING_STACKS`); not the masters, whose peak would grow past
-    their estimates. Masters and stacks of frames above `SMALL_FRAME` keep the 1 MiB threshold
-    (their strips and temporaries are what a 61 Mpix night's workers kept, see
-    `give_back_freed_memory`); a worker that holds too much before a job is replaced all the
-    same (`memory.room_for`)."""
+    so do stacks of small frames (`KEEPING_STACKS`); the masters only while they combine
+    (`keeping_freed_memory`): kept through the whole job, their peak would grow past their
+    estimates. Masters and stacks of frames above `SMALL_FRAME` keep the 1 MiB threshold (their
+    strips and temporaries are what a 61 Mpix night's workers kept, see `give_back_freed_memory`);
+    a worker that holds too much before a job is replaced all the same (`memory.room_for`)."""
     size = memory.FrameSize.of(getattr(spec, "shape", None))
     small = size is None or size.f32 <= SMALL_FRAME
     reusing = job in REUSING_JOBS

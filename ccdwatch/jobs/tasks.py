@@ -211,8 +211,8 @@ def build_master(spec: MasterSpec) -> MasterResult:
             first = prepare(0)  # the first input decides: all in RAM, or all in scratch files
             rest = range(1, len(spec.frames))
             if spec.threads > 1:  # reading, checksums and calibration release the GIL for the most part
-                with ThreadPoolExecutor(max_workers=spec.threads) as pool:
-                    prepared = [first, *pool.map(prepare, rest)]
+                with ThreadPoolExecutor(max_workers=spec.threads) as readers:
+                    prepared = [first, *readers.map(prepare, rest)]
             else:
                 prepared = [first, *map(prepare, rest)]
             arrays = [a for a, _ in prepared]
@@ -224,8 +224,10 @@ def build_master(spec: MasterSpec) -> MasterResult:
                                       bias_path=spec.bias_path, measure_gain=spec.measure_gain)
             pending = side.submit(cards) if side is not None and spec.threads > 1 else None
             noise_cards = cards() if pending is None else {}
-            combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma, scales=scales or None,
-                                                memory_budget=spec.memory_budget, threads=spec.threads))
+            with pool.keeping_freed_memory(spec):  # each strip takes its temporaries again
+                combined = np.asarray(calib.combine(arrays, method=spec.method, sigma=spec.sigma,
+                                                    scales=scales or None, memory_budget=spec.memory_budget,
+                                                    threads=spec.threads))
             noise_cards = pending.result() if pending is not None else noise_cards
             del arrays, cards, pending  # the inputs: `cards` holds them too
         if spec.kind == "flat":
