@@ -57,6 +57,16 @@ __all__ = [
 #: zlib level of the PNGs: 1 deflates several times faster than matplotlib's default 6 on noisy frames.
 _PNG_COMPRESS_LEVEL = 1
 _DPI = 100
+#: A light's or stack's preview: inches across, its image as wide.
+_IMAGE_WIDTH = 8.0
+#: A master's preview: inches across, and the margins around its image (tick labels, colour bar, title).
+_MASTER_WIDTH = 8.0
+_MASTER_LEFT, _MASTER_RIGHT, _MASTER_BOTTOM, _MASTER_TOP = 0.8, 1.3, 0.6, 0.4
+#: Pixels across the image of each kind of preview: frames are block-averaged to at most this as
+#: they are read (drawn larger, matplotlib's nearest-pixel resampling dropped some of them, and
+#: took a fifth of a master preview's time).
+_IMAGE_PX = int(_IMAGE_WIDTH * _DPI)
+_MASTER_PX = int((_MASTER_WIDTH - _MASTER_LEFT - _MASTER_RIGHT) * _DPI)
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -65,13 +75,33 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 
 
 def figure_png(fig: plt.Figure) -> bytes:
-    """The figure rendered to PNG bytes (and closed)."""
-    buf = io.BytesIO()
+    """The figure rendered to PNG bytes (and closed), in the fewest channels that hold it: grey
+    when every pixel is (the previews and the report's panels), else RGB, RGBA only when some
+    pixel is not opaque. A grey 800x700 figure deflates in 19 ms against 38 ms as matplotlib's
+    RGBA, and its file is ~40 % smaller."""
+    from PIL import Image  # matplotlib's own PNG writer
+
     try:
-        fig.savefig(buf, format="png", dpi=_DPI, pil_kwargs={"compress_level": _PNG_COMPRESS_LEVEL})
+        fig.set_dpi(_DPI)
+        fig.canvas.draw()
+        rgba = np.asarray(fig.canvas.buffer_rgba())
+        pixels = _fewest_channels(rgba)
     finally:
         plt.close(fig)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="png", compress_level=_PNG_COMPRESS_LEVEL, dpi=(_DPI, _DPI))
     return buf.getvalue()
+
+
+def _fewest_channels(rgba: np.ndarray) -> np.ndarray:
+    """An (h, w, 4) uint8 image as (h, w) grey, (h, w, 3) RGB or itself, whichever holds every pixel
+    as it is (a new array, C-contiguous)."""
+    if not (rgba[..., 3] == 255).all():
+        return np.array(rgba)
+    r, g, b = rgba[..., 0], rgba[..., 1], rgba[..., 2]
+    if np.array_equal(r, g) and np.array_equal(g, b):
+        return np.array(r)
+    return np.array(rgba[..., :3])
 
 
 def display_image(data: np.ndarray, max_px: int = 1024, *, even: bool = False) -> np.ndarray:
@@ -172,14 +202,13 @@ def colour_stretch(
     return out
 
 
-def _shown(data: np.ndarray, pattern: str | None, max_px: int = 1024) -> np.ndarray:
+def _shown(data: np.ndarray, pattern: str | None, max_px: int = _IMAGE_PX) -> np.ndarray:
     """What a preview draws: a stretched grey image (ny, nx), or RGB (ny, nx, 3) for R, G, B planes
     and for a mosaic with its ``pattern`` (one RGB pixel per 2x2 cell)."""
     if pattern is not None and data.ndim == 2:
         from ccdwatch.colour import superpixel
 
-        data = superpixel(data, pattern)
-        max_px //= 2
+        data = superpixel(data, pattern)  # half the size: reduced further only past ``max_px``
     if data.ndim == 3:
         return colour_stretch(np.stack([display_image(p, max_px) for p in data]))
     return preview_stretch(display_image(data, max_px))
@@ -215,7 +244,7 @@ def master_image(data: np.ndarray, pattern: str | None = None) -> tuple[np.ndarr
         from ccdwatch.colour import bin_cells
 
         binned = bin_cells(data)
-    return _own(display_image(binned), data), extent
+    return _own(display_image(binned, _MASTER_PX), data), extent
 
 
 def master_preview_beside(pool: Executor, data: np.ndarray, *, title: str,
@@ -276,8 +305,8 @@ def write_png(path: str | os.PathLike, png: bytes | None) -> str | None:
 def draw_master(shown: np.ndarray, extent: tuple[int, int, int, int], *, title: str) -> bytes:
     """`master_preview`'s PNG of the image `master_image` made (matplotlib's part: most of the time)."""
     lo, hi = _robust_limits(shown, 0.5, 99.5)
-    width = 8.0
-    left, right, bottom, top = 0.8, 1.3, 0.6, 0.4  # inches: tick labels, colour bar, title
+    width = _MASTER_WIDTH
+    left, right, bottom, top = _MASTER_LEFT, _MASTER_RIGHT, _MASTER_BOTTOM, _MASTER_TOP
     img_w = width - left - right
     fig = plt.figure(figsize=(width, img_w * shown.shape[0] / shown.shape[1] + bottom + top))
     ax = _image_axes(fig, top=top, right=right, bottom=bottom, left=left)
@@ -299,7 +328,7 @@ def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str, patt
 
 def draw_image(shown: np.ndarray, *, title: str) -> bytes:
     """`image_preview`'s PNG of the stretched image `_shown` made (matplotlib's part)."""
-    width, top = 8.0, 0.35
+    width, top = _IMAGE_WIDTH, 0.35
     fig = plt.figure(figsize=(width, width * shown.shape[0] / shown.shape[1] + top))
     ax = _image_axes(fig, top=top)
     ax.imshow(shown, origin="lower", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
