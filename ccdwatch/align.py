@@ -20,15 +20,13 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ccdwatch.neighbours import PointGrid, nearest_k
 from ccdwatch.qa import Sources
 from ccdwatch.resample import warp
-
-if TYPE_CHECKING:
-    from scipy.spatial import cKDTree
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +141,6 @@ def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
-def _kdtree(points: np.ndarray) -> cKDTree:
-    """scipy's k-d tree, imported on first use (a costly import): the daemon's own process, which
-    imports this module for its job descriptions but never aligns, does not load it; the workers'
-    fork server preloads it (`ccdwatch.forkserver.WARM`)."""
-    from scipy.spatial import cKDTree
-
-    return cKDTree(points)
-
-
 def _apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return xy @ m[:2, :2].T + m[:2, 2]
 
@@ -163,10 +152,10 @@ def _refine(
 
     Returns the refined matrix, the number of matched pairs and their RMS residual (px).
     """
-    tree = _kdtree(dst)
+    grid = PointGrid(dst, cell=radius)
     n_pairs, rms = 0, math.inf
     for _ in range(iterations):
-        dist, j = tree.query(_apply(m, src), k=1, distance_upper_bound=radius)
+        dist, j = grid.nearest(_apply(m, src), radius)
         ok = np.isfinite(dist)
         # one reference star per frame star: keep the closest claim
         order = np.argsort(dist[ok], kind="stable")
@@ -208,22 +197,21 @@ class _Pattern:
     triangles: np.ndarray  # (m, 3) int
     invariants: np.ndarray  # (m, 2): (L2 / L1, L1 / L0) of the sorted sides L0 <= L1 <= L2
 
-    # k-d trees, built on first use: only the (cached) reference's are queried
+    # neighbour grids (`ccdwatch.neighbours`), built on first use: only the (cached) reference's are queried
     @functools.cached_property
-    def invariant_tree(self) -> cKDTree:
-        return _kdtree(self.invariants)
+    def invariant_grid(self) -> PointGrid:
+        return PointGrid(self.invariants, cell=_INVARIANT_RADIUS)
 
     @functools.cached_property
-    def point_tree(self) -> cKDTree:
-        return _kdtree(self.xy)
+    def point_grid(self) -> PointGrid:
+        return PointGrid(self.xy, cell=_PIXEL_TOL)
 
 
 def _pattern(xy: np.ndarray) -> _Pattern:
     """The asterisms of ``xy`` (n >= 3), vectorised where astroalign builds them in Python loops."""
     xy = np.asarray(xy, dtype=np.float64)
     k = min(len(xy), _NEIGHBOURS)
-    _, nearest = _kdtree(xy).query(xy, k)
-    nearest = np.asarray(nearest).reshape(len(xy), k)
+    nearest = nearest_k(xy, k)
     combos = np.array(list(itertools.combinations(range(k), 3)))
     tri = np.unique(np.sort(nearest[:, combos].reshape(-1, 3), axis=1), axis=0)
     p = xy[tri]  # (m, 3, 2)
@@ -262,12 +250,9 @@ def _match_patterns(frame: _Pattern, ref: _Pattern, *, max_scale_change: float) 
     """
     if not len(frame.triangles) or not len(ref.triangles):
         return None
-    hits = ref.invariant_tree.query_ball_point(frame.invariants, r=_INVARIANT_RADIUS)
-    counts = np.fromiter((len(h) for h in hits), dtype=np.intp, count=len(hits))
-    if not counts.sum():
+    i_frame, i_ref = ref.invariant_grid.pairs(frame.invariants, _INVARIANT_RADIUS)
+    if not i_frame.size:
         return None
-    i_frame = np.repeat(np.arange(len(hits)), counts)
-    i_ref = np.fromiter(itertools.chain.from_iterable(hits), dtype=np.intp, count=int(counts.sum()))
     # z -> a z + b in complex numbers, least squares over the three vertex pairs
     zf = frame.xy[frame.triangles[i_frame]] @ np.array([1.0, 1j])  # (N, 3)
     zr = ref.xy[ref.triangles[i_ref]] @ np.array([1.0, 1j])
@@ -282,13 +267,12 @@ def _match_patterns(frame: _Pattern, ref: _Pattern, *, max_scale_change: float) 
     order = np.argsort(fit, kind="stable")
     a, b = a[order], b[order]
     points = frame.xy @ np.array([1.0, 1j])
-    ref_tree = ref.point_tree
+    ref_grid = ref.point_grid
     need = max(3, (min(len(frame.xy), len(ref.xy)) + 1) // 2)
     for start in range(0, a.size, _BATCH):
         aa_, bb = a[start:start + _BATCH], b[start:start + _BATCH]
         mapped = aa_[:, None] * points[None, :] + bb[:, None]  # (batch, n)
-        dist, _ = ref_tree.query(np.column_stack([mapped.real.ravel(), mapped.imag.ravel()]),
-                                 distance_upper_bound=_PIXEL_TOL)
+        dist, _ = ref_grid.nearest(np.column_stack([mapped.real.ravel(), mapped.imag.ravel()]), _PIXEL_TOL)
         matched = np.isfinite(dist).reshape(mapped.shape).sum(axis=1)
         best = int(np.argmax(matched))
         if matched[best] >= need:
