@@ -152,3 +152,29 @@ def test_timed_out_wait_is_calibrated_partially_and_a_failed_job_tried_again(tmp
             assert all(c.partial and "bias" in c.missing for c in done)
             assert s.get(Frame, failures[0]).tries == 1
         assert len(reasons(cat)) == 3
+
+
+def test_jobs_of_a_last_incomplete_round_share_the_idle_workers():
+    """`Runner._share_cores`: jobs that fill every worker run on one thread each; those of a last
+    round that leaves workers idle (or all, when fewer than the workers) share them as threads."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from ccdwatch.pipeline.runner import Runner
+
+    @dataclasses.dataclass(frozen=True)
+    class Spec:
+        name: str
+        threads: int = 1
+
+    def threads(n: int, workers: int) -> list[int]:
+        runner = SimpleNamespace(workers=SimpleNamespace(processes=workers))
+        return [s.threads for s in Runner._share_cores(runner, [Spec(str(i)) for i in range(n)])]  # type: ignore[arg-type]
+
+    assert threads(1, 2) == [2]  # one master of a rank, one group to stack
+    assert threads(2, 2) == [1, 1]
+    assert threads(3, 2) == [1, 1, 2]  # a dark and two flats: the last flat alone on both cores
+    assert threads(5, 2) == [1, 1, 1, 1, 2]
+    assert threads(3, 4) == [1, 1, 1]  # 4 // 3
+    assert threads(5, 4) == [1, 1, 1, 1, 4]
+    assert threads(2, 1) == [1, 1]
