@@ -57,16 +57,16 @@ __all__ = [
 #: zlib level of the PNGs: 1 deflates several times faster than matplotlib's default 6 on noisy frames.
 _PNG_COMPRESS_LEVEL = 1
 _DPI = 100
-#: A light's or stack's preview: inches across, its image as wide.
-_IMAGE_WIDTH = 8.0
-#: A master's preview: inches across, and the margins around its image (tick labels, colour bar, title).
-_MASTER_WIDTH = 8.0
+#: Most pixels across the image of a light's or stack's preview, and of a master's: frames are
+#: block-averaged to at most this as they are read, and drawn pixel for pixel (`_pixel_for_pixel`,
+#: the figure sized to the image). Drawn at 1024 px into a figure 590-800 px wide, matplotlib's
+#: nearest-pixel resampling dropped rows and columns, and took a fifth of a master preview's time.
+_IMAGE_PX = 800
+_MASTER_PX = 600
+#: Fewest pixels across a preview's image: a smaller frame's pixels are repeated a whole number of times.
+_LEAST_PX = 400
+#: A master's preview: the margins around its image, inches (tick labels, colour bar, title).
 _MASTER_LEFT, _MASTER_RIGHT, _MASTER_BOTTOM, _MASTER_TOP = 0.8, 1.3, 0.6, 0.4
-#: Pixels across the image of each kind of preview: frames are block-averaged to at most this as
-#: they are read (drawn larger, matplotlib's nearest-pixel resampling dropped some of them, and
-#: took a fifth of a master preview's time).
-_IMAGE_PX = int(_IMAGE_WIDTH * _DPI)
-_MASTER_PX = int((_MASTER_WIDTH - _MASTER_LEFT - _MASTER_RIGHT) * _DPI)
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -216,6 +216,14 @@ def _shown(data: np.ndarray, pattern: str | None, max_px: int = _IMAGE_PX) -> np
     return preview_stretch(display_image(data, max_px))
 
 
+def _pixel_for_pixel(shown: np.ndarray) -> np.ndarray:
+    """``shown`` (ny, nx) or (ny, nx, 3), its pixels repeated a whole number of times along both
+    axes when it is less than `_LEAST_PX` across: a preview's figure is sized to draw its image
+    pixel for pixel, never resampled unevenly."""
+    k = -(-_LEAST_PX // max(1, shown.shape[1]))
+    return shown if k <= 1 else np.repeat(np.repeat(shown, k, axis=0), k, axis=1)
+
+
 def _robust_limits(data: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     finite = data[np.isfinite(data)]
     if not finite.size:
@@ -307,10 +315,10 @@ def write_png(path: str | os.PathLike, png: bytes | None) -> str | None:
 def draw_master(shown: np.ndarray, extent: tuple[int, int, int, int], *, title: str) -> bytes:
     """`master_preview`'s PNG of the image `master_image` made (matplotlib's part: most of the time)."""
     lo, hi = _robust_limits(shown, 0.5, 99.5)
-    width = _MASTER_WIDTH
+    shown = _pixel_for_pixel(shown)
     left, right, bottom, top = _MASTER_LEFT, _MASTER_RIGHT, _MASTER_BOTTOM, _MASTER_TOP
-    img_w = width - left - right
-    fig = plt.figure(figsize=(width, img_w * shown.shape[0] / shown.shape[1] + bottom + top))
+    width = left + shown.shape[1] / _DPI + right
+    fig = plt.figure(figsize=(width, shown.shape[0] / _DPI + bottom + top))
     ax = _image_axes(fig, top=top, right=right, bottom=bottom, left=left)
     im = ax.imshow(shown, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", extent=extent)
     w, h = fig.get_size_inches()
@@ -330,8 +338,8 @@ def image_preview(data: np.ndarray, path: str | os.PathLike, *, title: str, patt
 
 def draw_image(shown: np.ndarray, *, title: str) -> bytes:
     """`image_preview`'s PNG of the stretched image `_shown` made (matplotlib's part)."""
-    width, top = _IMAGE_WIDTH, 0.35
-    fig = plt.figure(figsize=(width, width * shown.shape[0] / shown.shape[1] + top))
+    shown, top = _pixel_for_pixel(shown), 0.35
+    fig = plt.figure(figsize=(shown.shape[1] / _DPI, shown.shape[0] / _DPI + top))
     ax = _image_axes(fig, top=top)
     ax.imshow(shown, origin="lower", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=10)

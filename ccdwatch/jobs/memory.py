@@ -209,7 +209,7 @@ def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "
 
 def preview_beside(size: FrameSize) -> int:
     """Bytes of a preview drawn from a display-sized copy (`previews.image_preview_beside`): at most
-    1024 px a side, its sum, stretch (float64) and output, and the figure's canvas."""
+    800 px a side (counted as 1024), its sum, stretch (float64) and output, and the figure's canvas."""
     return 16 * min(size.pixels, 1 << 20) + (4 << 20)
 
 
