@@ -4,13 +4,14 @@
 triangle invariants, or every source of a frame: up to a few thousand points): each point's k
 nearest (the triangles), every point within a radius (matching invariants), and the nearest
 point within a radius (matching stars). scipy's k-d tree answered them, but importing
-``scipy.spatial`` cost every worker's fork server ~0.1 s of its start-up (~0.25 s alone), before
+``scipy.spatial`` cost every worker's fork server ~0.2 s of its start-up, before
 the night's first job could run. Here a grid of square cells as large as the radius answers the
 radius questions (a point's neighbours lie in its own cell or one of the eight around it), and
 every distance is measured where there are few (`_BRUTE_FORCE` pairs: the 50 control points of a
-pattern). Results are those of a k-d tree (the nearest of several at one distance: the lowest
-index); the k-nearest question is answered by brute force, in blocks of rows, for the small sets
-it is asked of. Pure numerics.
+pattern). The answers are a k-d tree's (scipy's ``cKDTree``: the nearest point strictly closer
+than the bound, every point within the radius, bound included), except that of several points at
+the same distance the lowest index is given, where a tree gives any; the k-nearest question is
+answered by brute force, in blocks of rows, for the small sets it is asked of. Pure numerics.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ __all__ = ["PointGrid", "nearest_k"]
 #: Up to this many (query, point) pairs, every distance is measured (faster than the cells' bookkeeping
 #: for the few dozen control points of a star pattern: `ccdwatch.align`'s queries of 50 points).
 _BRUTE_FORCE = 1 << 18
+#: Cells are numbered in int64 keys only below this (cell numbers and their count).
+_MOST_CELLS = float(1 << 60)
 #: The nine cells a radius query looks in: offsets from the query's own, in x and y.
 _DX = np.repeat(np.arange(-1, 2, dtype=np.int64), 3)
 _DY = np.tile(np.arange(-1, 2, dtype=np.int64), 3)
@@ -44,13 +47,19 @@ class PointGrid:
             raise ValueError("points must be finite")
         self.cell = float(cell)
         n = len(self.points)
-        cells = np.floor(self.points / self.cell).astype(np.int64) if n else np.zeros((0, 2), np.int64)
-        self._low = cells.min(axis=0) if n else np.zeros(2, np.int64)
-        self._span = (cells.max(axis=0) - self._low + 1) if n else np.zeros(2, np.int64)
-        keys = self._keys(cells - self._low)
+        cells = np.floor(self.points / self.cell) if n else np.zeros((0, 2))
+        low, high = (cells.min(axis=0), cells.max(axis=0)) if n else (np.zeros(2), np.zeros(2))
+        span = high - low + 1
+        # cells too many to number in int64 keys (points ~1e9 cells apart both ways, or ~1e18 one
+        # way): every distance is measured instead
+        self._cells = bool(n) and float(np.abs(cells).max()) < _MOST_CELLS and float(span[0] * span[1]) < _MOST_CELLS
+        if not self._cells:
+            cells, low, span = np.zeros((0, 2)), np.zeros(2), np.zeros(2)
+        self._low, self._span = low.astype(np.int64), span.astype(np.int64)
+        keys = self._keys(cells.astype(np.int64) - self._low)
         self._order = np.argsort(keys, kind="stable")  # points of one cell: in index order
         self._keys_sorted = keys[self._order]
-        self._most = int(np.bincount(np.unique(keys, return_inverse=True)[1]).max()) if n else 0
+        self._most = int(np.bincount(np.unique(keys, return_inverse=True)[1]).max()) if len(keys) else 0
 
     def __len__(self) -> int:
         return len(self.points)
@@ -59,10 +68,11 @@ class PointGrid:
         return cells[:, 0] * int(self._span[1]) + cells[:, 1]
 
     def _small(self, q: np.ndarray, radius: float) -> bool:
-        """Few enough (query, point) pairs to measure them all (`_BRUTE_FORCE`)."""
+        """Measure every distance: few (query, point) pairs (`_BRUTE_FORCE`), no points, or points
+        too far apart to number their cells."""
         if radius > self.cell:
             raise ValueError(f"radius {radius} exceeds the grid's cell ({self.cell})")
-        return len(q) * len(self.points) <= _BRUTE_FORCE
+        return not self._cells or len(q) * len(self.points) <= _BRUTE_FORCE
 
     def _squared_distances(self, q: np.ndarray) -> np.ndarray:
         """(queries, points) squared distances; NaN (never within a radius) for a query not finite."""
@@ -103,14 +113,14 @@ class PointGrid:
             yield r[has], idx, np.hypot(*(self.points[idx] - q[r[has]]).T)
 
     def nearest(self, queries: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-        """The nearest point within ``radius`` of each query: (distances, indices), with ``inf``
+        """The nearest point closer than ``radius`` to each query: (distances, indices), with ``inf``
         and ``len(self)`` where there is none (a k-d tree's ``query(k=1, distance_upper_bound)``)."""
         q = np.asarray(queries, dtype=np.float64).reshape(-1, 2)
         if self._small(q, radius):  # every distance at once: a few numpy calls
             d2 = self._squared_distances(q)
             index = np.argmin(d2, axis=1) if len(self.points) else np.zeros(len(q), np.intp)
             dist = np.sqrt(d2[np.arange(len(q)), index]) if len(self.points) else np.full(len(q), np.inf)
-            none = ~(dist <= radius)
+            none = ~(dist < radius)
             dist[none], index[none] = np.inf, len(self.points)
             return dist, index.astype(np.intp)
         dist = np.full(len(q), np.inf)
@@ -120,7 +130,7 @@ class PointGrid:
             # then the lowest index, is written last
             order = np.lexsort((-idx, -d))
             r, idx, d = r[order], idx[order], d[order]
-            closer = (d <= radius) & ((d < dist[r]) | ((d == dist[r]) & (idx < index[r])))
+            closer = (d < radius) & ((d < dist[r]) | ((d == dist[r]) & (idx < index[r])))
             dist[r[closer]], index[r[closer]] = d[closer], idx[closer]
         return dist, index
 

@@ -13,7 +13,7 @@ from ccdwatch.neighbours import PointGrid, nearest_k
 @pytest.fixture(params=["cells", "every distance"])
 def way(request, monkeypatch):
     """Both ways of answering: the cells, and every distance measured (few pairs)."""
-    monkeypatch.setattr(neighbours, "_BRUTE_FORCE", 0 if request.param == "cells" else 1 << 40)
+    monkeypatch.setattr(neighbours, "_BRUTE_FORCE", -1 if request.param == "cells" else 1 << 40)
     return request.param
 
 
@@ -81,3 +81,27 @@ def test_empty_sets_and_bad_arguments(way):
         PointGrid([[np.nan, 0.0]], cell=1.0)
     with pytest.raises(ValueError, match="k must be"):
         nearest_k([[0.0, 0.0]], 2)
+
+
+def test_the_bound_is_exclusive_for_the_nearest_and_inclusive_for_pairs(way):
+    """As scipy's tree: ``query(distance_upper_bound=r)`` finds points closer than ``r``,
+    ``query_ball_point(r=r)`` points at ``r`` too."""
+    pts = np.array([[0.0, 0.0], [10.0, 0.0]])
+    grid = PointGrid(pts, cell=2.0)
+    at_bound = np.array([[2.0, 0.0], [8.5, 0.0]])
+    d, j = grid.nearest(at_bound, 2.0)
+    d_ref, j_ref = cKDTree(pts).query(at_bound, distance_upper_bound=2.0)
+    assert d.tolist() == [np.inf, 1.5] and j.tolist() == [2, 1]
+    assert d_ref.tolist() == d.tolist() and j_ref.tolist() == j.tolist()
+    qs, ps = grid.pairs(at_bound, 2.0)
+    assert list(zip(qs.tolist(), ps.tolist(), strict=True)) == [(0, 0), (1, 1)]
+    assert cKDTree(pts).query_ball_point(at_bound, r=2.0).tolist() == [[0], [1]]
+
+
+def test_points_too_far_apart_to_number_their_cells_are_still_answered(way):
+    pts = np.array([[0.0, 0.0], [1e30, 3.0], [0.5, 0.5]])
+    grid = PointGrid(pts, cell=1.0)
+    d, j = grid.nearest([[0.4, 0.4], [1e30, 3.5], [5.0, 5.0]], 1.0)
+    assert j.tolist() == [2, 1, 3] and d[2] == np.inf
+    qs, ps = grid.pairs([[0.2, 0.2]], 1.0)
+    assert ps.tolist() == [0, 2]

@@ -21,7 +21,8 @@ def test_fork_server_preload_is_warm_frozen_and_leaves_the_collector_on():
     modules = set(state["modules"])
     for name in ("ccdwatch.jobs.tasks", "ccdwatch.previews", "ccdwatch.report.figures", "sep", "cv2"):
         assert name in modules, f"workers would import {name} on their first job"
-    # no job on a 2k night needs SciPy (alignment: `ccdwatch.neighbours`): ~0.1 s of the server's start
+    # alignment needs no SciPy (`ccdwatch.neighbours`): it was ~0.2 s of the server's start; the rare warps
+    # that do (spline orders, many missing pixels: `ccdwatch.resample`) import scipy.ndimage themselves
     assert not any(m == "scipy" or m.startswith("scipy.") for m in modules), "the fork server imports SciPy"
     assert not any(m == "alembic" or m.startswith("alembic.") for m in modules), "workers never migrate"
     # workers never read the catalogue: SQLAlchemy and the models were ~0.4 s of the server's start

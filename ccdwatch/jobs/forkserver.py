@@ -17,7 +17,7 @@ import os
 #: (numpy, astropy, sep, OpenCV; matplotlib and the report's pictures, whose records need no
 #: catalogue, so no SQLAlchemy: ~0.4 s less; astropy.table, which every product's table HDU
 #: imports: ~0.4 s in each worker's first job). No SciPy: alignment finds its neighbours with
-#: `ccdwatch.neighbours` (scipy.spatial was ~0.1 s of this list).
+#: `ccdwatch.neighbours` (scipy.spatial was ~0.2 s of this list).
 WARM = ("ccdwatch.jobs.tasks", "ccdwatch.previews", "ccdwatch.report.figures", "astropy.table")
 #: The fork server's preload: one module that imports `WARM` through `warm_imports`.
 PRELOAD = ["ccdwatch.jobs._preload"]
