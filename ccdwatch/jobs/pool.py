@@ -178,6 +178,12 @@ def give_back_freed_memory(threshold: int = 1 << 20, trim: int = DEFAULT_TRIM) -
         pass
 
 
+def _small_frames(spec: Any) -> bool:
+    """Whether a job's frames (its spec's ``shape``; unknown counts as small) are up to `SMALL_FRAME`."""
+    size = memory.FrameSize.of(getattr(spec, "shape", None))
+    return size is None or size.f32 <= SMALL_FRAME
+
+
 @contextmanager
 def keeping_freed_memory(spec: Any) -> Iterator[None]:
     """Within this block, a master job on frames up to `SMALL_FRAME` keeps up to `REUSE_TRIM` of
@@ -190,8 +196,7 @@ def keeping_freed_memory(spec: Any) -> Iterator[None]:
     with this; 0.79-0.86 s -> 0.60-0.70 s). Only the combination: kept over the whole job, the
     blocks the preparation freed were not reused by the combination, and the peak grew by ~50 MiB,
     which the job's estimate (`memory.master`) does not count; here it grows by 12-19 MiB."""
-    size = memory.FrameSize.of(getattr(spec, "shape", None))
-    if size is not None and size.f32 > SMALL_FRAME:
+    if not _small_frames(spec):
         yield
         return
     give_back_freed_memory(REUSE_THRESHOLD, trim=REUSE_TRIM)
@@ -219,8 +224,7 @@ def heap_for(job: str, spec: Any) -> None:
     estimates. Masters and stacks of frames above `SMALL_FRAME` keep the 1 MiB threshold (their
     strips and temporaries are what a 61 Mpix night's workers kept, see `give_back_freed_memory`);
     a worker that holds too much before a job is replaced all the same (`memory.room_for`)."""
-    size = memory.FrameSize.of(getattr(spec, "shape", None))
-    small = size is None or size.f32 <= SMALL_FRAME
+    small = _small_frames(spec)
     reusing = job in REUSING_JOBS
     keep = reusing or (small and job in KEEPING_STACKS)
     give_back_freed_memory(REUSE_THRESHOLD if small or reusing else 1 << 20,
