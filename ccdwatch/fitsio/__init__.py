@@ -31,7 +31,7 @@ from ccdwatch.lazy import module_getattr
 if TYPE_CHECKING:
     from ccdwatch.fitsio.atomic import DiskFull, big_endian, sweep_temp_files, write_bytes_atomic, write_product
     from ccdwatch.fitsio.compress import Compression
-    from ccdwatch.fitsio.descriptor import BLOCK_SIZE
+    from ccdwatch.fitsio.descriptor import BLOCK_SIZE, read_ahead
     from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
     from ccdwatch.fitsio.product import (
         MappedProduct,
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         read_product_table,
         sha256_file,
     )
-    from ccdwatch.fitsio.raw import RawFrame, read_ahead, read_raw
+    from ccdwatch.fitsio.raw import RawFrame, read_raw
     from ccdwatch.fitsio.rejected import RejectedFile
 
 #: Where each public name lives. Loaded on first use (PEP 562), so code that only names files or
@@ -57,7 +57,7 @@ _HOME = {
     "read_product": "product", "read_product_hdus": "product",
     "read_product_table": "product",
     "sha256_file": "product",
-    "RawFrame": "raw", "read_ahead": "raw", "read_raw": "raw", "RejectedFile": "rejected",
+    "RawFrame": "raw", "read_ahead": "descriptor", "read_raw": "raw", "RejectedFile": "rejected",
 }
 
 __all__ = [

@@ -16,7 +16,7 @@ import numpy as np
 from astropy.io import fits
 
 from ccdwatch.fitsio.cards import repair_header
-from ccdwatch.fitsio.descriptor import BLOCK_SIZE
+from ccdwatch.fitsio.descriptor import BLOCK_SIZE, MAX_HEADER_BLOCKS, MAX_HEADER_BYTES
 from ccdwatch.fitsio.rejected import RejectedFile
 
 __all__ = ["BLOCK_SIZE", "MAX_HDUS", "MAX_HEADER_BLOCKS", "MAX_HEADER_BYTES"]
@@ -25,9 +25,6 @@ __all__ = ["BLOCK_SIZE", "MAX_HDUS", "MAX_HEADER_BLOCKS", "MAX_HEADER_BYTES"]
 logger = logging.getLogger("ccdwatch.fitsio")
 
 _CARD = 80
-#: Most header blocks a raw file may hold in total (all HDUs), 1000 blocks = 2.9 MB.
-MAX_HEADER_BLOCKS = 1000
-MAX_HEADER_BYTES = MAX_HEADER_BLOCKS * BLOCK_SIZE
 #: Most HDUs a raw file may hold.
 MAX_HDUS = 1000
 

@@ -27,16 +27,14 @@ Raw files are never modified, moved, or written next to.
 
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import io
 import logging
 import os
-import stat
 import warnings
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +42,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ccdwatch.fitsio.descriptor import _CHUNK, _kind, _pread_bytes, _pread_fd
+from ccdwatch.fitsio.descriptor import _CHUNK, _pread_bytes, _pread_fd, open_raw
 from ccdwatch.fitsio.layout import _HDU, MAX_HEADER_BYTES, _choose, _Layout, _merge_inherit, _walk
 from ccdwatch.fitsio.plain import plain_image
 from ccdwatch.fitsio.rejected import RejectedFile
@@ -57,7 +55,6 @@ __all__ = ["RawFrame", "read_raw"]
 logger = logging.getLogger("ccdwatch.fitsio")
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,63 +91,6 @@ class RawFrame:
     inode: int
     hdu_index: int
     tail_bytes: int = field(default=0)
-def _open_raw(path: str | os.PathLike) -> tuple[int, os.stat_result]:
-    """Open a raw file safely; return the descriptor and its fstat."""
-    name = os.fspath(path)
-    try:
-        lst = os.lstat(name)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise RejectedFile("unreadable", f"cannot stat {name}: {exc.strerror}") from None
-    if stat.S_ISLNK(lst.st_mode):
-        raise RejectedFile("symlink", f"{name} is a symbolic link; raw files are never followed through links")
-    if not stat.S_ISREG(lst.st_mode):
-        raise RejectedFile("not-regular-file", f"{name} is not a regular file ({_kind(lst.st_mode)})")
-    try:
-        fd = os.open(name, _OPEN_FLAGS)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise RejectedFile("symlink", f"{name} is a symbolic link; raw files are never followed "
-                               "through links") from None
-        if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV):
-            raise RejectedFile("not-regular-file", f"{name} is not a regular file ({exc.strerror})") from None
-        raise RejectedFile("unreadable", f"cannot open {name}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RejectedFile("not-regular-file", f"{name} is not a regular file ({_kind(st.st_mode)})")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
-
-
-def read_ahead(paths: Iterable[str | os.PathLike], max_bytes: int) -> None:
-    """Ask the kernel to read these raw files into its cache now (``posix_fadvise`` WILLNEED),
-    so that the workers that parse them next find their bytes there rather than waiting for the
-    disk one file at a time: a catch-up's raws (or a night's, read again minutes later) are
-    often no longer cached. Opened as `read_raw` opens them (no link followed, regular files
-    only); at most ``max_bytes`` of each; anything odd is skipped silently (`read_raw` says
-    what is wrong when the file's turn comes)."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:  # not on this platform
-        return
-    for path in paths:
-        try:
-            fd, st = _open_raw(path)
-        except (OSError, RejectedFile):
-            continue
-        try:
-            advise(fd, 0, min(st.st_size, max_bytes), os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
 def _check_unchanged(fd: int, before: os.stat_result, name: str) -> None:
     after = os.fstat(fd)
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
@@ -279,7 +219,7 @@ def read_raw(path: str | os.PathLike, *, max_data_bytes: int = 2 << 30, allow_co
         If the path does not exist (a vanished file is not a quarantine case).
     """
     name = os.fspath(path)
-    fd, st = _open_raw(name)
+    fd, st = open_raw(name)
     try:
         check_written(_pread_fd(fd), st, name, grace=unwritten_grace, now=now)
         return _read_raw_fd(fd, st, name, max_data_bytes=max_data_bytes,

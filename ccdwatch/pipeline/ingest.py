@@ -91,7 +91,7 @@ class Ingester:
                                  overscan=cfg.overscan.rules())
                  for _, path, _ in todo]
         if len(planned) > 2:  # a catch-up: the files the workers parse next are read from disk meanwhile
-            from ccdwatch.fitsio.raw import MAX_HEADER_BYTES, read_ahead
+            from ccdwatch.fitsio.descriptor import MAX_HEADER_BYTES, read_ahead  # no numpy, no astropy
 
             limit = self.ctx.max_data_bytes + MAX_HEADER_BYTES
             threading.Thread(target=read_ahead, args=([s.path for s in planned], limit), name="read-ahead",
