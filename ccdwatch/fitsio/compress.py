@@ -17,9 +17,11 @@ from __future__ import annotations
 import functools
 import gzip
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-from astropy.io import fits
+if TYPE_CHECKING:  # numpy and astropy load with the first compressed product: the daemon names a
+    import numpy as np  # `Compression` in every job it plans, and never writes one itself
+    from astropy.io import fits
 
 __all__ = ["PRIMARY_NAME", "Compression", "compress", "expand"]
 
@@ -28,6 +30,7 @@ PRIMARY_NAME = "COMPRESSED_IMAGE"
 _DITHER_SEED = 1
 
 
+@functools.cache
 def _deterministic_gzip() -> None:
     """astropy compresses GZIP tiles with ``gzip.compress``, whose stream header carries the time
     of the call: the same product would differ byte for byte from one second to the next. Its
@@ -39,9 +42,6 @@ def _deterministic_gzip() -> None:
         return
     if getattr(_codecs, "gzip_compress", None) is gzip.compress:
         _codecs.gzip_compress = functools.partial(gzip.compress, mtime=0)
-
-
-_deterministic_gzip()
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class Compression:
 
 
 def _compressed(data: np.ndarray, header: fits.Header, name: str | None, how: Compression) -> fits.CompImageHDU:
+    from astropy.io import fits
+
+    _deterministic_gzip()
     floating = data.dtype.kind == "f"
     if how.method == "gzip":
         kwargs: dict[str, object] = {"compression_type": "GZIP_2", "quantize_level": 0.0}
@@ -72,6 +75,9 @@ def compress(hdul: fits.HDUList, how: Compression | None) -> fits.HDUList:
     when ``how`` is None or ``none``."""
     if how is None or not how.active:
         return hdul
+    import numpy as np
+    from astropy.io import fits
+
     out: list[fits.hdu.base.ExtensionHDU | fits.PrimaryHDU] = [fits.PrimaryHDU()]
     for i, hdu in enumerate(hdul):
         is_image = isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None and hdu.data.ndim == 2
@@ -89,6 +95,8 @@ def compress(hdul: fits.HDUList, how: Compression | None) -> fits.HDUList:
 def expand(hdul: fits.HDUList) -> fits.HDUList:
     """A product read back: a compressed primary image (:data:`PRIMARY_NAME`) becomes the primary
     HDU again and the other compressed images plain image extensions (data already loaded)."""
+    from astropy.io import fits
+
     if len(hdul) < 2 or hdul[0].data is not None or not isinstance(hdul[1], fits.CompImageHDU) \
             or hdul[1].name != PRIMARY_NAME:
         return hdul
