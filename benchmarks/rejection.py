@@ -3,7 +3,7 @@ cache-sized pixel blocks, against the same on the whole strip at once, measured 
 
 ``python -m benchmarks.rejection`` (``--repeat 7``): on seeded normal noise with outliers and
 missing values, for the two shapes that matter, as the combinations cut them (a stack's strip of 40 frames of
-2048 x 2048, `stripwarp.strip_rows`, and a master's of 10, `calib._strip_rows`: 102 rows each), the median process CPU time
+2048 x 2048, `stripwarp.strip_rows`, and a master's of 10, `strips.strip_rows`: 102 rows each), the median process CPU time
 (``time.process_time``) of `clip_keep`, `sigma_clip` and `median_valid` as they run (blocks of
 `orderstats.BLOCK_BYTES`) and with one block the size of the strip (the reference). Prints one JSON
 line per shape: ms per call, the ratio blocks / whole and whether the results are identical.
@@ -22,7 +22,7 @@ from unittest import mock
 
 import numpy as np
 
-from ccdwatch import orderstats, rejection
+from ccdwatch import orderstats, rejection, strips
 
 
 def strip(nframes: int, npix: int, seed: int = 1) -> np.ndarray:
@@ -47,10 +47,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=7)
     args = p.parse_args()
-    from ccdwatch import calib, stripwarp
+    from ccdwatch import stripwarp
 
     shapes = (("stack strip", 40, stripwarp.strip_rows(40, 2048, 2048)),
-              ("master strip", 10, calib._strip_rows(10, 2048, 2048, method="sigma_clip", memory_budget=1 << 30,
+              ("master strip", 10, strips.strip_rows(10, 2048, 2048, method="sigma_clip", memory_budget=1 << 30,
                                                      threads=2)))
     for label, nframes, rows in shapes:
         values = strip(nframes, rows * 2048)

@@ -29,6 +29,7 @@ from ccdwatch.rejection import clip_keep as clip_keep  # re-exported: where nois
 from ccdwatch.rejection import count_valid as _count_valid
 from ccdwatch.rejection import mean_valid as _mean_valid
 from ccdwatch.scratch import release_pages
+from ccdwatch.strips import strip_rows
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +38,6 @@ __all__ = ["COMBINE_METHODS", "MAD_TO_SIGMA", "calibrate", "combine", "dark_scal
 
 #: Accepted ``combine`` methods ("average" is an alias of "mean").
 COMBINE_METHODS = ("mean", "average", "median", "sigma_clip")
-
-#: Float32 copies of the strip stack alive at once, per method (stack, sorted planes, deviations, sorted
-#: deviations, masks, float64 per-pixel sums), used to size the strips against the memory budget.
-_WORKING_COPIES = {"mean": 2, "median": 3, "sigma_clip": 7}
-
-#: Largest strip stack (bytes of float32 frame data) combined at once, whatever the budget: the per-pixel
-#: work then runs on planes that stay in the CPU cache (L2/L3), several times faster than streaming strips
-#: of the whole budget through memory. Results do not depend on it.
-_STRIP_CACHE_BYTES = 8 << 20
 
 #: Above this many finite pixels, robust_stats works on a regular subsample of this size.
 ROBUST_STATS_MAX_SAMPLES = 1_000_000
@@ -128,18 +120,6 @@ def _checked_method(method: str, sigma: float, maxiters: int) -> str:
     if maxiters < 0:
         raise ValueError(f"maxiters must be >= 0, got {maxiters}")
     return method
-
-
-def _strip_rows(nframes: int, ny: int, nx: int, *, method: str, memory_budget: int, threads: int) -> int:
-    """Rows per strip: the strip stack and the method's temporaries of every thread within the
-    budget, the strip stack itself within ``_STRIP_CACHE_BYTES``; at least one row."""
-    bytes_per_row = nframes * nx * 4 * _WORKING_COPIES[method] + nx * 32
-    rows = max(1, min(ny, int(memory_budget // max(1, int(threads)) // bytes_per_row))) if ny else 1
-    rows = max(1, min(rows, _STRIP_CACHE_BYTES // (nframes * nx * 4 or 1)))
-    if memory_budget < bytes_per_row:
-        logger.warning("memory budget %d B is below one row of %d frames (%d B); using 1-row strips",
-                       memory_budget, nframes, bytes_per_row)
-    return rows
 
 
 def _combine_rows(arrays: Sequence[np.ndarray], factors: np.ndarray | None, starts: Sequence[int], *, rows: int,
@@ -228,7 +208,7 @@ def combine(
     else:
         factors = None
     ny, nx = arrays[0].shape
-    rows = _strip_rows(nframes, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
+    rows = strip_rows(nframes, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
     logger.debug("combine %d frames of %dx%d by %s in strips of %d rows", nframes, ny, nx, method, rows)
 
     floor = _spread_floor(arrays, factors) if method == "sigma_clip" else 0.0

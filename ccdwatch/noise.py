@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ccdwatch import calib
+from ccdwatch import calib, strips
 from ccdwatch.rejection import count_valid
 from ccdwatch.scratch import release_pages
 
@@ -201,7 +201,7 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
         w = np.ones(n)
     ny, nx = arrays[0].shape
     if rows is None:
-        rows = calib._strip_rows(2 * n, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
+        rows = strips.strip_rows(2 * n, ny, nx, method=method, memory_budget=memory_budget, threads=threads)
     floor = calib._spread_floor(arrays, None) if method == "sigma_clip" else 0.0
     excess = 1.0
     if method == "sigma_clip":

@@ -21,7 +21,7 @@ NETWORK_MAX_FRAMES = 48
 #: pixels whose values (all frames, float32) take about this many bytes, so that its dozens of
 #: elementwise passes (a sorting network, means and spreads) work in the cache rather than on
 #: strips of tens of MB: on a stack's strip of 40 2k frames (33 MB) 0.67-0.73x the CPU, on a master's
-#: strip of 10 (8 MB, `calib._STRIP_CACHE_BYTES`) 0.88-0.91x (`benchmarks.rejection`). Smaller blocks
+#: strip of 10 (8 MB, `strips.STRIP_CACHE_BYTES`) 0.88-0.91x (`benchmarks.rejection`). Smaller blocks
 #: cost as little CPU in one thread but more calls: the stack job in two threads took 5.4-5.7 s with
 #: 2 MB blocks (26k pixels), 4.8-5.0 s with 8 MB (52k), 4.9-5.2 s with whole strips.
 #: A pixel's result depends on its own values only, so it does not depend on the blocks.

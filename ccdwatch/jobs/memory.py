@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ccdwatch import strips
+
 MiB = 1 << 20
 
 #: Data (heap and private writable mappings, what the worker's limit counts) of a warm worker
@@ -110,13 +112,11 @@ def read_product_peak(size: FrameSize, *, mask: bool) -> int:
 
 def combine_peak(size: FrameSize, n: int, *, method: str, threads: int, budget: int) -> int:
     """The working set of `calib.combine` beyond its inputs and result: each thread's strip stack
-    with the method's temporaries (`calib._strip_rows`), and sigma clipping's sample of rows."""
-    from ccdwatch import calib
-
+    with the method's temporaries (`strips.strip_rows`), and sigma clipping's sample of rows."""
     method = "mean" if method == "average" else method
-    copies = calib._WORKING_COPIES.get(method, max(calib._WORKING_COPIES.values()))
+    copies = strips.WORKING_COPIES.get(method, max(strips.WORKING_COPIES.values()))
     bytes_per_row = n * size.nx * 4 * copies + size.nx * 32
-    rows = calib._strip_rows(n, size.ny, size.nx, method=method if method in calib._WORKING_COPIES else "sigma_clip",
+    rows = strips.strip_rows(n, size.ny, size.nx, method=method if method in strips.WORKING_COPIES else "sigma_clip",
                              memory_budget=budget, threads=max(1, threads))
     floor = 4 * n * 32 * size.nx * 4 if method == "sigma_clip" else 0
     return max(1, threads) * rows * bytes_per_row + floor
