@@ -58,8 +58,10 @@ def start_workers_early(argv: Sequence[str]) -> bool:
 def entry() -> None:
     """The console script."""
     start_workers_early(sys.argv[1:])
-    from ccdwatch.cli import entry as cli_entry
+    from ccdwatch.jobs.forkserver import frozen_imports
 
+    with frozen_imports():
+        from ccdwatch.cli import entry as cli_entry
     cli_entry()
 
 

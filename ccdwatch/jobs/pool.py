@@ -252,7 +252,7 @@ def _worker_init(memory_limit: int, nice: int, daemon: int) -> None:
             os.nice(nice)
         except OSError:
             pass
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in forkserver.ONE_THREAD:  # spawn (no fork server): before the job loads numpy
         os.environ.setdefault(var, "1")
     import cv2  # already loaded by the fork server (ccdwatch.stack)
 
