@@ -43,6 +43,43 @@ def test_daemon_process_does_not_load_what_only_workers_use():
         assert name not in modules, f"the daemon imports {name} before it has a job"
 
 
+def test_what_the_daemon_calls_to_plan_masters_and_read_ahead_loads_no_numpy(tmp_path):
+    """Sizing a master's job (`memory.master`: the strips of `calib.combine`), naming the products'
+    compression and reading raws ahead are the daemon's, between jobs: importing numpy and astropy
+    there (~0.15-0.3 s) held the workers' first master and the ingest of a night."""
+    raw = tmp_path / "raw.fits"
+    raw.write_bytes(b"\0" * 2880)
+    modules = set(_modules_after(
+        "from ccdwatch.jobs import memory\n"
+        "from ccdwatch.fitsio import read_ahead\n"
+        "from ccdwatch.pipeline.context import Context\n"
+        "from ccdwatch.fitsio.compress import Compression\n"
+        "need = memory.master(memory.FrameSize(2048, 2048), kind='flat', n=10, threads=2, budget=1 << 30,\n"
+        "                     bias=True, dark=True)\n"
+        "assert need > 10 * 4 * 2048 * 2048, need\n"
+        f"read_ahead([{str(raw)!r}], 1 << 20)\n"
+        "assert Compression('gzip').active\n")["modules"])
+    assert "ccdwatch.strips" in modules  # the strips were sized
+    for name in ("numpy", "astropy", "ccdwatch.calib", "ccdwatch.fitsio.raw"):
+        assert name not in modules, f"planning a master or reading ahead imports {name}"
+
+
+def test_the_pool_imports_what_the_daemon_asks_for_while_the_fork_server_starts():
+    """`Workers.meanwhile`: the modules the daemon needs for the jobs' results (the calibrated
+    lights' quality: numpy, sep, OpenCV) load in a thread while it waits for the fork server."""
+    code = ("import threading\n"
+            "from ccdwatch.jobs import forkserver, pool\n"
+            "w = pool.Workers(processes=1, meanwhile=('ccdwatch.qa',))\n"
+            "[f] = w.map(abs, [-3], timeout=120)\n"
+            "assert f.result() == 3 and w.meanwhile == ()  # imported once\n"
+            "for t in threading.enumerate():\n"
+            "    if t.name == 'imports':\n"
+            "        t.join(60)\n"
+            "w.close()\n")
+    modules = set(_modules_after(code)["modules"])
+    assert "ccdwatch.qa" in modules and "numpy" in modules
+
+
 def test_watch_once_with_nothing_to_do_needs_neither_numpy_nor_astropy(tmp_path):
     """The timer-driven ``watch --once`` that finds nothing new (issue 17's start-up target): the
     catalogue, the configuration and the scan only; FITS and the numerics load with the first file."""

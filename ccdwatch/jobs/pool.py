@@ -10,6 +10,7 @@ Dask cluster, with these local workers as its fallback.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import resource
@@ -231,6 +232,16 @@ def heap_for(job: str, spec: Any) -> None:
                            trim=REUSE_TRIM if keep else DEFAULT_TRIM)
 
 
+def _import_all(names: Iterable[str]) -> None:
+    """Import ``names`` (`Workers.meanwhile`); one that fails is imported again, and reports its
+    error, where it is used."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001
+            logger.debug("importing %s ahead failed", name, exc_info=True)
+
+
 def _worker_init(memory_limit: int, nice: int, daemon: int) -> None:
     die_with_parent()
     die_with_daemon(daemon)
@@ -272,6 +283,9 @@ class Workers:
     nice: int = 5
     heartbeat: Callable[[], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    #: Modules the caller will need once results come back, imported in a thread while it waits
+    #: for the fork server's own imports (`_wait_for_server`), the one time it has nothing to do.
+    meanwhile: tuple[str, ...] = ()
     _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -382,13 +396,16 @@ class Workers:
         if forkserver.ready():
             return
         forkserver.start()
+        if self.meanwhile:
+            names, self.meanwhile = self.meanwhile, ()
+            threading.Thread(target=_import_all, args=(names,), name="imports", daemon=True).start()
         t0 = last = time.monotonic()
         while not forkserver.ready() and time.monotonic() - t0 < SERVER_START_LIMIT:
             self._stop_if_asked()
             if self.heartbeat is not None and time.monotonic() - last >= 1.0:
                 self.heartbeat()
                 last = time.monotonic()
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     def _stop_if_asked(self) -> None:
         if self.should_stop is not None and self.should_stop():

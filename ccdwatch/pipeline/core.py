@@ -41,7 +41,7 @@ from ccdwatch.pipeline import calibrate, durability, masters, stacking
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
 from ccdwatch.pipeline.reclassify import Reclassified, reclassify
-from ccdwatch.pipeline.runner import Runner
+from ccdwatch.pipeline.runner import RESULTS, Runner
 from ccdwatch.products import preview_path
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ class Pipeline:
         of in the first file's or the first group's latency. ``watch --once`` does not call it:
         it imports them with its first job, if it has one."""
         importlib.import_module("ccdwatch.jobs.tasks")
-        importlib.import_module("ccdwatch.qa")
+        for name in RESULTS:
+            importlib.import_module(name)
 
     def recover(self) -> dict[str, int]:
         """Converge after a crash: sweep temp files, forget outputs no row references."""

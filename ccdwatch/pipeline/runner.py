@@ -31,6 +31,10 @@ from ccdwatch.pipeline.lifecycle import mark_missing
 logger = logging.getLogger(__name__)
 
 
+#: What the daemon imports to read jobs' results and rank a group's frames (`ccdwatch.qa`).
+RESULTS = ("ccdwatch.qa",)
+
+
 class Plan(Protocol):
     """What the runner needs of a stage's plan."""
 
@@ -59,6 +63,8 @@ class Runner:
         self.ctx = ctx
         self.workers: pool.JobRunner = pool.make_workers(ctx.cfg.workers, incoming=ctx.incoming,
                                                          products=ctx.products)
+        if isinstance(self.workers, pool.Workers):  # the calibrated lights' quality (numpy, sep, OpenCV):
+            self.workers.meanwhile = RESULTS  # ~0.25 s the daemon then spends before its first job
         self.paused: str | None = None
         self._paused_at = 0.0
         self._resume_check: Callable[[], bool] | None = None
