@@ -11,8 +11,8 @@ import functools
 
 import numpy as np
 
-__all__ = ["NETWORK_MAX_FRAMES", "median_1d", "median_and_mad", "median_of_sorted", "median_valid", "pixel_blocks",
-           "sorted_planes", "sorting_network"]
+__all__ = ["NETWORK_MAX_FRAMES", "median_1d", "median_and_mad", "median_of_sorted", "median_valid", "order_statistics",
+           "pixel_blocks", "sorted_planes", "sorting_network"]
 
 #: Above this many frames the sorting network grows large; ``np.sort`` along the frames is used.
 NETWORK_MAX_FRAMES = 48
@@ -67,6 +67,13 @@ def _middle_values(a: np.ndarray, ks: list[int]) -> np.ndarray | None:
         return None
     ranks = [k - below for k in ks]
     return np.partition(inside, ranks)[ranks]
+
+
+def order_statistics(a: np.ndarray, ks: list[int]) -> np.ndarray:
+    """``np.partition(a, ks)[ks]`` of a 1-D array: the same values, bracketed (`_middle_values`)
+    when ``a`` is long enough (1 M float32: ~2 ms against ~11 ms)."""
+    found = _middle_values(a, ks) if a.size >= _BRACKET_MIN_SIZE else None
+    return np.partition(a, ks)[ks] if found is None else found
 
 
 def median_1d(a: np.ndarray) -> np.floating:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ccdwatch import calib
 from ccdwatch.calib import (
     COMBINE_METHODS,
     calibrate,
@@ -385,6 +386,27 @@ def test_robust_stats_ignore_outliers_and_nan():
     assert all(math.isnan(v) for v in robust_stats(np.full((3, 3), np.nan)))
     big = rng.normal(0.0, 2.0, size=3_000_000)  # subsampled path
     assert robust_stats(big)[1] == pytest.approx(2.0, rel=0.01)
+
+
+@pytest.mark.parametrize("kind", ["float32", "uint16", "ties", "nan", "int32"])
+@pytest.mark.parametrize("n", [1, 2, 8191, 8192, 250_001, 1_000_000, 2_000_002])
+def test_robust_stats_are_numpys_median_and_mad_of_the_sample(kind, n):
+    """`robust_stats` and `robust_median` find the middle values by bracketing them
+    (`orderstats.order_statistics`): the same values as ``np.median`` of the float64 sample."""
+    rng = np.random.default_rng(n)
+    a = {"float32": lambda: rng.normal(1000.0, 10.0, n).astype(np.float32),
+         "uint16": lambda: rng.poisson(50.0, n).astype(np.uint16),
+         "ties": lambda: np.round(rng.normal(0.0, 3.0, n)).astype(np.float32),
+         "nan": lambda: np.where(rng.random(n) < 0.1, np.nan, rng.normal(0.0, 1.0, n)),
+         "int32": lambda: rng.integers(-5, 5, n).astype(np.int32)}[kind]()
+    sample = calib._finite_sample(a)
+    if sample is None:
+        assert math.isnan(robust_stats(a)[0]) and math.isnan(calib.robust_median(a))
+        return
+    median = float(np.median(sample.astype(np.float64)))
+    mad = float(np.median(np.abs(sample.astype(np.float64) - median)))
+    assert robust_stats(a) == (median, calib.MAD_TO_SIGMA * mad)
+    assert calib.robust_median(a) == median
 
 
 def test_dark_scale():
