@@ -52,28 +52,29 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     incoming = m["incoming"]
+    raws = [p for paths in m["files"].values() for p in paths]  # each tool starts with them cached
     runs: dict[str, measure.Run] = {}
     print(f"[{name}] ccdwatch watch --once ...", flush=True)
     started = time.time()
     runs["ccdwatch"] = measure.run("ccdwatch", [PY, "-m", "ccdwatch", "watch", "--once", "--incoming", incoming,
                                                 "--products", run_dir / "ccdwatch" / "products",
-                                                "--db", run_dir / "ccdwatch" / "catalogue.db"])
+                                                "--db", run_dir / "ccdwatch" / "catalogue.db"], warm=raws)
     stages_seen = timeline.timeline(run_dir / "ccdwatch" / "catalogue.db", started, runs["ccdwatch"].wall)
     template = next(iter(sorted((run_dir / "ccdwatch" / "products" / "calibrated").rglob("*.fits"))), None)
     print(f"[{name}] seed-style ccdproc script ...", flush=True)
     runs["ccdproc script"] = measure.run("ccdproc script", [PY, "-m", "benchmarks.seed_ccdproc", incoming,
-                                                           run_dir / "ccdproc"])
+                                                           run_dir / "ccdproc"], warm=raws)
     if with_siril and siril.siril_cli():
         print(f"[{name}] siril-cli ...", flush=True)
         script = siril.prepare(m, run_dir / "siril")
-        runs["siril-cli"] = measure.run("siril-cli", siril.command(script))
+        runs["siril-cli"] = measure.run("siril-cli", siril.command(script), warm=raws)
         if "Script execution failed" in runs["siril-cli"].output:
             runs["siril-cli"].returncode = runs["siril-cli"].returncode or 1
     elif with_siril:
         print("siril-cli not found: skipping Siril (Debian/Ubuntu: apt-get install siril)", flush=True)
     print(f"[{name}] bare numpy+astropy bound ...", flush=True)
     runs["numpy bound"] = measure.run("numpy bound", [PY, "-m", "benchmarks.bounds", mpath, run_dir / "bounds"]
-                                      + ([template] if template else []))
+                                      + ([template] if template else []), warm=raws)
     print(f"[{name}] ccdwatch stages in-process ...", flush=True)
     # one thread per library, as the pool's workers run (`ccdwatch.jobs.pool`; cv2's in stages.main)
     stages_run = measure.run("stages", [PY, "-m", "benchmarks.stages", mpath, run_dir / "stages"],
