@@ -55,11 +55,11 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
     raws = [p for paths in m["files"].values() for p in paths]  # each tool starts with them cached
     runs: dict[str, measure.Run] = {}
     print(f"[{name}] ccdwatch watch --once ...", flush=True)
-    started = time.time()
     runs["ccdwatch"] = measure.run("ccdwatch", [PY, "-m", "ccdwatch", "watch", "--once", "--incoming", incoming,
                                                 "--products", run_dir / "ccdwatch" / "products",
                                                 "--db", run_dir / "ccdwatch" / "catalogue.db"], warm=raws)
-    stages_seen = timeline.timeline(run_dir / "ccdwatch" / "catalogue.db", started, runs["ccdwatch"].wall)
+    stages_seen = timeline.timeline(run_dir / "ccdwatch" / "catalogue.db", runs["ccdwatch"].started,
+                                    runs["ccdwatch"].wall)
     template = next(iter(sorted((run_dir / "ccdwatch" / "products" / "calibrated").rglob("*.fits"))), None)
     print(f"[{name}] seed-style ccdproc script ...", flush=True)
     runs["ccdproc script"] = measure.run("ccdproc script", [PY, "-m", "benchmarks.seed_ccdproc", incoming,

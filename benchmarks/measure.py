@@ -30,6 +30,8 @@ class Run:
     returncode : int
     output : str
         Last lines of stdout+stderr (for diagnosis).
+    started : float
+        When the child was started (epoch s), after the sync and the read-through.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Run:
     returncode: int
     output: str = ""
     extra: dict = field(default_factory=dict)
+    started: float = 0.0
 
     @property
     def cpu(self) -> float:
@@ -117,7 +120,7 @@ def run(name: str, cmd: Sequence[str | os.PathLike], *, cwd: str | os.PathLike |
     os.sync()
     read_through(warm)
     with open(log, "wb") as out:
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=full_env, stdout=out,
                                 stderr=subprocess.STDOUT)
         peak = [0]
@@ -153,4 +156,4 @@ def run(name: str, cmd: Sequence[str | os.PathLike], *, cwd: str | os.PathLike |
         user = sampled - system
     return Run(name=name, wall=wall, user=user, sys=system, maxrss_mb=ru.ru_maxrss / 1024,
                tree_rss_mb=peak[0] / 2**20, returncode=proc.returncode, output="\n".join(text[-tail:]),
-               extra={"wait4_cpu": ru.ru_utime + ru.ru_stime, "sampled_tree_cpu": sampled})
+               extra={"wait4_cpu": ru.ru_utime + ru.ru_stime, "sampled_tree_cpu": sampled}, started=started)
