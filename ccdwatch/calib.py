@@ -373,7 +373,7 @@ def calibrate(
     if bias is None and dark is None and flat is None and (raw.dtype.kind == "f" or raw.dtype.itemsize <= 4):
         return raw.astype(np.float32)  # nothing to subtract (a bias): rounded once, as through float64
     one = bias if dark is None else dark if bias is None and dark_scale == 1.0 else None
-    if flat is None and one is not None and exact_in_float32(raw) and one.dtype == np.float32:
+    if flat is None and one is not None and _exact_in_float32(raw) and one.dtype == np.float32:
         # one float32 subtraction (a dark's or a flat's inputs on the bias): IEEE rounds the exact
         # difference once, and float64 (53 >= 2 x 24 + 2 bits) then float32 rounds it to the same
         # value, so these are the bytes of the float64 path below, several times faster
@@ -400,7 +400,7 @@ def calibrate(
     return out
 
 
-def exact_in_float32(a: np.ndarray) -> bool:
+def _exact_in_float32(a: np.ndarray) -> bool:
     """Every value of ``a``'s type is a float32 exactly (float32, or integers of <= 16 bits)."""
     return a.dtype == np.float32 or (a.dtype.kind in "ui" and a.dtype.itemsize <= 2)
 

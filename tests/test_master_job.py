@@ -76,35 +76,3 @@ def test_masters_measure_the_camera_and_threads_change_no_byte(raws, tmp_path):
     flat = fits.getdata(tmp_path / "two" / "flat.fits")
     assert np.median(np.abs(flat / synth.flat_response(CAMERA) - 1.0)) < 0.01
     assert one["flat"].gain is not None and one["flat"].gain[0] == pytest.approx(CAMERA.gain, rel=0.05)
-
-
-def test_a_bias_combines_its_integer_inputs_as_read_to_the_same_bytes(raws, tmp_path, monkeypatch):
-    """A master with nothing to subtract keeps its inputs as the integers read (each a float32
-    exactly), read strip by strip by the combination and the noise cards: the same master as from
-    float32 copies of them (with one thread and two, a flat without masters too)."""
-    from ccdwatch import scratch
-
-    seen: list[np.dtype] = []
-    keep = scratch.ScratchArrays.keep
-
-    def spy(self, array):
-        seen.append(array.dtype)
-        return keep(self, array)
-
-    monkeypatch.setattr(scratch.ScratchArrays, "keep", spy)
-    for threads in (1, 2):
-        out = tmp_path / f"as-read-{threads}"
-        out.mkdir()
-        results = [tasks.build_master(_spec(raws, out, kind, threads)) for kind in ("bias", "flat")]
-        assert {str(d) for d in seen} == {"uint16"}  # no float32 copies were kept
-        seen.clear()
-        with monkeypatch.context() as m:  # the float32 copies, as every input was kept before
-            m.setattr(tasks.calib, "exact_in_float32", lambda a: False)
-            copies = tmp_path / f"copies-{threads}"
-            copies.mkdir()
-            expected = [tasks.build_master(_spec(raws, copies, kind, threads)) for kind in ("bias", "flat")]
-        assert {str(d) for d in seen} == {"float32"}
-        seen.clear()
-        assert _digests(out) == _digests(copies)
-        for r1, r2 in zip(results, expected, strict=True):
-            assert dataclasses.replace(r1, preview_path=None) == dataclasses.replace(r2, preview_path=None)

@@ -188,15 +188,7 @@ def build_master(spec: MasterSpec) -> MasterResult:
         raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
         image, _, levels[i] = prepare_raw(raw, spec.overscan)  # the overscan first, then trimmed
         del raw
-        if masters["bias"] is None and masters["dark"] is None and image.dtype.kind in "ui" \
-                and calib.exact_in_float32(image):
-            # nothing to subtract (a bias): the integers as read, each a float32 exactly, which the
-            # combination and the noise cards read strip by strip as float32 (the same values as a
-            # float32 copy, without the copies: 10 x 16 MB of fresh pages for a 2k master bias)
-            data = image
-        else:
-            data = calib.calibrate(image, bias=masters["bias"], dark=masters["dark"],
-                                   dark_scale=spec.dark_scale or 1.0)
+        data = calib.calibrate(image, bias=masters["bias"], dark=masters["dark"], dark_scale=spec.dark_scale or 1.0)
         del image
         scale = 1.0
         if spec.kind == "flat" and spec.bayer_pattern:  # each colour to median 1: twilight changes colour
