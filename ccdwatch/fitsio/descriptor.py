@@ -1,5 +1,7 @@
-"""Reads through one file descriptor: positioned reads that survive short reads, and the
-description of a file that is not a regular one."""
+"""Reads through one file descriptor: a raw file opened safely (no link followed, regular files
+only), positioned reads that survive short reads, the description of a file that is not a
+regular one, and the read-ahead of a batch of raws. No numpy, no astropy: the daemon reads ahead
+with it in its own process."""
 
 from __future__ import annotations
 

@@ -63,8 +63,8 @@ class Runner:
         self.ctx = ctx
         self.workers: pool.JobRunner = pool.make_workers(ctx.cfg.workers, incoming=ctx.incoming,
                                                          products=ctx.products)
-        if isinstance(self.workers, pool.Workers):  # the calibrated lights' quality (numpy, sep, OpenCV):
-            self.workers.meanwhile = RESULTS  # ~0.25 s the daemon then spends before its first job
+        if isinstance(self.workers, pool.Workers):  # imported while the fork server starts: with the
+            self.workers.meanwhile = RESULTS  # first calibrated light's result, they took ~0.25 s of busy cores
         self.paused: str | None = None
         self._paused_at = 0.0
         self._resume_check: Callable[[], bool] | None = None
