@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from benchmarks import measure, night, siril, timeline
+from ccdwatch.jobs import forkserver
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -92,7 +93,7 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
     print(f"[{name}] ccdwatch stages in-process ...", flush=True)
     # one thread per library, as the pool's workers run (`ccdwatch.jobs.pool`; cv2's in stages.main)
     stages_run = measure.run("stages", [PY, "-m", "benchmarks.stages", mpath, run_dir / "stages"],
-                             env={var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+                             env=dict.fromkeys(forkserver.ONE_THREAD, "1"))
     result = {"size": size, "night": shape, "shape": m["shape"], "n_files": sum(len(v) for v in m["files"].values()),
               "n_lights": len(m["lights"]), "runs": {k: r.to_json() for k, r in runs.items()},
               "timeline": stages_seen, "bounds": _json_tail(runs["numpy bound"]), "stages": _json_tail(stages_run)}

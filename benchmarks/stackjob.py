@@ -75,9 +75,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    from ccdwatch.jobs import forkserver  # no numpy yet: the settings below come first
+
+    for var in forkserver.ONE_THREAD:
         os.environ.setdefault(var, "1")
-    from ccdwatch.jobs import forkserver, pool, tasks
+    from ccdwatch.jobs import pool, tasks
 
     forkserver.warm_imports()  # as the workers' fork server: imports are not the job's
     pool._worker_init(0, 0, os.getpid())  # as a worker: OpenCV single-threaded, glibc's heap settings
