@@ -4,9 +4,10 @@
 night's ``runs/2k-matched/ccdwatch`` under the benchmark's work directory). The first group of
 the run's first night is planned again (``stacking.plan_many`` with ``redo_before`` in the
 future, on a copy of the catalogue) and `tasks.stack_group` runs in this process with
-``--threads`` threads (the runner gives a lone stack both cores), without its preview, into a
-temporary file. Prints one JSON line: wall and CPU seconds, peak RSS and the product's sha256
-(the same in every tree that stacks the same bytes). ``--profile`` prints cProfile's top entries
+``--threads`` threads (the runner gives a lone stack both cores; its strips then run in forked
+processes), without its preview, into a temporary file. Prints one JSON line: wall and CPU
+seconds (the children's included), peak RSS (a child's after a +, shared pages counted) and the
+product's sha256 (the same in every tree that stacks the same bytes). ``--profile`` prints cProfile's top entries
 first. Run each tree in its own process, interleaved, to compare, from inside that tree
 (``cd TREE && python -m benchmarks.stackjob RUN``): ``python -m`` puts the current directory first
 on ``sys.path``, so from another checkout it would import that checkout's ``ccdwatch`` whatever
@@ -69,6 +70,17 @@ def _first_night(s: Any) -> str:
     return str(night)
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its children (a stack's strips may run in forked children)."""
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
+def _maxrss_mib() -> str:
+    """Peak RSS in MiB of this process, and of its largest child when one ran (``a+b``)."""
+    own, child = (resource.getrusage(w).ru_maxrss // 1024 for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return f"{own}+{child}" if child else str(own)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
@@ -88,17 +100,17 @@ def main() -> None:
         spec = plan(args.run.absolute(), Path(tmp))
         spec = dataclasses.replace(spec, threads=args.threads, out_path=str(Path(tmp) / "stack.fits"),
                                    preview_path=None, workdir=str(Path(tmp) / "work"))
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), _cpu()
         if args.profile:
             prof = cProfile.Profile()
             result = prof.runcall(tasks.stack_group, spec)
         else:
             result = tasks.stack_group(spec)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
     if args.profile:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
     print(json.dumps({"frames": len(spec.products), "threads": args.threads, "wall_s": round(wall, 2),
-                      "cpu_s": round(cpu, 2), "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                      "cpu_s": round(cpu, 2), "maxrss_mib": _maxrss_mib(),
                       "sha256": result.sha256}))
 
 

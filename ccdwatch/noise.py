@@ -18,9 +18,10 @@ Pure numerics (arrays in, new arrays out). Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -28,8 +29,8 @@ from ccdwatch import calib, strips
 from ccdwatch.rejection import count_valid
 from ccdwatch.scratch import release_pages
 
-__all__ = ["WEIGHTINGS", "Weighted", "clipped_std", "combine_weighted", "clip_excess", "combined_noise", "frame_weight",
-           "light_sigma", "median_variance", "pair_noise"]
+__all__ = ["WEIGHTINGS", "Fanout", "Weighted", "clipped_std", "combine_weighted", "clip_excess", "combined_noise",
+           "frame_weight", "light_sigma", "median_variance", "pair_noise"]
 
 #: ``stack.weights``: inverse variance (per frame), that times 1 / FWHM^2 (point sources), or none.
 WEIGHTINGS = ("ivar", "quality", "none")
@@ -156,6 +157,16 @@ def frame_weight(weighting: str, variance: float, fwhm: float | None = None) -> 
     return w
 
 
+class Fanout(Protocol):
+    """How `combine_weighted` runs its strips side by side when not on threads (e.g.
+    `ccdwatch.jobs.fanout.Forked`: processes): ``empty`` gives the output arrays every runner
+    writes, ``run(fn, width)`` calls ``fn(k)`` for each ``k`` in ``range(width)`` at once."""
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray: ...
+
+    def run(self, fn: Callable[[int], None], width: int) -> None: ...
+
+
 @dataclass
 class Weighted:
     """`combine_weighted`'s result: the image, its 1-sigma uncertainty, the values used per
@@ -175,7 +186,7 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
                      weights: Sequence[float], exposures: Sequence[float], *, method: str = "sigma_clip",
                      sigma: float = 3.0, maxiters: int = 5, memory_budget: int = 1 << 30,
                      threads: int = 1, typical: Sequence[float] | None = None, rows: int | None = None,
-                     coverage: bool = False) -> Weighted:
+                     coverage: bool = False, fanout: Fanout | None = None) -> Weighted:
     """Combine aligned frames with per-frame weights, propagating their variances.
 
     The rejection is `calib.combine`'s (sigma clipping about the median, then the mean; NaN
@@ -189,7 +200,8 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
     known). Non-finite weights become the median weight. ``rows``: rows combined at once (by
     default from the budget); fixed by the caller for frames warped as their rows are read
     (`ccdwatch.stripwarp`), whose strips must not depend on the threads. ``coverage``: also
-    count the frames with a value at each pixel (``covered``).
+    count the frames with a value at each pixel (``covered``). ``fanout``: the strips run in
+    ``threads`` runners it makes (processes) instead of threads; the same result.
     """
     method = calib._checked_method(method, sigma, maxiters)
     arrays = calib._as_frames(frames)
@@ -208,11 +220,12 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
         if typical is None:
             typical = [calib.robust_median(v) if isinstance(v, np.ndarray) else float(v) for v in variances]
         excess = clip_excess(typical, w, sigma=sigma, maxiters=maxiters)
-    out = Weighted(np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
-                   np.empty((ny, nx), np.uint16), np.empty((ny, nx), np.float32), tuple(float(x) for x in w),
-                   np.empty((ny, nx), np.uint16) if coverage else None)
     starts = list(range(0, ny, rows))
     threads = max(1, min(int(threads), len(starts)))
+    empty = fanout.empty if fanout is not None and threads > 1 else np.empty
+    out = Weighted(empty((ny, nx), np.float32), empty((ny, nx), np.float32),
+                   empty((ny, nx), np.uint16), empty((ny, nx), np.float32), tuple(float(x) for x in w),
+                   empty((ny, nx), np.uint16) if coverage else None)
 
     def run(first: int) -> None:
         for y0 in starts[first::threads]:
@@ -221,6 +234,8 @@ def combine_weighted(frames: Sequence[np.ndarray], variances: Sequence[np.ndarra
 
     if threads == 1:
         run(0)
+    elif fanout is not None:
+        fanout.run(run, threads)
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for fut in [pool.submit(run, k) for k in range(threads)]:

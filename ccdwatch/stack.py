@@ -125,6 +125,7 @@ def align_and_stack(
     fwhm: Mapping[int, float] | None = None,
     mapped: Mapping[int, MappedFrame] | None = None,
     levels: Mapping[int, tuple[float, float] | None] | None = None,
+    fanout: noise.Fanout | None = None,
 ) -> StackResult:
     """Align frames onto a reference and combine them.
 
@@ -164,6 +165,9 @@ def align_and_stack(
         Frame id -> `ccdwatch.stripwarp.MappedFrame` (image, bad pixels, UNCERT; memory maps of the products)
         of every frame, unused with ``planes`` (else ``load``, ``masks``, ``variance`` are); frame id -> its
         `ccdwatch.stripwarp.frame_level` when known (recorded at calibration), else None or absent: measured.
+    fanout : optional
+        With ``mapped``: the combination's strips run in ``threads`` runners it makes (e.g.
+        processes, `ccdwatch.jobs.fanout`) rather than threads; the same result.
 
     Returns a `StackResult`; raises ValueError if ``reference`` is not among ``ids`` or has no
     source list, or nothing can be stacked.
@@ -177,7 +181,7 @@ def align_and_stack(
         return _stack_in_strips(ids, mapped, sources, reference, method=method, sigma=sigma,
                                 memory_budget=memory_budget, order=order, match_background=match_background,
                                 threads=threads, interpolation=interpolation, weights=weights,
-                                exposures=exposures or {}, fwhm=fwhm or {}, levels=levels or {})
+                                exposures=exposures or {}, fwhm=fwhm or {}, levels=levels or {}, fanout=fanout)
     # all warped frames (and variances) in RAM when they take <= 1/2 of the budget, else memory-mapped
     # files; the frames in flight (`_align_group`) and the combination's strips take the other half
     n_arrays = len(ids) * (3 if planes is not None else 2 if variance is not None else 1)
@@ -209,7 +213,7 @@ def _stack_in_strips(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sour
                      reference: int, *, method: str, sigma: float, memory_budget: int, order: int,
                      match_background: bool, threads: int, interpolation: str, weights: str,
                      exposures: Mapping[int, float], fwhm: Mapping[int, float],
-                     levels: Mapping[int, tuple[float, float] | None]) -> StackResult:
+                     levels: Mapping[int, tuple[float, float] | None], fanout: noise.Fanout | None) -> StackResult:
     """`align_and_stack` of frames mapped where they lie, each strip warped as it is combined."""
     group = _strip_group(ids, mapped, sources, reference, interpolation=interpolation, order=order,
                          match_background=match_background, threads=threads, known=levels)
@@ -218,7 +222,7 @@ def _stack_in_strips(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sour
     ny, nx = mapped[reference].shape
     combined = _combine_group(group, method=method, sigma=sigma, memory_budget=memory_budget, threads=threads,
                               weights=weights, exposures=exposures, fwhm=fwhm,
-                              rows=strip_rows(len(group.transforms), nx, ny))[0]
+                              rows=strip_rows(len(group.transforms), nx, ny), fanout=fanout)[0]
     assert combined.covered is not None  # counted for strips (``rows``)
     return StackResult(image=combined.image, count=combined.covered, used=combined.used, transforms=group.transforms,
                        failed=group.failed, reference=reference, offsets=group.offsets, sigma=combined.sigma,
@@ -227,7 +231,7 @@ def _stack_in_strips(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sour
 
 def _combine_group(group: _AlignedGroup, *, method: str, sigma: float, memory_budget: int, threads: int,
                    weights: str, exposures: Mapping[int, float], fwhm: Mapping[int, float],
-                   rows: int | None = None) -> list[noise.Weighted]:
+                   rows: int | None = None, fanout: noise.Fanout | None = None) -> list[noise.Weighted]:
     """Combine each plane of the aligned ``group`` with the frames' weights (recorded in
     ``group.weights``, of the first plane); the warped frames are let go as each plane is done.
     ``rows``: fixed strips, for frames warped as they are read (their coverage is then counted)."""
@@ -240,7 +244,7 @@ def _combine_group(group: _AlignedGroup, *, method: str, sigma: float, memory_bu
         w = [noise.frame_weight(weights, t, fwhm.get(i)) for i, t in zip(stacked, typical, strict=True)]
         out.append(noise.combine_weighted(frames, var, w, times, method=method, sigma=sigma,
                                           memory_budget=memory_budget, threads=threads, typical=typical,
-                                          rows=rows, coverage=rows is not None))
+                                          rows=rows, coverage=rows is not None, fanout=fanout))
         if k == 0:
             group.weights = dict(zip(stacked, out[0].weights, strict=True))
         frames.clear()

@@ -36,7 +36,7 @@ from ccdwatch.headers import (
     header_to_jsonable,
     normalise,
 )
-from ccdwatch.jobs import memory, pool, stackinputs, uncertainty
+from ccdwatch.jobs import fanout, memory, pool, stackinputs, uncertainty
 from ccdwatch.jobs.raws import RawGone as RawGone  # re-exported: where the pipeline has always found them
 from ccdwatch.jobs.raws import load_raw as load_raw
 from ccdwatch.jobs.raws import overscan_cards
@@ -402,7 +402,7 @@ def stack_group(spec: StackSpec) -> StackJobResult:
                                        threads=spec.threads, planes=_demosaicer(spec.bayer_pattern, spec.demosaic),
                                        interpolation=spec.interpolation, variance=variance, weights=spec.weights,
                                        exposures={fid: t for fid, _, t in spec.members}, fwhm=spec.fwhm,
-                                       mapped=mapped, levels=levels)
+                                       mapped=mapped, levels=levels, fanout=fanout.forked(spec.threads))
     header, table = stack_cards(spec, result)
     header["BUNIT"] = (units.get(result.reference, "adu"), "unit of the image and of UNCERT")
     with ThreadPoolExecutor(max_workers=1) if spec.preview_path else contextlib.nullcontext() as side:

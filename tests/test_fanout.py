@@ -1,0 +1,95 @@
+"""Strips combined in forked processes (`ccdwatch.jobs.fanout`): the same bytes as one thread,
+a child's failure reported by the parent, no child left behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from ccdwatch import noise
+from ccdwatch.jobs import fanout
+
+pytestmark = pytest.mark.skipif(fanout.forked(2) is None, reason="no fork here")
+
+
+def _frames(n=9, shape=(300, 170), seed=4):
+    rng = np.random.default_rng(seed)
+    frames = [(100.0 + rng.normal(0, 5, shape)).astype(np.float32) for _ in range(n)]
+    frames[3][10:20, 30:40] = 5000.0  # a satellite trail to clip
+    frames[5][200:, :] = np.nan  # a frame that does not reach the last rows
+    variances = [np.full(shape, 25.0 + i, np.float32) for i in range(n)]
+    return frames, variances
+
+
+@pytest.mark.parametrize("method", ["sigma_clip", "median", "mean"])
+def test_forked_strips_give_the_bytes_of_one_thread(method):
+    frames, variances = _frames()
+    args = (frames, variances, [1.0 + 0.1 * i for i in range(len(frames))], [60.0] * len(frames))
+    one = noise.combine_weighted(*args, method=method, rows=16, coverage=True)
+    forked = noise.combine_weighted(*args, method=method, rows=16, coverage=True, threads=3,
+                                    fanout=fanout.forked(3))
+    for name in ("image", "sigma", "used", "expmap", "covered"):
+        a, b = getattr(one, name), getattr(forked, name)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    assert np.isnan(one.image[200:]).sum() == 0  # the other frames still cover the rows frame 5 misses
+    assert one.used[15, 35] == len(frames) - (method == "sigma_clip")  # the trail clipped, in both
+
+
+def _children() -> set[int]:
+    """Pids of this process's children (Linux /proc), zombies included."""
+    me = str(os.getpid())
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                found.add(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_failing_child_is_reported_and_reaped():
+    out = fanout.Forked.empty((4,), np.int64)
+    out[:] = 0
+    before = _children()
+
+    def work(k):
+        if k == 2:
+            raise MemoryError("strip 2 needs more than it has")
+        out[k] = 10 + k
+
+    with pytest.raises(RuntimeError, match=r"1 of 3 forked strip workers failed: MemoryError: strip 2 needs"):
+        fanout.Forked.run(work, 4)
+    assert out.tolist() == [10, 11, 0, 13]  # the others' shares written to the shared array
+    assert _children() == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_parent_failing_ends_its_children():
+    before = _children()
+    started = fanout.Forked.empty((1,), np.int64)
+    started[0] = 0
+
+    def work(k):
+        if k == 0:
+            while started[0] < 1:  # the child is running
+                pass
+            raise KeyboardInterrupt
+        started[0] += 1
+        while True:  # would never end by itself
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        fanout.Forked.run(work, 2)
+    assert _children() == before
+
+
+def test_one_runner_is_no_fork():
+    assert fanout.forked(1) is None
