@@ -12,7 +12,7 @@ import pytest
 from ccdwatch import noise
 from ccdwatch.jobs import fanout
 
-pytestmark = pytest.mark.skipif(fanout.forked(2) is None, reason="no fork here")
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="no fork here")
 
 
 def _frames(n=9, shape=(300, 170), seed=4):
@@ -30,7 +30,7 @@ def test_forked_strips_give_the_bytes_of_one_thread(method):
     args = (frames, variances, [1.0 + 0.1 * i for i in range(len(frames))], [60.0] * len(frames))
     one = noise.combine_weighted(*args, method=method, rows=16, coverage=True)
     forked = noise.combine_weighted(*args, method=method, rows=16, coverage=True, threads=3,
-                                    fanout=fanout.forked(3))
+                                    fanout=fanout.Forked())
     for name in ("image", "sigma", "used", "expmap", "covered"):
         a, b = getattr(one, name), getattr(forked, name)
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
@@ -91,5 +91,20 @@ def test_the_parent_failing_ends_its_children():
     assert _children() == before
 
 
-def test_one_runner_is_no_fork():
-    assert fanout.forked(1) is None
+def test_only_a_pool_worker_forks(monkeypatch):
+    """Outside the pool's workers (this process, a Dask worker) the strips stay on threads."""
+    monkeypatch.setattr(fanout, "_allowed", False)
+    assert fanout.forked(2) is None
+    fanout.allow()
+    assert isinstance(fanout.forked(2), fanout.Forked)
+    assert fanout.forked(1) is None  # one runner: nothing to fork
+
+
+def test_a_pool_workers_stack_forks_its_strips(tmp_path):
+    """The pool's worker initialiser allows it (`pool._worker_init`), in a process of its own."""
+    import subprocess
+
+    code = ("import os\nfrom ccdwatch.jobs import fanout, pool\nassert fanout.forked(2) is None\n"
+            "pool._worker_init(0, 0, os.getpid())\nprint(type(fanout.forked(2)).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "Forked"

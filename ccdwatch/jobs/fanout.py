@@ -10,9 +10,12 @@ share of the strips into output arrays in shared memory, the parent combines the
 waits. Every strip is computed by the same code on the same inputs whoever computes it: the
 result is the same bytes as with threads or one thread.
 
-Used where the job's process is ours (a pool worker: `tasks.stack_group`); a child dies with its
-parent (a worker killed for its time limit takes its children along), never returns into the
-caller's stack and never runs the parent's exit handlers.
+Used only where the job's process is one of the pool's workers (`allow`, called as each starts):
+a single-threaded process whose numeric libraries run one thread each. A Dask worker runs tasks
+on threads beside its event loop, and OpenCV's own thread pool, once used, hangs a forked child:
+there the strips stay on threads. A child dies with its parent (a worker killed for its time
+limit takes its children along), never returns into the caller's stack and never runs the
+parent's exit handlers.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Forked", "forked"]
+__all__ = ["Forked", "allow", "forked"]
 
 #: The end of a child's traceback passed back to the parent (a pipe holds 64 KiB unread).
 _MESSAGE_BYTES = 8000
+_allowed = False  # this process is a pool worker (`allow`)
 
 
 class Forked:
@@ -135,6 +139,13 @@ def _reap(pid: int, r: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
+def allow() -> None:
+    """This process is a pool worker (`ccdwatch.jobs.pool`): its jobs may fork (`forked`)."""
+    global _allowed
+    _allowed = True
+
+
 def forked(width: int) -> Forked | None:
-    """A `Forked` fanout for ``width`` > 1 processes where processes can be forked, else None."""
-    return Forked() if width > 1 and hasattr(os, "fork") and sys.platform != "darwin" else None
+    """A `Forked` fanout for ``width`` > 1 runners in a pool worker (`allow`) that can fork, else
+    None (threads)."""
+    return Forked() if _allowed and width > 1 and hasattr(os, "fork") and sys.platform != "darwin" else None

@@ -267,7 +267,10 @@ def _worker_init(memory_limit: int, nice: int, daemon: int) -> None:
         os.environ.setdefault(var, "1")
     import cv2  # already loaded by the fork server (ccdwatch.stack)
 
+    from ccdwatch.jobs import fanout
+
     cv2.setNumThreads(1)  # parallelism is the pool's: `workers.processes`, no more
+    fanout.allow()  # one thread per library: a job's strips may run in forked children
 
 
 @dataclass
