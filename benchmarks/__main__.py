@@ -83,7 +83,8 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
     siril_here = with_siril and bool(siril.siril_cli())
     if with_siril and not siril_here:
         print("siril-cli not found: skipping Siril (Debian/Ubuntu: apt-get install siril)", flush=True)
-    best_dir = run_dir / "ccdwatch-0"
+    seen: dict[str, list[float]] = {}  # the best ccdwatch run's timeline
+    template = run_dir / "template.fits"  # one calibrated product: the planes the bound writes
     for i in range(max(1, pairs)):
         print(f"[{name}] ccdwatch watch --once ({i + 1}/{pairs}) ...", flush=True)
         out = run_dir / f"ccdwatch-{i}"
@@ -91,7 +92,15 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
                                       "--products", out / "products", "--db", out / "catalogue.db"], warm=raws)
         side = {"ccdwatch": round(cw.wall, 3)}
         if _better(cw, runs.get("ccdwatch")):
-            runs["ccdwatch"], best_dir = cw, out
+            runs["ccdwatch"] = cw
+            seen = timeline.timeline(out / "catalogue.db", cw.started, cw.wall)
+        product = next(iter(sorted((out / "products" / "calibrated").rglob("*.fits"))), None)
+        if product is not None and not template.exists():
+            shutil.copyfile(product, template)
+        # every tool's outputs are removed as soon as it is done, so that each run starts right after
+        # the previous tool's ~1.5 GB were freed: on this VM a file written into recently freed
+        # pages costs 49 ms a light's planes, into fresh ones 120 (`benchmarks/README.md`, stop 27)
+        shutil.rmtree(out, ignore_errors=True)
         if siril_here:
             print(f"[{name}] siril-cli ({i + 1}/{pairs}) ...", flush=True)
             script = siril.prepare(m, run_dir / f"siril-{i}")
@@ -103,14 +112,14 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
                 runs["siril-cli"] = sr
             shutil.rmtree(run_dir / f"siril-{i}", ignore_errors=True)
         sides.append(side)
-    stages_seen = timeline.timeline(best_dir / "catalogue.db", runs["ccdwatch"].started, runs["ccdwatch"].wall)
-    template = next(iter(sorted((best_dir / "products" / "calibrated").rglob("*.fits"))), None)
+    stages_seen = seen
+    kept = template if template.exists() else None
     print(f"[{name}] seed-style ccdproc script ...", flush=True)
     runs["ccdproc script"] = measure.run("ccdproc script", [PY, "-m", "benchmarks.seed_ccdproc", incoming,
                                                            run_dir / "ccdproc"], warm=raws)
     print(f"[{name}] bare numpy+astropy bound ...", flush=True)
     runs["numpy bound"] = measure.run("numpy bound", [PY, "-m", "benchmarks.bounds", mpath, run_dir / "bounds"]
-                                      + ([template] if template else []), warm=raws)
+                                      + ([kept] if kept else []), warm=raws)
     print(f"[{name}] ccdwatch stages in-process ...", flush=True)
     # one thread per library, as the pool's workers run (`ccdwatch.jobs.pool`; cv2's in stages.main)
     stages_run = measure.run("stages", [PY, "-m", "benchmarks.stages", mpath, run_dir / "stages"],
