@@ -129,11 +129,10 @@ def align_and_stack(
 ) -> StackResult:
     """Align frames onto a reference and combine them.
 
-    Frames are aligned with `find_transform` (from the precomputed source lists), masked pixels
-    set to NaN and warped with `warp`: with ``mapped``, each strip as the combination reads it
-    (`ccdwatch.stripwarp`: nothing warped ahead, no scratch file); else loaded one at a time and
-    warped whole, kept in memory when all take at most half of ``memory_budget``, otherwise in
-    float32 ``.npy`` scratch files under ``workdir``, combined through read-only memory maps.
+    Frames are aligned with `find_transform` (from the precomputed source lists), masked pixels set to
+    NaN and warped with `warp`: with ``mapped``, each strip as the combination reads it (`ccdwatch.stripwarp`:
+    nothing warped ahead, no scratch file); else loaded one at a time and warped whole, kept in memory when
+    all take at most half of ``memory_budget``, else in float32 ``.npy`` scratch files under ``workdir``.
 
     Parameters
     ----------
@@ -161,13 +160,11 @@ def align_and_stack(
         ``variance(id)`` (after ``load(id)``): the frame's per-pixel variance, warped like it, or None
         (then, and for planes, its robust sky variance); weights "ivar", "quality" or "none"
         (`ccdwatch.noise.frame_weight`, ``fwhm``: id -> px); ``exposures``: id -> s (exposure map).
-    mapped, levels : mappings, optional
+    mapped, levels, fanout : optional
         Frame id -> `ccdwatch.stripwarp.MappedFrame` (image, bad pixels, UNCERT; memory maps of the products)
         of every frame, unused with ``planes`` (else ``load``, ``masks``, ``variance`` are); frame id -> its
-        `ccdwatch.stripwarp.frame_level` when known (recorded at calibration), else None or absent: measured.
-    fanout : optional
-        With ``mapped``: the combination's strips run in ``threads`` runners it makes (e.g.
-        processes, `ccdwatch.jobs.fanout`) rather than threads; the same result.
+        `ccdwatch.stripwarp.frame_level` when known (recorded at calibration), else None or absent: measured;
+        with ``mapped``, a `noise.Fanout` to run the strips in processes instead of threads (the same result).
 
     Returns a `StackResult`; raises ValueError if ``reference`` is not among ``ids`` or has no
     source list, or nothing can be stacked.
