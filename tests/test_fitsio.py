@@ -758,3 +758,39 @@ def test_read_ahead_advises_only_what_read_raw_would_open(tmp_path, monkeypatch)
     read_ahead([fifo, link, tmp_path / "dir.fits", tmp_path / "gone.fits", good, small], limit)
     assert advised == [(good.stat().st_ino, 0, limit), (small.stat().st_ino, 0, small.stat().st_size)]
     assert read_raw(good).data is not None  # nothing changed for the reader
+
+
+def _cached_bytes(path: Path) -> int | None:
+    """Bytes of ``path`` in the page cache (util-linux ``fincore``), None when it cannot tell."""
+    try:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                             capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        return int(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def test_a_raw_read_for_the_last_time_leaves_the_page_cache(tmp_path):
+    """`read_raw(drop_cache=True)` (a light being calibrated) lets the file's cached pages go; a
+    plain read keeps them (an ingest, whose light is read again to be calibrated)."""
+    data = np.arange(512 * 512, dtype=np.uint16).reshape(512, 512)
+    paths = [tmp_path / f"f{i}.fits" for i in range(3)]
+    for p in paths:
+        fits.PrimaryHDU(data).writeto(p)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # clean pages: the kernel drops no dirty page
+        finally:
+            os.close(fd)
+        p.read_bytes()  # cached
+    control = os.open(paths[2], os.O_RDONLY)
+    try:
+        os.posix_fadvise(control, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(control)
+    if _cached_bytes(paths[2]) != 0 or not _cached_bytes(paths[0]):
+        pytest.skip("no fincore here, or a file system whose pages cannot be dropped (tmpfs)")
+    assert np.array_equal(read_raw(paths[0], drop_cache=True).data, data)
+    assert np.array_equal(read_raw(paths[1]).data, data)
+    assert _cached_bytes(paths[0]) == 0
+    assert _cached_bytes(paths[1]) >= paths[1].stat().st_size  # whole pages

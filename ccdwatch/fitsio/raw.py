@@ -185,7 +185,8 @@ def _astropy_image(payload: bytes, layout: _Layout, chosen: _HDU, name: str, *,
 
 
 def read_raw(path: str | os.PathLike, *, max_data_bytes: int = 2 << 30, allow_compressed: bool = False,
-             header_only: bool = False, unwritten_grace: float = 0.0, now: float | None = None) -> RawFrame:
+             header_only: bool = False, unwritten_grace: float = 0.0, now: float | None = None,
+             drop_cache: bool = False) -> RawFrame:
     """Read a raw camera frame without trusting it.
 
     Parameters
@@ -205,6 +206,9 @@ def read_raw(path: str | os.PathLike, *, max_data_bytes: int = 2 << 30, allow_co
         the check, for files known to be complete.
     now : float, optional
         Current time for that check, s since the epoch (default: ``time.time()``).
+    drop_cache : bool, optional
+        Once read, tell the kernel the file's cached pages will not be needed again soon
+        (``POSIX_FADV_DONTNEED``, where there is one; clean pages only): the caller's last read of it.
 
     Returns
     -------
@@ -227,7 +231,19 @@ def read_raw(path: str | os.PathLike, *, max_data_bytes: int = 2 << 30, allow_co
     except OSError as exc:
         raise RejectedFile("unreadable", f"{name}: read error ({exc.strerror or exc})") from None
     finally:
+        if drop_cache:
+            _drop_cached(fd)
         os.close(fd)
+
+
+def _drop_cached(fd: int) -> None:
+    """Let the kernel drop the open file's clean cached pages (best effort: any error is ignored)."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
 
 
 def _read_raw_fd(fd: int, st: os.stat_result, name: str, *, max_data_bytes: int,

@@ -15,8 +15,12 @@ from ccdwatch.headers.sections import OverscanPlan
 __all__ = ["RawGone", "load_raw", "overscan_cards", "prepare"]
 
 
-def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_compressed: bool) -> np.ndarray:
+def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_compressed: bool,
+             last_read: bool = False) -> np.ndarray:
     """Pixels of a catalogued raw frame from the first path whose content still matches.
+
+    ``last_read``: nothing is expected to read the file again soon (a light being calibrated): its
+    pages leave the page cache once read (`ccdwatch.fitsio.read_raw`'s ``drop_cache``).
 
     Raises :class:`RawGone` when no path holds the content any more; any other error (memory,
     a file that turned unreadable) is raised as it is.
@@ -25,7 +29,7 @@ def load_raw(paths: Sequence[str], sha256: str, *, max_data_bytes: int, allow_co
     other: BaseException | None = None
     for p in paths:
         try:
-            raw = read_raw(p, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
+            raw = read_raw(p, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed, drop_cache=last_read)
         except FileNotFoundError:
             gone.append(f"{p} is gone")
             continue

@@ -329,8 +329,10 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     dark, hot = load_master(spec.dark_path) if spec.dark_path else (None, None)
     bias = load_master(spec.bias_path)[0] if spec.bias_path else None
     flat = load_master(spec.flat_path)[0] if spec.flat_path else None
+    # the light's last read tonight: its cached pages go (once its flats are in, a light is not read
+    # again; the product written next takes the pages they free)
     raw = load_raw(spec.raw_paths, spec.raw_sha256, max_data_bytes=spec.max_data_bytes,
-                   allow_compressed=spec.allow_compressed)
+                   allow_compressed=spec.allow_compressed, last_read=True)
     image, raw, level = prepare_raw(raw, spec.overscan)  # the overscan first; raw: its data section
     data = calib.calibrate(image, bias=bias, dark=dark, dark_scale=spec.dark_scale, flat=flat)
     # the Poisson term counts what the pixel collected: the overscan-subtracted, trimmed frame
