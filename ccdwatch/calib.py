@@ -382,15 +382,26 @@ def calibrate(
         return out
     out = np.empty(raw.shape, dtype=np.float32)  # a new array: the inputs are never modified
     # float64 arithmetic in row blocks of ~4 MB: the same values as whole-frame float64, without
-    # whole-frame float64 temporaries (faster, and far less memory on large frames).
+    # whole-frame float64 temporaries (faster, and far less memory on large frames). The blocks
+    # are two buffers used again for every block: taken anew, each block's 4-12 MB went back to
+    # the system and was faulted in again (a master flat's input: ~45 against ~20 ms at 2k).
     step = max(1, (1 << 19) // max(1, raw.shape[1]))
+    buf = np.empty((min(step, raw.shape[0]), raw.shape[1]), dtype=np.float64)
+    scaled = np.empty_like(buf) if dark is not None and dark_scale != 1.0 else None
     for y0 in range(0, raw.shape[0], step):
         rows = slice(y0, y0 + step)
-        block = np.array(raw[rows], dtype=np.float64)
+        block = buf[: min(step, raw.shape[0] - y0)]
+        np.copyto(block, raw[rows], casting="unsafe")  # exact: every raw value is a float64
         if bias is not None:
             block -= bias[rows]
         if dark is not None:  # a matched dark (scale 1): the same values without the float64 product
-            block -= dark[rows] if dark_scale == 1.0 else dark[rows].astype(np.float64) * dark_scale
+            if scaled is None:
+                block -= dark[rows]
+            else:
+                product = scaled[: len(block)]
+                np.copyto(product, dark[rows])
+                product *= dark_scale
+                block -= product
         if flat is not None:  # divided in float64 as it is read (the same quotients as a float64 copy)
             f = flat[rows]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
