@@ -71,13 +71,17 @@ def serve(manifest: str, products: str, out: str) -> None:  # pragma: no cover -
         bound_out.unlink(missing_ok=True)
         t0 = time.perf_counter()
         result = tasks.calibrate_light(spec)
+        job = time.perf_counter() - t0
+        with open(m["lights"][i]["path"], "rb") as fh:  # cached again for the bound (the job let it go)
+            while fh.read(1 << 20):
+                pass
         t1 = time.perf_counter()
         data = ((fits.getdata(m["lights"][i]["path"]) - offset) / flat).astype(np.float32, copy=False)
         fits.HDUList([fits.PrimaryHDU(data), fits.BinTableHDU(rows, name="SOURCES"),
                       fits.ImageHDU(hot.astype(np.uint8), name="BADPIX"),
                       fits.ImageHDU(np.abs(data) + np.float32(25.0), name="UNCERT")]).writeto(bound_out)
         t2 = time.perf_counter()
-        print(json.dumps({"job": t1 - t0, "bound": t2 - t1, "sha": result.sha256}), flush=True)
+        print(json.dumps({"job": job, "bound": t2 - t1, "sha": result.sha256}), flush=True)
 
 
 def _side(times: list[dict]) -> dict:
