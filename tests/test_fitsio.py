@@ -25,7 +25,6 @@ from ccdwatch.fitsio import (
     DiskFull,
     RawFrame,
     RejectedFile,
-    big_endian,
     fits_suffix,
     is_temp_name,
     read_product,
@@ -700,21 +699,46 @@ def test_size_estimate_of_a_product_matches_what_is_written(tmp_path: Path, n_ke
     assert estimate == (tmp_path / "p.fits").stat().st_size
 
 
-def test_big_endian_planes_write_the_same_bytes(tmp_path):
-    # the calibration job hands astropy its planes already in FITS byte order (swapped once, in
-    # place): the same file, the same SHA-256, the same values read back
-    data = sky_like(21)
-    sigma = np.sqrt(np.abs(data)) + np.float32(3.0)
-    native = fits.HDUList([fits.PrimaryHDU(data.copy()), fits.ImageHDU(sigma.copy(), name="UNCERT")])
-    sha = write_product(tmp_path / "native.fits", native)
-    swapped_data, swapped_sigma = big_endian(data.copy()), big_endian(sigma.copy())
-    assert swapped_data.dtype.byteorder == ">" and swapped_sigma.dtype == np.dtype(">f4")
-    np.testing.assert_array_equal(swapped_data, data)
-    hdus = fits.HDUList([fits.PrimaryHDU(swapped_data), fits.ImageHDU(swapped_sigma, name="UNCERT")])
-    assert write_product(tmp_path / "swapped.fits", hdus) == sha == sha256_file(tmp_path / "swapped.fits")
-    assert (tmp_path / "swapped.fits").read_bytes() == (tmp_path / "native.fits").read_bytes()
-    mask = np.zeros(SHAPE, dtype=np.uint8)
-    assert big_endian(mask) is mask  # one byte per value: nothing to swap
+def _planes(shape=(300, 401)):
+    """Float planes larger than a write slice (256 KiB), an odd width: the last slice is short."""
+    data = sky_like(21, shape)
+    data[3, 4], data[5, 6] = np.nan, np.inf
+    data.view(np.uint32)[7, 8] = 0x7FC00123  # a NaN with a payload: every bit is written as it is
+    sigma = (np.sqrt(np.abs(np.nan_to_num(data))) + np.float32(3.0)).astype(np.float64)
+    return data, sigma
+
+
+@pytest.mark.parametrize("missed", [False, True])
+def test_float_planes_are_swapped_as_they_are_hashed_into_astropys_bytes(tmp_path, monkeypatch, missed):
+    """write_product hands astropy native float planes as big-endian views and swaps them slice by
+    slice as it hashes: the file astropy itself writes, byte for byte; the HDUs hold their own
+    arrays again afterwards. When astropy does not hand a plane over whole (``missed``), the
+    product is written again the plain way, to the same bytes."""
+    from ccdwatch.fitsio import atomic
+
+    data, sigma = _planes()
+    small = np.arange(12, dtype=np.float32).reshape(3, 4)  # below a slice: astropy's own swap
+    strided = np.asfortranarray(data)  # not C-contiguous: astropy's own swap
+    counts = np.arange(data.size, dtype=np.uint16).reshape(data.shape)  # unsigned: astropy's BZERO
+    make = lambda: fits.HDUList([fits.PrimaryHDU(data), fits.ImageHDU(sigma, name="UNCERT"),  # noqa: E731
+                                 fits.ImageHDU(small, name="SMALL"), fits.ImageHDU(strided, name="F"),
+                                 fits.ImageHDU(counts, name="N")])
+    make().writeto(tmp_path / "astropy.fits")
+    swapped = []
+    real = atomic._HashingWriter._write_swapped
+    monkeypatch.setattr(atomic._HashingWriter, "_write_swapped",
+                        lambda self, view: False if missed else swapped.append(view.nbytes) or real(self, view))
+    hdus = make()
+    sha = write_product(tmp_path / "ours.fits", hdus)
+    assert sorted(swapped) == ([] if missed else sorted([data.nbytes, sigma.nbytes]))  # the two big C planes
+    assert (tmp_path / "ours.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
+    assert sha == sha256_file(tmp_path / "ours.fits")
+    assert hdus[0].data is data and hdus[1].data is sigma  # given back, unchanged
+    assert data.view(np.uint32)[7, 8] == 0x7FC00123
+    with fits.open(tmp_path / "ours.fits") as back:
+        assert back[0].data.view(np.uint32).tobytes() == data.astype(">f4").view(np.uint32).tobytes()
+        np.testing.assert_array_equal(back["UNCERT"].data, sigma)
+        np.testing.assert_array_equal(back["N"].data, counts)
 
 
 def test_any_fits_name_looks_at_the_top_level_only(tmp_path):

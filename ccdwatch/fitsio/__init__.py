@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from ccdwatch.lazy import module_getattr
 
 if TYPE_CHECKING:
-    from ccdwatch.fitsio.atomic import DiskFull, big_endian, sweep_temp_files, write_bytes_atomic, write_product
+    from ccdwatch.fitsio.atomic import DiskFull, sweep_temp_files, write_bytes_atomic, write_product
     from ccdwatch.fitsio.compress import Compression
     from ccdwatch.fitsio.descriptor import BLOCK_SIZE, read_ahead
     from ccdwatch.fitsio.names import TEMP_PREFIX, fits_suffix, is_temp_name, safe_component, safe_product_path
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 #: Where each public name lives. Loaded on first use (PEP 562), so code that only names files or
 #: sweeps temp files (the daemon's start-up) never imports astropy or numpy.
 _HOME = {
-    "DiskFull": "atomic", "big_endian": "atomic", "sweep_temp_files": "atomic", "write_bytes_atomic": "atomic",
+    "DiskFull": "atomic", "sweep_temp_files": "atomic", "write_bytes_atomic": "atomic",
     "write_product": "atomic",
     "Compression": "compress", "BLOCK_SIZE": "descriptor",
     "TEMP_PREFIX": "names", "fits_suffix": "names", "is_temp_name": "names", "safe_component": "names",
@@ -61,7 +61,7 @@ _HOME = {
 }
 
 __all__ = [
-    "BLOCK_SIZE", "TEMP_PREFIX", "Compression", "DiskFull", "RawFrame", "RejectedFile", "big_endian", "fits_suffix",
+    "BLOCK_SIZE", "TEMP_PREFIX", "Compression", "DiskFull", "RawFrame", "RejectedFile", "fits_suffix",
     "MappedProduct", "is_temp_name", "map_product", "map_product_planes",
     "read_ahead", "read_product", "read_product_hdus", "read_product_table", "read_raw", "safe_component",
     "safe_product_path",

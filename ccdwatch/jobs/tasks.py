@@ -26,7 +26,6 @@ from astropy.io import fits
 from ccdwatch import calib, colour, cosmics, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
     RejectedFile,
-    big_endian,
     read_product_hdus,
     read_raw,
     write_product,
@@ -355,15 +354,10 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
         quality, sources = qa.measure(data, saturation=None, detect_sigma=spec.detect_sigma, mask=mask)
     del mask
     columns = {n: np.array(getattr(sources, n), dtype=np.float32) for n in ("x", "y", "flux", "fwhm", "elongation")}
-    swap = spec.compression is None and not spec.preview_path  # no use of the planes after the write:
-    if swap and unc.sigma is not None:  # swapped once here, where astropy swaps each there and back
-        unc.sigma = big_endian(unc.sigma)
     cards, planes = unc.finish(data, columns["flux"])  # quality (catalogue) in ADU, the product in BUNIT
     badpix = cosmics.bad_pixel_plane(hot, rays.mask if rays is not None else None)
     if not spec.bayer_pattern:  # what its stack measures first, measured here on the planes in memory
         cards.update(stackinputs.level_cards(data, badpix, next((h.data for h in planes if h.name == "UNCERT"), None)))
-    if swap:
-        data = big_endian(data)
     extra = {**cards, "SATLEVEL": (float(saturation), "raw saturation level used, ADU")}
     if rays is not None:
         extra["NCOSMIC"] = (rays.hits, f"cosmic-ray hits masked (BADPIX bit {cosmics.BAD_COSMIC}), {spec.cosmic_rays}")
