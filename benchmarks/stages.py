@@ -163,7 +163,8 @@ def main(manifest_path: str, workdir: str) -> None:
                     [fits.Column(name=n.upper(), format="E", array=np.asarray(getattr(sources, n), dtype=np.float32))
                      for n in ("x", "y", "flux", "fwhm", "elongation")], name="SOURCES")
                 write_product(work / f"cal_{i}.fits", fits.HDUList([fits.PrimaryHDU(data), table,
-                                                                     fits.ImageHDU(hot.astype(np.uint8), name="BADPIX")]))
+                                                                     fits.ImageHDU(hot.astype(np.uint8), name="BADPIX")]),
+                              sync=False)  # as the watch daemon writes its lights (and the job above)
         calibrated[i] = (data, sources)
 
     acc_cw, acc_aa = [], []
