@@ -65,8 +65,8 @@ def test_a_failing_child_is_reported_and_reaped():
             raise MemoryError("strip 2 needs more than it has")
         out[k] = 10 + k
 
-    with pytest.raises(RuntimeError, match=r"1 of 3 forked strip workers failed: MemoryError: strip 2 needs"):
-        fanout.Forked.run(work, 4)
+    with pytest.raises(MemoryError, match=r"1 of 3 forked strip workers failed: MemoryError: strip 2 needs"):
+        fanout.Forked.run(work, 4)  # a MemoryError still (the job says it in words)
     assert out.tolist() == [10, 11, 0, 13]  # the others' shares written to the shared array
     assert _children() == before
 
@@ -108,3 +108,31 @@ def test_a_pool_workers_stack_forks_its_strips(tmp_path):
             "pool._worker_init(0, 0, os.getpid())\nprint(type(fanout.forked(2)).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "Forked"
+
+
+def test_no_fork_to_be_had_runs_every_share_here(monkeypatch):
+    """When the system gives no process (fork fails), this process runs the remaining shares."""
+    out = fanout.Forked.empty((3,), np.int64)
+    out[:] = 0
+    pid = os.getpid()
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+
+    def work(k):
+        assert os.getpid() == pid
+        out[k] = 1 + k
+
+    fanout.Forked.run(work, 3)
+    assert out.tolist() == [1, 2, 3]
+
+
+def test_a_child_that_fails_otherwise_is_a_runtime_error():
+    def work(k):
+        if k == 1:
+            raise ValueError("no reference frame")
+
+    with pytest.raises(RuntimeError, match="1 of 1 forked strip workers failed: ValueError: no reference frame"):
+        fanout.Forked.run(work, 2)

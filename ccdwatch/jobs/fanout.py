@@ -57,16 +57,24 @@ class Forked:
         children have ended."""
         children: list[tuple[int, int]] = []  # (pid, read end of its error pipe)
         parent = os.getpid()
+        here = [0]  # the shares run in this process: the first, and any no child could take
         try:
             for k in range(1, width):
                 r, w = os.pipe()
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError:  # no process to be had (EAGAIN, ENOMEM): this one does the rest
+                    os.close(r)
+                    os.close(w)
+                    here.extend(range(k, width))
+                    break
                 if pid == 0:  # the child: never returns
                     os.close(r)
                     _child(fn, k, w, parent)
                 os.close(w)
                 children.append((pid, r))
-            fn(0)
+            for k in here:
+                fn(k)
         except BaseException:
             for pid, _ in children:
                 _kill(pid)
@@ -75,7 +83,10 @@ class Forked:
             failures = [_reap(pid, r) for pid, r in children]
         failed = [f for f in failures if f]
         if failed:
-            raise RuntimeError(f"{len(failed)} of {width - 1} forked strip workers failed: {failed[0]}")
+            message = f"{len(failed)} of {len(children)} forked strip workers failed: {failed[0]}"
+            if failed[0].startswith("MemoryError"):  # said in words by the job (`memory.explain`)
+                raise MemoryError(message)
+            raise RuntimeError(message)
 
 
 def _child(fn: Callable[[int], None], k: int, w: int, parent: int) -> None:
