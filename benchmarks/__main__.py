@@ -83,7 +83,7 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
     siril_here = with_siril and bool(siril.siril_cli())
     if with_siril and not siril_here:
         print("siril-cli not found: skipping Siril (Debian/Ubuntu: apt-get install siril)", flush=True)
-    seen: dict[str, list[float]] = {}  # the best ccdwatch run's timeline
+    stages_seen: dict[str, list[float]] = {}  # the best ccdwatch run's timeline
     template = run_dir / "template.fits"  # one calibrated product: the planes the bound writes
     for i in range(max(1, pairs)):
         print(f"[{name}] ccdwatch watch --once ({i + 1}/{pairs}) ...", flush=True)
@@ -93,7 +93,7 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
         side = {"ccdwatch": round(cw.wall, 3)}
         if _better(cw, runs.get("ccdwatch")):
             runs["ccdwatch"] = cw
-            seen = timeline.timeline(out / "catalogue.db", cw.started, cw.wall)
+            stages_seen = timeline.timeline(out / "catalogue.db", cw.started, cw.wall)
         product = next(iter(sorted((out / "products" / "calibrated").rglob("*.fits"))), None)
         if product is not None and not template.exists():
             shutil.copyfile(product, template)
@@ -112,7 +112,6 @@ def whole_night(size: str, work: Path, *, with_siril: bool, shape: str = "scaled
                 runs["siril-cli"] = sr
             shutil.rmtree(run_dir / f"siril-{i}", ignore_errors=True)
         sides.append(side)
-    stages_seen = seen
     kept = template if template.exists() else None
     print(f"[{name}] seed-style ccdproc script ...", flush=True)
     runs["ccdproc script"] = measure.run("ccdproc script", [PY, "-m", "benchmarks.seed_ccdproc", incoming,

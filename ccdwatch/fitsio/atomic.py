@@ -260,7 +260,7 @@ def _write_temp(hdul: fits.HDUList, tmp: Path, name: str, *, sync: bool, defer: 
     deferred plane (``defer``, `_deferred_swaps`) was not written byte-swapped (``tmp`` is then
     not a product: the caller writes it again without deferring)."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    swaps, restore = _deferred_swaps(hdul) if defer else ({}, list)
+    swaps, restore = _deferred_swaps(hdul) if defer else ({}, _nothing)
     try:
         with os.fdopen(fd, "wb") as fh:
             out = _HashingWriter(fh, swaps)
@@ -277,6 +277,10 @@ def _write_temp(hdul: fits.HDUList, tmp: Path, name: str, *, sync: bool, defer: 
     finally:
         restore()
     return out.hexdigest()
+
+
+def _nothing() -> None:
+    """No HDU to give its array back (`_write_temp` without deferred planes)."""
 
 
 def _deferred_swaps(hdul: fits.HDUList) -> tuple[dict[int, tuple[int, int]], Callable[[], None]]:
