@@ -355,7 +355,12 @@ def calibrate(
     Returns
     -------
     numpy.ndarray
-        float32, ADU. Computed in float64.
+        float32, ADU. Computed in float32 when every input is exactly a float32 (a raw frame of
+        integers up to 16 bits or of float32, float32 masters: the cameras' and ccdwatch's own), each
+        operation rounded once, as Siril computes; otherwise (32-bit integers, float64) in float64,
+        rounded once at the end. The two differ by a few float32 units in the last place (~1e-7 of
+        the values), far below any frame's noise; float32 is ~3x faster (a 2k light: ~3 against
+        ~9 ms).
     """
     raw = np.asarray(raw)
     if raw.ndim != 2:
@@ -372,14 +377,11 @@ def calibrate(
         raise ValueError(f"dark_scale must be finite, got {dark_scale}")
     if bias is None and dark is None and flat is None and (raw.dtype.kind == "f" or raw.dtype.itemsize <= 4):
         return raw.astype(np.float32)  # nothing to subtract (a bias): rounded once, as through float64
-    one = bias if dark is None else dark if bias is None and dark_scale == 1.0 else None
-    if flat is None and one is not None and _exact_in_float32(raw) and one.dtype == np.float32:
-        # one float32 subtraction (a dark's or a flat's inputs on the bias): IEEE rounds the exact
-        # difference once, and float64 (53 >= 2 x 24 + 2 bits) then float32 rounds it to the same
-        # value, so these are the bytes of the float64 path below, several times faster
-        out = raw.astype(np.float32)
-        out -= one
-        return out
+    if _exact_in_float32(raw) and all(m is None or m.dtype == np.float32 for m in (bias, dark, flat)):
+        # one float32 subtraction alone (a dark's or a flat's inputs on the bias) has the bytes of the
+        # float64 path: IEEE rounds the exact difference once, and float64 (53 >= 2 x 24 + 2 bits)
+        # then float32 rounds it to the same value
+        return _calibrate_float32(raw, bias, dark, dark_scale, flat)
     out = np.empty(raw.shape, dtype=np.float32)  # a new array: the inputs are never modified
     # float64 arithmetic in row blocks of ~4 MB: the same values as whole-frame float64, without
     # whole-frame float64 temporaries (faster, and far less memory on large frames). The blocks
@@ -409,6 +411,36 @@ def calibrate(
             block[~((f > 0) & np.isfinite(f))] = np.nan
         out[rows] = block
     return out
+
+
+def _calibrate_float32(raw: np.ndarray, bias: np.ndarray | None, dark: np.ndarray | None, dark_scale: float,
+                       flat: np.ndarray | None) -> np.ndarray:
+    """`calibrate` in float32 arithmetic, for inputs that are all float32 exactly."""
+    out = raw.astype(np.float32)  # exact; a new array: the inputs are never modified
+    if bias is not None:
+        out -= bias
+    if dark is not None and dark_scale == 1.0:
+        out -= dark
+    elif dark is not None:  # the scaled dark in row blocks (~1 MB): no frame-sized temporary
+        step = max(1, (1 << 18) // max(1, raw.shape[1]))
+        buf = np.empty((min(step, raw.shape[0]), raw.shape[1]), dtype=np.float32)
+        scale = np.float32(dark_scale)
+        for y0 in range(0, raw.shape[0], step):
+            rows = slice(y0, y0 + step)
+            scaled = np.multiply(dark[rows], scale, out=buf[: len(out[rows])])
+            out[rows] -= scaled
+    if flat is not None:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            out /= flat
+        if not _inside(flat, 0.0, np.inf):  # two reductions: most flats have no such pixel
+            out[~((flat > 0) & np.isfinite(flat))] = np.nan
+    return out
+
+
+def _inside(a: np.ndarray, low: float, high: float) -> bool:
+    """Whether every value of ``a`` lies strictly between ``low`` and ``high`` (False for any NaN:
+    the minimum is NaN then)."""
+    return a.size == 0 or bool(low < a.min() and a.max() < high)
 
 
 def _exact_in_float32(a: np.ndarray) -> bool:
