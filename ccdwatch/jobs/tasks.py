@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import logging
+import math
 import os
 import resource
 import tempfile
@@ -288,10 +289,25 @@ def saturation_level(raw: np.ndarray, configured: float | None) -> float:
     NaN and infinite pixels (a float raw frame) are no ceiling."""
     if configured:
         return float(configured)
-    top = float(np.max(raw, initial=-np.inf, where=np.isfinite(raw))) if raw.dtype.kind == "f" else float(raw.max())
-    if top > 1000 and np.count_nonzero(raw == top) >= 5:  # pixels piled up at a ceiling
+    ceiling = np.max(raw, initial=-np.inf, where=np.isfinite(raw)) if raw.dtype.kind == "f" else raw.max()
+    top = float(ceiling)
+    # compared in the raw's own type (a Python float would cast every pixel to float64 first)
+    if top > 1000 and np.count_nonzero(raw == ceiling) >= 5:  # pixels piled up at a ceiling
         return top
     return 65535.0 if raw.dtype.kind in "ui" else float("inf")
+
+
+def _at_or_above(raw: np.ndarray, level: float) -> np.ndarray:
+    """``raw >= level``, compared in an integer raw's own type: the level's ceiling (a Python float
+    would cast every pixel to float64 first), and no comparison at all beyond the type's range."""
+    if raw.dtype.kind not in "ui" or not math.isfinite(level):
+        return np.asarray(raw >= level)
+    info = np.iinfo(raw.dtype)
+    if level > info.max:
+        return np.zeros(raw.shape, dtype=bool)
+    if level <= info.min:
+        return np.ones(raw.shape, dtype=bool)
+    return np.asarray(raw >= raw.dtype.type(math.ceil(level)))
 
 
 def _pixel_masks(raw: np.ndarray, data: np.ndarray, saturation: float,
@@ -299,7 +315,7 @@ def _pixel_masks(raw: np.ndarray, data: np.ndarray, saturation: float,
     """The pixels the quality measurement ignores (saturated in the raw frame, hot, or not
     finite), their saturated fraction, and how many raw pixels were NaN or infinite (set to
     NaN in ``data``, in place)."""
-    saturated = raw >= saturation
+    saturated = _at_or_above(raw, saturation)
     nonfinite = 0
     if raw.dtype.kind == "f":
         bad = ~np.isfinite(raw)
