@@ -356,7 +356,7 @@ def _sky_level(
     sky_pixels = ~(sources_on_grid | bad[grid] | saturated[grid])
     if np.count_nonzero(sky_pixels) < 100:  # crowded or tiny frame: use sep's global values
         return float(bkg.globalback), float(bkg.globalrms)
-    sky, _ = calib.robust_stats(img_on_grid[sky_pixels])
+    sky = calib.robust_median(img_on_grid[sky_pixels])  # its spread is not needed: the median alone
     _, sky_noise = calib.robust_stats(sub[grid][sky_pixels])
     return float(sky), float(sky_noise)
 
