@@ -150,6 +150,9 @@ def main(manifest_path: str, workdir: str) -> None:
     calibrated: dict[int, tuple[np.ndarray, qa.Sources]] = {}
     measure.read_through([light["path"] for light in lights])  # cached, as each timed tool finds them
     for i, light in enumerate(lights):
+        # a new file, as the daemon writes a light (`write_product` syncs a path that exists: a previous
+        # run's file here made this step ~63 ms instead of ~21)
+        (work / f"cal_{i}.fits").unlink(missing_ok=True)
         with clk("light: total"):
             with clk("light: read raw"):
                 raw = read_raw(light["path"]).data
