@@ -150,8 +150,7 @@ def main(manifest_path: str, workdir: str) -> None:
     calibrated: dict[int, tuple[np.ndarray, qa.Sources]] = {}
     measure.read_through([light["path"] for light in lights])  # cached, as each timed tool finds them
     for i, light in enumerate(lights):
-        # a new file, as the daemon writes a light (`write_product` syncs a path that exists: a previous
-        # run's file here made this step ~63 ms instead of ~21)
+        # a new file, as the daemon writes a light (`write_product` syncs a path that exists)
         (work / f"cal_{i}.fits").unlink(missing_ok=True)
         with clk("light: total"):
             with clk("light: read raw"):
@@ -168,6 +167,10 @@ def main(manifest_path: str, workdir: str) -> None:
                 write_product(work / f"cal_{i}.fits", fits.HDUList([fits.PrimaryHDU(data), table,
                                                                      fits.ImageHDU(hot.astype(np.uint8), name="BADPIX")]),
                               sync=False)  # as the watch daemon writes its lights (and the job above)
+        # removed at once: on this VM a write into pages the guest has not used for a while costs ~2 ms
+        # a MB more, and 16 products kept here after the 2 x 16 above made this step ~63 ms a light
+        # (21 ms on the 8-light night), against a bound timed on pages its previous round freed
+        (work / f"cal_{i}.fits").unlink()
         calibrated[i] = (data, sources)
 
     acc_cw, acc_aa = [], []
