@@ -114,27 +114,32 @@ def light_sigma(raw: np.ndarray, calibrated: np.ndarray, *, gain: float, read_no
     const_f, inv_gain = np.float32(const), np.float32(1.0 / gain)
     out = np.empty((ny, nx), dtype=np.float32)
     step = max(1, (1 << 18) // max(1, nx))  # row blocks of ~1 MB: the temporaries stay in the cache
+    tmp = np.empty((min(step, ny), nx), dtype=np.float32)
     for y0 in range(0, ny, step):
         rows = slice(y0, y0 + step)
         var = out[rows]  # computed in place in the output's rows (the same float32 steps)
+        part = tmp[: len(var)]
         np.copyto(var, raw[rows], casting="unsafe")
         if bias is not None:
             var -= bias[rows]
         elif dark is not None:
-            var -= dark[rows] * np.float32(s)
+            var -= np.multiply(dark[rows], np.float32(s), out=part)
         np.maximum(var, 0.0, out=var)
         var *= inv_gain
         var += const_f
+        done = calibrated[rows]
         if flat is not None:
             f = flat[rows]
             with np.errstate(divide="ignore", invalid="ignore"):
-                var /= f * f
+                var /= np.multiply(f, f, out=part)
             if flat_noise > 0:
-                var += np.square(calibrated[rows] * np.float32(flat_noise))
+                np.multiply(done, np.float32(flat_noise), out=part)
+                var += np.square(part, out=part)
         np.sqrt(var, out=var)
         if scale != 1.0:
             var *= np.float32(scale)
-        var[np.isnan(calibrated[rows])] = np.nan
+        if np.isnan(done.min(initial=0.0)):  # one reduction first: most rows hold no NaN
+            var[np.isnan(done)] = np.nan
     return out
 
 
