@@ -716,6 +716,7 @@ def test_float_planes_are_swapped_as_they_are_hashed_into_astropys_bytes(tmp_pat
     product is written again the plain way, to the same bytes."""
     from ccdwatch.fitsio import atomic
 
+    monkeypatch.setattr(atomic, "_SLICE", 256 << 10)  # planes of several slices, whatever the default
     data, sigma = _planes()
     small = np.arange(12, dtype=np.float32).reshape(3, 4)  # below a slice: astropy's own swap
     strided = np.asfortranarray(data)  # not C-contiguous: astropy's own swap
