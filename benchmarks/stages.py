@@ -58,6 +58,22 @@ def _rms(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((pred - true) ** 2, axis=1))))
 
 
+def _time_bound(clk: Clock, raw_path: str, offset: np.ndarray, flat: np.ndarray, hot: np.ndarray, makers: list,
+                outs: dict[str, Path]) -> None:
+    """The numpy bound on one light, right after its job: the faster of its two ways to write
+    (`bounds.WRITERS`), each timed in turn, which first alternating from light to light. The job let
+    the raw's cached pages go (its last read in the daemon): the bound, like the job, starts with it
+    cached."""
+    times = {}
+    first = len(clk.t.get("light: numpy bound (same planes), interleaved", [])) % 2
+    for writer in bounds.WRITERS[first:] + bounds.WRITERS[:first]:
+        measure.read_through([raw_path])
+        with clk(f"light: numpy bound, {writer} write"):
+            bounds.light_bound(raw_path, offset, flat, hot, makers, outs[writer], writer)
+        times[writer] = clk.t[f"light: numpy bound, {writer} write"][-1]
+    clk.t.setdefault("light: numpy bound (same planes), interleaved", []).append(min(times.values()))
+
+
 def main(manifest_path: str, workdir: str) -> None:
     cv2.setNumThreads(1)  # as the pool's workers (`ccdwatch.jobs.pool`): the parallelism is the pool's
     m = json.loads(Path(manifest_path).read_text())
@@ -142,18 +158,7 @@ def main(manifest_path: str, workdir: str) -> None:
             with clk("light: calibrate_light job (read+calibrate+QA+write)"):
                 jobs.calibrate_light(spec)
             makers = makers or bounds.plane_makers(spec.out_path)
-            # the bound: the faster of its two ways to write (`bounds.WRITERS`), each timed here in
-            # turn, first one then the other; the job let the raw's cached pages go (its last read in
-            # the daemon): the bound, like the job, starts with it cached
-            times = {}
-            first = len(clk.t["light: calibrate_light job (read+calibrate+QA+write)"]) % 2  # alternating
-            for writer in bounds.WRITERS[first:] + bounds.WRITERS[:first]:
-                measure.read_through([light["path"]])
-                with clk(f"light: numpy bound, {writer} write"):
-                    bounds.light_bound(light["path"], offset, flats[light["filter"]], hot, makers,
-                                       bound_outs[writer], writer)
-                times[writer] = clk.t[f"light: numpy bound, {writer} write"][-1]
-            clk.t.setdefault("light: numpy bound (same planes), interleaved", []).append(min(times.values()))
+            _time_bound(clk, light["path"], offset, flats[light["filter"]], hot, makers, bound_outs)
 
     calibrated: dict[int, tuple[np.ndarray, qa.Sources]] = {}
     measure.read_through([light["path"] for light in lights])  # cached, as each timed tool finds them
