@@ -181,6 +181,30 @@ def test_calibrate_equals_the_reference_formula(night):
     assert np.max(np.abs(out - ref)) < 1e-3
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0 / 3.0])
+def test_calibrate_in_float32_stays_within_a_few_ulps_of_float64(scale):
+    """16-bit raws and float32 masters are calibrated in float32: each of its (at most four) roundings
+    is half a unit in the last place of a value no larger than the inputs, so the result stays within
+    2 ulps of the inputs' magnitude of the float64 formula; a flat's bad pixels give NaN as before."""
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 65536, (96, 128)).astype(">u2")
+    bias = (1000.0 + rng.normal(0.0, 3.0, raw.shape)).astype(np.float32)
+    dark = rng.gamma(2.0, 40.0, raw.shape).astype(np.float32)
+    flat = rng.uniform(0.3, 1.2, raw.shape).astype(np.float32)
+    flat[0, :4] = [0.0, -1.0, np.nan, np.inf]
+    out = calibrate(raw, bias=bias, dark=dark, dark_scale=scale, flat=flat)
+    r, b, d, f = (a.astype(np.float64) for a in (raw, bias, dark, flat))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref = (r - b - d * scale) / f
+        bound = 2.0 * 2.0**-23 * (np.abs(r) + np.abs(b) + np.abs(d * scale)) / f
+    assert out.dtype == np.float32
+    assert np.isnan(out[0, :4]).all()
+    good = np.ones(raw.shape, dtype=bool)
+    good[0, :4] = False
+    assert np.all(np.abs(out[good] - ref[good]) <= bound[good])
+    assert not np.array_equal(out[good], ref[good].astype(np.float32))  # float32 arithmetic, not float64
+
+
 @pytest.mark.parametrize("raw_dtype", [">u2", "<i2", "u1", ">f4"])
 @pytest.mark.parametrize("master", ["bias", "dark"])
 def test_calibrate_on_one_master_is_the_float64_difference_rounded_once(raw_dtype, master):

@@ -278,6 +278,21 @@ def test_cmos_values_shifted_into_16_bits_are_detected_and_set_saturation(tmp_pa
     assert saturation(ctx, frame) == 60000.0  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.int32, np.float32])
+def test_saturated_map_is_the_comparison_with_the_level_in_any_raw_type(dtype):
+    """The light job compares an integer raw with its saturation in the raw's own type (the level's
+    ceiling; nothing beyond the type's range): the same map as ``raw >= level`` in float64."""
+    from ccdwatch.jobs.tasks import _at_or_above, saturation_level
+
+    rng = np.random.default_rng(3)
+    raw = rng.integers(-200 if np.dtype(dtype).kind != "u" else 0, 251, (40, 50)).astype(dtype)
+    for level in (-1e9, -200.5, -3.0, 0.0, 0.5, 10.2, 249.0, 249.9, 255.0, 65535.0, 1e12, np.inf, -np.inf, np.nan):
+        assert np.array_equal(_at_or_above(raw, level), raw.astype(np.float64) >= level), (dtype, level)
+    piled = rng.integers(1000, 4000, (40, 50)).astype(dtype if np.dtype(dtype).itemsize > 1 else np.uint16)
+    piled.flat[:7] = 4095  # a 12-bit ceiling where pixels pile up
+    assert saturation_level(piled, None) == 4095.0
+
+
 @pytest.mark.parametrize("cards, seconds", [
     ({"EXPTIME": "3,5 s"}, 3.5),       # a number in a string, decimal comma, unit
     ({"EXPTIME": "6,4E-05"}, 6.4e-5),
