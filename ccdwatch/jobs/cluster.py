@@ -157,8 +157,10 @@ class ClusterWorkers:
     def run(self, fn: Callable[[Any], Any], spec: Any, *, timeout: float | None) -> Any:
         return self.map(fn, [spec], timeout=timeout)[0].result()
 
-    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None) -> list[Future]:
+    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None,
+            on_result: Callable[[int, Future], None] | None = None) -> list[Future]:
         """Run ``fn`` on every spec on the cluster; each returned future is done (result or exception).
+        ``on_result`` (`ccdwatch.jobs.pool.JobRunner.map`) is called for each once all are done.
 
         The time limit is per job: the batch may take ``timeout`` x (its rounds over the
         cluster's threads). Jobs cut off by a lost scheduler run again on the local workers.
@@ -166,7 +168,7 @@ class ClusterWorkers:
         specs = list(specs)
         client = self._connect()
         if client is None or not specs:
-            return self.local.map(fn, specs, timeout=timeout)
+            return self.local.map(fn, specs, timeout=timeout, on_result=on_result)
         futures = [client.submit(fn, spec, pure=False) for spec in specs]
         deadline = None if timeout is None else time.monotonic() + timeout * math.ceil(len(specs) / self.processes)
         self._wait(client, futures, deadline)
@@ -177,6 +179,10 @@ class ClusterWorkers:
                            self.address, len(lost), fn.__name__)
             for i, fut in zip(lost, self.local.map(fn, [specs[i] for i in lost], timeout=timeout), strict=True):
                 results[i] = fut
+        if on_result is not None:
+            for i, fut in enumerate(results):
+                if fut is not None:
+                    on_result(i, fut)
         return [r for r in results if r is not None]
 
     def _wait(self, client: Any, futures: Sequence[Any], deadline: float | None) -> None:

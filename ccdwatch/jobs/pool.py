@@ -57,7 +57,13 @@ class JobRunner(Protocol):
 
     def run(self, fn: Callable[[Any], Any], spec: Any, *, timeout: float | None) -> Any: ...
 
-    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None) -> list[Future]: ...
+    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None,
+            on_result: Callable[[int, Future], None] | None = None) -> list[Future]:
+        """Run ``fn`` on every spec; each returned future is done (result or exception).
+        ``on_result(i, future)``, if given, is called in this thread once job ``i`` is done, in
+        whatever order they finish (as soon as each is, where the runner can tell), so that the
+        caller's work on one result overlaps the jobs still running; it must not raise."""
+        ...
 
     def close(self) -> None: ...
 
@@ -314,17 +320,27 @@ class Workers:
     def run(self, fn: Callable[[Any], Any], spec: Any, *, timeout: float | None) -> Any:
         return self.map(fn, [spec], timeout=timeout)[0].result()
 
-    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None) -> list[Future]:
+    def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None,
+            on_result: Callable[[int, Future], None] | None = None) -> list[Future]:
         """Run ``fn`` on every spec; each returned future is done (result or exception).
+        ``on_result`` as `JobRunner.map`: called as each job is done, while the others run.
 
         A job that overruns ``timeout`` or whose worker dies ends with :class:`WorkerFailure`.
         The pool is then rebuilt; the other unfinished jobs run again, one at a time, so that a
         poison job cannot take innocent ones down with it (a dead pool does not say who died).
         """
         specs = list(specs)
-        if self.processes <= 0:
-            return [_inline(fn, s) for s in specs]
         results: list[Future | None] = [None] * len(specs)
+
+        def settle(i: int, fut: Future) -> None:
+            results[i] = fut
+            if on_result is not None:
+                on_result(i, fut)
+
+        if self.processes <= 0:
+            for i, spec in enumerate(specs):
+                settle(i, _inline(fn, spec))
+            return [r for r in results if r is not None]
         queue = list(range(len(specs)))
         isolate = False
         refreshed: set[int] = set()  # jobs already run again on fresh workers (memory.WorkerFull)
@@ -335,36 +351,20 @@ class Workers:
             futs = self._submit(fn, specs, batch)
             full: list[int] = []
             for i in batch:
-                try:
-                    self._wait(futs[i], timeout)
-                    results[i] = futs[i]
+                fut, verdict = self._finished(fn, specs[i], futs[i], timeout, again=i in refreshed,
+                                              batch=len(batch))
+                if fut is not None:
+                    settle(i, fut)
+                if verdict == "full":
+                    full.append(i)
+                if verdict in ("done", "full"):
                     continue
-                except FutureTimeout:
-                    logger.error("%s on %s overran %g s: killing the workers", fn.__name__, _subject(specs[i]), timeout)
-                    results[i] = _failed(WorkerFailure(f"{fn.__name__} overran its time limit of {timeout:g} s"))
-                except BrokenProcessPool:
-                    if len(batch) > 1:
-                        isolate = True
-                        logger.warning("a worker died (crash, or over its memory limit) while %d %s jobs ran: "
-                                       "running the unfinished ones one at a time", len(batch), fn.__name__)
-                    else:
-                        logger.error("the worker died during %s on %s", fn.__name__, _subject(specs[i]))
-                        results[i] = _failed(WorkerFailure(
-                            f"the worker died (crash, or over its memory limit) during {fn.__name__}"))
-                except memory.WorkerFull:
-                    if i in refreshed:  # even fresh workers were too full: the job's own error
-                        results[i] = futs[i]
-                    else:
-                        full.append(i)
-                    continue
-                except Exception:  # noqa: BLE001 - the job's own error, delivered through the future
-                    results[i] = futs[i]
-                    continue
+                isolate = isolate or verdict == "isolate"
                 # The pool is dead or hung: keep what finished, rerun the rest.
                 for j in batch:
                     f = futs[j]
                     if results[j] is None and f.done() and not f.cancelled() and f.exception() is None:
-                        results[j] = f
+                        settle(j, f)
                 self._reset()
                 queue = [j for j in batch if results[j] is None] + queue
                 break
@@ -376,6 +376,31 @@ class Workers:
                     self._reset()
                     queue = full + queue
         return [r for r in results if r is not None]
+
+    def _finished(self, fn: Callable[[Any], Any], spec: Any, fut: Future, timeout: float | None, *, again: bool,
+                  batch: int) -> tuple[Future | None, str]:
+        """Wait for one job of a batch: its final future (None if it is to run again) and what
+        follows: ``"done"``; ``"full"`` (memory.WorkerFull: to run again on fresh workers, unless it
+        already did, ``again``); or, the pool being dead or hung, ``"dead"``, or ``"isolate"`` when
+        a worker died with other jobs of the ``batch`` in flight (the unfinished ones then run one at a time)."""
+        try:
+            self._wait(fut, timeout)
+        except FutureTimeout:
+            logger.error("%s on %s overran %g s: killing the workers", fn.__name__, _subject(spec), timeout)
+            return _failed(WorkerFailure(f"{fn.__name__} overran its time limit of {timeout:g} s")), "dead"
+        except BrokenProcessPool:
+            if batch > 1:
+                logger.warning("a worker died (crash, or over its memory limit) while %d %s jobs ran: "
+                               "running the unfinished ones one at a time", batch, fn.__name__)
+                return None, "isolate"
+            logger.error("the worker died during %s on %s", fn.__name__, _subject(spec))
+            return _failed(WorkerFailure(
+                f"the worker died (crash, or over its memory limit) during {fn.__name__}")), "dead"
+        except memory.WorkerFull:  # even fresh workers too full (``again``): the job's own error
+            return (fut, "done") if again else (None, "full")
+        except Exception:  # noqa: BLE001 - the job's own error, delivered through the future
+            pass
+        return fut, "done"
 
     def _submit(self, fn: Callable[[Any], Any], specs: list[Any], batch: list[int]) -> dict[int, Future]:
         """Submit the ``batch`` of jobs; on fresh workers if one died while idle.
