@@ -102,8 +102,8 @@ def _median3x3(a: np.ndarray) -> np.ndarray:
     return np.median([padded[dy:dy + ny, dx:dx + nx] for dy in range(3) for dx in range(3)], axis=0)
 
 
-def _subtract_map(img: np.ndarray, level: np.ndarray, mesh_y: int, mesh_x: int) -> None:
-    """Subtract from ``img`` the bilinear map between mesh centres (at ``i * mesh + (mesh - 1) / 2``),
+def _subtract_map(img: np.ndarray, level: np.ndarray, mesh_y: int, mesh_x: int, out: np.ndarray) -> None:
+    """``out = img -`` the bilinear map between mesh centres (at ``i * mesh + (mesh - 1) / 2``),
     constant beyond the outer centres, one band of rows at a time (no frame-sized map is held)."""
     ny, nx = img.shape
     my, mx = level.shape
@@ -117,9 +117,10 @@ def _subtract_map(img: np.ndarray, level: np.ndarray, mesh_y: int, mesh_x: int) 
         band = level[i0] * (np.float32(1.0) - w) + level[i1] * w  # (rows, mx): interpolated in y
         # in x by OpenCV (same half-pixel convention, the rows' count unchanged: no interpolation in y)
         back = cv2.resize(band, (width, band.shape[0]), interpolation=cv2.INTER_LINEAR)
-        img[y0:y0 + band.shape[0], :width] -= back
+        rows = slice(y0, y0 + band.shape[0])
+        np.subtract(img[rows, :width], back, out=out[rows, :width])
         if nx > width:  # the strip past the last whole mesh continues the edge
-            img[y0:y0 + band.shape[0], width:] -= back[:, -1:]
+            np.subtract(img[rows, width:], back[:, -1:], out=out[rows, width:])
 
 
 def background_levels(
@@ -151,12 +152,14 @@ def background_levels(
     return level.astype(np.float32), Background(globalback=float(np.median(level)), globalrms=float(np.median(rms)))
 
 
-def subtract_map(img: np.ndarray, level: np.ndarray, mesh: int) -> None:
-    """Subtract from the float32 ``img`` in place the bilinear map of the mesh ``level``s (meshes of
-    ``mesh`` px, or the frame's size where that is smaller): `background_levels` of ``img`` or of
-    ``img`` binned by a factor ``f`` with meshes of ``mesh // f`` px (their centres coincide)."""
+def subtract_map(img: np.ndarray, level: np.ndarray, mesh: int, *, out: np.ndarray | None = None) -> None:
+    """Subtract from the float32 ``img`` in place (or into ``out``, of its shape and type, ``img``
+    left as it is: one pass instead of a copy and a subtraction) the bilinear map of the mesh
+    ``level``s (meshes of ``mesh`` px, or the frame's size where that is smaller):
+    `background_levels` of ``img`` or of ``img`` binned by a factor ``f`` with meshes of
+    ``mesh // f`` px (their centres coincide)."""
     ny, nx = img.shape
-    _subtract_map(img, level, min(mesh, ny), min(mesh, nx))
+    _subtract_map(img, level, min(mesh, ny), min(mesh, nx), img if out is None else out)
 
 
 def subtract_background(img: np.ndarray, ignore: np.ndarray) -> Background:

@@ -251,19 +251,23 @@ def _windowed_centroids(
     return np.where(converged, xw, x), np.where(converged, yw, y)
 
 
-def _valid_pixels(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _valid_pixels(data: np.ndarray, mask: np.ndarray | None, *, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A float32 copy of ``data`` with the pixels to ignore set to 0, and the map of those pixels
-    (not finite, or True in ``mask``)."""
+    (not finite, or True in ``mask``). ``copy=False``: ``data`` itself as float32 (converted only if
+    it is not), left as it is: a frame detected on its binned image is copied as its background is
+    subtracted (`_detect_binned`)."""
     if np.ndim(data) != 2:
         raise ValueError(f"expected a 2-D image, got shape {np.shape(data)}")
-    img = np.array(data, dtype=np.float32, order="C", copy=True)
+    img = np.array(data, dtype=np.float32, order="C", copy=True) if copy else \
+        np.asarray(data, dtype=np.float32, order="C")
     bad = ~np.isfinite(img)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != img.shape:
             raise ValueError(f"mask shape {mask.shape} differs from image shape {img.shape}")
         bad |= mask
-    img[bad] = 0.0
+    if copy:
+        img[bad] = 0.0
     return img, bad
 
 
@@ -277,20 +281,29 @@ def _saturated_pixels(
     return saturated, float(np.count_nonzero(saturated)) / n_valid
 
 
+def _binned_detection(shape: tuple[int, ...]) -> bool:
+    """Whether a frame of ``shape`` is detected on its 2 x 2-binned image (`_detect_binned`)."""
+    return len(shape) == 2 and min(shape) >= _BINNED_MIN_SIZE
+
+
 def _detect(
     img: np.ndarray, bad: np.ndarray, saturated: np.ndarray, detect_sigma: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, Background | sep.Background, tuple[slice, slice], np.ndarray]:
-    """Subtract the background map from ``img`` in place (bad pixels stay 0) and detect its sources.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Background | sep.Background, tuple[slice, slice], np.ndarray,
+           np.ndarray]:
+    """Subtract the background map from ``img`` (bad pixels 0) and detect its sources.
 
     Returns the objects (sep's), which of them own a saturated pixel, the map of the sources
     (grown by ``_SKY_MASK_GROW``) on the sky's grid, the background (its global level and rms),
-    that regular subgrid of about ``_SKY_SAMPLES`` pixels, and ``img`` on it before the subtraction.
+    that regular subgrid of about ``_SKY_SAMPLES`` pixels, ``img`` on it before the subtraction,
+    and the subtracted image: ``img`` itself, subtracted in place (`_valid_pixels`' copy), or for
+    a frame detected on its binned image a new one, ``img`` (the caller's frame) left as it is.
     """
     step = max(1, math.isqrt(img.size // _SKY_SAMPLES))
     grid = (slice(step // 2, None, step), slice(step // 2, None, step))
-    img_on_grid = img[grid].copy()  # for the sky level: img becomes the subtracted image next
-    if min(img.shape) >= _BINNED_MIN_SIZE:
-        return (*_detect_binned(img, bad, saturated, detect_sigma, grid), grid, img_on_grid)
+    img_on_grid = img[grid].copy()  # for the sky level: before the subtraction
+    if _binned_detection(img.shape):
+        objects, owners, sources, bkg, sub = _detect_binned(img, bad, saturated, detect_sigma, grid)
+        return objects, owners, sources, bkg, grid, img_on_grid, sub
     # background map (64 px meshes) with saturated pixels kept out of the estimate
     bkg: Background | sep.Background
     if min(img.shape) >= _SUBSAMPLE_MIN_MESHES * MESH:
@@ -305,14 +318,18 @@ def _detect(
     # the faintest sources pass, FWHM agrees to 1 %, and all 18 frames still align.
     objects, segmap = _run_sep_extract(img, detect_sigma, err=float(bkg.globalrms), mask=bad)
     sources = _grow((segmap > 0).view(np.uint8), _SKY_MASK_GROW)[grid] > 0
-    return objects, _saturated_owners(segmap, saturated, objects.size), sources, bkg, grid, img_on_grid
+    return objects, _saturated_owners(segmap, saturated, objects.size), sources, bkg, grid, img_on_grid, img
 
 
 def _detect_binned(
     img: np.ndarray, bad: np.ndarray, saturated: np.ndarray, detect_sigma: float, grid: tuple[slice, slice]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, Background]:
-    """`_detect` on the 2 x 2-binned frame (`ccdwatch.qa.binned`); ``img`` is background-subtracted
-    in place as there.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Background, np.ndarray]:
+    """`_detect` on the 2 x 2-binned frame (`ccdwatch.qa.binned`); the background-subtracted frame
+    (``bad`` pixels 0) is a new array, the last value returned: ``img`` is the caller's frame,
+    whatever its ``bad`` pixels hold (NaN, a hot pixel's value), and is not changed. A binned pixel
+    holding a bad one sets no background level and is 0 before sep sees it, as in `_detect`, so
+    those values change nothing; the subtraction writes the copy (one pass where a copy with the
+    bad pixels zeroed, then a subtraction in place, took two; 2026-12-01).
 
     The background levels come from the binned frame (meshes of the same 64 full-resolution pixels,
     `_BINNED_STEP`) and are subtracted from both; sep extracts from the binned one against its own
@@ -325,19 +342,20 @@ def _detect_binned(
     small_bad = binned.block_any(bad) if any_bad else np.zeros(small.shape, dtype=bool)
     ignore = small_bad | binned.block_any(saturated) if saturated.any() else small_bad
     level, bkg = background_levels(small, ignore, mesh=MESH // 2, step=_BINNED_STEP)
-    subtract_map(img, level, MESH)
+    sub = np.empty_like(img)
+    subtract_map(img, level, MESH, out=sub)
     subtract_map(small, level, MESH // 2)
     if any_bad:
-        img[bad] = 0.0
+        sub[bad] = 0.0
         small[small_bad] = 0.0
     objects, segmap = _run_sep_extract(small, detect_sigma, err=float(bkg.globalrms), mask=small_bad,
                                        minarea=_BINNED_MINAREA)
     owners = binned.owners_of(segmap, saturated, objects.size)
     rms = 2.0 * bkg.globalrms
     # sep's isophote at full resolution: the 3 x 3-smoothed pixels above the threshold
-    objects, isophote = binned.to_full_resolution(objects, segmap, img, detect_sigma * rms)
-    sources = binned.grown_on_grid(isophote, grid, img.shape, _SKY_MASK_GROW)
-    return objects, owners, sources, Background(bkg.globalback, rms)
+    objects, isophote = binned.to_full_resolution(objects, segmap, sub, detect_sigma * rms)
+    sources = binned.grown_on_grid(isophote, grid, sub.shape, _SKY_MASK_GROW)
+    return objects, owners, sources, Background(bkg.globalback, rms), sub
 
 
 def _sky_level(
@@ -521,15 +539,15 @@ def measure(
     sources : Sources
         Star-like detections, brightest first, at most ``max_sources``.
     """
-    img, bad = _valid_pixels(data, mask)
+    img, bad = _valid_pixels(data, mask, copy=not _binned_detection(np.shape(data)))
     n_valid = int(img.size - np.count_nonzero(bad))
     if n_valid == 0:
         logger.warning("measure: no valid pixel in the frame")
         nan = float("nan")
         return FrameQuality(0, nan, nan, nan, nan, 0.0), Sources.empty()
     saturated, saturated_fraction = _saturated_pixels(img, bad, saturation, n_valid)
-    objects, is_saturated, sources_on_grid, bkg, grid, img_on_grid = _detect(img, bad, saturated, detect_sigma)
-    sub = img  # background-subtracted from here on
+    objects, is_saturated, sources_on_grid, bkg, grid, img_on_grid, sub = _detect(img, bad, saturated, detect_sigma)
+    del img  # the caller's frame, or the copy that is now ``sub``
     sky, sky_noise = _sky_level(sub, img_on_grid, grid, sources_on_grid, bad, saturated, bkg)
     if objects.size == 0:
         logger.debug("measure: no source above %.1f sigma", detect_sigma)
