@@ -60,9 +60,9 @@ class JobRunner(Protocol):
     def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None,
             on_result: Callable[[int, Future], None] | None = None) -> list[Future]:
         """Run ``fn`` on every spec; each returned future is done (result or exception).
-        ``on_result(i, future)``, if given, is called in this thread once job ``i`` is done, in
-        whatever order they finish (as soon as each is, where the runner can tell), so that the
-        caller's work on one result overlaps the jobs still running; it must not raise."""
+        ``on_result(i, future)``, if given, is called in this thread once job ``i`` is done (the local
+        workers: in order, each as soon as it and those before it are), so that the caller's work on
+        one result overlaps the jobs still running; it must not raise."""
         ...
 
     def close(self) -> None: ...

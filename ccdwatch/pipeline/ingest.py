@@ -241,7 +241,7 @@ class _Recording:
         self.outcomes = outcomes
         self.session = session
         self.lights: list[int] = []
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
 
     def add(self, i: int, path: Path, result: specs.IngestResult) -> None:
         if self.error is not None or self.session is None:
@@ -250,7 +250,7 @@ class _Recording:
         try:
             outcome = self.outcomes[i] = record(self.session, path, result, self.ingester.relpath(path),
                                                 fingerprint(ctx.cfg.classify), site=ctx.site)
-        except BaseException as exc:  # noqa: BLE001 - raised again by `raise_stored`
+        except Exception as exc:  # noqa: BLE001 - raised again by `raise_stored` (an interrupt goes at once)
             self.error = exc
             return
         if outcome.status == "ingested" and result.info.imagetyp is ImageType.LIGHT and outcome.frame_id is not None:

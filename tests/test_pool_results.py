@@ -1,0 +1,64 @@
+"""The workers hand each job's result to the caller as soon as the job ends (``on_result``), so that
+the daemon catalogues one parsed file while the workers parse the next ones."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ccdwatch.jobs.pool import WorkerFailure, Workers
+
+
+def _sleep_then_time(seconds: float) -> float:
+    time.sleep(seconds)
+    return time.time()
+
+
+def _die_on_minus_one(x: int) -> int:
+    if x == -1:
+        os._exit(3)
+    time.sleep(0.05)
+    return x * 10
+
+
+def test_each_result_is_handed_over_while_the_later_jobs_still_run():
+    workers = Workers(processes=2, memory_limit=0)
+    seen: list[tuple[int, float, bool]] = []
+    try:
+        futures = workers.map(_sleep_then_time, [0.05, 2.0, 0.05, 0.05], timeout=60,
+                              on_result=lambda i, fut: seen.append((i, time.time(), fut.done())))
+    finally:
+        workers.close()
+    assert [i for i, _, _ in seen] == [0, 1, 2, 3]  # each job once, in order
+    assert all(done for _, _, done in seen)
+    handed = {i: t for i, t, _ in seen}
+    slow_ended = futures[1].result()
+    # the first result reached the caller while the long job ran, not once the batch was over
+    assert handed[0] < slow_ended - 1.0
+    assert all(f.result() <= handed[i] + 0.01 for i, f in enumerate(futures))
+
+
+def test_a_worker_that_dies_still_hands_over_every_job_once():
+    workers = Workers(processes=2, memory_limit=0)
+    seen: dict[int, object] = {}
+
+    def take(i, fut):
+        assert i not in seen, f"job {i} handed over twice"
+        seen[i] = fut.exception() or fut.result()
+
+    try:
+        futures = workers.map(_die_on_minus_one, [1, 2, -1, 4, 5], timeout=60, on_result=take)
+    finally:
+        workers.close()
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert isinstance(seen[2], WorkerFailure)
+    assert [seen[i] for i in (0, 1, 3, 4)] == [10, 20, 40, 50]
+    assert [f.exception() or f.result() for f in futures] == [seen[i] for i in range(5)]
+
+
+def test_jobs_run_here_are_handed_over_in_order():
+    workers = Workers(processes=0, memory_limit=0)  # ``workers.processes = 0``: jobs run in the daemon
+    order: list[int] = []
+    futures = workers.map(_die_on_minus_one, [1, 2, 3], timeout=None, on_result=lambda i, fut: order.append(i))
+    assert order == [0, 1, 2]
+    assert [f.result() for f in futures] == [10, 20, 30]
