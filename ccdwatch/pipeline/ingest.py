@@ -98,6 +98,8 @@ class Ingester:
             limit = self.ctx.max_data_bytes + MAX_HEADER_BYTES
             threading.Thread(target=read_ahead, args=([s.path for s in planned], limit), name="read-ahead",
                              daemon=True).start()
+        if not todo:
+            return [o if o is not None else Outcome("error") for o in outcomes], []
         good: list[tuple[int, Path, specs.IngestResult]] = []
         failed: list[tuple[int, Path, os.stat_result, BaseException]] = []
         stream = _Recording(self, outcomes)
@@ -136,7 +138,7 @@ class Ingester:
     def _record(self, good: list[tuple[int, Path, specs.IngestResult]], outcomes: list[Outcome | None]) -> list[int]:
         """Catalogue the parsed files in one transaction; the new lights' ids. Another daemon that
         catalogued the same content a moment earlier (a unique sha256) costs one more try, no error."""
-        for attempt in range(2, 5):  # the first try was `ingest`'s, as the files were parsed
+        for attempt in range(2, 4):  # the first of the three tries was `ingest`'s, as the files were parsed
             try:
                 with self.ctx.catalog.session() as s:
                     stream = _Recording(self, outcomes, s)
@@ -145,12 +147,11 @@ class Ingester:
                     stream.raise_stored()
                 return stream.lights
             except IntegrityError as exc:
-                if attempt == 4:
+                if attempt == 3:
                     raise
                 logger.info("another writer catalogued one of these files first (%s); recording again",
                             str(exc.orig).splitlines()[0])
         return []
-
 
     def relpath(self, path: Path) -> str:
         """The path below the incoming directory ('/'-separated), else the file name."""
