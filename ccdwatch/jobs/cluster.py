@@ -180,9 +180,9 @@ class ClusterWorkers:
             for i, fut in zip(lost, self.local.map(fn, [specs[i] for i in lost], timeout=timeout), strict=True):
                 results[i] = fut
         if on_result is not None:
-            for i, fut in enumerate(results):
-                if fut is not None:
-                    on_result(i, fut)
+            for i, done in enumerate(results):
+                if done is not None:
+                    on_result(i, done)
         return [r for r in results if r is not None]
 
     def _wait(self, client: Any, futures: Sequence[Any], deadline: float | None) -> None:

@@ -124,15 +124,15 @@ class Ingester:
             logger.info("another writer catalogued one of these files first (%s); recording again",
                         str(exc.orig).splitlines()[0])
             lights = self._record(good, outcomes)
-        for i, path, st, exc in sorted(failed, key=lambda f: f[0]):
-            if isinstance(exc, RejectedFile):
-                outcomes[i] = self._rejected(path, st, exc, final=final)
-            elif isinstance(exc, FileNotFoundError):
+        for i, path, st, error in sorted(failed, key=lambda f: f[0]):
+            if isinstance(error, RejectedFile):
+                outcomes[i] = self._rejected(path, st, error, final=final)
+            elif isinstance(error, FileNotFoundError):
                 outcomes[i] = Outcome("gone")
-            elif isinstance(exc, Exception):  # a worker that died or hung, or an unexpected error: bounded retries
-                outcomes[i] = self._errored(path, st, exc)
+            elif isinstance(error, Exception):  # a worker that died or hung, or an unexpected error: bounded retries
+                outcomes[i] = self._errored(path, st, error)
             else:
-                raise exc
+                raise error
         return [o if o is not None else Outcome("error") for o in outcomes], lights
 
     def _record(self, good: list[tuple[int, Path, specs.IngestResult]], outcomes: list[Outcome | None]) -> list[int]:

@@ -302,8 +302,8 @@ def _detect(
     grid = (slice(step // 2, None, step), slice(step // 2, None, step))
     img_on_grid = img[grid].copy()  # for the sky level: before the subtraction
     if _binned_detection(img.shape):
-        objects, owners, sources, bkg, sub = _detect_binned(img, bad, saturated, detect_sigma, grid)
-        return objects, owners, sources, bkg, grid, img_on_grid, sub
+        objects, owners, sources, binned_bkg, sub = _detect_binned(img, bad, saturated, detect_sigma, grid)
+        return objects, owners, sources, binned_bkg, grid, img_on_grid, sub
     # background map (64 px meshes) with saturated pixels kept out of the estimate
     bkg: Background | sep.Background
     if min(img.shape) >= _SUBSAMPLE_MIN_MESHES * MESH:
