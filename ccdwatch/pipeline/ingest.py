@@ -98,32 +98,7 @@ class Ingester:
             limit = self.ctx.max_data_bytes + MAX_HEADER_BYTES
             threading.Thread(target=read_ahead, args=([s.path for s in planned], limit), name="read-ahead",
                              daemon=True).start()
-        if not todo:
-            return [o if o is not None else Outcome("error") for o in outcomes], []
-        good: list[tuple[int, Path, specs.IngestResult]] = []
-        failed: list[tuple[int, Path, os.stat_result, BaseException]] = []
-        stream = _Recording(self, outcomes)
-        try:
-            with self.ctx.catalog.session() as s:
-                stream.session = s
-
-                def take(k: int, fut: Future) -> None:  # as each file is parsed: recorded while the rest are
-                    i, path, st = todo[k]
-                    exc = fut.exception()
-                    if exc is not None:  # dealt with once the transaction is over (a quarantine has its own)
-                        failed.append((i, path, st, exc))
-                        return
-                    self._errors.pop(str(path), None)
-                    good.append((i, path, fut.result()))
-                    stream.add(*good[-1])
-
-                self.runner.workers.map(specs.INGEST, planned, timeout=cfg.workers.ingest_timeout, on_result=take)
-                stream.raise_stored()  # what recording raised: the transaction is rolled back
-            lights = stream.lights
-        except IntegrityError as exc:  # another writer catalogued one of these files first
-            logger.info("another writer catalogued one of these files first (%s); recording again",
-                        str(exc.orig).splitlines()[0])
-            lights = self._record(good, outcomes)
+        lights, failed = self._parse_and_record(todo, planned, outcomes) if todo else ([], [])
         for i, path, st, error in sorted(failed, key=lambda f: f[0]):
             if isinstance(error, RejectedFile):
                 outcomes[i] = self._rejected(path, st, error, final=final)
@@ -134,6 +109,37 @@ class Ingester:
             else:
                 raise error
         return [o if o is not None else Outcome("error") for o in outcomes], lights
+
+    def _parse_and_record(self, todo: list[tuple[int, Path, os.stat_result]], planned: list[specs.IngestSpec],
+                          outcomes: list[Outcome | None]) -> tuple[list[int], list[tuple[int, Path, os.stat_result,
+                                                                                       BaseException]]]:
+        """Parse ``planned`` on the workers and catalogue each good file as its job ends, in one
+        transaction (`_Recording`); the new lights' ids, and the files whose parsing failed (with
+        the error) for the caller to deal with once the transaction is over (a quarantine has its own)."""
+        good: list[tuple[int, Path, specs.IngestResult]] = []
+        failed: list[tuple[int, Path, os.stat_result, BaseException]] = []
+        try:
+            with self.ctx.catalog.session() as s:
+                stream = _Recording(self, outcomes, s)
+
+                def take(k: int, fut: Future) -> None:  # as each file is parsed: recorded while the rest are
+                    i, path, st = todo[k]
+                    exc = fut.exception()
+                    if exc is not None:
+                        failed.append((i, path, st, exc))
+                        return
+                    self._errors.pop(str(path), None)
+                    good.append((i, path, fut.result()))
+                    stream.add(*good[-1])
+
+                self.runner.workers.map(specs.INGEST, planned, timeout=self.ctx.cfg.workers.ingest_timeout,
+                                        on_result=take)
+                stream.raise_stored()  # what recording raised: the transaction is rolled back
+            return stream.lights, failed
+        except IntegrityError as exc:  # another writer catalogued one of these files first
+            logger.info("another writer catalogued one of these files first (%s); recording again",
+                        str(exc.orig).splitlines()[0])
+            return self._record(good, outcomes), failed
 
     def _record(self, good: list[tuple[int, Path, specs.IngestResult]], outcomes: list[Outcome | None]) -> list[int]:
         """Catalogue the parsed files in one transaction; the new lights' ids. Another daemon that
@@ -237,7 +243,7 @@ class _Recording:
     and is kept for `raise_stored` (the workers' callback must not raise); the new lights' ids
     in ``lights``."""
 
-    def __init__(self, ingester: Ingester, outcomes: list[Outcome | None], session: Session | None = None) -> None:
+    def __init__(self, ingester: Ingester, outcomes: list[Outcome | None], session: Session) -> None:
         self.ingester = ingester
         self.outcomes = outcomes
         self.session = session
@@ -245,7 +251,7 @@ class _Recording:
         self.error: Exception | None = None
 
     def add(self, i: int, path: Path, result: specs.IngestResult) -> None:
-        if self.error is not None or self.session is None:
+        if self.error is not None:
             return
         ctx = self.ingester.ctx
         try:
