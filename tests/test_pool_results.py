@@ -1,5 +1,6 @@
 """The workers hand each job's result to the caller as soon as the job ends (``on_result``), so that
-the daemon catalogues one parsed file while the workers parse the next ones."""
+the daemon catalogues one parsed file while the workers parse the next ones; the jobs a result makes
+possible (the lights a new master serves) join the same map."""
 
 from __future__ import annotations
 
@@ -62,3 +63,76 @@ def test_jobs_run_here_are_handed_over_in_order():
     futures = workers.map(_die_on_minus_one, [1, 2, 3], timeout=None, on_result=lambda i, fut: order.append(i))
     assert order == [0, 1, 2]
     assert [f.result() for f in futures] == [10, 20, 30]
+
+
+def _started_then_slept(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def test_jobs_a_result_makes_possible_run_in_the_same_map_beside_the_others():
+    """``on_result`` may return more jobs (the lights a new master serves): they are submitted at
+    once, so a worker that is done starts them while a long job of the map still runs."""
+    workers = Workers(processes=2, memory_limit=0)
+    seen: list[int] = []
+
+    def take(i, fut):
+        seen.append(i)
+        if i == 0:  # the quick first job's result: two more jobs, of another function
+            return [(_die_on_minus_one, 7), (_die_on_minus_one, 8)]
+        return None
+
+    try:
+        futures = workers.map(_started_then_slept, [0.05, 2.5], timeout=60, on_result=take)
+    finally:
+        workers.close()
+    assert seen == [0, 1, 2, 3]  # the added jobs are handed over too, after the map's own, in order
+    assert len(futures) == 4
+    assert [f.result() for f in futures[2:]] == [70, 80]
+
+
+def test_added_jobs_start_before_a_long_job_of_the_map_ends():
+    workers = Workers(processes=2, memory_limit=0)
+
+    def take(i, fut):
+        return [(_started_then_slept, 0.05)] if i == 0 else None
+
+    try:
+        futures = workers.map(_started_then_slept, [0.05, 2.5], timeout=60, on_result=take)
+    finally:
+        workers.close()
+    added_start = futures[2].result()[0]
+    long_end = futures[1].result()[1]
+    assert added_start < long_end - 1.5  # on the worker the first job freed, beside the long one
+
+
+def test_added_jobs_survive_a_worker_that_dies_and_run_once():
+    workers = Workers(processes=2, memory_limit=0)
+    seen: dict[int, object] = {}
+
+    def take(i, fut):
+        assert i not in seen, f"job {i} handed over twice"
+        seen[i] = fut.exception() or fut.result()
+        return [(_die_on_minus_one, 6)] if i == 0 else None
+
+    try:
+        workers.map(_die_on_minus_one, [1, 2, -1, 4], timeout=60, on_result=take)
+    finally:
+        workers.close()
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert isinstance(seen[2], WorkerFailure)
+    assert [seen[i] for i in (0, 1, 3, 4)] == [10, 20, 40, 60]
+
+
+def test_jobs_run_here_run_what_their_results_add_in_turn():
+    workers = Workers(processes=0, memory_limit=0)
+    order: list[int] = []
+
+    def take(i, fut):
+        order.append(i)
+        return [(_die_on_minus_one, fut.result() // 10 + 10)] if i < 2 else None
+
+    futures = workers.map(_die_on_minus_one, [1, 2], timeout=None, on_result=take)
+    assert order == [0, 1, 2, 3]
+    assert [f.result() for f in futures] == [10, 20, 110, 120]

@@ -20,6 +20,7 @@ cluster's workers; the daemon keeps every catalogue write. What the cluster adds
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ccdwatch.config import ConfigError
-from ccdwatch.jobs.pool import Stopping, WorkerFailure, Workers
+from ccdwatch.jobs.pool import Job, OnResult, Stopping, WorkerFailure, Workers
 
 logger = logging.getLogger(__name__)
 
@@ -158,32 +159,51 @@ class ClusterWorkers:
         return self.map(fn, [spec], timeout=timeout)[0].result()
 
     def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None,
-            on_result: Callable[[int, Future], None] | None = None) -> list[Future]:
+            on_result: OnResult | None = None) -> list[Future]:
         """Run ``fn`` on every spec on the cluster; each returned future is done (result or exception).
-        ``on_result`` (`ccdwatch.jobs.pool.JobRunner.map`) is called for each once all are done.
+        ``on_result`` (`ccdwatch.jobs.pool.JobRunner.map`) is called for each once all are done; the
+        jobs it returns run as the next round.
 
         The time limit is per job: the batch may take ``timeout`` x (its rounds over the
         cluster's threads). Jobs cut off by a lost scheduler run again on the local workers.
         """
-        specs = list(specs)
+        jobs: list[Job] = [(fn, spec) for spec in specs]
         client = self._connect()
-        if client is None or not specs:
-            return self.local.map(fn, specs, timeout=timeout, on_result=on_result)
-        futures = [client.submit(fn, spec, pure=False) for spec in specs]
-        deadline = None if timeout is None else time.monotonic() + timeout * math.ceil(len(specs) / self.processes)
+        if client is None or not jobs:
+            return self.local.map(fn, [spec for _, spec in jobs], timeout=timeout, on_result=on_result)
+        done: list[Future] = []
+        while len(done) < len(jobs):
+            first = len(done)
+            finished = self._round(client, jobs[first:], timeout)
+            done += finished
+            if on_result is not None:
+                for i, fut in enumerate(finished, start=first):
+                    jobs += on_result(i, fut) or []
+            client = self._connect() or client  # a lost scheduler: its next round runs locally
+        return done
+
+    def _round(self, client: Any, jobs: list[Job], timeout: float | None) -> list[Future]:
+        """One round of jobs on the cluster, those a lost scheduler cut off run again locally."""
+        if client.status != "running":
+            return self._locally(jobs, timeout)
+        futures = [client.submit(f, spec, pure=False) for f, spec in jobs]
+        deadline = None if timeout is None else time.monotonic() + timeout * math.ceil(len(jobs) / self.processes)
         self._wait(client, futures, deadline)
-        results: list[Future | None] = [self._outcome(fn, f) for f in futures]
+        results: list[Future | None] = [self._outcome(f, fut) for (f, _), fut in zip(jobs, futures, strict=True)]
         lost = [i for i, r in enumerate(results) if r is None]
         if lost:
             logger.warning("the Dask scheduler %s was lost with %d %s job(s) in flight: running them locally",
-                           self.address, len(lost), fn.__name__)
-            for i, fut in zip(lost, self.local.map(fn, [specs[i] for i in lost], timeout=timeout), strict=True):
+                           self.address, len(lost), "/".join(sorted({jobs[i][0].__name__ for i in lost})))
+            for i, fut in zip(lost, self._locally([jobs[i] for i in lost], timeout), strict=True):
                 results[i] = fut
-        if on_result is not None:
-            for i, done in enumerate(results):
-                if done is not None:
-                    on_result(i, done)
         return [r for r in results if r is not None]
+
+    def _locally(self, jobs: list[Job], timeout: float | None) -> list[Future]:
+        """``jobs`` on the local workers, each run of one function as one map (side by side)."""
+        out: list[Future] = []
+        for fn, run in itertools.groupby(jobs, key=lambda job: job[0]):
+            out += self.local.map(fn, [spec for _, spec in run], timeout=timeout)
+        return out
 
     def _wait(self, client: Any, futures: Sequence[Any], deadline: float | None) -> None:
         """Wait in short slices (the daemon's heartbeat and stop requests go on); at the deadline

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -44,6 +44,12 @@ DEFAULT_TRIM = 128 << 10
 SERVER_START_LIMIT = 120.0
 
 
+#: A job: its function and the spec it is called with.
+Job = tuple[Callable[[Any], Any], Any]
+#: `JobRunner.map`'s callback: job ``i``'s finished future -> the jobs it makes possible (or None).
+OnResult = Callable[[int, Future], "Sequence[Job] | None"]
+
+
 class JobRunner(Protocol):
     """What the pipeline needs of its workers, local or on a cluster."""
 
@@ -58,11 +64,14 @@ class JobRunner(Protocol):
     def run(self, fn: Callable[[Any], Any], spec: Any, *, timeout: float | None) -> Any: ...
 
     def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None,
-            on_result: Callable[[int, Future], None] | None = None) -> list[Future]:
+            on_result: OnResult | None = None) -> list[Future]:
         """Run ``fn`` on every spec; each returned future is done (result or exception).
         ``on_result(i, future)``, if given, is called in this thread once job ``i`` is done (the local
         workers: in order, each as soon as it and those before it are), so that the caller's work on
-        one result overlaps the jobs still running; it must not raise."""
+        one result overlaps the jobs still running; it must not raise. It may return more jobs
+        (``(fn, spec)`` pairs) that this result made possible: they join this map after the others
+        (job ``i`` of the map: the specs, then these in the order they came), their futures are
+        returned too and ``on_result`` is called for them as well."""
         ...
 
     def close(self) -> None: ...
@@ -321,68 +330,79 @@ class Workers:
         return self.map(fn, [spec], timeout=timeout)[0].result()
 
     def map(self, fn: Callable[[Any], Any], specs: Iterable[Any], *, timeout: float | None,
-            on_result: Callable[[int, Future], None] | None = None) -> list[Future]:
+            on_result: OnResult | None = None) -> list[Future]:
         """Run ``fn`` on every spec; each returned future is done (result or exception).
-        ``on_result`` as `JobRunner.map`: called as each job is done, while the others run.
+        ``on_result`` as `JobRunner.map`: called as each job is done, while the others run; the
+        jobs it returns are submitted at once, behind those already queued.
 
         A job that overruns ``timeout`` or whose worker dies ends with :class:`WorkerFailure`.
         The pool is then rebuilt; the other unfinished jobs run again, one at a time, so that a
         poison job cannot take innocent ones down with it (a dead pool does not say who died).
         """
-        specs = list(specs)
-        results: list[Future | None] = [None] * len(specs)
+        jobs: list[Job] = [(fn, spec) for spec in specs]
+        results: list[Future | None] = [None] * len(jobs)
 
-        def settle(i: int, fut: Future) -> None:
+        def settle(i: int, fut: Future) -> list[int]:
+            """Job ``i``'s final future; the indices of the jobs its result added."""
             results[i] = fut
-            if on_result is not None:
-                on_result(i, fut)
+            more = on_result(i, fut) if on_result is not None else None
+            if not more:
+                return []
+            jobs.extend(more)
+            results.extend([None] * len(more))
+            return list(range(len(jobs) - len(more), len(jobs)))
 
         if self.processes <= 0:
-            for i, spec in enumerate(specs):
-                settle(i, _inline(fn, spec))
+            for i, (job_fn, spec) in enumerate(jobs):  # the jobs a result adds are run in turn
+                settle(i, _inline(job_fn, spec))
             return [r for r in results if r is not None]
-        queue = list(range(len(specs)))
+        queue = list(range(len(jobs)))
         isolate = False
         refreshed: set[int] = set()  # jobs already run again on fresh workers (memory.WorkerFull)
         while queue:
             batch = queue[:1] if isolate else queue
             queue = queue[len(batch):]
             self._wait_for_server()
-            futs = self._submit(fn, specs, batch)
+            futs = self._submit(jobs, batch)
             full: list[int] = []
-            for i in batch:
-                fut, verdict = self._finished(fn, specs[i], futs[i], timeout, again=i in refreshed,
-                                              batch=len(batch))
-                if fut is not None:
-                    settle(i, fut)
+            for i in batch:  # grows with the jobs that results add, submitted as they come
+                fut, verdict = self._finished(jobs[i], futs[i], timeout, again=i in refreshed, batch=len(batch))
+                added = settle(i, fut) if fut is not None else []
+                if added and isolate:
+                    queue += added
+                elif added:
+                    futs.update(self._submit(jobs, added))
+                    batch += added
                 if verdict == "full":
                     full.append(i)
                 if verdict in ("done", "full"):
                     continue
                 isolate = isolate or verdict == "isolate"
                 # The pool is dead or hung: keep what finished, rerun the rest.
-                for j in batch:
+                for j in list(batch):
                     f = futs[j]
                     if results[j] is None and f.done() and not f.cancelled() and f.exception() is None:
-                        settle(j, f)
+                        batch += settle(j, f)  # not submitted: they run again below with the rest
                 self._reset()
                 queue = [j for j in batch if results[j] is None] + queue
                 break
             else:
                 if full:  # freed memory kept by the workers' heaps: fresh workers, no try counted
                     logger.info("%d %s job(s) need more memory than their worker has left after earlier jobs: "
-                                "starting fresh workers (%s)", len(full), fn.__name__, futs[full[0]].exception())
+                                "starting fresh workers (%s)", len(full), jobs[full[0]][0].__name__,
+                                futs[full[0]].exception())
                     refreshed.update(full)
                     self._reset()
                     queue = full + queue
         return [r for r in results if r is not None]
 
-    def _finished(self, fn: Callable[[Any], Any], spec: Any, fut: Future, timeout: float | None, *, again: bool,
+    def _finished(self, job: Job, fut: Future, timeout: float | None, *, again: bool,
                   batch: int) -> tuple[Future | None, str]:
         """Wait for one job of a batch: its final future (None if it is to run again) and what
         follows: ``"done"``; ``"full"`` (memory.WorkerFull: to run again on fresh workers, unless it
         already did, ``again``); or, the pool being dead or hung, ``"dead"``, or ``"isolate"`` when
         a worker died with other jobs of the ``batch`` in flight (the unfinished ones then run one at a time)."""
+        fn, spec = job
         try:
             self._wait(fut, timeout)
         except FutureTimeout:
@@ -402,19 +422,19 @@ class Workers:
             pass
         return fut, "done"
 
-    def _submit(self, fn: Callable[[Any], Any], specs: list[Any], batch: list[int]) -> dict[int, Future]:
+    def _submit(self, jobs: list[Job], batch: list[int]) -> dict[int, Future]:
         """Submit the ``batch`` of jobs; on fresh workers if one died while idle.
 
         A worker killed between jobs (the OOM killer, an operator's kill) breaks the pool with no
         job in flight, and ``submit`` itself then raises: no job of this batch is to blame, so
         the pool is replaced and the batch submitted again (not counted as a failure of any job)."""
         try:
-            return {i: self._executor().submit(fn, specs[i]) for i in batch}
+            return {i: self._executor().submit(jobs[i][0], jobs[i][1]) for i in batch}
         except BrokenProcessPool:
             logger.warning("a worker died between jobs (killed, or over its memory limit): starting fresh workers")
             self._reset()
             self._wait_for_server()
-            return {i: self._executor().submit(fn, specs[i]) for i in batch}
+            return {i: self._executor().submit(jobs[i][0], jobs[i][1]) for i in batch}
 
     def _wait_for_server(self) -> None:
         """Wait until the fork server has done its imports (`forkserver.ready`), looking at a
