@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from ccdwatch import synth
 from ccdwatch.catalog import Catalog, utcnow
 from ccdwatch.jobs import tasks
-from ccdwatch.models import Calibrated, Frame, FrameState
+from ccdwatch.models import Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline import Pipeline, calibrate
 
 from .conftest import make_config
@@ -178,3 +178,93 @@ def test_jobs_of_a_last_incomplete_round_share_the_idle_workers():
     assert threads(3, 4) == [1, 1, 1]  # 4 // 3
     assert threads(5, 4) == [1, 1, 1, 1, 4]
     assert threads(2, 1) == [1, 1]
+
+
+def test_lights_are_planned_as_the_last_masters_come_once_each_and_get_the_nights_masters(tmp_path, planned,
+                                                                                          monkeypatch):
+    """The last rank of masters (a dark and two flats: the flats need no dark of theirs) hands
+    over the lights its masters complete as each is committed (`calibrate.EarlyLights`): none
+    while the dark is still to come, those of a filter once its flat is in, the rest at the last
+    master. Every light is planned once in the tick and calibrated once, with its own filter's
+    flat of the night and the night's dark."""
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=4, n_bias=3, n_dark=3, n_flat=3, filters=("V", "R"),
+                     n_light=4, light_exptime=300.0, dark_exptime=300.0, flat_exptime=3.0, n_stars=20)
+    handed: list[tuple[str, str | None, list[str]]] = []
+    real_call = calibrate.EarlyLights.__call__
+
+    def spying(self, plan, master_id):
+        stage = real_call(self, plan, master_id)
+        with Catalog(cfg.paths.database) as cat, cat.reader() as s:
+            filters = sorted(s.get(Frame, p.frame_id).filter for p in (stage.plans if stage else []))
+        handed.append((plan.kind, plan.filter, filters))
+        return stage
+
+    monkeypatch.setattr(calibrate.EarlyLights, "__call__", spying)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        pipe.handle_many(sorted(Path(cfg.paths.incoming).glob("*.fits")))
+        planned.clear()
+        pipe.tick(final=True)
+        assert [(kind, flt) for kind, flt, _ in handed] == [("dark", None), ("flat", "R"), ("flat", "V")] or \
+            [(kind, flt) for kind, flt, _ in handed] == [("dark", None), ("flat", "V"), ("flat", "R")]
+        first_flat, last_flat = handed[1][1], handed[2][1]
+        assert handed[0][2] == []  # the dark: both flats still to come hold every light
+        assert handed[1][2] == [first_flat] * 4  # the lights of the first flat's filter, the others held
+        assert handed[2][2] == [last_flat] * 4  # the rest, at the rank's last master
+        with cat.reader() as s:
+            lights = s.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
+            assert sorted(planned) == sorted(f.id for f in lights)  # each once in the tick
+            rows = s.scalars(select(Calibrated)).all()
+            assert sorted(r.frame_id for r in rows) == sorted(f.id for f in lights)  # each calibrated once
+            for row in rows:
+                frame = s.get(Frame, row.frame_id)
+                flat, dark = s.get(Master, row.flat_id), s.get(Master, row.dark_id)
+                assert flat is not None and flat.filter == frame.filter and flat.night == frame.night
+                assert dark is not None and dark.exptime == 300.0 and row.bias_id is not None
+                assert not row.partial
+
+
+def test_a_master_still_to_come_holds_the_lights_it_could_serve():
+    """Before the rank's last master, a bias or dark still to come holds every light; nothing is
+    even looked up (the context is never touched)."""
+    from types import SimpleNamespace
+
+    plans = [SimpleNamespace(kind="flat", filter="R"), SimpleNamespace(kind="dark", filter=None),
+             SimpleNamespace(kind="flat", filter="V")]
+    early = calibrate.EarlyLights(None, plans, [1], final=False)  # type: ignore[arg-type]
+    assert early(plans[0], 2) is None
+    assert early.built == [1, 2] and early.planned == [] and early.covered == set()
+
+
+def test_a_commit_that_fails_stops_the_recording_and_the_rest_are_planned_again(tmp_path, monkeypatch):
+    """Results are committed as their jobs end (`Runner.run_stage`); an error of the catalogue
+    while committing one stops the recording: raised once the jobs already running are over,
+    what was committed before it stays, and the lights not recorded are planned again."""
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=5, n_bias=3, n_dark=3, n_flat=3, filters=("V",),
+                     n_light=4, light_exptime=300.0, dark_exptime=300.0, flat_exptime=3.0, n_stars=20)
+    real_commit = calibrate.commit
+    calls: list[int] = []
+
+    def failing_second(ctx, plan, result):
+        calls.append(plan.frame_id)
+        if len(calls) == 2:
+            raise RuntimeError("the catalogue refused it")
+        return real_commit(ctx, plan, result)
+
+    monkeypatch.setattr(calibrate, "commit", failing_second)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        pipe.handle_many(sorted(Path(cfg.paths.incoming).glob("*.fits")))
+        with pytest.raises(RuntimeError, match="refused"):
+            pipe.tick(final=True)
+        assert len(calls) == 2  # nothing recorded after the error
+        with cat.reader() as s:
+            assert [r.frame_id for r in s.scalars(select(Calibrated))] == [calls[0]]
+        monkeypatch.setattr(calibrate, "commit", real_commit)
+        pipe.tick(final=True)
+        with cat.reader() as s:
+            rows = s.scalars(select(Calibrated)).all()
+            lights = s.scalars(select(Frame.id).where(Frame.imagetyp == "light")).all()
+            assert sorted(r.frame_id for r in rows) == sorted(lights)  # each once, the first not again
+            assert s.scalar(select(func.count()).select_from(Frame).where(Frame.state == FrameState.WAITING)) == 0
+

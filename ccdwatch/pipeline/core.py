@@ -165,9 +165,13 @@ class Pipeline:
         if not self.maybe_resume():
             return
         with self._pause_on_full_catalogue():
-            built = self.build_masters(final=final)
+            built, early = self._build_masters(final=final)
             if self.paused is None:
                 lights, full = self.waiting.due(built, final=final)
+                if early is not None:  # planned once a tick: what failed is tried at the next one
+                    covered = early.covered
+                    lights = [i for i in lights if i not in covered]
+                    self.waiting.planned(early.failed, [])
                 if lights:
                     self.calibrate(lights, final=final)
                 if (full or lights) and self.paused is None:
@@ -208,16 +212,28 @@ class Pipeline:
     def build_masters(self, *, final: bool = False) -> list[int]:
         """Build (or rebuild as a new version) every master whose frames have settled: bias
         first, then darks (on the bias), then flats (on both; beside the darks when they need
-        none of them, `masters.build_ranks`); one rank's masters in parallel."""
+        none of them, `masters.build_ranks`); one rank's masters in parallel. The lights whose
+        masters all exist are calibrated as the last rank's masters are committed
+        (`calibrate.EarlyLights`). The masters built, by id."""
+        return self._build_masters(final=final)[0]
+
+    def _build_masters(self, *, final: bool = False) -> tuple[list[int], calibrate.EarlyLights | None]:
+        """`build_masters`, and the lights it calibrated early (None: no rank was built)."""
+        ranks = masters.build_ranks(self.ctx, masters.candidates(self.ctx))
+        last = max((r for r, groups in enumerate(ranks) if groups), default=-1)
         built: list[int] = []
-        for groups in masters.build_ranks(self.ctx, masters.candidates(self.ctx)):
+        early = None
+        for rank, groups in enumerate(ranks):
             plans = masters.plan_due(self.ctx, groups, final=final)
             if plans:
+                early = calibrate.EarlyLights(self.ctx, plans, built, final=final) if rank == last else None
+                # a last round's idle workers: threads for its masters, unless lights will follow on them
+                share = early is None or len(plans) < self.runner.workers.processes
                 built += self.runner.run(specs.BUILD_MASTER, plans, lambda p, r: masters.commit(self.ctx, p, r),
-                                         fault_point="master-written", share_cores=True)
+                                         fault_point="master-written", share_cores=share, then=early)
             if self.paused is not None:
                 break
-        return built
+        return built, early
 
     def calibrate(self, frame_ids: Sequence[int], *, final: bool = False) -> int:
         """Calibrate the lights whose masters exist (or policy allows partial); the number written."""

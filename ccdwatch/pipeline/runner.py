@@ -13,8 +13,10 @@ import dataclasses
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
@@ -56,6 +58,22 @@ P = TypeVar("P", bound=Plan)
 R = TypeVar("R")
 
 
+@dataclass
+class Stage(Generic[P, R]):
+    """Jobs of one kind for the workers: the job, its plans, how a result is committed (in plan
+    order) and, optionally, ``then``: once a result is committed, the stage it makes possible at
+    once, whose jobs join the same pass over the workers behind those queued (the lights whose
+    masters now all exist, while the last masters are still being built). ``committed`` holds
+    what was committed."""
+
+    job: Callable[[Any], Any]
+    plans: list[P]
+    commit: Callable[[P, Any], R]
+    fault_point: str
+    then: Callable[[P, R], Stage | None] | None = None
+    committed: list[R] = field(default_factory=list)
+
+
 class Runner:
     """The workers, the pause on a full disk, and failure counting."""
 
@@ -72,43 +90,86 @@ class Runner:
 
     # ------------------------------------------------------------------ running
     def run(self, job: Callable[[Any], Any], plans: Sequence[P], commit: Callable[[P, Any], R], *,
-            fault_point: str, share_cores: bool = False) -> list[R]:
-        """Run ``job`` on every plan's spec on the workers; commit each result in plan order.
+            fault_point: str, share_cores: bool = False,
+            then: Callable[[P, R], Stage | None] | None = None) -> list[R]:
+        """Run ``job`` on every plan's spec on the workers; commit each result in plan order (`Stage`).
 
         ``share_cores``: when there are fewer jobs than workers (one master of a rank, one group
         to stack), each job gets the idle workers' share of cores as threads; so do the jobs of a
         last round that does not fill the workers (`_share_cores`).
         """
-        if not plans:
-            return []
-        specs = [p.spec for p in plans]
+        stage = Stage(job, list(plans), commit, fault_point, then)
+        return self.run_stage(stage, share_cores=share_cores)
+
+    def run_stage(self, stage: Stage, *, share_cores: bool = False) -> list:
+        """Run ``stage`` (and the stages its results make possible) in one pass over the workers.
+
+        Each result is committed as soon as it and those before it are done, while the other jobs
+        run (committing a stage's results after its last job left both cores idle ~0.1 s at each
+        stage of a night). A full disk pauses the pipeline; a raw file gone is no fault of the
+        job; any other failure of a job is counted against the frames its plan names. An error
+        of the commit itself (the catalogue) stops the recording: it is raised once the jobs
+        already running have ended, and the results not recorded are planned again at the
+        next tick. Returns what ``stage`` committed (a follow-up stage's are in its own
+        ``committed``)."""
+        entries: list[tuple[Stage, Any]] = []  # job i of the pass: its stage and plan
+        first = self._queue(stage, entries, share_cores=share_cores)
+        if not first:
+            return stage.committed
+        stored: list[Exception] = []
+
+        def take(i: int, fut: Future) -> list[pool.Job] | None:
+            if stored:  # the catalogue failed: nothing more is recorded in this pass
+                return None
+            owner, plan = entries[i]
+            try:
+                follow = self._settle(owner, plan, fut)
+                return [(follow.job, spec) for spec in self._queue(follow, entries)] if follow is not None else None
+            except Exception as exc:  # noqa: BLE001 - raised once the workers are done (an interrupt goes at once)
+                stored.append(exc)
+                return None
+
+        self.workers.map(stage.job, first, timeout=self.ctx.cfg.workers.job_timeout, on_result=take)
+        if stored:
+            raise stored[0]
+        return stage.committed
+
+    def _queue(self, stage: Stage, entries: list[tuple[Stage, Any]], *, share_cores: bool = False) -> list[Any]:
+        """The specs of ``stage``'s plans that fit the workers' memory (`_fit_memory`), with their
+        threads (``share_cores``); their plans are appended to ``entries``."""
+        specs = [p.spec for p in stage.plans]
         if share_cores:
             specs = self._share_cores(specs)
-        plans, specs = self._fit_memory(plans, specs)
-        futures = self.workers.map(job, specs, timeout=self.ctx.cfg.workers.job_timeout)
-        committed: list[R] = []
-        for plan, fut in zip(plans, futures, strict=True):
-            try:
-                result = fut.result()
-            except DiskFull as exc:
-                self.pause(exc)
-                self.note(plan.charged, f"paused: disk full ({exc})")
-                continue
-            except RawGone as exc:  # no fault of the job's other inputs: nobody is charged
-                self.missing(exc.sha256, f"{plan.subject}: {exc.detail}")
-                continue
-            except Exception as exc:
-                message = f"{plan.subject} failed: {_reason(exc)}"
-                logger.error("%s", message)
-                self.charge(plan.charged, message)
-                continue
-            faults.point(fault_point, plan.spec.out_path)
-            try:
-                committed.append(commit(plan, result))
-            except IntegrityError as exc:  # another planner committed the same version first
-                logger.warning("%s: another writer committed it first (%s); planned again at the next tick",
-                               plan.subject, _first_line(exc))
-        return committed
+        plans, specs = self._fit_memory(stage.plans, specs)
+        entries += [(stage, p) for p in plans]
+        return specs
+
+    def _settle(self, stage: Stage, plan: Any, fut: Future) -> Stage | None:
+        """One finished job: its result committed (or its failure dealt with); the stage its
+        result makes possible, if any (``stage.then``)."""
+        try:
+            result = fut.result()
+        except DiskFull as exc:
+            self.pause(exc)
+            self.note(plan.charged, f"paused: disk full ({exc})")
+            return None
+        except RawGone as exc:  # no fault of the job's other inputs: nobody is charged
+            self.missing(exc.sha256, f"{plan.subject}: {exc.detail}")
+            return None
+        except Exception as exc:
+            message = f"{plan.subject} failed: {_reason(exc)}"
+            logger.error("%s", message)
+            self.charge(plan.charged, message)
+            return None
+        faults.point(stage.fault_point, plan.spec.out_path)
+        try:
+            committed = stage.commit(plan, result)
+        except IntegrityError as exc:  # another planner committed the same version first
+            logger.warning("%s: another writer committed it first (%s); planned again at the next tick",
+                           plan.subject, _first_line(exc))
+            return None
+        stage.committed.append(committed)
+        return stage.then(plan, committed) if stage.then is not None and self.paused is None else None
 
     def run_side_jobs(self, fn: Callable[[Any], Any], specs: list[Any]) -> list[Any]:
         """Run side jobs (the report's pictures) on the workers: each one's result, or the
