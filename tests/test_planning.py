@@ -268,3 +268,17 @@ def test_a_commit_that_fails_stops_the_recording_and_the_rest_are_planned_again(
             assert sorted(r.frame_id for r in rows) == sorted(lights)  # each once, the first not again
             assert s.scalar(select(func.count()).select_from(Frame).where(Frame.state == FrameState.WAITING)) == 0
 
+
+def test_a_catch_up_plans_its_lights_once_when_it_finishes(tmp_path, planned):
+    """``watch --once`` ingests with ``final``: the new lights are left to `finish`, which plans
+    every waiting light (planning them between the batches of ingest left the workers idle and
+    planned them twice)."""
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    paths = [write(cfg.paths.incoming, "light", i) for i in range(6)]
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        pipe.handle_many(paths[:3], final=True)
+        pipe.handle_many(paths[3:], final=True)
+        assert planned == []
+        pipe.finish()
+        assert sorted(planned) == sorted(reasons(cat))
+        assert len(planned) == 6 and all("bias" in r for r in reasons(cat).values())

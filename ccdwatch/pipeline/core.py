@@ -140,12 +140,17 @@ class Pipeline:
     def handle_many(self, paths: Sequence[str | os.PathLike[str]], *, final: bool = False) -> list[Outcome]:
         """Ingest a batch of paths; calibrate the new lights whose masters exist.
 
+        ``final``: the files of a night caught up (``watch --once``), which `finish` ends by
+        planning every waiting light: the new lights are left to it, planned once (a catch-up of
+        41 files planned its 16 lights, all waiting for masters, between its two batches of
+        ingest: 0.1 s with the workers idle, and again at the end).
+
         A catalogue that cannot be written (disk full) pauses the pipeline: every path of the
         batch comes back ``paused``, to be offered again once space returns.
         """
         waiting = self.waiting
         try:
-            untouched = waiting.seen is not None and waiting.signature() == waiting.seen
+            untouched = not final and waiting.seen is not None and waiting.signature() == waiting.seen
             outcomes, lights = self.ingester.ingest(paths, final=final)
         except Exception as exc:
             if not self._pause_for(exc):
@@ -153,7 +158,7 @@ class Pipeline:
             return [Outcome("paused", detail=self.paused or "") for _ in paths]
         # new lights, and known content seen again (a light back from 'missing' waits again)
         todo = lights + [o.frame_id for o in outcomes if o.status == "duplicate" and o.frame_id is not None]
-        if todo:
+        if todo and not final:
             with self._pause_on_full_catalogue():
                 self.calibrate(todo, final=final)
                 if untouched:  # every change to the waiting lights since the last pass was ours
