@@ -136,3 +136,23 @@ def test_jobs_run_here_run_what_their_results_add_in_turn():
     futures = workers.map(_die_on_minus_one, [1, 2], timeout=None, on_result=take)
     assert order == [0, 1, 2, 3]
     assert [f.result() for f in futures] == [10, 20, 110, 120]
+
+
+def test_jobs_added_after_a_worker_died_run_side_by_side_once_the_suspects_are_done():
+    """A dead pool's unfinished jobs run one at a time, to find the one that kills; the jobs their
+    results add are no suspects: they run side by side again afterwards."""
+    workers = Workers(processes=2, memory_limit=0)
+    seen: dict[int, object] = {}
+
+    def take(i, fut):
+        seen[i] = fut.exception() or fut.result()
+        return [(_started_then_slept, 0.8), (_started_then_slept, 0.8)] if i == 1 else None
+
+    try:
+        futures = workers.map(_die_on_minus_one, [-1, 2, 3], timeout=60, on_result=take)
+    finally:
+        workers.close()
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert isinstance(seen[0], WorkerFailure) and (seen[1], seen[2]) == (20, 30)
+    (start_a, end_a), (start_b, end_b) = futures[3].result(), futures[4].result()
+    assert start_b < end_a and start_a < end_b  # side by side, not one after the other

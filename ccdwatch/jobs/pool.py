@@ -358,8 +358,11 @@ class Workers:
             return [r for r in results if r is not None]
         queue = list(range(len(jobs)))
         isolate = False
+        later: list[int] = []  # jobs added while the suspects of a dead pool run one at a time
         refreshed: set[int] = set()  # jobs already run again on fresh workers (memory.WorkerFull)
-        while queue:
+        while queue or later:
+            if not queue:  # the suspects are done: what their results added runs side by side again
+                queue, later, isolate = later, [], False
             batch = queue[:1] if isolate else queue
             queue = queue[len(batch):]
             self._wait_for_server()
@@ -369,7 +372,7 @@ class Workers:
                 fut, verdict = self._finished(jobs[i], futs[i], timeout, again=i in refreshed, batch=len(batch))
                 added = settle(i, fut) if fut is not None else []
                 if added and isolate:
-                    queue += added
+                    later += added
                 elif added:
                     futs.update(self._submit(jobs, added))
                     batch += added
@@ -382,7 +385,7 @@ class Workers:
                 for j in list(batch):
                     f = futs[j]
                     if results[j] is None and f.done() and not f.cancelled() and f.exception() is None:
-                        batch += settle(j, f)  # not submitted: they run again below with the rest
+                        later += settle(j, f)  # no suspects: they never ran
                 self._reset()
                 queue = [j for j in batch if results[j] is None] + queue
                 break
