@@ -282,3 +282,26 @@ def test_a_catch_up_plans_its_lights_once_when_it_finishes(tmp_path, planned):
         pipe.finish()
         assert sorted(planned) == sorted(reasons(cat))
         assert len(planned) == 6 and all("bias" in r for r in reasons(cat).values())
+
+
+def test_a_light_no_master_of_the_last_rank_serves_is_planned_at_most_twice(tmp_path, planned):
+    """Lights in a filter without flats, on a night whose last rank holds a dark and two flats:
+    found incomplete once (after the dark), left alone at the next flat, planned as the tick would at
+    the rank's last master; the other lights once each."""
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=7, n_bias=3, n_dark=3, n_flat=3, filters=("V", "R"),
+                     n_light=2, light_exptime=300.0, dark_exptime=300.0, flat_exptime=3.0, n_stars=20)
+    for i in range(3):
+        data = synth.quantise(synth.expose(CAMERA, kind="light", exptime=300.0, rng=np.random.default_rng(50 + i)))
+        hdr = synth.frame_header(CAMERA, kind="light", exptime=300.0, date_obs=START + timedelta(seconds=20 * i),
+                                 filter="Ha", object="M51")
+        synth.write_fits(Path(cfg.paths.incoming) / f"ha_{i:04d}.fits", data, hdr)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        pipe.handle_many(sorted(Path(cfg.paths.incoming).glob("*.fits")), final=True)
+        pipe.tick(final=True)
+        with cat.reader() as s:
+            by_filter = {f.id: f.filter for f in s.scalars(select(Frame).where(Frame.imagetyp == "light"))}
+    counts = {fid: planned.count(fid) for fid in by_filter}
+    assert sorted(by_filter.values()) == ["Ha"] * 3 + ["R"] * 2 + ["V"] * 2
+    assert all(counts[fid] == 1 for fid, flt in by_filter.items() if flt != "Ha")
+    assert all(counts[fid] == 2 for fid, flt in by_filter.items() if flt == "Ha")

@@ -162,7 +162,8 @@ class EarlyLights:
     master still to come that could serve a light holds it (any bias or dark, a flat of its
     filter), so that it gets the masters it would get after the rank. At the rank's last master,
     every light left is planned as the tick would plan it (`plan_many`, ``final``; a wait is
-    recorded). Their jobs join the pass behind those queued: a worker whose master is done
+    recorded): a light is planned at most twice in the tick (once found incomplete, once at
+    the last master). Their jobs join the pass behind those queued: a worker whose master is done
     calibrates at once, rather than wait for the rank's last master and then for the lights
     planned before it (the scaled night: a dark and two flats on two workers left one idle
     ~1 s). The tick plans none of `covered` again (once a tick; `failed`: at the next one).
@@ -174,6 +175,7 @@ class EarlyLights:
         self.built = list(built)  # masters committed in this tick so far
         self.final = final
         self.examined: set[int] = set()  # planned as the tick would (at the rank's last master)
+        self.unserved: set[int] = set()  # not held, not complete either: left for the rank's last master
         self.stages: list[Stage] = []
 
     def __call__(self, plan: Any, master_id: int) -> Stage | None:
@@ -181,8 +183,8 @@ class EarlyLights:
         later = self.plans[next(k for k, p in enumerate(self.plans) if p is plan) + 1:]
         if any(p.kind != "flat" for p in later):
             return None
-        planned = set(self.planned)
-        ids = [i for i in pending(self.ctx, self.built) if i not in planned]
+        skip = set(self.planned) | (self.unserved if later else set())
+        ids = [i for i in pending(self.ctx, self.built) if i not in skip]
         if later:
             lights = self._complete(ids, held={(p.filter or "").lower() for p in later})
         else:
@@ -204,6 +206,8 @@ class EarlyLights:
                 if (frame.filter or "").lower() not in held:
                     plan = plan_calibration(self.ctx, s, masters, frame.id, final=False, complete=True)
                     lights += [plan] if plan is not None else []
+                    if plan is None:  # no master still to come serves it: not looked at again until the last
+                        self.unserved.add(frame.id)
         return lights
 
     @property
