@@ -71,10 +71,18 @@ def _started_then_slept(seconds: float) -> tuple[float, float]:
     return start, time.time()
 
 
+def _mapped(fn, specs, take):
+    """``specs`` through ``fn`` on two fresh workers, ``take`` as the map's ``on_result``."""
+    workers = Workers(processes=2, memory_limit=0)
+    try:
+        return workers.map(fn, specs, timeout=60, on_result=take)
+    finally:
+        workers.close()
+
+
 def test_jobs_a_result_makes_possible_run_in_the_same_map_beside_the_others():
     """``on_result`` may return more jobs (the lights a new master serves): they are submitted at
     once, so a worker that is done starts them while a long job of the map still runs."""
-    workers = Workers(processes=2, memory_limit=0)
     seen: list[int] = []
 
     def take(i, fut):
@@ -83,32 +91,21 @@ def test_jobs_a_result_makes_possible_run_in_the_same_map_beside_the_others():
             return [(_die_on_minus_one, 7), (_die_on_minus_one, 8)]
         return None
 
-    try:
-        futures = workers.map(_started_then_slept, [0.05, 2.5], timeout=60, on_result=take)
-    finally:
-        workers.close()
+    futures = _mapped(_started_then_slept, [0.05, 2.5], take)
     assert seen == [0, 1, 2, 3]  # the added jobs are handed over too, after the map's own, in order
     assert len(futures) == 4
     assert [f.result() for f in futures[2:]] == [70, 80]
 
 
 def test_added_jobs_start_before_a_long_job_of_the_map_ends():
-    workers = Workers(processes=2, memory_limit=0)
-
-    def take(i, fut):
-        return [(_started_then_slept, 0.05)] if i == 0 else None
-
-    try:
-        futures = workers.map(_started_then_slept, [0.05, 2.5], timeout=60, on_result=take)
-    finally:
-        workers.close()
+    futures = _mapped(_started_then_slept, [0.05, 2.5],
+                      lambda i, fut: [(_started_then_slept, 0.05)] if i == 0 else None)
     added_start = futures[2].result()[0]
     long_end = futures[1].result()[1]
     assert added_start < long_end - 1.5  # on the worker the first job freed, beside the long one
 
 
 def test_added_jobs_survive_a_worker_that_dies_and_run_once():
-    workers = Workers(processes=2, memory_limit=0)
     seen: dict[int, object] = {}
 
     def take(i, fut):
@@ -116,10 +113,7 @@ def test_added_jobs_survive_a_worker_that_dies_and_run_once():
         seen[i] = fut.exception() or fut.result()
         return [(_die_on_minus_one, 6)] if i == 0 else None
 
-    try:
-        workers.map(_die_on_minus_one, [1, 2, -1, 4], timeout=60, on_result=take)
-    finally:
-        workers.close()
+    _mapped(_die_on_minus_one, [1, 2, -1, 4], take)
     assert sorted(seen) == [0, 1, 2, 3, 4]
     assert isinstance(seen[2], WorkerFailure)
     assert [seen[i] for i in (0, 1, 3, 4)] == [10, 20, 40, 60]
@@ -141,17 +135,13 @@ def test_jobs_run_here_run_what_their_results_add_in_turn():
 def test_jobs_added_after_a_worker_died_run_side_by_side_once_the_suspects_are_done():
     """A dead pool's unfinished jobs run one at a time, to find the one that kills; the jobs their
     results add are no suspects: they run side by side again afterwards."""
-    workers = Workers(processes=2, memory_limit=0)
     seen: dict[int, object] = {}
 
     def take(i, fut):
         seen[i] = fut.exception() or fut.result()
         return [(_started_then_slept, 0.8), (_started_then_slept, 0.8)] if i == 1 else None
 
-    try:
-        futures = workers.map(_die_on_minus_one, [-1, 2, 3], timeout=60, on_result=take)
-    finally:
-        workers.close()
+    futures = _mapped(_die_on_minus_one, [-1, 2, 3], take)
     assert sorted(seen) == [0, 1, 2, 3, 4]
     assert isinstance(seen[0], WorkerFailure) and (seen[1], seen[2]) == (20, 30)
     (start_a, end_a), (start_b, end_b) = futures[3].result(), futures[4].result()
