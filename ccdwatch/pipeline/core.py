@@ -170,7 +170,7 @@ class Pipeline:
         if not self.maybe_resume():
             return
         with self._pause_on_full_catalogue():
-            built, early = self._build_masters(final=final)
+            built, early = self.build_masters(final=final)
             if self.paused is None:
                 lights, full = self.waiting.due(built, final=final)
                 if early is not None:  # planned once a tick: what failed is tried at the next one
@@ -214,16 +214,13 @@ class Pipeline:
         self.tick(final=True)
 
     # ------------------------------------------------------------------ one stage each
-    def build_masters(self, *, final: bool = False) -> list[int]:
+    def build_masters(self, *, final: bool = False) -> tuple[list[int], calibrate.EarlyLights | None]:
         """Build (or rebuild as a new version) every master whose frames have settled: bias
         first, then darks (on the bias), then flats (on both; beside the darks when they need
         none of them, `masters.build_ranks`); one rank's masters in parallel. The lights whose
         masters all exist are calibrated as the last rank's masters are committed
-        (`calibrate.EarlyLights`). The masters built, by id."""
-        return self._build_masters(final=final)[0]
-
-    def _build_masters(self, *, final: bool = False) -> tuple[list[int], calibrate.EarlyLights | None]:
-        """`build_masters`, and the lights it calibrated early (None: no rank was built)."""
+        (`calibrate.EarlyLights`). The masters built, by id, and those lights (None: no rank
+        was built)."""
         ranks = masters.build_ranks(self.ctx, masters.candidates(self.ctx))
         last = max((r for r, groups in enumerate(ranks) if groups), default=-1)
         built: list[int] = []
