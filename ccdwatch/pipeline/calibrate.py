@@ -153,6 +153,11 @@ def plan_many(ctx: Context, frame_ids: Sequence[int], *, final: bool = False,
     return plans
 
 
+def stage(ctx: Context, plans: Sequence[CalibrationPlan]) -> Stage:
+    """The calibration of ``plans`` as a stage for the workers (`Runner.run_stage`)."""
+    return Stage(specs.CALIBRATE_LIGHT, list(plans), lambda p, r: commit(ctx, p, r), fault_point="calibrated-written")
+
+
 class EarlyLights:
     """The lights calibrated as the last rank of masters is committed, in the same pass over the
     workers as those masters.
@@ -192,8 +197,7 @@ class EarlyLights:
             self.examined.update(ids)
         if not lights:
             return None
-        self.stages.append(Stage(specs.CALIBRATE_LIGHT, lights, lambda p, r: commit(self.ctx, p, r),
-                                 fault_point="calibrated-written"))
+        self.stages.append(stage(self.ctx, lights))
         return self.stages[-1]
 
     def _complete(self, ids: Sequence[int], *, held: set[str]) -> list[CalibrationPlan]:

@@ -242,8 +242,7 @@ class Pipeline:
         plans = calibrate.plan_many(self.ctx, frame_ids, final=final)
         if not plans:
             return 0
-        done = self.runner.run(specs.CALIBRATE_LIGHT, plans, lambda p, r: calibrate.commit(self.ctx, p, r),
-                               fault_point="calibrated-written")
+        done = self.runner.run_stage(calibrate.stage(self.ctx, plans))
         self.waiting.planned([p.frame_id for p in plans], done)
         return len(done)
 
