@@ -25,7 +25,7 @@ from ccdwatch.catalog.campaigns import (
     master_frames,
     nights_selected,
 )
-from ccdwatch.jobs import tasks
+from ccdwatch.jobs import specs
 from ccdwatch.keys import CALIBRATION_KINDS, CalibKey, GroupKey
 from ccdwatch.pipeline import calibrate, masters, stacking
 from ccdwatch.pipeline.core import Pipeline
@@ -106,7 +106,7 @@ def _masters(pipe: Pipeline, keys: Sequence[tuple[CalibKey, str]], started: date
         todo = [(k, n) for k, n in keys if k.rank == rank]
         plans = [p for p in (masters.plan_master(ctx, k, n, final=True, redo_before=started) for k, n in todo)
                  if p is not None]
-        built = pipe.runner.run(tasks.build_master, plans, lambda p, r: masters.commit(ctx, p, r),
+        built = pipe.runner.run(specs.BUILD_MASTER, plans, lambda p, r: masters.commit(ctx, p, r),
                                 fault_point="master-written", share_cores=True)
         done.masters += len(built)
         done.skipped += len(todo) - len(plans)
@@ -119,8 +119,7 @@ def _lights(pipe: Pipeline, lights: Sequence[int], started: datetime, done: Done
     for i in range(0, len(lights), batch):
         ids = lights[i:i + batch]
         plans = calibrate.plan_many(ctx, ids, final=True, redo_before=started)
-        made = pipe.runner.run(tasks.calibrate_light, plans, lambda p, r: calibrate.commit(ctx, p, r),
-                               fault_point="calibrated-written")
+        made = pipe.runner.run_stage(calibrate.stage(ctx, plans))
         done.calibrated += len(made)
         done.skipped += len(ids) - len(plans)
         bar.update(len(ids))
@@ -129,7 +128,7 @@ def _lights(pipe: Pipeline, lights: Sequence[int], started: datetime, done: Done
 def _stacks(pipe: Pipeline, groups: Sequence[GroupKey], started: datetime, done: Done, bar: Any) -> None:
     ctx = pipe.ctx
     plans = stacking.plan_many(ctx, groups, redo_before=started)
-    built = pipe.runner.run(tasks.stack_group, plans, lambda p, r: stacking.commit(ctx, p, r),
+    built = pipe.runner.run(specs.STACK_GROUP, plans, lambda p, r: stacking.commit(ctx, p, r),
                             fault_point="stack-written", share_cores=True)
     done.stacks += len(built)
     done.skipped += len(groups) - len(plans)
