@@ -12,6 +12,7 @@ positions of the synthetic night (RMS of the mapped positions, px).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import sys
@@ -72,6 +73,53 @@ def _time_bound(clk: Clock, raw_path: str, offset: np.ndarray, flat: np.ndarray,
             bounds.light_bound(raw_path, offset, flat, hot, makers, outs[writer], writer)
         times[writer] = clk.t[f"light: numpy bound, {writer} write"][-1]
     clk.t.setdefault("light: numpy bound (same planes), interleaved", []).append(min(times.values()))
+
+
+def _time_job(clk: Clock, cfg: Config, work: Path, i: int, light: dict, scale: float, offset: np.ndarray,
+              flat: np.ndarray, hot: np.ndarray, makers: list | None) -> list:
+    """The daemon's job on light ``i`` (masters from their files, cached per process, with the light's
+    gain and read noise as the daemon plans them: the UNCERT plane, electrons), then the numpy bound
+    on the same light writing the same planes (`benchmarks.bounds`), then the job's checksums alone;
+    returns the bound's plane makers (made from the first product)."""
+    raw_header = read_raw(light["path"]).header
+    noise = NoiseSpec(**vars(detector_values(raw_header, raw_header.get("INSTRUME"), cfg.detector)),
+                      plane=cfg.calibration.uncertainty)
+    spec = jobs.CalibrateSpec(
+        frame_id=i, raw_paths=(light["path"],), raw_sha256=sha256_file(light["path"]),
+        bias_path=str(work / "master_bias.fits"), dark_path=str(work / "master_dark.fits"),
+        dark_scale=scale, flat_path=str(work / f"master_flat {light['filter']}.fits"),
+        out_path=str(work / f"job_{i}.fits"), header={}, saturation=None,
+        detect_sigma=cfg.stack.detect_sigma, max_data_bytes=int(cfg.ingest.max_data_mb * 2**20),
+        allow_compressed=cfg.ingest.allow_compressed, cosmic_rays=cfg.calibration.cosmic_rays, noise=noise,
+        sync=False)  # as the watch daemon writes its lights (`ccdwatch.pipeline.durability`)
+    # new files, as the daemon writes (replacing one would time the old file's removal)
+    Path(spec.out_path).unlink(missing_ok=True)
+    bound_outs = {w: work / f"bound_{w}_{i}.fits" for w in bounds.WRITERS}
+    for path in bound_outs.values():
+        path.unlink(missing_ok=True)
+    with clk("light: calibrate_light job (read+calibrate+QA+write)"):
+        jobs.calibrate_light(spec)
+    makers = makers or bounds.plane_makers(spec.out_path)
+    _time_bound(clk, light["path"], offset, flat, hot, makers, bound_outs)
+    # what the job's provenance costs it: the SHA-256 of the raw it verifies and of the product it
+    # writes, which the bound does not do; timed on a buffer of their sizes made once (the speed of
+    # SHA-256 does not depend on the bytes; reading the files back here slowed the next jobs by ~30 %)
+    sizes = [Path(light["path"]).stat().st_size, Path(spec.out_path).stat().st_size]
+    with clk("light: of the job, SHA-256 of raw + product"):
+        for size in sizes:
+            hashlib.sha256(_bytes(size)).digest()
+    return makers
+
+
+_BLOB = bytearray()
+
+
+def _bytes(size: int) -> memoryview:
+    """``size`` bytes of one buffer kept for the process (no new allocation between timed jobs)."""
+    global _BLOB
+    if len(_BLOB) < size:
+        _BLOB = bytearray(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+    return memoryview(_BLOB)[:size]
 
 
 def main(manifest_path: str, workdir: str) -> None:
@@ -136,7 +184,6 @@ def main(manifest_path: str, workdir: str) -> None:
     # (`benchmarks.bounds`), so that their ratio is taken light by light in one process
     lights = m["lights"][:MAX_LIGHTS]
     offset = bias + dark * np.float32(scale)
-    makers = None
     # a warm-up round first, not timed, then two timed rounds (medians over 2 x 16 lights on a noisy
     # machine). On this VM a write into pages the guest has not touched lately costs ~2.5 ms a MB:
     # the first round's jobs took 195-325 ms and its bounds 120-138 ms against 105-116 and 23-31 ms
@@ -144,30 +191,11 @@ def main(manifest_path: str, workdir: str) -> None:
     # bound 3.3x one night, 4.4x the next, in one run). Timed from the second round on, both are in
     # the steady state of a worker that has calibrated lights before (and of bare metal, which has no
     # such cost): the ratio of what each does.
-    warm = Clock()
+    warm, makers = Clock(), None
     for round_ in range(3):
-        timing = clk if round_ else warm
         for i, light in enumerate(lights):
-            raw_header = read_raw(light["path"]).header
-            noise = NoiseSpec(**vars(detector_values(raw_header, raw_header.get("INSTRUME"), cfg.detector)),
-                              plane=cfg.calibration.uncertainty)
-            spec = jobs.CalibrateSpec(
-                frame_id=i, raw_paths=(light["path"],), raw_sha256=sha256_file(light["path"]),
-                bias_path=str(work / "master_bias.fits"), dark_path=str(work / "master_dark.fits"),
-                dark_scale=scale, flat_path=str(work / f"master_flat {light['filter']}.fits"),
-                out_path=str(work / f"job_{i}.fits"), header={}, saturation=None,
-                detect_sigma=cfg.stack.detect_sigma, max_data_bytes=int(cfg.ingest.max_data_mb * 2**20),
-                allow_compressed=cfg.ingest.allow_compressed, cosmic_rays=cfg.calibration.cosmic_rays, noise=noise,
-                sync=False)  # as the watch daemon writes its lights (`ccdwatch.pipeline.durability`)
-            # new files, as the daemon writes (replacing one would time the old file's removal)
-            Path(spec.out_path).unlink(missing_ok=True)
-            bound_outs = {w: work / f"bound_{w}_{i}.fits" for w in bounds.WRITERS}
-            for path in bound_outs.values():
-                path.unlink(missing_ok=True)
-            with timing("light: calibrate_light job (read+calibrate+QA+write)"):
-                jobs.calibrate_light(spec)
-            makers = makers or bounds.plane_makers(spec.out_path)
-            _time_bound(timing, light["path"], offset, flats[light["filter"]], hot, makers, bound_outs)
+            makers = _time_job(clk if round_ else warm, cfg, work, i, light, scale, offset, flats[light["filter"]],
+                               hot, makers)
 
     calibrated: dict[int, tuple[np.ndarray, qa.Sources]] = {}
     measure.read_through([light["path"] for light in lights])  # cached, as each timed tool finds them
