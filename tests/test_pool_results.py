@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from ccdwatch.jobs.pool import WorkerFailure, Workers
 
 
@@ -146,3 +148,65 @@ def test_jobs_added_after_a_worker_died_run_side_by_side_once_the_suspects_are_d
     assert isinstance(seen[0], WorkerFailure) and (seen[1], seen[2]) == (20, 30)
     (start_a, end_a), (start_b, end_b) = futures[3].result(), futures[4].result()
     assert start_b < end_a and start_a < end_b  # side by side, not one after the other
+
+
+def _first_dies_once_after_the_others(spec: tuple[int, str]) -> int:
+    """Job 0 outlives the others, then its worker is killed, once (``marker`` exists)."""
+    x, marker = spec
+    if x == 0:
+        time.sleep(1.0)
+        if os.path.exists(marker):
+            os.unlink(marker)
+            os.kill(os.getpid(), 9)
+    return x * 10
+
+
+def _first_finds_its_worker_full_once(spec: tuple[int, str]) -> int:
+    from ccdwatch.jobs import memory
+
+    x, marker = spec
+    if x == 0 and os.path.exists(marker):
+        time.sleep(0.5)
+        os.unlink(marker)
+        raise memory.WorkerFull("the worker holds too much from earlier jobs")
+    return x * 10
+
+
+@pytest.mark.parametrize("job", [_first_dies_once_after_the_others, _first_finds_its_worker_full_once])
+def test_results_are_handed_over_in_order_when_a_job_runs_again(tmp_path, job):
+    """A job run again (its worker died with others in flight, or it went to fresh workers for
+    memory) ends after the jobs behind it: their results wait for it, for the caller commits in
+    order and takes what it was handed as "everything before this is committed" (the last rank
+    of masters: a dark run again came after the flats, and the lights were planned without it)."""
+    marker = tmp_path / "once"
+    marker.touch()
+    order: list[tuple[int, object]] = []
+    futures = _mapped(job, [(i, str(marker)) for i in range(3)],
+                      lambda i, fut: order.append((i, fut.exception() or fut.result())))
+    assert not marker.exists()  # it did run into its fault
+    assert order == [(0, 0), (1, 10), (2, 20)]
+    assert [f.result() for f in futures] == [0, 10, 20]
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def test_a_map_left_by_an_exception_does_not_leave_its_jobs_running():
+    """An interrupt raised while results are handed over leaves the map at once; the jobs still
+    running are killed with their workers, so the next map's jobs start on fresh ones rather than
+    queue behind them."""
+    workers = Workers(processes=2, memory_limit=0)
+
+    def take(i, fut):
+        if i == 0:
+            raise _Interrupted()
+
+    try:
+        with pytest.raises(_Interrupted):
+            workers.map(_sleep_then_time, [0.05, 20.0, 20.0], timeout=60, on_result=take)
+        t0 = time.time()
+        ended = workers.map(_sleep_then_time, [0.05, 0.05], timeout=15)
+        assert all(f.result() - t0 < 10 for f in ended)  # not behind the 20 s jobs of the map left
+    finally:
+        workers.close()

@@ -341,17 +341,35 @@ class Workers:
         """
         jobs: list[Job] = [(fn, spec) for spec in specs]
         results: list[Future | None] = [None] * len(jobs)
+        held: dict[int, Future] = {}  # final, not handed over yet: a job before it is not final
+        handed = [0]  # the next job to hand over
 
         def settle(i: int, fut: Future) -> list[int]:
-            """Job ``i``'s final future; the indices of the jobs its result added."""
-            results[i] = fut
-            more = on_result(i, fut) if on_result is not None else None
-            if not more:
-                return []
-            jobs.extend(more)
-            results.extend([None] * len(more))
-            return list(range(len(jobs) - len(more), len(jobs)))
+            """Job ``i``'s final future; hands over, in order, every final job this one unblocks
+            (after a worker died, or a job was sent to fresh workers, the jobs after it finish
+            first: their results wait, for the caller commits in order and reads "everything
+            before this is committed" into it); the indices of the jobs their results added."""
+            results[i] = held[i] = fut
+            added: list[int] = []
+            while handed[0] in held:
+                k = handed[0]
+                handed[0] += 1
+                more = on_result(k, held.pop(k)) if on_result is not None else None
+                if more:
+                    jobs.extend(more)
+                    results.extend([None] * len(more))
+                    added += range(len(jobs) - len(more), len(jobs))
+            return added
 
+        try:
+            return self._map(jobs, results, settle, timeout)
+        except BaseException:  # an interrupt, or the caller's on_result: its jobs are not waited for
+            self._reset()
+            raise
+
+    def _map(self, jobs: list[Job], results: list[Future | None], settle: Callable[[int, Future], list[int]],
+             timeout: float | None) -> list[Future]:
+        """`map`'s loop over ``jobs`` (which ``settle`` extends with the jobs results add)."""
         if self.processes <= 0:
             for i, (job_fn, spec) in enumerate(jobs):  # the jobs a result adds are run in turn
                 settle(i, _inline(job_fn, spec))

@@ -108,10 +108,11 @@ class Runner:
         run (committing a stage's results after its last job left both cores idle ~0.1 s at each
         stage of a night). A full disk pauses the pipeline; a raw file gone is no fault of the
         job; any other failure of a job is counted against the frames its plan names. An error
-        of the commit itself (the catalogue) stops the recording: it is raised once the jobs
-        already running have ended, and the results not recorded are planned again at the
-        next tick. Returns what ``stage`` committed (a follow-up stage's are in its own
-        ``committed``)."""
+        of the commit itself (the catalogue) stops the recording: it is raised once the pass's
+        jobs have run (those queued still run, their results not recorded; no job is added), and
+        what was not recorded is planned again at the next tick. The results come in the order
+        of the jobs (`JobRunner.map`), also when one ran again after its worker died. Returns
+        what ``stage`` committed (a follow-up stage's are in its own ``committed``)."""
         entries: list[tuple[Stage, Any]] = []  # job i of the pass: its stage and plan
         first = self._queue(stage, entries, share_cores=share_cores)
         if not first:
