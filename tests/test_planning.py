@@ -7,6 +7,9 @@ another process), a wait that times out under ``on_timeout = "partial"``, a job 
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from sqlalchemy import func, select, update
 
 from ccdwatch import synth
 from ccdwatch.catalog import Catalog, utcnow
-from ccdwatch.jobs import tasks
+from ccdwatch.jobs import specs, tasks
 from ccdwatch.models import Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline import Pipeline, calibrate
 
@@ -234,6 +237,91 @@ def test_a_master_still_to_come_holds_the_lights_it_could_serve():
     early = calibrate.EarlyLights(None, plans, [1], final=False)  # type: ignore[arg-type]
     assert early(plans[0], 2) is None
     assert early.built == [1, 2] and early.planned == [] and early.covered == set()
+
+
+
+def test_the_masters_of_the_rank_not_committed_yet_hold_the_lights_whatever_their_order():
+    """What holds the lights is the rank's masters not committed yet, not those queued after the
+    one just committed: a dark run again after its worker died is committed after the flats, and
+    until then it holds every light (the flat queued last is not the rank's last master then)."""
+    from types import SimpleNamespace
+
+    plans = [SimpleNamespace(kind="dark", filter=None), SimpleNamespace(kind="flat", filter="R"),
+             SimpleNamespace(kind="flat", filter="V")]
+    early = calibrate.EarlyLights(None, plans, [1], final=False)  # type: ignore[arg-type]
+    assert early(plans[1], 2) is None
+    assert early(plans[2], 3) is None  # the context is never touched: nothing is even looked up
+    assert early.built == [1, 2, 3] and early.planned == [] and early.covered == set()
+
+
+
+@dataclasses.dataclass(frozen=True)
+class _DarkDiesOnce(specs.Job):
+    """`build_master`, but the dark's worker is killed once (``marker`` exists), once the flats
+    beside it are done: the dark runs again, alone, and is committed after them."""
+
+    marker: str = ""
+
+    def __call__(self, spec):
+        if Path(str(spec.out_path)).name.startswith("dark") and os.path.exists(self.marker):
+            time.sleep(2.0)
+            os.unlink(self.marker)
+            os.kill(os.getpid(), 9)
+        return super().__call__(spec)
+
+
+def test_a_dark_run_again_after_its_worker_died_still_calibrates_every_light(tmp_path, monkeypatch):
+    """The last rank (a dark, flats in V and R) on two real workers, the dark's worker killed once
+    while the flats are built: every light is calibrated in the same tick, with the night's dark
+    (the results came back flats first, and the lights were planned as if the dark were in: they
+    waited "for a dark" with the dark built, until some other event)."""
+    cfg = make_config(tmp_path, workers={"processes": 2, "memory_limit_mb": 0})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=4, n_bias=3, n_dark=3, n_flat=3, filters=("V", "R"),
+                     n_light=4, light_exptime=300.0, dark_exptime=300.0, flat_exptime=3.0, n_stars=20)
+    marker = tmp_path / "kill-the-dark"
+    marker.touch()
+    monkeypatch.setattr(specs, "BUILD_MASTER", _DarkDiesOnce("build_master", str(marker)))
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        pipe.handle_many(sorted(Path(cfg.paths.incoming).glob("*.fits")))
+        pipe.tick(final=True)
+        assert not marker.exists()  # the dark's worker did die
+        with cat.reader() as s:
+            lights = s.scalars(select(Frame.id).where(Frame.imagetyp == "light")).all()
+            rows = s.scalars(select(Calibrated)).all()
+            assert sorted(r.frame_id for r in rows) == sorted(lights)  # each once
+            for row in rows:
+                dark = s.get(Master, row.dark_id)
+                assert dark is not None and dark.exptime == 300.0 and not row.partial
+
+
+def test_an_early_light_whose_commit_fails_is_planned_by_the_next_tick(tmp_path, monkeypatch):
+    """The first early light's commit fails in the masters' pass: the tick stops there, before the
+    waiting lights' pass; the masters are committed, so the next tick builds none, and it must
+    still give the lights their pass (it planned nothing: they waited for good)."""
+    from ccdwatch.pipeline import masters
+
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    synth.make_night(cfg.paths.incoming, camera=CAMERA, seed=5, n_bias=3, n_dark=3, n_flat=3, filters=("V",),
+                     n_light=4, light_exptime=300.0, dark_exptime=300.0, flat_exptime=3.0, n_stars=20)
+    real_candidates, real_commit = masters.candidates, calibrate.commit
+
+    def failing_once(ctx, plan, result):
+        monkeypatch.setattr(calibrate, "commit", real_commit)
+        raise RuntimeError("database is locked")
+
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        pipe.handle_many(sorted(Path(cfg.paths.incoming).glob("*.fits")))
+        monkeypatch.setattr(masters, "candidates", lambda ctx: [])
+        pipe.tick()  # a tick with nothing to build: the waiting lights are settled
+        monkeypatch.setattr(masters, "candidates", real_candidates)
+        monkeypatch.setattr(calibrate, "commit", failing_once)
+        with pytest.raises(RuntimeError, match="locked"):
+            pipe.tick()
+        pipe.tick()
+        with cat.reader() as s:
+            assert s.scalar(select(func.count()).select_from(Master)) == 3
+            lights = s.scalars(select(Frame.id).where(Frame.imagetyp == "light")).all()
+            assert sorted(r.frame_id for r in s.scalars(select(Calibrated))) == sorted(lights)
 
 
 def test_a_commit_that_fails_stops_the_recording_and_the_rest_are_planned_again(tmp_path, monkeypatch):

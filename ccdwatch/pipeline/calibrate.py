@@ -176,16 +176,21 @@ class EarlyLights:
 
     def __init__(self, ctx: Context, plans: Sequence[Any], built: Sequence[int], *, final: bool) -> None:
         self.ctx = ctx
-        self.plans = list(plans)  # the rank's master plans, in the order they are committed
+        self.plans = list(plans)  # the rank's master plans, in the order they are queued
         self.built = list(built)  # masters committed in this tick so far
         self.final = final
         self.examined: set[int] = set()  # planned as the tick would (at the rank's last master)
         self.unserved: set[int] = set()  # not held, not complete either: left for the rank's last master
         self.stages: list[Stage] = []
+        self.committed: list[Any] = []  # the rank's plans committed so far
 
     def __call__(self, plan: Any, master_id: int) -> Stage | None:
         self.built.append(master_id)
-        later = self.plans[next(k for k, p in enumerate(self.plans) if p is plan) + 1:]
+        self.committed.append(plan)
+        # the rank's masters not committed yet, whatever the order they come in (the workers hand
+        # results over in order, but a master that failed is never committed: it holds its lights,
+        # and the tick plans them)
+        later = [p for p in self.plans if not any(p is done for done in self.committed)]
         if any(p.kind != "flat" for p in later):
             return None
         skip = set(self.planned) | (self.unserved if later else set())
