@@ -210,3 +210,31 @@ def test_a_map_left_by_an_exception_does_not_leave_its_jobs_running():
         assert all(f.result() - t0 < 10 for f in ended)  # not behind the 20 s jobs of the map left
     finally:
         workers.close()
+
+
+def _die_once_or_fail(spec: tuple[str, str, str]) -> str:
+    """``"dies"``: killed once (``marker``) after a moment; ``"fails"``: its own error at once.
+    Each run is logged in ``runs``."""
+    what, marker, runs = spec
+    with open(runs, "a") as fh:
+        fh.write(what + "\n")
+    if what == "dies":
+        time.sleep(0.6)
+        if os.path.exists(marker):
+            os.unlink(marker)
+            os.kill(os.getpid(), 9)
+        return what
+    raise ValueError(what)
+
+
+def test_a_job_that_ended_with_its_own_error_is_not_run_again_when_a_worker_dies(tmp_path):
+    """A worker dies while another job has already ended with its own error: that job is done
+    (handed over with its error, once); only the jobs the broken pool cut short run again."""
+    marker, runs = tmp_path / "once", tmp_path / "runs.log"
+    marker.touch()
+    futures = _mapped(_die_once_or_fail, [("dies", str(marker), str(runs)), ("fails", str(marker), str(runs))],
+                      None)
+    assert not marker.exists()
+    assert sorted(runs.read_text().split()) == ["dies", "dies", "fails"]
+    assert futures[0].result() == "dies"
+    assert isinstance(futures[1].exception(), ValueError)

@@ -402,8 +402,8 @@ class Workers:
                 # The pool is dead or hung: keep what finished, rerun the rest.
                 for j in list(batch):
                     f = futs[j]
-                    if results[j] is None and f.done() and not f.cancelled() and f.exception() is None:
-                        later += settle(j, f)  # no suspects: they never ran
+                    if results[j] is None and f.done() and not f.cancelled() and not _cut_short(f):
+                        later += settle(j, f)  # no suspects: they ran to their end, result or error
                 self._reset()
                 queue = [j for j in batch if results[j] is None] + queue
                 break
@@ -513,6 +513,12 @@ def _subject(spec: Any) -> str:
         if hasattr(spec, attr):
             return str(getattr(spec, attr))
     return type(spec).__name__
+
+
+def _cut_short(fut: Future) -> bool:
+    """Whether a done job did not run to its own end: its pool broke under it, or its worker was
+    too full to run it (it runs again; a job that ended with its own error does not)."""
+    return isinstance(fut.exception(), (BrokenProcessPool, memory.WorkerFull))
 
 
 def _failed(exc: BaseException) -> Future:
