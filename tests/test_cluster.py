@@ -400,6 +400,30 @@ def test_a_job_over_its_time_limit_fails_and_its_worker_is_restarted(tmp_path, l
         workers.close()
 
 
+
+def test_a_map_connects_to_the_scheduler_once_per_round_it_runs(tmp_path, local_cluster, monkeypatch):
+    """A map connects (or tries to) before each round, not after its last one: with the scheduler
+    gone, a wasted attempt after the last round blocked the map for up to 10 s more."""
+    workers = jobs_cluster.ClusterWorkers(local_cluster.scheduler_address, local=Workers(processes=0),
+                                          incoming=tmp_path, products=tmp_path / "products", retry=60)
+    calls: list[int] = []
+    real = workers._connect
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "_connect", counting)
+    try:
+        assert [f.result() for f in workers.map(abs, [-1, -2], timeout=30)] == [1, 2]
+        assert len(calls) == 1  # one round
+        calls.clear()
+        futures = workers.map(abs, [-1], timeout=30, on_result=lambda i, fut: [(abs, -3)] if i == 0 else None)
+        assert [f.result() for f in futures] == [1, 3]
+        assert len(calls) == 2  # two rounds: the added job's round connects first
+    finally:
+        workers.close()
+
 @pytest.mark.slow
 def test_jobs_in_flight_when_the_scheduler_goes_run_again_locally(tmp_path, caplog):
     import threading

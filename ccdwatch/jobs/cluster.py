@@ -179,7 +179,8 @@ class ClusterWorkers:
             if on_result is not None:
                 for i, fut in enumerate(finished, start=first):
                     jobs += on_result(i, fut) or []
-            client = self._connect() or client  # a lost scheduler: its next round runs locally
+            if len(done) < len(jobs):  # a next round (the next map connects on its own)
+                client = self._connect() or client  # a lost scheduler: its next round runs locally
         return done
 
     def _round(self, client: Any, jobs: list[Job], timeout: float | None) -> list[Future]:
