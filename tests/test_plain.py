@@ -81,3 +81,35 @@ def test_a_third_axis_of_one_is_read_as_2d(tmp_path, monkeypatch):
     fast, slow = _both(path, monkeypatch)
     assert fast.data.shape == slow.data.shape == (12, 15)
     np.testing.assert_array_equal(fast.data, slow.data)
+
+
+def _with_cards(path, cards: list[tuple[str, object]]) -> None:
+    """Add ``cards`` at the end of the primary header of the one-block-header file ``path``."""
+    raw = bytearray(path.read_bytes())
+    text = raw[:2880].decode("ascii")
+    end = text.index("END" + " " * 5)
+    text = (text[:end] + "".join(fits.Card(k, v).image for k, v in cards) + text[end:])[:2880]
+    raw[:2880] = text.encode("ascii")
+    path.write_bytes(bytes(raw))
+
+
+def test_a_card_that_defines_the_data_given_twice_with_different_values_is_refused(tmp_path, monkeypatch):
+    """A header repeating BZERO (or BITPIX, NAXISn, BSCALE...) with another value is ambiguous:
+    the walk and the fast path read the first, astropy scales with the last (BZERO 0, then 32768:
+    every pixel 32768 off). Refused with the reason; the same value twice reads as astropy reads."""
+    from ccdwatch.fitsio.rejected import RejectedFile
+
+    data = RNG.integers(-3000, 3000, size=(20, 30), dtype=np.int16)
+    for cards in ([("BZERO", 0), ("BZERO", 32768)], [("BSCALE", 1), ("BSCALE", 2)]):
+        path = tmp_path / "twice.fits"
+        fits.PrimaryHDU(data).writeto(path, overwrite=True)
+        _with_cards(path, cards)
+        with pytest.raises(RejectedFile, match=f"{cards[0][0]} is given 2 times with different values") as err:
+            read_raw(path)
+        assert err.value.reason == "bad-header"
+    path = tmp_path / "same.fits"
+    fits.PrimaryHDU(data).writeto(path)
+    _with_cards(path, [("BZERO", 32768), ("BZERO", 32768)])
+    fast, slow = _both(path, monkeypatch)
+    assert fast.data.dtype == slow.data.dtype == np.uint16
+    np.testing.assert_array_equal(fast.data, slow.data)

@@ -200,6 +200,7 @@ def _next_hdu(pread: Callable[[int, int], bytes], size: int, offset: int, index:
     xtension = _xtension(h, index, where)
     bitpix = _bitpix(h, "BITPIX", where)
     axes = _axes(h, "NAXIS", where)
+    _check_unambiguous(h, where, len(axes))
     groups = index == 0 and h.get("GROUPS") is True and len(axes) > 0 and axes[0] == 0
     nbits = _declared_bits(h, where, bitpix, axes, extension=index > 0, groups=groups)
     hdu = _HDU(index=index, header_offset=offset, header_bytes=len(raw),
@@ -208,6 +209,24 @@ def _next_hdu(pread: Callable[[int, int], bytes], size: int, offset: int, index:
     if xtension == "BINTABLE" and h.get("ZIMAGE") is True:
         _size_compressed(hdu, where, max_data_bytes=max_data_bytes, allow_compressed=allow_compressed)
     return hdu, non_ascii
+
+
+#: Cards that say where the data is and what its numbers mean (with NAXISn).
+_STRUCTURE = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "BZERO", "BSCALE", "BLANK")
+
+
+def _check_unambiguous(h: fits.Header, where: str, naxis: int) -> None:
+    """Refuse a header that gives one of the data's defining cards twice with different values
+    (a camera program's bug): this walk and ccdwatch's decoder read the first, astropy scales with
+    the last (BZERO 0 then 32768: every pixel off by 32768), and which one was meant is unknown.
+    The same value twice is harmless."""
+    for key in (*_STRUCTURE, *(f"NAXIS{i}" for i in range(1, naxis + 1))):
+        if key in h and h.count(key) > 1:
+            values = [card.value for card in h.cards if card.keyword == key]
+            if any(v != values[0] or type(v) is not type(values[0]) for v in values[1:]):
+                shown = ", ".join(repr(v) for v in values)
+                raise RejectedFile("bad-header", f"{where}: {key} is given {len(values)} times with different "
+                                   f"values ({shown}): which one the data follows is ambiguous")
 
 
 def _xtension(h: fits.Header, index: int, where: str) -> str | None:
