@@ -728,7 +728,7 @@ def test_float_planes_are_swapped_as_they_are_hashed_into_astropys_bytes(tmp_pat
     swapped = []
     real = atomic._HashingWriter._write_swapped
     monkeypatch.setattr(atomic._HashingWriter, "_write_swapped",
-                        lambda self, view: False if missed else swapped.append(view.nbytes) or real(self, view))
+                        lambda self, view, owner: False if missed else swapped.append(view.nbytes) or real(self, view, owner))
     hdus = make()
     sha = write_product(tmp_path / "ours.fits", hdus)
     assert sorted(swapped) == ([] if missed else sorted([data.nbytes, sigma.nbytes]))  # the two big C planes
@@ -819,3 +819,33 @@ def test_a_raw_read_for_the_last_time_leaves_the_page_cache(tmp_path):
     assert np.array_equal(read_raw(paths[1]).data, data)
     assert _cached_bytes(paths[0]) == 0
     assert _cached_bytes(paths[1]) >= paths[1].stat().st_size  # whole pages
+
+
+def test_planes_sharing_memory_and_odd_planes_are_written_as_astropy_writes_them(tmp_path):
+    """The planes handed to astropy as big-endian views are recognised by the array astropy
+    writes, not by its address: a plane that is a leading slice of another, or the same memory
+    seen as integers, is written as astropy writes it (before, one of the two went out with its
+    bytes in the wrong order, and the check that a plane was missed did not see it). An empty
+    (n, 0) plane is written; a plane read lazily with BLANK is not loaded to be looked at."""
+    from ccdwatch.fitsio import atomic
+
+    a = np.random.default_rng(3).standard_normal((1024, 512)).astype(np.float32)
+    assert a.nbytes >= 2 * atomic._SLICE
+    cases = {
+        "prefix": lambda: fits.HDUList([fits.PrimaryHDU(a), fits.ImageHDU(a[:512], name="TOP")]),
+        "intview": lambda: fits.HDUList([fits.PrimaryHDU(a), fits.ImageHDU(a.view(np.int32), name="BITS")]),
+        "empty": lambda: fits.HDUList([fits.PrimaryHDU(np.zeros((5, 0), np.float32))]),
+    }
+    for name, make in cases.items():
+        make().writeto(tmp_path / f"{name}-astropy.fits")
+        sha = write_product(tmp_path / f"{name}.fits", make())
+        assert (tmp_path / f"{name}.fits").read_bytes() == (tmp_path / f"{name}-astropy.fits").read_bytes(), name
+        assert sha == sha256_file(tmp_path / f"{name}.fits"), name
+    blanked = np.arange(700 * 700, dtype=np.int16).reshape(700, 700)
+    src = tmp_path / "blank-src.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(blanked, name="BLANKED", header=fits.Header([("BLANK", -1)]))]).writeto(src)
+    with fits.open(src, lazy_load_hdus=True) as lazy:
+        write_product(tmp_path / "blank.fits", lazy)
+    with fits.open(tmp_path / "blank.fits") as back, fits.open(src) as ref:
+        assert back["BLANKED"].header["BITPIX"] == 16
+        np.testing.assert_array_equal(back["BLANKED"].data, ref["BLANKED"].data)

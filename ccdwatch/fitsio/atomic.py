@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ccdwatch import faults
 from ccdwatch.fitsio.descriptor import BLOCK_SIZE
@@ -46,14 +46,27 @@ class DiskFull(OSError):
 
 def _estimate_bytes(hdul: fits.HDUList) -> int:
     """Bytes the HDUs will take on disk, near enough for the free-space check (header blocks
-    plus the data padded to whole blocks). ``HDU.filebytes()`` is exact but serialises the
-    data to find out."""
+    plus the data padded to whole blocks), from their headers. ``HDU.filebytes()`` is exact but
+    serialises the data to find out; ``hdu.data`` would load an HDU read lazily (an integer
+    plane with BLANK then comes back as floats, which astropy writes under its integer header)."""
     total = 0
     for hdu in hdul:
-        nbytes = getattr(getattr(hdu, "data", None), "nbytes", 0) or 0
+        nbytes = _declared_data_bytes(hdu.header)
         header_blocks = -(-(len(hdu.header) + 1) // 36)  # 36 cards of 80 bytes per block, END included
         total += BLOCK_SIZE * header_blocks + -(-int(nbytes) // BLOCK_SIZE) * BLOCK_SIZE
     return total
+
+
+def _declared_data_bytes(header: fits.Header) -> int:
+    """``|BITPIX| / 8 * GCOUNT * (PCOUNT + NAXIS1 * ... * NAXISn)``: the data size a header declares."""
+    naxis = int(header.get("NAXIS", 0) or 0)
+    if naxis == 0:
+        return 0
+    values = 1
+    for i in range(1, naxis + 1):
+        values *= int(header.get(f"NAXIS{i}", 0) or 0)
+    gcount, pcount = int(header.get("GCOUNT", 1) or 1), int(header.get("PCOUNT", 0) or 0)
+    return abs(int(header.get("BITPIX", 8))) // 8 * gcount * (pcount + values)
 
 
 def _is_enospc(exc: BaseException | None) -> bool:
@@ -107,14 +120,16 @@ class _HashingWriter:
     """A write-only stream for astropy (no seek: its output-stream mode) that passes every byte to
     ``fh`` and to a SHA-256 as it goes: the product's digest without reading the file back.
 
-    ``swaps`` (`_deferred_swaps`): address -> (bytes, item size) of native-order float planes
-    astropy was handed as big-endian views of their own memory: their bytes are swapped here, a
+    ``swaps`` (`_deferred_swaps`): the big-endian views of their own memory that astropy was
+    handed for native-order float planes (by ``id``): when astropy writes one of those very views,
+    whole, its bytes are swapped here (a buffer is matched by the array it comes from, never by
+    its address: a plane sharing another's memory is astropy's to write), a
     slice at a time into a small buffer that the hash and the write then read from the cache
     (swapped whole beforehand, a 16 MB plane was cold again when hashed: the hash ran at 1.14
     GB/s, on cached slices at 1.9). `missed` names any such plane astropy did not hand over
     whole, in one buffer: its bytes went out unswapped, the caller writes the file again."""
 
-    def __init__(self, fh: io.BufferedWriter, swaps: dict[int, tuple[int, int]] | None = None) -> None:
+    def __init__(self, fh: io.BufferedWriter, swaps: dict[int, Any] | None = None) -> None:
         self._fh = fh
         self._sha = hashlib.sha256()
         self._pos = 0
@@ -124,10 +139,13 @@ class _HashingWriter:
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
+        if view.nbytes == 0:  # an empty plane ((n, 0): a memoryview of that shape cannot be cast)
+            return 0
+        owner = view.obj
         if not view.contiguous:  # pragma: no cover - astropy hands over contiguous buffers
             view = memoryview(view.tobytes())
         view = view.cast("B")  # bytes, whatever the array's item type or byte order
-        if self._swaps and view.nbytes >= _SLICE and self._write_swapped(view):
+        if self._swaps and view.nbytes >= _SLICE and self._write_swapped(view, owner):
             self._pos += view.nbytes
             return view.nbytes
         # hashed and written a slice at a time: the write copies what the hash just read, from
@@ -139,16 +157,16 @@ class _HashingWriter:
         self._pos += view.nbytes
         return view.nbytes
 
-    def _write_swapped(self, view: memoryview) -> bool:
+    def _write_swapped(self, view: memoryview, owner: Any) -> bool:
         """Write ``view`` byte-swapped if it is a whole deferred plane; whether it was."""
         import numpy as np
 
-        raw = np.frombuffer(view, dtype=np.uint8)
-        address = raw.ctypes.data
-        if self._swaps.get(address, (None,))[0] != view.nbytes:
+        given = self._swaps.get(id(owner))
+        if given is not owner or given.nbytes != view.nbytes:  # not a deferred plane, or not whole
             return False
-        size = self._swaps[address][1]
-        items = raw.view(np.dtype(f"<u{size}"))  # integers: every bit pattern (NaN too) kept
+        size = given.dtype.itemsize
+        # integers: every bit pattern (NaN too) kept
+        items = np.frombuffer(view, dtype=np.uint8).view(np.dtype(f"<u{size}"))
         if self._buf is None:
             self._buf = np.empty(_SLICE, dtype=np.uint8)
         per = _SLICE // size
@@ -159,7 +177,7 @@ class _HashingWriter:
             chunk = self._buf[: part.size * size].data
             self._sha.update(chunk)
             self._fh.write(chunk)
-        self._swapped.add(address)
+        self._swapped.add(id(owner))
         return True
 
     def missed(self) -> bool:
@@ -284,20 +302,26 @@ def _nothing() -> None:
     """No HDU to give its array back (`_write_temp` without deferred planes)."""
 
 
-def _deferred_swaps(hdul: fits.HDUList) -> tuple[dict[int, tuple[int, int]], Callable[[], None]]:
+#: Cards with which astropy writes a plane's values transformed: such planes stay astropy's.
+_SCALING = ("BSCALE", "BZERO", "BLANK")
+
+
+def _deferred_swaps(hdul: fits.HDUList) -> tuple[dict[int, Any], Callable[[], None]]:
     """Hand astropy each plain image's native-order float plane (little-endian, C-contiguous, at
     least a slice) as a big-endian view of its own memory, so that astropy writes its bytes as they
     are and `_HashingWriter` swaps them as it hashes (astropy swapped such a plane in place, wrote
     it, and swapped it back: twice over 16 MB of a 2k light's image, and again for its UNCERT).
-    Returns the planes (address -> bytes, item size) and a function that gives each HDU its own
+    Returns the views handed over (by ``id``) and a function that gives each HDU its own
     array back. Integer planes stay astropy's (it writes unsigned ones offset by BZERO)."""
     import numpy as np
     from astropy.io import fits
 
-    swaps: dict[int, tuple[int, int]] = {}
+    swaps: dict[int, Any] = {}
     given: list[tuple[fits.ImageHDU | fits.PrimaryHDU, np.ndarray]] = []
     for hdu in hdul:
-        if type(hdu) not in (fits.PrimaryHDU, fits.ImageHDU) or "BSCALE" in hdu.header or "BZERO" in hdu.header:
+        if type(hdu) not in (fits.PrimaryHDU, fits.ImageHDU) or any(k in hdu.header for k in _SCALING):
+            continue
+        if hdu.header.get("BITPIX") not in (-32, -64):  # decided on the header: data read lazily is not loaded here
             continue
         data = hdu.data
         if (type(data) is not np.ndarray or data.dtype.kind != "f"
@@ -306,7 +330,7 @@ def _deferred_swaps(hdul: fits.HDUList) -> tuple[dict[int, tuple[int, int]], Cal
             continue
         view = data.view(data.dtype.newbyteorder(">"))
         hdu.data = view
-        swaps[view.ctypes.data] = (view.nbytes, view.dtype.itemsize)
+        swaps[id(view)] = view
         given.append((hdu, data))
 
     def restore() -> None:
