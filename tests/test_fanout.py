@@ -136,3 +136,43 @@ def test_a_child_that_fails_otherwise_is_a_runtime_error():
 
     with pytest.raises(RuntimeError, match="1 of 1 forked strip workers failed: ValueError: no reference frame"):
         fanout.Forked.run(work, 2)
+
+
+class _ArrayOutOfMemory(MemoryError):
+    """As numpy's ``_ArrayMemoryError``: a MemoryError whose type's name says nothing of it."""
+
+
+def test_a_child_out_of_memory_is_a_memory_error_whatever_its_type_is_called():
+    def work(k):
+        if k == 1:
+            raise _ArrayOutOfMemory("Unable to allocate 100. MiB for an array")
+
+    with pytest.raises(MemoryError, match="1 of 1 forked strip workers failed: MemoryError: Unable to allocate"):
+        fanout.Forked.run(work, 2)  # said in words by the job, naming workers.memory_limit_mb
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_signal_while_the_children_are_awaited_ends_them_all():
+    """A signal whose handler raises (Ctrl-C, a stop) while the parent waits for its children:
+    the children still running are killed and reaped, their pipes closed, before it goes on."""
+    import signal
+
+    before, fds = _children(), len(os.listdir("/proc/self/fd"))
+
+    def work(k):
+        while k:  # the children would never end by themselves
+            pass
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            fanout.Forked.run(work, 3)  # this process's share ends at once: it waits for the two others
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert _children() == before
+    assert len(os.listdir("/proc/self/fd")) == fds

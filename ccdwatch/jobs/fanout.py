@@ -20,6 +20,7 @@ parent's exit handlers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -80,7 +81,7 @@ class Forked:
                 _kill(pid)
             raise
         finally:
-            failures = [_reap(pid, r) for pid, r in children]
+            failures = _reap_all(children)
         failed = [f for f in failures if f]
         if failed:
             message = f"{len(failed)} of {len(children)} forked strip workers failed: {failed[0]}"
@@ -95,9 +96,12 @@ def _child(fn: Callable[[int], None], k: int, w: int, parent: int) -> None:
         _die_with(parent)
         fn(k)
         code = 0
-    except BaseException:  # noqa: BLE001 - reported to the parent, whatever it was
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it was
+        text = traceback.format_exc().rstrip("\n")
+        if isinstance(exc, MemoryError):  # the last line the parent reads says so, whatever the type's
+            text += f"\nMemoryError: {exc}"  # name (numpy's is numpy._core._exceptions._ArrayMemoryError)
         try:
-            os.write(w, traceback.format_exc().encode(errors="replace")[-_MESSAGE_BYTES:])
+            os.write(w, text.encode(errors="replace")[-_MESSAGE_BYTES:])
         except OSError:
             pass
     finally:
@@ -122,6 +126,29 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _reap_all(children: list[tuple[int, int]]) -> list[str]:
+    """`_reap` every child, in turn. If that is interrupted (a signal's exception, in the wait),
+    the children not reaped yet are killed and reaped, the signals held off meanwhile, before the
+    exception goes on: none is left running, a zombie, or with its pipe open."""
+    failures: list[str] = []
+    for i, (pid, r) in enumerate(children):
+        try:
+            failures.append(_reap(pid, r))
+        except BaseException:
+            rest = children[i:]
+            for other, _ in rest:
+                _kill(other)
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                for other, fd in rest:
+                    with contextlib.suppress(OSError):
+                        _reap(other, fd)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            raise
+    return failures
 
 
 def _reap(pid: int, r: int) -> str:
