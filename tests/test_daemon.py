@@ -394,3 +394,44 @@ def test_the_loop_waits_for_events_no_longer_than_the_next_tick(tmp_path, monkey
         watcher._iteration(due)
     assert 0.0 <= waits[0] <= 0.1  # the tick is due in 0.1 s
     assert waits[1] == 0.5  # nothing due soon: half the settle time, at most 0.5 s
+
+
+def test_ctrl_c_at_a_terminal_stops_a_catch_up_cleanly(tmp_path):
+    """Ctrl-C at a terminal sends SIGINT to the whole process group, the workers included. The
+    workers leave it to the daemon, which stops as on SIGTERM: exit 0, no traceback, no process
+    left in the group (a worker's job used to end with KeyboardInterrupt, which came back through
+    its future and ended the daemon with the worker's traceback)."""
+    d = Daemon(tmp_path)  # for its configuration only
+    synth.make_night(d.incoming, camera=CAMERA, seed=3, n_bias=3, n_dark=3, n_flat=3, filters=("V",), n_light=3,
+                     light_exptime=30.0, dark_exptime=30.0, flat_exptime=3.0, n_stars=20)
+    env = dict(os.environ, CCDWATCH_FAULTS="calibrate=hang")  # a light's job that would run for an hour
+    proc = subprocess.Popen([sys.executable, "-m", "ccdwatch", "--config", str(d.cfg), "watch", "--once"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if d.db.exists() and d.query("SELECT COUNT(*) FROM masters") == [(3,)]:
+                    break
+            except sqlite3.OperationalError:  # no table yet
+                pass
+            time.sleep(0.2)
+        time.sleep(1.5)  # the lights' jobs are in the workers, hanging
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # any process of the group still there?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("processes of the daemon's group outlived it")

@@ -258,6 +258,10 @@ def _import_all(names: Iterable[str]) -> None:
 
 
 def _worker_init(memory_limit: int, nice: int, daemon: int) -> None:
+    # Ctrl-C at a terminal reaches the whole process group: the daemon stops its workers itself.
+    # Left to Python, a worker's job ended with KeyboardInterrupt, which came back through its
+    # future and ended the daemon with a traceback before its own stop could act.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and the strips a stack forks from it
     die_with_parent()
     die_with_daemon(daemon)
     give_back_freed_memory()
