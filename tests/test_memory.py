@@ -375,6 +375,42 @@ def test_room_for_a_job_frees_the_caches_first_then_asks_for_a_fresh_worker(monk
     memory.room_for(spec, lambda: None)  # more than even a fresh worker has: the job runs and says so itself
 
 
+
+def test_ingest_lets_go_of_what_earlier_jobs_left_before_refusing_a_file_as_too_large(tmp_path, monkeypatch):
+    """A file this worker has no room for, for what earlier jobs left it holding (a 2k night's
+    calibrations), is read once the masters' cache is let go, or on fresh workers (WorkerFull):
+    refused as too large, it stayed quarantined until the file changed. A file not even a fresh
+    worker could read is refused, as before."""
+    from ccdwatch.fitsio.rejected import RejectedFile
+
+    path = tmp_path / "frame.fits"
+    fits.PrimaryHDU(np.zeros((64, 64), np.int16)).writeto(path)
+    need = memory.ingest(path.stat().st_size)
+    held = {"data": memory.WORKER_BASE + need}  # this worker's room: half the need
+    monkeypatch.setattr(memory, "_data_limit", lambda: memory.WORKER_BASE + need + need // 2)
+    monkeypatch.setattr(memory, "headroom", lambda: memory._data_limit() - held["data"])
+
+    class Cache(dict):  # the masters a worker keeps: letting them go frees ``frees`` bytes
+        frees = 0
+
+        def clear(self) -> None:
+            held["data"] -= self.frees
+            super().clear()
+
+    cache = Cache({"a master": None})
+    monkeypatch.setattr(tasks, "_MASTERS", cache)
+    with pytest.raises(memory.WorkerFull, match="from earlier jobs"):
+        tasks._check_room(str(path))  # the cache let go, still short: fresh workers read it
+    assert cache == {}
+    cache["a master"], cache.frees = None, need
+    tasks._check_room(str(path))  # the cache let go is enough: read here
+    held["data"] = memory.WORKER_BASE + need
+    monkeypatch.setattr(memory, "_data_limit", lambda: memory.WORKER_BASE + need // 2)  # not even a fresh one
+    with pytest.raises(RejectedFile, match="raise it to at least") as refused:
+        tasks._check_room(str(path))
+    assert refused.value.reason == "too-large"
+
+
 _MALLINFO_PROBE = r'''
 import ctypes
 import numpy as np

@@ -293,7 +293,11 @@ def room_for(spec: Any, release: Callable[[], None]) -> None:
     """Before a job: raise :class:`WorkerFull` when this worker has less room under its data limit
     than the job needs, even after ``release`` (its caches) and trimming the heap, while a fresh
     worker (`WORKER_BASE`) would have enough."""
-    estimate = need(spec)
+    make_room(need(spec), release)
+
+
+def make_room(estimate: int | None, release: Callable[[], None]) -> None:
+    """`room_for` a need of ``estimate`` bytes (None: unknown, nothing done)."""
     room = headroom()
     if estimate is None or room is None or room >= estimate:
         return

@@ -121,14 +121,18 @@ def _pixel_evidence(data: np.ndarray | None, path: str) -> PixelEvidence | None:
 
 
 def _check_room(path: str) -> None:
-    """Refuse, before reading a byte of data, a file this worker has no room to read (its size
-    on disk stands for its data: a file smaller than its header declares is refused anyway)."""
+    """Refuse, before reading a byte of data, a file no worker has room to read (its size on disk
+    stands for its data: a file smaller than its header declares is refused anyway). A file that
+    only this worker cannot read, for what earlier jobs left (its masters' cache, the heap), is
+    read once those are let go, or on fresh workers (`memory.WorkerFull`): refused, it stayed
+    quarantined until the file changed."""
     try:
         size = os.lstat(path).st_size
     except OSError:
         return  # read_raw says what is wrong with it
-    room = memory.headroom()
     need = memory.ingest(size)
+    memory.make_room(need, _MASTERS.clear)
+    room = memory.headroom()
     if room is not None and need > room:
         limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
         raise RejectedFile("too-large", (
