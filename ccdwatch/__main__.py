@@ -51,8 +51,21 @@ def start_workers_early(argv: Sequence[str]) -> bool:
         return False
     if args.once and not any_fits_name(cfg.paths.incoming):  # an idle --once stays light
         return False
+    _stop_cleanly_until_watching()  # from before the server's temporary directory exists
     forkserver.start()
     return True
+
+
+def _stop_cleanly_until_watching() -> None:
+    """SIGTERM before the daemon installs its own handler (`Watcher.install_signal_handlers`) exits
+    0, as its stop does, through the exit handlers: killed by the signal itself, the daemon left
+    the fork server's temporary directory (its socket and ready file) in /tmp."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def entry() -> None:

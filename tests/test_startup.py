@@ -127,3 +127,34 @@ def test_the_console_script_starts_the_fork_server_before_the_command_line_loads
         started.clear()
         assert script.start_workers_early(list(argv)) is expected, argv
         assert started == ([True] if expected else []), argv
+
+
+def test_a_stop_while_the_daemon_starts_leaves_nothing_in_tmp(tmp_path):
+    """SIGTERM after the fork server has started and before the daemon's own handler is in place:
+    exit 0 as a stop, through the exit handlers; the server's temporary directory goes with them
+    (killed by the signal itself, the daemon left /tmp/pymp-*, its socket and ready file)."""
+    import os
+    import signal
+    import time
+
+    import numpy as np
+    from astropy.io import fits
+
+    incoming, tmp = tmp_path / "incoming", tmp_path / "tmp"
+    incoming.mkdir()
+    tmp.mkdir()
+    fits.PrimaryHDU(np.zeros((8, 8), np.int16)).writeto(incoming / "bias_001.fits")  # the server starts early
+    env = dict(os.environ, TMPDIR=str(tmp))  # multiprocessing's directory: here, apart from other runs'
+    proc = subprocess.Popen([sys.executable, "-m", "ccdwatch", "watch", "--once", "--incoming", str(incoming),
+                             "--products", str(tmp_path / "products"), "--db", str(tmp_path / "c.db")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while time.time() < deadline and not any(tmp.iterdir()):  # the fork server is up
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    deadline = time.time() + 10
+    while time.time() < deadline and any(tmp.iterdir()):  # the server follows its daemon out
+        time.sleep(0.05)
+    assert not any(tmp.iterdir()), sorted(p.name for p in tmp.rglob("*"))
