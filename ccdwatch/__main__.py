@@ -44,12 +44,12 @@ def start_workers_early(argv: Sequence[str]) -> bool:
                                                       database=args.db, scheduler=args.scheduler, site=args.site)
     except Exception:  # noqa: BLE001 - `ccdwatch.cli` loads it again and reports the error
         return False
-    from ccdwatch.fitsio.names import any_fits_name
+    from ccdwatch.config import new_files_likely
     from ccdwatch.jobs import forkserver
 
     if cfg.workers.processes <= 0 or cfg.workers.scheduler:
         return False
-    if args.once and not any_fits_name(cfg.paths.incoming):  # an idle --once stays light
+    if args.once and not new_files_likely(cfg):  # an idle --once stays light
         return False
     _stop_cleanly_until_watching()  # from before the server's temporary directory exists
     forkserver.start()

@@ -66,9 +66,9 @@ def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
 
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
-    from ccdwatch.fitsio.names import any_fits_name  # no numpy, no astropy: an idle --once stays light
+    from ccdwatch.config import new_files_likely  # no numpy, no astropy: an idle --once stays light
 
-    if not args.once or any_fits_name(cfg.paths.incoming):  # --once: else once its scan finds files
+    if not args.once or new_files_likely(cfg):  # --once: else once its scan finds files
         from ccdwatch.jobs import pool
         pool.warm_up(cfg.workers)  # first: its imports overlap with ours below
     from ccdwatch.daemon.watch import Watcher

@@ -103,6 +103,7 @@ def test_the_console_script_starts_the_fork_server_before_the_command_line_loads
 
     started = []
     monkeypatch.setattr(forkserver, "start", lambda: started.append(True))
+    monkeypatch.setattr(script, "_stop_cleanly_until_watching", lambda: None)  # not in this test's process
     empty, night = tmp_path / "empty", tmp_path / "night"
     empty.mkdir()
     night.mkdir()
@@ -128,6 +129,36 @@ def test_the_console_script_starts_the_fork_server_before_the_command_line_loads
         assert script.start_workers_early(list(argv)) is expected, argv
         assert started == ([True] if expected else []), argv
 
+
+
+def test_a_once_over_frames_already_catalogued_does_not_start_the_fork_server(tmp_path, monkeypatch):
+    """A timer's `watch --once` over a camera folder that keeps the nights already reduced: the
+    frames changed before the catalogue last did are not work, and the fork server (~0.8 s of CPU)
+    is not started for them; a frame written, copied or moved in since is."""
+    import os
+    import time
+
+    from ccdwatch import __main__ as script
+    from ccdwatch.jobs import forkserver
+
+    started = []
+    monkeypatch.setattr(forkserver, "start", lambda: started.append(True))
+    monkeypatch.setattr(script, "_stop_cleanly_until_watching", lambda: None)
+    night, db = tmp_path / "night", tmp_path / "c.db"
+    night.mkdir()
+    (night / "bias_001.fits").write_bytes(b"")
+    argv = ["--db", str(db), "watch", "--once", "--incoming", str(night)]
+    assert script.start_workers_early(argv)  # no catalogue yet: everything is new
+    time.sleep(0.05)
+    db.write_bytes(b"")  # the catalogue as a run left it
+    assert not script.start_workers_early(argv)
+    time.sleep(0.05)
+    old = tmp_path / "bias_002.fits"
+    old.write_bytes(b"")
+    os.utime(old, (1e9, 1e9))  # a copy that keeps its time (cp -p)
+    old.rename(night / old.name)  # moved in after the catalogue: its ctime says so
+    assert script.start_workers_early(argv)
+    assert started == [True, True]
 
 def test_a_stop_while_the_daemon_starts_leaves_nothing_in_tmp(tmp_path):
     """SIGTERM after the fork server has started and before the daemon's own handler is in place:
@@ -158,3 +189,30 @@ def test_a_stop_while_the_daemon_starts_leaves_nothing_in_tmp(tmp_path):
     while time.time() < deadline and any(tmp.iterdir()):  # the server follows its daemon out
         time.sleep(0.05)
     assert not any(tmp.iterdir()), sorted(p.name for p in tmp.rglob("*"))
+
+
+def test_a_once_whose_files_are_all_unchanged_never_starts_the_fork_server(tmp_path, monkeypatch):
+    """The scan of a folder that keeps the nights already reduced finds every file ready, and
+    every one unchanged: no job, so no fork server (it started as soon as the scan found files)."""
+    import dataclasses
+
+    from ccdwatch import synth
+    from ccdwatch.catalog import Catalog
+    from ccdwatch.daemon.watch import Watcher
+    from ccdwatch.jobs import forkserver
+    from ccdwatch.pipeline import Pipeline
+
+    from .conftest import make_config
+
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    synth.make_night(cfg.paths.incoming, camera=synth.Camera(shape=(48, 64)), seed=2, n_bias=3, n_dark=0, n_flat=0,
+                     filters=("V",), n_light=0, n_stars=5)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        assert Watcher(cfg, pipe, progress=False).run_once().ingested == 3  # jobs in this process
+    started: list[bool] = []
+    monkeypatch.setattr(forkserver, "start", lambda: started.append(True))
+    cfg = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, processes=2))
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        stats = Watcher(cfg, pipe, progress=False).run_once()
+    assert (stats.ingested, stats.unchanged) == (0, 3)
+    assert started == []

@@ -354,8 +354,8 @@ class Watcher:
         """Start-up scan, drain all work as the daemon would, then finish the night and return."""
         self.pipeline.recover()
         self.scan()
-        if self.ready or self.pending:
-            pool.warm_up(self.cfg.workers)
+        if self.pending:  # files still being written: the workers' server imports while they settle
+            pool.warm_up(self.cfg.workers)  # (ready ones start it with their first job: none if all are unchanged)
         bar = None
         if self.progress and len(self.ready) > 20:
             from tqdm import tqdm

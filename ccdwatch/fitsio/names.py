@@ -35,15 +35,25 @@ def is_temp_name(name: str) -> bool:
     return base.startswith(".") or base.lower().endswith(_TEMP_SUFFIXES)
 
 
-def any_fits_name(directory: str | os.PathLike[str]) -> bool:
+def any_fits_name(directory: str | os.PathLike[str], *, changed_after: float | None = None) -> bool:
     """Does ``directory`` hold, at its top level, an entry with a FITS name that is not a temp
-    name? False when it cannot be listed. A cheap look before a scan (its subfolders are not
-    walked)."""
+    name (and, with ``changed_after``, whose content or name changed after that time: its mtime
+    or ctime, which a copy that keeps the mtime or a move into the folder sets)? False when it
+    cannot be listed. A cheap look before a scan (its subfolders are not walked)."""
     try:
         with os.scandir(directory) as entries:
-            return any(fits_suffix(e.name) is not None and not is_temp_name(e.name) for e in entries)
+            return any(fits_suffix(e.name) is not None and not is_temp_name(e.name)
+                       and (changed_after is None or _changed_after(e, changed_after)) for e in entries)
     except OSError:
         return False
+
+
+def _changed_after(entry: os.DirEntry[str], when: float) -> bool:
+    try:
+        st = entry.stat()
+    except OSError:  # gone meanwhile, or not to be looked at: the scan says
+        return True
+    return max(st.st_mtime, st.st_ctime) > when
 
 
 def fits_suffix(name: str) -> str | None:

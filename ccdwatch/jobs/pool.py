@@ -81,9 +81,10 @@ def warm_up(cfg: WorkersConfig) -> None:
     """Start the local workers' fork server now, its imports overlapping the caller's work.
 
     Only worth it when jobs will follow: the live daemon calls it first thing, ``watch --once``
-    once its scan has found files (a run with nothing to do never starts the server, whose
-    ~1 s of imports would otherwise compete with the run's own start-up for the CPU). Without
-    it the server starts with the pool, at the first job.
+    when its incoming folder holds frames changed since the catalogue last was
+    (`config.new_files_likely`), or files still settling (a run with nothing to do never starts
+    the server, whose ~1 s of imports would otherwise compete with the run's own start-up for
+    the CPU). Without it the server starts with the pool, at the first job.
     """
     if cfg.processes > 0 and not cfg.scheduler:
         forkserver.start()
