@@ -78,6 +78,10 @@ def night(tmp_path_factory) -> synth.NightTruth:
     ("Focus/M51_001.fit", ImageType.UNKNOWN),
     ("Dark/MasterDark_300s.fit", ImageType.UNKNOWN),  # a master kept in the library
     ("M51/Stack_16bits_10frames_300s.fits", ImageType.UNKNOWN),  # SharpCap's live stack
+    # a target's name with a type word in it, filed by type (N.I.N.A.): the path names two types
+    ("2024-03-10/Dark Shark Nebula/LIGHT/Dark Shark Nebula_2024-03-10_22-00-03_L_-10.00C_0000.fits", None),
+    ("Lights/Dark Nebula LDN673_001.fit", None),
+    ("Dark Shark Nebula/LIGHT/frame_0001.fits", None),
 ])
 def test_path_words_name_the_type(relpath, kind):
     assert path_type(relpath)[0] is kind
@@ -117,6 +121,39 @@ def test_pixels_decide_when_header_and_name_disagree(night):
         else:  # a star field named 'flat': the header (Light) stands, and the pixels agree
             assert info.classified_by == "header" and "star field" in info.type_source
 
+
+
+def test_a_star_field_whose_path_names_a_dark_is_a_light(night):
+    """No IMAGETYP, and a path that says dark (a 'Dark ... Nebula' target in the file name and in
+    its folder): a dark never shows a star field, so the pixels make it a light. (The target's
+    word made such frames darks, and enough of them a master dark of star fields.)"""
+    from ccdwatch import evidence
+    from ccdwatch.fitsio import read_raw
+
+    raw = read_raw(night.files["light"][0])
+    header = raw.header.copy()
+    del header["IMAGETYP"]
+    pixels = evidence.measure(raw.data)
+    for name in ("Dark Shark Nebula_2024-03-10_22-00-03_L_-10.00C_0000.fits", "Dark Horse/frame_0001.fits",
+                 "2024-03-10/Dark Shark Nebula/LIGHT/Dark Shark Nebula_0000.fits"):
+        info = normalise(header, filename=name, pixels=pixels)
+        assert info.imagetyp is ImageType.LIGHT and info.classified_by == "pixels", (name, info.type_source)
+        assert "star field" in info.type_source
+    dark = read_raw(night.files["dark"][0])  # a real dark in a dark's folder stays a dark
+    header = dark.header.copy()
+    del header["IMAGETYP"]
+    info = normalise(header, filename="Darks/Dark_200s_0001.fits", pixels=evidence.measure(dark.data))
+    assert info.imagetyp is ImageType.DARK and info.classified_by == "path"
+
+
+def test_an_object_named_unknown_names_no_target():
+    """'Unknown' (what some programs write without a target) is no object: such lights are grouped
+    by their pointing, not stacked together across fields."""
+    for value in ("Unknown", "UNKNOWN", "untitled"):
+        info = normalise({"IMAGETYP": "Light Frame", "OBJECT": value, "FILTER": value, "EXPTIME": 60},
+                         filename="frame_001.fits")
+        assert info.object is None and info.filter is None, value
+    assert normalise({"IMAGETYP": "Light Frame", "OBJECT": "M51"}, filename="x.fits").object == "M51"
 
 # ---------------------------------------------------------------------------------- whole nights
 def test_cmos_library_in_folders_without_imagetyp_and_decimal_commas(night, tmp_path):

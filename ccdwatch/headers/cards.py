@@ -8,7 +8,9 @@ from typing import Any
 from ccdwatch.headers.values import _Bad, _clean_text, _show, _to_float, _to_int
 
 #: Values that mean "nothing" in a FILTER/OBJECT card.
-_NULL_WORDS = frozenset({"none", "null", "n/a", "-", "--"})
+#: Values that name nothing (an OBJECT or FILTER card a program fills when it knows none: fields
+#: named "Unknown" are different fields, grouped by their pointing, not one target).
+_NULL_WORDS = frozenset({"none", "null", "n/a", "-", "--", "unknown", "untitled"})
 
 
 class _Cards:

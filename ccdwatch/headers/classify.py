@@ -185,7 +185,9 @@ def _component_type(component: str) -> ImageType | None:
 
 
 def path_type(relpath: str) -> tuple[ImageType | None, str]:
-    """What a frame's path says it is: the file name first, then its folders from the deepest.
+    """What a frame's path says it is: the type its file name and folders name, when they name
+    one; when they name several (the word 'Dark' of a target's name in a file filed under
+    ``LIGHT/``), nothing: the header and the pixels decide.
 
     Returns
     -------
@@ -215,14 +217,14 @@ def _path_evidence(relpath: str) -> tuple[ImageType | None, str, bool]:
     for folder in reversed(parts[:-1]):
         if _compact(folder) in _NOT_DATA_FOLDERS:
             return ImageType.UNKNOWN, f"folder {folder + '/'!r}: not data", False
-    kind = _component_type(stem)
-    if kind is not None:
-        return kind, f"file name {parts[-1]!r}", False
-    for folder in reversed(parts[:-1]):
-        kind = _component_type(folder)
-        if kind is not None:
-            return kind, f"folder {folder + '/'!r}", False
-    return None, "", False
+    named = [(kind, f"file name {parts[-1]!r}") for kind in [_component_type(stem)] if kind is not None]
+    named += [(kind, f"folder {folder + '/'!r}") for folder in reversed(parts[:-1])
+              for kind in [_component_type(folder)] if kind is not None]
+    if not named:
+        return None, "", False
+    if len({kind for kind, _ in named}) > 1:  # a target named 'Dark Shark Nebula' in a LIGHT/ folder
+        return None, "the path names several types (" + ", ".join(f"{why}: {kind}" for kind, why in named) + ")", False
+    return named[0][0], named[0][1], False
 
 
 # -------------------------------------------------------------------------------------- rules
@@ -437,11 +439,14 @@ def _weigh(header: tuple[ImageType | None, str], path: tuple[ImageType | None, s
         if v_kind is p_kind:
             return p_kind, f"{p_why} says {p_kind}, {h_why} says {h_kind}; pixels: {v_why}", "pixels"
         return h_kind, f"{h_why} (the {p_why} says {p_kind}; pixels: {v_why})", "header"
+    if p_kind in (ImageType.DARK, ImageType.BIAS) and v_kind is ImageType.LIGHT:  # no dark shows a star field
+        return v_kind, f"pixels: {v_why} (the {p_why} says {p_kind}; {h_why})", "pixels"
     if p_kind is not None:
         return p_kind, p_why, "path"
+    path_says = p_why or "no folder or file name names a type"
     if v_kind is not None:
-        return v_kind, f"pixels: {v_why} ({h_why})", "pixels"
-    return ImageType.UNKNOWN, f"{h_why}; no folder or file name names a type; {v_why}", "none"
+        return v_kind, f"pixels: {v_why} ({h_why}; {path_says})", "pixels"
+    return ImageType.UNKNOWN, f"{h_why}; {path_says}; {v_why}", "none"
 
 
 def _apply_rules(
