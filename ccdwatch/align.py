@@ -283,6 +283,22 @@ def _match_patterns(frame: _Pattern, ref: _Pattern, *, max_scale_change: float) 
     return None
 
 
+def _ransac_guess(src: np.ndarray, dst: np.ndarray, max_control_points: int, n_src: int, n_dst: int) -> np.ndarray:
+    """astroalign's transform of ``src`` onto ``dst`` (its RANSAC over triangles), as a 3x3 matrix."""
+    import astroalign  # the fallback only: not loaded by every worker
+
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # degenerate triangles
+            t, _ = astroalign.find_transform(src[:max_control_points], dst[:max_control_points],
+                                             max_control_points=max_control_points)
+    except astroalign.MaxIterError as exc:
+        raise AlignmentError(
+            f"no star pattern in common with the reference ({n_src} vs {n_dst} sources): {exc}") from exc
+    except Exception as exc:  # ValueError/TypeError, or astroalign internals on degenerate geometry
+        raise AlignmentError(f"astroalign could not match the star lists: {exc}") from exc
+    return np.asarray(t.params, dtype=np.float64)
+
+
 def find_transform(
     sources: Sources,
     ref: Sources,
@@ -331,24 +347,23 @@ def find_transform(
     dst = ref.xy
     guess = _match_patterns(_pattern(src[:max_control_points]), _cached_pattern(dst[:max_control_points]),
                             max_scale_change=max_scale_change)
-    if guess is None:
-        logger.debug("no clear triangle match; trying astroalign's RANSAC")
-        import astroalign  # the fallback only: not loaded by every worker
-
+    refined = _refine(guess, src, dst, radius=match_radius) if guess is not None else None
+    if refined is None or refined[1] < min_matches:
+        # no clear triangle match, or one that does not hold (a sparse field with a close pair the
+        # detection did not split: the triangles agreed on a false match): astroalign's RANSAC
+        logger.debug("%s; trying astroalign's RANSAC", "no clear triangle match" if refined is None
+                     else f"the triangle match holds {refined[1]} stars")
         try:
-            with np.errstate(divide="ignore", invalid="ignore"):  # degenerate triangles
-                t, _ = astroalign.find_transform(
-                    src[:max_control_points], dst[:max_control_points], max_control_points=max_control_points
-                )
-        except astroalign.MaxIterError as exc:
-            raise AlignmentError(
-                f"no star pattern in common with the reference ({len(sources)} vs {len(ref)} sources): {exc}"
-            ) from exc
-        except Exception as exc:  # ValueError/TypeError, or astroalign internals on degenerate geometry
-            raise AlignmentError(f"astroalign could not match the star lists: {exc}") from exc
-        guess = np.asarray(t.params, dtype=np.float64)
-
-    m, n_matches, rms = _refine(guess, src, dst, radius=match_radius)
+            fallback = _refine(_ransac_guess(src, dst, max_control_points, len(sources), len(ref)), src, dst,
+                               radius=match_radius)
+        except AlignmentError:
+            if refined is None:
+                raise
+            fallback = None
+        if fallback is not None and (refined is None or fallback[1] > refined[1]):
+            refined = fallback
+    assert refined is not None  # the fallback's error is raised when there was nothing else
+    m, n_matches, rms = refined
     if n_matches < min_matches:
         raise AlignmentError(
             f"only {n_matches} stars matched the reference within {match_radius} px (need >= {min_matches})"
