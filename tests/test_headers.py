@@ -383,6 +383,19 @@ def test_date_loc_only_is_converted_with_the_known_zone_and_warned():
     assert both.date_obs == info.date_obs and not any("DATE-LOC" in w for w in both.warnings)
 
 
+
+def test_date_loc_only_at_a_site_known_by_its_longitude_is_read_in_the_sites_zone():
+    """No zone set ('auto') and a site longitude: DATE-LOC is read in the site's zone (the offset of
+    its longitude's hour), the zone its night is reckoned in. Read in this machine's zone, a Hawaii
+    frame on a UTC server came 10 h early and a night before its own."""
+    header = {"IMAGETYP": "LIGHT", "EXPOSURE": 60.0, "DATE-LOC": "2024-03-09T22:01:03.123", "SITELONG": -155.47}
+    info = info_of(header, timezone="auto")
+    assert info.date_obs == utc(2024, 3, 10, 8, 1, 3, 123000)
+    assert info.night == "2024-03-09"
+    assert any("DATE-LOC" in w and "UTC-10" in w for w in info.warnings), info.warnings
+    # a zone that is set still wins; and without a longitude, this machine's zone, as before
+    assert info_of(header, timezone="-08:00").date_obs == utc(2024, 3, 10, 6, 1, 3, 123000)
+
 # ------------------------------------------------------------------------------- the night
 
 

@@ -24,7 +24,7 @@ from ccdwatch.headers.keywords import (
     _SOFTWARE_KEYS,
     _TELESCOPE_KEYS,
 )
-from ccdwatch.headers.night import _check_start_hour, _night, _resolve_zone
+from ccdwatch.headers.night import _check_start_hour, _night, _resolve_zone, site_zone
 from ccdwatch.headers.pixels import PixelEvidence
 from ccdwatch.headers.quantities import _CELSIUS, _binning, _coordinates, _exposure, _longitude, _shape
 from ccdwatch.headers.sections import OverscanPlan, OverscanRules, frame_overscan
@@ -150,7 +150,9 @@ def normalise(
     imagetyp, type_source, filter_name, object_name = ident[:4]
     exptime = _checked_exposure(cards, imagetyp, exptime)
     longitude = _longitude(cards)
-    date_obs = _date_obs(cards, zone)
+    # a local time (DATE-LOC alone) read in the zone the night is reckoned in: the site's longitude
+    # when no zone is set (read in this machine's zone, a Hawaii frame on a UTC server was a day off)
+    date_obs = _date_obs(cards, zone if zone is not None or longitude is None else site_zone(longitude))
     night = _night(date_obs, zone, longitude, start_hour) if date_obs is not None else None
     xbin, ybin = _binning(cards)
     naxis1, naxis2 = _shape(cards)

@@ -39,6 +39,13 @@ def _resolve_zone(name: str) -> tzinfo | None:
     return _zone(name)
 
 
+def site_zone(longitude_deg: float) -> tzinfo:
+    """The zone of a site known only by its longitude: the offset of its hour, ``round(lon / 15)``
+    hours from UTC (Hawaii -155.5: UTC-10; Siding Spring +149.1: UTC+10), within an hour or two of
+    its civil zone, as the night's local mean solar time is within half an hour of it."""
+    return _fixed_zone(timedelta(hours=round(longitude_deg / 15.0)))
+
+
 def _zone_name(zone: tzinfo) -> str:
     return str(getattr(zone, "key", None) or zone)
 
