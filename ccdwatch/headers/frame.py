@@ -150,8 +150,6 @@ def normalise(
     imagetyp, type_source, filter_name, object_name = ident[:4]
     exptime = _checked_exposure(cards, imagetyp, exptime)
     longitude = _longitude(cards)
-    # a local time (DATE-LOC alone) read in the zone the night is reckoned in: the site's longitude
-    # when no zone is set (read in this machine's zone, a Hawaii frame on a UTC server was a day off)
     date_obs = _date_obs(cards, zone if zone is not None or longitude is None else site_zone(longitude))
     night = _night(date_obs, zone, longitude, start_hour) if date_obs is not None else None
     xbin, ybin = _binning(cards)

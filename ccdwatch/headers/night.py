@@ -42,7 +42,9 @@ def _resolve_zone(name: str) -> tzinfo | None:
 def site_zone(longitude_deg: float) -> tzinfo:
     """The zone of a site known only by its longitude: the offset of its hour, ``round(lon / 15)``
     hours from UTC (Hawaii -155.5: UTC-10; Siding Spring +149.1: UTC+10), within an hour or two of
-    its civil zone, as the night's local mean solar time is within half an hour of it."""
+    its civil zone, as the night's local mean solar time is within half an hour of it. A frame's
+    DATE-LOC is read in it when no zone is set (`normalise`): read in this machine's zone, a Hawaii
+    frame on a UTC server came out a night early."""
     return _fixed_zone(timedelta(hours=round(longitude_deg / 15.0)))
 
 
