@@ -346,20 +346,19 @@ class Workers:
         """
         jobs: list[Job] = [(fn, spec) for spec in specs]
         results: list[Future | None] = [None] * len(jobs)
-        held: dict[int, Future] = {}  # final, not handed over yet: a job before it is not final
-        handed = [0]  # the next job to hand over
+        handed = [0]  # the next job to hand over: every one before it is
 
         def settle(i: int, fut: Future) -> list[int]:
             """Job ``i``'s final future; hands over, in order, every final job this one unblocks
             (after a worker died, or a job was sent to fresh workers, the jobs after it finish
             first: their results wait, for the caller commits in order and reads "everything
             before this is committed" into it); the indices of the jobs their results added."""
-            results[i] = held[i] = fut
+            results[i] = fut
             added: list[int] = []
-            while handed[0] in held:
+            while handed[0] < len(results) and (final := results[handed[0]]) is not None:
                 k = handed[0]
                 handed[0] += 1
-                more = on_result(k, held.pop(k)) if on_result is not None else None
+                more = on_result(k, final) if on_result is not None else None
                 if more:
                     jobs.extend(more)
                     results.extend([None] * len(more))
