@@ -138,6 +138,11 @@ class WaitingLights:
         """The waiting lights are as our own planning left them: remember their signature."""
         self.seen = self.signature()
 
+    def unsettled(self) -> None:
+        """Masters are being built: the next `due` is a full pass, even if this tick ends before
+        its own (an early light's commit failing raises out of the masters' pass)."""
+        self.seen = None
+
 
 def plan_many(ctx: Context, frame_ids: Sequence[int], *, final: bool = False,
               redo_before: datetime | None = None) -> list[CalibrationPlan]:

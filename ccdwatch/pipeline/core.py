@@ -228,9 +228,7 @@ class Pipeline:
         for rank, groups in enumerate(ranks):
             plans = masters.plan_due(self.ctx, groups, final=final)
             if plans:
-                # masters to build: the waiting lights get a full pass, even if this one is cut short
-                # (the early lights' commit failing stops the tick before `WaitingLights.due`)
-                self.waiting.seen = None
+                self.waiting.unsettled()  # a full pass of the waiting lights, even if this one is cut short
                 early = calibrate.EarlyLights(self.ctx, plans, built, final=final) if rank == last else None
                 # a last round's idle workers: threads for its masters, unless lights will follow on them
                 share = early is None or len(plans) < self.runner.workers.processes
