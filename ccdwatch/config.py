@@ -547,8 +547,9 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
 
 def catalogue_changed_at(database: str) -> float | None:
     """When a SQLite catalogue file (or its write-ahead log) last changed, s since the epoch; None
-    for a server's catalogue or a file not there yet. No SQLAlchemy: `watch --once` asks it
-    before it loads any, to know whether the incoming folder changed since the last run."""
+    for a server's catalogue or a file not there yet (or a URL with options: `catalog.sqlite_path`
+    reads every URL, with SQLAlchemy). No SQLAlchemy here: `watch --once` asks before it loads
+    any, to know whether the incoming folder changed since the last run."""
     if "://" in database:
         if not database.startswith("sqlite:///"):
             return None

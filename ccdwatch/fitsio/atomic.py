@@ -58,15 +58,13 @@ def _estimate_bytes(hdul: fits.HDUList) -> int:
 
 
 def _declared_data_bytes(header: fits.Header) -> int:
-    """``|BITPIX| / 8 * GCOUNT * (PCOUNT + NAXIS1 * ... * NAXISn)``: the data size a header declares."""
-    naxis = int(header.get("NAXIS", 0) or 0)
-    if naxis == 0:
-        return 0
-    values = 1
-    for i in range(1, naxis + 1):
-        values *= int(header.get(f"NAXIS{i}", 0) or 0)
-    gcount, pcount = int(header.get("GCOUNT", 1) or 1), int(header.get("PCOUNT", 0) or 0)
-    return abs(int(header.get("BITPIX", 8))) // 8 * gcount * (pcount + values)
+    """The data size (bytes) an HDU's header declares (`layout.data_bits`), read leniently: the
+    headers astropy keeps for the HDUs it writes."""
+    from ccdwatch.fitsio.layout import data_bits
+
+    axes = tuple(int(header.get(f"NAXIS{i}", 0) or 0) for i in range(1, int(header.get("NAXIS", 0) or 0) + 1))
+    return data_bits(int(header.get("BITPIX", 8)), axes, pcount=int(header.get("PCOUNT", 0) or 0),
+                     gcount=int(header.get("GCOUNT", 1) or 1)) // 8
 
 
 def _is_enospc(exc: BaseException | None) -> bool:

@@ -250,6 +250,11 @@ def _declared_bits(h: fits.Header, where: str, bitpix: int, axes: tuple[int, ...
         gcount = _int_card(h, "GCOUNT", where, default=1)
     else:
         pcount, gcount = 0, 1
+    return data_bits(bitpix, axes, pcount=pcount, gcount=gcount, groups=groups)
+
+
+def data_bits(bitpix: int, axes: tuple[int, ...], *, pcount: int = 0, gcount: int = 1, groups: bool = False) -> int:
+    """``|BITPIX| * GCOUNT * (PCOUNT + NAXIS1 * ... * NAXISn)`` (random groups: NAXIS1 left out)."""
     if not axes:
         return 0
     n = _prod(axes[1:]) if groups else _prod(axes)
