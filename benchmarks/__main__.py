@@ -165,9 +165,15 @@ def targets(res: dict) -> list[dict]:
         runs = r["runs"]
         cw = runs["ccdwatch"]["wall"]
         shape = r.get("night", "scaled")
-        if "siril-cli" in runs and not runs["siril-cli"]["returncode"]:
+        if "siril-cli" in runs:
             limit = 0.8 if size.startswith("4k") else SIRIL_LIMIT[shape]
-            add(f"{size} night ({r['n_lights']} lights): ccdwatch / Siril wall", cw / runs["siril-cli"]["wall"], limit)
+            name = f"{size} night ({r['n_lights']} lights): ccdwatch / Siril wall"
+            failed = [f"{k} exited {runs[k]['returncode']}" for k in ("ccdwatch", "siril-cli") if runs[k]["returncode"]]
+            if failed:  # no ratio to take: a miss that says so, not a target left out
+                out.append({"target": f"{name} ({', '.join(failed)}: see its log above)", "value": None,
+                            "limit": limit, "status": "MISS"})
+            else:
+                add(name, cw / runs["siril-cli"]["wall"], limit)
         if shape == "scaled" and size in ("2k", "4k"):
             add(f"{size} night: ccdwatch / ccdproc script wall", cw / runs["ccdproc script"]["wall"], 0.25)
         st = r["stages"]["stages"]
@@ -249,8 +255,8 @@ def report(res: dict) -> None:
         print(f"=== memory: master flat job on 30 flats of 6000x4000: peak RSS {mem['maxrss_mb']:.0f} MiB, wall {mem['wall']:.1f} s")
     print("\n=== targets ===")
     for t in res["targets"]:
-        if t["status"] == "n/a":
-            print(f"  n/a   {t['target']}")
+        if t["value"] is None:
+            print(f"  {t['status']:5s} {t['target']}")
             continue
         print(f"  {t['status']:5s} {t['target']}: {t['value']:.3g} (target {'>=' if t['unit'] == '/s' else '<='} "
               f"{t['limit']:g}; {t['by']:.2f} of the limit)")
