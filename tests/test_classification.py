@@ -123,6 +123,34 @@ def test_pixels_decide_when_header_and_name_disagree(night):
 
 
 
+def test_sky_flats_shot_as_lights_of_a_target_named_flat(night):
+    """A sequence of sky flats run as lights (IMAGETYP 'Light Frame') of a target named 'Flat':
+    the object name counts as a path would, and the pixels decide; a star field named 'Flats', a
+    target whose name merely holds a type's word, or frames whose folder names a type, do not turn."""
+    from ccdwatch import evidence
+    from ccdwatch.fitsio import read_raw
+
+    flat, light = read_raw(night.files["flat"][0]), read_raw(night.files["light"][0])
+    flat_px, light_px = evidence.measure(flat.data), evidence.measure(light.data)
+    for name in ("Flat", "SkyFlats", "Dawn flat", "FLAT FIELD"):
+        info = normalise({**flat.header, "IMAGETYP": "Light Frame", "OBJECT": name}, filename="seq_0001.fits",
+                         pixels=flat_px)
+        assert info.imagetyp is ImageType.FLAT and info.classified_by == "pixels", (name, info.type_source)
+        assert f"object name {name!r}" in info.type_source
+    # without an image-type card the object name decides, as a header card
+    header = {k: v for k, v in flat.header.items() if k != "IMAGETYP"}
+    info = normalise({**header, "OBJECT": "Flats"}, filename="seq_0001.fits", pixels=flat_px)
+    assert info.imagetyp is ImageType.FLAT and info.classified_by == "header", info.type_source
+    # a star field stays a light, and says why
+    info = normalise({**light.header, "IMAGETYP": "Light Frame", "OBJECT": "Flats"}, filename="seq_0001.fits",
+                     pixels=light_px)
+    assert info.imagetyp is ImageType.LIGHT and "object name 'Flats' says flat" in info.type_source
+    for obj, kind in (("Dark Shark Nebula", ImageType.LIGHT), ("Flat", ImageType.LIGHT)):
+        info = normalise({**flat.header, "IMAGETYP": "Light Frame", "OBJECT": obj},
+                         filename="Lights/M51/seq_0001.fits" if obj == "Flat" else "seq_0001.fits", pixels=flat_px)
+        assert info.imagetyp is kind, (obj, info.type_source)
+
+
 def test_a_star_field_whose_path_names_a_dark_is_a_light(night):
     """No IMAGETYP, and a path that says dark (a 'Dark ... Nebula' target in the file name and in
     its folder): a dark never shows a star field, so the pixels make it a light. (The target's

@@ -489,6 +489,20 @@ def _identify(cards: _Cards, relpath: str, rules: Sequence[ClassificationRule],
     The one place a frame's classification is made.
     """
     p_kind, p_why, never_raw = _path_evidence(relpath)
+    object_name = cards.first_text(_OBJECT_KEYS, null_words=True)
+    named_by_object = p_kind is None and not p_why and _object_type(object_name) is not None
+    if named_by_object:  # sky flats shot as lights of a target named 'Flat': weighed as a path would be
+        p_kind, p_why = _object_type(object_name), f"object name {object_name!r}"
     kind, why, by = _weigh(_image_type(cards), (p_kind, p_why), pixels, exptime, never_raw=never_raw)
-    found = _Identity(kind, why, _filter(cards), cards.first_text(_OBJECT_KEYS, null_words=True), by=by)
+    if named_by_object and by == "path":
+        by = "header"  # the OBJECT card decided: header evidence, whatever its weight
+    found = _Identity(kind, why, _filter(cards), object_name, by=by)
     return _apply_rules(rules, relpath, cards, found)
+
+
+def _object_type(name: str | None) -> ImageType | None:
+    """The calibration type an object name is, as a whole ('Flat', 'SkyFlats', 'Dark', 'Bias'):
+    what a camera program's sequence of sky flats or darks, shot as lights, puts in OBJECT. A
+    name that merely holds such a word ('Dark Shark Nebula') names no type."""
+    kind = _type_word(_compact(name)) if name else None
+    return kind if kind in (ImageType.FLAT, ImageType.DARK, ImageType.BIAS) else None
