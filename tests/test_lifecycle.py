@@ -226,3 +226,35 @@ def test_retry_command_resets_only_the_night_and_state_asked_for(pipe, capsys):
     assert main([*args, "retry", "--state", "missing"]) == 0
     with pipe.catalog.reader() as s:
         assert s.scalars(select(Frame.state).order_by(Frame.id)).all()[3] == FrameState.INGESTED
+
+
+def test_a_file_the_system_will_not_let_us_read_is_read_again_once_it_can(pipe, monkeypatch):
+    """EACCES on open (a writer's lock on a Windows share, permissions set a moment later, a disk
+    that dropped out): tried again up to ingest.max_tries, then quarantined; once readable, the
+    next look ingests it, though its size, time and inode never changed (it stayed quarantined,
+    'unchanged', for good)."""
+    import errno
+    import os
+
+    pipe, incoming = pipe
+    path = incoming / "bias_001.fits"
+    locked = {str(path)}
+    real_open = os.open
+
+    def guarded_open(name, flags, *args, **kwargs):
+        if os.fspath(name) in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(name))
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    tries = pipe.cfg.ingest.max_tries
+    assert [pipe.handle(path).status for _ in range(tries)] == ["error"] * (tries - 1) + ["quarantined"]
+    was = frame_of(pipe, "bias_001.fits")
+    assert was.state == FrameState.QUARANTINED and "Permission denied" in was.state_reason
+    assert pipe.handle(path).status == "quarantined"  # still locked: looked at again, not 'unchanged'
+    locked.clear()
+    assert pipe.handle(path).status == "ingested"
+    now = frame_of(pipe, "bias_001.fits")
+    assert now.state == FrameState.INGESTED and now.imagetyp == "bias"
+    with pipe.catalog.reader() as s:
+        assert not s.scalars(select(Frame).where(Frame.state == FrameState.QUARANTINED)).all()

@@ -194,7 +194,23 @@ class Ingester:
         if exc.reason in INCOMPLETE_REASONS and (exc.reason == "incomplete-tail"
                                                  or (self.ctx.clock() - st.st_mtime) < grace):
             return Outcome("incomplete", detail=str(exc))
+        if exc.reason == "unreadable":
+            return self._unreadable(path, st, exc, final=final)
         return self.quarantine(path, st, f"{exc.reason}: {exc.message}")
+
+    def _unreadable(self, path: Path, st: os.stat_result, exc: RejectedFile, *, final: bool) -> Outcome:
+        """A file the system would not let us read (a writer's lock on a Windows share, permissions
+        set a moment later, an I/O error of a disk that dropped out): the system's answer, not the
+        file's content. Tried again (up to ``ingest.max_tries``), then quarantined without its
+        signature: a lock released or permissions fixed change neither its size, its time nor its
+        inode, and it is read again whenever it is next seen (an event, a rescan, a restart)."""
+        n = self._errors[str(path)] = self._errors.get(str(path), 0) + 1
+        if not final and n < self.ctx.cfg.ingest.max_tries:
+            logger.warning("cannot read %r yet (try %d of %d): %s", str(path), n, self.ctx.cfg.ingest.max_tries,
+                           exc.message)
+            return Outcome("error", detail=str(exc))
+        # its count is kept (until it is read): each later look is one try, then quarantined again
+        return self.quarantine(path, st, f"{exc.reason}: {exc.message} (read again when next seen)", recheck=True)
 
     def _errored(self, path: Path, st: os.stat_result, exc: Exception) -> Outcome:
         """A worker that crashed or hung is tried again (up to ``ingest.max_tries``); an error the
@@ -210,8 +226,9 @@ class Ingester:
             return self.quarantine(path, st, f"ingest-error: {type(exc).__name__}: {exc} (after {n} tries)")
         return Outcome("error", detail=str(exc))
 
-    def quarantine(self, path: Path, st: os.stat_result, reason: str) -> Outcome:
-        """Catalogue a file that cannot be used, with the reason (one row per path until it changes)."""
+    def quarantine(self, path: Path, st: os.stat_result, reason: str, *, recheck: bool = False) -> Outcome:
+        """Catalogue a file that cannot be used, with the reason (one row per path until it changes;
+        ``recheck``: its signature is not kept, so that it is parsed again whenever it is seen)."""
         now = utcnow()
         with self.ctx.catalog.session() as s:
             sf = source_file(s, str(path))
@@ -229,6 +246,8 @@ class Ingester:
                     s.add(sf)
                 sf.frame = frame
             sf.size, sf.mtime_ns, sf.inode, sf.last_seen = st.st_size, st.st_mtime_ns, st.st_ino, now
+            if recheck:
+                sf.size = sf.mtime_ns = sf.inode = None
             s.flush()
             log_event(s, frame, "quarantined", reason)
             frame_id = frame.id
