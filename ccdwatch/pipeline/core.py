@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 from ccdwatch.catalog import Catalog, catalogue_full, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
@@ -90,7 +91,9 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    wants = staticmethod(wants)
+    def wants(self, path: Path) -> bool:
+        """`ingest.wants` below this pipeline's incoming directory."""
+        return wants(path, self.ctx.incoming)
 
     # ------------------------------------------------------------------ start-up recovery
     def load_jobs(self) -> None:

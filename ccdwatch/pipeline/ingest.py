@@ -47,10 +47,20 @@ class Outcome:
     detail: str = ""
 
 
-def wants(path: Path) -> bool:
+def wants(path: Path, root: Path | None = None) -> bool:
     """Is this a name ccdwatch should look at (a FITS suffix, compressed ones included so that
-    they are catalogued, not a temp name)? Whether .fz/.gz are read is ingest.allow_compressed."""
-    return not is_temp_name(path.name) and fits_suffix(path.name) is not None
+    they are catalogued, not a temp name)? Whether .fz/.gz are read is ingest.allow_compressed.
+    Below ``root`` (the incoming directory), nothing in a hidden folder: a desktop's trash
+    (``.Trash-1000/files/``), Syncthing's ``.stversions/``, as the scans skip them."""
+    if is_temp_name(path.name) or fits_suffix(path.name) is None:
+        return False
+    if root is not None:
+        try:
+            folders = path.relative_to(root).parts[:-1]
+        except ValueError:
+            return True
+        return not any(part.startswith(".") for part in folders)
+    return True
 
 
 def _as_utc_naive(dt: datetime | None) -> datetime | None:
@@ -173,7 +183,7 @@ class Ingester:
         with self.ctx.catalog.session() as s:
             for i, p in enumerate(paths):
                 path = Path(p).absolute()
-                if not wants(path):
+                if not wants(path, self.ctx.incoming):
                     outcomes[i] = Outcome("ignored")
                     continue
                 try:
