@@ -435,3 +435,78 @@ def test_ctrl_c_at_a_terminal_stops_a_catch_up_cleanly(tmp_path):
         time.sleep(0.1)
     else:
         raise AssertionError("processes of the daemon's group outlived it")
+
+
+def test_incoming_through_a_symlink_and_a_directory_that_comes_back(tmp_path):
+    """``paths.incoming`` a symlink to the real directory (a NAS mount): files are seen live (inotify
+    watched the link itself and never reported one) and recorded under the configured path; the
+    directory removed and made again (a disk unplugged and plugged in, a share mounted again): it
+    is watched anew and rescanned, though the periodic rescan is off."""
+    d = Daemon(tmp_path)
+    real = tmp_path / "nas" / "night"
+    real.mkdir(parents=True)
+    d.incoming.rmdir()
+    d.incoming.symlink_to(real, target_is_directory=True)
+    try:
+        d.start()
+        (real / "a.fits").write_bytes(frame_bytes(tmp_path, seed=11))
+        d.wait_for("SELECT path FROM files", [(str(d.incoming / "a.fits"),)], timeout=15)
+        shutil.rmtree(real)  # unplugged ...
+        time.sleep(1.0)
+        real.mkdir()  # ... and back, empty, with a new inode
+        (d.incoming / "b.fits").write_bytes(frame_bytes(tmp_path, seed=12))
+        d.wait_for("SELECT count(*) FROM frames WHERE path LIKE '%b.fits'", [(1,)], timeout=20)
+        assert "watching it anew" in (tmp_path / "daemon.log").read_text()
+        assert d.stop() == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+
+
+def test_a_frame_moved_to_a_hidden_trash_folder_is_gone_not_kept(daemon):
+    """A file manager's delete on a USB disk moves the file into ``.Trash-1000/files/`` below the
+    incoming directory: the scans skip hidden folders, and the events now do too, so the frame is
+    missing rather than kept alive by its copy in the trash."""
+    daemon.start()
+    (daemon.incoming / "flat_003.fits").write_bytes(frame_bytes(daemon.tmp, kind="flat", seed=13))
+    daemon.wait_for("SELECT count(*) FROM frames", [(1,)])
+    trash = daemon.incoming / ".Trash-1000" / "files"
+    trash.mkdir(parents=True)
+    (daemon.incoming / "flat_003.fits").rename(trash / "flat_003.fits")
+    time.sleep(2.0)  # settle_seconds 0.5: its move event handled by now
+    assert daemon.query("SELECT count(*) FROM files WHERE path LIKE '%.Trash%'") == [(0,)]
+    assert daemon.stop() == 0
+
+
+def test_an_inotify_overflow_asks_for_a_rescan_without_recursion_too(tmp_path):
+    """watchdog 7 logs a kernel queue overflow on its reader's logger, and on its watch group's only
+    when rebuilding recursive watches: with ``watch.recursive = false`` the overflow went unheard."""
+    import logging
+
+    from watchdog.observers.inotify import InotifyObserver
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    from ccdwatch.daemon.inbox import Inbox
+    from ccdwatch.daemon.watch import OVERFLOW_LOGGERS, WATCHED_EVENTS, _Enqueue, _OverflowWatch
+
+    for recursive in (True, False):
+        q, where = Inbox(), tmp_path / f"r{recursive}"
+        where.mkdir()
+        overflow = _OverflowWatch(q)
+        for name in OVERFLOW_LOGGERS:
+            logging.getLogger(name).addFilter(overflow)
+        obs = InotifyObserver(generate_full_events=True)
+        try:
+            obs.schedule(_Enqueue(q), str(where), recursive=recursive, event_filter=WATCHED_EVENTS)
+            obs.start()
+            reader = getattr(obs, "_inotify_fd", None)
+            if reader is None:
+                pytest.skip("this watchdog reports overflows another way (no shared inotify reader)")
+            # the kernel's IN_Q_OVERFLOW (wd -1), as the reader hands it over
+            reader.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+            assert ("overflow", "") in list(q.take()), recursive
+        finally:
+            obs.stop()
+            obs.join(5)
+            for name in OVERFLOW_LOGGERS:
+                logging.getLogger(name).removeFilter(overflow)

@@ -73,32 +73,48 @@ WATCHED_EVENTS = [DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEv
 
 
 class _Enqueue(FileSystemEventHandler):
-    """Turns filesystem events into queue items; never raises."""
+    """Turns filesystem events into queue items; never raises.
 
-    def __init__(self, q: Inbox) -> None:
+    The observer watches the incoming directory's real path (``watched``: a symlink resolved, as
+    inotify does not follow one); the items carry the configured one (``shown``), under which
+    the scans find and the catalogue records the files."""
+
+    def __init__(self, q: Inbox, watched: str = "", shown: str = "") -> None:
         self.q = q
+        self.watched, self.shown = watched, shown
+
+    def _path(self, raw: bytes | str) -> str:
+        path = os.fsdecode(raw)
+        if self.watched != self.shown and (path == self.watched or path.startswith(self.watched + os.sep)):
+            return self.shown + path[len(self.watched):]
+        return path
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
             kind = event.event_type
             if event.is_directory:
                 if kind in ("created", "moved"):
-                    self.q.put(("scan", os.fsdecode(event.dest_path or event.src_path)))
+                    self.q.put(("scan", self._path(event.dest_path or event.src_path)))
                 return
             if kind == "closed":
-                self.q.put(("ready", os.fsdecode(event.src_path)))
+                self.q.put(("ready", self._path(event.src_path)))
             elif kind == "moved":
                 if event.dest_path:  # "" when moved out of the tree (full events)
-                    self.q.put(("ready", os.fsdecode(event.dest_path)))
+                    self.q.put(("ready", self._path(event.dest_path)))
             elif kind in ("created", "modified"):
-                self.q.put((kind, os.fsdecode(event.src_path)))
+                self.q.put((kind, self._path(event.src_path)))
         except Exception:  # noqa: BLE001 - the observer thread must survive anything
             pass
 
 
+#: The loggers on which watchdog reports a kernel queue overflow: its inotify reader's always, its
+#: watch group's only when it rebuilds recursive watches (watchdog 7).
+OVERFLOW_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+
+
 class _OverflowWatch(logging.Filter):
     """watchdog rebuilds its inotify watches after a kernel queue overflow but tells handlers
-    nothing; it logs a warning, which this filter turns into a rescan request."""
+    nothing; it logs a warning (`OVERFLOW_LOGGERS`), which this filter turns into a rescan request."""
 
     def __init__(self, q: Inbox) -> None:
         super().__init__()
@@ -155,6 +171,8 @@ class Watcher:
         self.stop_signal: str | None = None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.observer: BaseObserver | None = None
+        self._watched: tuple[int, int, str] | None = None  # the watched directory: (device, inode, real path)
+        self._root_gone = False
         # While a worker makes progress on a long job, the loop that waits for it stays healthy;
         # SIGTERM abandons the job rather than waiting for it (systemd's stop timeout).
         pipeline.workers.heartbeat = self.notifier.watchdog
@@ -413,11 +431,10 @@ class Watcher:
         self.pipeline.load_jobs()  # while the fork server loads on the other core
         self.pipeline.recover()
         overflow = _OverflowWatch(self.q)
-        wd_logger = logging.getLogger("watchdog.observers.inotify")
-        wd_logger.addFilter(overflow)
+        for name in OVERFLOW_LOGGERS:
+            logging.getLogger(name).addFilter(overflow)
         self.observer = observer = self._make_observer()
-        observer.schedule(_Enqueue(self.q), str(self.root), recursive=self.cfg.watch.recursive,
-                          event_filter=WATCHED_EVENTS)
+        self._watch_root(observer)
         observer.start()
         # only Linux's inotify reports closes; other platforms' native observers do not
         self.closes_expected = self.cfg.watch.observer == "inotify" and sys.platform.startswith("linux")
@@ -443,7 +460,44 @@ class Watcher:
             self.notifier.stopping()
             observer.stop()
             observer.join(timeout=5)
-            wd_logger.removeFilter(overflow)
+            for name in OVERFLOW_LOGGERS:
+                logging.getLogger(name).removeFilter(overflow)
+
+    def _watch_root(self, observer: BaseObserver) -> None:
+        """Watch the incoming directory where it really is now (a symlink resolved: inotify does
+        not follow one, and watched as a link it never reports a file), remembering its identity."""
+        real = self.root.resolve()
+        st = os.stat(real)
+        observer.schedule(_Enqueue(self.q, str(real), str(self.root)), str(real),
+                          recursive=self.cfg.watch.recursive, event_filter=WATCHED_EVENTS)
+        self._watched = (st.st_dev, st.st_ino, str(real))
+
+    def check_root(self) -> None:
+        """Watch the incoming directory anew when it is not the one watched any more: removed and
+        made again, a disk unplugged and plugged in again, a share mounted again, a symlink pointed
+        elsewhere (the observer's watch died with the old one, and no event would come again);
+        then rescan it for what arrived in between. While it is gone, say so once and wait."""
+        observer = self.observer
+        if observer is None:
+            return
+        try:
+            real = self.root.resolve(strict=True)
+            st = os.stat(real)
+        except OSError:
+            if not self._root_gone:
+                logger.warning("the incoming directory %s is gone (a disk unplugged, a share unmounted?): "
+                               "waiting for it to come back", self.root)
+            self._root_gone = True
+            return
+        alive = all(emitter.is_alive() for emitter in observer.emitters)
+        if self._watched == (st.st_dev, st.st_ino, str(real)) and alive and observer.emitters:
+            return
+        logger.warning("the incoming directory %s %s: watching it anew and rescanning", self.root,
+                       "is back" if self._root_gone else "is not the one watched any more")
+        self._root_gone = False
+        observer.unschedule_all()
+        self._watch_root(observer)
+        self.scan()
 
     def _iteration(self, due: dict[str, float]) -> None:
         """One pass of the worker loop: events, ingest, periodic work, health signals."""
@@ -465,6 +519,7 @@ class Watcher:
         self.notifier.status(self.status_text())
         self.notifier.watchdog()
         if now >= due["status"]:
+            self.check_root()
             self.write_status()
             due["status"] = now + 5.0
         backlog = len(self.ready) + len(self.pending)
