@@ -258,3 +258,29 @@ def test_a_file_the_system_will_not_let_us_read_is_read_again_once_it_can(pipe, 
     assert now.state == FrameState.INGESTED and now.imagetyp == "bias"
     with pipe.catalog.reader() as s:
         assert not s.scalars(select(Frame).where(Frame.state == FrameState.QUARANTINED)).all()
+
+
+def test_a_rewrite_undone_brings_the_first_content_back(pipe):
+    """A light plate-solved in place (content A -> B), then put back from a backup (B -> A): A's
+    frame goes on and B's is superseded. (Both stayed superseded, each 'by' the other: the
+    exposure was never calibrated or stacked again.)"""
+    pipe, incoming = pipe
+    ingest(pipe, incoming)
+    pipe.tick(final=True)
+    light = sorted(incoming.glob("M51_V_*.fits"))[1]
+    original = light.read_bytes()
+    first = frame_of(pipe, light.name)
+    with fits.open(light, mode="update") as hdul:
+        hdul[0].header["CTYPE1"] = "RA---TAN"
+    assert pipe.handle(light).status == "ingested"
+    second = frame_of(pipe, light.name)
+    light.write_bytes(original)  # the backup restored
+    assert pipe.handle(light).status == "duplicate"
+    pipe.tick(final=True)
+    with pipe.catalog.reader() as s:
+        a, b = s.get(Frame, first.id), s.get(Frame, second.id)
+        assert b.state == FrameState.SUPERSEDED and f"frame {a.id}" in b.state_reason
+        assert a.state == FrameState.STACKED, (a.state, a.state_reason)
+        stack = s.scalar(select(Stack).where(Stack.current))
+        members = {m.frame_id for m in s.scalars(select(StackMember).where(StackMember.stack_id == stack.id))}
+        assert a.id in members and b.id not in members and len(members) == 4

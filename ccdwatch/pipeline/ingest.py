@@ -352,7 +352,7 @@ def record(s: Session, path: Path, raw: specs.IngestResult, relpath: str, finger
         dedupe_exposure(s, frame)
     else:
         log_event(s, frame, "seen-again", f"same content as {path.name}")
-        restore(s, frame, str(path))
+        restore(s, frame, str(path), replaced=old_frame)
     if sf is None:
         sf = SourceFile(path=str(path), first_seen=now)
         s.add(sf)

@@ -54,9 +54,14 @@ def mark_missing(s: Session, frame: Frame, why: str) -> None:
     logger.warning("frame %d is missing: %s", frame.id, why)
 
 
-def restore(s: Session, frame: Frame, path: str) -> None:
-    """A missing frame's content is on disk again: back where it left the pipeline."""
-    if frame.state != FrameState.MISSING:
+def restore(s: Session, frame: Frame, path: str, replaced: Frame | None = None) -> None:
+    """A missing frame's content is on disk again: back where it left the pipeline. So is a
+    superseded one whose bytes are back at ``path`` in place of ``replaced``, the same exposure
+    (a rewrite undone: a plate-solved copy replaced by its backup): ``replaced`` is superseded
+    in turn (`path_rewritten`), and one of them goes on."""
+    undone = (frame.state == FrameState.SUPERSEDED and replaced is not None and replaced is not frame
+              and replaced.state not in EXIT_STATES and _same_exposure(frame, replaced))
+    if frame.state != FrameState.MISSING and not undone:
         return
     if frame.imagetyp in ("bias", "dark", "flat"):
         state = FrameState.INGESTED  # the master planner takes it into a new version
@@ -84,11 +89,16 @@ def path_rewritten(s: Session, old: Frame, new: Frame, path: str) -> None:
     """``path`` held ``old``'s content and now holds ``new``'s."""
     if old.state in EXIT_STATES or old.sha256 is None:
         return
-    if old.camera_key == new.camera_key and old.date_obs is not None and old.date_obs == new.date_obs:
+    if _same_exposure(old, new):
         supersede(s, old, new, f"new content at {os.path.basename(path)} (same exposure)")
     elif not raw_present(old) or all(p == path for p in raw_paths(old)):
         keeps = " (its calibrated product stays)" if current_calibrated(s, old.id) is not None else ""
         mark_missing(s, old, f"{os.path.basename(path)} now holds another exposure{keeps}")
+
+
+def _same_exposure(a: Frame, b: Frame) -> bool:
+    """Two contents of one exposure: the same camera and DATE-OBS."""
+    return a.camera_key == b.camera_key and a.date_obs is not None and a.date_obs == b.date_obs
 
 
 def dedupe_exposure(s: Session, new: Frame) -> None:
