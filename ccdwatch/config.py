@@ -139,6 +139,10 @@ class MastersConfig:
     """Working memory for combining frames; larger sets are combined in strips."""
     temperature_tolerance: float = 2.0
     """Darks match a light whose CCD temperature (set-point where present) is within this, degC."""
+    max_dark_scale: float = 10.0
+    """A light with no master dark as long as its exposure gets a shorter one scaled up at most this
+    much (its noise, hot-pixel residuals and bias errors grow as much); beyond, it waits for a dark
+    (or, with ``calibration.on_timeout = "partial"``, goes without). 1: never scale a dark up."""
     bias_max_age_days: float = 30.0
     dark_max_age_days: float = 30.0
     flat_max_age_days: float = 14.0
@@ -481,6 +485,9 @@ def _check_ranges(name: str, section: Any) -> None:
             raise ConfigError(f"config key '{name}.{key}' must be >= 0, got {getattr(section, key)!r}")
     if name == "night" and not 0 <= section.start_hour < 24:
         raise ConfigError(f"config key 'night.start_hour' must be in [0, 24), got {section.start_hour!r}")
+    if name == "masters" and not section.max_dark_scale >= 1:
+        raise ConfigError(f"config key 'masters.max_dark_scale' must be >= 1 (1: never scale a dark up), "
+                          f"got {section.max_dark_scale!r}")
     if name == "stack" and section.min_frames < 1:
         raise ConfigError(f"config key 'stack.min_frames' must be >= 1, got {section.min_frames!r}")
     if name == "stack" and not 0 <= section.stars_fraction <= 1:

@@ -59,6 +59,8 @@ def test_env_var_is_used(tmp_path, monkeypatch):
         ("[watch]\npoll_interval = 0\n", ["watch.poll_interval", "> 0"]),
         ("[masters]\nmin_frames = {bias = 0}\n", ["masters.min_frames.bias", ">= 1"]),
         ("[masters]\nmin_frames = {biass = 2}\n", ["masters.min_frames.biass", "did you mean"]),
+        ("[masters]\nmax_dark_scale = 0.5\n", ["masters.max_dark_scale", ">= 1", "never scale"]),
+        ("[masters]\nmax_dark_scale = nan\n", ["masters.max_dark_scale", ">= 1"]),
         ("[night]\ntimezone = 'Mars/Olympus'\n", ["night.timezone", "Europe/London"]),
         ("[ingest]\nallow_compressed = 'yes'\n", ["ingest.allow_compressed", "true or false"]),
         ("[[classify]]\nglob = 'bias*'\nimagetyp = 'zero'\n", ["classify[1].imagetyp", "bias"]),

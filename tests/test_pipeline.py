@@ -5,9 +5,10 @@ Ground truth comes from :mod:`ccdwatch.synth`; the real night is in test_real_ni
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -472,3 +473,74 @@ def test_flats_combine_beside_the_darks_unless_a_dark_of_theirs_is_coming(tmp_pa
             flats = s.scalars(select(Master).where(Master.kind == "flat")).all()
             assert len(flats) == 2
             assert all(f.dark_id == (dark.id if dark_exptime == 3.0 else None) for f in flats)
+
+
+def test_a_dark_at_least_as_long_as_the_light_is_scaled_down_not_a_dark_flat_up(tmp_path):
+    """300 s darks, 3 s dark-flats (for the 3 s flats) and 120 s lights: the lights get the 300 s
+    master x0.4, not the 3 s one x40 (nearer by exposure difference, 117 s against 180 s, but its
+    read noise, hot-pixel residuals and bias errors grow x40: residual robust sigma 228 ADU, hot
+    pixels off by ~190 ADU rms, against the ~15 ADU of the sky and read noise)."""
+    cam = synth.Camera(shape=(128, 160))
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    truth = synth.make_night(cfg.paths.incoming, camera=cam, seed=3, n_bias=5, n_dark=5, n_flat=5, filters=("V",),
+                             n_light=3, light_exptime=120.0, dark_exptime=300.0, flat_exptime=3.0, sky=2.0,
+                             n_stars=20)
+    rng = np.random.default_rng(99)
+    for i in range(5):  # dark-flats, at dawn after the flats
+        when = truth.dates["flat"][-1] + timedelta(minutes=2, seconds=10 * i)
+        synth.write_fits(cfg.paths.incoming / f"darkflat_3s_{i + 1:03d}.fits",
+                         synth.quantise(synth.expose(cam, kind="dark", exptime=3.0, rng=rng)),
+                         synth.frame_header(cam, kind="dark", exptime=3.0, date_obs=when))
+    cat, _ = run_once(cfg)
+    with cat:
+        with cat.reader() as s:
+            darks = {m.exptime: m for m in s.scalars(select(Master).where(Master.kind == "dark"))}
+            assert sorted(darks) == [3.0, 300.0] and all(d.bias_subtracted for d in darks.values())
+            light = s.scalars(select(Frame).where(Frame.path == str(truth.files["light"][0]))).one()
+            c = s.scalar(select(Calibrated).where(Calibrated.frame_id == light.id, Calibrated.current))
+            assert c.dark_id == darks[300.0].id and c.dark_scale == pytest.approx(0.4)
+            assert not c.partial
+            path = c.path
+        header, data = read_product(path)
+    stars = synth.render_stars(cam.shape, truth.light_stars(0), fwhm=3.0, exptime=120.0)
+    residual = data / header["GAIN"] - (2.0 * 120.0 + stars)  # flat-fielded: sky + stars, in ADU
+    hot = synth.hot_pixels(cam) & (stars < 1.0)
+    median, sigma = calib.robust_stats(residual[(stars < 1.0) & ~hot])
+    # sky + dark shot noise and read noise of the light; the masters add ~10 % at most
+    floor = math.sqrt((2.0 + cam.dark_current) * 120.0 / cam.gain + cam.read_noise ** 2)
+    assert abs(median) < 1.0
+    assert sigma < 1.15 * floor  # 15.5 ADU (floor 15.1); 228 with the dark-flat x40
+    assert np.sqrt(np.mean(residual[hot] ** 2)) < 2.5 * floor  # 17.5 ADU; 187 with the dark-flat x40
+
+
+def _dark(i: int, exptime: float, hours: float = 0.0):
+    return Master(id=i, kind="dark", exptime=exptime, bias_subtracted=True,
+                  date_mid=datetime(2024, 3, 10, 22) + timedelta(hours=hours))
+
+
+def test_scaled_dark_ranked_by_exposure_ratio_longer_first_and_up_scaling_limited():
+    from ccdwatch.config import MastersConfig
+    from ccdwatch.pipeline.selection import _scaled_dark
+
+    bias, when, rules = Master(id=99, kind="bias"), datetime(2024, 3, 10, 23), MastersConfig()
+
+    def pick(darks, t, **rules_):
+        dark, scale, why = _scaled_dark(darks, t, when, bias, dataclasses.replace(rules, **rules_))
+        return (dark.id if dark else None), scale, why
+
+    assert pick([_dark(1, 3.0), _dark(2, 300.0)], 120.0)[:2] == (2, pytest.approx(0.4))
+    # longer first, even when a shorter one is nearer by ratio: 100 s is x1.2, 1000 s x0.12
+    assert pick([_dark(1, 100.0), _dark(2, 1000.0)], 120.0)[:2] == (2, pytest.approx(0.12))
+    # by ratio among the longer: 240 s (x0.5) rather than 4000 s (x0.03), whatever the order
+    assert pick([_dark(2, 4000.0), _dark(1, 240.0)], 120.0)[0] == 1
+    # among the shorter, the longest: 60 s x2 rather than 3 s x40
+    assert pick([_dark(1, 3.0), _dark(2, 60.0)], 120.0)[:2] == (2, pytest.approx(2.0))
+    # the same exposure twice: the nearer in time, then the newer; deterministic in any order
+    assert pick([_dark(1, 300.0, 5), _dark(2, 300.0, 0)], 120.0)[0] == 2
+    assert pick([_dark(2, 300.0), _dark(1, 300.0)], 120.0)[0] == 2
+    # only a dark-flat: x40 is more than max_dark_scale allows; the reason says so
+    dark, scale, why = pick([_dark(1, 3.0)], 120.0)
+    assert dark is None and scale is None
+    assert "3 s" in why and "x40" in why and "masters.max_dark_scale = 10" in why
+    assert pick([_dark(1, 3.0)], 120.0, max_dark_scale=50.0)[:2] == (1, pytest.approx(40.0))
+    assert pick([_dark(1, 60.0)], 120.0, max_dark_scale=1.0)[0] is None

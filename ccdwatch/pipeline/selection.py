@@ -3,11 +3,14 @@
 As BANZAI does: a master is a candidate when it has the frame's camera set-up (and filter, for
 flats; temperature within tolerance, for darks) and is within its maximum age; the nearest in
 time wins. A dark of another exposure is scaled only if it is bias-subtracted and a master bias
-exists; a dark that includes the bias replaces the bias.
+exists: the nearest exposure at least as long as the light (scaled down), else the longest shorter
+one, scaled up no more than ``masters.max_dark_scale``. A dark that includes the bias replaces the
+bias.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -131,7 +134,7 @@ class Masters:
             return None, None, "the master dark is bias-subtracted but no master bias is available"
         if exact_only:
             return None, None, f"no master dark of {t:g} s"
-        return _scaled_dark(darks, t, when, bias, max_age)
+        return _scaled_dark(darks, t, when, bias, self.rules)
 
     def _no_dark(self, frame: Frame) -> str:
         """Why no master dark fits ``frame``, with what exists: masters at other temperatures,
@@ -154,6 +157,9 @@ class Masters:
         sel.dark, sel.dark_scale, why = self.dark(frame, when, sel.bias)
         if sel.dark is None:
             sel.missing["dark"] = why
+        elif sel.dark_scale is not None and sel.dark_scale > 1.0:
+            sel.notes.append(f"no master dark as long as the light: the {sel.dark.exptime:g} s one is scaled up "
+                             f"x{sel.dark_scale:.4g}, its noise with it")
         elif not sel.dark.bias_subtracted:
             # A raw (bias-including) dark of the same exposure removes the bias itself.
             sel.notes.append("the master dark includes the bias, so no separate bias is subtracted")
@@ -166,8 +172,11 @@ class Masters:
 
 
 def _scaled_dark(darks: list[Master], t: float, when: datetime | None, bias: Master | None,
-                 max_age: float) -> tuple[Master | None, float | None, str]:
-    """The bias-subtracted dark of the nearest exposure, scaled to ``t`` seconds."""
+                 rules: MastersConfig) -> tuple[Master | None, float | None, str]:
+    """The bias-subtracted dark to scale to ``t`` seconds, and its factor (`dark_rank`): the
+    nearest exposure at least as long (scaled down, its noise divided), else the longest shorter
+    one, scaled up to ``masters.max_dark_scale`` times and no more."""
+    max_age = rules.dark_max_age_days
     scalable = [d for d in darks if d.bias_subtracted and d.exptime]
     if not scalable:
         return None, None, (f"no master dark of {t:g} s, and none that can be scaled "
@@ -177,10 +186,25 @@ def _scaled_dark(darks: list[Master], t: float, when: datetime | None, bias: Mas
     in_time = [d for d in scalable if nearest([d], when, max_age) is not None]
     if not in_time:
         return None, None, f"no scalable master dark within {max_age:g} days"
-    epoch = datetime.min
-    best = min(in_time, key=lambda d: (abs((d.exptime or 0.0) - t),
-                                       abs((d.date_mid or when or epoch) - (when or epoch)), -d.id))
-    return best, dark_factor(t, best.exptime or 0.0), ""
+    best = min(in_time, key=lambda d: dark_rank(d, t, when))
+    factor = dark_factor(t, best.exptime or 0.0)
+    if factor > rules.max_dark_scale:
+        return None, None, (f"no master dark of {t:g} s or longer, and the longest shorter one ({best.exptime:g} s) "
+                            f"would be scaled x{factor:.3g}, more than masters.max_dark_scale = "
+                            f"{rules.max_dark_scale:g} allows (its noise and hot-pixel errors grow as much)")
+    return best, factor, ""
+
+
+def dark_rank(dark: Master, t: float, when: datetime | None) -> tuple[bool, float, float, timedelta, int]:
+    """How well a scalable dark suits a light of ``t`` seconds (the lower the better): one at least
+    as long as the light first (scaled down, its noise is divided; scaled up, its noise, hot-pixel
+    residuals and bias errors are multiplied), then the exposure ratio |log(t / t_dark)| (not the
+    difference: a 3 s dark is as far from 120 s as 120 s from 4800 s), then the lower factor, the
+    nearest in time, the newest."""
+    exptime = dark.exptime or math.inf
+    factor = t / exptime
+    dt = timedelta(0) if when is None or dark.date_mid is None else abs(dark.date_mid - when)
+    return (exptime < t - EXPTIME_TOLERANCE, abs(math.log(factor)) if factor > 0 else 0.0, factor, dt, -dark.id)
 
 
 def nearest(masters: Iterable[Master], when: datetime | None, max_age_days: float) -> Master | None:
