@@ -544,3 +544,39 @@ def test_scaled_dark_ranked_by_exposure_ratio_longer_first_and_up_scaling_limite
     assert "3 s" in why and "x40" in why and "masters.max_dark_scale = 10" in why
     assert pick([_dark(1, 3.0)], 120.0, max_dark_scale=50.0)[:2] == (1, pytest.approx(40.0))
     assert pick([_dark(1, 60.0)], 120.0, max_dark_scale=1.0)[0] is None
+
+
+def test_reprocess_builds_no_master_of_fewer_frames_than_min_frames(tmp_path):
+    """One stray 120 s dark (cosmic rays in it) beside five 300 s darks, lights of 120 s, min_frames
+    3: `watch --once` never makes a master of the single dark, and neither does `reprocess` (it
+    did: a 1-frame master that then calibrated every light, its rays and read noise in all of them,
+    ~100 pixels off by more than 200 ADU per light)."""
+    from ccdwatch.pipeline.reprocess import Selection, reprocess
+
+    cam = synth.Camera(shape=(128, 160))
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    truth = synth.make_night(cfg.paths.incoming, camera=cam, seed=3, n_bias=5, n_dark=5, n_flat=5, filters=("V",),
+                             n_light=3, light_exptime=120.0, dark_exptime=300.0, sky=2.0, n_stars=20)
+    stray = synth.expose(cam, kind="dark", exptime=120.0, rng=np.random.default_rng(7), cosmic_rays=40)
+    synth.write_fits(cfg.paths.incoming / "dark_120s_stray.fits", synth.quantise(stray),
+                     synth.frame_header(cam, kind="dark", exptime=120.0,
+                                        date_obs=truth.dates["dark"][-1] + timedelta(minutes=6)))
+    run_once(cfg)[0].close()
+    with Catalog(cfg.paths.database) as cat:
+        with Pipeline(cfg, cat) as pipe:
+            done = reprocess(pipe, Selection(night="2024-03-10"))
+        assert (done.masters, done.calibrated) == (3, 3)  # bias, 300 s dark, flat; the three lights
+        with cat.reader() as s:
+            assert s.scalar(select(func.count()).select_from(Master).where(Master.exptime == 120.0)) == 0
+            assert s.scalar(select(Frame.state).where(Frame.path.endswith("dark_120s_stray.fits"))) == "ingested"
+            light = s.scalars(select(Frame).where(Frame.path == str(truth.files["light"][0]))).one()
+            c = s.scalar(select(Calibrated).where(Calibrated.frame_id == light.id, Calibrated.current))
+            dark = s.get(Master, c.dark_id)
+            assert (c.version, dark.exptime, dark.n_frames, c.dark_scale) == (2, 300.0, 5, pytest.approx(0.4))
+            path = c.path
+    header, data = read_product(path)
+    stars = synth.render_stars(cam.shape, truth.light_stars(0), fwhm=3.0, exptime=120.0)
+    residual = (data / header["GAIN"] - (2.0 * 120.0 + stars))[(stars < 1.0) & ~synth.hot_pixels(cam)]
+    floor = math.sqrt((2.0 + cam.dark_current) * 120.0 / cam.gain + cam.read_noise ** 2)
+    assert calib.robust_stats(residual)[1] < 1.15 * floor
+    assert np.sum(np.abs(residual) > 200) == 0  # 100 with the stray dark's master

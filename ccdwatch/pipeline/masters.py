@@ -139,7 +139,7 @@ def plan_due(ctx: Context, groups: list[tuple[CalibKey, str]], *, final: bool = 
     for key, night in groups:
         with ctx.catalog.session() as s:
             frames = frames_of(s, key, night, site=ctx.site)
-            if len(frames) < m.min_frames[key.kind]:
+            if too_few(ctx, key, frames):
                 continue
             age = (utcnow() - max(f.created_at for f in frames)).total_seconds()
             sample = frames[0]
@@ -153,6 +153,12 @@ def plan_due(ctx: Context, groups: list[tuple[CalibKey, str]], *, final: bool = 
     return plans
 
 
+def too_few(ctx: Context, key: CalibKey, frames: list[Frame]) -> bool:
+    """Fewer frames than ``masters.min_frames`` of their kind: not enough for a master, whoever
+    plans it (the daemon's ticks, `watch --once`, `reprocess`)."""
+    return len(frames) < ctx.cfg.masters.min_frames[key.kind]
+
+
 def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
                 redo_before: datetime | None = None) -> MasterPlan | None:
     """Everything a worker needs to combine one calibration key and night into a new master
@@ -163,6 +169,10 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
     with ctx.catalog.session() as s:
         frames = frames_of(s, key, night, site=ctx.site)
         if not frames:
+            return None
+        if too_few(ctx, key, frames):  # `reprocess` plans every key: a stray frame is no master
+            logger.info("master %s of night %s not built: %d frame(s), masters.min_frames = %d", kind, night,
+                        len(frames), m.min_frames[kind])
             return None
         ids = sorted(f.id for f in frames)
         latest = latest_master(s, str(key), night, site=ctx.site)
