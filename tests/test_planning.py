@@ -8,6 +8,7 @@ another process), a wait that times out under ``on_timeout = "partial"``, a job 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from datetime import datetime, timedelta
@@ -393,3 +394,90 @@ def test_a_light_no_master_of_the_last_rank_serves_is_planned_at_most_twice(tmp_
     assert sorted(by_filter.values()) == ["Ha"] * 3 + ["R"] * 2 + ["V"] * 2
     assert all(counts[fid] == 1 for fid, flt in by_filter.items() if flt != "Ha")
     assert all(counts[fid] == 2 for fid, flt in by_filter.items() if flt == "Ha")
+
+
+def _residual_sigma(path: str, truth: synth.NightTruth, index: int) -> float:
+    """Robust sigma (ADU) of a calibrated light against the synthetic truth (sky + stars), off
+    the stars and the hot pixels."""
+    from ccdwatch import calib
+    from ccdwatch.fitsio import read_product
+
+    header, data = read_product(path)
+    cam, exptime = truth.camera, truth.exptimes["light"]
+    stars = synth.render_stars(cam.shape, truth.light_stars(index), fwhm=truth.fwhm, exptime=exptime)
+    residual = data / header["GAIN"] - (truth.sky * exptime + stars)
+    return calib.robust_stats(residual[(stars < 1.0) & ~synth.hot_pixels(cam)])[1]
+
+
+def test_a_night_without_biases_is_calibrated_at_once_and_again_when_its_biases_come(tmp_path):
+    """A CMOS night as N.I.N.A. shoots it: no biases, darks of the lights' 300 s, flats with
+    dark-flats. The live daemon made darks and flats wait for a master bias that never came, so
+    nothing was calibrated for max_wait_hours (18 h). Darks and flats wait for a bias only when
+    biases have arrived: here they are made at once, without, and the lights calibrated with the
+    dark that includes the bias. Biases that come later in the night make the darks again on the
+    master bias (the flat keeps the dark-flat that removed its bias) and the lights again on them."""
+    cam = synth.Camera(shape=(96, 128), instrument="ZWO ASI1600MM")
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    truth = synth.make_night(cfg.paths.incoming, camera=cam, seed=3, n_bias=5, n_dark=5, n_flat=5, filters=("V",),
+                             n_light=3, light_exptime=300.0, dark_exptime=300.0, sky=2.0, n_stars=20, style="nina")
+    rng = np.random.default_rng(5)
+    for i in range(5):  # dark-flats, after the flats
+        when = truth.dates["flat"][-1] + timedelta(minutes=2, seconds=10 * i)
+        synth.write_fits(cfg.paths.incoming / f"darkflat_{i + 1:03d}.fits",
+                         synth.quantise(synth.expose(cam, kind="dark", exptime=3.0, rng=rng)),
+                         synth.frame_header(cam, kind="dark", exptime=3.0, date_obs=when, style="nina"))
+    biases = {str(p) for p in truth.files["bias"]}
+    floor = math.sqrt((truth.sky + cam.dark_current) * 300.0 / cam.gain + cam.read_noise ** 2)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        pipe.handle_many(sorted(str(p) for p in cfg.paths.incoming.iterdir() if str(p) not in biases))
+        pipe.tick()
+        with cat.reader() as s:
+            darks = {m.exptime: m for m in s.scalars(select(Master).where(Master.kind == "dark"))}
+            flat = s.scalars(select(Master).where(Master.kind == "flat")).one()
+            assert sorted(darks) == [3.0, 300.0] and not any(d.bias_subtracted for d in darks.values())
+            assert flat.dark_id == darks[3.0].id and flat.bias_id is None
+            light = s.scalar(select(Frame.id).where(Frame.path == str(truth.files["light"][0])))
+            first = s.scalar(select(Calibrated).where(Calibrated.frame_id == light, Calibrated.current))
+            assert (first.bias_id, first.dark_id, first.dark_scale, first.flat_id, first.partial) == (
+                None, darks[300.0].id, 1.0, flat.id, False)
+            first_path = first.path
+            assert s.scalar(select(func.count()).select_from(Frame).where(Frame.state == FrameState.WAITING)) == 0
+        assert _residual_sigma(first_path, truth, 0) < 1.2 * floor
+        pipe.handle_many(sorted(biases))  # the biases, shot at dawn
+        for _ in range(2):
+            pipe.tick()
+        with cat.reader() as s:
+            bias = s.scalars(select(Master).where(Master.kind == "bias")).one()
+            current = {(m.kind, m.exptime): m for m in s.scalars(select(Master))
+                       if m.version == max(x.version for x in s.scalars(select(Master).where(
+                           Master.calib_key == m.calib_key)))}
+            assert [(k, m.version, m.bias_id, m.bias_subtracted) for k, m in sorted(current.items(), key=str)] == [
+                (("bias", None), 1, None, False), (("dark", 3.0), 2, bias.id, True), (("dark", 300.0), 2, bias.id, True),
+                (("flat", 3.0), 1, None, False)]
+            again = s.scalar(select(Calibrated).where(Calibrated.frame_id == light, Calibrated.current))
+            assert (again.version, again.bias_id, again.dark_id, again.dark_scale) == (
+                2, bias.id, current[("dark", 300.0)].id, 1.0)
+            again_path = again.path
+        assert _residual_sigma(again_path, truth, 0) < 1.2 * floor
+
+
+def test_darks_wait_for_biases_that_have_arrived_and_their_lights_say_so(tmp_path):
+    """Biases have arrived, fewer than min_frames: the darks wait for their master bias (the
+    lights' reason says so, not 'not built yet'), and are built on it once it is there."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        pipe.handle_many([write(cfg.paths.incoming, kind, i) for kind, n in (("dark", 3), ("light", 2), ("bias", 1))
+                          for i in range(10 * len(kind), 10 * len(kind) + n)])
+        pipe.tick()
+        with cat.reader() as s:
+            assert s.scalar(select(func.count()).select_from(Master)) == 0
+        assert all("dark: no master dark for camera set-up" in r and
+                   "3 darks have arrived; their master waits for the master bias (1 of 3 biases needed have arrived)"
+                   in r for r in reasons(cat).values())
+        pipe.handle_many([write(cfg.paths.incoming, "bias", 50 + i) for i in range(2)])
+        pipe.tick()
+        with cat.reader() as s:
+            bias = s.scalars(select(Master).where(Master.kind == "bias")).one()
+            dark = s.scalars(select(Master).where(Master.kind == "dark")).one()
+            assert dark.bias_id == bias.id and dark.version == 1
+        assert all(r.startswith("waiting for flat") for r in reasons(cat).values())

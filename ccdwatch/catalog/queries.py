@@ -400,11 +400,14 @@ def frames_with_classification(s: Session, *, site: str | None = None) -> Sequen
                      .order_by(Frame.id)).all()
 
 
-def calibration_frames_waiting(s: Session, kind: str, camera_key: str | None, flat_filter: str | None) -> int:
-    """Calibration frames of a kind and camera set-up (for flats: filter, lower case) that are in
-    no usable master yet."""
+def calibration_frames_waiting(s: Session, kind: str, camera_key: str | None, flat_filter: str | None,
+                               exptime: float | None = None) -> int:
+    """Calibration frames of a kind and camera set-up (for flats: filter, lower case; with
+    ``exptime``: of that exposure, to a millisecond) that are in no usable master yet."""
     stmt = select(func.count()).select_from(Frame).where(
         Frame.imagetyp == kind, Frame.camera_key == camera_key, Frame.state == FrameState.INGESTED)
     if flat_filter is not None:
         stmt = stmt.where(func.lower(Frame.filter) == flat_filter)
+    if exptime is not None:
+        stmt = stmt.where(Frame.exptime.between(exptime - 1e-3, exptime + 1e-3))
     return s.scalar(stmt) or 0

@@ -22,6 +22,7 @@ from ccdwatch import __version__
 from ccdwatch.catalog import log_event, utcnow
 from ccdwatch.catalog.queries import (
     calibration_frames,
+    current_masters,
     frames_by_id,
     fresh_calibration_frames,
     latest_master,
@@ -175,9 +176,15 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
                         len(frames), m.min_frames[kind])
             return None
         ids = sorted(f.id for f in frames)
+        sample = frames[0]
+        dates = tuple(f.date_obs for f in frames if f.date_obs is not None)
+        mid = min(dates) + (max(dates) - min(dates)) / 2 if dates else None
+        choose = Masters(s, m, sites=ctx.master_sites)
+        bias, dark = calibrators(choose, kind, sample, mid)
         latest = latest_master(s, str(key), night, site=ctx.site)
         if latest is not None and latest.retired is None and sorted(i.frame_id for i in latest.inputs) == ids and (
-                redo_before is None or latest.created_at >= redo_before):
+                redo_before is None or latest.created_at >= redo_before) and not (
+                made_without_bias(latest) and (bias is not None or dark is not None)):
             for f in frames:
                 f.state = FrameState.USED
             return None
@@ -185,22 +192,13 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
         if not claim(s, what, owner=ctx.owner, site=ctx.site, ttl=ctx.claim_ttl):
             logger.info("master %s of night %s is being built by %s", kind, night, holder(s, what))
             return None
-        sample = frames[0]
-        dates = tuple(f.date_obs for f in frames if f.date_obs is not None)
-        mid = min(dates) + (max(dates) - min(dates)) / 2 if dates else None
-        bias = dark = None
-        choose = Masters(s, m, sites=ctx.master_sites)
-        if kind in ("dark", "flat"):
-            bias = choose.choose("bias", sample, mid)[0]
+        if kind != "bias" and bias is None and dark is None:
+            awaited = awaits(choose, kind, sample)
             waited = (utcnow() - max(f.created_at for f in frames)).total_seconds()
-            if bias is None and not final and waited < ctx.cfg.calibration.max_wait_hours * 3600:
-                logger.debug("master %s night %s waits for a master bias", kind, night)
+            if awaited and not final and waited < ctx.cfg.calibration.max_wait_hours * 3600:
+                logger.debug("master %s night %s waits for %s", kind, night, awaited)
                 release(s, what, owner=ctx.owner)
                 return None
-        if kind == "flat":  # a dark-flat of the flats' exposure if there is one, else the bias alone
-            dark = choose.dark(sample, mid, bias, exact_only=True)[0]
-            if dark is not None and not dark.bias_subtracted:
-                bias = None  # a dark-flat that includes the bias removes it itself
         version = (latest.version + 1) if latest else 1
         method = {"bias": m.bias_method, "dark": m.dark_method, "flat": m.flat_method}[kind]
         out = master_path(ctx.products, kind=kind, night=night, calib_key=str(key), instrument=sample.instrument,
@@ -235,6 +233,54 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             detector=detector_values(sample.header or {}, sample.instrument, ctx.cfg.detector) if kind == "flat"
             else None,
         )
+
+
+def calibrators(choose: Masters, kind: str, sample: Frame, mid: datetime | None) -> tuple[Master | None, Master | None]:
+    """The master bias and (a flat's) dark a master of ``kind`` would be made on now: darks on
+    the bias, flats on the bias and a dark-flat of their exposure if there is one (one that
+    includes the bias removes it itself, and replaces it)."""
+    if kind == "bias":
+        return None, None
+    bias = choose.choose("bias", sample, mid)[0]
+    dark = choose.dark(sample, mid, bias, exact_only=True)[0] if kind == "flat" else None
+    if dark is not None and not dark.bias_subtracted:
+        bias = None
+    return bias, dark
+
+
+def awaits(choose: Masters, kind: str, sample: Frame) -> str:
+    """What a dark or flat with nothing to remove its bias waits for: the biases of its camera
+    set-up that have arrived (their master is to come), or a flat's dark-flats; "" when none has
+    (a CMOS night without biases: darks matched to the lights, flats with or without dark-flats),
+    and it is made at once, without (`recombine_unbiased` makes it again if its night's biases
+    come later)."""
+    camera = sample.camera_key
+    if choose.arrived("bias", camera):
+        return f"a master bias ({choose.progress('bias', camera)})"
+    if kind == "flat" and choose.arrived("dark", camera, exptime=sample.exptime or 0.0):
+        return f"a master dark of {sample.exptime or 0.0:g} s (darks of the flats' exposure have arrived)"
+    return ""
+
+
+def made_without_bias(master: Master) -> bool:
+    """A dark or flat made with neither a master bias nor a bias-including dark subtracted."""
+    return master.kind != "bias" and master.bias_id is None and master.dark_id is None
+
+
+def recombine_unbiased(s: Session, bias: Master) -> None:
+    """A master bias has been made: the darks and flats of its camera set-up, night and site that
+    were made without a bias (none had arrived) go back to the planner, to be made again on it as
+    new versions (darks then scale, flats lose the bias pedestal; the lights they serve are
+    calibrated again under ``calibration.recalibrate_on_better_master``)."""
+    for kind in ("dark", "flat"):
+        for old in current_masters(s, kind, bias.camera_key, sites=[bias.site]):
+            if old.night != bias.night or not made_without_bias(old):
+                continue
+            for f in frames_by_id(s, [i.frame_id for i in old.inputs]):
+                if f.state == FrameState.USED:
+                    f.state, f.updated_at = FrameState.INGESTED, utcnow()
+                    log_event(s, f, "recombine", f"master {kind} #{old.id} was made without a bias; master bias "
+                                                 f"#{bias.id} of its night now exists")
 
 
 def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: str, sigma: float,
@@ -280,6 +326,8 @@ def commit(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> int:
         release(s, claim_name(ctx.site, plan.key, plan.night), owner=ctx.owner)
         s.add(master)
         s.flush()
+        if plan.kind == "bias":
+            recombine_unbiased(s, master)
         levels = dict(zip((i for i, _ in plan.inputs), result.overscan_levels, strict=False))
         for f in frames_by_id(s, [i for i, _ in plan.inputs]):
             if levels.get(f.id) is not None:

@@ -71,20 +71,30 @@ class Masters:
         #: the sites whose masters may be chosen (None: any)
         self.sites = sites
         self._current: dict[tuple[str, str | None], list[Master]] = {}
-        self._arrived: dict[tuple[str, str | None, str | None], int] = {}
+        self._arrived: dict[tuple[str, str | None, str | None, float | None], int] = {}
+
+    def arrived(self, kind: str, camera: str | None, filter_name: str | None = None, *,
+                exptime: float | None = None) -> int:
+        """How many frames of a kind and camera set-up (a flat's: of a filter; with ``exptime``:
+        of that exposure) have arrived and are in no master yet."""
+        key = (kind, camera, (filter_name or "").lower() if kind == "flat" else None, exptime)
+        if key not in self._arrived:
+            self._arrived[key] = calibration_frames_waiting(self.s, kind, camera, key[2], exptime)
+        return self._arrived[key]
 
     def progress(self, kind: str, camera: str | None, filter_name: str | None = None) -> str:
         """What exists towards a missing master: '1 of 3 flats for filter 'V' have arrived'."""
-        key = (kind, camera, (filter_name or "").lower() if kind == "flat" else None)
-        if key not in self._arrived:
-            self._arrived[key] = calibration_frames_waiting(self.s, kind, camera, key[2])
-        n, need = self._arrived[key], self.rules.min_frames[kind]
+        n, need = self.arrived(kind, camera, filter_name), self.rules.min_frames[kind]
         plural = {"bias": "biases", "dark": "darks", "flat": "flats"}[kind]
         where = f" for filter {filter_name!r}" if kind == "flat" else ""
         if n == 0:
             return f"no {plural}{where} have arrived ({need} needed)"
         if n < need:
             return f"{n} of {need} {plural}{where} needed have arrived"
+        if kind != "bias" and not self.current("bias", camera) and self.arrived("bias", camera):
+            # `masters.plan_master`: biases have arrived, so their master is waited for
+            return (f"{n} {plural}{where} have arrived; their master waits for the master bias "
+                    f"({self.progress('bias', camera)})")
         return f"{n} {plural}{where} have arrived; their master is not built yet"
 
     def current(self, kind: str, camera: str | None) -> list[Master]:
