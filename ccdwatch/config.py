@@ -148,6 +148,12 @@ class MastersConfig:
     flat_max_age_days: float = 14.0
     hot_pixel_sigma: float = 5.0
     """Pixels of a master dark this many robust sigmas above its median are hot."""
+    flat_max_level: float = 0.85
+    """A flat is rejected whose raw median (any colour's) reaches this fraction of the lights' raw saturation level,"""
+    flat_max_saturated: float = 0.01
+    """or with more than this fraction of its pixels at that level (`ccdwatch.flatcheck`),"""
+    flat_min_signal: float = 1000.0
+    """or whose median is less than this many ADU above bias and dark (0: no lower limit)."""
 
 
 @dataclass(frozen=True)
@@ -474,6 +480,8 @@ _NON_NEGATIVE = {
     "workers": ("processes", "nice"),
     "stack": ("pointing_radius_arcmin", "sequence_gap_minutes", "min_stars", "saturation"),
 }
+#: Fractions in (0, 1] (0 would refuse every flat) or [0, 1], with an example.
+_FRACTIONS = {"masters": (("flat_max_level", False, "0.85"), ("flat_max_saturated", True, "0.01"))}
 
 
 def _check_ranges(name: str, section: Any) -> None:
@@ -483,6 +491,15 @@ def _check_ranges(name: str, section: Any) -> None:
     for key in _NON_NEGATIVE.get(name, ()):
         if getattr(section, key) < 0:
             raise ConfigError(f"config key '{name}.{key}' must be >= 0, got {getattr(section, key)!r}")
+    for key, zero_ok, example in _FRACTIONS.get(name, ()):
+        value = getattr(section, key)
+        if not ((value >= 0 if zero_ok else value > 0) and value <= 1):
+            span = "[0, 1]" if zero_ok else "(0, 1]"
+            raise ConfigError(f"config key '{name}.{key}' must be a fraction in {span}, got {value!r}; "
+                              f"e.g. {key} = {example}")
+    if name == "masters" and not section.flat_min_signal >= 0:  # NaN too
+        raise ConfigError(f"config key 'masters.flat_min_signal' must be >= 0 ADU (0: no lower limit), "
+                          f"got {section.flat_min_signal!r}; e.g. flat_min_signal = 1000")
     if name == "night" and not 0 <= section.start_hour < 24:
         raise ConfigError(f"config key 'night.start_hour' must be in [0, 24), got {section.start_hour!r}")
     if name == "masters" and not section.max_dark_scale >= 1:

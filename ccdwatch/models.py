@@ -5,7 +5,7 @@ head revision (a test compares them). Times are stored as naive UTC datetimes.
 
 Frame life cycle (``Frame.state``)::
 
-    ingested ─► used                     (bias/dark/flat taken into a master)
+    ingested ─► used | rejected          (bias/dark/flat taken into a master, or left out: a flat's level)
     ingested ─► waiting ─► calibrated ─► stacked | rejected      (lights)
     unclassified                         (no usable image type; reason in type_source)
     quarantined (reason) / failed (tries, last_error)            (exits)

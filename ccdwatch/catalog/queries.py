@@ -400,6 +400,19 @@ def frames_with_classification(s: Session, *, site: str | None = None) -> Sequen
                      .order_by(Frame.id)).all()
 
 
+def calibration_frames_rejected(s: Session, kind: str, camera_key: str | None,
+                                flat_filter: str | None) -> tuple[int, str | None]:
+    """Calibration frames of a kind and camera set-up (for flats: filter, lower case) rejected
+    from their master (a flat's level), and the latest one's reason."""
+    stmt = select(Frame).where(Frame.imagetyp == kind, Frame.camera_key == camera_key,
+                               Frame.state == FrameState.REJECTED)
+    if flat_filter is not None:
+        stmt = stmt.where(func.lower(Frame.filter) == flat_filter)
+    n = s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    latest = s.scalar(stmt.order_by(Frame.updated_at.desc(), Frame.id.desc()).limit(1)) if n else None
+    return n, latest.state_reason if latest is not None else None
+
+
 def calibration_frames_waiting(s: Session, kind: str, camera_key: str | None, flat_filter: str | None,
                                exptime: float | None = None) -> int:
     """Calibration frames of a kind and camera set-up (for flats: filter, lower case; with

@@ -77,6 +77,16 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
+class FlatLimits:
+    """``[masters]`` ``flat_max_level``, ``flat_max_saturated``, ``flat_min_signal``: the levels a
+    flat input must keep to (`ccdwatch.flatcheck.judge`)."""
+
+    max_level: float
+    max_saturated: float
+    min_signal: float
+
+
+@dataclass(frozen=True)
 class MasterSpec:
     kind: str
     frames: tuple[tuple[tuple[str, ...], str], ...]  # (paths, sha256) per input frame
@@ -105,11 +115,19 @@ class MasterSpec:
     """The inputs' overscan plan (one: it is part of their calibration key)."""
     compression: Compression | None = None  # [products] compress
     measure_gain: bool = True  # a flat: its gain by photon transfer (detector.gain_from_flats != "off")
+    saturation: float | None = None
+    """A flat's: the raw saturation level from its header or the config, as a light's
+    (`ccdwatch.pipeline.calibrate.saturation`); None: found in each input's pixels."""
+    flat_limits: FlatLimits | None = None
+    """A flat's: the levels its inputs must keep to; None: every input is used."""
+    min_frames: int = 1
+    """Inputs left after rejection below which no master is built."""
 
 
 @dataclass(frozen=True)
 class MasterResult:
-    sha256: str
+    sha256: str | None
+    """None: no master was written (too few inputs were left, see ``rejected``)."""
     mean: float
     noise: float
     hot_pixels: int | None
@@ -117,6 +135,8 @@ class MasterResult:
     overscan_levels: tuple[float | None, ...] = ()
     """The overscan level subtracted from each input, in ``frames`` order (empty without a plan)."""
     gain: tuple[float, float] | None = None  # a flat's measured gain and its standard error, e-/ADU
+    rejected: tuple[tuple[int, str], ...] = ()
+    """(index in ``frames``, reason) of the inputs left out of the master (a flat's level)."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ write. A file that crashes or hangs the parser can therefore kill a worker but n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -186,14 +187,20 @@ def build_master(spec: MasterSpec) -> MasterResult:
                "bias": load_master(spec.bias_path)[0] if spec.bias_path else None}
 
     levels: list[float | None] = [None] * len(spec.frames)
+    rejected: dict[int, str] = {}  # input index -> why it is left out (a flat's level)
 
-    def prepare(i: int) -> tuple[np.ndarray, float]:
+    def prepare(i: int) -> tuple[np.ndarray, float] | None:
         paths, sha = spec.frames[i]
         raw = load_raw(paths, sha, max_data_bytes=spec.max_data_bytes, allow_compressed=spec.allow_compressed)
-        image, _, levels[i] = prepare_raw(raw, spec.overscan)  # the overscan first, then trimmed
+        image, section, levels[i] = prepare_raw(raw, spec.overscan)  # the overscan first, then trimmed
         del raw
         data = calib.calibrate(image, bias=masters["bias"], dark=masters["dark"], dark_scale=spec.dark_scale or 1.0)
         del image
+        why = _flat_problem(spec, section, data)
+        del section
+        if why is not None:
+            rejected[i] = why
+            return None
         scale = 1.0
         if spec.kind == "flat" and spec.bayer_pattern:  # each colour to median 1: twilight changes colour
             return scratch.keep(colour.normalise_flat(data, spec.bayer_pattern)), scale
@@ -216,12 +223,19 @@ def build_master(spec: MasterSpec) -> MasterResult:
             rest = range(1, len(spec.frames))
             if spec.threads > 1:  # reading, checksums and calibration release the GIL for the most part
                 with ThreadPoolExecutor(max_workers=spec.threads) as readers:
-                    prepared = [first, *readers.map(prepare, rest)]
+                    everyone = [first, *readers.map(prepare, rest)]
             else:
-                prepared = [first, *map(prepare, rest)]
+                everyone = [first, *map(prepare, rest)]
+            prepared = [p for p in everyone if p is not None]
+            del everyone, first
+            refused = tuple(sorted(rejected.items()))
+            if refused and len(prepared) < max(1, spec.min_frames):  # too few left: no master
+                return MasterResult(None, math.nan, math.nan, None, None,
+                                    tuple(levels) if spec.overscan is not None else (), None, refused)
+            spec = _without(spec, rejected)
             arrays = [a for a, _ in prepared]
             scales = [k for _, k in prepared] if spec.kind == "flat" and not spec.bayer_pattern else []
-            del prepared, first
+            del prepared
             masters.clear()
             release_masters()  # large masters are not held through the combination
             cards = functools.partial(uncertainty.master_cards, spec.kind, arrays, scales, spec.method,
@@ -236,7 +250,35 @@ def build_master(spec: MasterSpec) -> MasterResult:
             del arrays, cards, pending  # the inputs: `cards` holds them too
         if spec.kind == "flat":
             combined = colour.normalise_flat(combined, spec.bayer_pattern)
-        return _write_master(spec, combined, noise_cards, tuple(levels) if spec.overscan is not None else (), side)
+        result = _write_master(spec, combined, noise_cards, tuple(levels) if spec.overscan is not None else (), side)
+        return dataclasses.replace(result, rejected=refused)
+
+
+def _flat_problem(spec: MasterSpec, section: np.ndarray, data: np.ndarray) -> str | None:
+    """Why a flat input (its raw data section, and calibrated) must stay out of the master: its
+    level, against the raw saturation level the lights use (`saturation_level`), or its signal
+    (`ccdwatch.flatcheck.judge`). None: it is used (and for any other kind, or without limits)."""
+    limits = spec.flat_limits
+    if spec.kind != "flat" or limits is None:
+        return None
+    from ccdwatch import flatcheck
+
+    return flatcheck.judge(section, data, saturation_level(section, spec.saturation), max_level=limits.max_level,
+                           max_saturated=limits.max_saturated, min_signal=limits.min_signal,
+                           channels=colour.channel_sites(spec.bayer_pattern) if spec.bayer_pattern else None,
+                           names=colour.CHANNELS)
+
+
+def _without(spec: MasterSpec, rejected: dict[int, str]) -> MasterSpec:
+    """``spec`` as the master is written without the ``rejected`` inputs: its count, its INPUTS
+    table and its preview's title name only those it combines."""
+    if not rejected:
+        return spec
+    n = len(spec.frames) - len(rejected)
+    header = {**spec.header, "NCOMBINE": n, "NREJECT": (len(rejected), "inputs rejected for their level")}
+    return dataclasses.replace(
+        spec, header=header, inputs_table=tuple(t for i, t in enumerate(spec.inputs_table) if i not in rejected),
+        preview_title=spec.preview_title.replace(f"{len(spec.frames)} frames", f"{n} frames"))
 
 
 def _write_master(spec: MasterSpec, combined: np.ndarray, cards: dict[str, Any],

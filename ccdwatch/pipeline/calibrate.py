@@ -189,8 +189,9 @@ class EarlyLights:
         self.stages: list[Stage] = []
         self.committed: list[Any] = []  # the rank's plans committed so far
 
-    def __call__(self, plan: Any, master_id: int) -> Stage | None:
-        self.built.append(master_id)
+    def __call__(self, plan: Any, master_id: int | None) -> Stage | None:
+        if master_id is not None:  # None: not built (its inputs rejected); its lights are planned to wait
+            self.built.append(master_id)
         self.committed.append(plan)
         # the rank's masters not committed yet, whatever the order they come in (the workers hand
         # results over in order, but a master that failed is never committed: it holds its lights,

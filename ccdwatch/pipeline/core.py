@@ -235,8 +235,10 @@ class Pipeline:
                 early = calibrate.EarlyLights(self.ctx, plans, built, final=final) if rank == last else None
                 # a last round's idle workers: threads for its masters, unless lights will follow on them
                 share = early is None or len(plans) < self.runner.workers.processes
-                built += self.runner.run(specs.BUILD_MASTER, plans, lambda p, r: masters.commit(self.ctx, p, r),
-                                         fault_point="master-written", share_cores=share, then=early)
+                built += [i for i in self.runner.run(specs.BUILD_MASTER, plans,
+                                                     lambda p, r: masters.commit(self.ctx, p, r),
+                                                     fault_point="master-written", share_cores=share, then=early)
+                          if i is not None]  # None: too few inputs were left once those of bad level went
             if self.paused is not None:
                 break
         return built, early

@@ -10,6 +10,7 @@ committed (or its claim has expired), so no master version is built twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,7 @@ from ccdwatch.headers.sections import OverscanPlan
 from ccdwatch.jobs import memory, specs
 from ccdwatch.keys import CalibKey, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
+from ccdwatch.pipeline.calibrate import saturation
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import content_hash, mark_missing, raw_name, raw_paths, raw_present
 from ccdwatch.pipeline.selection import EXPTIME_TOLERANCE, Masters, dark_factor
@@ -222,6 +224,10 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             shape=memory.raw_shape(sample.naxis1, sample.naxis2, (sample.header or {}).get("BITPIX")),
             overscan=OverscanPlan.from_json(sample.overscan),
             compression=ctx.compression, measure_gain=ctx.cfg.detector.gain_from_flats != "off",
+            saturation=saturation(ctx, sample) if kind == "flat" else None,
+            flat_limits=specs.FlatLimits(m.flat_max_level, m.flat_max_saturated, m.flat_min_signal)
+            if kind == "flat" else None,
+            min_frames=m.min_frames[kind],
         )
         return MasterPlan(
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
@@ -305,8 +311,16 @@ def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: 
     )
 
 
-def commit(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> int:
-    """Record a new master version and mark its inputs used."""
+def commit(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> int | None:
+    """Record a new master version and mark its inputs used, those left out for their level
+    ``rejected`` with the reason; None when too few were left to build it (the lights wait, and
+    say why: `ccdwatch.pipeline.selection.Masters.progress`)."""
+    rejected = {plan.inputs[i][0]: why for i, why in result.rejected}
+    if rejected:
+        _reject_inputs(ctx, plan, rejected, built=result.sha256 is not None)
+    if result.sha256 is None:
+        return None
+    plan = dataclasses.replace(plan, inputs=tuple(x for x in plan.inputs if x[0] not in rejected))
     m = ctx.cfg.masters
     gain = _gain_params(ctx, plan, result)
     with ctx.catalog.session() as s:
@@ -343,6 +357,21 @@ def commit(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> int:
         logger.log(logging.WARNING if check["level"] == "warning" else logging.INFO, "master flat #%d: %s",
                    master_id, check["message"])
     return master_id
+
+
+def _reject_inputs(ctx: Context, plan: MasterPlan, rejected: dict[int, str], *, built: bool) -> None:
+    """Inputs left out of a master for their level: ``rejected`` with the reason, logged once (a
+    rejected frame is in no later plan); without a master (too few left), its claim released."""
+    with ctx.catalog.session() as s:
+        for f in frames_by_id(s, list(rejected)):
+            f.state, f.state_reason, f.updated_at = FrameState.REJECTED, rejected[f.id], utcnow()
+            log_event(s, f, "rejected", f"from master {plan.kind} of night {plan.night}: {rejected[f.id]}")
+        if not built:
+            release(s, claim_name(ctx.site, plan.key, plan.night), owner=ctx.owner)
+    left = len(plan.inputs) - len(rejected)
+    logger.warning("%s: %d of %d inputs rejected (%s)%s", plan.subject, len(rejected), len(plan.inputs),
+                   next(iter(rejected.values())),
+                   "" if built else f"; {left} left, fewer than masters.min_frames: no master built")
 
 
 def _gain_params(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def _masters(pipe: Pipeline, keys: Sequence[tuple[CalibKey, str]], started: date
                  if p is not None]
         built = pipe.runner.run(specs.BUILD_MASTER, plans, lambda p, r: masters.commit(ctx, p, r),
                                 fault_point="master-written", share_cores=True)
-        done.masters += len(built)
+        done.masters += sum(1 for b in built if b is not None)  # None: its inputs were rejected
         done.skipped += len(todo) - len(plans)
         bar.update(len(todo))
 

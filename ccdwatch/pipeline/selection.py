@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from ccdwatch.catalog.queries import calibration_frames_waiting, current_masters
+from ccdwatch.catalog.queries import calibration_frames_rejected, calibration_frames_waiting, current_masters
 from ccdwatch.config import MastersConfig
 from ccdwatch.keys import temperature_ref
 from ccdwatch.models import Frame, Master
@@ -72,6 +72,7 @@ class Masters:
         self.sites = sites
         self._current: dict[tuple[str, str | None], list[Master]] = {}
         self._arrived: dict[tuple[str, str | None, str | None, float | None], int] = {}
+        self._rejected: dict[tuple[str, str | None, str | None], tuple[int, str | None]] = {}
 
     def arrived(self, kind: str, camera: str | None, filter_name: str | None = None, *,
                 exptime: float | None = None) -> int:
@@ -87,15 +88,22 @@ class Masters:
         n, need = self.arrived(kind, camera, filter_name), self.rules.min_frames[kind]
         plural = {"bias": "biases", "dark": "darks", "flat": "flats"}[kind]
         where = f" for filter {filter_name!r}" if kind == "flat" else ""
+        if n >= need:
+            if kind != "bias" and not self.current("bias", camera) and self.arrived("bias", camera):
+                # `masters.plan_master`: biases have arrived, so their master is waited for
+                return (f"{n} {plural}{where} have arrived; their master waits for the master bias "
+                        f"({self.progress('bias', camera)})")
+            return f"{n} {plural}{where} have arrived; their master is not built yet"
+        key = (kind, camera, (filter_name or "").lower() if kind == "flat" else None)
+        if key not in self._rejected:
+            self._rejected[key] = calibration_frames_rejected(self.s, kind, camera, key[2])
+        bad, why = self._rejected[key]
+        if bad:  # they arrived, and were not good enough: the observer must take others
+            return (f"{bad} {plural}{where} were rejected ({why}); {n} usable of {need} needed: "
+                    f"take new {plural}")
         if n == 0:
             return f"no {plural}{where} have arrived ({need} needed)"
-        if n < need:
-            return f"{n} of {need} {plural}{where} needed have arrived"
-        if kind != "bias" and not self.current("bias", camera) and self.arrived("bias", camera):
-            # `masters.plan_master`: biases have arrived, so their master is waited for
-            return (f"{n} {plural}{where} have arrived; their master waits for the master bias "
-                    f"({self.progress('bias', camera)})")
-        return f"{n} {plural}{where} have arrived; their master is not built yet"
+        return f"{n} of {need} {plural}{where} needed have arrived"
 
     def current(self, kind: str, camera: str | None) -> list[Master]:
         if (kind, camera) not in self._current:

@@ -167,6 +167,18 @@ def _scaled_darks(data: NightData) -> list[str]:
     return notes
 
 
+def _rejected_calibrations(data: NightData) -> list[str]:
+    """Calibration frames left out of their master (a flat saturated or too faint): the master
+    was built from the others, or not at all and the lights wait (see Calibration coverage)."""
+    rejected = sorted((f for f in data.frames.values() if f.imagetyp != "light" and f.state == "rejected"),
+                      key=lambda f: f.name)
+    by_kind = Counter(f.imagetyp for f in rejected)
+    return [f"{n} {kind}{'s' * (n != 1)} rejected from their master: "
+            + "; ".join(f"{f.name} ({f.state_reason or 'no reason recorded'})"
+                        for f in [r for r in rejected if r.imagetyp == kind][:3])
+            + (" ..." if n > 3 else "") for kind, n in sorted(by_kind.items())]
+
+
 def _rejected_lights(lights: Sequence[FrameRow]) -> list[str]:
     rejected = [f for f in lights if f.state == "rejected"]
     if not rejected:
@@ -216,6 +228,7 @@ def night_warnings(data: NightData, *, temperature_tolerance: float = 2.0) -> tu
         *_off_set_point(lights),
         *_rejecting_stacks(data),
         *_raw_flats(data),
+        *_rejected_calibrations(data),
         *_flat_gains(data, "warning"),
     ]
     notes = [
