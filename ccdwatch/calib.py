@@ -295,12 +295,17 @@ def dark_scale(light_exptime: float, dark_exptime: float) -> float:
     return float(light_exptime) / float(dark_exptime)
 
 
-def normalise_flat(flat: ArrayLike, *, channels: Sequence[Sequence[tuple[int, int]]] | None = None) -> np.ndarray:
+def normalise_flat(flat: ArrayLike, *, channels: Sequence[Sequence[tuple[int, int]]] | None = None,
+                   floor: float = 0.0) -> np.ndarray:
     """Divide a master flat by the median of its finite pixels (robust to vignetting and hot pixels).
 
     ``channels`` (a colour mosaic): for each colour, its ``(row, col)`` sites in the 2x2 cell;
     each colour is divided by the median of its own pixels, so the lamp's colour and the
     filters' transmissions never mix (`ccdwatch.colour.normalise_flat`).
+
+    ``floor``: pixels whose normalised value is below it (a dead pixel, a deep dust shadow: they
+    saw almost no light) become NaN, so that `calibrate` blanks them in the lights rather than
+    multiplying them by ``1 / value`` (x100 at 0.01); 0 keeps every pixel.
 
     Returns
     -------
@@ -326,6 +331,8 @@ def normalise_flat(flat: ArrayLike, *, channels: Sequence[Sequence[tuple[int, in
             step = max(1, (1 << 19) // max(1, src.shape[1]))
             for y0 in range(0, src.shape[0], step):
                 dst[y0:y0 + step] = src[y0:y0 + step].astype(np.float64) / level
+    if floor > 0:
+        out[out < np.float32(floor)] = np.nan
     return out
 
 

@@ -136,16 +136,17 @@ def channel_stats(mosaic: ArrayLike, pattern: str) -> dict[str, tuple[float, flo
             for ch, sites in zip(CHANNELS, channel_sites(pattern), strict=True)}
 
 
-def normalise_flat(flat: ArrayLike, pattern: str | None) -> np.ndarray:
+def normalise_flat(flat: ArrayLike, pattern: str | None, *, floor: float = 0.0) -> np.ndarray:
     """A master flat divided colour by colour by each colour's median (float32, each median 1).
 
     The flat lamp's (or the twilight's) colour and the filters' transmissions are thereby left
     out of the flat: only each colour's spatial response (vignetting, dust, pixel response) is
     kept. The two green sites are one colour: their difference in response is the sensor's,
     and stays in the flat to be divided out of the lights. ``pattern`` None: monochrome,
-    :func:`ccdwatch.calib.normalise_flat` as it is.
+    :func:`ccdwatch.calib.normalise_flat` as it is. ``floor``: pixels below it (of their colour's
+    median) are NaN.
     """
-    return calib.normalise_flat(flat, channels=None if pattern is None else channel_sites(pattern))
+    return calib.normalise_flat(flat, channels=None if pattern is None else channel_sites(pattern), floor=floor)
 
 
 def bin_cells(mosaic: ArrayLike) -> np.ndarray:

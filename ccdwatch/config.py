@@ -154,6 +154,8 @@ class MastersConfig:
     """or with more than this fraction of its pixels at that level (`ccdwatch.flatcheck`),"""
     flat_min_signal: float = 1000.0
     """or whose median is less than this many ADU above bias and dark (0: no lower limit)."""
+    flat_min_response: float = 0.05
+    """Master flat pixels below this fraction of their colour's median are NaN (blank, not x20 in the lights)."""
 
 
 @dataclass(frozen=True)
@@ -480,8 +482,8 @@ _NON_NEGATIVE = {
     "workers": ("processes", "nice"),
     "stack": ("pointing_radius_arcmin", "sequence_gap_minutes", "min_stars", "saturation"),
 }
-#: Fractions in (0, 1] (0 would refuse every flat) or [0, 1], with an example.
-_FRACTIONS = {"masters": (("flat_max_level", False, "0.85"), ("flat_max_saturated", True, "0.01"))}
+_FRACTIONS = {"masters": (("flat_max_level", False, "0.85"), ("flat_max_saturated", True, "0.01"),
+                          ("flat_min_response", True, "0.05"))}
 
 
 def _check_ranges(name: str, section: Any) -> None:

@@ -154,6 +154,42 @@ def test_calibrated_sky_is_flat_while_raw_shows_vignetting(night):
     assert abs(blocks[0, 0] - blocks[ny // 2, nx // 2]) < 5 * block_noise
 
 
+def test_a_flat_pixel_that_saw_almost_no_light_is_blanked_not_amplified(night):
+    """A 3x3 patch of the master flat at 1 % of its median (dust that blocks the light, a dead
+    group): divided through, the light's sky there was x100 (~400,000 ADU for a 4000 ADU sky).
+    With ``floor`` those pixels are NaN and blank in the light; the vignetted corners (0.75 of
+    the centre, far above the floor) and every other pixel are kept, the sky flat at its truth."""
+    flat_raw = night.flat_raw.copy()
+    level = float(np.median(flat_raw))
+    flat_raw[100:103, 200:203] = 0.01 * level
+    kept = normalise_flat(flat_raw)
+    assert np.nanmax(calibrate(night.light, bias=night.bias, dark=night.dark, dark_scale=dark_scale(T_LIGHT, T_DARK),
+                               flat=kept)[100:103, 200:203]) > 50 * SKY * T_LIGHT  # without a floor: x100
+    flat = normalise_flat(flat_raw, floor=0.05)
+    blank = np.isnan(flat)
+    assert blank[100:103, 200:203].all() and np.count_nonzero(blank) == 9
+    assert np.nanmin(flat) > 0.6  # the corners (0.75 of the centre) stay
+    np.testing.assert_array_equal(flat[~blank], kept[~blank])
+    calibrated = calibrate(night.light, bias=night.bias, dark=night.dark, dark_scale=dark_scale(T_LIGHT, T_DARK),
+                           flat=flat)
+    assert np.isnan(calibrated[100:103, 200:203]).all()
+    assert np.count_nonzero(np.isnan(calibrated)) == 9
+    assert np.nanmax(block_medians(calibrated)) == pytest.approx(SKY * T_LIGHT, rel=0.01)
+
+
+def test_a_mosaic_flat_floor_is_relative_to_each_colour():
+    """B at 0.04 of R and G (a red lamp): its own median is its 1, nothing of it is blanked; a
+    B pixel at 0.01 of B's median is."""
+    from ccdwatch import colour
+
+    rng = np.random.default_rng(3)
+    mosaic = rng.normal(20000.0, 100.0, (64, 64)).astype(np.float32)
+    mosaic[1::2, 1::2] *= 0.04  # RGGB: B at (1, 1)
+    mosaic[5, 5] = 0.01 * 800.0
+    flat = colour.normalise_flat(mosaic, "RGGB", floor=0.05)
+    assert np.argwhere(np.isnan(flat)).tolist() == [[5, 5]]
+
+
 def test_dark_scaling_recovers_the_true_signal(night):
     """A 200 s light calibrated with a 300 s master dark, with hot pixels included."""
     rng = np.random.default_rng(8)

@@ -180,6 +180,7 @@ def test_the_master_is_built_from_the_good_flats_alone(tmp_path):
             assert {f.id for f in rejected}.isdisjoint({i.frame_id for i in flat.inputs})
             header = fits.getheader(flat.path)
             assert header["NCOMBINE"] == 5 and header["NREJECT"] == 3
+            assert header["FLATMIN"] == 0.05 and header["NFLATLOW"] == 0  # the synthetic camera has no dead pixel
             assert len(fits.getdata(flat.path, "INPUTS")) == 5
         ratios = _vignetting_left(cat, truth)  # 0.997-1.001; before: 0.987-0.991 (all 8 combined)
         assert len(ratios) == 3 and all(abs(r - 1.0) < 0.005 for r in ratios), ratios

@@ -122,6 +122,8 @@ class MasterSpec:
     """A flat's: the levels its inputs must keep to; None: every input is used."""
     min_frames: int = 1
     """Inputs left after rejection below which no master is built."""
+    flat_floor: float = 0.0
+    """A flat's ``masters.flat_min_response``: master pixels below it (relative) are NaN."""
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,11 @@ def build_master(spec: MasterSpec) -> MasterResult:
             noise_cards = pending.result() if pending is not None else noise_cards
             del arrays, cards, pending  # the inputs: `cards` holds them too
         if spec.kind == "flat":
-            combined = colour.normalise_flat(combined, spec.bayer_pattern)
+            combined = colour.normalise_flat(combined, spec.bayer_pattern, floor=spec.flat_floor)
+            if spec.flat_floor > 0:
+                spec = dataclasses.replace(spec, header={**spec.header, "FLATMIN": (
+                    spec.flat_floor, "pixels below this (relative) are blank"), "NFLATLOW": (
+                    int(np.count_nonzero(np.isnan(combined))), "blank pixels (below FLATMIN or no data)")})
         result = _write_master(spec, combined, noise_cards, tuple(levels) if spec.overscan is not None else (), side)
         return dataclasses.replace(result, rejected=refused)
 

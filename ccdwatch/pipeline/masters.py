@@ -227,7 +227,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             saturation=saturation(ctx, sample) if kind == "flat" else None,
             flat_limits=specs.FlatLimits(m.flat_max_level, m.flat_max_saturated, m.flat_min_signal)
             if kind == "flat" else None,
-            min_frames=m.min_frames[kind],
+            min_frames=m.min_frames[kind], flat_floor=m.flat_min_response if kind == "flat" else 0.0,
         )
         return MasterPlan(
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
