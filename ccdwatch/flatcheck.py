@@ -59,7 +59,8 @@ def judge(raw: np.ndarray, calibrated: np.ndarray, saturation: float, *, max_lev
     max_level, max_saturated, min_signal : float
         ``[masters]`` ``flat_max_level`` (the highest raw median, a fraction of ``saturation``),
         ``flat_max_saturated`` (the largest fraction of pixels at or above it) and
-        ``flat_min_signal`` (the lowest median above bias and dark, ADU; 0: no lower limit).
+        ``flat_min_signal`` (the lowest median above bias and dark, ADU; 0: no lower limit; not
+        applied to a float frame of unknown saturation, whose values need not be counts).
     channels : sequence of sites, optional
         A mosaic's colours: each colour's ``(row, col)`` sites in the 2x2 cell
         (`ccdwatch.colour.channel_sites`), named by ``names``; None: monochrome.
@@ -79,7 +80,9 @@ def judge(raw: np.ndarray, calibrated: np.ndarray, saturation: float, *, max_lev
             return (f"saturated flat: {100 * at / n:.1f}% of its pixels are at the saturation level "
                     f"{saturation:.0f} ADU (limit: masters.flat_max_saturated = {max_saturated:g}); "
                     "expose the flats for less")
-    if min_signal > 0:
+    # ADU only where the raw frame is counts: an integer frame, or a float one with a known ceiling
+    # (a float flat scaled to 0..1 by its converter is no faint flat)
+    if min_signal > 0 and (raw.dtype.kind in "ui" or math.isfinite(saturation)):
         signal = [_median(v) for v in _channels(calibrated, channels)]
         i = int(np.nanargmin(signal)) if not all(math.isnan(v) for v in signal) else 0
         if not signal[i] >= min_signal:  # NaN too

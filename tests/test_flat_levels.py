@@ -65,6 +65,15 @@ def test_a_good_flat_passes_saturated_and_faint_ones_are_named():
     assert _judge(_flat(55000.0, seed=2, vignetting=0.0)) is not None
 
 
+def test_a_float_flat_scaled_to_one_is_not_too_faint():
+    """A converter's float flat scaled to 0..1 (no ceiling known): its values are not ADU, and the
+    faint-flat limit (ADU) does not apply; a float flat whose ceiling is known is judged as counts."""
+    flat = (_flat(20000.0).astype(np.float32) - 1000.0) / 65535.0
+    assert flatcheck.judge(flat, flat, float("inf")) is None
+    faint = _flat(400.0).astype(np.float32)  # a float frame of counts whose ceiling is known
+    assert "too faint" in (flatcheck.judge(faint, faint - 1000.0, 65535.0) or "")
+
+
 def test_a_flat_whose_centre_is_clipped_is_saturated_though_its_median_is_not():
     raw = _flat(60000.0)  # the centre (up to 61000 raw) clips, the corners (45000) do not
     raw[raw > 60000] = 65535
