@@ -138,7 +138,9 @@ class MastersConfig:
     memory_budget_mb: float = 1024.0
     """Working memory for combining frames; larger sets are combined in strips."""
     temperature_tolerance: float = 2.0
-    """Darks match a light whose CCD temperature (set-point where present) is within this, degC."""
+    """Darks match a light whose temperature is within this, degC. A frame's temperature is its
+    set-point when the measured CCD-TEMP is within this of it, else the measured CCD-TEMP (the
+    sensor did not reach its set-point: programs write SET-TEMP whatever the cooler achieved)."""
     max_dark_scale: float = 10.0
     """A light with no master dark as long as its exposure gets a shorter one scaled up at most this
     much (its noise, hot-pixel residuals and bias errors grow as much); beyond, it waits for a dark

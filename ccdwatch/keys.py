@@ -27,9 +27,35 @@ class CalibrationFrame(Protocol):
     ccd_temp: float | None
 
 
-def temperature_ref(frame: CalibrationFrame) -> float | None:
-    """The temperature a frame was taken at for matching: set-point if present, else CCD-TEMP (degC)."""
-    return frame.set_temp if frame.set_temp is not None else frame.ccd_temp
+#: degC: the default of ``masters.temperature_tolerance``, which also says how far the measured CCD
+#: temperature may be from the set-point for the set-point to stand for it.
+TEMPERATURE_TOLERANCE = 2.0
+
+
+def off_setpoint(ccd_temp: float | None, set_temp: float | None, tolerance: float) -> bool:
+    """Did the sensor miss its set-point: a measured CCD temperature more than ``tolerance`` degC from it?
+
+    Camera programs (N.I.N.A., MaxIm, SGP) write SET-TEMP whatever the cooler achieved: on a warm
+    night or with the cooler off the sensor can be 20 degC above it.
+    """
+    return ccd_temp is not None and set_temp is not None and abs(ccd_temp - set_temp) > tolerance
+
+
+def temperature_ref(frame: CalibrationFrame, tolerance: float) -> float | None:
+    """The temperature a frame was taken at, for matching darks (degC): the set-point when the sensor
+    reached it (its measured CCD-TEMP within ``tolerance`` of SET-TEMP, or no CCD-TEMP to say
+    otherwise), else the measured CCD-TEMP; None when the header gives neither."""
+    if frame.set_temp is None or off_setpoint(frame.ccd_temp, frame.set_temp, tolerance):
+        return frame.ccd_temp
+    return frame.set_temp
+
+
+def setpoint_note(frame: CalibrationFrame, tolerance: float) -> str | None:
+    """'sensor not at its set-point ...' when it missed it (`off_setpoint`), else None."""
+    if not off_setpoint(frame.ccd_temp, frame.set_temp, tolerance):
+        return None
+    return (f"sensor not at its set-point: CCD-TEMP {frame.ccd_temp:g} degC, SET-TEMP {frame.set_temp:g} degC "
+            f"(more than {tolerance:g} degC apart); its measured temperature is used")
 
 
 @dataclass(frozen=True, order=True)
@@ -43,12 +69,12 @@ class CalibKey:
     text: str
 
     @classmethod
-    def of(cls, frame: CalibrationFrame) -> CalibKey:
-        """The key of a bias, dark or flat frame."""
+    def of(cls, frame: CalibrationFrame, tolerance: float = TEMPERATURE_TOLERANCE) -> CalibKey:
+        """The key of a bias, dark or flat frame (a dark's temperature: `temperature_ref`)."""
         key = f"{frame.imagetyp}|{frame.camera_key}"
         if frame.imagetyp == "dark":
             key += f"|exp={frame.exptime or 0:.3f}"
-            t = temperature_ref(frame)
+            t = temperature_ref(frame, tolerance)
             key += f"|T={round(t):d}" if t is not None else "|T=?"
         if frame.imagetyp == "flat":
             key += f"|filter={(frame.filter or '').lower()}"

@@ -29,6 +29,7 @@ from ccdwatch.headers.pixels import PixelEvidence
 from ccdwatch.headers.quantities import _CELSIUS, _binning, _coordinates, _exposure, _longitude, _shape
 from ccdwatch.headers.sections import OverscanPlan, OverscanRules, frame_overscan
 from ccdwatch.headers.values import _range
+from ccdwatch.keys import TEMPERATURE_TOLERANCE, off_setpoint
 
 # The package's logger, as before the split (the log format shows the logger name).
 logger = logging.getLogger("ccdwatch.headers")
@@ -93,6 +94,18 @@ def _checked_exposure(cards: _Cards, imagetyp: ImageType, exptime: float | None)
     return exptime
 
 
+def _temperatures(cards: _Cards, setpoint_tolerance: float) -> tuple[float | None, float | None]:
+    """(CCD-TEMP, SET-TEMP) in degC, warning when the sensor was not at its set-point."""
+    temperature = _range(-273.15, 100.0)
+    ccd_temp = cards.number(_CCD_TEMP_KEYS, "CCD temperature", check=temperature, units=_CELSIUS)
+    set_temp = cards.number(_SET_TEMP_KEYS, "set-point temperature", check=temperature, units=_CELSIUS)
+    if ccd_temp is not None and set_temp is not None and off_setpoint(ccd_temp, set_temp, setpoint_tolerance):
+        cards.warn(f"CCD temperature: sensor not at its set-point (CCD-TEMP {ccd_temp:g} degC, SET-TEMP "
+                   f"{set_temp:g} degC, more than {setpoint_tolerance:g} degC apart): its measured temperature "
+                   "is used to match darks")
+    return ccd_temp, set_temp
+
+
 def normalise(
     header: Mapping[str, Any],
     *,
@@ -104,6 +117,7 @@ def normalise(
     bayer_pattern: str = "auto",
     bayer_instruments: Mapping[str, str] | None = None,
     overscan: OverscanRules | None = None,
+    setpoint_tolerance: float = TEMPERATURE_TOLERANCE,
 ) -> FrameInfo:
     """Turn an untrusted raw FITS header into a :class:`FrameInfo`.
 
@@ -130,6 +144,8 @@ def normalise(
         The same per camera: lower-case INSTRUME -> value; it wins over ``bayer_pattern``.
     overscan : OverscanRules, optional
         ``[overscan]``: where the overscan and data sections come from (:mod:`~ccdwatch.headers.sections`).
+    setpoint_tolerance : float, optional
+        ``masters.temperature_tolerance``: a CCD-TEMP further from SET-TEMP (degC) is warned about.
 
     Returns
     -------
@@ -154,7 +170,7 @@ def normalise(
     night = _night(date_obs, zone, longitude, start_hour) if date_obs is not None else None
     xbin, ybin = _binning(cards)
     naxis1, naxis2 = _shape(cards)
-    temperature = _range(-273.15, 100.0)
+    ccd_temp, set_temp = _temperatures(cards, setpoint_tolerance)
     ra_deg, dec_deg = _coordinates(cards)
     instrument = cards.first_text(_INSTRUMENT_KEYS)
     cfa = header_pattern(cards, naxis2=naxis2,
@@ -168,20 +184,16 @@ def normalise(
         object=object_name,
         date_obs=date_obs,
         night=night,
-        xbin=xbin,
-        ybin=ybin,
-        naxis1=naxis1,
-        naxis2=naxis2,
-        ccd_temp=cards.number(_CCD_TEMP_KEYS, "CCD temperature", check=temperature, units=_CELSIUS),
-        set_temp=cards.number(_SET_TEMP_KEYS, "set-point temperature", check=temperature, units=_CELSIUS),
+        xbin=xbin, ybin=ybin,
+        naxis1=naxis1, naxis2=naxis2,
+        ccd_temp=ccd_temp, set_temp=set_temp,
         gain=cards.number(_GAIN_KEYS, "gain setting", check=_range(0.0, 1e6)),
         egain=cards.number(_EGAIN_KEYS, "e-/ADU", check=_range(0.0, 1e6, lo_open=True)),
         offset=cards.number(_OFFSET_KEYS, "offset", check=_range(-1e9, 1e9)),
         readout_mode=cards.first_text(_READOUT_KEYS),
         instrument=instrument,
         telescope=cards.first_text(_TELESCOPE_KEYS),
-        ra_deg=ra_deg,
-        dec_deg=dec_deg,
+        ra_deg=ra_deg, dec_deg=dec_deg,
         site_longitude=longitude,
         software=cards.first_text(_SOFTWARE_KEYS),
         warnings=tuple(cards.warnings),

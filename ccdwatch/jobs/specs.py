@@ -61,6 +61,8 @@ class IngestSpec:
     """Configured Bayer overrides (``colour.bayer_pattern``, ``colour.instruments``)."""
     overscan: OverscanRules | None = None
     """``[overscan]``: where a frame's overscan and data sections come from."""
+    setpoint_tolerance: float = 2.0
+    """``masters.temperature_tolerance``: a CCD-TEMP this far from SET-TEMP is warned about."""
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def ingest(spec: IngestSpec) -> IngestResult:
     info = normalise(raw.header, filename=spec.relpath or Path(spec.path).name, rules=spec.rules,
                      timezone=spec.timezone, night_start_hour=spec.night_start_hour, pixels=pixels,
                      bayer_pattern=spec.bayer_pattern, bayer_instruments=dict(spec.bayer_instruments),
-                     overscan=spec.overscan)
+                     overscan=spec.overscan, setpoint_tolerance=spec.setpoint_tolerance)
     return IngestResult(raw.sha256, raw.size, raw.mtime_ns, raw.inode, raw.hdu_index, info,
                         header_to_jsonable(raw.header), pixels.to_json() if pixels is not None else None)
 

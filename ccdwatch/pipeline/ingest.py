@@ -100,7 +100,8 @@ class Ingester:
                                  unwritten_grace=cfg.watch.fallback_settle_seconds, now=now,
                                  bayer_pattern=cfg.colour.bayer_pattern,
                                  bayer_instruments=tuple(cfg.colour.instruments.items()),
-                                 overscan=cfg.overscan.rules())
+                                 overscan=cfg.overscan.rules(),
+                                 setpoint_tolerance=cfg.masters.temperature_tolerance)
                  for _, path, _ in todo]
         if len(planned) > 2:  # a catch-up: the files the workers parse next are read from disk meanwhile
             from ccdwatch.fitsio.descriptor import MAX_HEADER_BYTES, read_ahead  # no numpy, no astropy

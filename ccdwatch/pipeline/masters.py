@@ -90,7 +90,8 @@ def candidates(ctx: Context) -> list[tuple[CalibKey, str]]:
     """(key, night) of this site's calibration frames not yet in any master, in build order."""
     with ctx.catalog.session() as s:
         fresh = fresh_calibration_frames(s, site=ctx.site)
-        return sorted({(CalibKey.of(f), f.night or "nonight") for f in fresh})
+        tolerance = ctx.cfg.masters.temperature_tolerance
+        return sorted({(CalibKey.of(f, tolerance), f.night or "nonight") for f in fresh})
 
 
 def build_ranks(ctx: Context, groups: list[tuple[CalibKey, str]]) -> list[list[tuple[CalibKey, str]]]:
@@ -105,11 +106,12 @@ def build_ranks(ctx: Context, groups: list[tuple[CalibKey, str]]) -> list[list[t
     if not ranks[2]:
         return ranks
     with ctx.catalog.session() as s:
+        tolerance = ctx.cfg.masters.temperature_tolerance
         darks = [(f.camera_key, f.exptime or 0.0)
-                 for key, night in ranks[1] for f in frames_of(s, key, night, site=ctx.site)]
+                 for key, night in ranks[1] for f in frames_of(s, key, night, site=ctx.site, tolerance=tolerance)]
         early = []
         for key, night in ranks[2]:
-            frames = frames_of(s, key, night, site=ctx.site)
+            frames = frames_of(s, key, night, site=ctx.site, tolerance=tolerance)
             if not any(camera == f.camera_key and abs(exptime - (f.exptime or 0.0)) < EXPTIME_TOLERANCE
                        for f in frames for camera, exptime in darks):
                 early.append((key, night))
@@ -118,11 +120,12 @@ def build_ranks(ctx: Context, groups: list[tuple[CalibKey, str]]) -> list[list[t
     return ranks
 
 
-def frames_of(s: Session, key: CalibKey, night: str, *, site: str | None) -> list[Frame]:
+def frames_of(s: Session, key: CalibKey, night: str, *, site: str | None, tolerance: float) -> list[Frame]:
     """The frames of one key, night and site that a master of them would combine: those whose raw
-    file is still on disk (a vanished one is marked ``missing``, never charged to the others)."""
+    file is still on disk (a vanished one is marked ``missing``, never charged to the others).
+    ``tolerance``: ``masters.temperature_tolerance`` (see `ccdwatch.keys.temperature_ref`)."""
     frames = [f for f in calibration_frames(s, key.kind, None if night == "nonight" else night, site=site)
-              if CalibKey.of(f) == key]
+              if CalibKey.of(f, tolerance) == key]
     # Time, then content: the order the inputs are combined in (and listed in the INPUTS
     # table) must not depend on the order they were catalogued in.
     frames.sort(key=lambda f: (f.date_obs is None, f.date_obs or datetime.min, f.sha256 or ""))
@@ -141,7 +144,7 @@ def plan_due(ctx: Context, groups: list[tuple[CalibKey, str]], *, final: bool = 
     plans = []
     for key, night in groups:
         with ctx.catalog.session() as s:
-            frames = frames_of(s, key, night, site=ctx.site)
+            frames = frames_of(s, key, night, site=ctx.site, tolerance=m.temperature_tolerance)
             if too_few(ctx, key, frames):
                 continue
             age = (utcnow() - max(f.created_at for f in frames)).total_seconds()
@@ -170,7 +173,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
     kind = key.kind
     m = ctx.cfg.masters
     with ctx.catalog.session() as s:
-        frames = frames_of(s, key, night, site=ctx.site)
+        frames = frames_of(s, key, night, site=ctx.site, tolerance=m.temperature_tolerance)
         if not frames:
             return None
         if too_few(ctx, key, frames):  # `reprocess` plans every key: a stray frame is no master
@@ -233,7 +236,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
             dark_scale=dark_scale, dates=dates, mid=mid, bias_id=bias.id if bias else None,
             dark_id=dark.id if dark else None, camera=sample.camera_key,
-            temp=temperature_ref(sample) if kind == "dark" else None,
+            temp=master_temperature(frames, m.temperature_tolerance) if kind == "dark" else None,
             exptime=sample.exptime if kind != "bias" else None, filter=sample.filter if kind == "flat" else None,
             instrument=sample.instrument,
             detector=detector_values(sample.header or {}, sample.instrument, ctx.cfg.detector) if kind == "flat"
@@ -287,6 +290,14 @@ def recombine_unbiased(s: Session, bias: Master) -> None:
                     f.state, f.updated_at = FrameState.INGESTED, utcnow()
                     log_event(s, f, "recombine", f"master {kind} #{old.id} was made without a bias; master bias "
                                                  f"#{bias.id} of its night now exists")
+def master_temperature(frames: list[Frame], tolerance: float) -> float | None:
+    """A master dark's temperature (degC): the median of its inputs' (`ccdwatch.keys.temperature_ref`:
+    the set-point where the sensor reached it, else the measured CCD-TEMP); None if none says."""
+    temps = sorted(t for t in (temperature_ref(f, tolerance) for f in frames) if t is not None)
+    if not temps:
+        return None
+    mid = len(temps) // 2
+    return temps[mid] if len(temps) % 2 else (temps[mid - 1] + temps[mid]) / 2
 
 
 def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: str, sigma: float,

@@ -77,7 +77,8 @@ def reprocess(pipe: Pipeline, selection: Selection, *, progress: bool = False) -
     with ctx.catalog.session() as s:
         campaign, started, resumed = campaign_start(s, ctx.site, selection.key)
         nights = nights_selected(s, ctx.site, night=selection.night, since=selection.since)
-        keys = sorted({(CalibKey.of(f), f.night or "nonight") for f in master_frames(s, ctx.site, nights)})
+        tolerance = ctx.cfg.masters.temperature_tolerance
+        keys = sorted({(CalibKey.of(f, tolerance), f.night or "nonight") for f in master_frames(s, ctx.site, nights)})
         lights = lights_to_redo(s, ctx.site, nights)
     if resumed:
         logger.info("continuing the campaign on %s begun at %sZ", selection, started.isoformat(timespec="seconds"))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ccdwatch.catalog.queries import calibration_frames_rejected, calibration_frames_waiting, current_masters
 from ccdwatch.config import MastersConfig
-from ccdwatch.keys import temperature_ref
+from ccdwatch.keys import setpoint_note, temperature_ref
 from ccdwatch.models import Frame, Master
 
 EXPTIME_TOLERANCE = 1e-3  # seconds: exposures closer than this are "the same exposure"
@@ -132,7 +132,7 @@ class Masters:
         return best, ""
 
     def _temp_ok(self, master: Master, frame: Frame) -> bool:
-        t = temperature_ref(frame)
+        t = temperature_ref(frame, self.rules.temperature_tolerance)
         return t is None or master.ccd_temp is None or abs(master.ccd_temp - t) <= self.rules.temperature_tolerance
 
     def dark(self, frame: Frame, when: datetime | None, bias: Master | None, *,
@@ -159,7 +159,7 @@ class Masters:
         or the darks arrived towards one."""
         others = sorted({d.ccd_temp for d in self.current("dark", frame.camera_key) if d.ccd_temp is not None})
         if others:
-            temp = temperature_ref(frame)
+            temp = temperature_ref(frame, self.rules.temperature_tolerance)
             return (f"no master dark for camera set-up {frame.camera_key} within "
                     f"{self.rules.temperature_tolerance:g} degC of {temp:g} degC: the master darks are at "
                     f"{', '.join(f'{t:g}' for t in others)} degC")
@@ -186,6 +186,9 @@ class Masters:
         sel.flat, why = self.choose("flat", frame, when)
         if sel.flat is None:
             sel.missing["flat"] = why
+        note = setpoint_note(frame, self.rules.temperature_tolerance)
+        if note is not None:  # its dark was matched by the measured temperature: say so
+            sel.notes.append(note)
         return sel
 
 
