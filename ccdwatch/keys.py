@@ -1,7 +1,8 @@
 """Value types for the two keys that decide what belongs together.
 
 A :class:`CalibKey` says which calibration frames may be combined into one master (kind and
-camera set-up; plus exposure and temperature for darks, filter for flats). A :class:`GroupKey`
+camera set-up; plus exposure and temperature for darks, filter for flats; :func:`calib_keys` gives
+the darks of a night whose temperatures agree one key). A :class:`GroupKey`
 says which lights are stacked together (night, target, filter, exposure, camera set-up). Both
 are strings only where they are stored: ``str(key)`` is the catalogue column's value, and
 ``parse`` reads it back.
@@ -9,7 +10,10 @@ are strings only where they are stored: ``str(key)`` is the catalogue column's v
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 #: The kinds of calibration frames, in the order their masters are built (each on the previous).
@@ -25,6 +29,14 @@ class CalibrationFrame(Protocol):
     filter: str | None
     set_temp: float | None
     ccd_temp: float | None
+
+
+class NightFrame(CalibrationFrame, Protocol):
+    """A calibration frame with what orders it within its night (a catalogue ``Frame``)."""
+
+    night: str | None
+    date_obs: datetime | None
+    sha256: str | None
 
 
 #: degC: the default of ``masters.temperature_tolerance``, which also says how far the measured CCD
@@ -70,15 +82,10 @@ class CalibKey:
 
     @classmethod
     def of(cls, frame: CalibrationFrame, tolerance: float = TEMPERATURE_TOLERANCE) -> CalibKey:
-        """The key of a bias, dark or flat frame (a dark's temperature: `temperature_ref`)."""
-        key = f"{frame.imagetyp}|{frame.camera_key}"
-        if frame.imagetyp == "dark":
-            key += f"|exp={frame.exptime or 0:.3f}"
-            t = temperature_ref(frame, tolerance)
-            key += f"|T={round(t):d}" if t is not None else "|T=?"
-        if frame.imagetyp == "flat":
-            key += f"|filter={(frame.filter or '').lower()}"
-        return cls.parse(key)
+        """The key of a bias, dark or flat frame on its own (a dark's temperature: `temperature_ref`).
+        The darks of a night are keyed together, by :func:`calib_keys`."""
+        t = temperature_ref(frame, tolerance) if frame.imagetyp == "dark" else None
+        return cls.parse(_key_text(frame, "?" if t is None else _temperature_text(t)))
 
     @classmethod
     def parse(cls, text: str) -> CalibKey:
@@ -95,6 +102,86 @@ class CalibKey:
 
     def __str__(self) -> str:
         return self.text
+
+
+def _key_text(frame: CalibrationFrame, temperature: str) -> str:
+    key = f"{frame.imagetyp}|{frame.camera_key}"
+    if frame.imagetyp == "dark":
+        key += f"|exp={frame.exptime or 0:.3f}|T={temperature}"
+    if frame.imagetyp == "flat":
+        key += f"|filter={(frame.filter or '').lower()}"
+    return key
+
+
+def _temperature_text(t: float) -> str:
+    """A key's temperature: to 0.1 degC, ``-10`` rather than ``-10.0`` (keys made before are alike)."""
+    return f"{round(t, 1) + 0.0:g}"
+
+
+def _time_order(frame: NightFrame) -> tuple[bool, datetime, str]:
+    return frame.date_obs is None, frame.date_obs or datetime.min, frame.sha256 or ""
+
+
+def temperature_clusters(temps: Sequence[float], tolerance: float) -> list[int]:
+    """Which cluster each temperature (in time order) is in: every cluster spans at most
+    ``tolerance`` (its members are within it of each other, so of their median).
+
+    Each in turn joins the cluster it fits in (with it the span stays within ``tolerance``) whose
+    first member is nearest (the earliest such cluster on ties), else starts one. A temperature
+    therefore never changes cluster when later ones are added: darks arriving in time order never
+    change the key of those already combined, while darks at other temperatures (another
+    set-point, a night that warmed) start clusters of their own.
+    """
+    spans: list[tuple[float, float, float]] = []  # (lowest, highest, first)
+    out = []
+    for t in temps:
+        fits = [i for i, (lo, hi, _) in enumerate(spans) if max(hi, t) - min(lo, t) <= tolerance + 1e-9]
+        if fits:
+            i = min(fits, key=lambda i: (abs(spans[i][2] - t), i))
+            lo, hi, first = spans[i]
+            spans[i] = (min(lo, t), max(hi, t), first)
+        else:
+            i = len(spans)
+            spans.append((t, t, t))
+        out.append(i)
+    return out
+
+
+def _dark_labels(frames: Sequence[NightFrame], tolerance: float) -> list[str]:
+    """The temperature part of the keys of the darks of one night, set-up and exposure (in time
+    order): each cluster (`temperature_clusters`) by its first dark's temperature."""
+    known = [(i, t) for i, t in enumerate(temperature_ref(f, tolerance) for f in frames) if t is not None]
+    clusters = temperature_clusters([t for _, t in known], tolerance)
+    labels = ["?"] * len(frames)
+    names: dict[int, str] = {}
+    for (i, t), c in zip(known, clusters, strict=True):
+        if c not in names:  # its first dark: the cluster's name (made unique by its number if need be)
+            text = _temperature_text(t)
+            names[c] = text if text not in names.values() else f"{text}~{c + 1}"
+        labels[i] = names[c]
+    return labels
+
+
+def calib_keys(frames: Sequence[NightFrame], tolerance: float) -> list[CalibKey]:
+    """The key of each frame, computed together: biases and flats as `CalibKey.of`; the darks of
+    one night, camera set-up and exposure whose temperatures (`temperature_ref`) lie within
+    ``tolerance`` of each other share one key (`temperature_clusters`), named by the temperature
+    of the first of them in time (so a cooler that hovers around -4.5 degC makes one master, not
+    one at -4 and one at -5). Deterministic: the result depends on the set of frames, not on
+    their order."""
+    keys: list[CalibKey | None] = [None] * len(frames)
+    darks: dict[tuple[str | None, str], list[int]] = defaultdict(list)
+    for i, f in enumerate(frames):
+        if f.imagetyp == "dark":
+            darks[(f.night, _key_text(f, ""))].append(i)
+        else:
+            keys[i] = CalibKey.of(f, tolerance)
+    for members in darks.values():
+        members.sort(key=lambda i: _time_order(frames[i]))
+        labels = _dark_labels([frames[i] for i in members], tolerance)
+        for i, label in zip(members, labels, strict=True):
+            keys[i] = CalibKey.parse(_key_text(frames[i], label))
+    return [k for k in keys if k is not None]
 
 
 @dataclass(frozen=True)

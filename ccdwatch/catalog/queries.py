@@ -155,6 +155,12 @@ def latest_master(s: Session, calib_key: str, night: str, *, site: str | None) -
         .order_by(Master.version.desc()))
 
 
+def masters_of_key(s: Session, calib_key: str, night: str, *, site: str | None) -> Sequence[Master]:
+    """Every version of the masters of one calibration key, night and site (exactly that site)."""
+    return s.scalars(select(Master).where(Master.calib_key == calib_key, Master.night == night,
+                                          Master.site.is_not_distinct_from(site)).order_by(Master.version)).all()
+
+
 def current_masters(s: Session, kind: str, camera_key: str | None, *,
                     sites: Sequence[str | None] | None = None) -> list[Master]:
     """The newest version of every master of a kind and camera set-up (one per site, key and

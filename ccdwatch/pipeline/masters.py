@@ -28,12 +28,14 @@ from ccdwatch.catalog.queries import (
     fresh_calibration_frames,
     latest_master,
     lights_waiting_for,
+    masters_of_key,
+    masters_with_inputs,
 )
 from ccdwatch.catalog.sites import claim, holder, release
 from ccdwatch.detector import DetectorValues, detector_values, gain_check
 from ccdwatch.headers.sections import OverscanPlan
 from ccdwatch.jobs import memory, specs
-from ccdwatch.keys import CalibKey, temperature_ref
+from ccdwatch.keys import CalibKey, calib_keys, temperature_ref
 from ccdwatch.models import Frame, FrameState, Master, MasterInput
 from ccdwatch.pipeline.calibrate import saturation
 from ccdwatch.pipeline.context import Context
@@ -87,11 +89,16 @@ def claim_name(site: str, key: CalibKey, night: str) -> str:
 
 
 def candidates(ctx: Context) -> list[tuple[CalibKey, str]]:
-    """(key, night) of this site's calibration frames not yet in any master, in build order."""
+    """(key, night) of this site's calibration frames not yet in any master, in build order (a
+    dark's key depends on the other darks of its night: `ccdwatch.keys.calib_keys`)."""
     with ctx.catalog.session() as s:
         fresh = fresh_calibration_frames(s, site=ctx.site)
-        tolerance = ctx.cfg.masters.temperature_tolerance
-        return sorted({(CalibKey.of(f, tolerance), f.night or "nonight") for f in fresh})
+        nights = sorted({f.night for f in fresh if f.imagetyp == "dark"}, key=str)
+        frames = [f for f in fresh if f.imagetyp != "dark"] + [
+            f for night in nights for f in calibration_frames(s, "dark", night, site=ctx.site)]
+        keys = calib_keys(frames, ctx.cfg.masters.temperature_tolerance)
+        return sorted({(k, f.night or "nonight") for f, k in zip(frames, keys, strict=True)
+                       if f.state == FrameState.INGESTED})
 
 
 def build_ranks(ctx: Context, groups: list[tuple[CalibKey, str]]) -> list[list[tuple[CalibKey, str]]]:
@@ -124,8 +131,8 @@ def frames_of(s: Session, key: CalibKey, night: str, *, site: str | None, tolera
     """The frames of one key, night and site that a master of them would combine: those whose raw
     file is still on disk (a vanished one is marked ``missing``, never charged to the others).
     ``tolerance``: ``masters.temperature_tolerance`` (see `ccdwatch.keys.temperature_ref`)."""
-    frames = [f for f in calibration_frames(s, key.kind, None if night == "nonight" else night, site=site)
-              if CalibKey.of(f, tolerance) == key]
+    night_frames = calibration_frames(s, key.kind, None if night == "nonight" else night, site=site)
+    frames = [f for f, k in zip(night_frames, calib_keys(night_frames, tolerance), strict=True) if k == key]
     # Time, then content: the order the inputs are combined in (and listed in the INPUTS
     # table) must not depend on the order they were catalogued in.
     frames.sort(key=lambda f: (f.date_obs is None, f.date_obs or datetime.min, f.sha256 or ""))
@@ -353,6 +360,7 @@ def commit(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> int | 
         s.flush()
         if plan.kind == "bias":
             recombine_unbiased(s, master)
+        _supersede(s, master)
         levels = dict(zip((i for i, _ in plan.inputs), result.overscan_levels, strict=False))
         for f in frames_by_id(s, [i for i, _ in plan.inputs]):
             if levels.get(f.id) is not None:
@@ -383,6 +391,28 @@ def _reject_inputs(ctx: Context, plan: MasterPlan, rejected: dict[int, str], *, 
     logger.warning("%s: %d of %d inputs rejected (%s)%s", plan.subject, len(rejected), len(plan.inputs),
                    next(iter(rejected.values())),
                    "" if built else f"; {left} left, fewer than masters.min_frames: no master built")
+
+
+def _supersede(s: Session, master: Master) -> None:
+    """Retire the masters of the same kind and night keyed otherwise whose inputs ``master`` now
+    combines (every version of their key): darks whose key changed (a late dark earlier in the
+    night, an older ccdwatch's key) must not leave their old master current beside the new one.
+    Their other inputs go back to be combined again under their own key."""
+    mine = {i.frame_id for i in master.inputs}
+    old = {(m.calib_key, m.night, m.site) for m in masters_with_inputs(s, sorted(mine))
+           if m.id != master.id and m.kind == master.kind and m.night == master.night
+           and m.site == master.site and m.calib_key != master.calib_key and m.retired is None}
+    for calib_key, night, site in sorted(old, key=str):
+        for m in masters_of_key(s, calib_key, night, site=site):
+            if m.retired is not None:
+                continue
+            m.retired = (f"superseded by master {master.kind} #{master.id} ({master.calib_key}), "
+                         "which combines its inputs")
+            logger.info("master %s #%d retired: %s", m.kind, m.id, m.retired)
+            for frame in frames_by_id(s, [i.frame_id for i in m.inputs if i.frame_id not in mine]):
+                if frame.state == FrameState.USED:
+                    frame.state, frame.updated_at = FrameState.INGESTED, utcnow()
+                    log_event(s, frame, "recombine", f"master {m.kind} #{m.id} superseded by #{master.id}")
 
 
 def _gain_params(ctx: Context, plan: MasterPlan, result: specs.MasterResult) -> dict[str, Any]:

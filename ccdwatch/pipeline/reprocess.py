@@ -26,7 +26,7 @@ from ccdwatch.catalog.campaigns import (
     nights_selected,
 )
 from ccdwatch.jobs import specs
-from ccdwatch.keys import CALIBRATION_KINDS, CalibKey, GroupKey
+from ccdwatch.keys import CALIBRATION_KINDS, CalibKey, GroupKey, calib_keys
 from ccdwatch.pipeline import calibrate, masters, stacking
 from ccdwatch.pipeline.core import Pipeline
 
@@ -77,8 +77,9 @@ def reprocess(pipe: Pipeline, selection: Selection, *, progress: bool = False) -
     with ctx.catalog.session() as s:
         campaign, started, resumed = campaign_start(s, ctx.site, selection.key)
         nights = nights_selected(s, ctx.site, night=selection.night, since=selection.since)
-        tolerance = ctx.cfg.masters.temperature_tolerance
-        keys = sorted({(CalibKey.of(f, tolerance), f.night or "nonight") for f in master_frames(s, ctx.site, nights)})
+        frames = master_frames(s, ctx.site, nights)
+        keys = sorted({(k, f.night or "nonight")
+                       for f, k in zip(frames, calib_keys(frames, ctx.cfg.masters.temperature_tolerance), strict=True)})
         lights = lights_to_redo(s, ctx.site, nights)
     if resumed:
         logger.info("continuing the campaign on %s begun at %sZ", selection, started.isoformat(timespec="seconds"))
