@@ -57,7 +57,7 @@ class FrameInfo:
     ccd_temp: float | None
     set_temp: float | None
     gain: float | None
-    """Camera gain SETTING (CMOS 'GAIN'), not e-/ADU."""
+    """Camera gain SETTING (CMOS 'GAIN', else a DSLR's ISOSPEED or ISO), not e-/ADU."""
     egain: float | None
     """Electrons per ADU."""
     offset: float | None
@@ -216,7 +216,7 @@ def camera_key(info: FrameInfo) -> str:
     """A stable, readable key of the camera set-up a frame was taken with.
 
     Frames can share calibration masters only when their keys are equal: instrument, binning,
-    image shape, and gain setting / offset / readout mode when the header gives them, and the
+    image shape, and gain setting (a DSLR's ISO) / offset / readout mode when the header gives them, and the
     Bayer pattern of a colour frame (a mosaic master must have the light's pattern: the same
     sensor read from an odd subframe origin or in the other row order is another set-up, and a
     monochrome master must not calibrate a mosaic). Filter, exposure, temperature and date are

@@ -12,7 +12,9 @@ _LONGITUDE_KEYS = ("SITELONG", "LONG-OBS", "OBSLONG", "OBSGEO-L")
 _BIN_PAIRS = (("XBINNING", "YBINNING"), ("BINX", "BINY"), ("XBIN", "YBIN"), ("CCDXBIN", "CCDYBIN"))
 _CCD_TEMP_KEYS = ("CCD-TEMP", "CCD_TEMP", "CCDTEMP", "DET-TEMP", "TEMPERAT")
 _SET_TEMP_KEYS = ("SET-TEMP", "SET_TEMP", "SETTEMP", "CCD-SET")
-_GAIN_KEYS = ("GAIN",)
+#: The camera's gain SETTING: a CMOS camera's GAIN, else a DSLR's ISO (Ekos' indi_gphoto writes
+#: ISOSPEED, other programs ISO). Never e-/ADU (that is EGAIN; see ccdwatch.detector).
+_GAIN_KEYS = ("GAIN", "ISOSPEED", "ISO")
 _EGAIN_KEYS = ("EGAIN",)
 _OFFSET_KEYS = ("OFFSET", "BLKLEVEL")
 _READOUT_KEYS = ("READOUTM", "READMODE", "READOUT")
