@@ -473,13 +473,8 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     "watch": ("settle_seconds", "fallback_settle_seconds", "rescan_interval", "min_free_mb",
               "pause_retry_seconds"),
-    "masters": (
-        "settle_seconds",
-        "temperature_tolerance",
-        "bias_max_age_days",
-        "dark_max_age_days",
-        "flat_max_age_days",
-    ),
+    "masters": ("settle_seconds", "temperature_tolerance", "bias_max_age_days", "dark_max_age_days",
+                "flat_max_age_days", "flat_min_signal"),
     "calibration": ("max_wait_hours",),
     "workers": ("processes", "nice"),
     "stack": ("pointing_radius_arcmin", "sequence_gap_minutes", "min_stars", "saturation"),
@@ -490,10 +485,10 @@ _FRACTIONS = {"masters": (("flat_max_level", False, "0.85"), ("flat_max_saturate
 
 def _check_ranges(name: str, section: Any) -> None:
     for key in _POSITIVE.get(name, ()):
-        if getattr(section, key) <= 0:
+        if not getattr(section, key) > 0:  # NaN too
             raise ConfigError(f"config key '{name}.{key}' must be > 0, got {getattr(section, key)!r}")
     for key in _NON_NEGATIVE.get(name, ()):
-        if getattr(section, key) < 0:
+        if not getattr(section, key) >= 0:
             raise ConfigError(f"config key '{name}.{key}' must be >= 0, got {getattr(section, key)!r}")
     for key, zero_ok, example in _FRACTIONS.get(name, ()):
         value = getattr(section, key)
@@ -501,9 +496,6 @@ def _check_ranges(name: str, section: Any) -> None:
             span = "[0, 1]" if zero_ok else "(0, 1]"
             raise ConfigError(f"config key '{name}.{key}' must be a fraction in {span}, got {value!r}; "
                               f"e.g. {key} = {example}")
-    if name == "masters" and not section.flat_min_signal >= 0:  # NaN too
-        raise ConfigError(f"config key 'masters.flat_min_signal' must be >= 0 ADU (0: no lower limit), "
-                          f"got {section.flat_min_signal!r}; e.g. flat_min_signal = 1000")
     if name == "night" and not 0 <= section.start_hour < 24:
         raise ConfigError(f"config key 'night.start_hour' must be in [0, 24), got {section.start_hour!r}")
     if name == "masters" and not section.max_dark_scale >= 1:
@@ -512,9 +504,7 @@ def _check_ranges(name: str, section: Any) -> None:
     if name == "stack" and section.min_frames < 1:
         raise ConfigError(f"config key 'stack.min_frames' must be >= 1, got {section.min_frames!r}")
     if name == "stack" and not 0 <= section.stars_fraction <= 1:
-        raise ConfigError(
-            f"config key 'stack.stars_fraction' must be between 0 and 1, got {section.stars_fraction!r}"
-        )
+        raise ConfigError(f"config key 'stack.stars_fraction' must be between 0 and 1, got {section.stars_fraction!r}")
     if name == "calibration" and section.cosmic_rays == "lacosmic" and not _has_module("astroscrappy"):
         raise ConfigError("config key 'calibration.cosmic_rays' = 'lacosmic' needs astroscrappy: "
                           "pip install astroscrappy, or use 'fast'")

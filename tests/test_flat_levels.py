@@ -108,8 +108,8 @@ def test_a_mosaic_is_judged_colour_by_colour():
     ("flat_max_level", 0.0, "'masters.flat_max_level' must be a fraction in (0, 1]"),
     ("flat_max_level", 1.5, "e.g. flat_max_level = 0.85"),
     ("flat_max_saturated", -0.1, "'masters.flat_max_saturated' must be a fraction in [0, 1]"),
-    ("flat_min_signal", -5, "'masters.flat_min_signal' must be >= 0 ADU (0: no lower limit)"),
-    ("flat_min_signal", float("nan"), "'masters.flat_min_signal' must be >= 0 ADU"),
+    ("flat_min_signal", -5, "'masters.flat_min_signal' must be >= 0, got -5"),
+    ("flat_min_signal", float("nan"), "'masters.flat_min_signal' must be >= 0, got nan"),
 ])
 def test_the_limits_are_validated_with_the_key_and_the_fix(tmp_path, key, value, words):
     with pytest.raises(ConfigError) as err:
