@@ -373,9 +373,10 @@ def frames_to_reclassify(s: Session, night: str | None = None, *, site: str | No
 
 
 def masters_with_inputs(s: Session, frame_ids: Sequence[int]) -> Sequence[Master]:
-    """Every master (any version) that combined one of these frames."""
-    return s.scalars(select(Master).join(MasterInput).where(MasterInput.frame_id.in_(list(frame_ids)))
-                     .distinct().order_by(Master.id)).all()
+    """Every master (any version) that combined one of these frames (no DISTINCT over the rows:
+    PostgreSQL has no equality for their JSON column)."""
+    combined = select(MasterInput.master_id).where(MasterInput.frame_id.in_(list(frame_ids)))
+    return s.scalars(select(Master).where(Master.id.in_(combined)).order_by(Master.id)).all()
 
 
 def masters_built_on(s: Session, master_ids: Sequence[int]) -> Sequence[Master]:
