@@ -108,6 +108,14 @@ def test_a_night_on_postgres_gives_the_products_of_sqlite(tmp_path, pg_url):
     assert pa.keys() == pb.keys() and len(pa) == 4
     for key in pa:
         assert np.array_equal(pa[key], pb[key], equal_nan=True), key
+    # the queries that look rows up through a join (rows with JSON columns: no DISTINCT over them)
+    from ccdwatch.catalog import queries
+
+    with Catalog(pg_url) as b, b.reader() as t:
+        light = t.scalars(select(Frame).where(Frame.imagetyp == "light").order_by(Frame.id)).first()
+        assert queries.current_stacks_with_members(t, [light.id])
+        assert queries.masters_with_inputs(t, [f.id for f in t.scalars(select(Frame).where(Frame.imagetyp == "bias"))])
+        assert queries.frame_by_path_or_id(t, Path(light.path).name).id == light.id
 
 
 def test_a_commit_cut_by_a_lost_connection_pauses_then_resumes(tmp_path, pg_url, monkeypatch):

@@ -56,9 +56,8 @@ def frame_by_path_or_id(session: Session, ref: str) -> Frame | None:
     frame = session.scalar(select(Frame).join(SourceFile).where(SourceFile.path == path))
     if frame is not None:
         return frame
-    matches = session.scalars(
-        select(Frame).join(SourceFile).where(SourceFile.path.like(f"%{ref}")).distinct().limit(2)
-    ).all()
+    named = select(SourceFile.frame_id).where(SourceFile.path.like(f"%{ref}"))  # no DISTINCT over JSON rows
+    matches = session.scalars(select(Frame).where(Frame.id.in_(named)).order_by(Frame.id).limit(2)).all()
     return matches[0] if len(matches) == 1 else None
 
 
@@ -397,8 +396,8 @@ def lights_calibrated_with(s: Session, master_ids: Sequence[int]) -> Sequence[Fr
 
 
 def current_stacks_with_members(s: Session, frame_ids: Sequence[int]) -> Sequence[Stack]:
-    return s.scalars(select(Stack).join(StackMember).where(Stack.current, StackMember.frame_id.in_(list(frame_ids)))
-                     .distinct().order_by(Stack.id)).all()
+    members = select(StackMember.stack_id).where(StackMember.frame_id.in_(list(frame_ids)))
+    return s.scalars(select(Stack).where(Stack.current, Stack.id.in_(members)).order_by(Stack.id)).all()
 
 
 def frames_with_classification(s: Session, *, site: str | None = None) -> Sequence[Frame]:
