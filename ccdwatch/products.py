@@ -13,6 +13,8 @@ from __future__ import annotations
 import cmath
 import hashlib
 import numbers
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -170,3 +172,34 @@ def _finite(value: Any) -> bool:
     if isinstance(value, (numbers.Real, numbers.Complex)):
         return cmath.isfinite(complex(value))
     return True
+
+
+#: The end of every product's name (`master_path`, `calibrated_path`, `stack_path`): a hash and a version.
+_PRODUCT_NAME = re.compile(r"_[0-9a-f]{8}_v[0-9]+(?:_[a-z]+)?\.fits$")
+
+
+def unreferenced_products(root: Path, known: set[str]) -> list[Path]:
+    """The products under ``root`` (masters, calibrated lights, stacks) that no catalogue row
+    names, as crash recovery finds them (written, not committed). Only files named as ccdwatch
+    names products (a user's own file in the tree is not one), and none that is a row's file
+    under another spelling: rows record the products root as it was written when they were made
+    (a symlink, a path given on the command line, a tree moved and the config pointed at it), and
+    a file is compared with them by identity, not by its path's text."""
+    found = [path for sub in ("masters", "calibrated", "stacks") if (root / sub).is_dir()
+             for path in (root / sub).rglob("*.fits") if _PRODUCT_NAME.search(path.name)]
+    unnamed = [path for path in found if str(path) not in known]
+    if not unnamed:
+        return []
+    here = str(root) + os.sep
+    names = {path.name for path in unnamed}  # a name holds a content hash: only the same product's rows
+    elsewhere = [k for k in known if not k.startswith(here) and Path(k).name in names]  # another spelling
+    identities = {_identity(k) for k in elsewhere} - {None}
+    return [path for path in unnamed if _identity(str(path)) not in identities]
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

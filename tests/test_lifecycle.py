@@ -284,3 +284,29 @@ def test_a_rewrite_undone_brings_the_first_content_back(pipe):
         stack = s.scalar(select(Stack).where(Stack.current))
         members = {m.frame_id for m in s.scalars(select(StackMember).where(StackMember.stack_id == stack.id))}
         assert a.id in members and b.id not in members and len(members) == 4
+
+
+def test_recovery_removes_true_orphans_only(tmp_path, staging):
+    """Start-up recovery removes a product no row names (written, not committed: a crash), but not
+    a row's product under another spelling of the products root (a symlink, then its real path in
+    the config: every master, light and stack was deleted), nor a user's own file in the tree."""
+    real = tmp_path / "data" / "products"
+    real.mkdir(parents=True)
+    (tmp_path / "products").symlink_to(real, target_is_directory=True)  # what the config first said
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    for p in sorted(staging.iterdir()):
+        shutil.copy2(p, cfg.paths.incoming / p.name)
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        ingest(pipe, cfg.paths.incoming)
+        pipe.tick(final=True)
+    made = sorted(p.relative_to(real) for p in real.rglob("*.fits"))
+    assert len(made) >= 8
+    mine = real / "stacks" / "M51_final_by_me.fits"
+    mine.write_bytes(b"my own processing")
+    crashed = real / "calibrated" / "M51_V_009_0123abcd_v1.fits"  # renamed into place, row never committed
+    crashed.write_bytes(b"x")
+    respelled = make_config(tmp_path, workers={"processes": 0}, paths={"products": real})
+    with Catalog(respelled.paths.database) as cat, Pipeline(respelled, cat) as pipe:
+        assert pipe.recover()["orphans"] == 1
+    assert sorted(p.relative_to(real) for p in real.rglob("*.fits")) == sorted([*made, mine.relative_to(real)])
+    assert not crashed.exists() and mine.exists()

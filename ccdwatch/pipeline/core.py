@@ -43,7 +43,7 @@ from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
 from ccdwatch.pipeline.reclassify import Reclassified, reclassify
 from ccdwatch.pipeline.runner import RESULTS, Runner
-from ccdwatch.products import preview_path
+from ccdwatch.products import preview_path, unreferenced_products
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +114,10 @@ class Pipeline:
         with self.catalog.session() as s:
             known = known_product_paths(s)
         orphans = 0
-        for sub in ("masters", "calibrated", "stacks"):
-            root = products / sub
-            if not root.exists():
-                continue
-            for path in root.rglob("*.fits"):
-                if str(path) not in known:
-                    path.unlink(missing_ok=True)
-                    preview_path(path).unlink(missing_ok=True)
-                    orphans += 1
+        for path in unreferenced_products(products, known):
+            path.unlink(missing_ok=True)
+            preview_path(path).unlink(missing_ok=True)
+            orphans += 1
         if removed or orphans:
             logger.warning("recovery: removed %d temp files and %d orphan products", len(removed), orphans)
         lost = self.ctx.unsynced.settle(self.catalog) if self.ctx.unsynced is not None else []
