@@ -209,3 +209,31 @@ class GroupKey:
         return cls(night=None if night == "None" else night, target=target,
                    filter=None if filt == "-" else filt, exptime=float(exp[:-1]),
                    camera=None if camera == "None" else camera)
+
+
+#: Exposures this close are one exposure for stacking: relative, and at least absolute (s). Drivers
+#: that write the measured duration (a DSLR's bulb, a mechanical shutter's timing) give a
+#: sequence of 200 s lights as 200.0, 200.002, 199.998...
+EXPOSURE_RELATIVE, EXPOSURE_ABSOLUTE = 2e-3, 5e-3
+
+
+def nominal_exposures(frames: Sequence[tuple[int, object, float | None]]) -> dict[int, float | None]:
+    """Each frame's exposure as its stack group knows it, from ``(id, setup, exptime)`` in time
+    order: the exposure of the first frame of its set-up (filter, camera) whose exposure it
+    matches within `EXPOSURE_RELATIVE` (at least `EXPOSURE_ABSOLUTE` s); its own when none does.
+    A frame therefore keeps its group as later ones arrive, and a sequence whose driver writes
+    the measured duration stays one group instead of one per value."""
+    firsts: dict[object, list[float]] = defaultdict(list)
+    out: dict[int, float | None] = {}
+    for fid, setup, exptime in frames:
+        if exptime is None:
+            out[fid] = None
+            continue
+        seen = firsts[setup]
+        near = [v for v in seen if abs(exptime - v) <= max(EXPOSURE_RELATIVE * v, EXPOSURE_ABSOLUTE)]
+        if near:
+            out[fid] = min(near, key=lambda v: (abs(exptime - v), v))
+        else:
+            seen.append(exptime)
+            out[fid] = exptime
+    return out

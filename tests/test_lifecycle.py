@@ -310,3 +310,27 @@ def test_recovery_removes_true_orphans_only(tmp_path, staging):
         assert pipe.recover()["orphans"] == 1
     assert sorted(p.relative_to(real) for p in real.rglob("*.fits")) == sorted([*made, mine.relative_to(real)])
     assert not crashed.exists() and mine.exists()
+
+
+def test_exposures_written_as_measured_stack_as_one_group(tmp_path, staging):
+    """A driver that writes the measured exposure (200.0, 200.002, 199.998...) split one sequence
+    into one group per value, none with stack.min_frames lights: nothing was stacked. Exposures
+    within 0.2 % (at least 5 ms) of a group's first are that group's; a 2x longer one is not."""
+    from ccdwatch.keys import nominal_exposures
+
+    assert nominal_exposures([(1, "V", 200.0), (2, "V", 200.002), (3, "V", 199.998), (4, "R", 200.001),
+                              (5, "V", 400.0), (6, "V", None), (7, "V", 0.0321), (8, "V", 0.0345)]) == {
+        1: 200.0, 2: 200.0, 3: 200.0, 4: 200.001, 5: 400.0, 6: None, 7: 0.0321, 8: 0.0321}
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    for p in sorted(staging.iterdir()):
+        shutil.copy2(p, cfg.paths.incoming / p.name)
+    lights = sorted(cfg.paths.incoming.glob("M51_V_*.fits"))
+    for path, exptime in zip(lights, (300.0, 300.002, 299.998, 300.001), strict=True):
+        with fits.open(path, mode="update") as hdul:
+            hdul[0].header["EXPTIME"] = exptime
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        ingest(pipe, cfg.paths.incoming)
+        pipe.tick(final=True)
+        with pipe.catalog.reader() as s:
+            stacks = s.scalars(select(Stack)).all()
+            assert [(st.n_used, st.group_key.split("|")[3]) for st in stacks] == [(4, "300s")]

@@ -28,7 +28,7 @@ from ccdwatch.catalog.queries import (
 )
 from ccdwatch.catalog.sites import claim, holder, release
 from ccdwatch.jobs import memory, specs
-from ccdwatch.keys import GroupKey
+from ccdwatch.keys import GroupKey, nominal_exposures
 from ccdwatch.models import Calibrated, Frame, FrameState, Stack, StackMember
 from ccdwatch.pipeline.calibrate import timed_out
 from ccdwatch.pipeline.context import Context
@@ -78,14 +78,15 @@ def claim_name(site: str, group: GroupKey) -> str:
 def assign_groups(ctx: Context, s: Session, night: str | None) -> dict[int, GroupKey]:
     """Give every light of a night (of this site) its stack group: night, target, filter, exposure, camera."""
     lights = lights_of_night(s, night, site=ctx.site)
+    exposure = nominal_exposures([(f.id, (f.filter, f.camera_key), f.exptime) for f in lights])
     targets = assign_targets(
-        [(f.id, f.object, f.ra_deg, f.dec_deg, f.date_obs, f.filter, f.exptime, f.camera_key) for f in lights],
+        [(f.id, f.object, f.ra_deg, f.dec_deg, f.date_obs, f.filter, exposure[f.id], f.camera_key) for f in lights],
         radius_arcmin=ctx.cfg.stack.pointing_radius_arcmin,
         gap_minutes=ctx.cfg.stack.sequence_gap_minutes,
     )
     groups = {}
     for f in lights:
-        key = GroupKey(night=night, target=targets[f.id].replace("|", "/"), filter=f.filter, exptime=f.exptime,
+        key = GroupKey(night=night, target=targets[f.id].replace("|", "/"), filter=f.filter, exptime=exposure[f.id],
                        camera=f.camera_key)
         if f.group_key != str(key):
             f.group_key = str(key)
