@@ -185,7 +185,7 @@ class StackConfig:
     weights: Literal["ivar", "quality", "none"] = "ivar"
     """Frame weights: ``ivar`` 1 / the frame's sky variance, ``quality`` that / FWHM^2, ``none`` equal."""
     pointing_radius_arcmin: float = 10.0
-    """Lights without OBJECT whose pointings lie within this radius are one target."""
+    """Lights whose pointings lie within this radius are one target (of one OBJECT, or without OBJECT)."""
     sequence_gap_minutes: float = 60.0
     """Lights with neither OBJECT nor pointing: a gap longer than this starts a new target."""
     detect_sigma: float = 5.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +326,55 @@ def test_assign_targets_sequences_and_pointings():
     assert len({targets[i] for i in (0, 2, 4)}) == 1 and len({targets[i] for i in (1, 3, 5)}) == 1
     assert targets[10] != targets[0]
     assert targets[20] == targets[21] and targets[22] == "NGC 1"
+
+
+def test_assign_targets_splits_an_object_into_its_pointings():
+    """Mosaic panels that share OBJECT='M31' 1.3 deg apart are two targets: the first panel in
+    time keeps the name, the second is 'M31 (2)'; later lights of a panel join it; lights of one
+    pointing (dithered) or without one keep the plain name."""
+    t0 = datetime(2024, 1, 1, 22)
+    rows = [(1, "M31", 10.0, 41.0, t0, "V", 60.0, "cam"),
+            (2, "M31", 10.02, 41.01, t0 + timedelta(minutes=2), "V", 60.0, "cam"),  # dithered: ~1'
+            (3, "M31", 11.3, 41.0, t0 + timedelta(minutes=4), "V", 60.0, "cam"),  # the second panel
+            (4, "M31", 10.0, 41.0, t0 + timedelta(minutes=6), "V", 60.0, "cam"),
+            (5, "M31", 11.31, 41.0, t0 + timedelta(minutes=8), "V", 60.0, "cam"),
+            (6, "M31", None, None, t0 + timedelta(minutes=9), "V", 60.0, "cam"),
+            (7, "M31", 10.0, 43.0, t0 + timedelta(minutes=10), "V", 60.0, "cam"),  # a third panel
+            (8, "NGC 1", 11.3, 41.0, t0, "V", 60.0, "cam"),  # another OBJECT there: its own target
+            (9, "x" * 80, 1.0, 1.0, t0, "V", 60.0, "cam"), (10, "x" * 80, 3.0, 1.0, t0, "V", 60.0, "cam")]
+    targets = assign_targets(rows, radius_arcmin=10, gap_minutes=60)
+    assert [targets[i] for i in range(1, 9)] == ["M31", "M31", "M31 (2)", "M31", "M31 (2)", "M31", "M31 (3)",
+                                                 "NGC 1"]
+    assert targets[9] == "x" * 80 and targets[10] == "x" * 76 + " (2)"  # within Stack.target's 80 characters
+    # later lights do not rename the groups already there: the same names with more frames
+    later = assign_targets([*rows, (11, "M31", 11.3, 41.0, t0 + timedelta(hours=1), "V", 60.0, "cam")],
+                           radius_arcmin=10, gap_minutes=60)
+    assert later[11] == "M31 (2)" and all(later[i] == targets[i] for i in targets)
+
+
+def test_mosaic_panels_sharing_an_object_stack_apart(tmp_path):
+    """Two panels, both OBJECT='M31', RA 1.3 deg apart (4 lights each): two stacks of their own 4
+    lights, none rejected (merged, the earlier panel's 4 were rejected: 'alignment failed: no star
+    pattern in common with the reference')."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    inc = Path(cfg.paths.incoming)
+    a = synth.make_night(inc, camera=CAMERA, seed=3, n_bias=3, n_dark=3, n_flat=3, filters=("V",), n_light=4,
+                         light_exptime=200.0, dark_exptime=300.0, n_stars=50, object="M31")
+    b = synth.make_night(tmp_path / "panel2", camera=CAMERA, seed=11, n_bias=0, n_dark=0, n_flat=0, filters=("V",),
+                         n_light=4, light_exptime=200.0, n_stars=50, object="M31",
+                         start=datetime(2024, 3, 10, 21, 0, tzinfo=UTC))
+    for paths, ra, prefix in ((a.files["light"], 10.0, ""), (b.files["light"], 11.3, "panel2_")):
+        for p in paths:
+            with fits.open(p, mode="update") as h:
+                h[0].header["RA"], h[0].header["DEC"] = ra, 41.0
+            if prefix:
+                shutil.copy(p, inc / (prefix + p.name))
+    cat, _ = run_once(cfg)
+    with cat.reader() as s:
+        stacks = {st.target: (st.n_used, st.n_rejected, sorted({s.get(Frame, m.frame_id).ra_deg for m in st.members}))
+                  for st in s.scalars(select(Stack))}
+    cat.close()
+    assert stacks == {"M31": (4, 0, [10.0]), "M31 (2)": (4, 0, [11.3])}
 
 
 def test_once_summary_names_waiting_and_quarantined_frames(tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Stacking: a group of calibrated lights that has gone quiet -> a new stack version.
 
-Lights are grouped by night, target, filter, exposure and camera set-up; the target is OBJECT,
-else a pointing cluster, else a time sequence. A group is stacked when no light of it still
-waits and none has arrived for ``stack.quiet_minutes`` (or at once at the end of ``--once``).
+Lights are grouped by night, target, filter, exposure and camera set-up; the target is OBJECT
+(split by pointing: mosaic panels often share one), else a pointing cluster, else a time
+sequence. A group is stacked when no light of it still waits and none has arrived for
+``stack.quiet_minutes`` (or at once at the end of ``--once``).
 """
 
 from __future__ import annotations
@@ -270,19 +271,27 @@ LightSummary = tuple[int, str | None, float | None, float | None, datetime | Non
 
 
 def assign_targets(lights: Sequence[LightSummary], *, radius_arcmin: float, gap_minutes: float) -> dict[int, str]:
-    """Target name per light: OBJECT; else a pointing cluster; else a time sequence.
+    """Target name per light: OBJECT (split into pointings); else a pointing cluster; else a time sequence.
 
     ``lights`` are (id, object, ra, dec, date_obs, filter, exptime, camera_key) sorted by time.
+    The lights of one OBJECT with a pointing are split into clusters of ``radius_arcmin`` (the
+    panels of a mosaic often share one OBJECT): the first cluster in time keeps the name, the
+    others are ``OBJECT (2)``, ``OBJECT (3)``... in the order they begin, so a panel's later
+    lights join its group and a target of one pointing keeps its plain name (and its stacks'
+    versions). Lights of an OBJECT without a pointing take the plain name.
     Lights with neither OBJECT nor pointing form one target per run of the same filter, exposure
     and camera with no gap longer than ``gap_minutes`` (so V, R, V, R... gives one target each).
     """
     targets: dict[int, str] = {}
     centres: list[tuple[float, float, str]] = []
+    panels: dict[str, list[tuple[float, float, str]]] = {}  # OBJECT -> its pointings' centres
     runs: dict[tuple[str | None, float | None, str | None], tuple[datetime | None, str]] = {}
     gap = timedelta(minutes=gap_minutes)
     for fid, obj, ra, dec, when, filt, exp, cam in lights:
         if obj:
-            targets[fid] = obj
+            known = panels.setdefault(obj, [])
+            targets[fid] = obj if ra is None or dec is None else \
+                _pointing_target(ra, dec, known, radius_arcmin, name=_panel_name(obj, len(known)))
             continue
         if ra is not None and dec is not None:
             targets[fid] = _pointing_target(ra, dec, centres, radius_arcmin)
@@ -298,11 +307,26 @@ def assign_targets(lights: Sequence[LightSummary], *, radius_arcmin: float, gap_
     return targets
 
 
-def _pointing_target(ra: float, dec: float, centres: list[tuple[float, float, str]], radius_arcmin: float) -> str:
-    """The name of the pointing cluster within ``radius_arcmin`` of (ra, dec), or a new one."""
-    for cra, cdec, name in centres:
+def _pointing_target(ra: float, dec: float, centres: list[tuple[float, float, str]], radius_arcmin: float,
+                     *, name: str | None = None) -> str:
+    """The name of the pointing cluster within ``radius_arcmin`` of (ra, dec), or a new one
+    (called ``name``, else by its pointing)."""
+    for cra, cdec, known in centres:
         if _sep_deg(ra, dec, cra, cdec) * 60 <= radius_arcmin:
-            return name
-    name = f"RA{ra:07.3f}{dec:+07.3f}"
+            return known
+    name = name or f"RA{ra:07.3f}{dec:+07.3f}"
     centres.append((ra, dec, name))
     return name
+
+
+#: Longest target name (``Stack.target``, ``Frame.object``: 80 characters).
+_TARGET_CHARS = 80
+
+
+def _panel_name(obj: str, n_before: int) -> str:
+    """The name of an OBJECT's pointing cluster after ``n_before`` others: the OBJECT for the
+    first, ``OBJECT (k)`` for the k-th (the OBJECT cut to keep it within `_TARGET_CHARS`)."""
+    if n_before == 0:
+        return obj
+    suffix = f" ({n_before + 1})"
+    return obj[: _TARGET_CHARS - len(suffix)] + suffix
