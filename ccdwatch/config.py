@@ -66,8 +66,7 @@ class PathsConfig:
     database: str = "data/ccdwatch.db"
     """SQLAlchemy URL, or a plain path meaning a SQLite file."""
     snapshot: str = ""
-    """If set, a read-only copy of the SQLite catalogue published here every
-    ``watch.snapshot_minutes`` (via the backup API) for readers who cannot write the state dir."""
+    """If set, a read-only copy of the catalogue published every ``watch.snapshot_minutes`` (backup API)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +199,8 @@ class StackConfig:
     """Saturation level in ADU for quality metrics; 0 means take SATURATE from the header, else 65000."""
     interpolation: Literal["bilinear", "bicubic", "lanczos"] = "bicubic"
     """How frames are resampled onto the reference (bilinear broadens stars by ~5 %)."""
+    normalisation: Literal["scale", "offset"] = "scale"
+    """``scale``: frames scaled about their sky to the reference's star fluxes, then offset; ``offset``: offset only."""
 
 
 @dataclass(frozen=True)

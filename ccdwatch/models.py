@@ -303,6 +303,11 @@ class StackMember(Base):
     used: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(Text)
     transform: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: the frame's sky less the reference's, and its flux scale against the reference (None: not
+    #: stacked, or not scaled: stack.normalisation = "offset"); why the scale is 1.0 unmeasured
+    sky_offset: Mapped[float | None] = mapped_column(Float)
+    scale: Mapped[float | None] = mapped_column(Float)
+    scale_note: Mapped[str | None] = mapped_column(Text)
 
     stack: Mapped[Stack] = relationship(back_populates="members")
 

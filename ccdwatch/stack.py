@@ -1,7 +1,8 @@
 """Combination of a group of calibrated lights into a stack on the pixel grid of a reference frame.
 
-`align_and_stack` aligns each frame onto the reference (`ccdwatch.align`), removes its sky offset
-and combines the warped frames with `ccdwatch.calib.combine`, keeping the exposure map and the
+`align_and_stack` aligns each frame onto the reference (`ccdwatch.align`), scales it about its sky
+to the reference's flux (`ccdwatch.photscale`: the stars matched at alignment), removes its sky
+offset and combines the warped frames with `ccdwatch.calib.combine`, keeping the exposure map and the
 number of values that survived the rejection. Pure numerics apart from the scratch ``.npy`` files
 it writes into a caller-given work directory when a group's warped frames do not fit half of
 its memory budget (`ccdwatch.scratch`).
@@ -25,6 +26,7 @@ import numpy as np
 
 from ccdwatch import calib, noise
 from ccdwatch.align import AlignmentError, Transform, find_transform, warp
+from ccdwatch.photscale import FluxScale, ScaledRows, flux_scale
 from ccdwatch.qa import Sources
 from ccdwatch.scratch import ScratchArrays
 from ccdwatch.stripwarp import LEVEL_STEP, MappedFrame, WarpedRows, frame_levels, strip_rows
@@ -75,8 +77,11 @@ class StackResult:
     reference : int
         Id of the reference frame.
     offsets : dict
-        Frame id -> additive background offset removed before combining (image units; one per
-        plane, as a tuple, for frames split into planes).
+        Frame id -> its sky level less the reference's (image units; one per plane, as a tuple, for
+        frames split into planes): each frame is combined as ``scale * (value - sky) + reference sky``.
+    scales : dict
+        Frame id -> its `FluxScale` against the reference (1.0 for the reference; absent when not
+        scaled: ``scale_flux=False``), its variance multiplied by the scale squared.
     used : ndarray of uint16 or None
         Number of values that survived the clipping at each pixel (``count`` minus the
         rejected ones; equal to ``count`` for "mean" and "median"); per plane like ``image``.
@@ -95,6 +100,7 @@ class StackResult:
     """float32 seconds of exposure whose values were combined at each pixel (of the first plane)."""
     weights: dict[int, float] = field(default_factory=dict)
     """Frame id -> its weight in the combination (of the first plane)."""
+    scales: dict[int, FluxScale] = field(default_factory=dict)
 
 
 def _sky_level(image: np.ndarray) -> float:
@@ -126,6 +132,7 @@ def align_and_stack(
     mapped: Mapping[int, MappedFrame] | None = None,
     levels: Mapping[int, tuple[float, float] | None] | None = None,
     fanout: noise.Fanout | None = None,
+    scale_flux: bool = True,
 ) -> StackResult:
     """Align frames onto a reference and combine them.
 
@@ -136,27 +143,26 @@ def align_and_stack(
 
     Parameters
     ----------
-    ids, reference : sequence of int, int
-        Frames to stack; the one whose pixel grid the stack uses (among ``ids``).
-    load : callable
-        ``load(id)`` returns the calibrated frame as a 2-D array (not modified).
-    sources : mapping
-        Frame id -> `Sources` from `ccdwatch.qa.measure`; must contain ``reference``.
-    masks : mapping, optional
-        Frame id -> boolean mask (True = bad pixel, e.g. hot pixels) or None: NaN before warping.
+    ids, reference, load : sequence of int, int, callable
+        Frames to stack; the one whose pixel grid the stack uses (among ``ids``); ``load(id)``
+        returns a calibrated frame as a 2-D array (not modified).
+    sources, masks : mapping, optional mapping
+        Frame id -> `Sources` from `ccdwatch.qa.measure` (must contain ``reference``); frame id ->
+        boolean mask (True = bad pixel, e.g. hot pixels) or None: NaN before warping.
     method, sigma, memory_budget, workdir, order
         Combination method, clipping threshold (``sigma_clip``), bytes for `ccdwatch.calib.combine`,
         directory for the scratch files (the products' disk), spline order of a bilinear `warp`.
-    match_background, threads
+    match_background, scale_flux, threads
         Subtract each frame's sky level less the reference's before combining (a changing sky
-        must not bias the clipping); threads reading, warping and combining (same result).
+        must not bias the clipping); scale it about its sky to the reference's flux first (thin
+        cloud must not either: `ccdwatch.photscale`), its variance by the scale squared (so "ivar"
+        weighs the scaled frame); threads reading, warping and combining (same result).
     planes : callable, optional
         ``planes(frame)`` splits a loaded (and masked) frame into planes of its shape, e.g.
         `ccdwatch.colour.demosaic` for a colour mosaic (R, G, B): each plane is warped with the
         frame's transform, has its own sky offset removed and is combined on its own.
-    interpolation : {"bicubic", "lanczos", "bilinear"}
-        `warp`'s kernel (``stack.interpolation``).
-    variance, weights, exposures, fwhm
+    interpolation, variance, weights, exposures, fwhm
+        `warp`'s kernel ("bicubic", "lanczos", "bilinear": ``stack.interpolation``);
         ``variance(id)`` (after ``load(id)``): the frame's per-pixel variance, warped like it, or None
         (then, and for planes, its robust sky variance); weights "ivar", "quality" or "none"
         (`ccdwatch.noise.frame_weight`, ``fwhm``: id -> px); ``exposures``: id -> s (exposure map).
@@ -166,8 +172,7 @@ def align_and_stack(
         `ccdwatch.stripwarp.frame_level` when known (recorded at calibration), else None or absent: measured;
         with ``mapped``, a `noise.Fanout` to run the strips in processes instead of threads (the same result).
 
-    Returns a `StackResult`; raises ValueError if ``reference`` is not among ``ids`` or has no
-    source list, or nothing can be stacked.
+    Returns a `StackResult`; raises ValueError if ``reference`` is not among ``ids`` or has no source list, or nothing.
     """
     ids = list(dict.fromkeys(ids))
     if reference not in ids:
@@ -175,10 +180,10 @@ def align_and_stack(
     if reference not in sources:
         raise ValueError(f"no source list for the reference frame {reference}")
     if mapped is not None and planes is None:
-        return _stack_in_strips(ids, mapped, sources, reference, method=method, sigma=sigma,
-                                memory_budget=memory_budget, order=order, match_background=match_background,
-                                threads=threads, interpolation=interpolation, weights=weights,
-                                exposures=exposures or {}, fwhm=fwhm or {}, levels=levels or {}, fanout=fanout)
+        return _stack_in_strips(ids, mapped, sources, reference, method=method, sigma=sigma, order=order,
+                                memory_budget=memory_budget, match_background=match_background, threads=threads,
+                                weights=weights, interpolation=interpolation, exposures=exposures or {},
+                                fwhm=fwhm or {}, levels=levels or {}, fanout=fanout, scale_flux=scale_flux)
     # all warped frames (and variances) in RAM when they take <= 1/2 of the budget, else memory-mapped
     # files; the frames in flight (`_align_group`) and the combination's strips take the other half
     n_arrays = len(ids) * (3 if planes is not None else 2 if variance is not None else 1)
@@ -186,7 +191,7 @@ def align_and_stack(
         group = _align_group(ids, load, sources, reference, masks=masks, order=order,
                              match_background=match_background, scratch=scratch, planes=planes,
                              interpolation=interpolation, variance=variance, threads=threads,
-                             memory_budget=memory_budget)
+                             memory_budget=memory_budget, scale_flux=scale_flux)
         if not group.frames or not group.frames[0] or group.coverage is None:  # pragma: no cover
             raise ValueError(f"nothing to stack: {group.failed}")  # the reference always stacks
         logger.info("stacking %d of %d frames onto %s (%s)", len(group.frames[0]), len(ids), reference, method)
@@ -203,6 +208,7 @@ def align_and_stack(
         sigma=combined[0].sigma if planes is None else np.stack([c.sigma for c in combined]),
         expmap=combined[0].expmap,
         weights=group.weights,
+        scales=group.scales,
     )
 
 
@@ -210,10 +216,11 @@ def _stack_in_strips(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sour
                      reference: int, *, method: str, sigma: float, memory_budget: int, order: int,
                      match_background: bool, threads: int, interpolation: str, weights: str,
                      exposures: Mapping[int, float], fwhm: Mapping[int, float],
-                     levels: Mapping[int, tuple[float, float] | None], fanout: noise.Fanout | None) -> StackResult:
+                     levels: Mapping[int, tuple[float, float] | None], fanout: noise.Fanout | None,
+                     scale_flux: bool) -> StackResult:
     """`align_and_stack` of frames mapped where they lie, each strip warped as it is combined."""
     group = _strip_group(ids, mapped, sources, reference, interpolation=interpolation, order=order,
-                         match_background=match_background, threads=threads, known=levels)
+                         match_background=match_background, threads=threads, known=levels, scale_flux=scale_flux)
     logger.info("stacking %d of %d frames onto %s (%s, warped strip by strip)", len(group.frames[0]), len(ids),
                 reference, method)
     ny, nx = mapped[reference].shape
@@ -223,7 +230,7 @@ def _stack_in_strips(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sour
     assert combined.covered is not None  # counted for strips (``rows``)
     return StackResult(image=combined.image, count=combined.covered, used=combined.used, transforms=group.transforms,
                        failed=group.failed, reference=reference, offsets=group.offsets, sigma=combined.sigma,
-                       expmap=combined.expmap, weights=group.weights)
+                       expmap=combined.expmap, weights=group.weights, scales=group.scales)
 
 
 def _combine_group(group: _AlignedGroup, *, method: str, sigma: float, memory_budget: int, threads: int,
@@ -265,6 +272,7 @@ class _AlignedGroup:
     #: (measured by the thread that warped it, before the plane may go to a scratch file)
     typical: list[list[float]] = field(default_factory=list)
     weights: dict[int, float] = field(default_factory=dict)  # frame id -> weight, set when combined
+    scales: dict[int, FluxScale] = field(default_factory=dict)  # frame id -> its flux scale (when scaled)
 
 
 @dataclass
@@ -307,6 +315,7 @@ def _align_group(
     variance: Callable[[int], np.ndarray | None] | None = None,
     threads: int = 1,
     memory_budget: int = 1 << 30,
+    scale_flux: bool = False,
 ) -> _AlignedGroup:
     """Load, align, mask (and split into ``planes``) and warp the frames, the reference first (its
     grid and sky levels are those of the stack), and keep the warped frames in ``scratch``.
@@ -321,7 +330,9 @@ def _align_group(
     group = _AlignedGroup()
     order_ids = [reference] + [i for i in ids if i != reference]
     transforms = {i: t for i in order_ids if (t := _frame_transform(i, reference, sources, group.failed)) is not None}
-    how = _How(load, masks, planes, order, match_background, interpolation, variance)
+    if scale_flux:
+        group.scales = _flux_scales(transforms, sources, reference)
+    how = _How(load, masks, planes, order, match_background or scale_flux, interpolation, variance)
     first = _prepare(reference, transforms[reference], how, None)
     output_shape = (int(first.planes[0].shape[0]), int(first.planes[0].shape[1]))
     group.frames = [[] for _ in first.planes]
@@ -358,7 +369,8 @@ def _align_group(
 
 def _strip_group(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sources: Mapping[int, Sources],
                  reference: int, *, interpolation: str, order: int, match_background: bool,
-                 threads: int, known: Mapping[int, tuple[float, float] | None]) -> _AlignedGroup:
+                 threads: int, known: Mapping[int, tuple[float, float] | None],
+                 scale_flux: bool = False) -> _AlignedGroup:
     """The group as frames warped strip by strip when read (`ccdwatch.stripwarp`): transforms
     found in order, the reference first; each frame's sky level and typical variance measured
     on its unwarped pixels (in ``threads``) unless ``known``, so nothing is warped before the
@@ -367,23 +379,53 @@ def _strip_group(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sources:
     order_ids = [reference] + [i for i in ids if i != reference]
     transforms = {i: t for i in order_ids if (t := _frame_transform(i, reference, sources, group.failed)) is not None}
     kept = [i for i in order_ids if i in transforms]
+    if scale_flux:
+        group.scales = _flux_scales(transforms, sources, reference)
     levels = frame_levels([mapped[i] for i in kept], threads=threads, known=[known.get(i) for i in kept])
     shape = mapped[reference].shape
     ref_sky = levels[0][0]
     frames: list[np.ndarray] = []
     variances: list[np.ndarray | float] = []
+    typicals: list[float] = []
     for i, (level, typical) in zip(kept, levels, strict=True):
         offset = _sky_offset(level, ref_sky) if match_background else 0.0
         if match_background:
             group.offsets[i] = offset
         frame = mapped[i]
-        frames.append(WarpedRows(frame, transforms[i], shape, method=interpolation, order=order,  # type: ignore[arg-type]
-                                 offset=offset))
-        variances.append(WarpedRows(frame, transforms[i], shape, variance=True)  # type: ignore[arg-type]
-                         if frame.uncert is not None else typical)
+        scale = group.scales[i].value if i in group.scales else 1.0
+        if scale == 1.0:
+            frames.append(WarpedRows(frame, transforms[i], shape, method=interpolation,  # type: ignore[arg-type]
+                                     order=order, offset=offset))
+            variances.append(WarpedRows(frame, transforms[i], shape, variance=True)  # type: ignore[arg-type]
+                             if frame.uncert is not None else typical)
+        else:
+            frames.append(ScaledRows(frame, transforms[i], shape, method=interpolation, order=order,  # type: ignore[arg-type]
+                                     scale=scale, subtract=_scaled_subtract(level, offset, scale)))
+            variances.append(ScaledRows(frame, transforms[i], shape, variance=True, scale=scale)  # type: ignore[arg-type]
+                             if frame.uncert is not None else typical * scale * scale)
+        typicals.append(typical * scale * scale)
         group.transforms[i] = transforms[i]
-    group.frames, group.variances, group.typical = [frames], [variances], [[t for _, t in levels]]
+    group.frames, group.variances, group.typical = [frames], [variances], [typicals]
     return group
+
+
+def _flux_scales(transforms: Mapping[int, Transform], sources: Mapping[int, Sources],
+                 reference: int) -> dict[int, FluxScale]:
+    """Each aligned frame's `FluxScale` against the reference's (1.0 for the reference), logged
+    when it could not be measured."""
+    scales = {}
+    for i, t in transforms.items():
+        scales[i] = FluxScale() if i == reference else flux_scale(sources[i], sources[reference], t)
+        if scales[i].reason is not None:
+            logger.warning("frame %s stacked unscaled (flux scale 1.0): %s", i, scales[i].reason)
+    return scales
+
+
+def _scaled_subtract(level: float, offset: float, scale: float) -> float:
+    """What a frame multiplied by ``scale`` then has subtracted to be ``scale`` times its values
+    about its sky ``level``, less its sky ``offset``: ``(scale - 1) level + offset`` (with its
+    ``match_background`` offset, ``scale * level - reference sky``; about 0 when ``level`` is not finite)."""
+    return ((scale - 1.0) * level if math.isfinite(level) else 0.0) + offset
 
 
 def _sky_offset(level: float, ref_sky: float) -> float:
@@ -421,17 +463,27 @@ def _keep_warped(group: _AlignedGroup, done: _Warped, ref_sky: list[float], scra
                  match_background: bool) -> None:
     """Add one warped frame to the group: coverage, sky offset removed, kept in ``scratch``."""
     offsets = []
+    scale = group.scales[done.index].value if done.index in group.scales else 1.0
     for k, warped in enumerate(done.planes):
         if k == 0:  # a missing pixel is missing in every plane (`ccdwatch.colour.demosaic`)
             if group.coverage is None:
                 group.coverage = np.zeros(warped.shape, dtype=np.uint16)
             group.coverage += np.isfinite(warped)
-        if match_background:
+        v = done.variances[k]
+        if scale != 1.0:  # about the plane's sky, less its offset; the variance by the scale squared
+            offset = _sky_offset(done.levels[k], ref_sky[k]) if match_background else 0.0
+            warped *= np.float32(scale)
+            warped -= np.float32(_scaled_subtract(done.levels[k], offset, scale))
+            offsets.append(offset)
+            if isinstance(v, np.ndarray):
+                v *= np.float32(scale * scale)
+            else:
+                v *= scale * scale
+        elif match_background:
             offsets.append(_remove_sky_offset(warped, done.levels[k], ref_sky[k]))
         group.frames[k].append(scratch.keep(warped))
-        v = done.variances[k]
         group.variances[k].append(scratch.keep(v) if isinstance(v, np.ndarray) else v)
-        group.typical[k].append(done.typical[k])
+        group.typical[k].append(done.typical[k] * scale * scale)
     done.planes.clear()
     done.variances.clear()
     if match_background:

@@ -97,3 +97,10 @@ def test_overrides_and_database_url(tmp_path):
     assert cfg.paths.database == "sqlite:///x.db"
     assert database_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert database_url(str(tmp_path / "c.db")) == f"sqlite:///{tmp_path / 'c.db'}"
+
+
+def test_stack_normalisation_scales_by_default_and_is_validated(tmp_path: Path) -> None:
+    assert parse_config({}, base=tmp_path).stack.normalisation == "scale"
+    assert parse_config({"stack": {"normalisation": "offset"}}, base=tmp_path).stack.normalisation == "offset"
+    with pytest.raises(ConfigError, match=r"stack\.normalisation.*'scale', 'offset'.*'multiply'"):
+        parse_config({"stack": {"normalisation": "multiply"}}, base=tmp_path)

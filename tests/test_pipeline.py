@@ -629,3 +629,21 @@ def test_reprocess_builds_no_master_of_fewer_frames_than_min_frames(tmp_path):
     floor = math.sqrt((2.0 + cam.dark_current) * 120.0 / cam.gain + cam.read_noise ** 2)
     assert calib.robust_stats(residual)[1] < 1.15 * floor
     assert np.sum(np.abs(residual) > 200) == 0  # 100 with the stray dark's master
+
+
+def test_stack_members_record_their_sky_offset_and_flux_scale(night):
+    """Each used member's flux scale against the reference (same sky transparency in the synthetic
+    night: ~1) and sky offset are in the catalogue and the MEMBERS table; the header names the
+    normalisation."""
+    cfg, truth, cat = night
+    with cat.reader() as s:
+        st = s.scalars(select(Stack).order_by(Stack.id)).first()
+        members = [(m.used, m.scale, m.sky_offset, m.scale_note) for m in st.members]
+        path = st.path
+    assert all(scale == pytest.approx(1.0, abs=0.03) and offset is not None and note is None
+               for used, scale, offset, note in members if used)
+    with fits.open(path) as h:
+        assert h[0].header["NORMALIS"] == "scale"
+        table = h["MEMBERS"].data
+        assert table["SCALE"][table["USED"]] == pytest.approx(1.0, abs=0.03)
+        assert (table["SCALE_N"][table["USED"]] >= 0).all()

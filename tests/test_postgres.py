@@ -38,7 +38,7 @@ NIGHT = {"n_bias": 3, "n_dark": 3, "n_flat": 3, "filters": ("V",), "n_light": 3,
 
 def test_migrations_from_empty_to_head_and_back_match_the_models(pg_url):
     with Catalog(pg_url) as cat:
-        assert current_revision(cat.engine) == head_revision() == "0006"
+        assert current_revision(cat.engine) == head_revision() == "0007"
         with cat.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         cfg = alembic_config(cat.engine.url.render_as_string(hide_password=False))
@@ -67,7 +67,7 @@ def test_two_daemons_creating_one_empty_catalogue_at_once(pg_url):
         t.start()
     for t in threads:
         t.join(30)
-    assert errors == [] and revisions == ["0006"] * 3
+    assert errors == [] and revisions == ["0007"] * 3
 
 
 def _products(cat: Catalog) -> dict[tuple, np.ndarray]:

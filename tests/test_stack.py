@@ -812,3 +812,148 @@ def test_frames_warped_strip_by_strip_from_their_products(night: Night, tmp_path
     for name in ("image", "count", "used", "sigma", "expmap"):
         assert np.array_equal(getattr(threaded, name), getattr(strips, name), equal_nan=True), name
     assert list(tmp_path.glob("stack-*")) == []
+
+
+# ---------------------------------------------------------------- thin cloud: flux scaling
+#: Transparency of ten frames through thin cloud (frame 0, the reference, clear), and of ten with
+#: seven through ~50 % cloud.
+THIN_CLOUD = (1.0, 1.0, 0.98, 0.99, 1.0, 0.97, 1.0, 0.7, 0.75, 0.99)
+THICK_CLOUD = (1.0, 0.5, 0.5, 1.0, 0.5, 0.5, 0.5, 1.0, 0.5, 0.5)
+CLOUD_SKY = 200.0
+
+
+@dataclass
+class Cloudy:
+    stars: synth.Stars  # truth on the reference (frame 0, transparency 1)
+    frames: dict[int, np.ndarray]
+    sources: dict[int, qa.Sources]
+    good: np.ndarray  # isolated stars well inside the frame
+
+
+def cloudy_night(transparency: tuple[float, ...], seed: int = 7) -> Cloudy:
+    """Dithered frames whose stars (fluxes 3000-60000 ADU) and sky (200 ADU, brighter through
+    cloud: moonlight scattered) follow ``transparency``; Poisson noise at gain 1, not integer-valued."""
+    rng = np.random.default_rng(seed)
+    stars = synth.star_field(SHAPE, 150, rng=rng, flux_range=(3000.0, 60000.0))
+    frames, sources = {}, {}
+    for i, t in enumerate(transparency):
+        dx, dy = (0.0, 0.0) if i == 0 else (rng.uniform(-4, 4), rng.uniform(-4, 4))
+        moved = synth.transform_stars(stars, dx=dx, dy=dy)
+        dimmed = synth.Stars(x=moved.x, y=moved.y, flux=moved.flux * t, shape=moved.shape)
+        clean = synth.render_stars(SHAPE, dimmed, fwhm=FWHM, exptime=1.0) + CLOUD_SKY * (2.0 - t)
+        # calibrated frames are not integer-valued (a flat divides them): a median of integer counts
+        # steps by whole ADU, and the sky offsets with it
+        frames[i] = (rng.poisson(clean) + rng.uniform(-0.5, 0.5, SHAPE)).astype(np.float32)
+        sources[i] = qa.measure(frames[i])[1]
+    xy = np.column_stack([stars.x, stars.y])
+    d, _ = cKDTree(xy).query(xy, k=2)
+    good = (d[:, 1] > 12) & (stars.x > 20) & (stars.x < SHAPE[1] - 20) & (stars.y > 20) & (stars.y < SHAPE[0] - 20)
+    return Cloudy(stars, frames, sources, good)
+
+
+def flux_errors(night: Cloudy, result: stack.StackResult) -> tuple[float, float]:
+    """Mean relative error of the stack's aperture fluxes (radius 2 FWHM, about the reference's
+    true sky) against the truth on the reference, over the faintest and the brightest third."""
+    x, y, truth = night.stars.x[night.good], night.stars.y[night.good], night.stars.flux[night.good]
+    image = (result.image - np.float32(CLOUD_SKY)).astype(np.float64)
+    flux, _, _ = sep.sum_circle(image, x, y, 2 * FWHM, subpix=5)
+    ratio = flux / truth
+    order = np.argsort(truth)
+    third = len(order) // 3
+    return float(ratio[order[:third]].mean() - 1.0), float(ratio[order[-third:]].mean() - 1.0)
+
+
+@pytest.mark.parametrize("transparency", [THIN_CLOUD, THICK_CLOUD], ids=["thin", "thick"])
+def test_frames_through_cloud_are_scaled_to_the_reference_flux(transparency: tuple[float, ...],
+                                                               tmp_path: Path) -> None:
+    """Frames dimmed by cloud are scaled about their sky to the reference's flux before the
+    clipping: the stacked fluxes of faint and bright stars are the truth within 1 % and the
+    clearest frames' star cores are never clipped. Offsets alone (``scale_flux=False``, the
+    behaviour before): bright stars +3.8 % and faint -0.5 % of the frames' mean flux through thin cloud (cloudy frames
+    clipped at the peaks), -19 % and -10 % through thick (the clear frames clipped)."""
+    night = cloudy_night(transparency)
+    n = len(transparency)
+    result = stack.align_and_stack(list(night.frames), night.frames.__getitem__, night.sources, 0,
+                                   method="sigma_clip", workdir=tmp_path, weights="ivar")
+    assert result.failed == {}
+    for i, t in enumerate(transparency):  # the scale taking each frame to the reference's flux
+        assert result.scales[i].value == pytest.approx(1.0 / t, rel=0.01), i
+        assert result.scales[i].reason is None and (i == 0 or result.scales[i].n_stars >= 20)
+    faint, bright = flux_errors(night, result)
+    # through thick cloud the faint stars' -1.7 %: the sky levels are medians of the star field,
+    # ~1.5 ADU above the sky (more with more noise), and a frame scaled x2 doubles its own: the
+    # stack's sky ends ~0.7 ADU low, which the apertures of faint stars feel
+    assert abs(bright) < 0.01 and abs(faint) < (0.01 if transparency == THIN_CLOUD else 0.02), (faint, bright)
+    # the values kept at the peaks of the 10 brightest stars: all but a noisy scaled one now and then
+    # (unscaled through thick cloud: 7 at every peak, the 3 clear frames clipped)
+    brightest = np.argsort(night.stars.flux[night.good])[-10:]
+    px = np.round(night.stars.x[night.good][brightest]).astype(int)
+    py = np.round(night.stars.y[night.good][brightest]).astype(int)
+    assert result.used is not None
+    assert (result.used[py, px] >= n - 2).all() and result.used[py, px].mean() >= n - 0.5
+    # the weights are those of the scaled frames: 1 / (scale^2 x their variance)
+    unscaled = stack.align_and_stack(list(night.frames), night.frames.__getitem__, night.sources, 0,
+                                     method="mean", workdir=tmp_path, weights="ivar", scale_flux=False)
+    for i in range(n):
+        assert result.weights[i] == pytest.approx(unscaled.weights[i] / result.scales[i].value ** 2, rel=1e-6)
+
+
+def test_offsets_alone_bias_the_photometry_through_cloud(tmp_path: Path) -> None:
+    """``scale_flux=False`` keeps the additive offsets only (as before): the clipping about the
+    median of unscaled values rejects the clear frames' star cores through thick cloud."""
+    night = cloudy_night(THICK_CLOUD)
+    result = stack.align_and_stack(list(night.frames), night.frames.__getitem__, night.sources, 0,
+                                   method="sigma_clip", workdir=tmp_path, weights="none", scale_flux=False)
+    assert result.scales == {}
+    faint, bright = flux_errors(night, result)
+    assert bright < -0.1 and faint < -0.05  # truth on the reference: not the frames' mean either
+
+
+def test_flux_scales_strip_by_strip_as_whole(tmp_path: Path) -> None:
+    """The stack job's path (products mapped, warped strip by strip, each frame's UNCERT squared
+    scaled by the scale squared) scales as the frames warped whole do."""
+    from ccdwatch.fitsio import map_product_planes, write_product
+
+    night = cloudy_night(THIN_CLOUD)
+    mapped = {}
+    for i, frame in night.frames.items():
+        write_product(tmp_path / f"{i}.fits", fits.HDUList([
+            fits.PrimaryHDU(frame), fits.ImageHDU(np.sqrt(np.maximum(frame, 1.0)), name="UNCERT")]))
+        got = map_product_planes(tmp_path / f"{i}.fits", ("BADPIX", "UNCERT"))
+        assert got is not None
+        mapped[i] = stack.MappedFrame(got["PRIMARY"], None, got["UNCERT"])
+    ids = list(night.frames)
+    whole = stack.align_and_stack(ids, night.frames.__getitem__, night.sources, 0, workdir=tmp_path,
+                                  variance=lambda i: np.maximum(night.frames[i], 1.0), weights="ivar")
+    strips = stack.align_and_stack(ids, night.frames.__getitem__, night.sources, 0, workdir=tmp_path,
+                                   mapped=mapped, weights="ivar")
+    assert strips.scales == whole.scales and strips.offsets == whole.offsets
+    assert strips.weights == pytest.approx(whole.weights, rel=1e-2)  # typical variance: unwarped, warped
+    # the weights differ by ~0.4 % (the typical variance of the unwarped vs the warped plane)
+    diff = np.abs(strips.image - whole.image)[np.isfinite(whole.image)]
+    assert np.median(diff) < 0.05
+    assert flux_errors(night, strips) == pytest.approx(flux_errors(night, whole), abs=1e-3)
+    faint, bright = flux_errors(night, strips)
+    assert abs(faint) < 0.01 and abs(bright) < 0.01, (faint, bright)
+    threaded = stack.align_and_stack(ids, night.frames.__getitem__, night.sources, 0, workdir=tmp_path,
+                                     mapped=mapped, weights="ivar", threads=2)
+    for name in ("image", "count", "used", "sigma", "expmap"):  # the same bytes whatever the threads
+        assert np.array_equal(getattr(threaded, name), getattr(strips, name), equal_nan=True), name
+    assert strips.sigma is not None and whole.sigma is not None
+    assert np.nanmedian(strips.sigma) == pytest.approx(np.nanmedian(whole.sigma), rel=0.02)
+
+
+def test_flux_scale_of_too_few_stars_is_one_with_the_reason(night: Night) -> None:
+    """A frame whose stars hardly match the reference's (here: three) is stacked unscaled, and
+    says why; the scale is the same whichever frame's transform maps it."""
+    from ccdwatch import photscale
+
+    ref = night.sources[0]
+    three = qa.Sources(x=ref.x[:3], y=ref.y[:3], flux=ref.flux[:3] / 2, fwhm=ref.fwhm[:3],
+                       elongation=ref.elongation[:3])
+    identity = stack.Transform.identity()
+    got = photscale.flux_scale(three, ref, identity)
+    assert got.value == 1.0 and got.n_stars == 3 and "only 3 well-measured stars" in (got.reason or "")
+    halved = qa.Sources(x=ref.x, y=ref.y, flux=ref.flux / 2, fwhm=ref.fwhm, elongation=ref.elongation)
+    assert photscale.flux_scale(halved, ref, identity).value == pytest.approx(2.0)
+    assert photscale.flux_scale(qa.Sources.empty(), ref, identity).reason == "no sources to measure it from"

@@ -211,6 +211,7 @@ class StackSpec:
     shape: tuple[int, int, int] | None = None
     """(ny, nx, BITPIX) of the lights, from the catalogue (`ccdwatch.jobs.memory`)."""
     interpolation: str = "bicubic"  # the warp (`ccdwatch.align.warp`'s method)
+    scale_flux: bool = True  # stack.normalisation == "scale": frames scaled to the reference's flux
     compression: Compression | None = None  # [products] compress
     weights: str = "ivar"  # stack.weights (`ccdwatch.noise.frame_weight`), with each frame's FWHM:
     fwhm: dict[int, float] = field(default_factory=dict)
@@ -223,3 +224,6 @@ class StackJobResult:
     transforms: dict[int, dict[str, Any]]
     failed: dict[int, str]
     preview_path: str | None
+    #: frame id -> (its flux scale, stars it was measured from, why 1.0 unmeasured or None); empty: not scaled
+    scales: dict[int, tuple[float, int, str | None]] = field(default_factory=dict)
+    offsets: dict[int, float] = field(default_factory=dict)  # frame id -> its sky less the reference's

@@ -39,6 +39,8 @@ def stack_cards(spec: Any, result: stack.StackResult) -> tuple[fits.Header, fits
     for fid, *_ in spec.members:
         if fid in reasons:
             header.add_history(f"rejected {name(fid)}: {reasons[fid]}"[:70])
+        elif fid in result.scales and result.scales[fid].reason:
+            header.add_history(f"unscaled {name(fid)}: {result.scales[fid].reason}"[:70])
     ids = [m[0] for m in spec.members]
     matrices = {fid: t.array.ravel() for fid, t in result.transforms.items()}
     table = fits.BinTableHDU.from_columns([
@@ -56,5 +58,15 @@ def stack_cards(spec: Any, result: stack.StackResult) -> tuple[fits.Header, fits
                                     for i in ids])),
         fits.Column(name="RMS_PX", format="E",
                     array=np.array([result.transforms[i].rms if i in result.transforms else np.nan for i in ids])),
+        fits.Column(name="OFFSET", format="D", array=np.array([_first(result.offsets.get(i, np.nan)) for i in ids])),
+        fits.Column(name="SCALE", format="D",  # flux scale about its sky (stack.normalisation); NaN: unscaled
+                    array=np.array([result.scales[i].value if i in result.scales else np.nan for i in ids])),
+        fits.Column(name="SCALE_N", format="J",  # stars the scale was measured from
+                    array=np.array([result.scales[i].n_stars if i in result.scales else -1 for i in ids])),
     ], name="MEMBERS")
     return header, table
+
+
+def _first(offset: float | tuple[float, ...]) -> float:
+    """A frame's sky offset (of its first plane, for planes)."""
+    return float(offset if isinstance(offset, float | int) else offset[0])

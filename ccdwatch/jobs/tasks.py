@@ -464,7 +464,8 @@ def stack_group(spec: StackSpec) -> StackJobResult:
                                        threads=spec.threads, planes=_demosaicer(spec.bayer_pattern, spec.demosaic),
                                        interpolation=spec.interpolation, variance=variance, weights=spec.weights,
                                        exposures={fid: t for fid, _, t in spec.members}, fwhm=spec.fwhm,
-                                       mapped=mapped, levels=levels, fanout=fanout.forked(spec.threads))
+                                       mapped=mapped, levels=levels, fanout=fanout.forked(spec.threads),
+                                       scale_flux=spec.scale_flux)
     header, table = stack_cards(spec, result)
     header["BUNIT"] = (units.get(result.reference, "adu"), "unit of the image and of UNCERT")
     with ThreadPoolExecutor(max_workers=1) if spec.preview_path else contextlib.nullcontext() as side:
@@ -483,7 +484,9 @@ def stack_group(spec: StackSpec) -> StackJobResult:
         result.sigma = result.expmap = None
         preview = previews.write_png(spec.preview_path, drawing.result()) if drawing and spec.preview_path else None
     return StackJobResult(sha, result.reference, {k: v.to_json() for k, v in result.transforms.items()},
-                          dict(result.failed), preview)
+                          dict(result.failed), preview,
+                          {k: (v.value, v.n_stars, v.reason) for k, v in result.scales.items()},
+                          {k: v if isinstance(v, float) else v[0] for k, v in result.offsets.items()})
 
 
 def _demosaicer(pattern: str | None, method: str) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -187,6 +187,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
                 INSTRUME=ref_frame.instrument, TELESCOP=ref_frame.telescope, NIGHT=night,
                 COMBMETH=st.method, CLIPSIG=st.sigma if st.method == "sigma_clip" else None, INTERP=st.interpolation,
                 STACKV=version, WEIGHTS=(st.weights, "frame weights (stack.weights)"),
+                NORMALIS=(st.normalisation, "frames offset, and scaled to the ref. flux (stack.normalisation)"),
             ),
             members=tuple((f.id, products[f.id].sha256, f.exptime or 0.0) for f in frames),
             labels={f.id: (content_hash(f), raw_name(f)) for f in frames},
@@ -197,7 +198,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
             min_free_bytes=ctx.min_free, bayer_pattern=ref_frame.bayer_pattern, demosaic=ctx.cfg.colour.demosaic,
             weights=st.weights, fwhm={f.id: f.fwhm for f in frames if f.fwhm},
             shape=memory.raw_shape(ref_frame.naxis1, ref_frame.naxis2, (ref_frame.header or {}).get("BITPIX")),
-            interpolation=st.interpolation,
+            interpolation=st.interpolation, scale_flux=st.normalisation == "scale",
             compression=ctx.compression,
         )
         member_info = {f.id: (products[f.id].id, products[f.id].sha256, f.exptime or 0.0) for f in frames}
@@ -237,9 +238,11 @@ def commit(ctx: Context, plan: StackPlan, result: specs.StackJobResult) -> int:
                     filter=plan.filter, exptime=plan.exptime, camera_key=plan.camera_key, site=ctx.site)
         release(s, claim_name(ctx.site, plan.group), owner=ctx.owner)
         for fid, (cal_id, sha, _) in member_info.items():
+            scale = result.scales.get(fid)
             row.members.append(StackMember(frame_id=fid, calibrated_id=cal_id, sha256=sha,
                                            used=fid not in rejected, reason=rejected.get(fid),
-                                           transform=result.transforms.get(fid)))
+                                           transform=result.transforms.get(fid), sky_offset=result.offsets.get(fid),
+                                           scale=scale[0] if scale else None, scale_note=scale[2] if scale else None))
         s.add(row)
         s.flush()
         for f in frames_by_id(s, list(member_info)):
