@@ -267,7 +267,7 @@ def test_restart_policy_never_ends_in_a_permanent_stop_after_a_transient_fault(u
     # RestartSec= apart at the least, so at most interval // RestartSec + 1 fall in one
     assert interval == 0 or interval // restart + 1 <= burst, (restart, interval, burst)
     prevent = set((last(unit, "RestartPreventExitStatus") or "").split())
-    assert prevent >= {"2", "4", "5"} and not prevent & {"6", "7"}  # 6, 7: catalogue unreachable or full: transient
+    assert prevent >= {"2", "4", "5"} and not prevent & {"6", "7", "8"}  # catalogue unreachable, full, locked: transient
 
 
 def test_installer_is_valid_bash_and_its_dry_run_changes_nothing(tmp_path):

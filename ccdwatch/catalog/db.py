@@ -14,23 +14,34 @@ busy timeout, exactly one writing connection, and write transactions opened with
 ``BEGIN IMMEDIATE`` so that they take the write lock up front instead of failing half-way with
 "database is locked". Python's sqlite3 legacy transaction handling is switched off so that
 SQLAlchemy's ``begin`` really is where the transaction starts.
+
+Another process may hold that write lock for minutes (a user's ``sqlite3`` shell with a transaction
+left open, a VACUUM, a backup tool). A writer waits for it up to ``BUSY_TIMEOUT_MS`` in tries of
+a second (`LockWait`): between two tries the daemon tells systemd's watchdog that it is only
+waiting, and gives up at once when asked to stop. Past that, the "database is locked" error
+(:func:`catalogue_locked`) pauses the pipeline until the lock is free again (:meth:`Catalog.lock_free`);
+at start-up it is a refusal to start with its own exit code (:func:`start_refusal`).
+``CCDWATCH_BUSY_TIMEOUT_MS`` shortens the wait (the tests' live daemons).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ccdwatch.config import ConfigError, database_url
@@ -44,11 +55,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_MS = 60_000
+BUSY_TIMEOUT_MS = int(os.environ.get("CCDWATCH_BUSY_TIMEOUT_MS") or 60_000)
 #: Key of the PostgreSQL advisory lock held while the schema is created or migrated.
 MIGRATION_LOCK = 0x63636477  # "ccdw"
 #: Seconds a PostgreSQL connection attempt may take before the catalogue counts as unreachable.
 CONNECT_TIMEOUT_S = 10
+
+
+@dataclass
+class LockWait:
+    """How a writing connection waits for SQLite's write lock held by another process: up to
+    ``timeout`` s in tries of ``step`` s, asking ``still_waiting`` between two tries (the daemon
+    pings systemd's watchdog there: a daemon waiting for a lock is not hung; False when asked to
+    stop: the wait ends at once). Then "database is locked" is raised (:func:`catalogue_locked`)."""
+
+    timeout: float = BUSY_TIMEOUT_MS / 1000
+    step: float = 1.0
+    still_waiting: Callable[[], bool] | None = None
 
 
 class SchemaError(RuntimeError):
@@ -104,7 +127,9 @@ def _stamped_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT version_num FROM alembic_version")).fetchall()
-    except SQLAlchemyError:
+    except SQLAlchemyError as exc:
+        if catalogue_locked(exc):  # not a schema question: waiting again for it would only double the wait
+            raise
         return None
     return str(rows[0][0]) if len(rows) == 1 else None
 
@@ -152,11 +177,12 @@ def _server_engine(url: str) -> Engine:
                           f"{exc.name} driver: pip install 'ccdwatch[cluster]'") from None
 
 
-def make_engine(database: str, *, writer: bool = True) -> Engine:
+def make_engine(database: str, *, writer: bool = True, wait: LockWait | None = None) -> Engine:
     """Create the engine for ``database`` (a SQLAlchemy URL or a SQLite file path).
 
-    ``writer=True`` gives the daemon's single writing connection (``BEGIN IMMEDIATE``);
-    ``writer=False`` gives readers whose transactions are deferred and never take the write lock.
+    ``writer=True`` gives the daemon's single writing connection (``BEGIN IMMEDIATE``, waiting
+    for the write lock as ``wait`` says); ``writer=False`` gives readers whose transactions are
+    deferred and never take the write lock.
     """
     url = engine_url(database)
     if not is_sqlite(url):
@@ -164,9 +190,10 @@ def make_engine(database: str, *, writer: bool = True) -> Engine:
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    wait = wait or LockWait()
     engine = create_engine(
         url,
-        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        connect_args={"timeout": wait.timeout, "check_same_thread": False},
         pool_size=1,
         max_overflow=0,
         pool_timeout=BUSY_TIMEOUT_MS / 1000,
@@ -176,7 +203,7 @@ def make_engine(database: str, *, writer: bool = True) -> Engine:
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout = {int(wait.timeout * 1000)}")
         if writer:
             cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = FULL")
@@ -185,9 +212,32 @@ def make_engine(database: str, *, writer: bool = True) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+        if writer:
+            _begin_immediate(conn, wait)
+        else:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def _begin_immediate(conn: Any, wait: LockWait) -> None:
+    """``BEGIN IMMEDIATE`` on ``conn``, waiting for another process's write lock as ``wait`` says
+    (SQLite's busy timeout is shortened to one try meanwhile, then set back)."""
+    raw = conn.connection.dbapi_connection
+    deadline = time.monotonic() + wait.timeout
+    try:
+        while True:
+            left = max(0.0, min(wait.step, deadline - time.monotonic()))
+            raw.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if (not catalogue_locked(exc) or time.monotonic() >= deadline
+                        or (wait.still_waiting is not None and not wait.still_waiting())):
+                    raise
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(wait.timeout * 1000)}")
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -285,6 +335,19 @@ def connection_lost(exc: BaseException) -> bool:
                                    "connection is closed", "could not connect", "the connection is lost"))
 
 
+def catalogue_locked(exc: BaseException) -> bool:
+    """Is this SQLite's write lock held by another process for longer than a writer waits
+    (SQLITE_BUSY "database is locked", SQLITE_LOCKED)? The work is paused and done again once
+    the lock is free."""
+    orig = getattr(exc, "orig", None) if isinstance(exc, OperationalError) else exc
+    if not isinstance(orig, sqlite3.OperationalError):
+        return False
+    if (getattr(orig, "sqlite_errorname", None) or "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database table is locked" in text or "database is busy" in text
+
+
 def catalogue_full(exc: BaseException) -> bool:
     """Is this the catalogue refusing a write for lack of space (SQLite: 'database or disk is
     full' at commit; PostgreSQL: SQLSTATE 53100 disk_full)?"""
@@ -298,20 +361,25 @@ def catalogue_full(exc: BaseException) -> bool:
 
 
 #: Exit codes of a catalogue that cannot be used at start-up, for now: systemd starts the daemon
-#: again (neither is in the unit's RestartPreventExitStatus=).
+#: again (none is in the unit's RestartPreventExitStatus=).
 EXIT_UNREACHABLE = 6  # the catalogue's server does not answer
 EXIT_DISK_FULL = 7  # the catalogue's disk is full
+EXIT_LOCKED = 8  # another process holds the SQLite catalogue's write lock
 
 
 def start_refusal(exc: BaseException, database: str, min_free: int) -> tuple[int, str] | None:
     """(exit code, reason in words) when ``exc`` says that the catalogue cannot be used for now:
-    its server gone, or its disk full - also where SQLite says only 'disk I/O error' (opening a
-    catalogue in WAL mode on a full disk), judged by the free space beside the file. None for any
-    other error."""
+    its server gone, its write lock held by another process, or its disk full - also where SQLite
+    says only 'disk I/O error' (opening a catalogue in WAL mode on a full disk), judged by the
+    free space beside the file. None for any other error."""
     first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     if connection_lost(exc):
         return EXIT_UNREACHABLE, f"the catalogue does not answer: {first}"
     path = sqlite_path(engine_url(database))
+    if catalogue_locked(exc):
+        return EXIT_LOCKED, (f"the catalogue {path} is locked by another process (a sqlite3 shell with a "
+                             f"transaction open, a VACUUM, a backup tool?): {first} after waiting "
+                             f"{BUSY_TIMEOUT_MS / 1000:.0f} s; nothing is lost - the service starts it again by itself")
     try:
         free = shutil.disk_usage(path.parent).free if path is not None else None
     except OSError:
@@ -396,7 +464,9 @@ class Catalog:
         path = sqlite_path(self.url)
         if path is not None and not writer and not path.exists():
             raise SchemaError(f"there is no catalogue at {path} yet; `ccdwatch watch` creates it")
-        self.engine = make_engine(database, writer=writer)
+        #: how the writer waits for another process's write lock (the daemon sets ``still_waiting``)
+        self.lock_wait = LockWait()
+        self.engine = make_engine(database, writer=writer, wait=self.lock_wait)
         self.writer = writer
         try:
             self.revision = check_schema(self.engine, create=create and writer)
@@ -421,6 +491,23 @@ class Catalog:
             return True
         except Exception:  # noqa: BLE001 - any failure means 'not yet'
             return False
+
+    def lock_free(self) -> bool:
+        """Could a write transaction begin now (after a lock held by another process)? Does
+        not wait: on its own connection, SQLite's write lock taken and given back at once."""
+        path = sqlite_path(self.url)
+        if path is None:
+            return self.ping()
+        try:
+            con = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("ROLLBACK")
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return False
+        return True
 
     def __enter__(self) -> Catalog:
         return self

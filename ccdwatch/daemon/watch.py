@@ -177,6 +177,14 @@ class Watcher:
         # SIGTERM abandons the job rather than waiting for it (systemd's stop timeout).
         pipeline.workers.heartbeat = self.notifier.watchdog
         pipeline.workers.should_stop = self.stop_event.is_set
+        # Likewise while it waits for the catalogue's write lock held by another process (a minute
+        # at most, then the pipeline pauses): several such waits in a row are no hang either.
+        pipeline.catalog.lock_wait.still_waiting = self._still_waiting
+
+    def _still_waiting(self) -> bool:
+        """Between two tries for the catalogue's write lock: alive; go on unless asked to stop."""
+        self.notifier.watchdog()
+        return not self.stop_event.is_set()
 
     # ------------------------------------------------------------------ readiness
     def _stat(self, path: str) -> Signature | None:

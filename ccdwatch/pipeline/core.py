@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from ccdwatch.catalog import Catalog, catalogue_full, connection_lost
+from ccdwatch.catalog import Catalog, catalogue_full, catalogue_locked, connection_lost
 from ccdwatch.catalog.queries import known_product_paths
 from ccdwatch.config import Config
 from ccdwatch.fitsio import sweep_temp_files
@@ -143,8 +143,9 @@ class Pipeline:
         41 files planned its 16 lights, all waiting for masters, between its two batches of
         ingest: 0.1 s with the workers idle, and again at the end).
 
-        A catalogue that cannot be written (disk full) pauses the pipeline: every path of the
-        batch comes back ``paused``, to be offered again once space returns.
+        A catalogue that cannot be written (disk full, its write lock held by another process,
+        its server gone) pauses the pipeline: every path of the batch comes back ``paused``, to
+        be offered again once it can.
         """
         waiting = self.waiting
         try:
@@ -187,9 +188,10 @@ class Pipeline:
 
     @contextmanager
     def _pause_on_full_catalogue(self) -> Iterator[None]:
-        """A commit refused for lack of space, or cut by a lost connection to the catalogue's
-        server, rolls back and pauses the pipeline: the work is planned again from the
-        catalogue's states once space returns or the server answers again."""
+        """A commit refused for lack of space, kept waiting past the busy timeout by another
+        process's write lock, or cut by a lost connection to the catalogue's server, rolls back
+        and pauses the pipeline: the work is planned again from the catalogue's states once space
+        returns, the lock is free or the server answers again."""
         try:
             yield
         except Exception as exc:
@@ -197,9 +199,12 @@ class Pipeline:
                 raise
 
     def _pause_for(self, exc: BaseException) -> bool:
-        """Pause for a full or unreachable catalogue; False for any other error."""
+        """Pause for a full, locked or unreachable catalogue; False for any other error."""
         if catalogue_full(exc):
             self.runner.pause(exc, where="catalogue: ")
+        elif catalogue_locked(exc):
+            self.runner.pause(exc, where="catalogue: ", what="catalogue locked by another process",
+                              check=self.catalog.lock_free)
         elif connection_lost(exc):
             self.runner.pause(exc, where="catalogue: ", what="catalogue unreachable",
                               check=self.catalog.ping)

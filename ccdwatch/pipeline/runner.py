@@ -255,9 +255,10 @@ class Runner:
     # ------------------------------------------------------------------ disk full
     def pause(self, exc: BaseException, *, where: str = "", what: str = "disk full",
               check: Callable[[], bool] | None = None) -> None:
-        """A product or a catalogue row could not be written (no space; the catalogue's server
-        gone): stop writing, keep every state, try again every ``watch.pause_retry_seconds``,
-        resuming once ``check`` (default: the free-space check) passes."""
+        """A product or a catalogue row could not be written (no space; the catalogue's write
+        lock held by another process; its server gone): stop writing, keep every state, try again
+        every ``watch.pause_retry_seconds``, resuming once ``check`` (default: the free-space
+        check) passes."""
         if self.paused is None:
             logger.error("pausing: %s%s (%s); nothing is lost, processing resumes by itself",
                          where, _first_line(exc), what)
