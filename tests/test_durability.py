@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,62 @@ def test_the_marker_names_the_boot_before_any_unsynced_row(night):
     cat = Catalog(night.paths.database)
     with cat.reader() as s:
         first = min(s.scalars(select(Calibrated.created_at)))
+        first_id = min(s.scalars(select(Calibrated.id)))
     cat.close()
     assert durability._since(marker) <= first
+    assert marker["after_id"] == first_id - 1  # the rows after it: every calibrated light of the night
+
+
+def damage_all(cfg) -> dict[str, tuple[int, str, str]]:
+    """Every current calibrated product left empty (its pages never reached the disk); what they were."""
+    before = calibrated(cfg)
+    for _, path, _ in before.values():
+        Path(path).write_bytes(b"")
+    return before
+
+
+def test_a_clock_stepped_back_after_the_marker_hides_no_row_from_the_check(tmp_path, staging, boot):
+    """NTP steps the clock back 10 minutes after the marker is written (simulated: the pipeline's
+    clock, which times the marker, runs 10 minutes ahead of the rows' times), then the power goes:
+    every row committed after the marker is still checked, by id."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for p in sorted(staging.iterdir()):
+        shutil.copy2(p, cfg.paths.incoming / p.name)
+    run_night(cfg, clock=lambda: time.time() + 600)
+    before = damage_all(cfg)
+    boot.write_text("boot-b\n")
+    run_night(cfg)
+    after = calibrated(cfg)
+    assert sorted(after) == sorted(before)
+    for name, (version, path, sha) in after.items():
+        assert version == before[name][0] + 1, name  # calibrated again, not left pointing at an empty file
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha
+
+
+def test_a_marker_settled_after_a_clock_step_back_still_syncs_every_product(tmp_path, staging, boot, monkeypatch):
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for p in sorted(staging.iterdir()):
+        shutil.copy2(p, cfg.paths.incoming / p.name)
+    run_night(cfg, clock=lambda: time.time() + 600)
+    products = {Path(path) for _, path, _ in calibrated(cfg).values()}
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    run_night(cfg, clock=lambda: time.time() + 600 + durability.SETTLED_AFTER + 60)  # old enough: settled
+    assert not (cfg.paths.products / durability.MARKER).exists()
+    assert products <= {Path(p) for p in synced}
+
+
+def test_a_marker_of_the_previous_version_is_read_by_its_time(night, boot):
+    """A marker written before the row ids were recorded (no ``after_id``): the rows since its time."""
+    marker = night.paths.products / durability.MARKER
+    data = json.loads(marker.read_text())
+    marker.write_text(json.dumps({"boot": data["boot"], "since": data["since"]}))
+    before = damage_all(night)
+    boot.write_text("boot-b\n")
+    run_night(night)
+    after = calibrated(night)
+    assert all(after[n][0] == before[n][0] + 1 for n in before)
 
 
 def test_a_crash_of_the_machine_recalibrates_what_did_not_reach_the_disk(night, boot):

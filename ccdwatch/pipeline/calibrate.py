@@ -336,7 +336,7 @@ def commit(ctx: Context, plan: CalibrationPlan, result: specs.CalibrateResult) -
     """Record the calibrated product (superseding the current one) and the frame's quality."""
     quality = result.quality
     if not plan.spec.sync and ctx.unsynced is not None:
-        ctx.unsynced.note()  # before the row: a crash of the machine then has its products checked
+        ctx.unsynced.note(ctx.catalog)  # before the row: a crash of the machine then has its products checked
     with ctx.catalog.session() as s:
         frame = s.get(Frame, plan.frame_id)
         assert frame is not None, "a frame is never deleted while it is calibrated"

@@ -8,15 +8,20 @@ that did not reach the disk.**
 
 Dirty pages are lost only when the kernel itself dies (power cut, panic, reset), and then the
 machine boots again with a new boot id. So before the first such row is committed, the daemon
-writes a small marker into the products root (fsynced): the boot id and the time from which rows
-may name unsynced products. At start-up (`settle`):
+writes a small marker into the products root (fsynced): the boot id and the highest calibrated
+row id at that moment (``after_id``): the rows that may name unsynced products are those with a
+higher id. Ids, not times: row ids only grow (SQLite's rowid of a table whose rows are never
+deleted, PostgreSQL's sequence), while the wall clock may be stepped back (NTP) between the marker
+and the rows - by more than any margin, which hid every later row from the check. The marker's
+wall time (``since``) is still written, for people and for a marker of an earlier version, which
+has no ``after_id``: then the rows are chosen by time, as that version did. At start-up (`settle`):
 
 * no marker: every product is on the disk;
 * a marker of this boot: the kernel still holds (or has written) those pages. Once they are old
   enough to have been written back (`SETTLED_AFTER`), the products are fsynced (cheap by then)
   and the marker removed; a younger marker is kept (a run right after another pays nothing);
 * a marker of another boot: the machine went down meanwhile. Every calibrated light committed
-  since the marker's time is checked against its row (size and SHA-256); one that did not
+  after the marker (a higher row id) is checked against its row (size and SHA-256); one that did not
   survive is no longer current and its light waits to be calibrated again (the same bytes: the
   calibration is deterministic), with an event saying why.
 
@@ -38,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 
 from ccdwatch.catalog import Catalog, log_event, utcnow
 from ccdwatch.models import Calibrated, Frame, FrameState
@@ -75,6 +80,12 @@ def for_daemon(ctx: Context) -> Unsynced | None:
     return Unsynced(ctx.products, boot, ctx.clock)
 
 
+def last_calibrated_id(catalog: Catalog) -> int:
+    """The highest calibrated row id so far (0: none): rows committed later have higher ids."""
+    with catalog.reader() as s:
+        return int(s.scalar(select(func.max(Calibrated.id))) or 0)
+
+
 @dataclass
 class Unsynced:
     """The marker of one products root: written before the first row of an unsynced product."""
@@ -82,31 +93,31 @@ class Unsynced:
     products: Path
     boot: str
     clock: Callable[[], float] = field(default=time.time)  # seconds since the epoch (the pipeline's)
-    #: the time of the marker this process knows is in place (None: none known)
-    _since: datetime | None = field(default=None, init=False)
+    #: the marker this process knows is in place (None: none known)
+    _marker: dict | None = field(default=None, init=False)
 
     @property
     def path(self) -> Path:
         return self.products / MARKER
 
-    def note(self) -> None:
+    def note(self, catalog: Catalog) -> None:
         """Called before a row naming an unsynced product is committed: the marker exists (a
-        marker of this boot already there keeps its older time)."""
-        if self._since is not None:
+        marker of this boot already there covers the rows after its own, older, row id)."""
+        if self._marker is not None:
             return
         marker = self._read()
         if marker is not None and marker.get("boot") == self.boot:
-            self._since = _since(marker)
+            self._marker = marker
             return
-        now = self._now()
-        self._write({"boot": self.boot, "since": now.isoformat()})
-        self._since = now
+        marker = {"boot": self.boot, "since": self._now().isoformat(), "after_id": last_calibrated_id(catalog)}
+        self._write(marker)
+        self._marker = marker
 
     def maybe_settle(self, catalog: Catalog) -> None:
         """Between jobs: once the marker this process wrote is old enough, fsync its products
         (written back by the kernel by then) and remove it."""
-        if self._since is not None and (self._now() - self._since).total_seconds() >= SETTLED_AFTER:
-            self._sync_since(catalog, {"since": self._since.isoformat()})
+        if self._marker is not None and (self._now() - _since(self._marker)).total_seconds() >= SETTLED_AFTER:
+            self._sync_since(catalog, self._marker)
 
     def settle(self, catalog: Catalog) -> list[int]:
         """At start-up: deal with the marker left by the last run (see the module). Returns the
@@ -115,10 +126,10 @@ class Unsynced:
         if marker is None:
             return []
         if marker.get("boot") == self.boot:
-            self._since = _since(marker)  # rows of this run are covered by the marker as it is
+            self._marker = marker  # rows of this run are covered by the marker as it is
             self.maybe_settle(catalog)
             return []
-        lost = lost_products(catalog, _since(marker), products=self.products)
+        lost = lost_products(catalog, marker, products=self.products)
         self._sync_since(catalog, marker)  # what did survive, now for good; the marker goes
         return lost
 
@@ -127,7 +138,7 @@ class Unsynced:
         return datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
 
     def _sync_since(self, catalog: Catalog, marker: dict) -> None:
-        paths = _products_since(catalog, _since(marker), self.products)
+        paths = _products_since(catalog, marker, self.products)
         for path in paths:
             _fsync(Path(path))
         for directory in {Path(p).parent for p in paths}:
@@ -137,7 +148,7 @@ class Unsynced:
         except FileNotFoundError:
             pass
         _fsync(self.products)
-        self._since = None
+        self._marker = None
 
     def _read(self) -> dict | None:
         try:
@@ -165,9 +176,18 @@ def _since(marker: dict) -> datetime:
         return datetime(1970, 1, 1)
 
 
-#: Rows are looked for from a little before the marker's time: the marker's clock (the pipeline's)
-#: and the rows' (`utcnow`) are read at different moments.
+#: A marker of an earlier version (no ``after_id``): rows are looked for from a little before its
+#: time, as the marker's clock (the pipeline's) and the rows' (`utcnow`) are read at different moments.
 MARGIN = timedelta(seconds=5)
+
+
+def _after(marker: dict) -> ColumnElement[bool]:
+    """The rows a marker covers: a higher id than its ``after_id``, or, in a marker of an earlier
+    version (or one that cannot be read), a time from a little before its ``since``."""
+    after = marker.get("after_id")
+    if isinstance(after, int) and not isinstance(after, bool):
+        return Calibrated.id > after
+    return Calibrated.created_at >= _since(marker) - MARGIN
 
 
 def _fsync(path: Path) -> None:
@@ -187,22 +207,22 @@ def _under(path: str, root: Path) -> bool:
     return Path(path).is_relative_to(root)
 
 
-def _products_since(catalog: Catalog, since: datetime, products: Path) -> list[str]:
-    """The calibrated products under ``products`` committed since ``since``."""
+def _products_since(catalog: Catalog, marker: dict, products: Path) -> list[str]:
+    """The calibrated products under ``products`` committed after ``marker`` was written."""
     with catalog.reader() as s:
-        paths = s.scalars(select(Calibrated.path).where(Calibrated.created_at >= since - MARGIN))
+        paths = s.scalars(select(Calibrated.path).where(_after(marker)))
         return [p for p in paths if _under(p, products)]
 
 
-def lost_products(catalog: Catalog, since: datetime, *, products: Path) -> list[int]:
+def lost_products(catalog: Catalog, marker: dict, *, products: Path) -> list[int]:
     """After the machine went down: the current calibrated lights (under ``products``) committed
-    since ``since`` whose product is not what its row says (missing, short, other bytes) are no
-    longer current, the damaged file is removed and their lights wait to be calibrated again.
-    Their frame ids."""
+    after ``marker`` was written whose product is not what its row says (missing, short, other
+    bytes) are no longer current, the damaged file is removed and their lights wait to be
+    calibrated again. Their frame ids."""
     lost: list[int] = []
     with catalog.session() as s:
         rows = s.execute(select(Calibrated, Frame).join(Frame, Frame.id == Calibrated.frame_id)
-                         .where(Calibrated.current, Calibrated.created_at >= since - MARGIN)).all()
+                         .where(Calibrated.current, _after(marker))).all()
         for cal, frame in rows:
             if not _under(cal.path, products):
                 continue
