@@ -66,6 +66,10 @@ class FrameState(StrEnum):
 #: The states of frames that left the pipeline for good (or until a user resets them).
 EXIT_STATES = (FrameState.QUARANTINED, FrameState.FAILED, FrameState.MISSING, FrameState.SUPERSEDED)
 
+#: How ``Master.retired`` begins for a master whose file was found gone (or, checked against its
+#: sha256, changed) on disk: made again from its raw frames (`ccdwatch.pipeline.gone`).
+MASTER_LOST = "its file is not as catalogued"
+
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
@@ -217,7 +221,7 @@ class Master(Base):
     hot_pixels: Mapped[int | None] = mapped_column(Integer)
     ccdwatch_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime)
-    #: why this master may no longer be used (inputs reclassified away); None: usable
+    #: why this master may no longer be used (inputs reclassified away, its file gone); None: usable
     retired: Mapped[str | None] = mapped_column(Text)
     #: the site whose frames it combines (revision 0004)
     site: Mapped[str | None] = mapped_column(String(80), index=True)

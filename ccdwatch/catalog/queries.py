@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ccdwatch.models import (
     EXIT_STATES,
+    MASTER_LOST,
     Calibrated,
     Frame,
     FrameState,
@@ -164,12 +165,8 @@ def current_masters(s: Session, kind: str, camera_key: str | None, *,
                     sites: Sequence[str | None] | None = None) -> list[Master]:
     """The newest version of every master of a kind and camera set-up (one per site, key and
     night), of the given sites (all sites for ``None``)."""
-    stmt = select(Master.site, Master.calib_key, Master.night, func.max(Master.version).label("v")).where(
-        Master.kind == kind, Master.camera_key == camera_key, Master.retired.is_(None))
-    if sites is not None:
-        named = [x for x in sites if x is not None]
-        stmt = stmt.where(or_(Master.site.in_(named), Master.site.is_(None)) if None in sites
-                          else Master.site.in_(named))
+    stmt = _of_sites(select(Master.site, Master.calib_key, Master.night, func.max(Master.version).label("v")).where(
+        Master.kind == kind, Master.camera_key == camera_key, Master.retired.is_(None)), sites)
     newest = stmt.group_by(Master.site, Master.calib_key, Master.night).subquery()
     return list(s.scalars(
         select(Master).join(newest, and_(Master.calib_key == newest.c.calib_key,
@@ -177,6 +174,42 @@ def current_masters(s: Session, kind: str, camera_key: str | None, *,
                                          Master.version == newest.c.v,
                                          Master.site.is_not_distinct_from(newest.c.site)))
     ))
+
+
+def _of_sites(stmt: S, sites: Sequence[str | None] | None) -> S:
+    """``stmt`` on masters restricted to the masters of ``sites`` (all for ``None``)."""
+    if sites is None:
+        return stmt
+    named = [x for x in sites if x is not None]
+    return stmt.where(or_(Master.site.in_(named), Master.site.is_(None)) if None in sites
+                      else Master.site.in_(named))
+
+
+def newest_masters(s: Session, *, site: str | None) -> list[Master]:
+    """The newest version not retired of every master of a site (one per calibration key and
+    night): those its lights may be calibrated with."""
+    newest: dict[tuple[str, str], Master] = {}
+    for m in s.scalars(of_site(select(Master).where(Master.retired.is_(None)), Master.site, site)):
+        key = (m.calib_key, m.night)
+        if key not in newest or m.version > newest[key].version:
+            newest[key] = m
+    return sorted(newest.values(), key=lambda m: m.id)
+
+
+def masters_at(s: Session, path: str) -> Sequence[Master]:
+    """The masters recorded at ``path`` (one, as a rule)."""
+    return s.scalars(select(Master).where(Master.path == path).order_by(Master.id)).all()
+
+
+def lost_master(s: Session, kind: str, camera_key: str | None, flat_filter: str | None = None, *,
+                sites: Sequence[str | None] | None = None) -> Master | None:
+    """The latest master of a kind and camera set-up (a flat's: of a filter, lower case) retired
+    because its file was gone or changed (`MASTER_LOST`), of ``sites`` (all for ``None``)."""
+    stmt = select(Master).where(Master.kind == kind, Master.camera_key == camera_key,
+                                Master.retired.startswith(MASTER_LOST, autoescape=True))
+    if flat_filter is not None:
+        stmt = stmt.where(func.lower(Master.filter) == flat_filter)
+    return s.scalar(_of_sites(stmt, sites).order_by(Master.created_at.desc(), Master.id.desc()).limit(1))
 
 
 def lights_waiting_for(s: Session, camera_key: str | None, flat_filter: str | None = None, *,

@@ -13,7 +13,7 @@ Modules, one job each:
 * :mod:`~ccdwatch.fitsio.raw` -- the hostile-file reader (:func:`read_raw`, :class:`RawFrame`);
 * :mod:`~ccdwatch.fitsio.layout` -- the header walk that validates declared sizes before reading;
 * :mod:`~ccdwatch.fitsio.unwritten` -- preallocated files whose tail is not written yet;
-* :mod:`~ccdwatch.fitsio.rejected` -- :class:`RejectedFile` and its reason codes;
+* :mod:`~ccdwatch.fitsio.rejected` -- :class:`RejectedFile` and its reason codes, :class:`ProductGone`;
 * :mod:`~ccdwatch.fitsio.descriptor` -- positioned reads through one file descriptor;
 * :mod:`~ccdwatch.fitsio.product` -- reading our own products back, :func:`sha256_file`;
 * :mod:`~ccdwatch.fitsio.atomic` -- durable product writes, :class:`DiskFull`, temp-file sweeping;
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         sha256_file,
     )
     from ccdwatch.fitsio.raw import RawFrame, read_raw
-    from ccdwatch.fitsio.rejected import RejectedFile
+    from ccdwatch.fitsio.rejected import ProductGone, RejectedFile
 
 #: Where each public name lives. Loaded on first use (PEP 562), so code that only names files or
 #: sweeps temp files (the daemon's start-up) never imports astropy or numpy.
@@ -58,11 +58,12 @@ _HOME = {
     "read_product_table": "product",
     "sha256_file": "product",
     "RawFrame": "raw", "read_ahead": "descriptor", "read_raw": "raw", "RejectedFile": "rejected",
+    "ProductGone": "rejected",
 }
 
 __all__ = [
     "BLOCK_SIZE", "TEMP_PREFIX", "Compression", "DiskFull", "RawFrame", "RejectedFile", "fits_suffix",
-    "MappedProduct", "is_temp_name", "map_product", "map_product_planes",
+    "MappedProduct", "ProductGone", "is_temp_name", "map_product", "map_product_planes",
     "read_ahead", "read_product", "read_product_hdus", "read_product_table", "read_raw", "safe_component",
     "safe_product_path",
     "sha256_file", "sweep_temp_files", "write_bytes_atomic", "write_product",

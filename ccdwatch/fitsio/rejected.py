@@ -1,9 +1,10 @@
 """Why a raw file is refused: :class:`RejectedFile` and its stable reason codes; :class:`RawGone`,
-a catalogued raw frame no longer on disk as it was catalogued."""
+a catalogued raw frame no longer on disk as it was catalogued; :class:`ProductGone`, the same of
+one of our own products (a master) that a job reads."""
 
 from __future__ import annotations
 
-__all__ = ["RawGone", "RejectedFile"]
+__all__ = ["ProductGone", "RawGone", "RejectedFile"]
 
 
 class RejectedFile(Exception):
@@ -51,3 +52,18 @@ class RawGone(FileNotFoundError):
 
     def __reduce__(self) -> tuple[type[RawGone], tuple[str, str]]:
         return (RawGone, (self.sha256, self.detail))
+
+
+class ProductGone(FileNotFoundError):
+    """A catalogued product that a job reads (a master) is not on disk as its row records it:
+    deleted, or (`ccdwatch.fitsio.read_product_hdus` given its SHA-256) its bytes changed since (a
+    bad sector, an edit). No fault of the job or of the frames it would charge: the product is
+    made again (`ccdwatch.pipeline.gone`)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"product no longer available: {detail}")
+        self.path = path
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[ProductGone], tuple[str, str]]:
+        return (ProductGone, (self.path, self.detail))

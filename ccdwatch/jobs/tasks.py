@@ -27,6 +27,7 @@ from astropy.io import fits
 
 from ccdwatch import calib, colour, cosmics, evidence, faults, qa, stack
 from ccdwatch.fitsio import (
+    ProductGone,
     RejectedFile,
     read_product_hdus,
     read_raw,
@@ -149,10 +150,15 @@ _MASTERS: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
 def load_master(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """A master image (and its hot-pixel map), cached in the worker: the lights of a night all
-    use the same three. See :func:`use_masters` and :func:`release_masters` for how long."""
+    use the same three. See :func:`use_masters` and :func:`release_masters` for how long.
+
+    Raises :class:`ProductGone` when its file is gone: the master's fault, not the job's."""
     if path in _MASTERS:
         return _MASTERS[path]
-    hdus = read_product_hdus(path)
+    try:
+        hdus = read_product_hdus(path)
+    except FileNotFoundError:
+        raise ProductGone(path, f"{path} is missing") from None
     data = np.asarray(hdus[0].data, dtype=np.float32)
     hot = np.asarray(hdus["HOTPIX"].data).astype(bool) if "HOTPIX" in hdus else None
     uncertainty.remember(path, hdus[0].header)

@@ -9,6 +9,7 @@
 ``stacking``    a quiet group of calibrated lights -> a stack
 ``context``     the configuration, catalogue and roots every stage works with
 ``lifecycle``   frames whose raw files vanish, return or change
+``gone``        masters whose files vanish or change: retired, made again
 (the calibration key and the stack group key are ``ccdwatch.keys``)
 """
 

@@ -38,7 +38,7 @@ from ccdwatch.fitsio import sweep_temp_files
 from ccdwatch.jobs import pool, specs
 from ccdwatch.keys import GroupKey
 from ccdwatch.models import FrameState
-from ccdwatch.pipeline import calibrate, durability, masters, stacking
+from ccdwatch.pipeline import calibrate, durability, gone, masters, stacking
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.ingest import Ingester, Outcome, wants
 from ccdwatch.pipeline.reclassify import Reclassified, reclassify
@@ -106,7 +106,8 @@ class Pipeline:
             importlib.import_module(name)
 
     def recover(self) -> dict[str, int]:
-        """Converge after a crash: sweep temp files, forget outputs no row references."""
+        """Converge after a crash: sweep temp files, forget outputs no row references, retire
+        the current masters whose file is gone (made again from their raw frames)."""
         products = self.ctx.products
         removed = sweep_temp_files(products)
         if self.ctx.workdir.exists():
@@ -121,9 +122,10 @@ class Pipeline:
         if removed or orphans:
             logger.warning("recovery: removed %d temp files and %d orphan products", len(removed), orphans)
         lost = self.ctx.unsynced.settle(self.catalog) if self.ctx.unsynced is not None else []
+        masters_lost = gone.check_masters(self.ctx)  # rows without files: made again from their raw frames
         changed = self.reclassify()  # the rules may have changed since the last run
         return {"temp_files": len(removed), "orphans": orphans, "reclassified": len(changed.changed),
-                "lost": len(lost)}
+                "lost": len(lost), "masters_lost": len(masters_lost)}
 
     def reclassify(self, night: str | None = None, *, force: bool = False) -> Reclassified:
         """Classify again the frames classified with other rules (or another classifier);

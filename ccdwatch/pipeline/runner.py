@@ -3,8 +3,9 @@
 A stage hands the runner its plans (each carries the job's picklable ``spec``); the runner
 runs them on the workers, commits each result through the stage's commit function, and deals
 with what can go wrong the same way for every stage: a full disk pauses the pipeline (every
-state kept; resumed once space returns), any other failure is logged and counted against the
-frames the plan names, which end ``failed`` after ``ingest.max_tries``.
+state kept; resumed once space returns), a raw file or a master the job reads gone is charged
+to nobody, any other failure is logged and counted against the frames the plan names, which end
+``failed`` after ``ingest.max_tries``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from ccdwatch import faults
 from ccdwatch.catalog import log_event, sqlite_path, utcnow
 from ccdwatch.catalog.queries import frame_by_sha256, frames_by_id
 from ccdwatch.fitsio import DiskFull
-from ccdwatch.fitsio.rejected import RawGone
+from ccdwatch.fitsio.rejected import ProductGone, RawGone
 from ccdwatch.jobs import memory, pool
 from ccdwatch.models import FrameState
+from ccdwatch.pipeline import gone
 from ccdwatch.pipeline.context import Context
 from ccdwatch.pipeline.lifecycle import mark_missing
 
@@ -107,7 +109,8 @@ class Runner:
         Each result is committed as soon as it and those before it are done, while the other jobs
         run (committing a stage's results after its last job left both cores idle ~0.1 s at each
         stage of a night). A full disk pauses the pipeline; a raw file gone is no fault of the
-        job; any other failure of a job is counted against the frames its plan names. An error
+        job, nor a master it reads gone or changed (retired and made again, `Runner.product_gone`);
+        any other failure of a job is counted against the frames its plan names. An error
         of the commit itself (the catalogue) stops the recording: it is raised once the pass's
         jobs have run (those queued still run, their results not recorded; no job is added), and
         what was not recorded is planned again at the next tick. The results come in the order
@@ -156,6 +159,9 @@ class Runner:
             return None
         except RawGone as exc:  # no fault of the job's other inputs: nobody is charged
             self.missing(exc.sha256, f"{plan.subject}: {exc.detail}")
+            return None
+        except ProductGone as exc:  # a master it reads, not the job: retired, made again; nobody is charged
+            self.product_gone(plan, exc)
             return None
         except Exception as exc:
             message = f"{plan.subject} failed: {_reason(exc)}"
@@ -245,6 +251,16 @@ class Runner:
             frame = frame_by_sha256(s, sha256)
             if frame is not None:
                 mark_missing(s, frame, why)
+
+    def product_gone(self, plan: Plan, exc: ProductGone) -> None:
+        """A master the job reads is gone or changed: it is retired (`gone.product_gone`) and made
+        again; the frames the job would charge wait for it, told why, not charged."""
+        if gone.product_gone(self.ctx, exc.path, exc.detail):
+            message = f"{plan.subject}: {exc.detail}: the master is retired and made again"
+        else:  # retired meanwhile (another job of the pass), or not a master
+            message = f"{plan.subject}: {exc.detail}"
+        logger.warning("%s", message)
+        self.note(plan.charged, message)
 
     def note(self, frame_ids: Sequence[int], message: str) -> None:
         """Record why frames did not progress, without counting a try."""

@@ -17,10 +17,16 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from ccdwatch.catalog.queries import calibration_frames_rejected, calibration_frames_waiting, current_masters
+from ccdwatch.catalog.queries import (
+    calibration_frames_rejected,
+    calibration_frames_waiting,
+    current_masters,
+    frames_by_id,
+    lost_master,
+)
 from ccdwatch.config import MastersConfig
 from ccdwatch.keys import setpoint_note, temperature_ref
-from ccdwatch.models import Frame, Master
+from ccdwatch.models import Frame, FrameState, Master
 
 EXPTIME_TOLERANCE = 1e-3  # seconds: exposures closer than this are "the same exposure"
 
@@ -73,6 +79,7 @@ class Masters:
         self._current: dict[tuple[str, str | None], list[Master]] = {}
         self._arrived: dict[tuple[str, str | None, str | None, float | None], int] = {}
         self._rejected: dict[tuple[str, str | None, str | None], tuple[int, str | None]] = {}
+        self._lost_notes: dict[tuple[str, str | None, str | None], str] = {}
 
     def arrived(self, kind: str, camera: str | None, filter_name: str | None = None, *,
                 exptime: float | None = None) -> int:
@@ -102,8 +109,24 @@ class Masters:
             return (f"{bad} {plural}{where} were rejected ({why}); {n} usable of {need} needed: "
                     f"take new {plural}")
         if n == 0:
-            return f"no {plural}{where} have arrived ({need} needed)"
-        return f"{n} of {need} {plural}{where} needed have arrived"
+            return f"no {plural}{where} have arrived ({need} needed)" + self._lost(kind, camera, key[2])
+        return f"{n} of {need} {plural}{where} needed have arrived" + self._lost(kind, camera, key[2])
+
+    def _lost(self, kind: str, camera: str | None, flat_filter: str | None) -> str:
+        """Why a master that existed cannot be made again: it was retired, its file gone or
+        changed (`ccdwatch.pipeline.gone`), and too few of its raw frames are left ("" if none was)."""
+        key = (kind, camera, flat_filter)
+        if key not in self._lost_notes:
+            master = lost_master(self.s, kind, camera, flat_filter, sites=self.sites)
+            self._lost_notes[key] = "" if master is None else (
+                f"; master {kind} #{master.id} (night {master.night} v{master.version}) was retired "
+                f"({master.retired}) and {self._gone(master)} of its {len(master.inputs)} raw frames are gone: "
+                "restore them or take new ones")
+        return self._lost_notes[key]
+
+    def _gone(self, master: Master) -> int:
+        return sum(f.state in (FrameState.MISSING, FrameState.SUPERSEDED)
+                   for f in frames_by_id(self.s, [i.frame_id for i in master.inputs]))
 
     def current(self, kind: str, camera: str | None) -> list[Master]:
         if (kind, camera) not in self._current:

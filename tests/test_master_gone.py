@@ -1,0 +1,169 @@
+"""Masters whose files vanish (or change) after they were catalogued.
+
+A master file deleted from the products directory is no fault of the lights that need it: they
+are not charged, the master is retired with the reason and made again from its raw frames as a
+new version, and the lights are calibrated with it; if its raw frames are gone too, the lights
+wait and say why. At start-up a current master whose file is gone is retired the same way.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import select
+
+from ccdwatch import synth
+from ccdwatch.catalog import Catalog
+from ccdwatch.fitsio import ProductGone
+from ccdwatch.models import MASTER_LOST, Calibrated, Frame, FrameState, Master
+from ccdwatch.pipeline import Pipeline
+
+from .helpers import make_config
+
+CAMERA = synth.Camera(shape=(96, 128))
+
+
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("staging")
+    synth.make_night(d, camera=CAMERA, seed=9, n_bias=3, n_dark=3, n_flat=3, filters=("V",), n_light=3,
+                     n_stars=40)
+    return d
+
+
+@pytest.fixture
+def pipe(tmp_path, staging):
+    """A pipeline whose calibration frames are in and whose masters are built; the lights wait
+    in ``staging`` (copy them in with `lights_arrive`)."""
+    cfg = make_config(tmp_path, workers={"processes": 0}, report={"refresh": False})
+    for p in sorted(staging.iterdir()):
+        if not p.name.startswith("M51"):
+            shutil.copy2(p, cfg.paths.incoming / p.name)
+    cat = Catalog(cfg.paths.database)
+    with Pipeline(cfg, cat) as pipe:
+        for p in sorted(cfg.paths.incoming.glob("*.fits")):
+            pipe.handle(p)
+        pipe.tick(final=True)
+        yield pipe, staging
+    cat.close()
+
+
+def lights_arrive(pipe: Pipeline, staging: Path) -> None:
+    for p in sorted(staging.glob("M51*.fits")):
+        shutil.copy2(p, pipe.cfg.paths.incoming / p.name)
+        pipe.handle(pipe.cfg.paths.incoming / p.name)
+
+
+def masters(pipe: Pipeline, kind: str) -> list[tuple[int, int, str, str | None]]:
+    """(id, version, path, retired) of every master of ``kind``, by version."""
+    with pipe.catalog.reader() as s:
+        return [(m.id, m.version, m.path, m.retired)
+                for m in s.scalars(select(Master).where(Master.kind == kind).order_by(Master.version))]
+
+
+def lights(pipe: Pipeline) -> list[SimpleNamespace]:
+    """The lights' rows, as plain values."""
+    with pipe.catalog.reader() as s:
+        return [SimpleNamespace(**{c.name: getattr(f, c.name) for c in Frame.__table__.columns})
+                for f in s.scalars(select(Frame).where(Frame.imagetyp == "light").order_by(Frame.id))]
+
+
+def flats_used(pipe: Pipeline) -> set[int | None]:
+    with pipe.catalog.reader() as s:
+        return set(s.scalars(select(Calibrated.flat_id).where(Calibrated.current)))
+
+
+def test_product_gone_crosses_the_process_boundary():
+    exc = pickle.loads(pickle.dumps(ProductGone("/p/flat_v1.fits", "/p/flat_v1.fits is missing")))
+    assert isinstance(exc, FileNotFoundError) and exc.path == "/p/flat_v1.fits"
+    assert "is missing" in exc.detail and "is missing" in str(exc)
+
+
+def test_a_master_deleted_while_running_is_made_again_and_no_light_is_charged(pipe):
+    pipe, staging = pipe
+    [(flat_id, _, flat_path, _)] = masters(pipe, "flat")
+    Path(flat_path).unlink()  # a user tidies the products directory
+    lights_arrive(pipe, staging)  # each light calibrated as it arrives: its flat is not there
+    first, *later = lights(pipe)
+    assert "is missing" in first.last_error and "retired and made again" in first.last_error
+    assert all("their master is not built yet" in f.state_reason for f in later)  # no master to send them to
+    for light in (first, *later):
+        assert light.tries == 0 and light.state == FrameState.WAITING, (light.state, light.last_error)
+    [(_, _, _, retired)] = masters(pipe, "flat")
+    assert retired is not None and retired.startswith(MASTER_LOST) and Path(flat_path).name in retired
+    with pipe.catalog.reader() as s:  # its inputs are back to be combined again
+        flats = s.scalars(select(Frame).where(Frame.imagetyp == "flat")).all()
+        assert {f.state for f in flats} == {FrameState.INGESTED}
+
+    pipe.tick(final=True)  # made again from its raw frames, as a new version; the lights with it
+    old, new = masters(pipe, "flat")
+    assert (old[0], old[1], new[1], new[3]) == (flat_id, 1, 2, None) and Path(new[2]).exists()
+    assert {f.state for f in lights(pipe)} <= {FrameState.CALIBRATED, FrameState.STACKED}
+    assert all(f.tries == 0 for f in lights(pipe))
+    assert flats_used(pipe) == {new[0]}
+
+
+def test_a_deleted_master_whose_raw_frames_are_gone_too_leaves_lights_waiting_saying_why(pipe):
+    pipe, staging = pipe
+    [(_, _, flat_path, _)] = masters(pipe, "flat")
+    Path(flat_path).unlink()
+    for p in pipe.cfg.paths.incoming.glob("flat_*.fits"):
+        p.unlink()
+    lights_arrive(pipe, staging)
+    pipe.tick(final=True)
+    assert [m[1] for m in masters(pipe, "flat")] == [1]  # nothing to make it again from
+    for light in lights(pipe):
+        assert light.state == FrameState.WAITING and light.tries == 0
+        assert "was retired" in light.state_reason and "3 of its 3 raw frames are gone" in light.state_reason, \
+            light.state_reason
+
+
+def test_a_bias_deleted_before_a_master_built_on_it_charges_nobody(pipe, monkeypatch):
+    """The master bias goes while a dark that is built on it is being planned: the dark's inputs
+    are not charged; the bias is made again, then the dark on it."""
+    pipe, _ = pipe
+    from ccdwatch.jobs import tasks
+
+    [(bias_id, _, bias_path, _)] = masters(pipe, "bias")
+    with pipe.catalog.session() as s:  # the dark made again (a new dark frame, say)
+        for f in s.scalars(select(Frame).where(Frame.imagetyp == "dark")):
+            f.state = FrameState.INGESTED
+        s.execute(Master.__table__.update().where(Master.kind == "dark").values(retired="test: made again"))
+    real = tasks.build_master
+
+    def delete_then_build(spec):
+        if spec.bias_path:
+            Path(spec.bias_path).unlink(missing_ok=True)
+            tasks._MASTERS.clear()  # a worker that has not read it yet
+        return real(spec)
+
+    monkeypatch.setattr(tasks, "build_master", delete_then_build)
+    pipe.tick(final=True)
+    monkeypatch.setattr(tasks, "build_master", real)
+    with pipe.catalog.reader() as s:
+        assert all(f.tries == 0 for f in s.scalars(select(Frame))), "nobody is charged"
+    assert masters(pipe, "bias")[0][3].startswith(MASTER_LOST)
+    pipe.tick(final=True)
+    biases = masters(pipe, "bias")
+    assert [(v, r) for _, v, _, r in biases][1:] == [(2, None)]
+    with pipe.catalog.reader() as s:
+        dark = s.scalars(select(Master).where(Master.kind == "dark", Master.retired.is_(None))).one()
+        assert dark.bias_id == biases[1][0] != bias_id
+
+
+def test_start_up_retires_a_current_master_whose_file_is_gone(pipe):
+    pipe, staging = pipe
+    [(_, _, flat_path, _)] = masters(pipe, "flat")
+    Path(flat_path).unlink()
+    assert pipe.recover()["masters_lost"] == 1  # a stat per current master
+    [(_, _, _, retired)] = masters(pipe, "flat")
+    assert retired is not None and "start-up" in retired
+    assert pipe.recover()["masters_lost"] == 0  # retired once
+    lights_arrive(pipe, staging)
+    pipe.tick(final=True)
+    assert [m[1] for m in masters(pipe, "flat")] == [1, 2]
+    assert all(f.tries == 0 and f.state in (FrameState.CALIBRATED, FrameState.STACKED) for f in lights(pipe))
