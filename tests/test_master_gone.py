@@ -3,7 +3,9 @@
 A master file deleted from the products directory is no fault of the lights that need it: they
 are not charged, the master is retired with the reason and made again from its raw frames as a
 new version, and the lights are calibrated with it; if its raw frames are gone too, the lights
-wait and say why. At start-up a current master whose file is gone is retired the same way.
+wait and say why. At start-up a current master whose file is gone is retired the same way. A
+master whose bytes changed on disk (checked against its sha256 as a worker reads it) is treated as
+one that is gone: never used, made again.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from astropy.io import fits
 from sqlalchemy import select
 
 from ccdwatch import synth
 from ccdwatch.catalog import Catalog
-from ccdwatch.fitsio import ProductGone
+from ccdwatch.fitsio import ProductGone, read_product
 from ccdwatch.models import MASTER_LOST, Calibrated, Frame, FrameState, Master
 from ccdwatch.pipeline import Pipeline
 
@@ -167,3 +171,55 @@ def test_start_up_retires_a_current_master_whose_file_is_gone(pipe):
     pipe.tick(final=True)
     assert [m[1] for m in masters(pipe, "flat")] == [1, 2]
     assert all(f.tries == 0 and f.state in (FrameState.CALIBRATED, FrameState.STACKED) for f in lights(pipe))
+
+
+def flip_a_bit(path: str) -> tuple[int, int]:
+    """One bit of the centre pixel of a product's image flipped on disk (an exponent bit: a flat's
+    0.93 becomes 0.27); the pixel's place."""
+    with fits.open(path) as h:
+        offset = h.fileinfo(0)["datLoc"]
+        ny, nx = h[0].data.shape
+    raw = bytearray(Path(path).read_bytes())
+    raw[offset + 4 * ((ny // 2) * nx + nx // 2)] ^= 0x01
+    Path(path).write_bytes(bytes(raw))
+    return ny // 2, nx // 2
+
+
+def test_a_master_changed_on_disk_is_not_used_and_is_made_again(pipe):
+    """A bit flipped in the master flat (a bad sector): read back, it would make its pixel ~4x too
+    bright in every light and the stack. It is checked against its sha256 when a worker reads it:
+    retired, made again from its raw frames, no light charged, none calibrated with the bad one."""
+    pipe, staging = pipe
+    from ccdwatch.jobs import tasks
+
+    [(flat_id, _, flat_path, _)] = masters(pipe, "flat")
+    good = read_product(flat_path)[1]
+    y, x = flip_a_bit(flat_path)
+    assert read_product(flat_path)[1][y, x] != good[y, x]
+    tasks._MASTERS.clear()  # workers that have not read it yet
+    lights_arrive(pipe, staging)
+    [(_, _, _, retired)] = masters(pipe, "flat")
+    assert retired is not None and retired.startswith(MASTER_LOST) and "SHA-256" in retired
+    assert all(f.tries == 0 and f.state == FrameState.WAITING for f in lights(pipe))
+    assert flats_used(pipe) == set()  # none calibrated with it
+
+    pipe.tick(final=True)
+    old, new = masters(pipe, "flat")
+    assert (new[1], new[3]) == (2, None)
+    assert np.array_equal(read_product(new[2])[1], good, equal_nan=True)  # the same pixels, from the raws
+    assert flats_used(pipe) == {new[0]} and flat_id == old[0]
+    assert all(f.tries == 0 and f.state in (FrameState.CALIBRATED, FrameState.STACKED) for f in lights(pipe))
+
+
+def test_a_master_is_hashed_once_per_worker_as_it_is_read_into_its_cache(pipe, monkeypatch):
+    pipe, staging = pipe
+    from ccdwatch.fitsio import product
+    from ccdwatch.jobs import tasks
+
+    hashed: list[str] = []
+    real = product._check
+    monkeypatch.setattr(product, "_check", lambda fd, path, sha: (hashed.append(path), real(fd, path, sha)))
+    tasks._MASTERS.clear()
+    lights_arrive(pipe, staging)  # three lights, one worker (in this process): each master read once
+    assert sorted(Path(p).name.split("_")[0] for p in hashed) == ["bias", "dark", "flat"]
+    assert len(flats_used(pipe)) == 1

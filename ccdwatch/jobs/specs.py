@@ -126,6 +126,9 @@ class MasterSpec:
     """Inputs left after rejection below which no master is built."""
     flat_floor: float = 0.0
     """A flat's ``masters.flat_min_response``: master pixels below it (relative) are NaN."""
+    checksums: dict[str, str] = field(default_factory=dict)
+    """Path -> catalogued SHA-256 of the masters it is built on, checked as they are read
+    (`ccdwatch.jobs.tasks.load_master`)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,8 @@ class CalibrateSpec:
     compression: Compression | None = None  # [products] compress
     noise: NoiseSpec | None = None  # gain and read noise: units, the UNCERT plane, cosmic rays
     sync: bool = True  # False: the product is not waited on to reach the disk (`ccdwatch.pipeline.durability`)
+    checksums: dict[str, str] = field(default_factory=dict)
+    """Path -> catalogued SHA-256 of its masters, checked as they are read (`ccdwatch.jobs.tasks.load_master`)."""
 
 
 @dataclass(frozen=True)

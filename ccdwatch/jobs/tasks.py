@@ -148,15 +148,19 @@ def _check_room(path: str) -> None:
 _MASTERS: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
 
-def load_master(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+def load_master(path: str, sha256: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """A master image (and its hot-pixel map), cached in the worker: the lights of a night all
     use the same three. See :func:`use_masters` and :func:`release_masters` for how long.
 
-    Raises :class:`ProductGone` when its file is gone: the master's fault, not the job's."""
+    ``sha256``: its catalogue row's, checked as it is read into the cache (once per master and
+    worker: ~1 ms per MB, 16 ms for a 2k master). Raises :class:`ProductGone` when its file is
+    gone or is not that: the master's fault, not the job's."""
     if path in _MASTERS:
         return _MASTERS[path]
     try:
-        hdus = read_product_hdus(path)
+        hdus = read_product_hdus(path, sha256=sha256)
+    except ProductGone:
+        raise
     except FileNotFoundError:
         raise ProductGone(path, f"{path} is missing") from None
     data = np.asarray(hdus[0].data, dtype=np.float32)
@@ -189,8 +193,9 @@ def build_master(spec: MasterSpec) -> MasterResult:
     write the master."""
     faults.point("master-build", spec.out_path)
     use_masters(spec.bias_path, spec.dark_path)
-    masters = {"dark": load_master(spec.dark_path)[0] if spec.dark_path else None,  # the larger read first
-               "bias": load_master(spec.bias_path)[0] if spec.bias_path else None}
+    sums = spec.checksums
+    masters = {"dark": load_master(spec.dark_path, sums.get(spec.dark_path))[0] if spec.dark_path else None,
+               "bias": load_master(spec.bias_path, sums.get(spec.bias_path))[0] if spec.bias_path else None}
 
     levels: list[float | None] = [None] * len(spec.frames)
     rejected: dict[int, str] = {}  # input index -> why it is left out (a flat's level)
@@ -397,9 +402,10 @@ def calibrate_light(spec: CalibrateSpec) -> CalibrateResult:
     use_masters(spec.bias_path, spec.dark_path, spec.flat_path)
     # the masters first, the dark (two images) first of them: reading a product holds three times
     # its size for a moment, best done while little else is held
-    dark, hot = load_master(spec.dark_path) if spec.dark_path else (None, None)
-    bias = load_master(spec.bias_path)[0] if spec.bias_path else None
-    flat = load_master(spec.flat_path)[0] if spec.flat_path else None
+    sums = spec.checksums
+    dark, hot = load_master(spec.dark_path, sums.get(spec.dark_path)) if spec.dark_path else (None, None)
+    bias = load_master(spec.bias_path, sums.get(spec.bias_path))[0] if spec.bias_path else None
+    flat = load_master(spec.flat_path, sums.get(spec.flat_path))[0] if spec.flat_path else None
     # the light's last read tonight: its cached pages go (once its flats are in, a light is not read
     # again; the product written next takes the pages they free)
     raw = load_raw(spec.raw_paths, spec.raw_sha256, max_data_bytes=spec.max_data_bytes,

@@ -299,6 +299,7 @@ def plan_calibration(ctx: Context, s: Session, masters: Masters, frame_id: int, 
         compression=ctx.compression,
         noise=NoiseSpec(**vars(_detector(ctx, frame, sel.flat)), plane=cal.uncertainty),
         sync=ctx.unsynced is None,
+        checksums={m.path: m.sha256 for m in (sel.bias, sel.dark, sel.flat) if m is not None},
     )
     bias_id, dark_id, flat_id = sel.ids
     return CalibrationPlan(spec=spec, bias_id=bias_id, dark_id=dark_id, flat_id=flat_id,

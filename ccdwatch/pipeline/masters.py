@@ -238,6 +238,7 @@ def plan_master(ctx: Context, key: CalibKey, night: str, *, final: bool = False,
             flat_limits=specs.FlatLimits(m.flat_max_level, m.flat_max_saturated, m.flat_min_signal)
             if kind == "flat" else None,
             min_frames=m.min_frames[kind], flat_floor=m.flat_min_response if kind == "flat" else 0.0,
+            checksums={c.path: c.sha256 for c in (bias, dark) if c is not None},
         )
         return MasterPlan(
             key=key, night=night, spec=spec, inputs=inputs, out=out, version=version, method=method,
