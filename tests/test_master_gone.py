@@ -23,7 +23,7 @@ from sqlalchemy import select
 from ccdwatch import synth
 from ccdwatch.catalog import Catalog
 from ccdwatch.fitsio import ProductGone, read_product
-from ccdwatch.models import MASTER_LOST, Calibrated, Frame, FrameState, Master
+from ccdwatch.models import MASTER_LOST, Calibrated, Frame, FrameState, Master, Stack
 from ccdwatch.pipeline import Pipeline
 
 from .helpers import make_config
@@ -140,19 +140,17 @@ def test_a_bias_deleted_before_a_master_built_on_it_charges_nobody(pipe, monkeyp
     real = tasks.build_master
 
     def delete_then_build(spec):
-        if spec.bias_path:
+        if spec.bias_path == bias_path:
             Path(spec.bias_path).unlink(missing_ok=True)
             tasks._MASTERS.clear()  # a worker that has not read it yet
         return real(spec)
 
     monkeypatch.setattr(tasks, "build_master", delete_then_build)
-    pipe.tick(final=True)
-    monkeypatch.setattr(tasks, "build_master", real)
+    pipe.tick(final=True)  # the bias is made again in the same tick, and the dark on it
     with pipe.catalog.reader() as s:
         assert all(f.tries == 0 for f in s.scalars(select(Frame))), "nobody is charged"
-    assert masters(pipe, "bias")[0][3].startswith(MASTER_LOST)
-    pipe.tick(final=True)
     biases = masters(pipe, "bias")
+    assert biases[0][3].startswith(MASTER_LOST)
     assert [(v, r) for _, v, _, r in biases][1:] == [(2, None)]
     with pipe.catalog.reader() as s:
         dark = s.scalars(select(Master).where(Master.kind == "dark", Master.retired.is_(None))).one()
@@ -223,3 +221,24 @@ def test_a_master_is_hashed_once_per_worker_as_it_is_read_into_its_cache(pipe, m
     lights_arrive(pipe, staging)  # three lights, one worker (in this process): each master read once
     assert sorted(Path(p).name.split("_")[0] for p in hashed) == ["bias", "dark", "flat"]
     assert len(flats_used(pipe)) == 1
+
+
+def test_watch_once_ends_with_a_changed_master_made_again_and_its_lights_calibrated(pipe):
+    """`watch --once` calibrates its lights in its one last tick (`Pipeline.finish`): a master that
+    tick finds changed is made again, and the lights calibrated with it, before it ends."""
+    pipe, staging = pipe
+    from ccdwatch.jobs import tasks
+
+    [(_, _, flat_path, _)] = masters(pipe, "flat")
+    flip_a_bit(flat_path)
+    tasks._MASTERS.clear()
+    for p in sorted(staging.glob("M51*.fits")):
+        shutil.copy2(p, pipe.cfg.paths.incoming / p.name)
+        pipe.handle(pipe.cfg.paths.incoming / p.name, final=True)  # as `watch --once` does: planned at the end
+    pipe.finish()
+    old, new = masters(pipe, "flat")
+    assert old[3] is not None and (new[1], new[3]) == (2, None)
+    assert flats_used(pipe) == {new[0]}
+    assert all(f.tries == 0 and f.state in (FrameState.CALIBRATED, FrameState.STACKED) for f in lights(pipe))
+    with pipe.catalog.reader() as s:
+        assert s.scalars(select(Stack).where(Stack.current)).all(), "and stacked"

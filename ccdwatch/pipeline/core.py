@@ -167,26 +167,36 @@ class Pipeline:
         return outcomes
 
     def tick(self, *, final: bool = False) -> None:
-        """Masters, then calibration (with what the new masters serve), then stacks and reports."""
+        """Masters, then calibration (with what the new masters serve), then stacks and reports.
+        A master a job found gone or changed (retired: `ccdwatch.pipeline.gone`) is made again,
+        and its lights calibrated, in the same tick: ``watch --once`` ends with them done."""
         if not self.maybe_resume():
             return
         with self._pause_on_full_catalogue():
-            built, early = self.build_masters(final=final)
-            if self.paused is None:
-                lights, full = self.waiting.due(built, final=final)
-                if early is not None:  # planned once a tick: what failed is tried at the next one
-                    covered = early.covered
-                    lights = [i for i in lights if i not in covered]
-                    self.waiting.planned(early.failed, [])
-                if lights:
-                    self.calibrate(lights, final=final)
-                if (full or lights) and self.paused is None:
-                    self.waiting.settled()
+            lost = self.runner.lost_masters
+            self._masters_and_lights(final=final)
+            if self.runner.lost_masters != lost and self.paused is None:
+                self._masters_and_lights(final=final)  # masters found gone or changed: made again now, once
             if self.paused is None:
                 due, self.next_group_close = stacking.due_and_next_close(self.ctx, final=final)
                 self.stack(due)
             if self.ctx.unsynced is not None and not final:
                 self.ctx.unsynced.maybe_settle(self.catalog)  # the live daemon, between jobs
+
+    def _masters_and_lights(self, *, final: bool) -> None:
+        """A tick's masters, then its lights (those the new masters serve, those that wait)."""
+        built, early = self.build_masters(final=final)
+        if self.paused is not None:
+            return
+        lights, full = self.waiting.due(built, final=final)
+        if early is not None:  # planned once a tick: what failed is tried at the next one
+            covered = early.covered
+            lights = [i for i in lights if i not in covered]
+            self.waiting.planned(early.failed, [])
+        if lights:
+            self.calibrate(lights, final=final)
+        if (full or lights) and self.paused is None:
+            self.waiting.settled()
 
     @contextmanager
     def _pause_on_full_catalogue(self) -> Iterator[None]:

@@ -89,6 +89,7 @@ class Runner:
         self._paused_at = 0.0
         self._resume_check: Callable[[], bool] | None = None
         self._refused: dict[str, str] = {}  # subject -> the refusal last logged for it
+        self.lost_masters = 0  # masters retired because a job found their file gone or changed
 
     # ------------------------------------------------------------------ running
     def run(self, job: Callable[[Any], Any], plans: Sequence[P], commit: Callable[[P, Any], R], *,
@@ -256,6 +257,7 @@ class Runner:
         """A master the job reads is gone or changed: it is retired (`gone.product_gone`) and made
         again; the frames the job would charge wait for it, told why, not charged."""
         if gone.product_gone(self.ctx, exc.path, exc.detail):
+            self.lost_masters += 1
             message = f"{plan.subject}: {exc.detail}: the master is retired and made again"
         else:  # retired meanwhile (another job of the pass), or not a master
             message = f"{plan.subject}: {exc.detail}"
