@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _modules_after(code: str) -> dict:
@@ -160,22 +161,26 @@ def test_a_once_over_frames_already_catalogued_does_not_start_the_fork_server(tm
     assert script.start_workers_early(argv)
     assert started == [True, True]
 
-def test_a_stop_while_the_daemon_starts_leaves_nothing_in_tmp(tmp_path):
+def test_a_stop_while_the_daemon_starts_leaves_nothing_in_tmp(tmp_path, request):
     """SIGTERM after the fork server has started and before the daemon's own handler is in place:
     exit 0 as a stop, through the exit handlers; the server's temporary directory goes with them
     (killed by the signal itself, the daemon left /tmp/pymp-*, its socket and ready file)."""
     import os
+    import shutil
     import signal
+    import tempfile
     import time
 
     import numpy as np
     from astropy.io import fits
 
-    incoming, tmp = tmp_path / "incoming", tmp_path / "tmp"
+    incoming = tmp_path / "incoming"
     incoming.mkdir()
-    tmp.mkdir()
+    # multiprocessing's directory: apart from other runs', and short (its socket's path must fit)
+    tmp = Path(tempfile.mkdtemp(prefix="ccdw-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     fits.PrimaryHDU(np.zeros((8, 8), np.int16)).writeto(incoming / "bias_001.fits")  # the server starts early
-    env = dict(os.environ, TMPDIR=str(tmp))  # multiprocessing's directory: here, apart from other runs'
+    env = dict(os.environ, TMPDIR=str(tmp))
     proc = subprocess.Popen([sys.executable, "-m", "ccdwatch", "watch", "--once", "--incoming", str(incoming),
                              "--products", str(tmp_path / "products"), "--db", str(tmp_path / "c.db")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -216,3 +221,26 @@ def test_a_once_whose_files_are_all_unchanged_never_starts_the_fork_server(tmp_p
         stats = Watcher(cfg, pipe, progress=False).run_once()
     assert (stats.ingested, stats.unchanged) == (0, 3)
     assert started == []
+
+
+def test_a_temporary_directory_too_long_for_a_socket_is_no_reason_to_die(tmp_path):
+    """TMPDIR longer than a socket's path allows (multiprocessing's fork server listens on a socket
+    inside it): the daemon died at start-up with "AF_UNIX path too long". It now works from /tmp,
+    and leaves nothing behind there or in TMPDIR."""
+    import os
+
+    from ccdwatch import synth
+    from ccdwatch.jobs.forkserver import SOCKET_DIR_MAX
+
+    incoming = tmp_path / "incoming"
+    synth.make_night(incoming, camera=synth.Camera(shape=(48, 64)), seed=3, n_bias=3, n_dark=0, n_flat=0,
+                     filters=("V",), n_light=0, n_stars=0)
+    long_tmp = tmp_path / ("t" * max(1, SOCKET_DIR_MAX + 5 - len(str(tmp_path))))
+    long_tmp.mkdir()
+    before = set(Path("/tmp").glob("pymp-*"))
+    out = subprocess.run([sys.executable, "-m", "ccdwatch", "watch", "--once", "--incoming", str(incoming),
+                          "--products", str(tmp_path / "products"), "--db", str(tmp_path / "c.db")],
+                         env=dict(os.environ, TMPDIR=str(long_tmp)), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 ingested" in out.stdout
+    assert not any(long_tmp.iterdir()) and set(Path("/tmp").glob("pymp-*")) <= before

@@ -88,6 +88,33 @@ def ready() -> bool:
     return _ready
 
 
+#: Longest temporary directory the fork server's socket fits under: a socket's path holds 107 bytes,
+#: and multiprocessing puts it at ``<temp dir>/pymp-XXXXXXXX/listener-XXXXXXXX``.
+SOCKET_DIR_MAX = 107 - len("/pymp-12345678/listener-12345678")
+
+
+def _short_temp_dir() -> None:
+    """Give multiprocessing a temporary directory its fork server's socket fits under when
+    TMPDIR is too long for one (Python 3.11 has no fallback: the daemon died at start-up with
+    "AF_UNIX path too long"): a ``pymp-*`` directory in /tmp (or /var/tmp), removed at exit as
+    its own would be."""
+    import tempfile
+    from multiprocessing import process, util
+
+    made = getattr(process.current_process(), "_config", {}).get("tempdir")  # util.get_temp_dir's own
+    if made is not None or len(tempfile.gettempdir()) <= SOCKET_DIR_MAX:
+        return
+    base = next((d for d in ("/tmp", "/var/tmp") if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)), None)
+    if base is None:
+        return
+    saved = tempfile.tempdir
+    tempfile.tempdir = base
+    try:
+        util.get_temp_dir()  # made, and removed at exit, by multiprocessing itself
+    finally:
+        tempfile.tempdir = saved
+
+
 def context() -> multiprocessing.context.BaseContext:
     """Fork server on POSIX (workers fork from a warm, single-threaded server), spawn elsewhere.
 
@@ -100,6 +127,7 @@ def context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
     if os.name == "posix":
         ctx.set_forkserver_preload(PRELOAD)
+        _short_temp_dir()
         if _ready_file is None:
             from multiprocessing import util
 
