@@ -29,7 +29,7 @@ from ccdwatch.align import AlignmentError, Transform, find_transform, warp
 from ccdwatch.photscale import FluxScale, ScaledRows, flux_scale
 from ccdwatch.qa import Sources
 from ccdwatch.scratch import ScratchArrays
-from ccdwatch.stripwarp import LEVEL_STEP, MappedFrame, WarpedRows, frame_levels, strip_rows
+from ccdwatch.stripwarp import LEVEL_STEP, READ_BYTES_PER_PIXEL, MappedFrame, WarpedRows, frame_levels, strip_rows
 
 if TYPE_CHECKING:  # at run time through `__getattr__`
     from ccdwatch.previews import preview_stretch
@@ -224,9 +224,17 @@ def _stack_in_strips(ids: Sequence[int], mapped: Mapping[int, MappedFrame], sour
     logger.info("stacking %d of %d frames onto %s (%s, warped strip by strip)", len(group.frames[0]), len(ids),
                 reference, method)
     ny, nx = mapped[reference].shape
+    rows = strip_rows(len(group.transforms), nx, ny)
+    # each thread warps a strip from the input rows it samples: of a frame turned against the
+    # reference, up to all its rows; threads side by side only while those fit half the budget
+    warped: list[WarpedRows] = group.frames[0]  # type: ignore[assignment]  # `_strip_group`'s
+    reach = READ_BYTES_PER_PIXEL * max(f.input_pixels(rows) for f in warped)
+    if threads > 1 and threads * reach > memory_budget // 2:
+        threads = max(1, (memory_budget // 2) // reach)
+        logger.info("frames turned against the reference: a strip reads up to %d MB of a frame, %d thread(s)",
+                    reach >> 20, threads)
     combined = _combine_group(group, method=method, sigma=sigma, memory_budget=memory_budget, threads=threads,
-                              weights=weights, exposures=exposures, fwhm=fwhm,
-                              rows=strip_rows(len(group.transforms), nx, ny), fanout=fanout)[0]
+                              weights=weights, exposures=exposures, fwhm=fwhm, rows=rows, fanout=fanout)[0]
     assert combined.covered is not None  # counted for strips (``rows``)
     return StackResult(image=combined.image, count=combined.covered, used=combined.used, transforms=group.transforms,
                        failed=group.failed, reference=reference, offsets=group.offsets, sigma=combined.sigma,

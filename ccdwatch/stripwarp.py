@@ -14,6 +14,13 @@ kernel (Lanczos: 4 px) and the missing-pixel fill around them (`ccdwatch.resampl
 is the same as the rows of the whole frame's warp, up to the rounding of the shifted matrix
 (OpenCV quantises sample positions to 1/32 px). The strip height depends only on the group's
 geometry (`strip_rows`), never on threads or budget: the same group stacks to the same bytes.
+
+A frame turned against the reference (field rotation, a re-framing after a meridian flip, a
+rotator moved) samples more rows than the strip for every strip: ``nx * sin(angle)`` more, all
+of them at 90 degrees. Those rows are read for the strip and let go with it like any other, and
+their missing-pixel map is not kept for the variance strip (found again from the rows): what a
+strip holds is at most one frame's rows per thread, never the group's frames (a 200-frame group
+of 6k frames turned 0.5 degree once kept 38 GB of whole frames until the stack ended).
 Pure numerics.
 """
 
@@ -32,13 +39,18 @@ from ccdwatch.align import Transform
 from ccdwatch.resample import Holes, warp_with_holes
 from ccdwatch.scratch import release_pages
 
-__all__ = ["LEVEL_STEP", "MARGIN", "MappedFrame", "WarpedRows", "frame_level", "frame_levels", "strip_rows"]
+__all__ = ["LEVEL_STEP", "MARGIN", "READ_BYTES_PER_PIXEL", "MappedFrame", "WarpedRows", "frame_level", "frame_levels",
+           "strip_rows"]
 
 #: Input rows read beyond those a strip's samples fall on: Lanczos reaches 4 px, and a missing
 #: pixel's fill (`ccdwatch.resample._filled`) averages its 5x5 neighbours.
 MARGIN = 8
 #: A strip stack of all frames (float32) is about this large, between 16 and 128 rows.
 _STRIP_BYTES = 32 << 20
+#: Bytes a thread holds per input pixel of the strip it warps (`WarpedRows`): the rows as float32,
+#: their missing-pixel map and a test's temporary (measured 6.0 with hot pixels; the same figure
+#: as `ccdwatch.jobs.memory.TURNED_PER_PIXEL`, which cannot import this module).
+READ_BYTES_PER_PIXEL = 6
 #: A frame's sky level and typical variance are measured on every ``LEVEL_STEP``-th pixel of every
 #: ``LEVEL_STEP``-th row: 262,144 pixels of a 2k frame set a median to ~0.003 sigma, and a stack
 #: reads (and faults in) only a quarter of each product's pages for them.
@@ -77,14 +89,19 @@ class MappedFrame:
 
     def missing_rows(self, r0: int, r1: int, step: int = 1) -> np.ndarray:
         """Where image rows ``r0:r1`` (every ``step``-th) are NaN, as `rows` gives them: remembered
-        from this thread's last `rows` when it read the same rows, else read."""
+        from this thread's last `rows` when it read the same rows, else read (NaN in the image or
+        bad, without a float32 copy of the rows: a turned frame's strip reads up to all of them)."""
         last = self._missing.pop(threading.get_ident(), None)
         if last is not None and last[:3] == (r0, r1, step):
             return last[3]
-        return np.isnan(self.rows(r0, r1, step))
+        missing = np.isnan(self.image[r0:r1:step, ::step])
+        if self.bad is not None:
+            missing |= np.asarray(self.bad[r0:r1:step, ::step]) != 0
+        self.release(r0, r1, self.image, self.bad)
+        return missing
 
-    def strip_rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """`rows` ``r0:r1`` (remembered as for a strip) for a warp told where they are missing:
+    def strip_rows(self, r0: int, r1: int, *, remember: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """`rows` ``r0:r1`` (``remember``: as for a strip) for a warp told where they are missing:
         the rows as a new float32 array with their bad pixels as they are, and where those are
         (bool); or, when a value in the rows is not finite, `rows`' block (NaN on bad pixels) and
         None (the warp finds them). Saves setting NaN on bad pixels for the warp to find again."""
@@ -96,7 +113,7 @@ class MappedFrame:
         else:
             missing = (np.asarray(self.bad[r0:r1]) != 0) if self.bad is not None else np.zeros(block.shape, bool)
         self.release(r0, r1, self.image, self.bad)
-        if self.uncert is not None:  # `rows`' NaN map: the bad pixels when every value is finite
+        if remember and self.uncert is not None:  # `rows`' NaN map: the bad pixels when every value is finite
             self._missing[threading.get_ident()] = (r0, r1, 1, np.isnan(block) if missing is None else missing)
         return block, missing
 
@@ -198,8 +215,6 @@ class WarpedRows:
         self.order = 1 if variance else order
         self.offset = np.float32(offset) if math.isfinite(offset) and offset != 0.0 else None
         self.variance = variance
-        self._whole: np.ndarray | None = None  # the frame read once, when strips need most of it
-        self._lock = threading.Lock()
 
     def __getitem__(self, key: slice | int) -> np.ndarray:
         if isinstance(key, slice):
@@ -218,31 +233,24 @@ class WarpedRows:
         ny_in = self.frame.shape[0]
         return max(0, math.floor(min(ys)) - MARGIN), min(ny_in, math.ceil(max(ys)) + MARGIN + 1)
 
-    def _read(self, r0: int, r1: int) -> np.ndarray:
-        """Input rows ``r0:r1`` of the whole frame as float32: the image (NaN on bad pixels) or its variance."""
-        var = self.frame.rows(r0, r1) if not self.variance else self.frame.variance_rows(r0, r1)
-        if var is None:
-            raise ValueError("the frame has no UNCERT plane to warp")
-        return var
+    def input_pixels(self, rows: int) -> int:
+        """Input pixels that a strip of ``rows`` output rows reads at most (`_input_rows` before it is
+        clipped to the frame: the rows a turn spans across the grid's width too), up to the frame's."""
+        inv = self.inverse
+        reach = abs(inv[1, 0]) * (self.shape[1] - 1.0) + abs(inv[1, 1]) * (rows - 1.0)
+        ny, nx = self.frame.shape
+        return min(ny, math.ceil(reach) + 2 * MARGIN + 2) * nx
 
-    def _read_strip(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _read_strip(self, r0: int, r1: int, *, remember: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Input rows ``r0:r1`` of one strip as a new float32 array, and where they are missing
         (`MappedFrame.strip_rows`, `MappedFrame.strip_variance`; after this thread read the
-        image's rows, as a rule, for the variance)."""
+        image's rows, as a rule, for the variance, which the image's read ``remember``s)."""
         if not self.variance:
-            return self.frame.strip_rows(r0, r1)
+            return self.frame.strip_rows(r0, r1, remember=remember)
         read = self.frame.strip_variance(r0, r1)
         if read is None:
             raise ValueError("the frame has no UNCERT plane to warp")
         return read
-
-    def _read_whole(self) -> np.ndarray:
-        """The whole frame as `_read` gives it, read on first use and kept: a frame turned by a
-        large angle against the reference samples most of its rows for every strip."""
-        with self._lock:
-            if self._whole is None:
-                self._whole = self._read(0, self.frame.shape[0])
-            return self._whole
 
     def read_into(self, rows: slice, out: np.ndarray) -> np.ndarray:
         """``self[rows]`` written into ``out`` (float32, C-contiguous, the rows' shape): a
@@ -261,8 +269,11 @@ class WarpedRows:
                 return np.full(out_shape, np.nan, dtype=np.float32)
             out.fill(np.nan)
             return out
-        turned = r1 - r0 > 2 * (y1 - y0) + 4 * MARGIN  # against the reference: read the frame once
-        block, missing = (self._read_whole()[r0:r1], None) if turned else self._read_strip(r0, r1)
+        # a frame turned against the reference reads more rows than the strip, every strip: their
+        # maps are not kept for the variance strip (all frames' maps of a strip would be kept until
+        # the combination reads the variances, up to a frame's pixels each), which finds them again
+        turned = r1 - r0 > 2 * (y1 - y0) + 4 * MARGIN
+        block, missing = self._read_strip(r0, r1, remember=not turned)
         # the same warp on the block: output row y - y0 samples block row (frame row - r0)
         shift_out = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
         shift_in = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])
@@ -273,8 +284,8 @@ class WarpedRows:
         known = self.frame._holes.pop(tid, None) if self.variance else None
         out, holes = warp_with_holes(block, local, output_shape=out_shape, order=self.order, method=self.method,
                                      holes=known[1] if known is not None and known[0] == strip else None,
-                                     missing=missing, overwrite=not turned, out=out)
-        if not self.variance and holes is not None and self.frame.uncert is not None:
+                                     missing=missing, overwrite=True, out=out)
+        if not self.variance and not turned and holes is not None and self.frame.uncert is not None:
             self.frame._holes[tid] = (strip, holes)
         if self.offset is not None:
             out -= self.offset

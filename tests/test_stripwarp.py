@@ -49,7 +49,8 @@ def test_strips_are_the_whole_frames_warp(method: str, height: int) -> None:
     whole = warp(frame.rows(0, SHAPE[0]), t, output_shape=SHAPE, method=method)
     rows = stripwarp.WarpedRows(frame, t, SHAPE, method=method)
     strips = _in_strips(rows, height)
-    assert rows._whole is None  # a dithered frame: each strip reads only the rows it samples
+    r0, r1 = rows._input_rows(100, 100 + height)  # a dithered frame: a strip reads about its own rows
+    assert r1 - r0 < height + 2 * stripwarp.MARGIN + 5
     assert np.array_equal(np.isnan(strips), np.isnan(whole))
     assert np.isnan(whole).sum() > 250  # bad pixels (their footprints) and the dither's edge
     assert np.nanmax(np.abs(strips - whole)) < 1e-3 * NOISE
@@ -161,18 +162,30 @@ def test_product_planes_mapped_as_stored(tmp_path: Path) -> None:
     assert map_product_planes(packed, ("BADPIX", "UNCERT")) is None
 
 
-def test_a_frame_turned_against_the_reference_is_read_once() -> None:
-    """A frame turned by 90 degrees samples most of its rows for every strip: it is read once
-    and kept, and its strips are still the whole frame's warp."""
+def test_a_frame_turned_against_the_reference_keeps_nothing_between_strips() -> None:
+    """A frame turned by 90 degrees samples all its rows for every strip: each strip reads them
+    and lets them go (no whole frame kept, no missing-pixel map left for the variance strip,
+    which finds its own), and its strips, image and variance, are still the whole frame's warp."""
     frame = _frame(6)
     square = (SHAPE[1], SHAPE[1])  # 260 x 260: the turned frame covers the grid
     t = _similarity(90.0, SHAPE[1] - 1.0, 0.0)
     whole = warp(frame.rows(0, SHAPE[0]), t, output_shape=square, method="bicubic")
+    var = frame.variance_rows(0, SHAPE[0])
+    assert var is not None
+    whole_var = warp(var, t, output_shape=square, order=1)
     rows = stripwarp.WarpedRows(frame, t, square)
-    strips = np.concatenate([rows[y : y + 20] for y in range(0, square[0], 20)])
-    assert rows._whole is not None  # read once, kept
-    assert np.array_equal(np.isnan(strips), np.isnan(whole))
-    assert np.nanmax(np.abs(strips - whole)) < 1e-3 * NOISE
+    variance = stripwarp.WarpedRows(frame, t, square, variance=True)
+    assert rows._input_rows(0, 20) == (0, SHAPE[1] + stripwarp.MARGIN)  # all the rows the grid sees, for 20
+    strips, var_strips = [], []
+    for y in range(0, square[0], 20):
+        strips.append(rows[y : y + 20])
+        assert not frame._missing and not frame._holes  # nothing of the frame's size waits
+        var_strips.append(variance[y : y + 20])
+    assert not hasattr(rows, "_whole") and vars(rows).keys() == vars(variance).keys()
+    for got, expected, tolerance in ((np.concatenate(strips), whole, 1e-3 * NOISE),
+                                     (np.concatenate(var_strips), whole_var, 1e-4 * np.nanmax(whole_var))):
+        assert np.array_equal(np.isnan(got), np.isnan(expected))
+        assert np.nanmax(np.abs(got - expected)) < tolerance
 
 
 def test_variance_rows_reuse_the_image_rows_just_read_and_only_those() -> None:

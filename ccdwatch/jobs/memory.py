@@ -49,6 +49,13 @@ QA_PER_PIXEL = 12
 #: copy (4), the warped frame (4) and the footprint masks (3) (measured 11.5 at 61 Mpix).
 WARP_PER_PIXEL = 12
 
+#: A stack strip of a frame turned against the reference (`ccdwatch.stripwarp`) is warped from every
+#: input row it samples (all of them at 90 degrees), read for the strip and let go after it: bytes
+#: per pixel of those rows, in each thread, the rows as float32 (4), their missing-pixel map (1) and
+#: a temporary (1) (measured 6.0 with hot pixels; `stripwarp.READ_BYTES_PER_PIXEL`). A stack runs
+#: threads side by side on such strips only while their rows fit half its budget, else one.
+TURNED_PER_PIXEL = 6
+
 
 @dataclass(frozen=True)
 class FrameSize:
@@ -185,8 +192,9 @@ def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "
     the images and variances when all fit an eighth of ``budget``; aligning one frame at a time, or
     several side by side when they fit (the frame and its variance read, then warped, beside the
     coverage map; the warped frames and variances in RAM when all fit half of ``budget``, else
-    memory-mapped); combining (the stack, its uncertainty, exposure map and counts); writing
-    (astropy's big-endian copies) with the preview drawn beside.
+    memory-mapped); combining (the stack, its uncertainty, exposure map and counts; each thread
+    warping a strip from up to a whole frame's rows when the frames are turned against the
+    reference, `TURNED_PER_PIXEL`); writing (astropy's big-endian copies) with the preview drawn beside.
     """
     p = size.pixels
     images = 2 * n * size.f32 if 2 * n * size.f32 <= budget // 8 else 0
@@ -201,7 +209,9 @@ def stack(size: FrameSize, *, n: int, threads: int, budget: int, method: str = "
         in_flight = 1
     align = held + (in_flight + (in_flight > 1)) * (2 * size.f32 + WARP_PER_PIXEL * p)
     strips = combine_peak(size, 2 * n, method=method, threads=threads, budget=budget)  # frames and variances
-    combine = warped + 2 * p + 3 * size.f32 + 2 * p + strips
+    # a turned frame's rows for a strip, per thread; threads side by side while they fit half the budget
+    turned = TURNED_PER_PIXEL * p * min(max(1, threads), max(1, (budget // 2) // (TURNED_PER_PIXEL * p)))
+    combine = warped + 2 * p + 3 * size.f32 + 2 * p + strips + turned
     # written (image, UNCERT, EXPMAP, a big-endian copy) while the preview is drawn beside it
     write = 4 * size.f32 + 4 * p + preview_beside(size)
     return max(read, align, combine, write) + SLACK
