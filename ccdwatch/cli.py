@@ -24,9 +24,10 @@ from ccdwatch.catalog import (
     SchemaError,
     backup_sqlite,
     current_revision,
-    frame_by_path_or_id,
+    frames_by_path_or_id,
     head_revision,
     integrity,
+    known_revision,
     last_ingest,
     make_engine,
     publish_snapshot,
@@ -63,6 +64,24 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
 # ---------------------------------------------------------------------- commands
 def _catalog(cfg: Config, *, writer: bool = False) -> Catalog:
     return Catalog(cfg.paths.database, writer=writer, create=writer)
+
+
+#: Commands that read the catalogue of ``--site``: a site it does not know is said on stderr beside
+#: the empty answer ('(no rows)'), and the report says it instead of "the catalogue holds no frames".
+_SITE_QUERIES = ("frames", "masters", "stacks", "nights", "report", "status")
+
+
+def _unknown_site(cfg: Config, args: argparse.Namespace) -> str | None:
+    """Why ``--site`` names no site of the catalogue (with the sites it has), or None."""
+    if not getattr(args, "site", None):
+        return None
+    from sqlalchemy import select
+
+    with _catalog(cfg) as cat, cat.reader() as s:
+        sites = sorted(x for x in s.scalars(select(Frame.site).distinct()) if x)
+    if not sites or args.site in sites:
+        return None
+    return f"no frames of site {args.site!r}; this catalogue's sites: {', '.join(sites)}"
 
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
@@ -121,10 +140,25 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
 
 
 
+def _utc_time(text: str) -> datetime:
+    """``--since``: an ISO date or date and time (UTC unless an offset is given), naive UTC."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time; e.g. 2024-03-10 or "
+                                         "2024-03-10T22:00 (UTC) or 2024-03-10T22:00+02:00") from None
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo is not None else when
+
+
+def _positive(text: str) -> int:
+    """``--limit``: a whole number of rows, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows (1 or more)")
+    return int(text)
+
+
 def cmd_frames(cfg: Config, args: argparse.Namespace) -> int:
-    since = datetime.fromisoformat(args.since) if args.since else None
-    if since is not None and since.tzinfo is not None:
-        since = since.astimezone(UTC).replace(tzinfo=None)
+    since = args.since
     with _catalog(cfg) as cat, cat.reader() as s:
         frames = query_frames(s, night=args.night, imagetyp=args.type, filter=args.filter, object=args.object,
                               state=args.state, since=since, limit=args.limit, site=args.site)
@@ -193,11 +227,17 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
         if isinstance(product, Stack):
             print(json.dumps(stack_record(product), indent=2, default=str))
             return 0
-        frame = frame_by_path_or_id(s, ref) if product is None else s.get(Frame, product.frame_id)
-        if frame is None:
+        by_product = s.get(Frame, product.frame_id) if product is not None else None
+        frames = frames_by_path_or_id(s, ref) if product is None else [by_product] if by_product else []
+        if len(frames) > 1:
+            rows = "\n".join(f"  {f.id:>6}  {f.night or '-'}  {f.path}" for f in frames)
+            print(f"{ref!r} matches {len(frames)}{'+' if len(frames) == 20 else ''} frames; give the id or more of "
+                  f"the path:\n{rows}", file=sys.stderr)
+            return 1
+        if not frames:
             print(f"no frame, master or stack matches {ref!r}", file=sys.stderr)
             return 1
-        _show_frame(s, frame)
+        _show_frame(s, frames[0])
     return 0
 
 
@@ -341,11 +381,13 @@ def cmd_db(cfg: Config, args: argparse.Namespace) -> int:
         try:
             rev = current_revision(engine)
             head = head_revision()
+            advice = "" if rev == head else (" - run `ccdwatch db upgrade`" if known_revision(engine, rev) else
+                                             " - made by another program or a newer ccdwatch: use that one")
             ok = integrity(engine)
         finally:
             engine.dispose()
         print(f"catalogue: {database_url(db)}")
-        print(f"revision: {rev} (head {head}){'' if rev == head else ' - run `ccdwatch db upgrade`'}")
+        print(f"revision: {rev} (head {head}){advice}")
         print(f"integrity: {ok}")
         return 0 if rev == head and ok in ("ok", "n/a") else 1
     if args.db_command in ("backup", "snapshot"):
@@ -432,9 +474,9 @@ def _listing_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--filter")
     f.add_argument("--object")
     f.add_argument("--state", choices=[str(state) for state in FrameState])
-    f.add_argument("--since",
+    f.add_argument("--since", type=_utc_time,
                    help="only frames observed at or after this ISO date/time (UTC unless an offset is given)")
-    f.add_argument("--limit", type=int)
+    f.add_argument("--limit", type=_positive)
     fmt(f)
     f.set_defaults(func=cmd_frames)
 
@@ -563,6 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config).with_overrides(incoming=args.incoming, products=args.products,
                                                       database=args.db, scheduler=args.scheduler, site=args.site)
+        unknown = _unknown_site(cfg, args) if args.command in _SITE_QUERIES else None
+        if unknown is not None:  # said, not refused (a script's empty answer stays one), but no report to write
+            print(f"ccdwatch: {unknown}", file=sys.stderr)
+            if args.command == "report":
+                return 1
         return args.func(cfg, args)
     except ConfigError as exc:
         print(f"ccdwatch: configuration error: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ from ccdwatch.catalog.db import (
     head_revision,
     integrity,
     is_sqlite,
+    known_revision,
     log_event,
     make_engine,
     migrations_dir,
@@ -33,6 +34,7 @@ from ccdwatch.catalog.db import (
 )
 from ccdwatch.catalog.queries import (
     frame_by_path_or_id,
+    frames_by_path_or_id,
     last_ingest,
     query_frames,
     state_counts,
@@ -51,8 +53,10 @@ __all__ = [
     "current_revision",
     "engine_url",
     "frame_by_path_or_id",
+    "frames_by_path_or_id",
     "head_revision",
     "integrity",
+    "known_revision",
     "is_sqlite",
     "last_ingest",
     "log_event",

@@ -303,19 +303,26 @@ def check_schema(engine: Engine, *, create: bool = True) -> str:
     rev = current_revision(engine)
     if rev == head:
         return head
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
-    known = {r.revision for r in script.walk_revisions()}
-    if rev is None or rev not in known:
-        raise SchemaError(
-            f"the catalogue at {engine.url} has schema revision {rev!r}, which this ccdwatch "
-            f"(head {head}) does not know; it was made by another program or a newer ccdwatch"
-        )
+    if not known_revision(engine, rev):
+        raise SchemaError(unknown_revision_message(engine, rev))
     raise SchemaError(
         f"the catalogue at {engine.url} is at schema revision {rev}, behind this ccdwatch's {head}; "
         f"run `ccdwatch db upgrade --db {engine.url}` (it backs the file up first)"
     )
+
+
+def known_revision(engine: Engine, rev: str | None) -> bool:
+    """Is ``rev`` a schema revision this ccdwatch's migrations know (at or behind its head)?"""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
+    return rev is not None and rev in {r.revision for r in script.walk_revisions()}
+
+
+def unknown_revision_message(engine: Engine, rev: str | None) -> str:
+    return (f"the catalogue at {engine.url} has schema revision {rev!r}, which this ccdwatch "
+            f"(head {head_revision()}) does not know; it was made by another program or a newer ccdwatch: "
+            "use that ccdwatch (or upgrade this one), never downgrade the catalogue")
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -435,6 +442,8 @@ def upgrade(database: str) -> tuple[str | None, str, Path | None]:
     try:
         old = current_revision(engine) if _has_tables(engine) else None
         head = head_revision()
+        if old is not None and not known_revision(engine, old):
+            raise SchemaError(unknown_revision_message(engine, old))
         backup = None
         path = sqlite_path(str(engine.url))
         if path is not None and path.exists() and old != head:

@@ -51,15 +51,25 @@ def last_ingest(session: Session, *, site: str | None = None) -> datetime | None
 
 def frame_by_path_or_id(session: Session, ref: str) -> Frame | None:
     """A frame by numeric id, by any path it was seen under, or by a unique path suffix."""
+    matches = frames_by_path_or_id(session, ref, limit=2)
+    return matches[0] if len(matches) == 1 else None
+
+
+def frames_by_path_or_id(session: Session, ref: str, *, limit: int = 20) -> Sequence[Frame]:
+    """The frame of a numeric id or of a path it was seen under; else every frame (at most
+    ``limit``) one of whose paths ends with ``ref`` at a folder boundary (``M51_V_001.fits`` is
+    not ``xM51_V_001.fits``; ``_`` and ``%`` in names are themselves)."""
     if ref.isdigit():
-        return session.get(Frame, int(ref))
+        frame = session.get(Frame, int(ref))
+        return [frame] if frame is not None else []
     path = str(Path(ref).absolute())
     frame = session.scalar(select(Frame).join(SourceFile).where(SourceFile.path == path))
     if frame is not None:
-        return frame
-    named = select(SourceFile.frame_id).where(SourceFile.path.like(f"%{ref}"))  # no DISTINCT over JSON rows
-    matches = session.scalars(select(Frame).where(Frame.id.in_(named)).order_by(Frame.id).limit(2)).all()
-    return matches[0] if len(matches) == 1 else None
+        return [frame]
+    tail = "/" + ref.replace("\\", "/").lstrip("/")
+    escaped = tail.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    named = select(SourceFile.frame_id).where(SourceFile.path.like(f"%{escaped}", escape="!"))  # no DISTINCT: JSON
+    return session.scalars(select(Frame).where(Frame.id.in_(named)).order_by(Frame.id).limit(limit)).all()
 
 
 def query_frames(
