@@ -552,3 +552,18 @@ def test_night_report_lists_unused_frames_by_reason_with_the_rule(night, tmp_pat
     assert "unclassified 3 frame(s) (focus_0001.fits, focus_0002.fits, focus_0003.fits): file name says focus" in page
     assert 'glob = "focus*"' in page
     assert "ignored 1 frame(s) (junk_001.fits): rule 1 (glob 'junk*')" in page
+
+
+@pytest.mark.parametrize(("relpath", "target"), [
+    ("M51_I_001.fit", "M51"), ("NGC 7000/LIGHT/Light_Ha_001.fits", "NGC 7000"), ("Sh2-155-Ha-003.fits", "Sh2-155"),
+    ("2024-03-10/M42/Light_001.fits", "M42"), ("M101.fit", "M101"), ("ic1805_Ha_300s.fits", "ic1805"),
+    ("IMG_1234.fits", None), ("Light_001.fits", None), ("M_001.fits", None), ("Mars_001.fits", None),
+    ("frame_0001.fits", None), ("M1234_x.fits", None)])
+def test_a_light_without_object_takes_the_designation_its_path_gives(relpath, target):
+    """OBJECT blank (the real night's MaxIm lights): a catalogue designation at the start of the
+    file name, else of the nearest folder, is the light's target; anything else names none."""
+    info = normalise({"IMAGETYP": "Light Frame", "EXPTIME": 200}, filename=relpath)
+    assert info.object == target
+    if target is not None:  # a calibration frame takes no target from its name, OBJECT wins over the path
+        assert normalise({"IMAGETYP": "Flat Field"}, filename=relpath).object is None
+        assert normalise({"IMAGETYP": "Light Frame", "OBJECT": "Comet"}, filename=relpath).object == "Comet"

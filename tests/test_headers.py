@@ -663,7 +663,8 @@ def test_real_phy241_night():
     by_type: dict[ImageType, list[FrameInfo]] = {}
     for info in infos.values():
         by_type.setdefault(info.imagetyp, []).append(info)
-        assert info.object is None
+        # OBJECT is blank: the lights' target is the one their names give (M51_I_001.fit), no other has one
+        assert info.object == ("M51" if info.imagetyp is ImageType.LIGHT else None)
         assert (info.xbin, info.ybin) == (2, 2)
         assert info.warnings == ()
         assert info.date_obs is not None and info.date_obs.tzinfo is not None

@@ -348,7 +348,7 @@ def _rule_image_type(value: Any) -> ImageType:
 
 #: Bumped whenever the classification of the same evidence can come out differently: the
 #: daemon then reclassifies the catalogue at start-up.
-CLASSIFIER_VERSION = 3
+CLASSIFIER_VERSION = 4  # 4: an OBJECT that is a calibration type; a light's target from its path
 
 
 def fingerprint(rules: Sequence[ClassificationRule]) -> str:
@@ -496,8 +496,31 @@ def _identify(cards: _Cards, relpath: str, rules: Sequence[ClassificationRule],
     kind, why, by = _weigh(_image_type(cards), (p_kind, p_why), pixels, exptime, never_raw=never_raw)
     if named_by_object and by == "path":
         by = "header"  # the OBJECT card decided: header evidence, whatever its weight
+    if object_name is None and kind is ImageType.LIGHT:
+        object_name = path_designation(relpath)
     found = _Identity(kind, why, _filter(cards), object_name, by=by)
     return _apply_rules(rules, relpath, cards, found)
+
+
+#: A catalogue designation at the start of a file or folder name, as camera programs and observers
+#: put a target there when OBJECT is blank ('M51_I_001.fit', 'NGC 7000/Light/...', 'Sh2-155-Ha-003'):
+#: Messier, NGC, IC, Sharpless, Abell, Arp, Barnard, LDN/LBN, vdB, Melotte, Collinder, UGC, PGC, Caldwell.
+_DESIGNATION = re.compile(r"(?:m\d{1,3}|(?:ngc|ic|sh ?2|abell|arp|barnard|ldn|lbn|vdb|mel|cr|collinder|ugc|pgc"
+                          r"|caldwell)[ _-]?\d{1,5})(?=$|[ _.-])", re.IGNORECASE)
+
+
+def path_designation(relpath: str) -> str | None:
+    """The target a light's file name, else its nearest folder, names by a catalogue designation
+    at its start (``M51_I_001.fit`` -> 'M51'), for a light whose OBJECT is blank: the real night's
+    MaxIm lights were a stack 'field-0154' that `frames --object M51` could not find."""
+    parts = [p for p in str(relpath).replace("\\", "/").split("/") if p]
+    if not parts:
+        return None
+    for part in [re.sub(r"\.(fits?|fts)(\.(fz|gz))?$", "", parts[-1], flags=re.IGNORECASE), *reversed(parts[:-1])]:
+        found = _DESIGNATION.match(part)
+        if found:
+            return found.group(0).replace("_", " ").strip()
+    return None
 
 
 def _object_type(name: str | None) -> ImageType | None:
