@@ -334,3 +334,34 @@ def test_exposures_written_as_measured_stack_as_one_group(tmp_path, staging):
         with pipe.catalog.reader() as s:
             stacks = s.scalars(select(Stack)).all()
             assert [(st.n_used, st.group_key.split("|")[3]) for st in stacks] == [(4, "300s")]
+
+
+def test_the_incoming_directory_gone_again_while_watched_anew_is_no_crash(tmp_path, monkeypatch):
+    """The directory comes back and is gone again before the observer watches it (a disk that
+    bounces): the check says so and tries at its next turn, rather than raising out of the loop."""
+    from watchdog.observers.polling import PollingObserver
+
+    from ccdwatch.daemon.watch import Watcher
+
+    cfg = make_config(tmp_path, workers={"processes": 0})
+    with Catalog(cfg.paths.database) as cat, Pipeline(cfg, cat) as pipe:
+        watcher = Watcher(cfg, pipe, progress=False)
+        watcher.observer = PollingObserver(timeout=0.1)
+        watcher._watch_root(watcher.observer)
+        watcher.observer.start()
+        try:
+            watcher._watched = (0, 0, "")  # as if another directory now stood there (removed, made again)
+            real = watcher._watch_root
+
+            def bounced(observer):
+                raise FileNotFoundError(2, "No such file or directory", str(cfg.paths.incoming))
+
+            monkeypatch.setattr(watcher, "_watch_root", bounced)
+            watcher.check_root()  # no exception
+            assert watcher._root_gone and not watcher.observer.emitters
+            monkeypatch.setattr(watcher, "_watch_root", real)
+            watcher.check_root()
+            assert not watcher._root_gone and len(watcher.observer.emitters) == 1
+        finally:
+            watcher.observer.stop()
+            watcher.observer.join(5)

@@ -502,9 +502,13 @@ class Watcher:
             return
         logger.warning("the incoming directory %s %s: watching it anew and rescanning", self.root,
                        "is back" if self._root_gone else "is not the one watched any more")
-        self._root_gone = False
         observer.unschedule_all()
-        self._watch_root(observer)
+        try:
+            self._watch_root(observer)
+        except OSError:  # gone again in between: the next check sees to it
+            self._watched, self._root_gone = None, True
+            return
+        self._root_gone = False
         self.scan()
 
     def _iteration(self, due: dict[str, float]) -> None:
