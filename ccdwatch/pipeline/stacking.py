@@ -187,7 +187,7 @@ def plan_stack(ctx: Context, group: GroupKey, *, redo_before: datetime | None = 
                 INSTRUME=ref_frame.instrument, TELESCOP=ref_frame.telescope, NIGHT=night,
                 COMBMETH=st.method, CLIPSIG=st.sigma if st.method == "sigma_clip" else None, INTERP=st.interpolation,
                 STACKV=version, WEIGHTS=(st.weights, "frame weights (stack.weights)"),
-                NORMALIS=(st.normalisation, "frames offset, and scaled to the ref. flux (stack.normalisation)"),
+                NORMALIS=(st.normalisation, "sky offset [+ flux scale] (stack.normalisation)"),
             ),
             members=tuple((f.id, products[f.id].sha256, f.exptime or 0.0) for f in frames),
             labels={f.id: (content_hash(f), raw_name(f)) for f in frames},
