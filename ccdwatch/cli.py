@@ -283,7 +283,8 @@ def cmd_reprocess(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
-    """Reset failed (or missing, quarantined) frames so that the daemon tries them again."""
+    """Reset failed (or missing, quarantined, rejected) frames so that the daemon tries them again
+    (rejected: flats refused for their level, lights left out of a stack, after a change of limits)."""
     catalog, pipe = _pipeline(cfg)
     with catalog, pipe:
         n = pipe.retry(FrameState(args.state), args.night)
@@ -460,10 +461,11 @@ def _processing_commands(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--progress", action="store_true", help="a progress bar even when not on a terminal")
     rp.set_defaults(func=cmd_reprocess)
 
-    rt = sub.add_parser("retry", help="give failed (or missing, quarantined) frames another try")
+    rt = sub.add_parser("retry", help="give failed (or missing, quarantined, rejected) frames another try")
     rt.add_argument("--night")
     rt.add_argument("--state", default=str(FrameState.FAILED),
-                    choices=[str(x) for x in (FrameState.FAILED, FrameState.MISSING, FrameState.QUARANTINED)])
+                    choices=[str(x) for x in (FrameState.FAILED, FrameState.MISSING, FrameState.QUARANTINED,
+                                              FrameState.REJECTED)])
     rt.set_defaults(func=cmd_retry)
 
 

@@ -207,3 +207,14 @@ def test_too_faint_flats_are_rejected(tmp_path):
             assert s.scalars(select(Master).where(Master.kind == "flat")).all() == []
     finally:
         cat.close()
+    # the observer accepts such flats after all: the limit off, `retry --state rejected`, and the
+    # next run builds the master from them
+    from ccdwatch.cli import main
+
+    args = ["--incoming", str(tmp_path / "incoming"), "--products", str(tmp_path / "products"),
+            "--db", str(tmp_path / "state" / "ccdwatch.db")]
+    (tmp_path / "lenient.toml").write_text("[masters]\nflat_min_signal = 0\n[workers]\nprocesses = 0\n")
+    assert main([*args, "--config", str(tmp_path / "lenient.toml"), "retry", "--state", "rejected"]) == 0
+    assert main([*args, "--config", str(tmp_path / "lenient.toml"), "-q", "watch", "--once"]) == 0
+    with Catalog(str(tmp_path / "state" / "ccdwatch.db"), writer=False) as again, again.reader() as s:
+        assert s.scalar(select(Master).where(Master.kind == "flat")).n_frames == 5

@@ -297,7 +297,7 @@ class Pipeline:
         return n, len(ids)
 
     def retry(self, state: FrameState = FrameState.FAILED, night: str | None = None) -> int:
-        """Give frames in ``state`` (failed, missing or quarantined) another try; how many."""
+        """Give frames in ``state`` (failed, missing, quarantined or rejected) another try; how many."""
         from ccdwatch.catalog.queries import frames_to_retry
         from ccdwatch.pipeline.lifecycle import retry
 
