@@ -481,3 +481,28 @@ def test_darks_wait_for_biases_that_have_arrived_and_their_lights_say_so(tmp_pat
             dark = s.scalars(select(Master).where(Master.kind == "dark")).one()
             assert dark.bias_id == bias.id and dark.version == 1
         assert all(r.startswith("waiting for flat") for r in reasons(cat).values())
+
+
+def test_another_sites_biases_make_no_dark_of_this_one_wait(tmp_path):
+    """One catalogue for two telescopes of one camera model: the first has two biases in (of the
+    three its master needs); the second, a CMOS without biases, has its darks made at once. The
+    biases that 'have arrived' were counted over every site, so its darks waited for a master
+    bias no site of its would make (up to max_wait_hours)."""
+    cam = synth.Camera(shape=(64, 96), instrument="ZWO ASI1600MM")
+    db = str(tmp_path / "shared.db")
+    first = make_config(tmp_path / "t1", workers={"processes": 0}, report={"refresh": False}, site={"name": "t1"},
+                        paths={"database": db})
+    synth.make_night(first.paths.incoming, camera=cam, seed=1, n_bias=2, n_dark=0, n_flat=0, filters=("V",),
+                     n_light=0, n_stars=0)
+    second = make_config(tmp_path / "t2", workers={"processes": 0}, report={"refresh": False}, site={"name": "t2"},
+                         paths={"database": db})
+    synth.make_night(second.paths.incoming, camera=cam, seed=2, n_bias=0, n_dark=3, n_flat=0, filters=("V",),
+                     n_light=0, n_stars=0)
+    for cfg in (first, second):
+        with Catalog(db) as cat, Pipeline(cfg, cat) as pipe:
+            pipe.handle_many(sorted(str(p) for p in cfg.paths.incoming.iterdir()))
+            pipe.tick()
+    with Catalog(db) as cat, cat.reader() as s:
+        assert [(m.kind, m.site) for m in s.scalars(select(Master))] == [("dark", "t2")]
+        assert s.scalar(select(func.count()).select_from(Frame).where(Frame.site == "t1",
+                                                                      Frame.state == FrameState.INGESTED)) == 2

@@ -186,13 +186,12 @@ def current_masters(s: Session, kind: str, camera_key: str | None, *,
     ))
 
 
-def _of_sites(stmt: S, sites: Sequence[str | None] | None) -> S:
-    """``stmt`` on masters restricted to the masters of ``sites`` (all for ``None``)."""
+def _of_sites(stmt: S, sites: Sequence[str | None] | None, column: Any = Master.site) -> S:
+    """``stmt`` restricted to the rows (masters, or ``column``'s) of ``sites`` (all for ``None``)."""
     if sites is None:
         return stmt
     named = [x for x in sites if x is not None]
-    return stmt.where(or_(Master.site.in_(named), Master.site.is_(None)) if None in sites
-                      else Master.site.in_(named))
+    return stmt.where(or_(column.in_(named), column.is_(None)) if None in sites else column.in_(named))
 
 
 def newest_masters(s: Session, *, site: str | None) -> list[Master]:
@@ -449,12 +448,12 @@ def frames_with_classification(s: Session, *, site: str | None = None) -> Sequen
                      .order_by(Frame.id)).all()
 
 
-def calibration_frames_rejected(s: Session, kind: str, camera_key: str | None,
-                                flat_filter: str | None) -> tuple[int, str | None]:
-    """Calibration frames of a kind and camera set-up (for flats: filter, lower case) rejected
-    from their master (a flat's level), and the latest one's reason."""
-    stmt = select(Frame).where(Frame.imagetyp == kind, Frame.camera_key == camera_key,
-                               Frame.state == FrameState.REJECTED)
+def calibration_frames_rejected(s: Session, kind: str, camera_key: str | None, flat_filter: str | None, *,
+                                sites: Sequence[str | None] | None = None) -> tuple[int, str | None]:
+    """Calibration frames of a kind and camera set-up (for flats: filter, lower case; of ``sites``,
+    or any) rejected from their master (a flat's level), and the latest one's reason."""
+    stmt = _of_sites(select(Frame).where(Frame.imagetyp == kind, Frame.camera_key == camera_key,
+                                         Frame.state == FrameState.REJECTED), sites, Frame.site)
     if flat_filter is not None:
         stmt = stmt.where(func.lower(Frame.filter) == flat_filter)
     n = s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
@@ -463,11 +462,12 @@ def calibration_frames_rejected(s: Session, kind: str, camera_key: str | None,
 
 
 def calibration_frames_waiting(s: Session, kind: str, camera_key: str | None, flat_filter: str | None,
-                               exptime: float | None = None) -> int:
+                               exptime: float | None = None, *, sites: Sequence[str | None] | None = None) -> int:
     """Calibration frames of a kind and camera set-up (for flats: filter, lower case; with
-    ``exptime``: of that exposure, to a millisecond) that are in no usable master yet."""
-    stmt = select(func.count()).select_from(Frame).where(
-        Frame.imagetyp == kind, Frame.camera_key == camera_key, Frame.state == FrameState.INGESTED)
+    ``exptime``: of that exposure, to a millisecond; of ``sites``, or any) that are in no usable
+    master yet."""
+    stmt = _of_sites(select(func.count()).select_from(Frame).where(
+        Frame.imagetyp == kind, Frame.camera_key == camera_key, Frame.state == FrameState.INGESTED), sites, Frame.site)
     if flat_filter is not None:
         stmt = stmt.where(func.lower(Frame.filter) == flat_filter)
     if exptime is not None:

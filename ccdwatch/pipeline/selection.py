@@ -87,7 +87,9 @@ class Masters:
         of that exposure) have arrived and are in no master yet."""
         key = (kind, camera, (filter_name or "").lower() if kind == "flat" else None, exptime)
         if key not in self._arrived:
-            self._arrived[key] = calibration_frames_waiting(self.s, kind, camera, key[2], exptime)
+            # of the sites whose masters this one may use: another telescope's biases of the same camera model
+            # make no master of this one's, and its darks must not wait for them
+            self._arrived[key] = calibration_frames_waiting(self.s, kind, camera, key[2], exptime, sites=self.sites)
         return self._arrived[key]
 
     def progress(self, kind: str, camera: str | None, filter_name: str | None = None) -> str:
@@ -103,7 +105,7 @@ class Masters:
             return f"{n} {plural}{where} have arrived; their master is not built yet"
         key = (kind, camera, (filter_name or "").lower() if kind == "flat" else None)
         if key not in self._rejected:
-            self._rejected[key] = calibration_frames_rejected(self.s, kind, camera, key[2])
+            self._rejected[key] = calibration_frames_rejected(self.s, kind, camera, key[2], sites=self.sites)
         bad, why = self._rejected[key]
         if bad:  # they arrived, and were not good enough: the observer must take others
             return (f"{bad} {plural}{where} were rejected ({why}); {n} usable of {need} needed: "
