@@ -242,3 +242,32 @@ def test_watch_once_ends_with_a_changed_master_made_again_and_its_lights_calibra
     assert all(f.tries == 0 and f.state in (FrameState.CALIBRATED, FrameState.STACKED) for f in lights(pipe))
     with pipe.catalog.reader() as s:
         assert s.scalars(select(Stack).where(Stack.current)).all(), "and stacked"
+
+
+def test_a_borrowed_master_this_site_cannot_read_is_not_retired(tmp_path):
+    """t2 calibrates with t1's masters (site.share_masters_from) but cannot see t1's products root
+    (another host, a mount down): t1's masters stay current and t1's frames used (t2 retired them,
+    and t1 made them again at its next run, again and again); t2's lights wait, saying why."""
+    from ccdwatch.daemon.watch import Watcher
+
+    camera = synth.Camera(shape=(96, 128))
+    db = str(tmp_path / "shared.db")
+    staging = tmp_path / "staging"
+    synth.make_night(staging, camera=camera, seed=12, n_bias=3, n_dark=3, n_flat=3, filters=("V",), n_light=3,
+                     n_stars=40)
+    kw = {"workers": {"processes": 0}, "report": {"refresh": False}, "paths": {"database": db}}
+    t1 = make_config(tmp_path / "t1", site={"name": "t1"}, **kw)
+    t2 = make_config(tmp_path / "t2", site={"name": "t2", "share_masters_from": ("t1",)}, **kw)
+    for p in sorted(staging.iterdir()):
+        shutil.copy2(p, (t2 if p.name.startswith("M51") else t1).paths.incoming / p.name)
+    for cfg in (t1, t2):
+        if cfg is t2:
+            Path(t1.paths.products).rename(tmp_path / "t1-products-elsewhere")  # not visible from t2's host
+        with Catalog(db) as cat, Pipeline(cfg, cat) as pipe:
+            Watcher(cfg, pipe, progress=False).run_once()
+    with Catalog(db) as cat, cat.reader() as s:
+        assert all(m.retired is None for m in s.scalars(select(Master)))
+        assert {f.state for f in s.scalars(select(Frame).where(Frame.site == "t1"))} == {"used"}
+        lights = s.scalars(select(Frame).where(Frame.site == "t2")).all()
+        assert {f.state for f in lights} == {"waiting"}
+        assert all("a master of site t1" in (f.last_error or "") for f in lights)

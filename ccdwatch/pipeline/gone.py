@@ -39,14 +39,18 @@ def retire(s: Session, master: Master, detail: str) -> None:
             log_event(s, frame, "recombine", f"master {master.kind} #{master.id} retired: {detail}")
 
 
-def product_gone(ctx: Context, path: str, detail: str) -> bool:
-    """A job found the product at ``path`` gone or changed: the master recorded there is retired.
-    False when no master not yet retired is recorded there."""
+def product_gone(ctx: Context, path: str, detail: str) -> tuple[bool, list[str]]:
+    """A job found the product at ``path`` gone or changed: the master of this site recorded there
+    is retired. Returns whether one was, and the other sites whose master is recorded there: a
+    master borrowed from another site (``site.share_masters_from``) that this one cannot read
+    (its products root not mounted here) is that site's to judge, not this one's to retire (its
+    frames would go back to be combined again, by a daemon that reads it fine)."""
     with ctx.catalog.session() as s:
         masters = [m for m in masters_at(s, path) if m.retired is None]
         for master in masters:
-            retire(s, master, detail)
-        return bool(masters)
+            if master.site == ctx.site:
+                retire(s, master, detail)
+        return any(m.site == ctx.site for m in masters), sorted({str(m.site) for m in masters if m.site != ctx.site})
 
 
 def check_masters(ctx: Context) -> list[int]:

@@ -256,9 +256,13 @@ class Runner:
     def product_gone(self, plan: Plan, exc: ProductGone) -> None:
         """A master the job reads is gone or changed: it is retired (`gone.product_gone`) and made
         again; the frames the job would charge wait for it, told why, not charged."""
-        if gone.product_gone(self.ctx, exc.path, exc.detail):
+        retired, foreign = gone.product_gone(self.ctx, exc.path, exc.detail)
+        if retired:
             self.lost_masters += 1
             message = f"{plan.subject}: {exc.detail}: the master is retired and made again"
+        elif foreign:
+            message = (f"{plan.subject}: {exc.detail}: a master of site {', '.join(foreign)} (site.share_masters_from) "
+                       "that this site cannot read here; it waits until it can, or for a master of its own")
         else:  # retired meanwhile (another job of the pass), or not a master
             message = f"{plan.subject}: {exc.detail}"
         logger.warning("%s", message)
