@@ -22,7 +22,7 @@ from ccdwatch.catalog import (
     upgrade,
     utcnow,
 )
-from ccdwatch.models import Base, Frame
+from ccdwatch.models import Base, Daemon, Frame
 
 
 def test_new_catalogue_is_created_at_head(tmp_path):
@@ -169,3 +169,35 @@ def test_start_up_reads_the_head_from_the_scripts_as_alembic_does(tmp_path, monk
             db.check_schema(cat.engine)
     monkeypatch.setattr(db, "_REVISION_LINE", db.re.compile("nothing matches this"))
     assert db._head_from_scripts() is None  # then alembic decides
+
+
+def test_a_products_root_through_a_symlink_or_inside_anothers_is_owned_too(tmp_path):
+    """A live daemon's products root given another way on the same host (a symlink to it, a folder
+    inside it, or a folder it lies in) is its own: the second site's masters of the same camera
+    model overwrote the first's, and its start-up recovery swept the other's files in progress."""
+    import os
+    import subprocess
+    import sys
+
+    from ccdwatch.catalog import utcnow
+    from ccdwatch.catalog.sites import OwnershipError, register
+
+    root = tmp_path / "products"
+    (root / "t3").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(root, target_is_directory=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with Catalog(str(tmp_path / "c.db")) as cat:
+            with cat.session() as s:
+                s.add(Daemon(site="t1", incoming=str(tmp_path / "in1"), products=str(root), host=os.uname().nodename,
+                             pid=other.pid, started_at=utcnow(), heartbeat_at=utcnow()))
+            for products in (tmp_path / "link", root / "t3", tmp_path):
+                with pytest.raises(OwnershipError, match=f"products root .*daemon pid {other.pid}"):
+                    register(cat, site="t2", incoming=str(tmp_path / "in2"), products=str(products),
+                             heartbeat_seconds=15)
+            (tmp_path / "elsewhere").mkdir()
+            register(cat, site="t2", incoming=str(tmp_path / "in2"), products=str(tmp_path / "elsewhere"),
+                     heartbeat_seconds=15)  # a root of its own is fine
+    finally:
+        other.kill()
+        other.wait()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, delete, exists, or_, select, update
+from sqlalchemy import CursorResult, Engine, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -119,18 +119,37 @@ def _take(s: Session, *, site: str, incoming: str, products: str, host: str, sta
     """Remove the rows of gone daemons that hold ``site``, ``incoming`` or ``products``; raise
     :class:`OwnershipError` for a live one."""
     now = utcnow()
-    rows = s.scalars(select(Daemon).where(or_(Daemon.site == site, Daemon.incoming == incoming,
-                                              Daemon.products == products)).with_for_update()).all()
+    rows = [row for row in s.scalars(select(Daemon).with_for_update())
+            if _clash(row, site=site, incoming=incoming, products=products, host=host)]
     for row in rows:
         if _alive(row, host, now, stale):
-            what = ("the site " + repr(site) if row.site == site else
-                    "the incoming directory " + incoming if row.incoming == incoming else
-                    "the products root " + products)
+            what = _clash(row, site=site, incoming=incoming, products=products, host=host)
             raise OwnershipError(f"{what} is owned by {_describe(row, now)}; stop that daemon, or give this "
                                  "one its own [site] name, incoming directory and products root")
         logger.warning("taking over from %s: it is gone", _describe(row, now))
         s.delete(row)
     s.flush()
+
+
+def _clash(row: Daemon, *, site: str, incoming: str, products: str, host: str) -> str | None:
+    """What of ``row``'s a daemon of ``site``, ``incoming`` and ``products`` would share: the site,
+    the incoming directory or the products root; None for nothing. On one host the directories are
+    compared as they are on the disk, a symlink or a root inside the other's included (two sites'
+    masters of one camera model have the same names: the second overwrote the first's, and its
+    start-up recovery swept the other's files in progress); across hosts, as written."""
+    if row.site == site:
+        return f"the site {site!r}"
+    if row.incoming == incoming or (row.host == host and _overlap(row.incoming, incoming)):
+        return f"the incoming directory {incoming}"
+    if row.products == products or (row.host == host and _overlap(row.products, products)):
+        return f"the products root {products}"
+    return None
+
+
+def _overlap(a: str, b: str) -> bool:
+    """The same directory on this host, or one inside the other (symlinks resolved)."""
+    ra, rb = os.path.realpath(a), os.path.realpath(b)
+    return ra == rb or ra.startswith(rb.rstrip(os.sep) + os.sep) or rb.startswith(ra.rstrip(os.sep) + os.sep)
 
 
 def _drop_dead_claims(s: Session, site: str, host: str) -> None:
