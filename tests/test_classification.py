@@ -122,7 +122,6 @@ def test_pixels_decide_when_header_and_name_disagree(night):
             assert info.classified_by == "header" and "star field" in info.type_source
 
 
-
 def test_sky_flats_shot_as_lights_of_a_target_named_flat(night):
     """A sequence of sky flats run as lights (IMAGETYP 'Light Frame') of a target named 'Flat':
     the object name counts as a path would, and the pixels decide; a star field named 'Flats', a

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -298,14 +299,13 @@ def recombine_unbiased(s: Session, bias: Master) -> None:
                     f.state, f.updated_at = FrameState.INGESTED, utcnow()
                     log_event(s, f, "recombine", f"master {kind} #{old.id} was made without a bias; master bias "
                                                  f"#{bias.id} of its night now exists")
+
+
 def master_temperature(frames: list[Frame], tolerance: float) -> float | None:
     """A master dark's temperature (degC): the median of its inputs' (`ccdwatch.keys.temperature_ref`:
     the set-point where the sensor reached it, else the measured CCD-TEMP); None if none says."""
-    temps = sorted(t for t in (temperature_ref(f, tolerance) for f in frames) if t is not None)
-    if not temps:
-        return None
-    mid = len(temps) // 2
-    return temps[mid] if len(temps) % 2 else (temps[mid - 1] + temps[mid]) / 2
+    temps = [t for t in (temperature_ref(f, tolerance) for f in frames) if t is not None]
+    return statistics.median(temps) if temps else None
 
 
 def _header(kind: str, sample: Frame, night: str, version: int, n: int, method: str, sigma: float,
